@@ -1,0 +1,208 @@
+"""The `recon` command line: parse, call one function, render. No logic lives here.
+
+Exit codes (the contract): 0 success, 1 success with findings, 2 usage/config/credential/input error,
+3 circuit breaker open, 4 verification failed, 5 a service unreachable after retries,
+70 an internal error (a bug: the traceback is printed so it can be reported).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from engine import __version__
+from engine.errors import Exit, ReconError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reconcile Salesforce with a PostgreSQL warehouse, with Kafka as the third witness.")
+services_app = typer.Typer(no_args_is_help=True, help="The embedded local stack (PostgreSQL, Kafka, Salesforce API).")
+scenario_app = typer.Typer(no_args_is_help=True, help="The incident scenario on the local stack.")
+app.add_typer(services_app, name="services")
+app.add_typer(scenario_app, name="scenario")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Stack state directory (default ./.recon or RECON_STATE_DIR).")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"recon {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """recon: diff, explain, gate, repair and prove."""
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _progress(msg: str) -> None:
+    err.print(f"[dim]·[/dim] {msg}")
+
+
+# -- services ----------------------------------------------------------------------------------
+@services_app.command("up")
+def services_up(
+    kafka: Annotated[str | None, typer.Option("--kafka", help="apache or tansu (default: apache when Java 17 and the jars are there)")] = None,
+    state_dir: StateDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start PostgreSQL, Kafka and the local Salesforce API; harmless when already running."""
+    from engine.local import stack
+    from engine.local.state import StackPaths
+
+    if kafka not in (None, "apache", "tansu"):
+        raise _usage("--kafka must be 'apache' or 'tansu'")
+    ep = stack.up(StackPaths.at(state_dir), kafka=kafka, progress=None if as_json else _progress)
+    if as_json:
+        _emit_json(ep)
+    else:
+        for k, v in ep.items():
+            out.print(f"{k:26} {v}")
+
+
+@services_app.command("down")
+def services_down(state_dir: StateDir = None, as_json: JsonFlag = False) -> None:
+    """Stop every service the stack started."""
+    from engine.local import stack
+    from engine.local.state import StackPaths
+
+    res = stack.down(StackPaths.at(state_dir))
+    if as_json:
+        _emit_json({k: ("stopped" if v else "was not running") for k, v in res.items()})
+    else:
+        for k, v in res.items():
+            out.print(f"{k:12} {'stopped' if v else 'was not running'}")
+
+
+@services_app.command("status")
+def services_status(state_dir: StateDir = None, as_json: JsonFlag = False) -> None:
+    """Show which services run and their endpoints (exit 0 all running, 1 otherwise)."""
+    from engine.local import stack
+    from engine.local.state import StackPaths
+
+    st = stack.status(StackPaths.at(state_dir))
+    if as_json:
+        _emit_json(st)
+    else:
+        for k, v in st.items():
+            out.print(f"{k:26} {v}")
+    running = all(st[s] == "running" for s in ("postgres", "kafka", "salesforce"))
+    raise typer.Exit(0 if running else 1)
+
+
+# -- scenario ----------------------------------------------------------------------------------
+@scenario_app.command("load")
+def scenario_load(
+    accounts: Annotated[int, typer.Option("--accounts", min=50, help="Number of Salesforce Accounts.")] = 20_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same data.")] = 7,
+    config_out: Annotated[Path, typer.Option("--config-out", help="Where to write the scenario's recon.toml.")] = Path("recon.toml"),
+    state_dir: StateDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Load the incident into the running local stack and write recon.toml and the ground truth."""
+    from engine.local import scenario
+    from engine.local.state import StackPaths
+
+    res = scenario.load(scenario.ScenarioSpec(accounts=accounts, seed=seed), state_dir=StackPaths.at(state_dir).root,
+                        config_out=config_out, progress=None if as_json else _progress)
+    if as_json:
+        _emit_json({"ground_truth": str(res.truth_file), "config": str(res.config_file), "counts": res.counts})
+        return
+    for k, v in res.counts.items():
+        out.print(f"{k:34} {v:>10,}")
+    out.print(f"config written to     {res.config_file}")
+    out.print(f"ground truth written to {res.truth_file}")
+
+
+# -- demo --------------------------------------------------------------------------------------
+@app.command("demo")
+def demo(
+    accounts: Annotated[int, typer.Option("--accounts", min=50, help="Scenario size.")] = 20_000,
+    seed: Annotated[int, typer.Option("--seed")] = 7,
+    kafka: Annotated[str | None, typer.Option("--kafka", help="apache or tansu")] = None,
+    keep_services: Annotated[bool, typer.Option("--keep-services", help="Leave the stack running at the end.")] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="Artefact directory.")] = Path("recon-out"),
+    state_dir: StateDir = None,
+) -> None:
+    """Run the whole incident on the embedded stack, step by step."""
+    from engine import demo as demo_mod
+    from engine.local.state import StackPaths
+
+    code = demo_mod.run(accounts=accounts, seed=seed, kafka=kafka, keep_services=keep_services,
+                        out_dir=out_dir, paths=StackPaths.at(state_dir), console=out)
+    raise typer.Exit(code)
+
+
+def _usage(msg: str) -> ReconError:
+    from engine.errors import UsageError
+
+    return UsageError(msg)
+
+
+def _say_error(line: str) -> None:
+    """One unwrapped line on stderr: schedulers grep it, terminals show it whole."""
+    sys.stderr.write(" ".join(line.split()) + "\n")
+    sys.stderr.flush()
+
+
+def _is_cli_usage_error(exc: BaseException) -> bool:
+    """Typer (which vendors click) or click itself rejected the command line."""
+    classes: list[type] = []
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        classes.append(TyperClickException)
+    except ImportError:  # older typer on plain click
+        pass
+    try:
+        import click
+
+        classes.append(click.exceptions.ClickException)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(classes))
+
+
+def main() -> None:
+    """Console entry point: map recon's errors to one line and an exit code, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except ReconError as exc:
+        _say_error(f"recon: error: {exc}")
+        sys.exit(int(exc.exit_code))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        _say_error("recon: interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if _is_cli_usage_error(exc):
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.exit(int(Exit.USAGE))
+            _say_error(f"recon: error: {exc.format_message()}")  # type: ignore[attr-defined]
+            sys.exit(int(Exit.USAGE))
+        if os.environ.get("RECON_DEBUG") != "0":
+            traceback.print_exc()
+        _say_error(f"recon: internal error: {type(exc).__name__}: {exc} (a bug; please report it)")
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

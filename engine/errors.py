@@ -1,0 +1,46 @@
+"""User-facing errors and the exit codes of the contract.
+
+Every error a user can cause or fix carries a one-line message naming the problem and the fix; the
+CLI prints it without a traceback and exits with the code below. Messages must never contain
+secrets: build them from names and endpoints, never from DSNs with passwords or tokens.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Exit(IntEnum):
+    OK = 0
+    FINDINGS = 1
+    USAGE = 2
+    BREAKER_OPEN = 3
+    VERIFY_FAILED = 4
+    UNREACHABLE = 5
+
+
+class ReconError(Exception):
+    """Base class: a one-line message and the exit code it maps to."""
+
+    exit_code: Exit = Exit.USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message.replace("\n", " ").strip())
+
+
+class UsageError(ReconError):
+    """Bad option, reference, config, credential or input (exit 2)."""
+
+    exit_code = Exit.USAGE
+
+
+class VerificationError(ReconError):
+    """A ledger chain or a manifest failed verification (exit 4)."""
+
+    exit_code = Exit.VERIFY_FAILED
+
+
+class ServiceUnreachable(ReconError):
+    """A service stayed unreachable past its deadline (exit 5)."""
+
+    exit_code = Exit.UNREACHABLE
