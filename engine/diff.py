@@ -1,0 +1,268 @@
+"""Record-level diff of two canonical sides, inside the segments the Merkle trees say diverge.
+
+Counting rules (ARCHITECTURE.md, the contract): every distinct key of the union falls in exactly
+one class — ``missing_in_target``, ``missing_in_source``, ``mismatched``, ``unchanged`` (or
+``in_flight`` when ``--as-of`` says it changed after the snapshot time). A key duplicated on a side
+is mismatched unless both sides hold the same multiset of rows; per-column counts and variances
+only look at keys unique on both sides. The warehouse may hold the very duplicates the incident is
+about: they are counted, never double counted and never a crash.
+
+Everything here is columnar (Polars); no Python loop touches rows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from engine import merkle
+from engine.normalize import ENCODING_VERSION, Canonical, FieldSpec
+
+DIFF_SCHEMA = {"key": pl.Utf8, "kind": pl.Utf8, "column": pl.Utf8, "source_value": pl.Utf8, "target_value": pl.Utf8}
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    mismatched: int
+    abs_variance: Decimal | None
+    net_variance: Decimal | None
+    source_abs_total: Decimal | None
+
+
+@dataclass
+class DiffResult:
+    """Everything `recon diff` reports; ``differences`` has one row per key and kind (and column)."""
+
+    source_rows: int
+    target_rows: int
+    source_keys: int
+    union_keys: int
+    missing_in_target: int
+    missing_in_source: int
+    mismatched: int
+    unchanged: int
+    in_flight: int
+    duplicate_keys_source: int
+    duplicate_keys_target: int
+    columns: dict[str, ColumnStats]
+    segmentation: merkle.Segmentation
+    source_tree: merkle.SideTree
+    target_tree: merkle.SideTree
+    divergent: list[int]
+    differences: pl.DataFrame
+    elapsed_s: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_differences(self) -> bool:
+        return bool(self.mismatched or self.missing_in_target or self.missing_in_source)
+
+    @property
+    def variance_ratio(self) -> float:
+        bad = self.mismatched + self.missing_in_target + self.missing_in_source
+        return bad / self.source_keys if self.source_keys else (1.0 if bad else 0.0)
+
+    def amount_variance_ratio(self) -> dict[str, float]:
+        out = {}
+        for name, c in self.columns.items():
+            if c.abs_variance is None or c.source_abs_total is None:
+                continue
+            out[name] = float(c.abs_variance / c.source_abs_total) if c.source_abs_total else (
+                0.0 if not c.abs_variance else float("inf"))
+        return out
+
+    def divergent_ranges(self) -> list[dict[str, Any]]:
+        ranges = self.segmentation.ranges()
+        return [{"from": ranges[i][0], "to": ranges[i][1], "source_rows": self.source_tree.rows[i],
+                 "target_rows": self.target_tree.rows[i]} for i in self.divergent]
+
+    def summary(self) -> dict[str, Any]:
+        """The `--json` object (contract keys)."""
+        return {
+            "source": {"rows": self.source_rows, "keys": self.source_keys},
+            "target": {"rows": self.target_rows},
+            "missing_in_target": self.missing_in_target,
+            "missing_in_source": self.missing_in_source,
+            "mismatched": self.mismatched,
+            "unchanged": self.unchanged,
+            "in_flight": self.in_flight,
+            "distinct_keys": self.union_keys,
+            "duplicate_keys": {"source": self.duplicate_keys_source, "target": self.duplicate_keys_target},
+            "columns": {
+                name: {"mismatched": c.mismatched,
+                       "abs_variance": None if c.abs_variance is None else str(c.abs_variance),
+                       "net_variance": None if c.net_variance is None else str(c.net_variance)}
+                for name, c in self.columns.items()
+            },
+            "variance_ratio": self.variance_ratio,
+            "amount_variance_ratio": self.amount_variance_ratio(),
+            "merkle": {
+                "encoding_version": ENCODING_VERSION,
+                "boundaries_digest": self.segmentation.digest,
+                "source_root": self.source_tree.root_hex,
+                "target_root": self.target_tree.root_hex,
+                "segments": len(self.source_tree.digests),
+                "divergent_segments": len(self.divergent),
+            },
+            "divergent_ranges": self.divergent_ranges(),
+            "elapsed_s": round(self.elapsed_s, 3),
+            **({"meta": self.meta} if self.meta else {}),
+        }
+
+
+def _dup_and_distinct(keys: pl.Series, seg_ids: np.ndarray, n_segments: int) -> tuple[int, np.ndarray]:
+    """Distinct keys duplicated on this side, and distinct keys per segment (keys sorted)."""
+    if len(keys) == 0:
+        return 0, np.zeros(n_segments, dtype=np.int64)
+    same_as_prev = (keys == keys.shift(1)).fill_null(False).to_numpy()
+    first_of_run = ~same_as_prev
+    # a run of length >= 2 starts where the next row repeats the key
+    next_same = np.append(same_as_prev[1:], False)
+    dup_keys = int(np.count_nonzero(first_of_run & next_same))
+    distinct = np.bincount(seg_ids[first_of_run], minlength=n_segments)
+    return dup_keys, distinct
+
+
+def compare(
+    source: Canonical,
+    target: Canonical,
+    *,
+    segment_rows: int = merkle.DEFAULT_SEGMENT_ROWS,
+    boundaries: list[str] | None = None,
+    in_flight_keys: set[str] | None = None,
+) -> DiffResult:
+    """Diff two canonical sides (already sorted by ``__key``)."""
+    t0 = time.perf_counter()
+    s, t = source.frame, target.frame
+    fields = source.fields
+    value_fields = [f for f in fields if not f.is_key]
+    seg = merkle.Segmentation(tuple(boundaries if boundaries is not None
+                                    else merkle.choose_boundaries(s["__key"], segment_rows)))
+    n_seg = len(seg.boundaries) + 1
+    s_tree, s_seg = merkle.side_tree(s["__key"], s["__row"], seg)
+    t_tree, t_seg = merkle.side_tree(t["__key"], t["__row"], seg)
+    divergent = merkle.divergent_segments(s_tree, t_tree)
+
+    dup_s, distinct_s = _dup_and_distinct(s["__key"], s_seg, n_seg)
+    dup_t, distinct_t = _dup_and_distinct(t["__key"], t_seg, n_seg)
+    div_mask = np.zeros(n_seg, dtype=bool)
+    div_mask[divergent] = True
+    same_union = int(distinct_s[~div_mask].sum())  # equal segments: same distinct keys on both sides
+
+    ds = s.filter(pl.Series(div_mask[s_seg])) if divergent else s.clear()
+    dt = t.filter(pl.Series(div_mask[t_seg])) if divergent else t.clear()
+
+    diffs, counts, col_stats = _record_diff(ds, dt, value_fields, in_flight_keys or set())
+    union_keys = same_union + counts["union"]
+    src_abs_totals = {
+        f.name: (Decimal(str(s[f.name].abs().sum())) if f.ctype.kind == "decimal" else
+                 Decimal(str(s[f.name].abs().sum())) if f.ctype.kind in ("int", "float") else None)
+        for f in value_fields
+    }
+    columns = {
+        f.name: ColumnStats(col_stats[f.name][0], col_stats[f.name][1], col_stats[f.name][2], src_abs_totals[f.name])
+        for f in value_fields
+    }
+    unchanged = union_keys - counts["missing_in_target"] - counts["missing_in_source"] - counts["mismatched"] \
+        - counts["in_flight"]
+    return DiffResult(
+        source_rows=len(s), target_rows=len(t), source_keys=int(distinct_s.sum()), union_keys=union_keys,
+        missing_in_target=counts["missing_in_target"], missing_in_source=counts["missing_in_source"],
+        mismatched=counts["mismatched"], unchanged=unchanged, in_flight=counts["in_flight"],
+        duplicate_keys_source=dup_s, duplicate_keys_target=dup_t, columns=columns, segmentation=seg,
+        source_tree=s_tree, target_tree=t_tree, divergent=divergent, differences=diffs,
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def _record_diff(
+    ds: pl.DataFrame, dt: pl.DataFrame, value_fields: list[FieldSpec], in_flight: set[str]
+) -> tuple[pl.DataFrame, dict[str, int], dict[str, tuple[int, Decimal | None, Decimal | None]]]:
+    ks = ds.group_by("__key").agg(pl.len().alias("n_s"), pl.col("__row").sort().alias("rows_s"))
+    kt = dt.group_by("__key").agg(pl.len().alias("n_t"), pl.col("__row").sort().alias("rows_t"))
+    keys = ks.join(kt, on="__key", how="full", coalesce=True)
+    if in_flight:
+        flight = pl.Series("__key", sorted(in_flight), dtype=pl.Utf8)
+        keys = keys.with_columns(pl.col("__key").is_in(flight.implode()).alias("in_flight"))
+    else:
+        keys = keys.with_columns(pl.lit(False).alias("in_flight"))
+    union = len(keys)
+    n_flight = int(keys["in_flight"].sum())
+    keys = keys.filter(~pl.col("in_flight"))
+    miss_t = keys.filter(pl.col("n_t").is_null())
+    miss_s = keys.filter(pl.col("n_s").is_null())
+    both = keys.filter(pl.col("n_s").is_not_null() & pl.col("n_t").is_not_null())
+    dup = both.filter((pl.col("n_s") > 1) | (pl.col("n_t") > 1))
+    dup_mismatch = dup.filter(pl.col("rows_s") != pl.col("rows_t"))
+    uniq_keys = both.filter((pl.col("n_s") == 1) & (pl.col("n_t") == 1) & (pl.col("rows_s") != pl.col("rows_t")))
+
+    names = [f.name for f in value_fields]
+    pairs = ds.join(uniq_keys.select("__key"), on="__key", how="semi").select("__key", *names).join(
+        dt.join(uniq_keys.select("__key"), on="__key", how="semi").select("__key", *names),
+        on="__key", how="inner", suffix="__t")
+    differs = []
+    stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
+    col_rows = []
+    for f in value_fields:
+        a, b = pl.col(f.name), pl.col(f.name + "__t")
+        null_diff = a.is_null() != b.is_null()
+        if f.ctype.kind in ("decimal", "int", "float"):
+            delta = b - a
+            tol = f.tolerance if f.tolerance is not None else 0
+            if f.ctype.kind == "decimal":
+                tol_lit = pl.lit(Decimal(tol)).cast(pl.Decimal(38, f.ctype.scale or 0))
+            else:
+                tol_lit = pl.lit(float(tol))
+            value_diff = (delta.abs() > tol_lit).fill_null(False)
+        else:
+            delta = None
+            value_diff = (a != b).fill_null(False)
+        d = (null_diff | value_diff).alias(f"__d_{f.name}")
+        differs.append(d)
+        pairs = pairs.with_columns(d)
+        sub = pairs.filter(pl.col(f"__d_{f.name}"))
+        if delta is not None and len(sub):
+            both_vals = sub.filter(pl.col(f.name).is_not_null() & pl.col(f.name + "__t").is_not_null())
+            dv = both_vals.select((pl.col(f.name + "__t") - pl.col(f.name)).alias("d"))["d"]
+            abs_v = Decimal(str(dv.abs().sum())) if len(dv) else Decimal(0)
+            net_v = Decimal(str(dv.sum())) if len(dv) else Decimal(0)
+        elif delta is not None:
+            abs_v = net_v = Decimal(0)
+        else:
+            abs_v = net_v = None
+        if f.ctype.kind == "decimal" and abs_v is not None:
+            q = Decimal(1).scaleb(-(f.ctype.scale or 0))
+            abs_v, net_v = abs_v.quantize(q), net_v.quantize(q)  # type: ignore[union-attr]
+        stats[f.name] = (len(sub), abs_v, net_v)
+        col_rows.append(sub.select(
+            pl.col("__key").alias("key"), pl.lit("mismatched").alias("kind"), pl.lit(f.name).alias("column"),
+            pl.col(f.name).cast(pl.Utf8).alias("source_value"), pl.col(f.name + "__t").cast(pl.Utf8).alias("target_value")))
+    mism_unique = pairs.filter(pl.any_horizontal(*[pl.col(f"__d_{n}") for n in names])) if names else pairs.clear()
+
+    frames = [
+        miss_t.select(pl.col("__key").alias("key"), pl.lit("missing_in_target").alias("kind"),
+                      pl.lit(None, pl.Utf8).alias("column"), pl.lit(None, pl.Utf8).alias("source_value"),
+                      pl.lit(None, pl.Utf8).alias("target_value")),
+        miss_s.select(pl.col("__key").alias("key"), pl.lit("missing_in_source").alias("kind"),
+                      pl.lit(None, pl.Utf8).alias("column"), pl.lit(None, pl.Utf8).alias("source_value"),
+                      pl.lit(None, pl.Utf8).alias("target_value")),
+        dup_mismatch.select(pl.col("__key").alias("key"), pl.lit("duplicate_key").alias("kind"),
+                            pl.lit(None, pl.Utf8).alias("column"),
+                            pl.format("{} row(s)", pl.col("n_s")).alias("source_value"),
+                            pl.format("{} row(s)", pl.col("n_t")).alias("target_value")),
+        *col_rows,
+    ]
+    diffs = pl.concat([f.cast(DIFF_SCHEMA) for f in frames]).sort(["key", "kind", "column"], nulls_last=False)
+    counts = {
+        "union": union,
+        "in_flight": n_flight,
+        "missing_in_target": len(miss_t),
+        "missing_in_source": len(miss_s),
+        "mismatched": len(dup_mismatch) + len(mism_unique),
+    }
+    return diffs, counts, stats

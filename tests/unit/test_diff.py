@@ -1,0 +1,147 @@
+"""The record diff against a plain-Python reference of the contract's counting rules, on random edits."""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal
+
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.diff import compare
+from engine.merkle import choose_boundaries
+from engine.normalize import ColumnType, FieldSpec, SideOptions, canonicalize
+from engine.sfid import make_ids
+
+FIELDS = (
+    FieldSpec("Id", "Id", ColumnType("id"), is_key=True),
+    FieldSpec("clv", "clv", ColumnType("decimal", 2)),
+    FieldSpec("name", "name", ColumnType("text")),
+)
+
+
+def reference(src: list[tuple], tgt: list[tuple]) -> dict:
+    """The contract's counting rules, written the slow obvious way."""
+    s_rows: dict[str, list] = {}
+    t_rows: dict[str, list] = {}
+    for r in src:
+        s_rows.setdefault(r[0], []).append(r)
+    for r in tgt:
+        t_rows.setdefault(r[0], []).append(r)
+    out = Counter()
+    cols = Counter()
+    abs_v = Decimal(0)
+    for k in set(s_rows) | set(t_rows):
+        a, b = s_rows.get(k), t_rows.get(k)
+        if b is None:
+            out["missing_in_target"] += 1
+        elif a is None:
+            out["missing_in_source"] += 1
+        elif len(a) > 1 or len(b) > 1:
+            out["mismatched" if Counter(a) != Counter(b) else "unchanged"] += 1
+        elif a[0] != b[0]:
+            out["mismatched"] += 1
+            if a[0][1] != b[0][1]:
+                cols["clv"] += 1
+                abs_v += abs(b[0][1] - a[0][1])
+            if a[0][2] != b[0][2]:
+                cols["name"] += 1
+        else:
+            out["unchanged"] += 1
+    out["dup_s"] = sum(1 for v in s_rows.values() if len(v) > 1)
+    out["dup_t"] = sum(1 for v in t_rows.values() if len(v) > 1)
+    return {"counts": out, "cols": cols, "abs": abs_v}
+
+
+def frame(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame({"Id": [r[0] for r in rows], "clv": [str(r[1]) for r in rows], "name": [r[2] for r in rows]},
+                        schema={"Id": pl.Utf8, "clv": pl.Utf8, "name": pl.Utf8})
+
+
+edit = st.tuples(st.sampled_from(["insert", "delete", "value", "name", "dup", "case"]), st.integers(0, 10_000),
+                 st.integers(1, 99_999))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), edits=st.lists(edit, max_size=25), seg=st.integers(1, 64))
+def test_random_edits_are_all_found_and_counted_per_contract(n: int, edits: list, seg: int) -> None:
+    ids = make_ids("001", 0, n + 50)
+    src = [(ids[i], Decimal(i * 7 % 1000) / 4, f"Account {i}") for i in range(n)]
+    src = [(a, b.quantize(Decimal("0.01")), c) for a, b, c in src]
+    tgt = list(src)
+    spare = iter(ids[n:])
+    for kind, pos, val in edits:
+        if not tgt and kind != "insert":
+            continue
+        i = pos % max(len(tgt), 1)
+        if kind == "insert":
+            k = next(spare, None)
+            if k:
+                tgt.append((k, Decimal(val) / 100, "new"))
+        elif kind == "delete":
+            tgt.pop(i)
+        elif kind == "value":
+            tgt[i] = (tgt[i][0], tgt[i][1] + Decimal(val) / 100, tgt[i][2])
+        elif kind == "name":
+            tgt[i] = (tgt[i][0], tgt[i][1], tgt[i][2] + "x")
+        elif kind == "dup":
+            tgt.append(tgt[i])
+        elif kind == "case":  # a case-only change of the 15-char body is a different record
+            k = tgt[i][0]
+            body = k[:15].swapcase()
+            from engine.sfid import to18
+
+            tgt[i] = (to18(body), tgt[i][1], tgt[i][2])
+    ref = reference(src, tgt)
+    s = canonicalize(frame(src), FIELDS, SideOptions())
+    t = canonicalize(frame(tgt), FIELDS, SideOptions())
+    r = compare(s, t, boundaries=choose_boundaries(s.frame["__key"], seg))
+    c = ref["counts"]
+    assert r.missing_in_target == c["missing_in_target"]
+    assert r.missing_in_source == c["missing_in_source"]
+    assert r.mismatched == c["mismatched"]
+    assert r.unchanged == c["unchanged"]
+    assert r.duplicate_keys_source == c["dup_s"]
+    assert r.duplicate_keys_target == c["dup_t"]
+    assert r.columns["clv"].mismatched == ref["cols"]["clv"]
+    assert r.columns["name"].mismatched == ref["cols"]["name"]
+    assert r.columns["clv"].abs_variance == ref["abs"]
+    assert r.missing_in_target + r.missing_in_source + r.mismatched + r.unchanged == r.union_keys
+    assert (r.source_tree.root == r.target_tree.root) == (not r.divergent)
+    if not r.has_differences and r.duplicate_keys_target == r.duplicate_keys_source == 0:
+        assert r.source_tree.root == r.target_tree.root
+
+
+def test_contract_example_duplicate_key() -> None:
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ColumnType("int")))
+    s = canonicalize(pl.DataFrame({"k": ["K"], "v": [10]}), f, SideOptions())
+    t = canonicalize(pl.DataFrame({"k": ["K", "K"], "v": [10, 20]}), f, SideOptions())
+    r = compare(s, t)
+    assert (r.duplicate_keys_target, r.mismatched, r.columns["v"].mismatched) == (1, 1, 0)
+
+
+def test_same_duplicates_on_both_sides_are_unchanged() -> None:
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ColumnType("int")))
+    df = pl.DataFrame({"k": ["K", "K", "L"], "v": [1, 2, 3]})
+    r = compare(canonicalize(df, f, SideOptions()), canonicalize(df.reverse(), f, SideOptions()))
+    assert (r.mismatched, r.unchanged, r.duplicate_keys_source, r.duplicate_keys_target) == (0, 2, 1, 1)
+    assert not r.divergent
+
+
+def test_tolerance_absorbs_small_differences() -> None:
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True),
+         FieldSpec("v", "v", ColumnType("decimal", 2), tolerance=Decimal("0.05")))
+    s = canonicalize(pl.DataFrame({"k": ["a", "b"], "v": ["1.00", "1.00"]}), f, SideOptions())
+    t = canonicalize(pl.DataFrame({"k": ["a", "b"], "v": ["1.05", "1.06"]}), f, SideOptions())
+    r = compare(s, t)
+    assert r.mismatched == 1 and r.columns["v"].abs_variance == Decimal("0.06")
+
+
+def test_in_flight_keys_are_not_differences() -> None:
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ColumnType("int")))
+    s = canonicalize(pl.DataFrame({"k": ["a", "b", "c"], "v": [1, 2, 3]}), f, SideOptions())
+    t = canonicalize(pl.DataFrame({"k": ["a", "b", "c"], "v": [1, 9, 8]}), f, SideOptions())
+    r = compare(s, t, in_flight_keys={"b"})
+    assert (r.mismatched, r.in_flight, r.unchanged) == (1, 1, 1)
+    assert r.differences["key"].to_list() == ["c"]

@@ -1,0 +1,135 @@
+"""Every normalization rule: two spellings that must compare equal, and a near miss that must not."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import polars as pl
+import pytest
+
+from engine.normalize import (
+    SALESFORCE_SIDE,
+    ColumnType,
+    FieldSpec,
+    SideOptions,
+    canonicalize,
+    encode_value,
+    sf_id18,
+    typed,
+)
+
+PLAIN = SideOptions()
+
+
+def enc(values: list, ctype: ColumnType, opts: SideOptions = PLAIN) -> list[str]:
+    """The canonical row encoding of single-field rows (the key is a row number)."""
+    df = pl.DataFrame({"k": [f"{i:04d}" for i in range(len(values))], "v": pl.Series(values)})
+    fields = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ctype))
+    return [r[len("4:0000"):] for r in canonicalize(df, fields, opts).frame["__row"]]
+
+
+@pytest.mark.parametrize(("a", "b", "miss"), [
+    ("003RO0000035WQg", "003RO0000035WQgYAM", "003RO0000035WQG"),  # 15 vs 18; case matters
+])
+def test_salesforce_ids(a: str, b: str, miss: str) -> None:
+    ea, eb, em = enc([a, b, miss], ColumnType("id"))
+    assert ea == eb
+    assert em != ea
+
+
+@pytest.mark.parametrize(("a", "b", "miss"), [
+    ("100", "100.0", "100.01"),
+    ("100", "1E+2", "1E+3"),
+    ("  7.5 ", "7.50", "7.49"),
+    ("-0.00", "0", "-0.01"),
+    ("12.345", "12.34", "12.35"),  # half-even at scale 2
+])
+def test_decimals_at_mapped_scale(a: str, b: str, miss: str) -> None:
+    ea, eb, em = enc([a, b, miss], ColumnType("decimal", 2))
+    assert ea == eb and em != ea
+
+
+def test_decimal_from_float_and_string_agree() -> None:
+    s = typed(pl.Series([100.0, 0.1]), ColumnType("decimal", 2), PLAIN)
+    t = typed(pl.Series(["100", "0.10"]), ColumnType("decimal", 2), PLAIN)
+    assert s.to_list() == t.to_list() == [Decimal("100.00"), Decimal("0.10")]
+
+
+def test_timestamps_salesforce_vs_postgres() -> None:
+    ms = ColumnType("timestamp", precision="ms")
+    sf = typed(pl.Series(["2026-01-02T03:04:05.123Z", "2026-01-02T03:04:05.123+0000"]), ms, SALESFORCE_SIDE)
+    pg_aware = typed(pl.Series(["2026-01-02 05:04:05.123456+02:00"]), ms, PLAIN)
+    pg_naive = typed(pl.Series(["2026-01-02 03:04:05.123999"]), ms, PLAIN)
+    assert sf[0] == sf[1] == pg_aware[0] == pg_naive[0]
+    miss = typed(pl.Series(["2026-01-02T03:04:05.124Z"]), ms, PLAIN)
+    assert miss[0] != sf[0]
+
+
+def test_naive_timestamps_take_the_configured_zone() -> None:
+    ny = SideOptions(naive_timezone="America/New_York")
+    a = typed(pl.Series(["2026-01-02 03:04:05"]), ColumnType("timestamp"), ny)
+    b = typed(pl.Series(["2026-01-02T08:04:05Z"]), ColumnType("timestamp"), PLAIN)
+    assert a[0] == b[0]
+    assert typed(pl.Series(["2026-01-02 03:04:05"]), ColumnType("timestamp"), PLAIN)[0] != b[0]
+
+
+def test_microseconds_count_when_neither_side_is_salesforce() -> None:
+    us = ColumnType("timestamp", precision="us")
+    a, b = enc(["2026-01-02T03:04:05.123456Z", "2026-01-02T03:04:05.123457Z"], us)
+    assert a != b
+
+
+def test_empty_vs_null() -> None:
+    text = ColumnType("text")
+    # Salesforce: empty == NULL
+    e_sf = enc(["", None], text, SALESFORCE_SIDE)
+    assert e_sf[0] == e_sf[1]
+    # elsewhere: NULL and empty string are different values
+    e_pg = enc(["", None], text, PLAIN)
+    assert e_pg[0] != e_pg[1]
+    assert encode_value(None, text) == b"-" and encode_value("", text) == b"0:"
+
+
+def test_unicode_nfc_and_trim() -> None:
+    composed, decomposed = "Caf\u00e9", "Cafe\u0301"
+    ea, eb, em = enc([composed, decomposed, "Cafe"], ColumnType("text"))
+    assert ea == eb and em != ea
+    trim = SideOptions(trim=True)
+    ta, tb, tm = enc([" Acme ", "Acme", "Acme Inc"], ColumnType("text"), trim)
+    assert ta == tb and tm != ta
+    na, nb = enc([" Acme ", "Acme"], ColumnType("text"))
+    assert na != nb  # no trimming unless asked
+
+
+@pytest.mark.parametrize(("a", "b", "miss"), [("true", True, "false"), ("1", "t", "0"), ("FALSE", False, True)])
+def test_booleans(a: object, b: object, miss: object) -> None:
+    ea = typed(pl.Series([a]), ColumnType("bool"), PLAIN)[0]
+    eb = typed(pl.Series([b]), ColumnType("bool"), PLAIN)[0]
+    em = typed(pl.Series([miss]), ColumnType("bool"), PLAIN)[0]
+    assert ea == eb and em != ea
+
+
+def test_bad_boolean_is_an_error() -> None:
+    with pytest.raises(ValueError, match="not a boolean"):
+        typed(pl.Series(["maybe"]), ColumnType("bool"), PLAIN)
+
+
+def test_field_framing_is_collision_proof() -> None:
+    f = (FieldSpec("a", "a", ColumnType("text"), is_key=True), FieldSpec("b", "b", ColumnType("text")),
+         FieldSpec("c", "c", ColumnType("text")))
+    df = pl.DataFrame({"a": ["k", "k2"], "b": ["ab", "a"], "c": ["c", "bc"]})
+    rows = canonicalize(df, f, PLAIN).frame["__row"].to_list()
+    assert rows[0][3:] != rows[1][4:]
+
+
+def test_sf_id18_vectorised_matches_reference() -> None:
+    from engine.sfid import to18
+
+    ids = ["001RO0000035WQg", "001ro0000035wqg", "001000000000000", "0015g0000000001AAA"]
+    assert sf_id18(pl.Series(ids)).to_list() == [to18(i) for i in ids]
+
+
+def test_null_key_is_rejected() -> None:
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True),)
+    with pytest.raises(ValueError, match="NULL"):
+        canonicalize(pl.DataFrame({"k": ["a", None]}), f, PLAIN)
