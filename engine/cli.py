@@ -131,6 +131,95 @@ def scenario_load(
     out.print(f"ground truth written to {res.truth_file}")
 
 
+# -- diff --------------------------------------------------------------------------------------
+@app.command("diff")
+def diff_cmd(
+    source: Annotated[str | None, typer.Argument(help="salesforce:OBJECT, postgresql://…#schema.table, parquet:PATH or csv:PATH")] = None,
+    target: Annotated[str | None, typer.Argument(help="Same forms as SOURCE.")] = None,
+    key: Annotated[list[str] | None, typer.Option("-k", "--key", help="Key column SRC[=TGT]; repeat for compound keys.")] = None,
+    column: Annotated[list[str] | None, typer.Option("-c", "--column", help="Compared column SRC[=TGT]; repeatable (default: all shared columns).")] = None,
+    tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="COL=ABS absolute tolerance; repeatable.")] = None,
+    source_where: Annotated[str | None, typer.Option("--source-where", help="Condition on the source (SOQL or SQL).")] = None,
+    target_where: Annotated[str | None, typer.Option("--target-where", help="Condition on the target (SOQL or SQL).")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Compare as of this time (ISO-8601); later changes count as in_flight.")] = None,
+    unique_key: Annotated[bool, typer.Option("--unique-key", help="Fail (exit 2) if a key is duplicated on either side.")] = False,
+    segment_rows: Annotated[int, typer.Option("--segment-rows", min=1, help="Rows per Merkle segment.")] = 16_384,
+    config: Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml")] = None,
+    mapping: Annotated[str | None, typer.Option("--mapping", help="A [mapping.NAME] of the config.")] = None,
+    as_json: JsonFlag = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write summary.json and differences.parquet here.")] = None,
+) -> None:
+    """Compare two datasets; exit 1 when they differ."""
+    from engine import config as config_mod
+    from engine import reconcile
+    from engine.config import parse_pair
+
+    cfg = config_mod.load(config)
+    tol = {}
+    for t in tolerance or []:
+        name, sep, val = t.partition("=")
+        if not sep:
+            raise _usage(f"malformed --tolerance {t!r}: use COL=ABS, e.g. --tolerance clv=0.01")
+        tol[name] = _decimal(val, "--tolerance")
+    overrides = dict(
+        keys=tuple(parse_pair(k) for k in key or []), columns=tuple(parse_pair(c) for c in column or []),
+        tolerance=tol, source_where=source_where, target_where=target_where, as_of=_as_of(as_of),
+        unique_key=unique_key or None, segment_rows=segment_rows,
+    )
+    if mapping:
+        m = cfg.mapping(mapping)
+        if source:
+            overrides["source"] = source
+        if target:
+            overrides["target"] = target
+        req = reconcile.DiffRequest.from_mapping(m, **overrides)
+    else:
+        if not source or not target:
+            raise _usage("give SOURCE and TARGET, or -C recon.toml --mapping NAME")
+        req = reconcile.DiffRequest(source=source, target=target, **{k: v for k, v in overrides.items() if v is not None})
+    with err.status("diffing…", spinner="dots") if not as_json and sys.stderr.isatty() else _nullcontext():
+        run = reconcile.run_diff(req, cfg, progress=None)
+    if out_dir:
+        reconcile.write_outputs(run, out_dir)
+    summary = run.summary()
+    if as_json:
+        _emit_json(summary)
+    else:
+        from engine.report.terminal import render_diff
+
+        render_diff(out, summary, out_dir)
+    raise typer.Exit(1 if run.result.has_differences else 0)
+
+
+def _decimal(text: str, opt: str) -> Any:
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise _usage(f"{opt}: {text!r} is not a number") from None
+
+
+def _as_of(text: str | None) -> Any:
+    if not text:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _usage(f"--as-of {text!r} is not an ISO-8601 time, e.g. 2026-09-30T23:59:59Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
 # -- demo --------------------------------------------------------------------------------------
 @app.command("demo")
 def demo(
@@ -183,7 +272,8 @@ def _is_cli_usage_error(exc: BaseException) -> bool:
 def main() -> None:
     """Console entry point: map recon's errors to one line and an exit code, never a traceback."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
+        sys.exit(rc if isinstance(rc, int) else 0)
     except ReconError as exc:
         _say_error(f"recon: error: {exc}")
         sys.exit(int(exc.exit_code))

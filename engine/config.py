@@ -1,0 +1,137 @@
+"""`recon.toml` → typed, validated settings. Errors name the file, the key and the fix.
+
+Secrets never live in the file: passwords and tokens come from the environment, or from files the
+config *names* (`credentials_file` for Salesforce, `passfile` for libpq), which keeps the config
+safe to commit and to embed (by digest) in manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One reconciliation: source ↔ target, keys, compared columns, tolerances.
+
+    key / columns: pairs (source column, target column).
+    tolerance: absolute tolerance per source column.
+    target_updated_at / source_updated_at: columns that say when a row last changed (for --as-of).
+    gate_column: the amount column the circuit breaker watches.
+    """
+
+    name: str
+    source: str
+    target: str
+    key: tuple[tuple[str, str], ...]
+    columns: tuple[tuple[str, str], ...] = ()
+    tolerance: dict[str, Decimal] = field(default_factory=dict)
+    source_where: str | None = None
+    target_where: str | None = None
+    target_updated_at: str | None = None
+    types: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    raw: dict[str, Any]
+    digest: str
+
+    def section(self, name: str) -> dict[str, Any]:
+        v = self.raw.get(name, {})
+        if not isinstance(v, dict):
+            raise UsageError(f"{self.where}: [{name}] must be a table")
+        return v
+
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.path else "configuration"
+
+    def mapping(self, name: str) -> Mapping:
+        maps = self.section("mapping")
+        if name not in maps:
+            known = ", ".join(sorted(maps)) or "none"
+            raise UsageError(f"{self.where}: no [mapping.{name}] (known mappings: {known})")
+        m = maps[name]
+        where = f"{self.where}: [mapping.{name}]"
+        for req in ("source", "target", "key"):
+            if req not in m:
+                raise UsageError(f"{where} needs '{req}'")
+        tol = {}
+        for k, v in (m.get("tolerance") or {}).items():
+            try:
+                tol[k] = Decimal(str(v))
+            except InvalidOperation:
+                raise UsageError(f"{where}: tolerance.{k} = {v!r} is not a number") from None
+        return Mapping(
+            name=name, source=_str(m, "source", where), target=_str(m, "target", where),
+            key=tuple(parse_pair(x) for x in _list(m, "key", where)),
+            columns=tuple(parse_pair(x) for x in _list(m, "columns", where)),
+            tolerance=tol, source_where=m.get("source_where"), target_where=m.get("target_where"),
+            target_updated_at=m.get("target_updated_at"), types=dict(m.get("types") or {}),
+        )
+
+    def path_value(self, section: str, key: str) -> Path | None:
+        """A file path from the config, relative to the config file's directory."""
+        v = self.section(section).get(key)
+        if not v:
+            return None
+        p = Path(os.path.expanduser(str(v)))
+        return p if p.is_absolute() or self.path is None else (self.path.parent / p)
+
+
+def _str(m: dict, k: str, where: str) -> str:
+    v = m.get(k)
+    if not isinstance(v, str) or not v:
+        raise UsageError(f"{where}: '{k}' must be a non-empty string")
+    return v
+
+
+def _list(m: dict, k: str, where: str) -> list[str]:
+    v = m.get(k, [])
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise UsageError(f"{where}: '{k}' must be a list of strings like \"Id=account_id\"")
+    return v
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    """`SRC=TGT` or `NAME` (same name on both sides)."""
+    if "=" in text:
+        a, b = text.split("=", 1)
+        if not a or not b:
+            raise UsageError(f"malformed column pair {text!r}: use SRC=TGT or NAME")
+        return a.strip(), b.strip()
+    if not text.strip():
+        raise UsageError("empty column name")
+    return text.strip(), text.strip()
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    if path is None:
+        return Config(None, {}, hashlib.sha256(b"").hexdigest())
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"config file {p} not found: pass -C PATH or run `recon scenario load` to write one") from None
+    try:
+        raw = tomllib.loads(data.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{p}: not valid TOML: {exc}") from None
+    for forbidden in ("password", "token", "secret", "security_token", "consumer_secret"):
+        for sect, body in raw.items():
+            if isinstance(body, dict) and forbidden in body:
+                raise UsageError(f"{p}: [{sect}] {forbidden} must not be in the config file: set it in the "
+                                 "environment or in a file the config names (credentials_file, passfile)")
+    return Config(p.resolve(), raw, hashlib.sha256(data).hexdigest())

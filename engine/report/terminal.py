@@ -1,0 +1,41 @@
+"""Terminal rendering (rich). Reads the same summary dict the JSON output prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def render_diff(console: Console, s: dict[str, Any], out_dir: Path | None) -> None:
+    t = Table(title="recon diff", show_header=True, header_style="bold")
+    t.add_column("")
+    t.add_column("count", justify="right")
+    t.add_row("source rows", f"{s['source']['rows']:,}")
+    t.add_row("target rows", f"{s['target']['rows']:,}")
+    t.add_row("missing in target", f"{s['missing_in_target']:,}")
+    t.add_row("missing in source", f"{s['missing_in_source']:,}")
+    t.add_row("mismatched", f"{s['mismatched']:,}")
+    t.add_row("unchanged", f"{s['unchanged']:,}")
+    if s.get("in_flight"):
+        t.add_row("in flight (changed after --as-of)", f"{s['in_flight']:,}")
+    t.add_row("duplicate keys (source / target)", f"{s['duplicate_keys']['source']:,} / {s['duplicate_keys']['target']:,}")
+    t.add_row("variance ratio", f"{s['variance_ratio']:.4%}")
+    console.print(t)
+    if s["columns"]:
+        c = Table(show_header=True, header_style="bold")
+        for h in ("column", "mismatched", "abs variance", "net variance", "amount variance"):
+            c.add_column(h, justify="right" if h != "column" else "left")
+        for name, v in s["columns"].items():
+            ratio = s["amount_variance_ratio"].get(name)
+            c.add_row(name, f"{v['mismatched']:,}", v["abs_variance"] or "", v["net_variance"] or "",
+                      "" if ratio is None else f"{ratio:.4%}")
+        console.print(c)
+    m = s["merkle"]
+    console.print(f"Merkle: {m['divergent_segments']:,} of {m['segments']:,} segments diverge "
+                  f"(encoding v{m['encoding_version']}, source root {m['source_root'][:16]}…, "
+                  f"target root {m['target_root'][:16]}…) in {s['elapsed_s']:.2f}s")
+    if out_dir:
+        console.print(f"written: {out_dir / 'summary.json'}, {out_dir / 'differences.parquet'}")
