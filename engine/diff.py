@@ -180,31 +180,53 @@ def compare(
     )
 
 
+def _dup_keys(df: pl.DataFrame) -> pl.Series:
+    """Keys occurring more than once (the frame is sorted by key)."""
+    k = df["__key"]
+    if len(k) < 2:
+        return k.clear()
+    same = (k == k.shift(1)).fill_null(False)
+    return k.filter(same).unique()
+
+
 def _record_diff(
     ds: pl.DataFrame, dt: pl.DataFrame, value_fields: list[FieldSpec], in_flight: set[str]
 ) -> tuple[pl.DataFrame, dict[str, int], dict[str, tuple[int, Decimal | None, Decimal | None]]]:
-    ks = ds.group_by("__key").agg(pl.len().alias("n_s"), pl.col("__row").sort().alias("rows_s"))
-    kt = dt.group_by("__key").agg(pl.len().alias("n_t"), pl.col("__row").sort().alias("rows_t"))
+    names = [f.name for f in value_fields]
+    dup_any = pl.concat([_dup_keys(ds), _dup_keys(dt)]).unique()
+    if in_flight:
+        dup_any = pl.concat([dup_any, pl.Series("__key", sorted(in_flight), dtype=pl.Utf8)]).unique()
+    flagged = dup_any.to_frame("__key")
+    # the common case: keys unique on both sides, compared by one join
+    us = ds.join(flagged, on="__key", how="anti") if len(flagged) else ds
+    ut = dt.join(flagged, on="__key", how="anti") if len(flagged) else dt
+    j = us.select("__key", "__row", *names).join(
+        ut.select("__key", "__row", *names).with_columns(pl.lit(True).alias("__in_t")),
+        on="__key", how="full", coalesce=True, suffix="__t")
+    miss_t_u = j.filter(pl.col("__in_t").is_null()).select("__key")
+    miss_s_u = j.filter(pl.col("__row").is_null()).select("__key")
+    pairs = j.filter(pl.col("__row").is_not_null() & pl.col("__in_t").is_not_null()
+                     & (pl.col("__row") != pl.col("__row__t")))
+    n_unique_keys = len(j)
+    # keys duplicated on a side (or in flight): multiset comparison on a small subset
+    ks = ds.join(flagged, on="__key", how="semi").group_by("__key").agg(
+        pl.len().alias("n_s"), pl.col("__row").sort().alias("rows_s"))
+    kt = dt.join(flagged, on="__key", how="semi").group_by("__key").agg(
+        pl.len().alias("n_t"), pl.col("__row").sort().alias("rows_t"))
     keys = ks.join(kt, on="__key", how="full", coalesce=True)
     if in_flight:
         flight = pl.Series("__key", sorted(in_flight), dtype=pl.Utf8)
         keys = keys.with_columns(pl.col("__key").is_in(flight.implode()).alias("in_flight"))
     else:
         keys = keys.with_columns(pl.lit(False).alias("in_flight"))
-    union = len(keys)
+    union = n_unique_keys + len(keys)
     n_flight = int(keys["in_flight"].sum())
     keys = keys.filter(~pl.col("in_flight"))
-    miss_t = keys.filter(pl.col("n_t").is_null())
-    miss_s = keys.filter(pl.col("n_s").is_null())
+    miss_t = pl.concat([miss_t_u, keys.filter(pl.col("n_t").is_null()).select("__key")])
+    miss_s = pl.concat([miss_s_u, keys.filter(pl.col("n_s").is_null()).select("__key")])
     both = keys.filter(pl.col("n_s").is_not_null() & pl.col("n_t").is_not_null())
-    dup = both.filter((pl.col("n_s") > 1) | (pl.col("n_t") > 1))
-    dup_mismatch = dup.filter(pl.col("rows_s") != pl.col("rows_t"))
-    uniq_keys = both.filter((pl.col("n_s") == 1) & (pl.col("n_t") == 1) & (pl.col("rows_s") != pl.col("rows_t")))
-
-    names = [f.name for f in value_fields]
-    pairs = ds.join(uniq_keys.select("__key"), on="__key", how="semi").select("__key", *names).join(
-        dt.join(uniq_keys.select("__key"), on="__key", how="semi").select("__key", *names),
-        on="__key", how="inner", suffix="__t")
+    dup_mismatch = both.filter(pl.col("rows_s") != pl.col("rows_t"))
+    # a key unique on both sides that was only flagged for being in flight never gets here
     differs = []
     stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
     col_rows = []

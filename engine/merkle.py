@@ -81,8 +81,14 @@ def choose_boundaries(sorted_keys: pl.Series, segment_rows: int = DEFAULT_SEGMEN
     so no segment starts empty)."""
     if segment_rows < 1:
         raise ValueError("segment_rows must be positive")
-    uniq = sorted_keys.unique(maintain_order=True)
-    return uniq.gather_every(segment_rows, offset=segment_rows).to_list()
+    picks = sorted_keys.gather_every(segment_rows, offset=segment_rows).to_list()
+    out: list[str] = []
+    for p in picks:  # one per segment, not per row; drops repeats of a heavily duplicated key
+        if not out or p != out[-1]:
+            out.append(p)
+    if out and out[0] == sorted_keys[0]:
+        out = out[1:]
+    return out
 
 
 def segment_ids(sorted_keys: pl.Series, seg: Segmentation) -> np.ndarray:
