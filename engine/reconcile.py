@@ -115,9 +115,7 @@ def _columns_of(ref: Reference, config: Config) -> dict[str, SourceColumn]:
             out[c.name] = SourceColumn(c.name, kind, scale, c.type_name)
         return out
     if isinstance(ref, FileRef):
-        return file_source.extract(ref).columns if ref.format == "csv" else {
-            f.name: SourceColumn(f.name, *file_source._kind_of_arrow(f.type), str(f.type))
-            for f in __import__("pyarrow.parquet", fromlist=["read_schema"]).read_schema(ref.path)}
+        return file_source.columns_of(ref)
     from engine.sources import sf_extract
 
     return sf_extract.describe_columns(ref, config)

@@ -43,14 +43,27 @@ def sidecar(path: Path) -> dict | None:
     return None
 
 
+def columns_of(ref: FileRef) -> dict[str, SourceColumn]:
+    """Declared columns without reading the data (Parquet: its schema; CSV: header + sidecar)."""
+    path = Path(ref.path)
+    if not path.exists():
+        raise UsageError(f"file not found: {path} (check the {ref.format}: reference)")
+    if ref.format == "parquet":
+        try:
+            schema = pq.read_schema(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UsageError(f"cannot read Parquet {path}: {exc}") from None
+        return {f.name: SourceColumn(f.name, *_kind_of_arrow(f.type), str(f.type)) for f in schema}
+    return extract(ref).columns
+
+
 def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
     t0 = time.perf_counter()
     path = Path(ref.path)
     if not path.exists():
         raise UsageError(f"file not found: {path} (check the {ref.format}: reference)")
     if ref.format == "parquet":
-        schema = pq.read_schema(path)
-        names = schema.names
+        names = list(columns_of(ref))
         if columns:
             columns = _resolve(names, columns, str(path))
         table = pq.read_table(path, columns=columns)

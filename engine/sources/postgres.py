@@ -11,6 +11,7 @@ runs inside a READ ONLY transaction.
 from __future__ import annotations
 
 import io
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +26,7 @@ from psycopg import sql
 from engine.errors import ServiceUnreachable, UsageError
 from engine.sources.base import Extract, PostgresRef, SourceColumn, redact_dsn
 
-CONNECT_DEADLINE_S = 20.0
+CONNECT_DEADLINE_S = float(os.environ.get("RECON_CONNECT_DEADLINE", "20"))
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ class PgColumn:
     scale: int | None
 
 
-def connect(dsn: str, *, deadline_s: float = CONNECT_DEADLINE_S, **kwargs: Any) -> psycopg.Connection:
+def connect(dsn: str, *, deadline_s: float | None = None, **kwargs: Any) -> psycopg.Connection:
     """Connect, retrying while the server is unreachable; user errors fail at once with exit 2."""
+    deadline_s = float(os.environ.get("RECON_CONNECT_DEADLINE", CONNECT_DEADLINE_S)) if deadline_s is None else deadline_s
     start = time.monotonic()
     delay = 0.2
     while True:
