@@ -135,8 +135,13 @@ def compare(
     segment_rows: int = merkle.DEFAULT_SEGMENT_ROWS,
     boundaries: list[str] | None = None,
     in_flight_keys: set[str] | None = None,
+    hashed: tuple[tuple[merkle.SideTree, np.ndarray], tuple[merkle.SideTree, np.ndarray]] | None = None,
 ) -> DiffResult:
-    """Diff two canonical sides (already sorted by ``__key``)."""
+    """Diff two canonical sides (already sorted by ``__key``).
+
+    ``hashed`` passes each side's tree and row segments when the caller hashed the sides already
+    (e.g. concurrently, each as soon as its data arrived), on the given ``boundaries``.
+    """
     t0 = time.perf_counter()
     s, t = source.frame, target.frame
     fields = source.fields
@@ -144,8 +149,11 @@ def compare(
     seg = merkle.Segmentation(tuple(boundaries if boundaries is not None
                                     else merkle.choose_boundaries(s["__key"], segment_rows)))
     n_seg = len(seg.boundaries) + 1
-    s_tree, s_seg = merkle.side_tree(s["__key"], s["__row"], seg)
-    t_tree, t_seg = merkle.side_tree(t["__key"], t["__row"], seg)
+    if hashed is None:
+        (s_tree, s_seg), (t_tree, t_seg) = merkle.side_tree(s["__key"], s["__row"], seg), \
+            merkle.side_tree(t["__key"], t["__row"], seg)
+    else:
+        (s_tree, s_seg), (t_tree, t_seg) = hashed
     divergent = merkle.divergent_segments(s_tree, t_tree)
 
     dup_s, distinct_s = _dup_and_distinct(s["__key"], s_seg, n_seg)

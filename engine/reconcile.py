@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -202,22 +203,44 @@ def run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun:
     s_opts = SALESFORCE_SIDE if isinstance(sref, SalesforceRef) else SideOptions()
     t_opts = SALESFORCE_SIDE if isinstance(tref, SalesforceRef) else SideOptions()
 
-    say("extracting both sides")
+    say("extracting and normalizing both sides")
     key_s, key_t = [a for a, _ in key_pairs], [b for _, b in key_pairs]
+
+    boundaries: list[list[str]] = []
+    ready = threading.Event()
+
+    def side(ref: Reference, fields: list[FieldSpec], opts: SideOptions, where: str | None,
+             updated_at: str | None, keys: list[str], chooser: bool) -> tuple[Extract, Canonical, Any]:
+        # each side normalizes as soon as its own data is in, overlapping the slower side's read
+        e = _extract(ref, config, [f.column for f in fields], where, as_of=req.as_of, updated_at=updated_at,
+                     key_cols=keys)
+        try:
+            c = canonicalize(e.frame, tuple(fields), opts)
+        except ValueError as exc:
+            raise UsageError(f"cannot normalize {ref}: {exc}") from None
+        e.frame = e.frame.clear()  # the canonical frame holds everything needed from here on
+        if chooser:  # boundaries come from the source's keys and apply to both sides
+            try:
+                boundaries.append(merkle.choose_boundaries(c.frame["__key"], req.segment_rows))
+            finally:
+                ready.set()
+        if not ready.wait(timeout=24 * 3600) or not boundaries:
+            raise RuntimeError("source side failed before choosing segment boundaries")
+        tree = merkle.side_tree(c.frame["__key"], c.frame["__row"], merkle.Segmentation(tuple(boundaries[0])))
+        return e, c, tree
+
     with ThreadPoolExecutor(2) as ex:
-        fs = ex.submit(_extract, sref, config, [f.column for f in fields_s], req.source_where, as_of=req.as_of,
-                       updated_at=None, key_cols=key_s)
-        ft = ex.submit(_extract, tref, config, [f.column for f in fields_t], req.target_where, as_of=req.as_of,
-                       updated_at=req.target_updated_at, key_cols=key_t)
-        es, et = fs.result(), ft.result()
-    say("normalizing and hashing")
-    try:
-        cs = canonicalize(es.frame, tuple(fields_s), s_opts)
-        ct = canonicalize(et.frame, tuple(fields_t), t_opts)
-    except ValueError as exc:
-        raise UsageError(f"cannot normalize the data: {exc}") from None
+        fs = ex.submit(side, sref, fields_s, s_opts, req.source_where, None, key_s, True)
+        ft = ex.submit(side, tref, fields_t, t_opts, req.target_where, req.target_updated_at, key_t, False)
+        try:
+            es, cs, s_hashed = fs.result()
+        except BaseException:
+            ready.set()
+            raise
+        et, ct, t_hashed = ft.result()
+    say("comparing")
     in_flight = _in_flight_keys(es, fields_s, s_opts) | _in_flight_keys(et, fields_t, t_opts)
-    result = compare(cs, ct, segment_rows=req.segment_rows, in_flight_keys=in_flight)
+    result = compare(cs, ct, boundaries=boundaries[0], in_flight_keys=in_flight, hashed=(s_hashed, t_hashed))
     if req.unique_key and (result.duplicate_keys_source or result.duplicate_keys_target):
         raise UsageError(f"the key is not unique: {result.duplicate_keys_source} duplicated key(s) in the source, "
                          f"{result.duplicate_keys_target} in the target (drop --unique-key to count them instead)")
