@@ -239,6 +239,15 @@ def demo(
     raise typer.Exit(code)
 
 
+def _register_command_modules() -> None:
+    from engine.commands import register_all
+
+    register_all(app)
+
+
+_register_command_modules()
+
+
 def _usage(msg: str) -> ReconError:
     from engine.errors import UsageError
 
