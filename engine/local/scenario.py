@@ -98,8 +98,14 @@ def generate(spec: ScenarioSpec, org_id: str, owner_ids: list[str] | None = None
     owners = owner_ids or make_ids("005", 1000, N_OWNERS)
     users = pl.DataFrame({
         "Id": owners,
+        "FirstName": ["Account"] * len(owners),
+        "LastName": [f"Executive {i:03d}" for i in range(len(owners))],
         "Name": [f"Account Executive {i:03d}" for i in range(len(owners))],
         "Username": [f"ae{i:03d}@example.com" for i in range(len(owners))],
+        "Email": [f"ae{i:03d}@example.com" for i in range(len(owners))],
+        "Alias": [f"ae{i:03d}" for i in range(len(owners))],
+        "Title": ["Account Executive"] * len(owners),
+        "IsActive": [True] * len(owners),
     })
     acc_ids = make_ids("001", 10_000, n)
     revenue = np.round(rng.lognormal(14, 1.4, n), 2)

@@ -28,7 +28,7 @@ from engine.config import Config
 from engine.errors import ServiceUnreachable, UsageError
 from engine.sources.base import Extract, SalesforceRef, SourceColumn
 
-REST_MAX_ROWS = 5_000
+REST_MAX_ROWS = int(os.environ.get("RECON_SF_REST_MAX_ROWS", "5000"))
 BULK_PAGE_ROWS = 100_000
 CHUNK_ROWS = 250_000
 FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
@@ -141,9 +141,17 @@ def _call(fn: Any, what: str) -> Any:
                                      "server runs") from None
 
 
+_DESCRIBE_CACHE: dict[tuple[int, str], dict[str, Any]] = {}
+
+
 def describe(ref: SalesforceRef, config: Config) -> dict[str, Any]:
-    conn = connection(config)
-    return _call(lambda: conn.sf.restful(f"sobjects/{ref.sobject}/describe"), f"describe of {ref.sobject}")
+    """The sObject's describe, fetched once per process (schema lookups and extraction share it)."""
+    key = (id(config), ref.sobject)
+    if key not in _DESCRIBE_CACHE:
+        conn = connection(config)
+        _DESCRIBE_CACHE[key] = _call(lambda: conn.sf.restful(f"sobjects/{ref.sobject}/describe"),
+                                     f"describe of {ref.sobject}")
+    return _DESCRIBE_CACHE[key]
 
 
 def describe_columns(ref: SalesforceRef, config: Config) -> dict[str, SourceColumn]:
