@@ -256,7 +256,7 @@ def produce(sc: Scenario, bootstrap: str, kafka_config: dict[str, str] | None = 
     from confluent_kafka import Producer
 
     m = sc.messages
-    conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20,
+    conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20, "log_level": 3,
             "compression.type": "lz4", "batch.num.messages": 10_000, "queue.buffering.max.messages": 1_000_000}
     conf.update(kafka_config or {})
     producer = Producer(conf)
