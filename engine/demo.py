@@ -62,6 +62,16 @@ def system_counts(paths: StackPaths, endpoints: dict[str, Any], topic: str) -> d
     }
 
 
+def diff_step(config_file: Path, out: Path) -> Any:
+    from engine import config as config_mod
+    from engine import reconcile
+
+    cfg = config_mod.load(config_file)
+    run = reconcile.run_diff(reconcile.DiffRequest.from_mapping(cfg.mapping("clv")), cfg)
+    reconcile.write_outputs(run, out)
+    return run
+
+
 def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out_dir: Path, paths: StackPaths,
         console: Console) -> int:
     from engine.local import scenario, stack
@@ -83,6 +93,12 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
         console.print(f"    ground truth: {res.truth_file}")
         console.print(f"    config:       {res.config_file}")
         out_dir.mkdir(parents=True, exist_ok=True)
+        run = steps.run("Diff Salesforce against the warehouse: both sides into Arrow, BLAKE3 Merkle segments, "
+                        "record-level differences", lambda: diff_step(res.config_file, out_dir / "diff"))
+        s = run.summary()
+        console.print(f"    {s['mismatched']:,} mismatched, {s['missing_in_target']:,} missing in the warehouse, "
+                      f"{s['unchanged']:,} unchanged; variance {s['variance_ratio']:.2%} of accounts, "
+                      f"CLV off by {s['columns']['Customer_Lifetime_Value__c']['abs_variance']} in total")
     finally:
         if not keep_services:
             steps.run("Stop the embedded stack (use --keep-services to keep it)", lambda: stack.down(paths))
