@@ -29,6 +29,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -369,10 +370,13 @@ def ground_truth(sc: Scenario, delivered: pl.DataFrame) -> dict[str, Any]:
         pl.len().alias("events")).sort("partition")
     classes = {c: sorted(a.filter(pl.col("class") == c)["Id"].to_list()) for c in CLASSES}
     with_wh = a.filter(pl.col("wh_cents").is_not_null())
-    over = with_wh.with_columns(((pl.col("wh_cents") - pl.col("true_cents")).clip(lower_bound=0) / 100
-                                 * pl.col("Commission_Rate__c")).alias("over"))
-    under = with_wh.with_columns(((pl.col("true_cents") - pl.col("wh_cents")).clip(lower_bound=0) / 100
-                                  * pl.col("Commission_Rate__c")).alias("under"))
+    over_total = under_total = Decimal(0)
+    cent = Decimal("0.01")
+    for wh, true, rate in zip(with_wh["wh_cents"].to_list(), with_wh["true_cents"].to_list(),
+                              with_wh["Commission_Rate__c"].to_list(), strict=True):
+        r = Decimal(str(rate))  # per account, in cents, rounded half-even: how a payroll would book it
+        over_total += (Decimal(max(0, wh - true)) / 100 * r).quantize(cent, rounding=ROUND_HALF_EVEN)
+        under_total += (Decimal(max(0, true - wh)) / 100 * r).quantize(cent, rounding=ROUND_HALF_EVEN)
     mismatched = a.filter(pl.col("wh_cents").is_not_null() & (pl.col("wh_cents") != pl.col("sf_cents")))["Id"].to_list()
     return {
         "seed": sc.spec.seed,
@@ -397,8 +401,8 @@ def ground_truth(sc: Scenario, delivered: pl.DataFrame) -> dict[str, Any]:
             "missing_in_source": [],
         },
         "exposure": {
-            "overpayment_total": round(float(over["over"].sum()), 2),
-            "underpayment_total": round(float(under["under"].sum()), 2),
+            "overpayment_total": str(over_total),
+            "underpayment_total": str(under_total),
         },
     }
 

@@ -39,3 +39,48 @@ def render_diff(console: Console, s: dict[str, Any], out_dir: Path | None) -> No
                   f"target root {m['target_root'][:16]}…) in {s['elapsed_s']:.2f}s")
     if out_dir:
         console.print(f"written: {out_dir / 'summary.json'}, {out_dir / 'differences.parquet'}")
+
+
+def render_audit(console: Console, s: dict[str, Any]) -> None:
+    t = Table(title=f"kafka-audit {s['topic']}", header_style="bold")
+    t.add_column("")
+    t.add_column("count", justify="right")
+    for k in ("events", "duplicates", "duplicate_records", "conflicts", "unparsable", "tombstones", "foreign_org", "invalid"):
+        t.add_row(k.replace("_", " "), f"{s[k]:,}")
+    console.print(t)
+    if s["windows"]:
+        w = Table(title="re-delivery windows", header_style="bold")
+        for h in ("partition", "first offset", "last offset", "first ts", "last ts", "copies"):
+            w.add_column(h, justify="right")
+        for r in s["windows"][:50]:
+            w.add_row(str(r["partition"]), f"{r['first_offset']:,}", f"{r['last_offset']:,}", r["first_ts"] or "",
+                      r["last_ts"] or "", f"{r['events']:,}")
+        console.print(w)
+    seq = s["sequence"]
+    if seq["regressions"] or seq["gaps"]:
+        console.print(f"producer sequences: {seq['regressions']:,} regression(s), {seq['gaps']:,} gap(s)")
+
+
+def render_explain(console: Console, s: dict[str, Any], out_dir: Path | None) -> None:
+    t = Table(title="recon explain", header_style="bold")
+    t.add_column("class")
+    t.add_column("records", justify="right")
+    for k, v in s["classes"].items():
+        t.add_row(k, f"{v:,}")
+    console.print(t)
+    e = s["exposure"]
+    console.print(f"commission overpayment exposure: {e['total']} (underpayments {e['underpayment_total']}); "
+                  f"SEC-critical records: {s['sec_critical']['records']:,} ({s['sec_critical']['overpayment']})")
+    top = list(e["by_owner"].items())[:10]
+    if top:
+        o = Table(title="top owners by overpayment", header_style="bold")
+        o.add_column("owner")
+        o.add_column("overpayment", justify="right")
+        for k, v in top:
+            o.add_row(k, v)
+        console.print(o)
+    for w in s["kafka"]["windows"][:10]:
+        console.print(f"re-delivered: partition {w['partition']} offsets {w['first_offset']:,}–{w['last_offset']:,} "
+                      f"({w['events']:,} copies, {w['first_ts']} … {w['last_ts']})")
+    if out_dir:
+        console.print(f"written: {out_dir / 'explain.json'}, {out_dir / 'findings.parquet'}")

@@ -352,3 +352,19 @@ def _cast_strings(tbl: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
         column_types=types, true_values=["true", "True"], false_values=["false", "False"],
         strings_can_be_null=True, quoted_strings_can_be_null=True,
         timestamp_parsers=["%Y-%m-%dT%H:%M:%S.%f%z", pacsv.ISO8601]))
+
+
+def top_ids(ref: SalesforceRef, config: Config, field: str, fraction: float) -> list[str]:
+    """Ids of the top ``fraction`` of records by ``field`` (e.g. the SEC-critical top 5% by
+    AnnualRevenue): one COUNT() and one ordered, limited query, not a full extraction."""
+    declared = describe_columns(ref, config)
+    name = field if field in declared else {n.lower(): n for n in declared}.get(field.lower())
+    if name is None or not FIELD_RE.match(name):
+        raise UsageError(f"unknown column {field!r} on Salesforce {ref.sobject}: fix [commission] revenue_field")
+    conn = connection(config)
+    total = int(_call(lambda: conn.sf.query(f"SELECT COUNT() FROM {ref.sobject}"), "a COUNT() query")["totalSize"])
+    k = max(1, int(-(-total * fraction // 1))) if total else 0
+    if not k:
+        return []
+    soql = f"SELECT Id FROM {ref.sobject} WHERE {name} != null ORDER BY {name} DESC LIMIT {k}"
+    return [r["Id"] for r in _call(lambda: conn.sf.query_all(soql), "the top-revenue query")["records"]]

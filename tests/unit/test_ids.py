@@ -68,3 +68,19 @@ def test_invalid_fields_raise_or_yield_none() -> None:
     with pytest.raises(ValueError):
         ids.event_id(ORG, ACC, "purchase", "yesterday")
     assert ids.event_ids([ORG, ORG], [ACC, "bad"], ["purchase", "purchase"], ["nope", "2026-08-01T10:00:00.123Z"]) == [None, None]
+
+
+def test_vectorised_name_matches_the_reference_layout() -> None:
+    import polars as pl
+
+    rows = [(ORG, ACC, "purchase", "2026-08-01T10:00:00.123Z"), (ORG, "0015g0000000002AAA", "réfund", "2026-08-01T10:00:00.000Z")]
+    df = pl.DataFrame(rows, schema=["o", "r", "t", "ts"], orient="row")
+    got = df.select(ids.name_expr("o", "r", "t", "ts").alias("n"))["n"].to_list()
+    assert [g.encode() for g in got] == [ids._name(r) for r in rows]
+
+
+def test_canonical_times_vectorised() -> None:
+    import polars as pl
+
+    s = pl.Series(["2026-08-01T10:00:00.123Z", "2026-08-01T12:00:00.123456+02:00", "garbage", None])
+    assert ids.canonical_times(s).to_list() == ["2026-08-01T10:00:00.123Z", "2026-08-01T10:00:00.123Z", None, None]

@@ -1,0 +1,144 @@
+"""Kafka forensics and triangulation on the scenario, held against the generator's own record of
+what it injected (not recomputed with recon's functions), plus robustness on hostile topics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+from confluent_kafka import Producer
+
+from engine.local.kafka import create_topic
+
+
+@pytest.fixture(scope="module")
+def explained(scenario_stack, tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("explain")
+    diff = scenario_stack.run("diff", "-C", str(scenario_stack.config), "--mapping", "clv", "--out", str(d / "diff"))
+    assert diff.returncode == 1, diff.stderr
+    audit = scenario_stack.run("kafka-audit", "-C", str(scenario_stack.config), "--json")
+    assert audit.returncode == 1, audit.stderr
+    exp = scenario_stack.run("explain", "--diff", str(d / "diff"), "-C", str(scenario_stack.config), "--json",
+                             "--out", str(d / "explain"))
+    assert exp.returncode == 1, exp.stderr
+    return {"audit": json.loads(audit.stdout), "explain": json.loads(exp.stdout),
+            "findings": pl.read_parquet(d / "explain" / "findings.parquet"),
+            "accounts": pl.read_parquet(scenario_stack.state / "scenario" / "accounts.parquet"),
+            "copies": pl.read_parquet(scenario_stack.state / "scenario" / "copies.parquet")}
+
+
+def test_every_redelivered_copy_found_and_no_other(scenario_stack, explained) -> None:
+    truth, audit = scenario_stack.truth, explained["audit"]
+    assert audit["duplicates"] == truth["duplicate_copies"]
+    assert audit["duplicate_records"] == truth["duplicate_records"]
+    assert audit["conflicts"] == 0 and audit["unparsable"] == 0
+    found = set()
+    for offs in explained["findings"]["copy_offsets"].to_list():
+        found |= {tuple(map(int, x.split(":"))) for x in json.loads(offs)}
+    injected = {(r["partition"], r["offset"]) for r in explained["copies"].iter_rows(named=True)}
+    # copies of accounts whose inflation netted to zero are not mismatches, hence not in findings
+    netted = set(explained["accounts"].filter((pl.col("copies") > 0) & (pl.col("class") == ""))["Id"].to_list())
+    injected_mismatched = {(r["partition"], r["offset"]) for r in explained["copies"].iter_rows(named=True)
+                           if r["account_id"] not in netted}
+    assert found == injected_mismatched and found <= injected
+
+
+def test_windows_equal_the_injected_blocks(scenario_stack, explained) -> None:
+    got = [(w["partition"], w["first_offset"], w["last_offset"], w["events"]) for w in explained["audit"]["windows"]]
+    want = [(w["partition"], w["first_offset"], w["last_offset"], w["events"]) for w in scenario_stack.truth["windows"]]
+    assert got == want
+    from datetime import UTC, datetime
+
+    for g, w in zip(explained["audit"]["windows"], scenario_stack.truth["windows"], strict=True):
+        assert datetime.fromisoformat(g["first_ts"]) == datetime.fromtimestamp(w["first_ts_ms"] / 1000, UTC)
+    assert explained["audit"]["sequence"]["regressions"] == scenario_stack.truth["partitions"]  # one replay each
+
+
+def test_every_mismatched_account_in_its_injected_class(scenario_stack, explained) -> None:
+    f = explained["findings"]
+    got = dict(zip(f["Id"].to_list(), f["class"].to_list(), strict=True))
+    want = {acc: cls for cls, accs in scenario_stack.truth["classes"].items() for acc in accs}
+    assert got == want
+    assert explained["explain"]["classes"]["unexplained"] == 0
+
+
+def test_exposure_equals_the_injected_truth(scenario_stack, explained) -> None:
+    e = explained["explain"]["exposure"]
+    assert e["total"] == scenario_stack.truth["exposure"]["overpayment_total"]
+    assert e["underpayment_total"] == scenario_stack.truth["exposure"]["underpayment_total"]
+    acc = explained["accounts"]
+    by_owner: dict[str, int] = {}
+    from decimal import ROUND_HALF_EVEN, Decimal
+
+    for r in acc.filter(pl.col("wh_cents").is_not_null()).iter_rows(named=True):
+        over = (Decimal(max(0, r["wh_cents"] - r["true_cents"])) / 100 * Decimal(str(r["Commission_Rate__c"]))
+                ).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+        if over:
+            by_owner[r["OwnerId"]] = by_owner.get(r["OwnerId"], Decimal(0)) + over
+    assert {k: Decimal(v) for k, v in e["by_owner"].items()} == by_owner
+
+
+def test_sec_critical_subset_is_the_top_revenue_five_percent_listed_first(explained) -> None:
+    acc = explained["accounts"].sort("AnnualRevenue_cents", descending=True)
+    top = set(acc.head(math.ceil(len(acc) * 0.05))["Id"].to_list())
+    f = explained["findings"]
+    flagged = set(f.filter(pl.col("sec_critical"))["Id"].to_list())
+    assert flagged == top & set(f["Id"].to_list())
+    flags = f["sec_critical"].to_list()
+    assert flags == sorted(flags, reverse=True)  # SEC-critical first
+
+
+def _produce(bootstrap: str, topic: str, msgs: list[tuple[bytes | None, bytes | None, int]]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap})
+    for key, value, part in msgs:
+        p.produce(topic, key=key, value=value, partition=part)
+    assert p.flush(30) == 0
+
+
+def test_hostile_topic_is_counted_not_fatal(scenario_stack) -> None:
+    bs = scenario_stack.endpoints["kafka_bootstrap"]
+    org = scenario_stack.truth["org_id"]
+    create_topic(bs, "hostile", partitions=3)
+    good = {"org_id": org, "account_id": "0015g0000000001AAA", "event_type": "purchase",
+            "event_ts": "2026-08-01T10:00:00.000Z", "amount": "10.00"}
+    msgs = [
+        (b"k", json.dumps(good).encode(), 0),
+        (b"k", json.dumps(good).encode(), 0),  # a duplicate
+        (b"k", json.dumps({**good, "amount": "11.00"}).encode(), 0),  # same id, other payload: conflict
+        (b"k", b"{not json", 0),
+        (b"k", json.dumps({k: v for k, v in good.items() if k != "amount"}).encode(), 0),  # missing field
+        (b"k", json.dumps({**good, "org_id": "00D000000000001AAA"}).encode(), 0),  # foreign org
+        (b"k", None, 0),  # tombstone
+        (b"k", json.dumps({**good, "event_ts": "2026-08-01T10:00:01.000Z"}).encode(), 1),
+    ]  # partition 2 stays empty
+    _produce(bs, "hostile", msgs)
+    res = scenario_stack.run("kafka-audit", "--bootstrap", bs, "--topic", "hostile", "--org-id", org, "--json")
+    assert res.returncode == 1, res.stderr
+    s = json.loads(res.stdout)
+    assert (s["events"], s["duplicates"], s["conflicts"], s["unparsable"], s["invalid"], s["foreign_org"],
+            s["tombstones"]) == (4, 1, 1, 1, 1, 1, 1)
+    assert s["unparsable_samples"][0]["offset"] == 3
+    assert s["windows"] == [{"partition": 0, "first_offset": 1, "last_offset": 1, "first_ts": s["windows"][0]["first_ts"],
+                             "last_ts": s["windows"][0]["last_ts"], "events": 1}]
+    # an explicit offset window that excludes the copies, and an empty time window
+    res = scenario_stack.run("kafka-audit", "--bootstrap", bs, "--topic", "hostile", "--offsets", "0:0-0,1:0-0", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["events"] == 2
+    res = scenario_stack.run("kafka-audit", "--bootstrap", bs, "--topic", "hostile", "--from", "2001-01-01T00:00:00Z",
+                             "--to", "2001-01-02T00:00:00Z", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["events"] == 0
+
+
+def test_topic_that_does_not_exist_is_exit_2(scenario_stack) -> None:
+    bs = scenario_stack.endpoints["kafka_bootstrap"]
+    res = scenario_stack.run("kafka-audit", "--bootstrap", bs, "--topic", "no-such-topic", "--json")
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "does not exist" in lines[0] and "Traceback" not in res.stderr
+
+
+def test_malformed_offsets_is_exit_2(scenario_stack) -> None:
+    res = scenario_stack.run("kafka-audit", "-C", str(scenario_stack.config), "--offsets", "0:9-1")
+    assert res.returncode == 2 and "malformed --offsets" in res.stderr
