@@ -72,6 +72,27 @@ def diff_step(config_file: Path, out: Path) -> Any:
     return run
 
 
+def audit_step(config_file: Path) -> Any:
+    from engine import config as config_mod
+    from engine import forensics
+    from engine.sources import kafka as ks
+    from engine.sources import sf_extract
+
+    cfg = config_mod.load(config_file)
+    k = cfg.section("kafka")
+    return forensics.audit(ks.scan(k["bootstrap"], k["topic"]), org_id=sf_extract.connection(cfg).org_id)
+
+
+def explain_step(config_file: Path, diff_dir: Path, out: Path) -> Any:
+    from engine import config as config_mod
+    from engine import explain
+
+    cfg = config_mod.load(config_file)
+    exp, _ = explain.run_explain(explain.ExplainRequest(diff_dir=diff_dir), cfg)
+    explain.write_outputs(exp, out)
+    return exp
+
+
 def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out_dir: Path, paths: StackPaths,
         console: Console) -> int:
     from engine.local import scenario, stack
@@ -99,6 +120,20 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
         console.print(f"    {s['mismatched']:,} mismatched, {s['missing_in_target']:,} missing in the warehouse, "
                       f"{s['unchanged']:,} unchanged; variance {s['variance_ratio']:.2%} of accounts, "
                       f"CLV off by {s['columns']['Customer_Lifetime_Value__c']['abs_variance']} in total")
+        audit = steps.run("Audit the Kafka topic: re-delivered copies by deterministic event id, windows, "
+                          "producer sequences", lambda: audit_step(res.config_file))
+        console.print(f"    {audit.duplicates:,} re-delivered copies of {audit.duplicate_records:,} accounts' events, "
+                      f"{audit.conflicts} conflicts, {audit.sequence['regressions']} sequence regressions")
+        for w in audit.windows:
+            console.print(f"    partition {w['partition']}: offsets {w['first_offset']:,}–{w['last_offset']:,} "
+                          f"({w['events']:,} copies) at {w['first_ts']}")
+        exp = steps.run("Explain every difference from the stream and price the commission exposure",
+                        lambda: explain_step(res.config_file, out_dir / "diff", out_dir / "explain"))
+        cls = ", ".join(f"{v:,} {k}" for k, v in exp.summary["classes"].items() if v)
+        console.print(f"    {cls}")
+        console.print(f"    commission overpayment at risk: {exp.summary['exposure']['total']} across "
+                      f"{len(exp.summary['exposure']['by_owner']):,} account executives "
+                      f"({exp.summary['sec_critical']['records']:,} SEC-critical accounts)")
     finally:
         if not keep_services:
             steps.run("Stop the embedded stack (use --keep-services to keep it)", lambda: stack.down(paths))
