@@ -148,13 +148,18 @@ def diff_cmd(
     mapping: Annotated[str | None, typer.Option("--mapping", help="A [mapping.NAME] of the config.")] = None,
     as_json: JsonFlag = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write summary.json and differences.parquet here.")] = None,
+    ledger: Annotated[str | None, typer.Option("--ledger", help="Record the run in this recon_audit ledger (or RECON_LEDGER_DSN, or [ledger] dsn).")] = None,
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="Write a signed DSSE/in-toto manifest here (outputs go next to it unless --out).")] = None,
+    signing_key: Annotated[Path | None, typer.Option("--signing-key", help="Ed25519 key from `recon keygen` (with --manifest).")] = None,
 ) -> None:
     """Compare two datasets; exit 1 when they differ."""
     from engine import config as config_mod
-    from engine import reconcile
+    from engine import evidence, reconcile
     from engine.config import parse_pair
 
+    evidence.check_manifest_options(manifest, signing_key)  # exit 2 before any extraction
     cfg = config_mod.load(config)
+    ledger_dsn = evidence.resolve_ledger_dsn(ledger, cfg)
     tol = {}
     for t in tolerance or []:
         name, sep, val = t.partition("=")
@@ -179,9 +184,11 @@ def diff_cmd(
         req = reconcile.DiffRequest(source=source, target=target, **{k: v for k, v in overrides.items() if v is not None})
     with err.status("diffing…", spinner="dots") if not as_json and sys.stderr.isatty() else _nullcontext():
         run = reconcile.run_diff(req, cfg, progress=None)
-    if out_dir:
-        reconcile.write_outputs(run, out_dir)
+    outputs = reconcile.write_outputs(run, out_dir) if out_dir else None
     summary = run.summary()
+    if ledger_dsn or manifest:
+        summary["evidence"] = evidence.record_diff_evidence(
+            run, config=cfg, outputs=outputs, ledger_dsn=ledger_dsn, manifest_path=manifest, signing_key=signing_key)
     if as_json:
         _emit_json(summary)
     else:
