@@ -445,6 +445,12 @@ def load(
     with psycopg.connect(pg.socket_dsn) as conn:
         write_warehouse(conn, sc, delivered, creds["postgres_app_user"])
 
+    say("initialising the recon_audit ledger (recon.toml records every run there)")
+    from engine.ledger import Ledger
+
+    with Ledger(pg.socket_dsn) as ledger:
+        ledger.init()
+
     say("loading Salesforce (User, Account)")
     reset_store(pg)
     load_records(pg, "User", sc.users)

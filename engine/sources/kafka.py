@@ -166,6 +166,9 @@ def _start_offsets(c: Any, topic: str, parts: list[int], window: Window) -> dict
     return starts
 
 
+PARALLEL_MIN_MESSAGES = 200_000
+
+
 def scan(
     bootstrap: str,
     topic: str,
@@ -176,15 +179,110 @@ def scan(
     batch: int = 20_000,
     progress: Callable[[int], None] | None = None,
     deadline_s: float = 60.0,
+    workers: int | None = None,
 ) -> Scan:
-    """Read the window into a frame (see :class:`Scan`)."""
-    from confluent_kafka import KafkaError, TopicPartition
+    """Read the window into a frame (see :class:`Scan`).
 
+    Large topics are read by one process per group of partitions (up to the number of cores):
+    confluent-kafka hands out messages one Python object at a time, so a single process is bound by
+    one core. The watermarks used to decide are only a hint (some brokers answer them wrongly);
+    correctness never depends on them.
+    """
     t0 = time.perf_counter()
     window = window or Window()
     fields = fields or EventFields()
     extra = dict(kafka_config or {})
     parts = topic_partitions(bootstrap, topic, extra)
+    n = workers if workers is not None else _auto_workers(bootstrap, topic, parts, extra)
+    if n > 1:
+        groups = [parts[i::n] for i in range(n)]
+        results = _run_workers([(bootstrap, topic, g, window, fields, extra, batch, deadline_s) for g in groups])
+        frames, info, samples = [], {}, []
+        for ipc, inf, smp in results:
+            frames.append(pl.read_ipc(io.BytesIO(ipc)))
+            info.update(inf)
+            samples.extend(smp)
+        frame = pl.concat(frames).sort(["partition", "offset"])
+        return Scan(frame=frame, topic=topic, partitions=info, samples=samples[:5], elapsed_s=time.perf_counter() - t0)
+    frame, info, samples = _scan_partitions(bootstrap, topic, parts, window, fields, extra, batch, deadline_s, progress)
+    return Scan(frame=frame, topic=topic, partitions=info, samples=samples, elapsed_s=time.perf_counter() - t0)
+
+
+def _auto_workers(bootstrap: str, topic: str, parts: list[int], extra: dict[str, str]) -> int:
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2 or len(parts) < 2:
+        return 1
+    from confluent_kafka import TopicPartition
+
+    c = _consumer(bootstrap, extra)
+    try:
+        total = 0
+        for p in parts:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+            total += max(0, hi - lo)
+    except Exception:  # noqa: BLE001 - a hint only
+        return 1
+    finally:
+        c.close()
+    return min(cores, len(parts)) if total >= PARALLEL_MIN_MESSAGES else 1
+
+
+def _run_workers(jobs: list[tuple[Any, ...]]) -> list[tuple[bytes, dict[int, dict[str, int | None]], list[dict[str, Any]]]]:
+    """One `python -m engine.sources.kafka --worker` process per job (arguments and results pickled
+    over pipes). Plain subprocesses rather than multiprocessing: no re-import of the caller's main
+    module, and no fork of a process that holds librdkafka threads."""
+    import pickle
+    import subprocess
+    import sys
+
+    procs = []
+    for job in jobs:
+        p = subprocess.Popen([sys.executable, "-m", "engine.sources.kafka", "--worker"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdin is not None
+        p.stdin.write(pickle.dumps(job))
+        p.stdin.close()
+        p.stdin = None  # closed: communicate() must not flush it
+        procs.append(p)
+    results = []
+    for p in procs:
+        out_b, err_b = p.communicate()
+        if p.returncode != 0:
+            for q in procs:
+                q.kill()
+            raise ServiceUnreachable(f"a Kafka scan worker failed: {err_b.decode(errors='replace').strip().splitlines()[-1:]}")
+        status, payload = pickle.loads(out_b)
+        if status == "error":  # a recon error raised in the worker: re-raise it here, same class and message
+            raise payload
+        results.append(payload)
+    return results
+
+
+def _worker_main() -> None:
+    import pickle
+    import sys
+
+    from engine.errors import ReconError
+
+    job = pickle.loads(sys.stdin.buffer.read())
+    try:
+        frame, info, samples = _scan_partitions(*job)
+        buf = io.BytesIO()
+        frame.write_ipc(buf)
+        result: tuple[str, Any] = ("ok", (buf.getvalue(), info, samples))
+    except ReconError as exc:
+        result = ("error", exc)
+    sys.stdout.buffer.write(pickle.dumps(result))
+
+
+def _scan_partitions(
+    bootstrap: str, topic: str, parts: list[int], window: Window, fields: EventFields, extra: dict[str, str],
+    batch: int, deadline_s: float, progress: Callable[[int], None] | None = None,
+) -> tuple[pl.DataFrame, dict[int, dict[str, int | None]], list[dict[str, Any]]]:
+    from confluent_kafka import KafkaError, TopicPartition
+
     c = _consumer(bootstrap, extra)
     cols: dict[str, list[Any]] = {k: [] for k in ("partition", "offset", "ts_ms", "ts_type", "key", "value",
                                                     "org_header", "producer_id", "sequence")}
@@ -261,7 +359,7 @@ def scan(
         info.setdefault(p, {})
         info[p]["first_offset"] = int(sub["offset"].min()) if len(sub) else None  # type: ignore[arg-type]
         info[p]["last_offset"] = int(sub["offset"].max()) if len(sub) else None  # type: ignore[arg-type]
-    return Scan(frame=frame, topic=topic, partitions=info, samples=samples, elapsed_s=time.perf_counter() - t0)
+    return frame, info, samples
 
 
 def _decode(b: bytes | None) -> str | None:
@@ -328,6 +426,9 @@ def _parse_chunk(values: list[bytes | None], idx: list[int], names: list[str], o
             if df.height == len(idx):
                 for target, src in zip(_OUT, names, strict=True):
                     col = df[src].to_list()
+                    if len(idx) == len(out[target]):  # every value is in this chunk: take the column whole
+                        out[target] = col
+                        continue
                     o = out[target]
                     for j, i in enumerate(idx):
                         o[i] = col[j]
@@ -357,3 +458,10 @@ def iso_ms(ts_ms: int | None) -> str | None:
     if ts_ms is None:
         return None
     return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+if __name__ == "__main__":
+    import sys as _sys
+
+    if _sys.argv[1:] == ["--worker"]:
+        _worker_main()
