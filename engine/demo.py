@@ -1,11 +1,17 @@
-"""`recon demo`: the incident on the embedded stack, step by step, each with a one-line explanation
-and its timing. Steps are added here as the product grows; each step's failure stops the demo with
-the step's name."""
+"""`recon demo`: the incident on the embedded stack, step by step, each step with a one-line
+explanation and its timing, leaving every artefact in ``recon-out/``.
+
+Each step calls the same functions the individual commands call, so the demo proves the commands,
+not a special path. The exit code is 0 only when the incident was found, fixed and proven.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,64 +21,76 @@ from engine.local.state import StackPaths
 
 
 class Steps:
-    """Prints `[n] what and why … seconds` per step."""
+    """Prints `[n] what and why` and `done in …s` per step."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.n = 0
         self.t0 = time.perf_counter()
+        self.timings: list[tuple[str, float]] = []
 
     def run(self, title: str, fn: Callable[[], Any]) -> Any:
         self.n += 1
         self.console.print(f"[bold][{self.n}][/bold] {title}")
         t = time.perf_counter()
         result = fn()
-        self.console.print(f"    [dim]done in {time.perf_counter() - t:.1f}s[/dim]")
+        dt = time.perf_counter() - t
+        self.timings.append((title, dt))
+        self.console.print(f"    [dim]done in {dt:.1f}s[/dim]")
         return result
+
+    def say(self, text: str) -> None:
+        self.console.print(f"    {text}")
 
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
 
-def system_counts(paths: StackPaths, endpoints: dict[str, Any], topic: str) -> dict[str, int]:
+@dataclass
+class Outcome:
+    found: bool = False
+    fixed: bool = False
+    proven: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def system_counts(paths: StackPaths, config_file: Path, topic: str) -> dict[str, int]:
     """Count what each system holds, asking the systems themselves (not the generator)."""
     import psycopg
 
+    from engine import config as config_mod
     from engine.local.stack import postgres_info
-    from engine.local.state import load_credentials
+    from engine.sources import sf_extract
     from engine.sources.kafka_count import count_messages
-    from engine.sources.salesforce import SalesforceSettings, connect
 
-    creds = load_credentials(paths)
-    conn = connect(SalesforceSettings(
-        login_url=endpoints["salesforce_login_url"], instance_url=endpoints["salesforce_instance_url"],
-        ca_bundle=endpoints["salesforce_ca_bundle"], username=creds["salesforce_username"],
-        password=creds["salesforce_password"], security_token=creds["salesforce_security_token"],
-        consumer_key=creds["salesforce_consumer_key"], consumer_secret=creds["salesforce_consumer_secret"]))
+    cfg = config_mod.load(config_file)
+    conn = sf_extract.connection(cfg)
     sf_accounts = int(conn.sf.query("SELECT COUNT() FROM Account")["totalSize"])
     with psycopg.connect(postgres_info(paths).socket_dsn) as pg:
         wh_events = pg.execute("SELECT count(*) FROM warehouse.clv_events").fetchone()[0]  # type: ignore[index]
         wh_accounts = pg.execute("SELECT count(*) FROM warehouse.customer_clv").fetchone()[0]  # type: ignore[index]
     return {
         "salesforce Account records": sf_accounts,
-        f"kafka {topic} messages": count_messages(endpoints["kafka_bootstrap"], topic),
+        f"kafka {topic} messages": count_messages(cfg.section("kafka")["bootstrap"], topic),
         "warehouse.clv_events rows": int(wh_events),
         "warehouse.customer_clv rows": int(wh_accounts),
     }
 
 
-def diff_step(config_file: Path, out: Path) -> Any:
+def diff_step(config_file: Path, out: Path, key: Path | None = None) -> Any:
     from engine import config as config_mod
-    from engine import reconcile
+    from engine import evidence, reconcile
 
     cfg = config_mod.load(config_file)
     run = reconcile.run_diff(reconcile.DiffRequest.from_mapping(cfg.mapping("clv")), cfg)
-    reconcile.write_outputs(run, out)
-    return run
+    outputs = reconcile.write_outputs(run, out)
+    ev = evidence.record_diff_evidence(run, config=cfg, outputs=outputs, manifest_path=out / "manifest.json" if key else None,
+                                       signing_key=key, lineage_dir=out.parent / "openlineage")
+    return run, ev
 
 
-def audit_step(config_file: Path) -> Any:
+def audit_step(config_file: Path, out: Path) -> Any:
     from engine import config as config_mod
     from engine import forensics
     from engine.sources import kafka as ks
@@ -80,7 +98,10 @@ def audit_step(config_file: Path) -> Any:
 
     cfg = config_mod.load(config_file)
     k = cfg.section("kafka")
-    return forensics.audit(ks.scan(k["bootstrap"], k["topic"]), org_id=sf_extract.connection(cfg).org_id)
+    a = forensics.audit(ks.scan(k["bootstrap"], k["topic"]), org_id=sf_extract.connection(cfg).org_id)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kafka-audit.json").write_text(json.dumps(a.summary(), indent=2, sort_keys=True, default=str) + "\n")
+    return a
 
 
 def explain_step(config_file: Path, diff_dir: Path, out: Path) -> Any:
@@ -93,50 +114,93 @@ def explain_step(config_file: Path, diff_dir: Path, out: Path) -> Any:
     return exp
 
 
+def prove_step(config_file: Path, out: Path, key: Path, pub: Path, manifest: Path) -> dict[str, Any]:
+    """Export a signed ledger checkpoint, then verify the ledger against it and the manifest with
+    only the public key and the files — what an auditor would run."""
+    from engine import config as config_mod
+    from engine import ledger as ledger_mod
+    from engine import manifest as mf
+
+    cfg = config_mod.load(config_file)
+    dsn = cfg.section("ledger")["dsn"]
+    checkpoint = out / "ledger-checkpoint.txt"
+    with ledger_mod.Ledger(dsn) as lg:
+        cp = lg.export_checkpoint(checkpoint, key)
+    report = ledger_mod.verify(dsn, checkpoint_file=checkpoint, pubkey=pub)
+    if not report.ok:
+        raise RuntimeError(f"ledger verification failed: {report.reason}")
+    m = mf.verify_manifest(manifest, pub, data_dir=manifest.parent)
+    return {"ledger_rows": report.rows, "checkpoint_size": cp.size, "checkpoint": str(checkpoint),
+            "manifest": str(manifest), "manifest_subjects": len(getattr(m, "subjects", []) or [])}
+
+
+def _keys(key_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+    from engine import manifest as mf
+
+    key, pub = mf.keygen(key_dir, force=True)
+    shutil.copy2(pub, out_dir / "recon.pub")
+    return key, out_dir / "recon.pub"
+
+
 def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out_dir: Path, paths: StackPaths,
         console: Console) -> int:
     from engine.local import scenario, stack
 
     steps = Steps(console)
+    outcome = Outcome()
     console.print("[bold]recon demo[/bold]: a month-end close finds warehouse CLV differing from Salesforce "
                   "for ~15% of accounts. Let's find, explain, fix and prove it.\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    config_file = Path("recon.toml")
     endpoints = steps.run("Start the embedded stack: PostgreSQL, Kafka and a local Salesforce API",
                           lambda: stack.up(paths, kafka=kafka))
-    console.print(f"    Kafka backend: {endpoints['kafka_backend']}")
+    steps.say(f"Kafka backend: {endpoints['kafka_backend']}")
     try:
-        res = steps.run(f"Load the incident: {accounts:,} accounts, events re-delivered during a maintenance window",
+        steps.run(f"Load the incident: {accounts:,} accounts, events re-delivered during a maintenance window",
                         lambda: scenario.load(scenario.ScenarioSpec(accounts=accounts, seed=seed),
-                                              state_dir=paths.root, config_out=Path("recon.toml")))
+                                              state_dir=paths.root, config_out=config_file))
         counts = steps.run("Count what each system holds (asked from each system)",
-                           lambda: system_counts(paths, endpoints, scenario.TOPIC))
+                           lambda: system_counts(paths, config_file, scenario.TOPIC))
         for k, v in counts.items():
-            console.print(f"    {k:32} {v:>10,}")
-        console.print(f"    ground truth: {res.truth_file}")
-        console.print(f"    config:       {res.config_file}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        run = steps.run("Diff Salesforce against the warehouse: both sides into Arrow, BLAKE3 Merkle segments, "
-                        "record-level differences", lambda: diff_step(res.config_file, out_dir / "diff"))
-        s = run.summary()
-        console.print(f"    {s['mismatched']:,} mismatched, {s['missing_in_target']:,} missing in the warehouse, "
-                      f"{s['unchanged']:,} unchanged; variance {s['variance_ratio']:.2%} of accounts, "
-                      f"CLV off by {s['columns']['Customer_Lifetime_Value__c']['abs_variance']} in total")
+            steps.say(f"{k:32} {v:>10,}")
+        key, pub = steps.run("Create a signing key for the evidence (Ed25519: the private key stays in the state "
+                             "directory, the public key goes with the artefacts)",
+                             lambda: _keys(paths.root / "keys", out_dir))
+        run_, ev = steps.run("Diff Salesforce against the warehouse: both sides into Arrow, BLAKE3 Merkle segments, "
+                             "record-level differences, signed manifest", lambda: diff_step(config_file, out_dir / "diff", key))
+        s = run_.summary()
+        outcome.found = bool(s["mismatched"] or s["missing_in_target"])
+        steps.say(f"{s['mismatched']:,} mismatched, {s['missing_in_target']:,} missing in the warehouse, "
+                  f"{s['unchanged']:,} unchanged; variance {s['variance_ratio']:.2%} of accounts, "
+                  f"CLV off by {s['columns']['Customer_Lifetime_Value__c']['abs_variance']} in total")
         audit = steps.run("Audit the Kafka topic: re-delivered copies by deterministic event id, windows, "
-                          "producer sequences", lambda: audit_step(res.config_file))
-        console.print(f"    {audit.duplicates:,} re-delivered copies of {audit.duplicate_records:,} accounts' events, "
-                      f"{audit.conflicts} conflicts, {audit.sequence['regressions']} sequence regressions")
+                          "producer sequences", lambda: audit_step(config_file, out_dir / "kafka-audit"))
+        steps.say(f"{audit.duplicates:,} re-delivered copies of {audit.duplicate_records:,} accounts' events, "
+                  f"{audit.conflicts} conflicts, {audit.sequence['regressions']} sequence regressions")
         for w in audit.windows:
-            console.print(f"    partition {w['partition']}: offsets {w['first_offset']:,}–{w['last_offset']:,} "
-                          f"({w['events']:,} copies) at {w['first_ts']}")
+            steps.say(f"partition {w['partition']}: offsets {w['first_offset']:,}–{w['last_offset']:,} "
+                      f"({w['events']:,} copies) at {w['first_ts']}")
         exp = steps.run("Explain every difference from the stream and price the commission exposure",
-                        lambda: explain_step(res.config_file, out_dir / "diff", out_dir / "explain"))
+                        lambda: explain_step(config_file, out_dir / "diff", out_dir / "explain"))
         cls = ", ".join(f"{v:,} {k}" for k, v in exp.summary["classes"].items() if v)
-        console.print(f"    {cls}")
-        console.print(f"    commission overpayment at risk: {exp.summary['exposure']['total']} across "
-                      f"{len(exp.summary['exposure']['by_owner']):,} account executives "
-                      f"({exp.summary['sec_critical']['records']:,} SEC-critical accounts)")
+        steps.say(cls)
+        steps.say(f"commission overpayment at risk: {exp.summary['exposure']['total']} across "
+                  f"{len(exp.summary['exposure']['by_owner']):,} account executives "
+                  f"({exp.summary['sec_critical']['records']:,} SEC-critical accounts)")
+        proof = steps.run("Prove it: export a signed ledger checkpoint, verify the hash chain and the manifest "
+                          "with only the public key", lambda: prove_step(config_file, out_dir, key, pub,
+                                                                         out_dir / "diff" / "manifest.json"))
+        outcome.proven = True
+        steps.say(f"ledger: {proof['ledger_rows']:,} rows verified against checkpoint size {proof['checkpoint_size']:,}; "
+                  f"manifest signature, subjects and Merkle roots verified")
     finally:
         if not keep_services:
             steps.run("Stop the embedded stack (use --keep-services to keep it)", lambda: stack.down(paths))
-    console.print(f"\n[bold]demo finished in {steps.elapsed:.1f}s[/bold]. Next steps (diff, explain, gate, repair, "
-                  "prove) arrive as recon grows; see README.md.")
-    return 0
+    console.print(f"\n[bold]demo finished in {steps.elapsed:.1f}s[/bold]")
+    console.print(f"found:  {'yes' if outcome.found else 'no'} — see {out_dir / 'diff'} and {out_dir / 'explain'}")
+    console.print(f"proven: {'yes' if outcome.proven else 'no'} — verify with `recon manifest verify "
+                  f"{out_dir / 'diff' / 'manifest.json'} --key {out_dir / 'recon.pub'} --data {out_dir / 'diff'}`")
+    console.print(f"artefacts: {out_dir.resolve()}")
+    return 0 if outcome.found and outcome.proven else 1
