@@ -227,6 +227,27 @@ class _nullcontext:
         return None
 
 
+@app.command("snapshot")
+def snapshot_cmd(
+    source: Annotated[str, typer.Argument(help="salesforce:OBJECT, postgresql://…#schema.table, parquet:PATH or csv:PATH")],
+    out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write (a PATH.json sidecar goes next to it).")],
+    key: Annotated[list[str], typer.Option("-k", "--key", help="Key column(s): the Merkle segments are key ranges.")],
+    column: Annotated[list[str] | None, typer.Option("-c", "--column", help="Columns to keep (default all).")] = None,
+    where: Annotated[str | None, typer.Option("--where", help="Condition (SOQL or SQL).")] = None,
+    config: Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write a Parquet snapshot of one side plus its sidecar (schema, rows, Merkle root, extraction facts)."""
+    from engine import config as config_mod
+    from engine import reconcile
+
+    res = reconcile.snapshot(source, out_path, config_mod.load(config), keys=key, columns=column, where=where)
+    if as_json:
+        _emit_json(res)
+    else:
+        out.print(f"{res['rows']:,} rows → {res['parquet']} (sidecar {res['sidecar']}, Merkle root {res['merkle_root'][:16]}…)")
+
+
 # -- demo --------------------------------------------------------------------------------------
 @app.command("demo")
 def demo(

@@ -280,3 +280,46 @@ def write_outputs(run: DiffRun, out: Path) -> dict[str, Path]:
     run.result.differences.write_parquet(diffs)
     os.replace(tmp, summary)
     return {"summary": summary, "differences": diffs}
+
+
+def snapshot(ref_text: str, out: Path, config: Config, *, keys: list[str], columns: list[str] | None = None,
+             where: str | None = None, segment_rows: int = merkle.DEFAULT_SEGMENT_ROWS) -> dict[str, Any]:
+    """Extract one side into a Parquet file plus a JSON sidecar (``PATH.json``): schema, row count,
+    Merkle root and boundaries of its canonical form, extraction metadata. A later diff can read
+    ``parquet:PATH`` instead of the live system (and spend no API calls), and a manifest's root can
+    be recomputed from it."""
+    ref = parse_reference(ref_text)
+    cols = _columns_of(ref, config)
+    find = _finder(cols, str(ref), "-k/-c")
+    key_cols = [find(k) for k in keys]
+    if not key_cols:
+        raise UsageError("no key: pass -k/--key (the Merkle segments are key ranges)")
+    wanted = [find(c) for c in columns] if columns else list(cols)
+    for k in reversed(key_cols):
+        if k not in wanted:
+            wanted.insert(0, k)
+    e = _extract(ref, config, wanted, where, as_of=None, updated_at=None, key_cols=key_cols)
+    sf = isinstance(ref, SalesforceRef)
+    opts = SALESFORCE_SIDE if sf else SideOptions()
+    fields = tuple(FieldSpec(c, c, resolve_type(cols[c], cols[c], salesforce=sf, override=None), None, c in key_cols)
+                   for c in wanted)
+    canon = canonicalize(e.frame, fields, opts)
+    seg = merkle.Segmentation(tuple(merkle.choose_boundaries(canon.frame["__key"], segment_rows)))
+    tree, _ = merkle.side_tree(canon.frame["__key"], canon.frame["__row"], seg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    e.frame.write_parquet(out)
+    from engine.normalize import ENCODING_VERSION
+
+    side = {
+        "source": str(ref),
+        "rows": e.frame.height,
+        "schema": {c: {"kind": f.ctype.kind, "scale": f.ctype.scale, "native_type": cols[c].native_type}
+                   for c, f in zip(wanted, fields, strict=True)},
+        "key": key_cols,
+        "merkle": {"encoding_version": ENCODING_VERSION, "root": tree.root_hex, "segments": len(tree.digests),
+                   "boundaries": list(seg.boundaries), "boundaries_digest": seg.digest},
+        "extract": e.meta,
+    }
+    sidecar = out.with_name(out.name + ".json")
+    sidecar.write_text(json.dumps(side, indent=2, sort_keys=True, default=str) + "\n")
+    return {"parquet": str(out), "sidecar": str(sidecar), "rows": side["rows"], "merkle_root": tree.root_hex}

@@ -196,3 +196,30 @@ def test_services_down_stops_every_process(tmp_path: Path) -> None:
     assert not any(pid_alive(p) for p in pids)
     st = recon("services", "status", "--json", env=env)
     assert st.returncode == 1 and json.loads(st.stdout)["postgres"] == "stopped"
+
+
+def test_snapshot_then_diff_from_the_snapshot_spends_no_salesforce_call(scenario_stack, tmp_path: Path) -> None:
+    snap = tmp_path / "sf.parquet"
+    res = scenario_stack.run("snapshot", "salesforce:Account", "-k", "Id", "-c", "Customer_Lifetime_Value__c",
+                             "-C", str(scenario_stack.config), "--out", str(snap), "--json")
+    assert res.returncode == 0, res.stderr
+    side = json.loads(snap.with_name("sf.parquet.json").read_text())
+    assert side["rows"] == SCENARIO_ACCOUNTS and side["schema"]["Customer_Lifetime_Value__c"]["kind"] == "decimal"
+    assert side["extract"]["org_id"] and side["merkle"]["encoding_version"] == 1
+    live = json.loads(scenario_stack.run("diff", "-C", str(scenario_stack.config), "--mapping", "clv", "--json").stdout)
+    before = _sf_stats(scenario_stack)
+    off = json.loads(scenario_stack.run("diff", f"parquet:{snap}", "-C", str(scenario_stack.config), "--mapping", "clv",
+                                        "--json").stdout)
+    assert _sf_stats(scenario_stack) == before  # not one Salesforce request
+    assert off["merkle"]["source_root"] == live["merkle"]["source_root"] == side["merkle"]["root"]
+    assert (off["mismatched"], off["missing_in_target"]) == (live["mismatched"], live["missing_in_target"])
+
+
+def _sf_stats(stack) -> dict:
+    from engine.local.postgres import EmbeddedPostgres
+    from engine.local.salesforce import LocalSalesforce
+    from engine.local.state import StackPaths
+
+    paths = StackPaths.at(stack.state)
+    st = LocalSalesforce(paths, EmbeddedPostgres(paths).status()).control("GET", "/stats")
+    return {"requests": st["requests"], "records": st["records"]}
