@@ -139,8 +139,10 @@ class SalesforceStack:
 
 
 @pytest.fixture(scope="session")
-def sf_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SalesforceStack]:
-    paths = StackPaths.at(tmp_path_factory.mktemp("sfstack"))
+def sf_stack() -> Iterator[SalesforceStack]:
+    from tests.pg_fixtures import server_dir
+
+    paths = StackPaths.at(server_dir("sf"))
     pg_server = EmbeddedPostgres(paths)
     pg = pg_server.start()
     server = LocalSalesforce(paths, pg)
@@ -151,3 +153,6 @@ def sf_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SalesforceSta
     finally:
         server.stop()
         pg_server.stop()
+        import shutil
+
+        shutil.rmtree(paths.root, ignore_errors=True)

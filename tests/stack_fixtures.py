@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,8 +36,10 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def scenario_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state = tmp_path_factory.mktemp("stack") / "state"
+def scenario_stack() -> Iterator[Stack]:
+    from tests.pg_fixtures import server_dir
+
+    state = server_dir("stack") / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SF_", "RECON_"))}
     env["RECON_STATE_DIR"] = str(state)
     up = recon("services", "up", "--json", env=env)
@@ -50,3 +53,4 @@ def scenario_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(state=state, endpoints=endpoints, config=cfg, truth=truth, env=env)
     finally:
         recon("services", "down", env=env)
+        shutil.rmtree(state.parent, ignore_errors=True)

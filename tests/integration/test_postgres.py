@@ -57,7 +57,10 @@ def test_start_reuses_the_running_server(embedded_pg) -> None:
     assert again.pid == embedded_pg.info.pid and again.port == embedded_pg.info.port
 
 
-def test_server_survives_the_process_that_started_it_and_stop_stops_it(tmp_path) -> None:
+def test_server_survives_the_process_that_started_it_and_stop_stops_it() -> None:
+    from tests.pg_fixtures import server_dir
+
+    tmp_path = server_dir("pgsurvive")
     code = ("from engine.local.postgres import EmbeddedPostgres; from engine.local.state import StackPaths;"
             "import sys; print(EmbeddedPostgres(StackPaths.at(sys.argv[1])).start().pid)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
@@ -75,3 +78,6 @@ def test_server_survives_the_process_that_started_it_and_stop_stops_it(tmp_path)
         assert again.port == info.port
     finally:
         server.stop()
+        import shutil
+
+        shutil.rmtree(tmp_path, ignore_errors=True)
