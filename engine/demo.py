@@ -134,6 +134,34 @@ def prove_step(config_file: Path, out: Path, key: Path, pub: Path, manifest: Pat
             "manifest": str(manifest), "manifest_subjects": len(getattr(m, "subjects", []) or [])}
 
 
+def cost_step(config_file: Path, out_dir: Path) -> dict[str, Any]:
+    from engine import config as config_mod
+    from engine import cost
+
+    cfg = config_mod.load(config_file)
+    doc = cost.to_json(*cost.evaluate(out_dir / "explain", out_dir / "diff", cfg.section("cost"), None, cfg.where))
+    (out_dir / "cost.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    return doc
+
+
+def _cost_line(r: dict[str, Any]) -> str:
+    def g(*names: str) -> Any:
+        for n in names:
+            if n in r:
+                v = r[n]
+                return v.get("value", v) if isinstance(v, dict) else v
+        return "?"
+
+    return (f"cost per incident {g('cost_per_incident')}, expected monthly loss {g('expected_monthly_loss')}, "
+            f"break-even {g('break_even_days')} days, 12-month risk-adjusted ROI {g('roi_12_months', 'roi_12_month')}")
+
+
+def _report(out_dir: Path) -> Path:
+    from engine.report.html import write_report
+
+    return write_report(out_dir)
+
+
 def _keys(key_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     from engine import manifest as mf
 
@@ -189,12 +217,18 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
         steps.say(f"commission overpayment at risk: {exp.summary['exposure']['total']} across "
                   f"{len(exp.summary['exposure']['by_owner']):,} account executives "
                   f"({exp.summary['sec_critical']['records']:,} SEC-critical accounts)")
+        doc = steps.run("Price the data debt: exposure, detection cost, prevention cost, break-even and "
+                        "risk-adjusted ROI", lambda: cost_step(config_file, out_dir))
+        r = doc.get("results", doc)
+        steps.say(_cost_line(r))
         proof = steps.run("Prove it: export a signed ledger checkpoint, verify the hash chain and the manifest "
                           "with only the public key", lambda: prove_step(config_file, out_dir, key, pub,
                                                                          out_dir / "diff" / "manifest.json"))
         outcome.proven = True
         steps.say(f"ledger: {proof['ledger_rows']:,} rows verified against checkpoint size {proof['checkpoint_size']:,}; "
                   f"manifest signature, subjects and Merkle roots verified")
+        report = steps.run("Write the HTML report (self-contained, charts inline)", lambda: _report(out_dir))
+        steps.say(f"report: {report}")
     finally:
         if not keep_services:
             steps.run("Stop the embedded stack (use --keep-services to keep it)", lambda: stack.down(paths))
