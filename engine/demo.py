@@ -114,8 +114,8 @@ def explain_step(config_file: Path, diff_dir: Path, out: Path) -> Any:
     return exp
 
 
-def prove_step(config_file: Path, out: Path, key: Path, pub: Path, manifest: Path) -> dict[str, Any]:
-    """Export a signed ledger checkpoint, then verify the ledger against it and the manifest with
+def prove_step(config_file: Path, out: Path, key: Path, pub: Path, manifests: list[Path]) -> dict[str, Any]:
+    """Export a signed ledger checkpoint, then verify the ledger against it and every manifest with
     only the public key and the files — what an auditor would run."""
     from engine import config as config_mod
     from engine import ledger as ledger_mod
@@ -129,9 +129,53 @@ def prove_step(config_file: Path, out: Path, key: Path, pub: Path, manifest: Pat
     report = ledger_mod.verify(dsn, checkpoint_file=checkpoint, pubkey=pub)
     if not report.ok:
         raise RuntimeError(f"ledger verification failed: {report.reason}")
-    m = mf.verify_manifest(manifest, pub, data_dir=manifest.parent)
-    return {"ledger_rows": report.rows, "checkpoint_size": cp.size, "checkpoint": str(checkpoint),
-            "manifest": str(manifest), "manifest_subjects": len(getattr(m, "subjects", []) or [])}
+    for m in manifests:
+        mf.verify_manifest(m, pub, data_dir=m.parent)
+    return {"ledger_rows": report.rows, "checkpoint_size": cp.size, "checkpoint": str(checkpoint)}
+
+
+def gate_step(config_file: Path, diff_dir: Path, out: Path, exclude_from: Path | None = None) -> dict[str, Any]:
+    """Decide, record the decision in the ledger, and ask the SQL guard what an aggregation would hear."""
+    import psycopg
+
+    from engine import config as config_mod
+    from engine import gate
+    from engine.lineage import new_run_id
+
+    cfg = config_mod.load(config_file)
+    dsn = cfg.section("ledger")["dsn"]
+    decision = gate.decide(diff_dir, cfg, run_id=new_run_id(), exclude_from=exclude_from)
+    entry, guard_state, _warning = gate.commit(dsn, decision)
+    out.mkdir(parents=True, exist_ok=True)
+    body = decision.body()
+    (out / "gate_decision.json").write_text(json.dumps({**body, "ledger_entry": entry}, indent=2, sort_keys=True,
+                                                       default=str) + "\n")
+    with psycopg.connect(dsn) as conn:
+        try:
+            conn.execute("SELECT recon_audit.assert_circuit_closed(%s)", (decision.mapping,))
+            guard, passes = "assert_circuit_closed('clv') passes: aggregations may run", True
+        except psycopg.Error as exc:
+            guard = f"assert_circuit_closed('clv') raises {exc.sqlstate}: aggregations halt"
+            passes = False
+    return {"state": decision.state, "reason": decision.reason, "guard": guard, "guard_passes": passes,
+            "guard_installed": guard_state}
+
+
+def repair_step(config_file: Path, explain_dir: Path, out: Path, key: Path) -> dict[str, Any]:
+    from engine import config as config_mod
+    from engine import evidence, repair
+    from engine.lineage import new_run_id
+
+    cfg = config_mod.load(config_file)
+    dsn = cfg.section("ledger")["dsn"]
+    run_id = new_run_id()
+    plan = repair.load_plan(explain_dir, cfg)
+    rep = repair.run_repair(plan, cfg, apply=True, run_id=run_id, ledger_dsn=dsn)
+    files = repair.write_outputs(rep, out)
+    evidence.record_evidence("repair", rep.summary(), repair.inputs_meta(rep), files, ledger_dsn=dsn,
+                             manifest_path=out / "manifest.json", signing_key=key, config_digest=cfg.digest,
+                             run_id=run_id)
+    return rep.summary()
 
 
 def cost_step(config_file: Path, out_dir: Path) -> dict[str, Any]:
@@ -217,16 +261,41 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
         steps.say(f"commission overpayment at risk: {exp.summary['exposure']['total']} across "
                   f"{len(exp.summary['exposure']['by_owner']):,} account executives "
                   f"({exp.summary['sec_critical']['records']:,} SEC-critical accounts)")
+        dec = steps.run("Gate: the circuit breaker compares the variance with its 0.5% thresholds",
+                        lambda: gate_step(config_file, out_dir / "diff", out_dir / "gate-before"))
+        steps.say(f"breaker {dec['state'].upper()}: {dec['reason']}")
+        steps.say(f"SQL guard: {dec['guard']}")
+        rep = steps.run("Repair surgically: re-extract exactly the divergent records from Salesforce (Bulk API 2.0), "
+                        "write corrections as new versions, SEC-critical accounts first",
+                        lambda: repair_step(config_file, out_dir / "explain", out_dir / "repair", key))
+        c = rep["corrections"]
+        steps.say(f"SEC-critical first: {rep['sec_critical'].get('applied', 0):,} applied and verified; then "
+                  f"{rep['rest'].get('applied', 0):,} more; {rep['salesforce']['records_reextracted']:,} records "
+                  f"re-extracted for {c['planned']:,} planned corrections")
+        steps.say(f"{rep['action_list']:,} stale Salesforce values → action list for their owners "
+                  f"({out_dir / 'repair' / 'action_list.csv'}); {rep['unexplained']:,} unexplained left alone")
+        after, _ = steps.run("Diff again: what is left must be only the Salesforce-side action items",
+                             lambda: diff_step(config_file, out_dir / "diff-after", key))
+        sa = after.summary()
+        left = sa["mismatched"] + sa["missing_in_target"] + sa["missing_in_source"]
+        steps.say(f"{left:,} difference(s) left (action list: {rep['action_list']:,}, unexplained: {rep['unexplained']:,})")
+        dec2 = steps.run("Gate again, excluding the action-list records by the documented policy",
+                         lambda: gate_step(config_file, out_dir / "diff-after", out_dir / "gate-after",
+                                           exclude_from=out_dir / "repair"))
+        steps.say(f"breaker {dec2['state'].upper()}: {dec2['reason']}")
+        steps.say(f"SQL guard: {dec2['guard']}")
+        outcome.fixed = (dec["state"] == "open" and dec2["state"] == "closed"
+                         and left == rep["action_list"] + rep["unexplained"] and dec2["guard_passes"])
         doc = steps.run("Price the data debt: exposure, detection cost, prevention cost, break-even and "
                         "risk-adjusted ROI", lambda: cost_step(config_file, out_dir))
         r = doc.get("results", doc)
         steps.say(_cost_line(r))
-        proof = steps.run("Prove it: export a signed ledger checkpoint, verify the hash chain and the manifest "
-                          "with only the public key", lambda: prove_step(config_file, out_dir, key, pub,
-                                                                         out_dir / "diff" / "manifest.json"))
+        manifests = [out_dir / d / "manifest.json" for d in ("diff", "repair", "diff-after")]
+        proof = steps.run("Prove it: export a signed ledger checkpoint, verify the hash chain and every manifest "
+                          "with only the public key", lambda: prove_step(config_file, out_dir, key, pub, manifests))
         outcome.proven = True
         steps.say(f"ledger: {proof['ledger_rows']:,} rows verified against checkpoint size {proof['checkpoint_size']:,}; "
-                  f"manifest signature, subjects and Merkle roots verified")
+                  f"{len(manifests)} manifests: signatures, subjects and Merkle roots verified")
         report = steps.run("Write the HTML report (self-contained, charts inline)", lambda: _report(out_dir))
         steps.say(f"report: {report}")
     finally:
@@ -234,7 +303,8 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
             steps.run("Stop the embedded stack (use --keep-services to keep it)", lambda: stack.down(paths))
     console.print(f"\n[bold]demo finished in {steps.elapsed:.1f}s[/bold]")
     console.print(f"found:  {'yes' if outcome.found else 'no'} — see {out_dir / 'diff'} and {out_dir / 'explain'}")
+    console.print(f"fixed:  {'yes' if outcome.fixed else 'no'} — see {out_dir / 'repair'} and {out_dir / 'diff-after'}")
     console.print(f"proven: {'yes' if outcome.proven else 'no'} — verify with `recon manifest verify "
                   f"{out_dir / 'diff' / 'manifest.json'} --key {out_dir / 'recon.pub'} --data {out_dir / 'diff'}`")
     console.print(f"artefacts: {out_dir.resolve()}")
-    return 0 if outcome.found and outcome.proven else 1
+    return 0 if outcome.found and outcome.fixed and outcome.proven else 1

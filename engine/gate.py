@@ -700,3 +700,17 @@ def ensure_guard(dsn: str) -> bool:
         return False
     install_guard(dsn)
     return True
+
+
+def commit(dsn: str, decision: Decision) -> tuple[dict[str, Any], str, str | None]:
+    """Record a decision as the breaker's new state: refuse a stale diff, append it to the ledger,
+    then make sure the SQL guard exists. The decision is recorded first: a scheduler relies on it
+    even if the guard cannot be installed. Returns the ledger entry, the guard's status and, when the
+    guard could not be installed, the reason (a warning for the caller to show)."""
+    latest = latest_decision(dsn, decision.mapping)
+    check_not_stale(decision, latest)
+    entry = record_decision(dsn, decision, latest)
+    try:
+        return entry, ("installed now" if ensure_guard(dsn) else "installed"), None
+    except UsageError as exc:
+        return entry, f"not installed: {exc}", str(exc)

@@ -156,17 +156,11 @@ def register(app: typer.Typer) -> None:
         entry = None
         guard: str | None = None
         if ledger_dsn:
-            latest = gate_mod.latest_decision(ledger_dsn, decision.mapping)
-            gate_mod.check_not_stale(decision, latest)
-            entry = gate_mod.record_decision(ledger_dsn, decision, latest)
-            # the decision is recorded first: a scheduler relies on it even if the guard cannot be installed
-            try:
-                guard = "installed now" if gate_mod.ensure_guard(ledger_dsn) else "installed"
-            except UsageError as exc:
-                guard = f"not installed: {exc}"
+            entry, guard, warning = gate_mod.commit(ledger_dsn, decision)
+            if warning:
                 from engine.commands._shared import err
 
-                err.print(f"recon: warning: {exc}", markup=False, highlight=False, soft_wrap=True)
+                err.print(f"recon: warning: {warning}", markup=False, highlight=False, soft_wrap=True)
         body = decision.body()
         outputs: list[Path] = []
         target_dir = out_dir or (manifest.parent if manifest is not None else None)
