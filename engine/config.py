@@ -80,6 +80,13 @@ class Config:
             target_updated_at=m.get("target_updated_at"), types=dict(m.get("types") or {}),
         )
 
+    def use_passfile(self) -> None:
+        """libpq reads passwords from PGPASSFILE: use the file `[postgres] passfile` names unless the
+        caller set PGPASSFILE or PGPASSWORD (the environment wins, as everywhere)."""
+        pf = self.path_value("postgres", "passfile")
+        if pf and "PGPASSFILE" not in os.environ and "PGPASSWORD" not in os.environ:
+            os.environ["PGPASSFILE"] = str(pf)
+
     def path_value(self, section: str, key: str) -> Path | None:
         """A file path from the config, relative to the config file's directory."""
         v = self.section(section).get(key)

@@ -96,7 +96,8 @@ class DiffResult:
             "columns": {
                 name: {"mismatched": c.mismatched,
                        "abs_variance": None if c.abs_variance is None else str(c.abs_variance),
-                       "net_variance": None if c.net_variance is None else str(c.net_variance)}
+                       "net_variance": None if c.net_variance is None else str(c.net_variance),
+                       "source_abs_total": None if c.source_abs_total is None else str(c.source_abs_total)}
                 for name, c in self.columns.items()
             },
             "variance_ratio": self.variance_ratio,

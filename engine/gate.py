@@ -477,8 +477,8 @@ def apply_exclusions(diff: DiffInput, column: str, records: list[dict[str, Any]]
         elif math.isinf(raw_amount):
             amount = float("inf")
         else:
-            # Σ|source| is not in the summary; abs_variance / ratio recovers it
-            total = Decimal(abs_v) / Decimal(repr(raw_amount))
+            # Σ|source| is in summaries since they carry source_abs_total; older ones: abs_variance / ratio
+            total = _dec(col.get("source_abs_total")) or Decimal(abs_v) / Decimal(repr(raw_amount))
             rest = total - src_removed
             amount = Fraction(new_abs) / Fraction(rest) if rest > 0 else float("inf")
     return ExclusionResult(excluded, refused, resolved, variance, amount)

@@ -123,9 +123,7 @@ def _columns_of(ref: Reference, config: Config) -> dict[str, SourceColumn]:
 
 
 def _pg_ref(ref: PostgresRef, config: Config) -> PostgresRef:
-    passfile = config.path_value("postgres", "passfile")
-    if passfile and "PGPASSFILE" not in os.environ and "PGPASSWORD" not in os.environ:
-        os.environ["PGPASSFILE"] = str(passfile)
+    config.use_passfile()
     return ref
 
 

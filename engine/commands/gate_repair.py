@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from engine.config import Config
+    pass
 
 Cfg = Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -28,13 +28,6 @@ def _say(line: str) -> None:
     from engine.commands._shared import out
 
     out.print(line, soft_wrap=True, markup=False, highlight=False)
-
-
-def _use_config_passfile(cfg: Config) -> None:
-    """libpq reads passwords from PGPASSFILE: use the one the config names unless the caller set one."""
-    pf = cfg.path_value("postgres", "passfile")
-    if pf and "PGPASSFILE" not in os.environ and "PGPASSWORD" not in os.environ:
-        os.environ["PGPASSFILE"] = str(pf)
 
 
 def _need_ledger(dsn: str | None, what: str) -> str:
@@ -105,7 +98,7 @@ def register(app: typer.Typer) -> None:
         if (reason or operator) and override is None:
             raise UsageError("--reason and --operator go with --override close|open")
         cfg = config_mod.load(config)
-        _use_config_passfile(cfg)
+        cfg.use_passfile()
         ledger_dsn = evidence.resolve_ledger_dsn(ledger, cfg)
 
         if install_guard:
@@ -208,7 +201,7 @@ def register(app: typer.Typer) -> None:
 
         evidence.check_manifest_options(manifest, signing_key)
         cfg = config_mod.load(config)
-        _use_config_passfile(cfg)
+        cfg.use_passfile()
         ledger_dsn = evidence.resolve_ledger_dsn(ledger, cfg)
         plan = repair_mod.load_plan(from_explain, cfg, mapping=mapping, target=target, diff_dir=diff)
         run_id = new_run_id()

@@ -23,7 +23,10 @@ def _dsn(dsn: str | None, config: Path | None) -> str:
     from engine.errors import UsageError
     from engine.evidence import resolve_ledger_dsn
 
-    found = resolve_ledger_dsn(dsn, config_mod.load(config) if config else None)
+    cfg = config_mod.load(config) if config else None
+    if cfg is not None:
+        cfg.use_passfile()
+    found = resolve_ledger_dsn(dsn, cfg)
     if not found:
         raise UsageError("no ledger database: pass --dsn DSN, set RECON_LEDGER_DSN or put dsn in [ledger] of recon.toml")
     return found
