@@ -170,9 +170,21 @@ def test_unknown_salesforce_field_is_exit_2(scenario_stack) -> None:
     assert res.returncode == 2 and "No_Such_Field__c" in res.stderr
 
 
-def test_services_down_stops_every_process(tmp_path: Path) -> None:
+def test_services_down_stops_every_process() -> None:
+    import shutil
+
+    from tests.pg_fixtures import server_dir
     from tests.stack_fixtures import recon
 
+    tmp_path = server_dir("down")
+    try:
+        _services_down_stops_every_process(tmp_path, recon)
+    finally:
+        recon("services", "down", env={**os.environ, "RECON_STATE_DIR": str(tmp_path / "s")})
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _services_down_stops_every_process(tmp_path: Path, recon) -> None:  # noqa: ANN001
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SF_", "RECON_"))}
     env["RECON_STATE_DIR"] = str(tmp_path / "s")
     up = recon("services", "up", "--json", "--kafka", "tansu", env=env)
