@@ -208,15 +208,9 @@ def _decimal(text: str, opt: str) -> Any:
 
 
 def _as_of(text: str | None) -> Any:
-    if not text:
-        return None
-    from datetime import UTC, datetime
+    from engine.commands._shared import parse_time
 
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise _usage(f"--as-of {text!r} is not an ISO-8601 time, e.g. 2026-09-30T23:59:59Z") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return parse_time(text, "--as-of")
 
 
 class _nullcontext:

@@ -49,12 +49,11 @@ records that output classified in an *accepted* class:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,7 @@ from psycopg import sql
 
 from engine.config import Config
 from engine.errors import UsageError
+from engine.normalize import parse_decimal
 
 DEFAULT_THRESHOLD = 0.005
 SQLSTATE_OPEN = "RC003"
@@ -211,11 +211,9 @@ class Decision:
 
 # -- reading a diff directory ---------------------------------------------------------------------
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from engine.manifest import file_digest
+
+    return file_digest(path)
 
 
 def _parse_time(text: Any) -> datetime | None:
@@ -374,14 +372,7 @@ def parse_accept_classes(text: str | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _dec(v: Any) -> Decimal | None:
-    if v is None or v == "":
-        return None
-    try:
-        d = Decimal(str(v))
-    except InvalidOperation:
-        return None
-    return d if d.is_finite() else None
+_dec = parse_decimal
 
 
 @dataclass

@@ -314,6 +314,18 @@ def _order_duplicate_runs(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_row_index("__i").update(sub.with_columns(idx.alias("__i")), on="__i").drop("__i")
 
 
+def parse_decimal(v: object) -> Decimal | None:
+    """A finite Decimal from a value or its text; None for NULL, empty or not a number. Used where
+    values come back as text (JSON, Parquet string columns) and must compare as numbers."""
+    if v is None or v == "":
+        return None
+    try:
+        d = Decimal(str(v))
+    except InvalidOperation:
+        return None
+    return d if d.is_finite() else None
+
+
 def encode_value(value: object, ctype: ColumnType) -> bytes:
     """Reference (slow, per-value) implementation of the field encoding, for tests and verifiers."""
     if value is None:

@@ -60,7 +60,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +70,7 @@ from psycopg.types.json import Jsonb
 from engine.config import Config
 from engine.errors import UsageError, VerificationError
 from engine.gate import REPAIRED_CLASSES
+from engine.normalize import parse_decimal
 from engine.sources.base import PostgresRef, SalesforceRef, parse_reference, redact_dsn
 
 ACTION_CLASS = "stale_salesforce"
@@ -95,14 +95,7 @@ def chunk_rows_default() -> int:
     return n
 
 
-def _dec(v: Any) -> Decimal | None:
-    if v is None or v == "":
-        return None
-    try:
-        d = Decimal(str(v))
-    except InvalidOperation:
-        return None
-    return d if d.is_finite() else None
+_dec = parse_decimal
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -114,11 +107,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from engine.manifest import file_digest
+
+    return file_digest(path)
 
 
 def _json_list(text: Any) -> list[str]:

@@ -18,5 +18,20 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def parse_time(text: str | None, opt: str) -> Any:
+    """An option's ISO-8601 time (naive = UTC), or a one-line usage error naming the option."""
+    if not text:
+        return None
+    from datetime import UTC, datetime
+
+    from engine.errors import UsageError
+
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{opt} {text!r} is not an ISO-8601 time, e.g. 2026-09-30T23:59:59Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
 def progress(msg: str) -> None:
     err.print(f"[dim]·[/dim] {msg}")

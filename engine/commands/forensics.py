@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -21,13 +21,9 @@ OrgField = Annotated[str, typer.Option("--org-field", help="JSON field with the 
 
 
 def _time(text: str | None, opt: str) -> datetime | None:
-    if not text:
-        return None
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{opt} {text!r} is not an ISO-8601 time, e.g. 2026-09-30T23:59:59Z") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    from engine.commands._shared import parse_time
+
+    return parse_time(text, opt)
 
 
 def register(app: typer.Typer) -> None:

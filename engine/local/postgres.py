@@ -253,14 +253,9 @@ class EmbeddedPostgres:
 
 
 def _port_free(port: int) -> bool:
-    import socket
+    from engine.local.state import port_free
 
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return port_free(port)
 
 
 def wait_until_accepting(dsn: str, timeout: float = 30) -> None:

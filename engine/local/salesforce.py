@@ -215,15 +215,9 @@ def _ready(info: dict[str, Any], timeout: float) -> bool:
 
 
 def _port_free(port: int) -> bool:
-    import socket
+    from engine.local.state import port_free
 
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is fine
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return port_free(port)
 
 
 def _tail(path: Path, n: int = 1500) -> str:

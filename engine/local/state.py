@@ -140,6 +140,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(port: int) -> bool:
+    """True when 127.0.0.1:port can be bound now (SO_REUSEADDR, as servers bind: TIME_WAIT is fine)."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
