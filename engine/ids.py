@@ -35,7 +35,8 @@ from engine.sfid import to18
 LAYOUT_VERSION = 1
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:recon:event:v1")
 _NS_BYTES = NAMESPACE.bytes
-_CANON_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+# ASCII digits only: \d would also accept other scripts' digits, which no database parses as a time
+_CANON_TS = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$")
 
 
 def canonical_time(value: str | datetime) -> str:
@@ -91,40 +92,50 @@ def _uuid5_bytes(name: bytes) -> bytes:
     return bytes(digest)
 
 
+_ID18: dict[str, str | None] = {}
+_VARIANT = "89ab89ab89ab89ab"  # RFC 9562 variant bits over the digest's high nibble of byte 8
+
+
+def _id18_cached(x: str) -> str | None:
+    """to18 with a process-wide cache: a stream repeats record ids across batches, and the suffix
+    computation is the costliest part of an id after SHA-1."""
+    r = _ID18.get(x, "")
+    if r == "":
+        try:
+            r = to18(x)
+        except (ValueError, TypeError):
+            r = None
+        if len(_ID18) >= 1_000_000:
+            _ID18.clear()
+        _ID18[x] = r
+    return r
+
+
 def event_ids(
     org_ids: Sequence[str], record_ids: Sequence[str], event_types: Sequence[str], event_times: Sequence[str]
 ) -> list[str | None]:
     """Batch form of :func:`event_id`; an element is None where its fields are invalid.
 
-    Kept as one tight loop over hashlib (C) with a cache for ids, which repeat heavily across a
-    stream; there is no vectorised SHA-1 in Arrow or Polars to push this into.
+    One tight loop over hashlib (C), formatting the UUID from the hex digest directly (no UUID
+    objects); there is no vectorised SHA-1 in Arrow or Polars to push this into.
     """
-    cache: dict[str, str | None] = {}
-
-    def id18(x: str) -> str | None:
-        r = cache.get(x, "")
-        if r == "":
-            try:
-                r = to18(x)
-            except (ValueError, TypeError):
-                r = None
-            cache[x] = r
-        return r
-
     out: list[str | None] = []
     append = out.append
+    sha1 = hashlib.sha1
+    match = _CANON_TS.match
     for org, rec, typ, ts in zip(org_ids, record_ids, event_types, event_times, strict=True):
-        o = id18(org) if org else None
-        r = id18(rec) if rec else None
+        o = _id18_cached(org) if org else None
+        r = _id18_cached(rec) if rec else None
         if o is None or r is None or not typ or ts is None:
             append(None)
             continue
         try:
-            t = ts if _CANON_TS.match(ts) else canonical_time(ts)
+            t = ts if match(ts) else canonical_time(ts)
         except (ValueError, TypeError):
             append(None)
             continue
-        append(str(uuid.UUID(bytes=_uuid5_bytes(_name((o, r, typ, t))))))
+        h = sha1(_NS_BYTES + _name((o, r, typ, t))).hexdigest()
+        append(f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-{h[20:32]}")
     return out
 
 
