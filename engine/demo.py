@@ -178,6 +178,35 @@ def repair_step(config_file: Path, explain_dir: Path, out: Path, key: Path) -> d
     return rep.summary()
 
 
+def prevent_step(config_file: Path, out: Path) -> dict[str, Any]:
+    """The permanent fix, shown on the incident's own topic: duplicates cannot change the result."""
+    from engine import config as config_mod
+    from engine import consumer, reconcile
+    from engine.sources import sf_extract
+
+    cfg = config_mod.load(config_file)
+    cfg.use_passfile()
+    dsn = cfg.section("postgres")["dsn"]
+    k = cfg.section("kafka")
+    settings = consumer.ConsumerSettings(
+        bootstrap=k["bootstrap"], topic=k["topic"], group="recon-demo-idempotent", dsn=dsn,
+        table=consumer.parse_table("warehouse.clv_events_idempotent"), org_id=sf_extract.connection(cfg).org_id,
+        until_caught_up=True, reset_offsets=True, metrics_interval_s=0)
+    res = consumer.run(settings).as_dict()
+    run = reconcile.run_diff(reconcile.DiffRequest(
+        source="salesforce:Account", target=f"{dsn}#warehouse.clv_events_idempotent_aggregates",
+        keys=(("Id", "record_id"),), columns=(("Customer_Lifetime_Value__c", "clv"),)), cfg)
+    reconcile.write_outputs(run, out)
+    import polars as pl
+
+    findings = pl.read_parquet(out.parent / "explain" / "findings.parquet")
+    expected = set(findings.filter(pl.col("class").is_in(["missing_events", "stale_salesforce"]))["Id"].to_list())
+    got = set(run.result.differences["key"].to_list())
+    out.joinpath("consume.json").write_text(json.dumps(res, indent=2, sort_keys=True, default=str) + "\n")
+    return {**res["run"], "events_per_s": res["events_per_s"], "differences": len(got), "expected": len(expected),
+            "as_expected": got == expected}
+
+
 def cost_step(config_file: Path, out_dir: Path) -> dict[str, Any]:
     from engine import config as config_mod
     from engine import cost
@@ -286,6 +315,14 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
         steps.say(f"SQL guard: {dec2['guard']}")
         outcome.fixed = (dec["state"] == "open" and dec2["state"] == "closed"
                          and left == rep["action_list"] + rep["unexplained"] and dec2["guard_passes"])
+        prev = steps.run("Prevent: replay the whole duplicated topic through the idempotent consumer "
+                         "(deterministic event ids) into a fresh table, then diff it against Salesforce",
+                         lambda: prevent_step(config_file, out_dir / "prevent"))
+        steps.say(f"{prev['consumed']:,} events consumed, {prev['duplicates']:,} duplicates recognised and "
+                  f"skipped, {prev['dead_letters']:,} dead letters ({prev['events_per_s']:,.0f} events/s)")
+        steps.say(f"rebuilt CLV differs from Salesforce for {prev['differences']:,} account(s): "
+                  + ("exactly" if prev["as_expected"] else "NOT exactly")
+                  + f" the {prev['expected']:,} whose events never reached the topic or whose Salesforce value is stale")
         doc = steps.run("Price the data debt: exposure, detection cost, prevention cost, break-even and "
                         "risk-adjusted ROI", lambda: cost_step(config_file, out_dir))
         r = doc.get("results", doc)
