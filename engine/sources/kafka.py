@@ -193,9 +193,10 @@ def scan(
     fields = fields or EventFields()
     extra = dict(kafka_config or {})
     parts = topic_partitions(bootstrap, topic, extra)
-    n = workers if workers is not None else _auto_workers(bootstrap, topic, parts, extra)
+    sizes = _partition_sizes(bootstrap, topic, parts, extra) if workers is None or workers > 1 else {}
+    n = workers if workers is not None else _auto_workers(parts, sizes)
     if n > 1:
-        groups = [parts[i::n] for i in range(n)]
+        groups = _balanced_groups(parts, sizes, n)
         results = _run_workers([(bootstrap, topic, g, window, fields, extra, batch, deadline_s) for g in groups])
         frames, info, samples = [], {}, []
         for ipc, inf, smp in results:
@@ -208,25 +209,44 @@ def scan(
     return Scan(frame=frame, topic=topic, partitions=info, samples=samples, elapsed_s=time.perf_counter() - t0)
 
 
-def _auto_workers(bootstrap: str, topic: str, parts: list[int], extra: dict[str, str]) -> int:
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores < 2 or len(parts) < 2:
-        return 1
+def _partition_sizes(bootstrap: str, topic: str, parts: list[int], extra: dict[str, str]) -> dict[int, int]:
+    """Messages per partition from the watermarks: a hint for planning only (some brokers answer
+    them wrongly); empty when the broker does not answer."""
     from confluent_kafka import TopicPartition
 
     c = _consumer(bootstrap, extra)
     try:
-        total = 0
+        sizes = {}
         for p in parts:
             lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
-            total += max(0, hi - lo)
+            sizes[p] = max(0, hi - lo)
+        return sizes
     except Exception:  # noqa: BLE001 - a hint only
-        return 1
+        return {}
     finally:
         c.close()
-    return min(cores, len(parts)) if total >= PARALLEL_MIN_MESSAGES else 1
+
+
+def _auto_workers(parts: list[int], sizes: dict[int, int]) -> int:
+    """One process per partition, up to twice the cores (more processes than cores keeps the last
+    one from being a straggler when partitions do not divide evenly), for large topics only."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2 or len(parts) < 2 or sum(sizes.values()) < PARALLEL_MIN_MESSAGES:
+        return 1
+    return min(len(parts), 2 * cores)
+
+
+def _balanced_groups(parts: list[int], sizes: dict[int, int], n: int) -> list[list[int]]:
+    """Greedy: the largest partitions first, each to the currently lightest group."""
+    groups: list[list[int]] = [[] for _ in range(n)]
+    load = [0] * n
+    for p in sorted(parts, key=lambda q: -sizes.get(q, 1)):
+        i = load.index(min(load))
+        groups[i].append(p)
+        load[i] += sizes.get(p, 1)
+    return [g for g in groups if g]
 
 
 def _run_workers(jobs: list[tuple[Any, ...]]) -> list[tuple[bytes, dict[int, dict[str, int | None]], list[dict[str, Any]]]]:
