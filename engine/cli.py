@@ -182,8 +182,7 @@ def diff_cmd(
         if not source or not target:
             raise _usage("give SOURCE and TARGET, or -C recon.toml --mapping NAME")
         req = reconcile.DiffRequest(source=source, target=target, **{k: v for k, v in overrides.items() if v is not None})
-    with err.status("diffing…", spinner="dots") if not as_json and sys.stderr.isatty() else _nullcontext():
-        run = reconcile.run_diff(req, cfg, progress=None)
+    run = _with_status(lambda say: reconcile.run_diff(req, cfg, progress=say), enabled=not as_json)
     outputs = reconcile.write_outputs(run, out_dir) if out_dir else None
     summary = run.summary()
     if ledger_dsn or manifest:
@@ -213,12 +212,19 @@ def _as_of(text: str | None) -> Any:
     return parse_time(text, "--as-of")
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
+def _with_status(work: Any, *, enabled: bool) -> Any:
+    """Run ``work(say)`` under a live status line on stderr (a terminal only), showing each phase
+    and the time spent so far; schedulers and pipes get no control characters."""
+    if not enabled or not sys.stderr.isatty():
+        return work(lambda _msg: None)
+    import time
 
-    def __exit__(self, *a: object) -> None:
-        return None
+    t0 = time.perf_counter()
+    with err.status("starting…", spinner="dots") as status:
+        def say(msg: str) -> None:
+            status.update(f"{msg} ({time.perf_counter() - t0:.1f}s)")
+
+        return work(say)
 
 
 @app.command("snapshot")

@@ -212,6 +212,7 @@ def run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun:
         # each side normalizes as soon as its own data is in, overlapping the slower side's read
         e = _extract(ref, config, [f.column for f in fields], where, as_of=req.as_of, updated_at=updated_at,
                      key_cols=keys)
+        say(f"read {e.frame.height:,} rows from {ref}; normalizing")
         try:
             c = canonicalize(e.frame, tuple(fields), opts)
         except ValueError as exc:
@@ -224,6 +225,7 @@ def run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun:
                 ready.set()
         if not ready.wait(timeout=24 * 3600) or not boundaries:
             raise RuntimeError("source side failed before choosing segment boundaries")
+        say(f"hashing {ref} into {len(boundaries[0]) + 1:,} BLAKE3 segments")
         tree = merkle.side_tree(c.frame["__key"], c.frame["__row"], merkle.Segmentation(tuple(boundaries[0])))
         return e, c, tree
 
