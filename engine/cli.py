@@ -148,7 +148,7 @@ def diff_cmd(
     mapping: Annotated[str | None, typer.Option("--mapping", help="A [mapping.NAME] of the config.")] = None,
     as_json: JsonFlag = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write summary.json and differences.parquet here.")] = None,
-    ledger: Annotated[str | None, typer.Option("--ledger", help="Record the run in this recon_audit ledger (or RECON_LEDGER_DSN, or [ledger] dsn).")] = None,
+    ledger: Annotated[str | None, typer.Option("--ledger", help="Record the run in this recon_audit ledger (or RECON_LEDGER_DSN, or the ledger dsn in recon.toml).")] = None,
     manifest: Annotated[Path | None, typer.Option("--manifest", help="Write a signed DSSE/in-toto manifest here (outputs go next to it unless --out).")] = None,
     signing_key: Annotated[Path | None, typer.Option("--signing-key", help="Ed25519 key from `recon keygen` (with --manifest).")] = None,
 ) -> None:

@@ -15,7 +15,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on
 DsnOpt = Annotated[str | None, typer.Option(
     "--dsn", envvar="RECON_LEDGER_DSN", show_envvar=True,
     help="Ledger database (libpq URI; password from PGPASSWORD/PGPASSFILE, never needed in the URI).")]
-ConfigOpt = Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml ([ledger] dsn).")]
+ConfigOpt = Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml (its ledger dsn).")]
 
 
 def _dsn(dsn: str | None, config: Path | None) -> str:
