@@ -69,6 +69,7 @@ from typing import Any, Final
 from engine.errors import ReconError, ServiceUnreachable, UsageError
 from engine.ids import canonical_time, event_ids
 from engine.sfid import to18
+from engine.sources.kafka import EventFields
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -126,23 +127,8 @@ _TS_TYPE_NAMES: Final[Mapping[int, str]] = {0: "NotAvailable", 1: "CreateTime", 
 # options
 
 
-@dataclass(frozen=True)
-class FieldNames:
-    """Names of the event fields in the JSON value (configurable: producers differ)."""
-
-    record_id: str = "account_id"
-    event_type: str = "event_type"
-    event_time: str = "event_ts"
-    amount: str = "amount"
-    org_id: str = "org_id"
-
-    def __post_init__(self) -> None:
-        names = [self.record_id, self.event_type, self.event_time, self.amount, self.org_id]
-        if any(not n or not n.strip() for n in names):
-            raise UsageError("field names must not be empty (--record-id-field, --event-type-field, "
-                             "--event-time-field, --amount-field, --org-id-field)")
-        if len(set(names)) != len(names):
-            raise UsageError(f"field names must be distinct, got {', '.join(names)}")
+# one definition of the event's field names for every command that reads events
+FieldNames = EventFields
 
 
 @dataclass(frozen=True)

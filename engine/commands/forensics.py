@@ -13,11 +13,12 @@ from engine.errors import UsageError
 
 Cfg = Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml")]
 KafkaCfg = Annotated[Path | None, typer.Option("--kafka-config", help="librdkafka properties file (key=value).")]
-RecordField = Annotated[str, typer.Option("--record-field", help="JSON field with the record id.")]
-TypeField = Annotated[str, typer.Option("--type-field", help="JSON field with the event type.")]
-TimeField = Annotated[str, typer.Option("--time-field", help="JSON field with the event time.")]
+# the same option names as `recon consume` (the short forms are kept as aliases)
+RecordField = Annotated[str, typer.Option("--record-id-field", "--record-field", help="JSON field with the record id.")]
+TypeField = Annotated[str, typer.Option("--event-type-field", "--type-field", help="JSON field with the event type.")]
+TimeField = Annotated[str, typer.Option("--event-time-field", "--time-field", help="JSON field with the event time.")]
 AmountField = Annotated[str, typer.Option("--amount-field", help="JSON field with the signed amount.")]
-OrgField = Annotated[str, typer.Option("--org-field", help="JSON field with the Salesforce org id.")]
+OrgField = Annotated[str, typer.Option("--org-id-field", "--org-field", help="JSON field with the Salesforce org id.")]
 
 
 def _time(text: str | None, opt: str) -> datetime | None:

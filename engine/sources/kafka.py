@@ -32,13 +32,22 @@ EOF_WAIT_S = 0.5
 
 @dataclass(frozen=True)
 class EventFields:
-    """Names of the JSON fields in an event (configurable in every command that reads events)."""
+    """Names of the JSON fields in an event (configurable in every command that reads events:
+    producers differ). One definition for kafka-audit, explain and consume."""
 
     record_id: str = "account_id"
     event_type: str = "event_type"
     event_time: str = "event_ts"
     amount: str = "amount"
     org_id: str = "org_id"
+
+    def __post_init__(self) -> None:
+        names = [self.record_id, self.event_type, self.event_time, self.amount, self.org_id]
+        if any(not n or not n.strip() for n in names):
+            raise UsageError("field names must not be empty (--record-id-field, --event-type-field, "
+                             "--event-time-field, --amount-field, --org-id-field)")
+        if len(set(names)) != len(names):
+            raise UsageError(f"field names must be distinct, got {', '.join(names)}")
 
     def names(self) -> list[str]:
         return [self.org_id, self.record_id, self.event_type, self.event_time, self.amount]
