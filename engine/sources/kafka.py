@@ -391,8 +391,9 @@ def _scan_partitions(
     return frame, info, samples
 
 
-def _decode(b: bytes | None) -> str | None:
-    return None if b is None else b.decode("utf-8", "replace")
+def _text(values: list[bytes | None]) -> pl.Series:
+    """Header bytes as text, decoded column-wise (invalid UTF-8 becomes null, never an error)."""
+    return pl.Series(values, dtype=pl.Binary).cast(pl.Utf8, strict=False) if values else pl.Series([], dtype=pl.Utf8)
 
 
 def _build_frame(cols: dict[str, list[Any]], fields: EventFields, window: Window) -> pl.DataFrame:
@@ -403,9 +404,9 @@ def _build_frame(cols: dict[str, list[Any]], fields: EventFields, window: Window
         "ts_ms": pl.Series(cols["ts_ms"], dtype=pl.Int64),
         "ts_type": pl.Series(cols["ts_type"], dtype=pl.Int8),
         "key": pl.Series(cols["key"], dtype=pl.Binary).cast(pl.Utf8, strict=False) if n else pl.Series([], dtype=pl.Utf8),
-        "org_header": pl.Series([_decode(x) for x in cols["org_header"]], dtype=pl.Utf8),
-        "producer_id": pl.Series([_decode(x) for x in cols["producer_id"]], dtype=pl.Utf8),
-        "sequence": pl.Series([_decode(x) for x in cols["sequence"]], dtype=pl.Utf8).cast(pl.Int64, strict=False),
+        "org_header": _text(cols["org_header"]),
+        "producer_id": _text(cols["producer_id"]),
+        "sequence": _text(cols["sequence"]).cast(pl.Int64, strict=False),
     })
     parsed = parse_values(cols["value"], fields)
     frame = pl.concat([base, parsed], how="horizontal")
