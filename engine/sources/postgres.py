@@ -188,7 +188,9 @@ def extract(
         convert_options=pacsv.ConvertOptions(column_types=types, true_values=["t"], false_values=["f"],
                                              strings_can_be_null=True, quoted_strings_can_be_null=False),
     ) if buf.getbuffer().nbytes else pa.table({n: pa.array([], type=types[n]) for n in names})
+    buf.close()  # the CSV text is as large as the table: free it before the frame is built
     frame = pl.from_arrow(table)
+    del table
     assert isinstance(frame, pl.DataFrame)
     declared = {}
     for c in cols:
