@@ -160,3 +160,28 @@ def test_unreachable_database_is_exit_5(env) -> None:
     env = {**env, "RECON_CONNECT_DEADLINE": "1"}
     res = recon("diff", f"postgresql://recon@127.0.0.1:{port}/recon#a.b", "parquet:/x", "-k", "id", env=env)
     assert_one_line_error(res, 5, "unreachable")
+
+
+CONTRACT_KEYS = [
+    "source.rows", "target.rows", "missing_in_target", "missing_in_source", "mismatched", "unchanged", "in_flight",
+    "duplicate_keys.source", "duplicate_keys.target", "variance_ratio", "amount_variance_ratio",
+    "merkle.encoding_version", "merkle.boundaries_digest", "merkle.source_root", "merkle.target_root",
+    "merkle.segments", "merkle.divergent_segments", "divergent_ranges", "elapsed_s",
+]
+
+
+def test_json_has_every_contract_key(tables, env) -> None:
+    """The keys schedulers rely on (ARCHITECTURE.md): extend, never break."""
+    res = recon("diff", f"{tables['dsn']}#cli.src", f"{tables['dsn']}#cli.tgt", "-k", "id", "--json", env=env)
+    s = json.loads(res.stdout)
+    for dotted in CONTRACT_KEYS:
+        node = s
+        for part in dotted.split("."):
+            assert part in node, dotted
+            node = node[part]
+    for name, col in s["columns"].items():
+        assert {"mismatched", "abs_variance", "net_variance"} <= set(col), name
+    for r in s["divergent_ranges"]:
+        assert {"from", "to", "source_rows", "target_rows"} <= set(r)
+    assert s["missing_in_target"] + s["missing_in_source"] + s["mismatched"] + s["unchanged"] + s["in_flight"] \
+        == s["distinct_keys"]
