@@ -54,11 +54,9 @@ def _commission(config: Config) -> tuple[Decimal, float, dict[str, str]]:
 
 def run_explain(req: ExplainRequest, config: Config, progress: Any = None) -> tuple[forensics.Explanation, forensics.Audit]:
     say = progress or (lambda _m: None)
-    summary_path, diffs_path = req.diff_dir / "summary.json", req.diff_dir / "differences.parquet"
-    if not summary_path.exists() or not diffs_path.exists():
-        raise UsageError(f"{req.diff_dir} is not a diff output (no summary.json/differences.parquet): "
-                         "run `recon diff … --out DIR` first")
-    diff_summary = json.loads(summary_path.read_text())
+    from engine.reconcile import read_outputs
+
+    diff_summary, _, diffs_path = read_outputs(req.diff_dir)
     differences = pl.read_parquet(diffs_path)
     column = req.column or _pick_column(diff_summary, config)
     kcfg = config.section("kafka")

@@ -236,16 +236,9 @@ class DiffInput:
 
     @classmethod
     def read(cls, diff_dir: Path) -> DiffInput:
-        sp, dp = Path(diff_dir) / "summary.json", Path(diff_dir) / "differences.parquet"
-        if not sp.is_file() or not dp.is_file():
-            raise UsageError(f"{diff_dir} is not a diff output (no summary.json/differences.parquet): "
-                             "run `recon diff … --out DIR` first")
-        try:
-            summary = json.loads(sp.read_text())
-        except (ValueError, UnicodeDecodeError):
-            raise UsageError(f"{sp} is not valid JSON: rerun `recon diff … --out DIR`") from None
-        if not isinstance(summary, dict) or "variance_ratio" not in summary:
-            raise UsageError(f"{sp} is not a recon diff summary (no variance_ratio)")
+        from engine.reconcile import read_outputs
+
+        summary, sp, dp = read_outputs(diff_dir)
         return cls(Path(diff_dir), summary, _sha256(sp), dp)
 
     @property

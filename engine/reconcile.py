@@ -270,6 +270,22 @@ def _in_flight_keys(e: Extract, fields: list[FieldSpec], opts: SideOptions) -> s
     return set(df.select(expr.alias("k"))["k"].to_list())
 
 
+def read_outputs(diff_dir: Path) -> tuple[dict[str, Any], Path, Path]:
+    """The other half of :func:`write_outputs`, for the commands that start from a diff directory
+    (explain, gate): its summary, the summary's path and the differences' path, or a one-line error."""
+    sp, dp = Path(diff_dir) / "summary.json", Path(diff_dir) / "differences.parquet"
+    if not sp.is_file() or not dp.is_file():
+        raise UsageError(f"{diff_dir} is not a diff output (no summary.json/differences.parquet): "
+                         "run `recon diff … --out DIR` first")
+    try:
+        summary = json.loads(sp.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(f"{sp} is not valid JSON: rerun `recon diff … --out DIR`") from None
+    if not isinstance(summary, dict) or "variance_ratio" not in summary:
+        raise UsageError(f"{sp} is not a recon diff summary (no variance_ratio)")
+    return summary, sp, dp
+
+
 def write_outputs(run: DiffRun, out: Path) -> dict[str, Path]:
     """`summary.json` and `differences.parquet` (key, kind, column, source value, target value)."""
     out.mkdir(parents=True, exist_ok=True)
