@@ -1,0 +1,93 @@
+"""The PostgreSQL source: the psql-pipe reader and the in-process psycopg reader read the same
+snapshot into the same typed frame, and fail with the same one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from engine.errors import UsageError
+from engine.sources import postgres as pg_source
+from engine.sources.base import parse_reference
+
+ROWS = """
+INSERT INTO src_read VALUES
+ ('001A', 'plain', 1.50, 7, '2026-01-02 03:04:05.123456', '2026-01-02 03:04:05+02', true, '2026-01-02', 'ab '),
+ ('001B', '', NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ ('001C', NULL, -0.00, -9, '1999-12-31 23:59:59', '1999-12-31 23:59:59-05', false, '1999-12-31', 'x'),
+ ('001D', 'comma, "quote" and
+newline', 123456789012.34, 0, '2026-11-26 00:00:00', '2026-11-26 00:00:00Z', true, '2026-11-26', 'é'),
+ ('001E', 'Ünïcödé ✓', 0.01, 42, '2026-01-01 00:00:00', '2026-01-01 00:00:00Z', NULL, NULL, '')
+"""
+
+
+@pytest.fixture()
+def table(embedded_pg) -> str:
+    os.environ["PGPASSFILE"] = str(embedded_pg.paths.pgpass_file)
+    with psycopg.connect(embedded_pg.info.dsn, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS src_read")
+        c.execute("CREATE TABLE src_read (id text, label text, amount numeric(14,2), n int8, ts timestamp, "
+                  "tstz timestamptz, flag bool, d date, pad char(3))")
+        c.execute(ROWS)
+    return f"{embedded_pg.info.dsn}#public.src_read"
+
+
+def _read(ref_text: str, reader: str, where: str | None = None):  # noqa: ANN202
+    old = os.environ.get("RECON_PG_READER")
+    os.environ["RECON_PG_READER"] = reader
+    try:
+        return pg_source.extract(parse_reference(ref_text), None, where)
+    finally:
+        if old is None:
+            os.environ.pop("RECON_PG_READER", None)
+        else:
+            os.environ["RECON_PG_READER"] = old
+
+
+def test_psql_and_psycopg_readers_give_the_same_frame(table: str) -> None:
+    a, b = _read(table, "psql"), _read(table, "psycopg")
+    assert a.meta["reader"] == "psql" and b.meta["reader"] == "psycopg"
+    assert a.frame.equals(b.frame, null_equal=True)
+    assert a.frame.schema == b.frame.schema and a.frame.height == 5
+    row = a.frame.filter(a.frame["id"] == "001B").row(0, named=True)
+    assert row["label"] == "" and row["amount"] is None  # empty string and NULL stay apart
+    first = a.frame.filter(a.frame["id"] == "001A").row(0, named=True)
+    assert str(first["tstz"]) == "2026-01-02 01:04:05+00:00" and str(first["ts"]) == "2026-01-02 03:04:05.123456"
+    assert first["pad"] == "ab"  # char(n): trailing blanks are padding, not value
+    assert a.frame.filter(a.frame["id"] == "001D")["label"].item() == 'comma, "quote" and\nnewline'
+
+
+def test_psql_reader_reads_the_exported_snapshot(table: str) -> None:
+    got = _read(table, "psql")
+    assert got.meta["snapshot_id"] and got.meta["rows"] == 5
+
+
+def test_psql_reader_errors_are_one_line_usage_errors(table: str) -> None:
+    with pytest.raises(UsageError, match="rejected the query") as exc:
+        _read(table, "psql", where="nope = 1")
+    assert "\n" not in str(exc.value) and "nope" in str(exc.value)
+    empty = _read(table, "psql", where="false")
+    assert empty.frame.height == 0 and empty.frame.columns == _read(table, "psql").frame.columns
+
+
+def test_psql_reader_takes_a_password_from_the_dsn_without_putting_it_on_the_command_line(
+        embedded_pg, table: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    info, creds = embedded_pg.info, embedded_pg.creds
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))  # only the DSN's password can work
+    seen: list[list[str]] = []
+    real = pg_source.subprocess.Popen
+
+    def spy(cmd, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(list(cmd))
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(pg_source.subprocess, "Popen", spy)
+    pw = creds["postgres_password"]
+    dsn = f"postgresql://{info.user}:{pw}@{info.host}:{info.port}/{info.database}#public.src_read"
+    got = _read(dsn, "psql")
+    assert got.frame.height == 5 and seen
+    assert all(pw not in part for cmd in seen for part in cmd)
+    assert pw not in repr(got.meta)
