@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from engine import merkle
-from engine.normalize import ENCODING_VERSION, Canonical, FieldSpec
+from engine.normalize import ENCODING_VERSION, Canonical, FieldSpec, row_text
 
 DIFF_SCHEMA = {"key": pl.Utf8, "kind": pl.Utf8, "column": pl.Utf8, "source_value": pl.Utf8, "target_value": pl.Utf8}
 
@@ -151,8 +151,7 @@ def compare(
                                     else merkle.choose_boundaries(s["__key"], segment_rows)))
     n_seg = len(seg.boundaries) + 1
     if hashed is None:
-        (s_tree, s_seg), (t_tree, t_seg) = merkle.side_tree(s["__key"], s["__row"], seg), \
-            merkle.side_tree(t["__key"], t["__row"], seg)
+        (s_tree, s_seg), (t_tree, t_seg) = merkle.side_tree(s, fields, seg), merkle.side_tree(t, fields, seg)
     else:
         (s_tree, s_seg), (t_tree, t_seg) = hashed
     divergent = merkle.divergent_segments(s_tree, t_tree)
@@ -163,10 +162,8 @@ def compare(
     div_mask[divergent] = True
     same_union = int(distinct_s[~div_mask].sum())  # equal segments: same distinct keys on both sides
 
-    ds = s.filter(pl.Series(div_mask[s_seg])) if divergent else s.clear()
-    dt = t.filter(pl.Series(div_mask[t_seg])) if divergent else t.clear()
-
-    diffs, counts, col_stats = _record_diff(ds, dt, value_fields, in_flight_keys or set())
+    ds, dt = _rows_in(s, s_seg, div_mask), _rows_in(t, t_seg, div_mask)
+    diffs, counts, col_stats = _record_diff(ds, dt, list(fields), in_flight_keys or set())
     union_keys = same_union + counts["union"]
     src_abs_totals = {
         f.name: (Decimal(str(s[f.name].abs().sum())) if f.ctype.kind == "decimal" else
@@ -189,6 +186,45 @@ def compare(
     )
 
 
+def _rows_in(frame: pl.DataFrame, seg_of_row: np.ndarray, div_mask: np.ndarray) -> pl.DataFrame:
+    """The rows of the divergent segments: contiguous runs of a key-sorted side, so slices, not a
+    row filter (with every segment divergent this is the frame itself, no copy)."""
+    if not div_mask.any():
+        return frame.clear()
+    if div_mask.all():
+        return frame
+    counts = np.bincount(seg_of_row, minlength=len(div_mask))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    parts = [frame.slice(int(starts[i]), int(counts[i])) for i in np.flatnonzero(div_mask) if counts[i]]
+    return pl.concat(parts, rechunk=False) if parts else frame.clear()
+
+
+def _merge_unique(us: pl.DataFrame, ut: pl.DataFrame, names: list[str]
+                  ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, int]:
+    """Pair two sides whose keys are unique and sorted by their bytes: a vectorised merge
+    (binary search of one key column in the other) instead of a hash join, and no pairing work at
+    all when both sides hold the same keys. Returns the pairs (``name`` and ``name__t`` columns),
+    the keys missing in the target, those missing in the source, and the number of distinct keys."""
+    sk, tk = us["__key"], ut["__key"]
+    right = [pl.col(n).alias(n + "__t") for n in names]
+    if len(sk) == len(tk) and sk.equals(tk):
+        pairs = us.select("__key", *names).hstack(ut.select(right))
+        return pairs, us.select("__key").clear(), ut.select("__key").clear(), len(sk)
+    if len(tk) == 0 or len(sk) == 0:
+        pairs = us.select("__key", *names).clear().hstack(ut.select(right).clear())
+        return pairs, us.select("__key"), ut.select("__key"), len(sk) + len(tk)
+    pos = tk.search_sorted(sk, side="left").to_numpy()
+    clipped = np.minimum(pos, len(tk) - 1)
+    hit = (pos < len(tk)) & (tk.gather(clipped) == sk).to_numpy()
+    t_idx = pos[hit]
+    t_hit = np.zeros(len(tk), dtype=bool)
+    t_hit[t_idx] = True
+    pairs = us.select("__key", *names).filter(pl.Series(hit)).hstack(ut.select(right)[t_idx])
+    miss_t = us.select("__key").filter(pl.Series(~hit))
+    miss_s = ut.select("__key").filter(pl.Series(~t_hit))
+    return pairs, miss_t, miss_s, len(sk) + len(miss_s)
+
+
 def _dup_keys(df: pl.DataFrame) -> pl.Series:
     """Keys occurring more than once (the frame is sorted by key)."""
     k = df["__key"]
@@ -199,28 +235,24 @@ def _dup_keys(df: pl.DataFrame) -> pl.Series:
 
 
 def _record_diff(
-    ds: pl.DataFrame, dt: pl.DataFrame, value_fields: list[FieldSpec], in_flight: set[str]
+    ds: pl.DataFrame, dt: pl.DataFrame, fields: list[FieldSpec], in_flight: set[str]
 ) -> tuple[pl.DataFrame, dict[str, int], dict[str, tuple[int, Decimal | None, Decimal | None]]]:
+    value_fields = [f for f in fields if not f.is_key]
     names = [f.name for f in value_fields]
     dup_any = pl.concat([_dup_keys(ds), _dup_keys(dt)]).unique()
     if in_flight:
         dup_any = pl.concat([dup_any, pl.Series("__key", sorted(in_flight), dtype=pl.Utf8)]).unique()
     flagged = dup_any.to_frame("__key")
-    # the common case: keys unique on both sides, compared by one join
-    us = ds.join(flagged, on="__key", how="anti") if len(flagged) else ds
-    ut = dt.join(flagged, on="__key", how="anti") if len(flagged) else dt
-    j = us.select("__key", "__row", *names).join(
-        ut.select("__key", "__row", *names).with_columns(pl.lit(True).alias("__in_t")),
-        on="__key", how="full", coalesce=True, suffix="__t")
-    miss_t_u = j.filter(pl.col("__in_t").is_null()).select("__key")
-    miss_s_u = j.filter(pl.col("__row").is_null()).select("__key")
-    pairs = j.filter(pl.col("__row").is_not_null() & pl.col("__in_t").is_not_null()
-                     & (pl.col("__row") != pl.col("__row__t")))
-    n_unique_keys = len(j)
+    # the common case: keys unique on both sides, paired by a merge of the two sorted key columns
+    keep = ~pl.col("__key").is_in(dup_any.implode())
+    us = ds.filter(keep) if len(dup_any) else ds  # a filter keeps the key order a merge relies on
+    ut = dt.filter(keep) if len(dup_any) else dt
+    pairs, miss_t_u, miss_s_u, n_unique_keys = _merge_unique(us, ut, names)
+    row = row_text(fields).alias("__row")
     # keys duplicated on a side (or in flight): multiset comparison on a small subset
-    ks = ds.join(flagged, on="__key", how="semi").group_by("__key").agg(
+    ks = ds.join(flagged, on="__key", how="semi").with_columns(row).group_by("__key").agg(
         pl.len().alias("n_s"), pl.col("__row").sort().alias("rows_s"))
-    kt = dt.join(flagged, on="__key", how="semi").group_by("__key").agg(
+    kt = dt.join(flagged, on="__key", how="semi").with_columns(row).group_by("__key").agg(
         pl.len().alias("n_t"), pl.col("__row").sort().alias("rows_t"))
     keys = ks.join(kt, on="__key", how="full", coalesce=True)
     if in_flight:
@@ -236,33 +268,37 @@ def _record_diff(
     both = keys.filter(pl.col("n_s").is_not_null() & pl.col("n_t").is_not_null())
     dup_mismatch = both.filter(pl.col("rows_s") != pl.col("rows_t"))
     # a key unique on both sides that was only flagged for being in flight never gets here
-    differs = []
     stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
     col_rows = []
+    diff_exprs, deltas = [], {}
     for f in value_fields:
         a, b = pl.col(f.name), pl.col(f.name + "__t")
         null_diff = a.is_null() != b.is_null()
         if f.ctype.kind in ("decimal", "int", "float"):
-            delta = b - a
             tol = f.tolerance if f.tolerance is not None else 0
             if f.ctype.kind == "decimal":
                 tol_lit = pl.lit(Decimal(tol)).cast(pl.Decimal(38, f.ctype.scale or 0))
             else:
                 tol_lit = pl.lit(float(tol))
-            value_diff = (delta.abs() > tol_lit).fill_null(False)
+            same = a == b
+            if f.ctype.kind == "float":  # canonical floats: NaN equals NaN, as in the encoding
+                same = same | (a.is_nan() & b.is_nan())
+            value_diff = (~same & ~((b - a).abs() <= tol_lit)).fill_null(False)
+            deltas[f.name] = True
         else:
-            delta = None
             value_diff = (a != b).fill_null(False)
-        d = (null_diff | value_diff).alias(f"__d_{f.name}")
-        differs.append(d)
-        pairs = pairs.with_columns(d)
-        sub = pairs.filter(pl.col(f"__d_{f.name}"))
-        if delta is not None and len(sub):
+        diff_exprs.append((null_diff | value_diff).alias(f"__d_{f.name}"))
+    # one pass computes every column's verdict; only the mismatched pairs are kept for the details
+    flags = [pl.col(f"__d_{n}") for n in names]
+    mism_unique = pairs.with_columns(diff_exprs).filter(pl.any_horizontal(*flags)) if names else pairs.clear()
+    for f in value_fields:
+        sub = mism_unique.filter(pl.col(f"__d_{f.name}"))
+        if f.name in deltas and len(sub):
             both_vals = sub.filter(pl.col(f.name).is_not_null() & pl.col(f.name + "__t").is_not_null())
             dv = both_vals.select((pl.col(f.name + "__t") - pl.col(f.name)).alias("d"))["d"]
-            abs_v = Decimal(str(dv.abs().sum())) if len(dv) else Decimal(0)
-            net_v = Decimal(str(dv.sum())) if len(dv) else Decimal(0)
-        elif delta is not None:
+            abs_v: Decimal | None = Decimal(str(dv.abs().sum())) if len(dv) else Decimal(0)
+            net_v: Decimal | None = Decimal(str(dv.sum())) if len(dv) else Decimal(0)
+        elif f.name in deltas:
             abs_v = net_v = Decimal(0)
         else:
             abs_v = net_v = None
@@ -273,22 +309,19 @@ def _record_diff(
         col_rows.append(sub.select(
             pl.col("__key").alias("key"), pl.lit("mismatched").alias("kind"), pl.lit(f.name).alias("column"),
             pl.col(f.name).cast(pl.Utf8).alias("source_value"), pl.col(f.name + "__t").cast(pl.Utf8).alias("target_value")))
-    mism_unique = pairs.filter(pl.any_horizontal(*[pl.col(f"__d_{n}") for n in names])) if names else pairs.clear()
 
-    frames = [
-        miss_t.select(pl.col("__key").alias("key"), pl.lit("missing_in_target").alias("kind"),
-                      pl.lit(None, pl.Utf8).alias("column"), pl.lit(None, pl.Utf8).alias("source_value"),
-                      pl.lit(None, pl.Utf8).alias("target_value")),
-        miss_s.select(pl.col("__key").alias("key"), pl.lit("missing_in_source").alias("kind"),
-                      pl.lit(None, pl.Utf8).alias("column"), pl.lit(None, pl.Utf8).alias("source_value"),
-                      pl.lit(None, pl.Utf8).alias("target_value")),
-        dup_mismatch.select(pl.col("__key").alias("key"), pl.lit("duplicate_key").alias("kind"),
-                            pl.lit(None, pl.Utf8).alias("column"),
+    none = pl.lit(None, pl.Utf8)
+    frames = [  # in (kind, column) order, so one stable sort by key orders by (key, kind, column)
+        dup_mismatch.select(pl.col("__key").alias("key"), pl.lit("duplicate_key").alias("kind"), none.alias("column"),
                             pl.format("{} row(s)", pl.col("n_s")).alias("source_value"),
                             pl.format("{} row(s)", pl.col("n_t")).alias("target_value")),
-        *col_rows,
+        *[col_rows[i] for i in sorted(range(len(col_rows)), key=lambda i: names[i])],
+        miss_s.select(pl.col("__key").alias("key"), pl.lit("missing_in_source").alias("kind"), none.alias("column"),
+                      none.alias("source_value"), none.alias("target_value")),
+        miss_t.select(pl.col("__key").alias("key"), pl.lit("missing_in_target").alias("kind"), none.alias("column"),
+                      none.alias("source_value"), none.alias("target_value")),
     ]
-    diffs = pl.concat([f.cast(DIFF_SCHEMA) for f in frames]).sort(["key", "kind", "column"], nulls_last=False)
+    diffs = pl.concat([f.cast(DIFF_SCHEMA) for f in frames]).sort("key", maintain_order=True)
     counts = {
         "union": union,
         "in_flight": n_flight,

@@ -290,7 +290,7 @@ def inputs_from_run(run: DiffRun) -> list[dict[str, Any]]:
 
 # -- canonical snapshots ---------------------------------------------------------------------------
 def write_snapshots(run: DiffRun, out_dir: Path) -> list[Path]:
-    """Each side's canonical frame as Parquet (typed canonical columns, ``__key``, ``__row``) and a
+    """Each side's canonical frame as Parquet (typed canonical columns and ``__key``) and a
     JSON sidecar with the boundaries and field types, so anyone can recompute both Merkle roots."""
     from engine.normalize import ENCODING_VERSION
 
@@ -322,7 +322,15 @@ def _recompute_roots(sidecar_path: Path, base: Path, inputs: list[dict[str, Any]
     import polars as pl
 
     from engine import merkle
-    from engine.normalize import ENCODING_VERSION, ColumnType, field_parts, text_expr
+    from engine.normalize import (
+        SUPPORTED_ENCODINGS,
+        ColumnType,
+        FieldSpec,
+        SideOptions,
+        row_text,
+        text_expr,
+        typed,
+    )
 
     try:
         meta = json.loads(sidecar_path.read_text())
@@ -343,18 +351,33 @@ def _recompute_roots(sidecar_path: Path, base: Path, inputs: list[dict[str, Any]
             frame = pl.read_parquet(path)
         except (OSError, pl.exceptions.PolarsError):
             raise VerificationError(f"snapshot {info['file']} is missing or unreadable in {base}") from None
-        if meta.get("encoding_version") == ENCODING_VERSION:
-            # re-encode from the typed values: the root then proves the values, not just the bytes
-            fields = [(f["name"], ColumnType(f["kind"], f.get("scale"), f.get("precision") or "us"), f["key"])
-                      for f in info["fields"]]
-            keys = [text_expr(n, t) for n, t, k in fields if k]
-            again = frame.select(
-                (keys[0] if len(keys) == 1 else pl.concat_str(keys, separator="\x00")).alias("k"),
-                pl.concat_str([p for n, t, _ in fields for p in field_parts(n, t)]).alias("r"))
-            if not (again["k"].equals(frame["__key"]) and again["r"].equals(frame["__row"])):
+        version = meta.get("encoding_version")
+        if version not in SUPPORTED_ENCODINGS:
+            raise VerificationError(f"snapshot sidecar {sidecar_path.name} uses canonical encoding {version!r}; "
+                                    f"this recon verifies versions {', '.join(map(str, SUPPORTED_ENCODINGS))}")
+        try:
+            fields = tuple(FieldSpec(f["name"], f["name"], ColumnType(f["kind"], f.get("scale"),
+                                                                      f.get("precision") or "us"), None, bool(f["key"]))
+                           for f in info["fields"])
+            # re-type from the stored values: the root then proves the values, whatever the file's dtypes
+            frame = frame.with_columns(typed(frame[f.name], f.ctype, SideOptions()).alias(f.name) for f in fields)
+        except (KeyError, TypeError, ValueError, pl.exceptions.PolarsError):
+            raise VerificationError(f"snapshot {info['file']} does not hold the fields its sidecar names") from None
+        keys = [text_expr(f.name, f.ctype) for f in fields if f.is_key]
+        again = frame.select((keys[0] if len(keys) == 1 else pl.concat_str(keys, separator="\x00")).alias("k"))["k"]
+        if not again.equals(frame["__key"]):
+            raise VerificationError(f"root mismatch for the {side} side: snapshot {info['file']} was edited "
+                                    "(its keys do not match its values)")
+        if version == 1:
+            rows = frame.select(row_text(fields).alias("r"))["r"]
+            if "__row" in frame.columns and not rows.equals(frame["__row"]):
                 raise VerificationError(f"root mismatch for the {side} side: snapshot {info['file']} was edited "
                                         "(its canonical rows do not match its values)")
-        tree, _ = merkle.side_tree(frame["__key"], frame["__row"], seg)
+            ids = merkle.segment_ids(frame["__key"], seg)
+            digests, counts = merkle.hash_rows_v1(rows, ids, len(seg.boundaries) + 1)
+            tree = merkle.build_tree(digests, counts)
+        else:
+            tree, _ = merkle.side_tree(frame, fields, seg)
         want = claimed.get("merkle_root") or info.get("merkle_root")
         if tree.root_hex != want:
             raise VerificationError(f"root mismatch for the {side} side: snapshot {info['file']} hashes to "

@@ -6,8 +6,7 @@ only its own segment, never shifts the others. Segment ``i`` holds the keys ``b[
 (the first segment is open below, the last open above).
 
 A segment's digest is one BLAKE3 call over the contiguous bytes of its rows' canonical encoding
-(``engine.normalize``): the rows sit in one Arrow string buffer in key order, so the call reads a
-zero-copy slice. The tree follows RFC 6962's domain separation (leaf = H(0x00 || index || digest),
+(``engine.normalize``, version 2: slices of the typed columns' own buffers, joined by one copy). The tree follows RFC 6962's domain separation (leaf = H(0x00 || index || digest),
 node = H(0x01 || left || right)) so a leaf can never be passed off as a node. Segments are
 independent: a distributed engine (Dask, Ray) can hash disjoint key ranges and hand the digests to
 :func:`build_tree`.
@@ -25,7 +24,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from engine.normalize import ENCODING_VERSION
+from engine.normalize import FieldSpec, frame_bytes, segment_bytes
 
 LEAF = b"\x00"
 NODE = b"\x01"
@@ -69,7 +68,8 @@ class Segmentation:
 
 
 def boundaries_digest(boundaries: tuple[str, ...] | list[str]) -> str:
-    h = blake3.blake3(f"recon-boundaries-v{ENCODING_VERSION}\n".encode())
+    # the boundary list's own framing is version 1 whatever the row encoding: old manifests verify
+    h = blake3.blake3(b"recon-boundaries-v1\n")
     for b in boundaries:
         e = b.encode()
         h.update(str(len(e)).encode() + b":" + e)
@@ -99,15 +99,33 @@ def segment_ids(sorted_keys: pl.Series, seg: Segmentation) -> np.ndarray:
     return b.search_sorted(sorted_keys, side="right").to_numpy().astype(np.int64)
 
 
-def hash_segments(rows: pl.Series, seg_of_row: np.ndarray, n_segments: int) -> tuple[list[bytes], list[int]]:
-    """One BLAKE3 call per segment over the contiguous canonical bytes of its rows."""
+def _segment_starts(seg_of_row: np.ndarray, n_segments: int) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.bincount(seg_of_row, minlength=n_segments) if len(seg_of_row) else np.zeros(n_segments, dtype=np.int64)
+    return counts, np.concatenate([[0], np.cumsum(counts)])
+
+
+def _blake3(data: bytes | memoryview) -> bytes:
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO if len(data) > 1 << 22 else 1).digest()
+
+
+def hash_segments(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[FieldSpec], seg_of_row: np.ndarray,
+                  n_segments: int) -> tuple[list[bytes], list[int]]:
+    """One BLAKE3 call per segment over its contiguous version-2 bytes (rows sorted by key)."""
+    counts, starts = _segment_starts(seg_of_row, n_segments)
+    cols = frame_bytes(frame, fields)
+    digests = [_blake3(segment_bytes(cols, int(starts[i]), int(starts[i + 1]))) for i in range(n_segments)]
+    return digests, counts.astype(int).tolist()
+
+
+def hash_rows_v1(rows: pl.Series, seg_of_row: np.ndarray, n_segments: int) -> tuple[list[bytes], list[int]]:
+    """Version 1: one BLAKE3 call per segment over its rows' texts (``normalize.row_text``), which
+    sit in one Arrow string buffer in key order. Kept to verify version-1 manifests."""
     arr = rows.to_arrow()
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if arr.type != pa.large_string():
         arr = arr.cast(pa.large_string())
-    counts = np.bincount(seg_of_row, minlength=n_segments) if len(seg_of_row) else np.zeros(n_segments, dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)])
+    counts, starts = _segment_starts(seg_of_row, n_segments)
     if len(arr):
         _, offsets_buf, data_buf = arr.buffers()
         offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
@@ -118,7 +136,7 @@ def hash_segments(rows: pl.Series, seg_of_row: np.ndarray, n_segments: int) -> t
             digests.append(blake3.blake3(b"").digest())
             continue
         lo, hi = int(offsets[starts[i]]), int(offsets[starts[i + 1]])
-        digests.append(blake3.blake3(data[lo:hi], max_threads=blake3.blake3.AUTO if hi - lo > 1 << 22 else 1).digest())
+        digests.append(_blake3(data[lo:hi]))
     return digests, counts.astype(int).tolist()
 
 
@@ -169,9 +187,9 @@ def divergent_segments(a: SideTree, b: SideTree) -> list[int]:
     return frontier
 
 
-def side_tree(sorted_keys: pl.Series, rows: pl.Series, seg: Segmentation) -> tuple[SideTree, np.ndarray]:
-    """Hash one side (rows already in key order) and return its tree and each row's segment."""
-    ids = segment_ids(sorted_keys, seg)
-    n = len(seg.boundaries) + 1
-    digests, counts = hash_segments(rows, ids, n)
+def side_tree(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[FieldSpec],
+              seg: Segmentation) -> tuple[SideTree, np.ndarray]:
+    """Hash one canonical side (sorted by ``__key``) and return its tree and each row's segment."""
+    ids = segment_ids(frame["__key"], seg)
+    digests, counts = hash_segments(frame, fields, ids, len(seg.boundaries) + 1)
     return build_tree(digests, counts), ids

@@ -226,7 +226,7 @@ def run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun:
         if not ready.wait(timeout=24 * 3600) or not boundaries:
             raise RuntimeError("source side failed before choosing segment boundaries")
         say(f"hashing {ref} into {len(boundaries[0]) + 1:,} BLAKE3 segments")
-        tree = merkle.side_tree(c.frame["__key"], c.frame["__row"], merkle.Segmentation(tuple(boundaries[0])))
+        tree = merkle.side_tree(c.frame, c.fields, merkle.Segmentation(tuple(boundaries[0])))
         return e, c, tree
 
     with ThreadPoolExecutor(2) as ex:
@@ -321,7 +321,7 @@ def snapshot(ref_text: str, out: Path, config: Config, *, keys: list[str], colum
                    for c in wanted)
     canon = canonicalize(e.frame, fields, opts)
     seg = merkle.Segmentation(tuple(merkle.choose_boundaries(canon.frame["__key"], segment_rows)))
-    tree, _ = merkle.side_tree(canon.frame["__key"], canon.frame["__row"], seg)
+    tree, _ = merkle.side_tree(canon.frame, canon.fields, seg)
     out.parent.mkdir(parents=True, exist_ok=True)
     e.frame.write_parquet(out)
     from engine.normalize import ENCODING_VERSION

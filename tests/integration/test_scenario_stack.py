@@ -217,7 +217,7 @@ def test_snapshot_then_diff_from_the_snapshot_spends_no_salesforce_call(scenario
     assert res.returncode == 0, res.stderr
     side = json.loads(snap.with_name("sf.parquet.json").read_text())
     assert side["rows"] == SCENARIO_ACCOUNTS and side["schema"]["Customer_Lifetime_Value__c"]["kind"] == "decimal"
-    assert side["extract"]["org_id"] and side["merkle"]["encoding_version"] == 1
+    assert side["extract"]["org_id"] and side["merkle"]["encoding_version"] == 2
     live = json.loads(scenario_stack.run("diff", "-C", str(scenario_stack.config), "--mapping", "clv", "--json").stdout)
     before = _sf_stats(scenario_stack)
     off = json.loads(scenario_stack.run("diff", f"parquet:{snap}", "-C", str(scenario_stack.config), "--mapping", "clv",

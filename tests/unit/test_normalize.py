@@ -14,6 +14,7 @@ from engine.normalize import (
     SideOptions,
     canonicalize,
     encode_value,
+    row_text,
     sf_id18,
     typed,
 )
@@ -25,7 +26,8 @@ def enc(values: list, ctype: ColumnType, opts: SideOptions = PLAIN) -> list[str]
     """The canonical row encoding of single-field rows (the key is a row number)."""
     df = pl.DataFrame({"k": [f"{i:04d}" for i in range(len(values))], "v": pl.Series(values)})
     fields = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ctype))
-    return [r[len("4:0000"):] for r in canonicalize(df, fields, opts).frame["__row"]]
+    frame = canonicalize(df, fields, opts).frame
+    return [r[len("4:0000"):] for r in frame.select(row_text(fields))[:, 0]]
 
 
 @pytest.mark.parametrize(("a", "b", "miss"), [
@@ -118,7 +120,7 @@ def test_field_framing_is_collision_proof() -> None:
     f = (FieldSpec("a", "a", ColumnType("text"), is_key=True), FieldSpec("b", "b", ColumnType("text")),
          FieldSpec("c", "c", ColumnType("text")))
     df = pl.DataFrame({"a": ["k", "k2"], "b": ["ab", "a"], "c": ["c", "bc"]})
-    rows = canonicalize(df, f, PLAIN).frame["__row"].to_list()
+    rows = canonicalize(df, f, PLAIN).frame.select(row_text(f))[:, 0].to_list()
     assert rows[0][3:] != rows[1][4:]
 
 
