@@ -162,8 +162,25 @@ def compare(
     div_mask[divergent] = True
     same_union = int(distinct_s[~div_mask].sum())  # equal segments: same distinct keys on both sides
 
-    ds, dt = _rows_in(s, s_seg, div_mask), _rows_in(t, t_seg, div_mask)
-    diffs, counts, col_stats = _record_diff(ds, dt, list(fields), in_flight_keys or set())
+    # the record diff runs over groups of divergent segments (about CHUNK_ROWS rows each): segments
+    # are the same key ranges on both sides, so each group is a complete, independent diff and the
+    # memory for pairing rows stays bounded whatever the table size
+    s_counts, t_counts = np.bincount(s_seg, minlength=n_seg), np.bincount(t_seg, minlength=n_seg)
+    s_starts = np.concatenate([[0], np.cumsum(s_counts)])
+    t_starts = np.concatenate([[0], np.cumsum(t_counts)])
+    parts_diffs: list[pl.DataFrame] = []
+    counts: dict[str, int] = {}
+    col_stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
+    for group in _segment_groups(divergent, s_counts + t_counts, CHUNK_ROWS):
+        ds, dt = _rows_in(s, s_starts, group), _rows_in(t, t_starts, group)
+        d, c, st = _record_diff(ds, dt, list(fields), in_flight_keys or set())
+        parts_diffs.append(d)
+        for k, v in c.items():
+            counts[k] = counts.get(k, 0) + v
+        for name, (n, a, b) in st.items():
+            n0, a0, b0 = col_stats.get(name, (0, None, None))
+            col_stats[name] = (n0 + n, a if a0 is None else a0 + (a or 0), b if b0 is None else b0 + (b or 0))
+    diffs = pl.concat(parts_diffs) if len(parts_diffs) > 1 else parts_diffs[0]
     union_keys = same_union + counts["union"]
     src_abs_totals = {
         f.name: (Decimal(str(s[f.name].abs().sum())) if f.ctype.kind == "decimal" else
@@ -186,16 +203,35 @@ def compare(
     )
 
 
-def _rows_in(frame: pl.DataFrame, seg_of_row: np.ndarray, div_mask: np.ndarray) -> pl.DataFrame:
-    """The rows of the divergent segments: contiguous runs of a key-sorted side, so slices, not a
-    row filter (with every segment divergent this is the frame itself, no copy)."""
-    if not div_mask.any():
+CHUNK_ROWS = 1 << 19
+
+
+def _segment_groups(divergent: list[int], rows: np.ndarray, limit: int) -> list[list[int]]:
+    """Consecutive runs of divergent segments holding about ``limit`` rows (both sides) each; one
+    empty group when nothing diverges, so the diff still yields its (empty) outputs."""
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    n = 0
+    for i in divergent:
+        cur.append(i)
+        n += int(rows[i])
+        if n >= limit:
+            groups.append(cur)
+            cur, n = [], 0
+    if cur or not groups:
+        groups.append(cur)
+    return groups
+
+
+def _rows_in(frame: pl.DataFrame, starts: np.ndarray, segments: list[int]) -> pl.DataFrame:
+    """The rows of some segments: contiguous runs of a key-sorted side, so slices, not a row
+    filter (the whole frame, without a copy, when the segments cover it)."""
+    if not segments:
         return frame.clear()
-    if div_mask.all():
-        return frame
-    counts = np.bincount(seg_of_row, minlength=len(div_mask))
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    parts = [frame.slice(int(starts[i]), int(counts[i])) for i in np.flatnonzero(div_mask) if counts[i]]
+    lo, hi = int(starts[segments[0]]), int(starts[segments[-1] + 1])
+    if segments[-1] - segments[0] + 1 == len(segments):  # one run
+        return frame if (lo, hi) == (0, frame.height) else frame.slice(lo, hi - lo)
+    parts = [frame.slice(int(starts[i]), int(starts[i + 1] - starts[i])) for i in segments if starts[i + 1] > starts[i]]
     return pl.concat(parts, rechunk=False) if parts else frame.clear()
 
 

@@ -29,6 +29,7 @@ from engine.normalize import FieldSpec, frame_bytes, segment_bytes
 LEAF = b"\x00"
 NODE = b"\x01"
 DEFAULT_SEGMENT_ROWS = 16_384
+HASH_CHUNK_ROWS = 1 << 20  # rows whose encoding buffers exist at once (bounded memory)
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,17 @@ def hash_segments(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[Fiel
                   n_segments: int) -> tuple[list[bytes], list[int]]:
     """One BLAKE3 call per segment over its contiguous version-2 bytes (rows sorted by key)."""
     counts, starts = _segment_starts(seg_of_row, n_segments)
-    cols = frame_bytes(frame, fields)
-    digests = [_blake3(segment_bytes(cols, int(starts[i]), int(starts[i + 1]))) for i in range(n_segments)]
+    digests: list[bytes] = []
+    i = 0
+    while i < n_segments:  # the column buffers are taken a slice of about HASH_CHUNK_ROWS rows at a time
+        j = i + 1
+        while j < n_segments and starts[j + 1] - starts[i] <= HASH_CHUNK_ROWS:
+            j += 1
+        base = int(starts[i])
+        cols = frame_bytes(frame.slice(base, int(starts[j]) - base), fields)
+        digests.extend(_blake3(segment_bytes(cols, int(starts[k]) - base, int(starts[k + 1]) - base))
+                       for k in range(i, j))
+        i = j
     return digests, counts.astype(int).tolist()
 
 

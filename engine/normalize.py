@@ -300,7 +300,9 @@ def canonicalize(df: pl.DataFrame, fields: tuple[FieldSpec, ...], opts: SideOpti
     if missing:
         raise ValueError(f"missing column(s): {', '.join(missing)}")
     cols = [typed(df[f.column], f.ctype, opts).alias(f.name) for f in fields]
+    del df  # when the caller handed its only reference over, the raw columns are freed here
     frame = pl.DataFrame(cols)
+    del cols
     keys = [f for f in fields if f.is_key]
     if not keys:
         raise ValueError("no key column")
@@ -311,11 +313,32 @@ def canonicalize(df: pl.DataFrame, fields: tuple[FieldSpec, ...], opts: SideOpti
     key_text = [text_expr(f.name, f.ctype) for f in keys]
     if len(keys) > 1 and frame.select(pl.any_horizontal([t.str.contains("\x00", literal=True) for t in key_text])).to_series().any():
         raise ValueError("a compound key value contains a NUL character")
-    frame = frame.with_columns(
-        (key_text[0] if len(keys) == 1 else pl.concat_str(key_text, separator="\x00")).alias("__key"))
-    frame = frame.sort("__key")
+    key = frame.select((key_text[0] if len(keys) == 1 else pl.concat_str(key_text, separator="\x00"))
+                       .alias("__key"))["__key"]
+    parts = [*frame.get_columns(), key]
+    del frame, key
+    frame = _sorted_by_key(parts)
     frame = _order_duplicate_runs(frame, [f.name for f in fields])
     return Canonical(frame=frame, fields=fields)
+
+
+def _sorted_by_key(cols: list[pl.Series]) -> pl.DataFrame:
+    """Sort the columns by ``__key`` (the last one) one at a time, releasing each unsorted column
+    as its sorted copy is made (the list is emptied): a whole-frame sort would hold two copies of
+    the side at once."""
+    keys = cols[-1]
+    if keys.is_sorted():
+        out = list(cols)
+        cols.clear()
+        return pl.DataFrame(out)
+    order = keys.arg_sort()
+    del keys
+    out = []
+    for i in range(len(cols)):
+        out.append(cols[i].gather(order))
+        cols[i] = pl.Series()  # drop the unsorted column now
+    cols.clear()
+    return pl.DataFrame(out)
 
 
 def _order_duplicate_runs(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:

@@ -213,11 +213,10 @@ def run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun:
         e = _extract(ref, config, [f.column for f in fields], where, as_of=req.as_of, updated_at=updated_at,
                      key_cols=keys)
         say(f"read {e.frame.height:,} rows from {ref}; normalizing")
-        try:
-            c = canonicalize(e.frame, tuple(fields), opts)
+        try:  # canonicalize gets the only reference to the raw frame, so it can free it as it goes
+            c = canonicalize(_take_frame(e), tuple(fields), opts)
         except ValueError as exc:
             raise UsageError(f"cannot normalize {ref}: {exc}") from None
-        e.frame = e.frame.clear()  # the canonical frame holds everything needed from here on
         if chooser:  # boundaries come from the source's keys and apply to both sides
             try:
                 boundaries.append(merkle.choose_boundaries(c.frame["__key"], req.segment_rows))
@@ -246,6 +245,14 @@ def run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun:
                          f"{result.duplicate_keys_target} in the target (drop --unique-key to count them instead)")
     result.elapsed_s = time.perf_counter() - t0
     return DiffRun(req, result, es.meta, et.meta, tuple(fields_s), cs, ct)
+
+
+def _take_frame(e: Extract) -> pl.DataFrame:
+    """The extract's frame, leaving an empty one behind (the canonical frame holds everything
+    needed from here on)."""
+    frame = e.frame
+    e.frame = frame.clear()
+    return frame
 
 
 def _finder(cols: dict[str, SourceColumn], where: str, what: str):  # noqa: ANN202

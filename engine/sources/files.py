@@ -66,11 +66,21 @@ def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
         names = list(columns_of(ref))
         if columns:
             columns = _resolve(names, columns, str(path))
-        table = pq.read_table(path, columns=columns)
+        schema = pq.read_schema(path)
         declared = {}
-        for f in table.schema:
+        for name in columns or names:
+            f = schema.field(name)
             kind, scale = _kind_of_arrow(f.type)
             declared[f.name] = SourceColumn(f.name, kind, scale, str(f.type))
+        try:  # Polars' own reader builds its columns directly: no Arrow table to convert and free
+            frame = pl.read_parquet(path, columns=columns)
+        except (pl.exceptions.PolarsError, OSError):  # types Polars cannot read natively go through Arrow
+            try:
+                loaded = pl.from_arrow(pq.read_table(path, columns=columns))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise UsageError(f"cannot read Parquet {path}: {exc}") from None
+            assert isinstance(loaded, pl.DataFrame)
+            frame = loaded
     else:
         try:
             table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
@@ -88,8 +98,9 @@ def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
                                     else kinds.get(n, "text"),
                                     kinds.get(n, {}).get("scale") if isinstance(kinds.get(n), dict) else None,
                                     "csv") for n in table.column_names}
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
+        loaded = pl.from_arrow(table)
+        assert isinstance(loaded, pl.DataFrame)
+        frame = loaded
     meta = {"system": ref.format, "path": str(path.resolve()), "rows": frame.height,
             "extract_s": round(time.perf_counter() - t0, 3)}
     return Extract(frame=frame, columns=declared, meta=meta)

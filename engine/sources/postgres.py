@@ -172,10 +172,10 @@ def extract(
             copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
             psql = _psql_binary()
             if psql is not None:
-                table = _copy_via_psql(psql, conn, ref, copy_sql.as_string(conn), snap, names, types)
+                frame = _copy_via_psql(psql, conn, ref, copy_sql.as_string(conn), snap, names, types)
                 reader = "psql"
             else:
-                table = _copy_via_psycopg(conn, ref, copy_sql, names, types)
+                frame = _copy_via_psycopg(conn, ref, copy_sql, names, types)
                 reader = "psycopg"
             in_flight = None
             if as_of is not None and updated_at:
@@ -186,9 +186,6 @@ def extract(
                     sql.Identifier(ref.schema, ref.table), sql.Identifier(uc.name))
                 rows = conn.execute(q, (as_of,)).fetchall()
                 in_flight = pl.DataFrame(rows, schema=[c.name for c in kc], orient="row")
-    frame = pl.from_arrow(table)
-    del table
-    assert isinstance(frame, pl.DataFrame)
     aware = [c.name for c in cols if c.base == "timestamptz"]
     if aware:
         frame = frame.with_columns(pl.col(n).dt.replace_time_zone("UTC") for n in aware)
@@ -216,8 +213,10 @@ def _csv_options(names: list[str], types: dict[str, pa.DataType]) -> tuple[Any, 
                                  strings_can_be_null=True, quoted_strings_can_be_null=False))
 
 
-def _empty(names: list[str], types: dict[str, pa.DataType]) -> pa.Table:
-    return pa.table({n: pa.array([], type=types[n]) for n in names})
+def _empty(names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
+    frame = pl.from_arrow(pa.table({n: pa.array([], type=types[n]) for n in names}))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def _psql_binary() -> str | None:
@@ -234,7 +233,7 @@ def _psql_binary() -> str | None:
 
 
 def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copy_sql: str, snapshot: str,
-                   names: list[str], types: dict[str, pa.DataType]) -> pa.Table:
+                   names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
     """COPY through a psql child that joins our exported snapshot, parsed by pyarrow straight off
     the pipe.
 
@@ -257,11 +256,17 @@ def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copy_s
            "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "-c", snap_sql, "-c", copy_sql, "-c", "COMMIT"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None and proc.stderr is not None
-    table: pa.Table | None = None
+    frame: pl.DataFrame | None = None
     parse_error: Exception | None = None
-    try:
+    try:  # batch by batch into Polars: the whole table never exists twice (Arrow and Polars)
         ro, co = _csv_options(names, types)
-        table = pacsv.read_csv(proc.stdout, read_options=ro, convert_options=co)
+        reader = pacsv.open_csv(proc.stdout, read_options=ro, convert_options=co)
+        chunks = []
+        for batch in reader:
+            chunk = pl.from_arrow(batch)
+            assert isinstance(chunk, pl.DataFrame)
+            chunks.append(chunk)
+        frame = pl.concat(chunks, rechunk=False) if chunks else None
     except pa.ArrowInvalid as exc:  # empty output, or the stream was cut by an error reported below
         parse_error = exc
     finally:
@@ -274,15 +279,15 @@ def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copy_s
                     err.strip().splitlines()[0] if err.strip() else f"psql exited with {rc}")
         line = line.split("ERROR:", 1)[-1].split("FATAL:", 1)[-1].strip()
         raise UsageError(f"PostgreSQL rejected the query on {ref.schema}.{ref.table}: {line}")
-    if table is None:
+    if frame is None:
         if parse_error is not None and "Empty CSV" not in str(parse_error):
             raise UsageError(f"cannot parse the COPY output of {ref.schema}.{ref.table}: {parse_error}")
         return _empty(names, types)
-    return table
+    return frame
 
 
 def _copy_via_psycopg(conn: psycopg.Connection, ref: PostgresRef, copy_sql: sql.Composable,
-                      names: list[str], types: dict[str, pa.DataType]) -> pa.Table:
+                      names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
     """The in-process reader (no psql available): one Python round trip per row, then one parse."""
     buf = io.BytesIO()
     try:
@@ -298,7 +303,9 @@ def _copy_via_psycopg(conn: psycopg.Connection, ref: PostgresRef, copy_sql: sql.
     ro, co = _csv_options(names, types)
     table = pacsv.read_csv(buf, read_options=ro, convert_options=co)
     buf.close()
-    return table
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def list_columns(ref: PostgresRef) -> list[PgColumn]:

@@ -150,3 +150,15 @@ def test_all_null_and_empty_columns_encode(kind: ColumnType) -> None:
     c = canonicalize(df, fields, SideOptions())
     got = segment_bytes(frame_bytes(c.frame, fields), 0, 2)
     assert got == encode_segment_reference([("1", None), ("2", None)], [f.ctype for f in fields])
+
+
+def test_hashing_in_chunks_gives_the_same_digests(monkeypatch: pytest.MonkeyPatch) -> None:
+    df = pl.DataFrame({"k": [f"{i:05d}" for i in range(500)], "v": [None if i % 7 == 0 else f"v{i}" for i in range(500)]})
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ColumnType("text")))
+    c = canonicalize(df, f, SideOptions())
+    seg = merkle.Segmentation(tuple(merkle.choose_boundaries(c.frame["__key"], 13)))
+    whole = merkle.side_tree(c.frame, f, seg)[0]
+    monkeypatch.setattr(merkle, "HASH_CHUNK_ROWS", 40)
+    assert merkle.side_tree(c.frame, f, seg)[0] == whole
+    monkeypatch.setattr(merkle, "HASH_CHUNK_ROWS", 1)
+    assert merkle.side_tree(c.frame, f, seg)[0] == whole
