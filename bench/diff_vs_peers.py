@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--peers", action="store_true")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--reuse", action="store_true",
+                    help="skip generating and loading when bench-data holds this data set and the tables were loaded from it")
     ap.add_argument("--state-dir", default=str(ROOT / ".recon-bench"))
     a = ap.parse_args()
 
@@ -58,10 +60,20 @@ def main() -> None:
     dsn = pg.dsn
     data = ROOT / "bench-data" / f"{a.rows}-{a.mismatch}"
     data.mkdir(parents=True, exist_ok=True)
-    gen = subprocess.run([sys.executable, str(SHARED / "make_accounts.py"), "--rows", str(a.rows), "--mismatch",
-                          str(a.mismatch), "--dsn", dsn, "--out", str(data)], capture_output=True, text=True, env=env,
-                         check=True)
-    out: dict = {"rows": a.rows, "mismatch": a.mismatch, "generated": gen.stdout.strip(), "cores": os.cpu_count()}
+    marker = data / "loaded.json"
+    want = {"rows": a.rows, "mismatch": a.mismatch, "dsn": dsn}
+    if a.reuse and marker.is_file() and json.loads(marker.read_text()) == want:
+        generated = f"reused {data} (already loaded into {dsn})"
+    else:
+        marker.unlink(missing_ok=True)
+        gen = subprocess.run([sys.executable, str(SHARED / "make_accounts.py"), "--rows", str(a.rows), "--mismatch",
+                              str(a.mismatch), "--dsn", dsn, "--out", str(data)], capture_output=True, text=True,
+                             env=env, check=True)
+        generated = gen.stdout.strip()
+        for other in (ROOT / "bench-data").glob("*/loaded.json"):  # the tables now hold this data set only
+            other.unlink()
+        marker.write_text(json.dumps(want))
+    out: dict = {"rows": a.rows, "mismatch": a.mismatch, "generated": generated, "cores": os.cpu_count()}
     floor = [float(subprocess.run([sys.executable, str(SHARED / "floor_parquet_pg.py"), str(data / "sf.parquet"), dsn,
                                    "wh_account"], capture_output=True, text=True, env=env, check=True).stdout)
              for _ in range(a.repeat)]

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from engine import __version__
 from engine.errors import Exit, ReconError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,6 +35,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on
 
 def _version(value: bool) -> None:
     if value:
+        from engine import __version__
+
         out.print(f"recon {__version__}")
         raise typer.Exit(0)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -133,6 +132,8 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     except FileNotFoundError:
         raise UsageError(f"config file {p} not found: pass -C PATH or run `recon scenario load` to write one") from None
     try:
+        import tomllib  # here, not at import: its regexes cost ~40 ms at every start
+
         raw = tomllib.loads(data.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{p}: not valid TOML: {exc}") from None
