@@ -13,6 +13,7 @@ Everything here is columnar (Polars); no Python loop touches rows.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -171,9 +172,16 @@ def compare(
     parts_diffs: list[pl.DataFrame] = []
     counts: dict[str, int] = {}
     col_stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
-    for group in _segment_groups(divergent, s_counts + t_counts, CHUNK_ROWS):
-        ds, dt = _rows_in(s, s_starts, group), _rows_in(t, t_starts, group)
-        d, c, st = _record_diff(ds, dt, list(fields), in_flight_keys or set())
+    def one(group: list[int]) -> tuple[pl.DataFrame, dict[str, int], dict[str, Any]]:
+        return _record_diff(_rows_in(s, s_starts, group), _rows_in(t, t_starts, group), list(fields),
+                            in_flight_keys or set())
+
+    groups = _segment_groups(divergent, s_counts + t_counts, CHUNK_ROWS)
+    # groups are independent and Polars releases the GIL: two at a time keep both cores busy
+    # (the merge's binary search is single-threaded); map() keeps them in key order
+    with ThreadPoolExecutor(min(2, len(groups))) as pool:
+        results = list(pool.map(one, groups))
+    for d, c, st in results:
         parts_diffs.append(d)
         for k, v in c.items():
             counts[k] = counts.get(k, 0) + v

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -172,8 +173,11 @@ def extract(
             copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
             psql = _psql_binary()
             if psql is not None:
-                frame = _copy_via_psql(psql, conn, ref, copy_sql.as_string(conn), snap, names, types)
-                reader = "psql"
+                copies = [sql.SQL("COPY ({} {} {}) TO STDOUT (FORMAT csv)").format(
+                    query, sql.SQL("AND" if where else "WHERE"), part).as_string(conn)
+                    for part in _ctid_ranges(conn, ref)] or [copy_sql.as_string(conn)]
+                frame = _copy_via_psql(psql, conn, ref, copies, snap, names, types)
+                reader = "psql" if len(copies) == 1 else f"psql x{len(copies)}"
             else:
                 frame = _copy_via_psycopg(conn, ref, copy_sql, names, types)
                 reader = "psycopg"
@@ -232,17 +236,47 @@ def _psql_binary() -> str | None:
     return shutil.which("psql")
 
 
-def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copy_sql: str, snapshot: str,
-                   names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
-    """COPY through a psql child that joins our exported snapshot, parsed by pyarrow straight off
-    the pipe.
+def _ctid_ranges(conn: psycopg.Connection, ref: PostgresRef) -> list[sql.Composable]:
+    """Page ranges that split a large plain table into ``RECON_PG_PARALLEL`` (default: the cores,
+    up to 4) parts read by parallel COPYs in the same snapshot, as ``pg_dump --jobs`` does: the
+    server formats CSV on several backends at once. Views and small tables are read whole."""
+    try:
+        parts = int(os.environ.get("RECON_PG_PARALLEL", "") or min(os.cpu_count() or 1, 4))
+    except ValueError:
+        raise UsageError("RECON_PG_PARALLEL must be a whole number (1 turns parallel reads off)") from None
+    if parts < 2:
+        return []
+    name = sql.Identifier(ref.schema, ref.table).as_string(conn)
+    row = conn.execute("SELECT c.relkind, pg_relation_size(c.oid) / current_setting('block_size')::int "
+                       "FROM pg_class c WHERE c.oid = to_regclass(%s)", (name,)).fetchone()
+    if row is None or row[0] not in ("r", "m") or int(row[1]) < PARALLEL_MIN_PAGES:
+        return []
+    pages = int(row[1])
+    cuts = [pages * i // parts for i in range(parts)]
+    out: list[sql.Composable] = []
+    for i, lo in enumerate(cuts):
+        cond = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({lo},0)"))
+        if i + 1 < len(cuts):  # the last range is open: it also covers pages added since the size was read
+            cond = sql.SQL("{} AND ctid < {}::tid").format(cond, sql.Literal(f"({cuts[i + 1]},0)"))
+        out.append(cond)
+    return out
 
-    Why a child process: libpq hands COPY data out one row per call, so any in-process reader pays
+
+PARALLEL_MIN_PAGES = 2048  # 16 MiB: below this one COPY is as fast
+
+
+def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copies: list[str], snapshot: str,
+                   names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
+    """COPY through psql children that join our exported snapshot, parsed by pyarrow straight off
+    their pipes.
+
+    Why child processes: libpq hands COPY data out one row per call, so any in-process reader pays
     a Python round trip per row (≈0.45 CPU-s per million rows in psycopg), while psql's C loop
     writes the stream into a pipe that pyarrow's multithreaded reader consumes in 4 MiB blocks,
-    overlapping the server's formatting. ``SET TRANSACTION SNAPSHOT`` makes the child read exactly
-    the state our REPEATABLE READ transaction exported, so the manifest's snapshot id stays true.
-    The password never reaches the command line: it goes through the child's environment.
+    overlapping the server's formatting. ``SET TRANSACTION SNAPSHOT`` makes every child read exactly
+    the state our REPEATABLE READ transaction exported, so the manifest's snapshot id stays true
+    and parallel parts add up to one consistent table. The password never reaches a command line:
+    it goes through the children's environment.
     """
     params = conninfo_to_dict(ref.dsn)
     env = dict(os.environ)
@@ -252,38 +286,48 @@ def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copy_s
     env.pop("PSQLRC", None)
     info = make_conninfo(**{k: str(v) for k, v in params.items()})
     snap_sql = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string(conn)
-    cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", info,
-           "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "-c", snap_sql, "-c", copy_sql, "-c", "COMMIT"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
-    assert proc.stdout is not None and proc.stderr is not None
-    frame: pl.DataFrame | None = None
-    parse_error: Exception | None = None
-    try:  # batch by batch into Polars: the whole table never exists twice (Arrow and Polars)
-        ro, co = _csv_options(names, types)
-        reader = pacsv.open_csv(proc.stdout, read_options=ro, convert_options=co)
-        chunks = []
-        for batch in reader:
-            chunk = pl.from_arrow(batch)
-            assert isinstance(chunk, pl.DataFrame)
-            chunks.append(chunk)
-        frame = pl.concat(chunks, rechunk=False) if chunks else None
-    except pa.ArrowInvalid as exc:  # empty output, or the stream was cut by an error reported below
-        parse_error = exc
-    finally:
-        proc.stdout.close()
-        err = proc.stderr.read().decode("utf-8", "replace")
-        proc.stderr.close()
-        rc = proc.wait()
-    if rc != 0:
-        line = next((ln for ln in err.splitlines() if ln.startswith(("ERROR:", "FATAL:", "psql:"))),
-                    err.strip().splitlines()[0] if err.strip() else f"psql exited with {rc}")
-        line = line.split("ERROR:", 1)[-1].split("FATAL:", 1)[-1].strip()
-        raise UsageError(f"PostgreSQL rejected the query on {ref.schema}.{ref.table}: {line}")
-    if frame is None:
-        if parse_error is not None and "Empty CSV" not in str(parse_error):
+
+    def one(copy_sql: str) -> pl.DataFrame | None:
+        cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", info,
+               "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "-c", snap_sql, "-c", copy_sql, "-c", "COMMIT"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+        assert proc.stdout is not None and proc.stderr is not None
+        frame: pl.DataFrame | None = None
+        parse_error: Exception | None = None
+        try:  # batch by batch into Polars: the whole table never exists twice (Arrow and Polars)
+            ro, co = _csv_options(names, types)
+            reader = pacsv.open_csv(proc.stdout, read_options=ro, convert_options=co)
+            chunks = []
+            for batch in reader:
+                chunk = pl.from_arrow(batch)
+                assert isinstance(chunk, pl.DataFrame)
+                chunks.append(chunk)
+            frame = pl.concat(chunks, rechunk=False) if chunks else None
+        except pa.ArrowInvalid as exc:  # empty output, or the stream was cut by an error reported below
+            parse_error = exc
+        finally:
+            proc.stdout.close()
+            err = proc.stderr.read().decode("utf-8", "replace")
+            proc.stderr.close()
+            rc = proc.wait()
+        if rc != 0:
+            line = next((ln for ln in err.splitlines() if ln.startswith(("ERROR:", "FATAL:", "psql:"))),
+                        err.strip().splitlines()[0] if err.strip() else f"psql exited with {rc}")
+            line = line.split("ERROR:", 1)[-1].split("FATAL:", 1)[-1].strip()
+            raise UsageError(f"PostgreSQL rejected the query on {ref.schema}.{ref.table}: {line}")
+        if frame is None and parse_error is not None and "Empty CSV" not in str(parse_error):
             raise UsageError(f"cannot parse the COPY output of {ref.schema}.{ref.table}: {parse_error}")
+        return frame
+
+    if len(copies) == 1:
+        parts = [one(copies[0])]
+    else:
+        with ThreadPoolExecutor(len(copies)) as pool:  # psql and pyarrow do the work; threads just wait
+            parts = list(pool.map(one, copies))
+    frames = [f for f in parts if f is not None]
+    if not frames:
         return _empty(names, types)
-    return frame
+    return frames[0] if len(frames) == 1 else pl.concat(frames, rechunk=False)
 
 
 def _copy_via_psycopg(conn: psycopg.Connection, ref: PostgresRef, copy_sql: sql.Composable,

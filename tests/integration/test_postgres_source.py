@@ -91,3 +91,28 @@ def test_psql_reader_takes_a_password_from_the_dsn_without_putting_it_on_the_com
     assert got.frame.height == 5 and seen
     assert all(pw not in part for cmd in seen for part in cmd)
     assert pw not in repr(got.meta)
+
+
+def test_parallel_page_ranges_read_every_row_once(embedded_pg, monkeypatch: pytest.MonkeyPatch) -> None:
+    os.environ["PGPASSFILE"] = str(embedded_pg.paths.pgpass_file)
+    with psycopg.connect(embedded_pg.info.dsn, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS big_read")
+        c.execute("CREATE TABLE big_read (id text, v int8, pad text)")
+        c.execute("INSERT INTO big_read SELECT lpad(g::text, 6, '0'), g, repeat('x', 200) FROM generate_series(1, 3000) g")
+        c.execute("DELETE FROM big_read WHERE v % 7 = 0")  # holes in the pages
+        pages = c.execute("SELECT pg_relation_size('big_read') / 8192").fetchone()[0]
+    assert pages >= 3
+    ref = f"{embedded_pg.info.dsn}#public.big_read"
+    monkeypatch.setattr(pg_source, "PARALLEL_MIN_PAGES", 1)
+    monkeypatch.setenv("RECON_PG_PARALLEL", "3")
+    par = _read(ref, "psql")
+    filtered = _read(ref, "psql", where="v > 100")
+    monkeypatch.setenv("RECON_PG_PARALLEL", "1")
+    one = _read(ref, "psql")
+    assert par.meta["reader"] == "psql x3" and one.meta["reader"] == "psql"
+    assert par.frame.height == one.frame.height == 3000 - 3000 // 7
+    assert par.frame.sort("id").equals(one.frame.sort("id"))
+    assert filtered.frame.height == one.frame.filter(one.frame["v"] > 100).height
+    monkeypatch.setenv("RECON_PG_PARALLEL", "many")
+    with pytest.raises(UsageError, match="RECON_PG_PARALLEL"):
+        _read(ref, "psql")
