@@ -176,9 +176,12 @@ def extract(
                 copies = [sql.SQL("COPY ({} {} {}) TO STDOUT (FORMAT csv)").format(
                     query, sql.SQL("AND" if where else "WHERE"), part).as_string(conn)
                     for part in _ctid_ranges(conn, ref)] or [copy_sql.as_string(conn)]
-                frame = _copy_via_psql(psql, conn, ref, copies, snap, names, types)
-                reader = "psql" if len(copies) == 1 else f"psql x{len(copies)}"
-            else:
+                try:
+                    frame = _copy_via_psql(psql, conn, ref, copies, snap, names, types)
+                    reader = "psql" if len(copies) == 1 else f"psql x{len(copies)}"
+                except _PsqlCannotConnect:  # e.g. a connection limit or a pg_hba rule psql trips over
+                    psql = None
+            if psql is None:
                 frame = _copy_via_psycopg(conn, ref, copy_sql, names, types)
                 reader = "psycopg"
             in_flight = None
@@ -262,6 +265,10 @@ def _ctid_ranges(conn: psycopg.Connection, ref: PostgresRef) -> list[sql.Composa
     return out
 
 
+class _PsqlCannotConnect(Exception):
+    """A psql child could not open its own connection: the in-process reader takes over."""
+
+
 PARALLEL_MIN_PAGES = 2048  # 16 MiB: below this one COPY is as fast
 
 
@@ -310,6 +317,8 @@ def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copies
             err = proc.stderr.read().decode("utf-8", "replace")
             proc.stderr.close()
             rc = proc.wait()
+        if rc != 0 and "psql: error: connection to server" in err:
+            raise _PsqlCannotConnect(err.strip().splitlines()[0])
         if rc != 0:
             line = next((ln for ln in err.splitlines() if ln.startswith(("ERROR:", "FATAL:", "psql:"))),
                         err.strip().splitlines()[0] if err.strip() else f"psql exited with {rc}")

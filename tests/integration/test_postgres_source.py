@@ -116,3 +116,13 @@ def test_parallel_page_ranges_read_every_row_once(embedded_pg, monkeypatch: pyte
     monkeypatch.setenv("RECON_PG_PARALLEL", "many")
     with pytest.raises(UsageError, match="RECON_PG_PARALLEL"):
         _read(ref, "psql")
+
+
+def test_a_psql_that_cannot_connect_hands_over_to_the_in_process_reader(
+        table: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "psql"
+    fake.write_text("#!/bin/sh\necho 'psql: error: connection to server at \"x\" failed: too many clients' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(pg_source, "_psql_binary", lambda: str(fake))
+    got = pg_source.extract(parse_reference(table), None, None)
+    assert got.meta["reader"] == "psycopg" and got.frame.height == 5
