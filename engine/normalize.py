@@ -295,7 +295,7 @@ def field_expr(name: str, ctype: ColumnType) -> pl.Expr:
 
 
 def canonicalize(df: pl.DataFrame, fields: tuple[FieldSpec, ...], opts: SideOptions) -> Canonical:
-    """Typed canonical columns plus the key and row encodings, sorted by key bytes."""
+    """Typed canonical columns plus the key text, sorted by key bytes (rows sharing a key by value)."""
     missing = [f.column for f in fields if f.column not in df.columns]
     if missing:
         raise ValueError(f"missing column(s): {', '.join(missing)}")
