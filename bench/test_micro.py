@@ -1,0 +1,83 @@
+"""pytest-benchmark micro-benchmarks of the pure hot paths, on generated data (no services).
+
+Run: ``./scripts/bench micro`` (= ``python -m pytest bench/test_micro.py --benchmark-only``).
+Sizes: ``RECON_MICRO_ROWS`` (default 1,000,000). These time the algorithm alone; the end-to-end
+figures against the I/O floor and the peers come from ``bench/diff_vs_peers.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+
+import numpy as np
+import polars as pl
+import pytest
+
+from engine import ids, merkle
+from engine.diff import compare
+from engine.normalize import Canonical, ColumnType, FieldSpec, SideOptions, canonicalize
+
+ROWS = int(os.environ.get("RECON_MICRO_ROWS", "1000000"))
+FIELDS = (
+    FieldSpec("id", "id", ColumnType("id"), is_key=True),
+    FieldSpec("name", "name", ColumnType("text")),
+    FieldSpec("clv", "clv", ColumnType("decimal", 2), Decimal("0")),
+    FieldSpec("n", "n", ColumnType("int")),
+    FieldSpec("ts", "ts", ColumnType("timestamp", precision="ms")),
+)
+
+
+def _frame(rows: int, seed: int, shuffle: bool) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    idx = np.arange(rows)
+    if shuffle:
+        rng.shuffle(idx)
+    return pl.DataFrame({
+        "id": pl.Series([f"001{i:015d}" for i in idx]),
+        "name": pl.Series([f"Account {i}" for i in idx]),
+        "clv": pl.Series(np.round(rng.uniform(0, 1e6, rows), 2)).cast(pl.Decimal(38, 2)),
+        "n": pl.Series(rng.integers(0, 1000, rows)),
+        "ts": pl.Series(rng.integers(1_600_000_000_000_000, 1_800_000_000_000_000, rows)).cast(pl.Datetime("us", "UTC")),
+    })
+
+
+@pytest.fixture(scope="module")
+def raw() -> pl.DataFrame:
+    return _frame(ROWS, 1, shuffle=True)
+
+
+@pytest.fixture(scope="module")
+def sides() -> tuple[Canonical, Canonical]:
+    s = canonicalize(_frame(ROWS, 1, shuffle=False), FIELDS, SideOptions())
+    t_frame = s.frame.drop("__key").with_columns(  # 15% of the CLVs inflated, like the incident
+        pl.when(pl.int_range(pl.len()) % 7 == 0).then(pl.col("clv") * 2).otherwise(pl.col("clv")).alias("clv"))
+    return s, canonicalize(t_frame, FIELDS, SideOptions())
+
+
+def test_canonicalize_unsorted(benchmark, raw: pl.DataFrame) -> None:  # noqa: ANN001
+    out = benchmark.pedantic(canonicalize, args=(raw, FIELDS, SideOptions()), rounds=3, iterations=1)
+    assert out.frame.height == ROWS and out.frame["__key"].is_sorted()
+
+
+def test_merkle_hash_one_side(benchmark, sides: tuple[Canonical, Canonical]) -> None:  # noqa: ANN001
+    s, _ = sides
+    seg = merkle.Segmentation(tuple(merkle.choose_boundaries(s.frame["__key"])))
+    tree, _ = benchmark.pedantic(merkle.side_tree, args=(s.frame, s.fields, seg), rounds=3, iterations=1)
+    assert len(tree.digests) == len(seg.boundaries) + 1
+
+
+def test_compare_15_percent(benchmark, sides: tuple[Canonical, Canonical]) -> None:  # noqa: ANN001
+    s, t = sides
+    r = benchmark.pedantic(compare, args=(s, t), rounds=3, iterations=1)
+    assert r.mismatched == (ROWS + 6) // 7
+
+
+def test_event_ids_batch(benchmark) -> None:  # noqa: ANN001
+    n = min(ROWS, 200_000)
+    org = ["00D8d00000RECONEA5"] * n
+    rec = [f"001{i:012d}" for i in range(n)]
+    typ = ["purchase"] * n
+    ts = [f"2026-09-{1 + i % 28:02d}T10:00:00.000000Z" for i in range(n)]
+    out = benchmark.pedantic(ids.event_ids, args=(org, rec, typ, ts), rounds=3, iterations=1)
+    assert len(out) == n and all(out)
