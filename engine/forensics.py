@@ -2,8 +2,9 @@
 every mismatched record — priced in commission exposure per account owner.
 
 Duplicates are recognised by the deterministic event id of `engine.ids` (grouping on its v1 name,
-which is equivalent and needs no per-row SHA-1) plus a content digest: the same id with a different
-payload is a *conflict*, not a duplicate. The first occurrence of an id is the earliest message by
+which is equivalent and needs no per-row SHA-1, and only for the rows whose id parts hash alike)
+plus the payload outside the id (the canonical amount): the same id with a different payload is a
+*conflict*, not a duplicate. The first occurrence of an id is the earliest message by
 (timestamp, partition, offset); every later occurrence with the same content is a duplicate copy.
 
 Triangulation compares, per mismatched record, Salesforce (s), the warehouse (w), the raw stream
@@ -86,7 +87,7 @@ class Audit:
 
 
 def prepare(scan: Scan, org_id: str | None = None) -> pl.DataFrame:
-    """Validate and canonicalise the scanned events; add the id name, content digest and status."""
+    """Validate and canonicalise the scanned events and set their status."""
     f = scan.frame
     f = f.with_columns(
         sf_id18(f["record_id"]).alias("record_id"),
@@ -103,29 +104,45 @@ def prepare(scan: Scan, org_id: str | None = None) -> pl.DataFrame:
     if org_id:
         org18 = ids.to18(org_id)
         status = pl.when((status == "ok") & (pl.col("org_id") != org18)).then(pl.lit("foreign_org")).otherwise(status)
-    f = f.with_columns(status.alias("status"))
-    f = f.with_columns(
-        pl.when(pl.col("status") == "ok").then(ids.name_expr("org_id", "record_id", "event_type", "event_time_c"))
-        .alias("id_name"),
-        pl.col("amount_d").cast(pl.Utf8).hash(seed=1).alias("content"),
-    )
-    return f
+    return f.with_columns(status.alias("status"))
+
+
+_ID_COLS = ("org_id", "record_id", "event_type", "event_time_c")
+
+
+def _occurrences(f: pl.DataFrame) -> pl.DataFrame:
+    """``occurrence`` (0 for the first copy of an event id, by timestamp, partition, offset; null for
+    rows that are not valid events), ``is_duplicate`` and ``is_conflict`` for every row of ``f``.
+
+    Exact, and cheap when most ids occur once: a 64-bit hash of the id's parts picks the candidate
+    rows (equal ids have equal hashes, so every repeated id is among them; a collision only adds a
+    candidate), and only the candidates are ordered and grouped on the v1 name itself. "Same
+    content" compares the canonical amounts (the payload part of an event that is not in its id)."""
+    ok = f["status"] == "ok"
+    valid = f.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"), "ts_ms", "partition", "offset",
+                     *_ID_COLS, "amount_d").filter(ok)
+    cand = valid.filter(pl.struct(*_ID_COLS).hash().is_duplicated())
+    cand = cand.with_columns(ids.name_expr(*_ID_COLS).alias("id_name")).sort(["ts_ms", "partition", "offset"])
+    cand = cand.with_columns(pl.int_range(pl.len()).over("id_name").alias("occurrence"),
+                             pl.col("amount_d").first().over("id_name").alias("first_amount"))
+    cand = cand.filter(pl.col("occurrence") > 0)
+    rows = cand["row"]
+    same = cand["amount_d"] == cand["first_amount"]
+    n = len(f)
+    occurrence = pl.Series("occurrence", [0], dtype=pl.Int64).extend_constant(0, n - 1).set(~ok, None)
+    false = pl.repeat(False, n, eager=True)
+    return pl.DataFrame([
+        occurrence.scatter(rows, cand["occurrence"]) if len(rows) else occurrence,
+        false.alias("is_duplicate").scatter(rows, same) if len(rows) else false.alias("is_duplicate"),
+        false.alias("is_conflict").scatter(rows, ~same) if len(rows) else false.alias("is_conflict"),
+    ])
 
 
 def audit(scan: Scan, org_id: str | None = None) -> Audit:
     """Find duplicate copies, conflicts, their windows and producer-sequence anomalies."""
     f = prepare(scan, org_id)
-    valid = f.filter(pl.col("status") == "ok").sort(["ts_ms", "partition", "offset"])
-    valid = valid.with_columns(pl.int_range(pl.len()).over("id_name").alias("occurrence"),
-                               pl.col("content").first().over("id_name").alias("first_content"))
-    valid = valid.with_columns(
-        ((pl.col("occurrence") > 0) & (pl.col("content") == pl.col("first_content"))).alias("is_duplicate"),
-        ((pl.col("occurrence") > 0) & (pl.col("content") != pl.col("first_content"))).alias("is_conflict"),
-    )
-    f = f.join(valid.select("partition", "offset", "occurrence", "is_duplicate", "is_conflict"),
-               on=["partition", "offset"], how="left").with_columns(
-        pl.col("is_duplicate").fill_null(False), pl.col("is_conflict").fill_null(False))
-    win = f.filter(pl.col("in_window"))
+    f = pl.concat([f, _occurrences(f)], how="horizontal")
+    win = f if bool(f["in_window"].all()) else f.filter(pl.col("in_window"))
     dups = win.filter(pl.col("is_duplicate"))
     counts = win.group_by("status").len()
     by_status = dict(zip(counts["status"].to_list(), counts["len"].to_list(), strict=True))
@@ -155,13 +172,23 @@ def audit(scan: Scan, org_id: str | None = None) -> Audit:
     )
 
 
+def _in_offset_order(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` ordered by (partition, offset): as it is when it already is (the scan's parallel path
+    delivers it so; checking costs one pass), else sorted."""
+    step = pl.col("partition").diff()
+    ordered = df.select(((step > 0) | ((step == 0) & (pl.col("offset").diff() > 0))).fill_null(True).all()).item()
+    return df if ordered else df.sort(["partition", "offset"])
+
+
 def _windows(win: pl.DataFrame) -> list[dict[str, Any]]:
     """Per partition, maximal runs of duplicate copies in offset order, not interrupted by any other
-    message (offsets without a message, e.g. transaction markers, do not break a run)."""
-    w = win.sort(["partition", "offset"]).with_columns(
-        (pl.col("is_duplicate") != pl.col("is_duplicate").shift(1).over("partition")).fill_null(True)
-        .cum_sum().over("partition").alias("run"))
-    runs = w.filter(pl.col("is_duplicate")).group_by(["partition", "run"]).agg(
+    message (offsets without a message, e.g. transaction markers, do not break a run): consecutive
+    copies are adjacent rows of the window in offset order, so only the copies are grouped."""
+    w = _in_offset_order(win.select("partition", "offset", "ts_ms", "is_duplicate"))
+    d = w.with_columns(pl.int_range(pl.len()).alias("pos")).filter(pl.col("is_duplicate"))
+    brk = ((pl.col("partition") != pl.col("partition").shift(1)) | (pl.col("pos") != pl.col("pos").shift(1) + 1))
+    runs = d.with_columns(brk.fill_null(True).cum_sum().alias("run")).group_by("run").agg(
+        pl.col("partition").first(),
         pl.col("offset").min().alias("first_offset"), pl.col("offset").max().alias("last_offset"),
         pl.col("ts_ms").min().alias("first_ts_ms"), pl.col("ts_ms").max().alias("last_ts_ms"),
         pl.len().alias("events")).sort(["partition", "first_offset"])
@@ -172,9 +199,11 @@ def _windows(win: pl.DataFrame) -> list[dict[str, Any]]:
 
 def _sequences(win: pl.DataFrame) -> dict[str, Any]:
     """Producer sequence headers in partition order: regressions (a replay) and gaps (lost sends)."""
-    s = win.filter(pl.col("sequence").is_not_null()).sort(["partition", "offset"]).with_columns(
-        pl.col("sequence").shift(1).over("partition").alias("prev"),
-        pl.col("producer_id").shift(1).over("partition").alias("prev_producer"))
+    s = _in_offset_order(win.filter(pl.col("sequence").is_not_null())
+                         .select("partition", "offset", "producer_id", "sequence"))
+    same = pl.col("partition") == pl.col("partition").shift(1)
+    s = s.with_columns(pl.when(same).then(pl.col("sequence").shift(1)).alias("prev"),
+                       pl.when(same).then(pl.col("producer_id").shift(1)).alias("prev_producer"))
     s = s.filter(pl.col("prev").is_not_null())
     reg = s.filter(pl.col("sequence") <= pl.col("prev"))
     gap = s.filter(pl.col("sequence") > pl.col("prev") + 1)
