@@ -117,11 +117,22 @@ class DiffResult:
         }
 
 
+def _abs_total(col: pl.Series, step: int = 1 << 20) -> Decimal:
+    """Σ|value|, a slice at a time: the absolute values of a whole column would be one more copy
+    of it at the moment memory peaks."""
+    total = Decimal(0)
+    for lo in range(0, len(col), step):
+        v = col.slice(lo, step).abs().sum()
+        total += Decimal(str(v)) if v is not None else Decimal(0)
+    return total
+
+
 def _dup_and_distinct(keys: pl.Series, seg_ids: np.ndarray, n_segments: int) -> tuple[int, np.ndarray]:
     """Distinct keys duplicated on this side, and distinct keys per segment (keys sorted)."""
     if len(keys) == 0:
         return 0, np.zeros(n_segments, dtype=np.int64)
-    same_as_prev = (keys == keys.shift(1)).fill_null(False).to_numpy()
+    n = len(keys)  # neighbours compared as two zero-copy slices (a shift would copy the column)
+    same_as_prev = np.concatenate([[False], (keys.slice(1, n - 1) == keys.slice(0, n - 1)).to_numpy()])
     first_of_run = ~same_as_prev
     # a run of length >= 2 starts where the next row repeats the key
     next_same = np.append(same_as_prev[1:], False)
@@ -190,11 +201,8 @@ def compare(
             col_stats[name] = (n0 + n, a if a0 is None else a0 + (a or 0), b if b0 is None else b0 + (b or 0))
     diffs = pl.concat(parts_diffs) if len(parts_diffs) > 1 else parts_diffs[0]
     union_keys = same_union + counts["union"]
-    src_abs_totals = {
-        f.name: (Decimal(str(s[f.name].abs().sum())) if f.ctype.kind == "decimal" else
-                 Decimal(str(s[f.name].abs().sum())) if f.ctype.kind in ("int", "float") else None)
-        for f in value_fields
-    }
+    src_abs_totals = {f.name: _abs_total(s[f.name]) if f.ctype.kind in ("decimal", "int", "float") else None
+                      for f in value_fields}
     columns = {
         f.name: ColumnStats(col_stats[f.name][0], col_stats[f.name][1], col_stats[f.name][2], src_abs_totals[f.name])
         for f in value_fields
@@ -211,7 +219,7 @@ def compare(
     )
 
 
-CHUNK_ROWS = 1 << 19
+CHUNK_ROWS = 1 << 18
 
 
 def _segment_groups(divergent: list[int], rows: np.ndarray, limit: int) -> list[list[int]]:

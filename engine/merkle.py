@@ -29,7 +29,7 @@ from engine.normalize import FieldSpec, frame_bytes, segment_bytes
 LEAF = b"\x00"
 NODE = b"\x01"
 DEFAULT_SEGMENT_ROWS = 16_384
-HASH_CHUNK_ROWS = 1 << 20  # rows whose encoding buffers exist at once (bounded memory)
+HASH_CHUNK_ROWS = 1 << 18  # rows whose encoding buffers exist at once (bounded memory)
 
 
 @dataclass(frozen=True)

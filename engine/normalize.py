@@ -346,12 +346,13 @@ def _order_duplicate_runs(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame
     side returned them in; only the (few) duplicated rows are re-sorted."""
     if frame.height < 2:
         return frame
-    k = frame["__key"]
-    same = (k == k.shift(1)).fill_null(False)
-    if not same.any():
+    k, n = frame["__key"], frame.height
+    repeat = (k.slice(1, n - 1) == k.slice(0, n - 1)).to_numpy()  # zero-copy slices, no shifted copy
+    if not repeat.any():
         return frame
-    dup = same | same.shift(-1).fill_null(False)
-    idx = dup.arg_true().to_numpy()
+    same = np.concatenate([[False], repeat])
+    dup = same | np.concatenate([repeat, [False]])
+    idx = np.flatnonzero(dup)
     order = frame[idx].with_row_index("__j").sort(["__key", *names], nulls_last=False)["__j"].to_numpy()
     perm = np.arange(frame.height)
     perm[idx] = idx[order]  # the duplicated rows move among their own positions only
