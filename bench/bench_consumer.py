@@ -22,8 +22,12 @@ alternately and --repeat times each:
 Both run in this process, read the same topic from the beginning with a new consumer group, use
 the same batch size and stop at partition EOF. Reported per side: events/s (messages consumed /
 wall seconds, group join included) and CPU microseconds per event of the consumer process, the
-PostgreSQL server and the broker, so that figures taken on a busy machine can still be read.
-The best run of each side is compared. Prints one JSON object (and a table row with --markdown).
+PostgreSQL server and the broker, so that figures taken on a busy machine can still be read; and
+``postgres_backend``, the CPU of the side's own PostgreSQL backends only (no autovacuum, no other
+clients of a shared server), read from /proc just before each connection closes.
+The best run of each side is compared. Each side's tables are dropped as soon as it is measured
+(unless --keep), so that autovacuum of one side's rows does not run while the next is timed.
+Prints one JSON object (and a table row with --markdown).
 """
 
 from __future__ import annotations
@@ -82,6 +86,19 @@ def _self_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+#: CPU seconds of the PostgreSQL backends of the side being measured, read from /proc just before
+#: each of its connections closes (the server-wide figure also counts autovacuum and, on a shared
+#: machine, other clients of the same server).
+_backend_cpu: list[float] = []
+
+
+def _backend_closing(conn: Any) -> None:
+    """Record the CPU of ``conn``'s backend, which has served only this connection since its fork."""
+    pid = conn.info.backend_pid
+    if pid:
+        _backend_cpu.append(_proc_cpu(pid))
+
+
 class Meter:
     def __init__(self, pg_pid: int, broker_pid: int) -> None:
         self.pg_pid, self.broker_pid = pg_pid, broker_pid
@@ -99,6 +116,8 @@ class Meter:
         wall = b[0] - a[0]
         per = {k: round((b[i] - a[i]) / events * 1e6, 2) for i, k in ((1, "consumer"), (2, "postgres"), (3, "broker"))}
         per["total"] = round(sum(per.values()), 2)
+        per["postgres_backend"] = round(sum(_backend_cpu) / events * 1e6, 2)
+        _backend_cpu.clear()
         return {"elapsed_s": round(wall, 3), "events_per_s": round(events / wall), "cpu_us_per_event": per}
 
 
@@ -155,6 +174,7 @@ def baseline(bootstrap: str, topic: str, dsn: str, table: str, batch_size: int) 
                     n += len(lines)
         finally:
             c.close()
+        _backend_closing(conn)
     return n
 
 
@@ -186,13 +206,14 @@ def same_rows(bootstrap: str, topic: str, dsn: str, table: str, batch_size: int)
             while not assigned or not all(eof.get(p) for p in assigned):
                 b = consumer.transform(c.consume(batch_size, 0.25), fields, ORG_ID)
                 eof.update(b.eof)
-                if b.ids:
+                if b.frame.height:
                     with conn.cursor().copy(copy_sql) as cp:
-                        cp.write("".join([i + r for i, r in zip(b.ids, b.rows, strict=True)]))
+                        cp.write(b.frame.get_column("line").str.join("").item())
                     conn.commit()
                 n += len(b)
         finally:
             c.close()
+        _backend_closing(conn)
     return n
 
 
@@ -202,7 +223,18 @@ def recon(bootstrap: str, topic: str, dsn: str, table: str, batch_size: int) -> 
     s = consumer.ConsumerSettings(bootstrap=bootstrap, topic=topic, group=f"bench-recon-{uuid.uuid4().hex[:8]}",
                                   dsn=dsn, table=consumer.parse_table(table), org_id=ORG_ID, until_caught_up=True,
                                   batch_size=batch_size, metrics_interval_s=0)
-    return consumer.run(s).as_dict()
+    close = consumer.Sink.close
+
+    def closing(sink: consumer.Sink) -> None:  # the sink's backend CPU, read just before it goes
+        if sink.conn is not None and not sink.conn.closed:
+            _backend_closing(sink.conn)
+        close(sink)
+
+    consumer.Sink.close = closing  # type: ignore[method-assign]
+    try:
+        return consumer.run(s).as_dict()
+    finally:
+        consumer.Sink.close = close  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +262,19 @@ def _warm_group_coordinator(bootstrap: str, topic: str) -> None:
     while not c.assignment() and time.monotonic() < deadline:
         c.poll(0.2)
     c.close()
+
+
+def _drop(dsn: str, tables: list[str], keep: bool) -> None:
+    """Drop the measured tables (unless --keep) as soon as a side is measured: autovacuum would
+    otherwise process a side's million fresh rows while the next side is being timed."""
+    import psycopg
+
+    if keep or not tables:
+        return
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for t in tables:
+            conn.execute(f"DROP TABLE IF EXISTS {t}")
+    tables.clear()
 
 
 def main() -> None:
@@ -277,6 +322,7 @@ def main() -> None:
             r = Meter.result(s0, meter.snap(settle=0.5), messages)
             assert n == messages, (n, messages)
             runs["baseline"].append(r)
+            _drop(dsn, tables, a.keep)
 
             name = f"bench.rows_{uuid.uuid4().hex[:8]}"
             tables.append(name)
@@ -285,6 +331,7 @@ def main() -> None:
             r = Meter.result(s0, meter.snap(settle=0.5), messages)
             assert n == messages, (n, messages)
             runs["same_rows"].append(r)
+            _drop(dsn, tables, a.keep)
 
             name = f"bench.recon_{uuid.uuid4().hex[:8]}"
             tables += [name, name + "_aggregates", name + "_dead_letters", name + "_offsets"]
@@ -294,6 +341,7 @@ def main() -> None:
             assert res["run"]["consumed"] == messages and res["run"]["duplicates"] >= copies, res["run"]
             r["counters"] = res["run"]
             runs["recon"].append(r)
+            _drop(dsn, tables, a.keep)
             print(f"run {i + 1}: baseline {runs['baseline'][-1]['events_per_s']:,}/s, "
                   f"same rows {runs['same_rows'][-1]['events_per_s']:,}/s, recon {r['events_per_s']:,}/s", file=sys.stderr)
         best = {k: max(v, key=lambda x: x["events_per_s"]) for k, v in runs.items()}
@@ -312,17 +360,14 @@ def main() -> None:
         if a.markdown:
             b, r = best["baseline"], best["recon"]
             sr = best["same_rows"]
+            cpu = r["cpu_us_per_event"]
             print(f"| {messages:,} | {broker.backend} | {os.cpu_count()} | {b['events_per_s']:,} | {sr['events_per_s']:,} | "
                   f"{r['events_per_s']:,} | {ratio:.0%} | {out['recon_vs_same_rows']:.0%} | "
-                  f"{r['cpu_us_per_event']['consumer']} / {r['cpu_us_per_event']['postgres']} / "
-                  f"{r['cpu_us_per_event']['broker']} |")
+                  f"{cpu['consumer']} / {cpu['postgres']} ({cpu['postgres_backend']}) / {cpu['broker']} |")
         if not a.keep:
             delete_topic(bootstrap, topic)
     finally:
-        if not a.keep:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                for t in tables:
-                    conn.execute(f"DROP TABLE IF EXISTS {t}")
+        _drop(dsn, tables, a.keep)
         if not a.keep and not broker_was_running:
             broker.stop()
         if not a.keep and not pg_was_running:

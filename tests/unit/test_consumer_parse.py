@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, Message
 
 from engine import consumer as c
 from engine.errors import UsageError
-from engine.ids import event_id
+from engine.ids import event_id, event_ids
 
 ORG = "00D5g0000000001EAA"
 OTHER_ORG = "00D5g0000000002EAA"
@@ -347,3 +348,94 @@ def test_extra_headers_with_escapes_round_trip() -> None:
     assert json.loads(row_fields(b)[6])["headers"] == {"org-id": ORG, "note": 'a\\b "c"\td', "producer-id": "p\\1"}
     b = run(msg(GOOD, headers=[("org-id", b'00D\\"x')]))  # not an org id: the guard cannot judge it
     assert not b.dead and json.loads(row_fields(b)[6])["headers"] == {"org-id": '00D\\"x'}
+
+
+# ---------------------------------------------------------------------------------------------
+# transform: the column-wise path writes exactly what the per-message path writes
+
+
+def _compact(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _path_cases() -> list[Message]:
+    """Messages in producer shape and every way of missing it by a little, on three partitions."""
+    acc18 = "0015g0000000Az6AAE"
+    bad_checksum = ACC[:15] + "ABA"  # right shape, wrong case-safe suffix
+    spaced = json.dumps(GOOD).encode()
+    cases: list[tuple[bytes | None, dict[str, Any]]] = [
+        (_compact(GOOD), {}),
+        (spaced, {}),
+        (b" \n" + _compact(GOOD) + b"\t", {}),
+        (_compact(dict(GOOD, account_id=acc18, event_type="refund", amount="-3")), {"key": f"{ORG}:{acc18}".encode()}),
+        (_compact(GOOD), {"key": None}),
+        (_compact(GOOD), {"key": b'k"q'}),
+        (_compact(GOOD), {"key": b"\xff"}),
+        (_compact(GOOD), {"ts": (2, 1_785_578_400_999)}),
+        (_compact(GOOD), {"ts": (0, -1)}),
+        (_compact(GOOD), {"headers": []}),
+        (_compact(GOOD), {"headers": [HEADERS[1], HEADERS[0], HEADERS[2]]}),
+        (_compact(GOOD), {"headers": [*HEADERS, ("trace", b"t")]}),
+        (_compact(GOOD), {"headers": [("org-id", ORG[:15].encode()), HEADERS[1], HEADERS[2]]}),
+        (_compact(GOOD), {"headers": [("org-id", OTHER_ORG.encode()), HEADERS[1], HEADERS[2]]}),
+        (_compact(GOOD), {"headers": [HEADERS[0], ("producer-id", None), HEADERS[2]]}),
+        (_compact(GOOD), {"headers": [HEADERS[0], ("producer-id", "é".encode()), HEADERS[2]]}),
+        (_compact(GOOD), {"headers": [HEADERS[0], HEADERS[1], ("sequence", b"1\t2")]}),
+        (_compact(dict(GOOD, org_id=ORG[:15])), {}),
+        (_compact(dict(GOOD, account_id=ACC[:15])), {}),
+        (_compact(dict(GOOD, account_id=bad_checksum)), {}),
+        (_compact(dict(GOOD, org_id=OTHER_ORG)), {}),
+        (_compact(dict(GOOD, event_ts="2026-08-01T10:00:00Z")), {}),
+        (_compact(dict(GOOD, event_type="pur\\chase")), {}),
+        (_compact(dict(GOOD, event_type="pur\u00e9")), {}),
+        (_compact(dict(GOOD, event_type="x" * 256)), {}),
+        (_compact(dict(GOOD, amount=12)), {}),
+        (_compact(dict(GOOD, amount="1e5")), {}),
+        (_compact({"account_id": ACC, **GOOD}), {}),
+        (_compact(dict(GOOD, extra=1)), {}),
+        (_compact(GOOD)[:-1] + b',"org_id":"' + OTHER_ORG.encode() + b'"}', {}),
+        (b"{not json", {}),
+        (None, {}),
+    ]
+    return [msg(raw=raw, partition=i % 3, offset=100 + i // 3, **kw) if raw is not None
+            else msg(None, partition=i % 3, offset=100 + i // 3, **kw) for i, (raw, kw) in enumerate(cases)]
+
+
+def _snapshot(b: c.Batch) -> tuple[Any, ...]:
+    return (b.frame.rows(), [m.offset() for m in b.row_msgs], [vars(d) for d in b.dead], b.consumed, b.start,
+            b.next_offset, b.eof)
+
+
+@pytest.mark.parametrize("guard", [ORG, None])
+def test_both_paths_give_the_same_batch(guard: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    ms = _path_cases()
+    fast = run(*ms, guard=guard, positions={0: 100})
+    monkeypatch.setattr(c, "_FAST_PATH", False)
+    slow = run(*ms, guard=guard, positions={0: 100})
+    assert _snapshot(fast) == _snapshot(slow)
+    rows = [row_fields(fast, i) for i in range(len(fast.ids))]
+    assert len(rows) >= 10 and fast.ids == event_ids(*([r[k] for r in rows] for k in (1, 2, 3, 4)))
+
+
+def test_producer_shaped_messages_take_the_column_wise_path() -> None:
+    kept = _path_cases()[:5]
+    frame, slow = c._fast_rows(kept, [m.partition() for m in kept], [m.offset() for m in kept], c.FieldNames(), ORG,
+                               '"59.0"', c.transform_digest())
+    assert slow == [] and frame.height == 5
+    frame, slow = c._fast_rows(kept, [m.partition() for m in kept], [m.offset() for m in kept],
+                               c.FieldNames(org_id="org-id"), ORG, '"59.0"', c.transform_digest())
+    assert slow == [0, 1, 2, 3, 4] and frame.height == 0  # a field name that is not an identifier
+
+
+def test_runtime_tuning_is_restored_by_the_last_run_out() -> None:
+    import gc
+    import sys
+
+    before = (sys.getswitchinterval(), gc.get_threshold())
+    with c._runtime_tuning():
+        tuned = (sys.getswitchinterval(), gc.get_threshold())
+        assert tuned[0] <= c._SWITCH_INTERVAL_S and tuned[1][0] >= c._GC_GEN0_THRESHOLD
+        with c._runtime_tuning():  # a second run in the same process
+            pass
+        assert (sys.getswitchinterval(), gc.get_threshold()) == tuned  # still tuned for the first one
+    assert (sys.getswitchinterval(), gc.get_threshold()) == before
