@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -307,11 +307,24 @@ def _is_cli_usage_error(exc: BaseException) -> bool:
     return isinstance(exc, tuple(classes))
 
 
+def _fast_exit(code: int) -> NoReturn:
+    """Leave without tearing the interpreter down once a command has finished: freeing gigabytes
+    of frames object by object and joining idle worker pools took 0.1–0.2 s after the answer was
+    already out (a third of a million-row diff's overhead). Every file recon writes is closed by
+    then; the standard streams are flushed here."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said anyway
+            pass
+    os._exit(code)
+
+
 def main() -> None:
     """Console entry point: map recon's errors to one line and an exit code, never a traceback."""
     try:
         rc = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
-        sys.exit(rc if isinstance(rc, int) else 0)
+        _fast_exit(rc if isinstance(rc, int) else 0)
     except ReconError as exc:
         _say_error(f"recon: error: {exc}")
         sys.exit(int(exc.exit_code))

@@ -185,7 +185,7 @@ def compare(
     col_stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
     def one(group: list[int]) -> tuple[pl.DataFrame, dict[str, int], dict[str, Any]]:
         return _record_diff(_rows_in(s, s_starts, group), _rows_in(t, t_starts, group), list(fields),
-                            in_flight_keys or set())
+                            in_flight_keys or set(), dups=bool(dup_s or dup_t))
 
     groups = _segment_groups(divergent, s_counts + t_counts, CHUNK_ROWS)
     # groups are independent and Polars releases the GIL: two at a time keep both cores busy
@@ -282,16 +282,19 @@ def _dup_keys(df: pl.DataFrame) -> pl.Series:
     k = df["__key"]
     if len(k) < 2:
         return k.clear()
-    same = (k == k.shift(1)).fill_null(False)
-    return k.filter(same).unique()
+    n = len(k)
+    repeat = k.slice(1, n - 1) == k.slice(0, n - 1)  # zero-copy neighbours
+    return k.slice(1, n - 1).filter(repeat).unique()
 
 
 def _record_diff(
-    ds: pl.DataFrame, dt: pl.DataFrame, fields: list[FieldSpec], in_flight: set[str]
+    ds: pl.DataFrame, dt: pl.DataFrame, fields: list[FieldSpec], in_flight: set[str], *, dups: bool = True
 ) -> tuple[pl.DataFrame, dict[str, int], dict[str, tuple[int, Decimal | None, Decimal | None]]]:
+    """``dups=False`` says neither side has a duplicated key anywhere (known from the whole-side
+    count), so the per-group search for them is skipped."""
     value_fields = [f for f in fields if not f.is_key]
     names = [f.name for f in value_fields]
-    dup_any = pl.concat([_dup_keys(ds), _dup_keys(dt)]).unique()
+    dup_any = pl.concat([_dup_keys(ds), _dup_keys(dt)]).unique() if dups else pl.Series("__key", [], pl.Utf8)
     if in_flight:
         dup_any = pl.concat([dup_any, pl.Series("__key", sorted(in_flight), dtype=pl.Utf8)]).unique()
     flagged = dup_any.to_frame("__key")
@@ -302,11 +305,15 @@ def _record_diff(
     pairs, miss_t_u, miss_s_u, n_unique_keys = _merge_unique(us, ut, names)
     row = row_text(fields).alias("__row")
     # keys duplicated on a side (or in flight): multiset comparison on a small subset
-    ks = ds.join(flagged, on="__key", how="semi").with_columns(row).group_by("__key").agg(
-        pl.len().alias("n_s"), pl.col("__row").sort().alias("rows_s"))
-    kt = dt.join(flagged, on="__key", how="semi").with_columns(row).group_by("__key").agg(
-        pl.len().alias("n_t"), pl.col("__row").sort().alias("rows_t"))
-    keys = ks.join(kt, on="__key", how="full", coalesce=True)
+    if len(flagged):
+        ks = ds.join(flagged, on="__key", how="semi").with_columns(row).group_by("__key").agg(
+            pl.len().alias("n_s"), pl.col("__row").sort().alias("rows_s"))
+        kt = dt.join(flagged, on="__key", how="semi").with_columns(row).group_by("__key").agg(
+            pl.len().alias("n_t"), pl.col("__row").sort().alias("rows_t"))
+        keys = ks.join(kt, on="__key", how="full", coalesce=True)
+    else:
+        keys = pl.DataFrame(schema={"__key": pl.Utf8, "n_s": pl.UInt32, "rows_s": pl.List(pl.Utf8),
+                                    "n_t": pl.UInt32, "rows_t": pl.List(pl.Utf8)})
     if in_flight:
         flight = pl.Series("__key", sorted(in_flight), dtype=pl.Utf8)
         keys = keys.with_columns(pl.col("__key").is_in(flight.implode()).alias("in_flight"))

@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import __version__
 from engine.errors import UsageError
 
 if TYPE_CHECKING:
@@ -40,6 +39,12 @@ MIN_SECRET_LEN = 4
 
 
 # -- configuration ---------------------------------------------------------------------------------
+def _version() -> str:
+    from engine import __version__  # on first use: the package metadata lookup costs ~50 ms
+
+    return __version__
+
+
 def resolve_ledger_dsn(option: str | None, config: Config | None = None) -> str | None:
     """``--ledger DSN``, else ``RECON_LEDGER_DSN``, else ``[ledger] dsn`` in the config."""
     if option:
@@ -224,7 +229,7 @@ def record_evidence(
 
         ledger = Ledger(ledger_dsn)
         body = {"command": command, "status": status, "started_at": started_at, "finished_at": finished_at,
-                "recon_version": __version__, "config_digest": config_digest,
+                "recon_version": _version(), "config_digest": config_digest,
                 "transformation_digest": transformation["sha256"], "summary": summary,
                 "outputs": out_digests, "error": error}
         lineage_rows = [{"kind": "openlineage_event", "event_type": e.event_type, "sha256": e.sha256,
@@ -241,7 +246,7 @@ def record_evidence(
             predicate = {
                 "run_id": run_id, "command": command, "status": status,
                 "started_at": _iso(started_at), "finished_at": _iso(finished_at),
-                "recon_version": __version__,
+                "recon_version": _version(),
                 "config_digest": {"sha256": config_digest},
                 "transformation": transformation,
                 "inputs": inputs,
