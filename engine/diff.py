@@ -15,14 +15,22 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from engine import merkle
-from engine.normalize import ENCODING_VERSION, Canonical, FieldSpec, row_text
+from engine.normalize import (
+    ENCODING_VERSION,
+    Canonical,
+    FieldSpec,
+    decimal_view,
+    is_scaled,
+    row_text,
+    to_decimal,
+)
 
 DIFF_SCHEMA = {"key": pl.Utf8, "kind": pl.Utf8, "column": pl.Utf8, "source_value": pl.Utf8, "target_value": pl.Utf8}
 
@@ -117,14 +125,16 @@ class DiffResult:
         }
 
 
-def _abs_total(col: pl.Series, step: int = 1 << 20) -> Decimal:
+def _abs_total(col: pl.Series, scale: int | None = None, step: int = 1 << 20) -> Decimal:
     """Σ|value|, a slice at a time: the absolute values of a whole column would be one more copy
-    of it at the moment memory peaks."""
+    of it at the moment memory peaks. Scaled decimals are summed exactly (no 64-bit overflow)."""
     total = Decimal(0)
+    scaled = scale is not None and is_scaled(col)
     for lo in range(0, len(col), step):
-        v = col.slice(lo, step).abs().sum()
+        part = col.slice(lo, step)
+        v = part.cast(pl.Decimal(38, 0)).abs().sum() if scaled else part.abs().sum()
         total += Decimal(str(v)) if v is not None else Decimal(0)
-    return total
+    return total.scaleb(-(scale or 0)) if scaled else total
 
 
 def _dup_and_distinct(keys: pl.Series, seg_ids: np.ndarray, n_segments: int) -> tuple[int, np.ndarray]:
@@ -158,6 +168,10 @@ def compare(
     t0 = time.perf_counter()
     s, t = source.frame, target.frame
     fields = source.fields
+    for f in fields:  # a decimal too large for 64 bits on one side: both sides use the wide form
+        if f.ctype.kind == "decimal" and is_scaled(s[f.name]) != is_scaled(t[f.name]):
+            s = s.with_columns(to_decimal(s[f.name], f.ctype.scale or 0))
+            t = t.with_columns(to_decimal(t[f.name], f.ctype.scale or 0))
     value_fields = [f for f in fields if not f.is_key]
     seg = merkle.Segmentation(tuple(boundaries if boundaries is not None
                                     else merkle.choose_boundaries(s["__key"], segment_rows)))
@@ -201,8 +215,8 @@ def compare(
             col_stats[name] = (n0 + n, a if a0 is None else a0 + (a or 0), b if b0 is None else b0 + (b or 0))
     diffs = pl.concat(parts_diffs) if len(parts_diffs) > 1 else parts_diffs[0]
     union_keys = same_union + counts["union"]
-    src_abs_totals = {f.name: _abs_total(s[f.name]) if f.ctype.kind in ("decimal", "int", "float") else None
-                      for f in value_fields}
+    src_abs_totals = {f.name: _abs_total(s[f.name], f.ctype.scale if f.ctype.kind == "decimal" else None)
+                      if f.ctype.kind in ("decimal", "int", "float") else None for f in value_fields}
     columns = {
         f.name: ColumnStats(col_stats[f.name][0], col_stats[f.name][1], col_stats[f.name][2], src_abs_totals[f.name])
         for f in value_fields
@@ -306,9 +320,9 @@ def _record_diff(
     row = row_text(fields).alias("__row")
     # keys duplicated on a side (or in flight): multiset comparison on a small subset
     if len(flagged):
-        ks = ds.join(flagged, on="__key", how="semi").with_columns(row).group_by("__key").agg(
+        ks = decimal_view(ds.join(flagged, on="__key", how="semi"), fields).with_columns(row).group_by("__key").agg(
             pl.len().alias("n_s"), pl.col("__row").sort().alias("rows_s"))
-        kt = dt.join(flagged, on="__key", how="semi").with_columns(row).group_by("__key").agg(
+        kt = decimal_view(dt.join(flagged, on="__key", how="semi"), fields).with_columns(row).group_by("__key").agg(
             pl.len().alias("n_t"), pl.col("__row").sort().alias("rows_t"))
         keys = ks.join(kt, on="__key", how="full", coalesce=True)
     else:
@@ -335,7 +349,9 @@ def _record_diff(
         null_diff = a.is_null() != b.is_null()
         if f.ctype.kind in ("decimal", "int", "float"):
             tol = f.tolerance if f.tolerance is not None else 0
-            if f.ctype.kind == "decimal":
+            if f.ctype.kind == "decimal" and is_scaled(pairs[f.name]):  # unscaled integers: tolerance in units
+                tol_lit = pl.lit(int(Decimal(tol).scaleb(f.ctype.scale or 0).to_integral_value(ROUND_FLOOR)))
+            elif f.ctype.kind == "decimal":
                 tol_lit = pl.lit(Decimal(tol)).cast(pl.Decimal(38, f.ctype.scale or 0))
             else:
                 tol_lit = pl.lit(float(tol))
@@ -350,6 +366,7 @@ def _record_diff(
     # one pass computes every column's verdict; only the mismatched pairs are kept for the details
     flags = [pl.col(f"__d_{n}") for n in names]
     mism_unique = pairs.with_columns(diff_exprs).filter(pl.any_horizontal(*flags)) if names else pairs.clear()
+    mism_unique = decimal_view(mism_unique, value_fields, ("", "__t"))  # values, not representations
     for f in value_fields:
         sub = mism_unique.filter(pl.col(f"__d_{f.name}"))
         if f.name in deltas and len(sub):

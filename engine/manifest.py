@@ -292,7 +292,7 @@ def inputs_from_run(run: DiffRun) -> list[dict[str, Any]]:
 def write_snapshots(run: DiffRun, out_dir: Path) -> list[Path]:
     """Each side's canonical frame as Parquet (typed canonical columns and ``__key``) and a
     JSON sidecar with the boundaries and field types, so anyone can recompute both Merkle roots."""
-    from engine.normalize import ENCODING_VERSION
+    from engine.normalize import ENCODING_VERSION, decimal_view
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -303,7 +303,7 @@ def write_snapshots(run: DiffRun, out_dir: Path) -> list[Path]:
     for side, canon, root in (("source", run.source_canonical, m["source_root"]),
                               ("target", run.target_canonical, m["target_root"])):
         p = out / f"snapshot-{side}.parquet"
-        canon.frame.write_parquet(p)
+        decimal_view(canon.frame, canon.fields).write_parquet(p)  # decimals as values, whatever their form
         paths.append(p)
         sides[side] = {
             "file": p.name, "rows": canon.frame.height, "merkle_root": root,

@@ -155,3 +155,28 @@ def test_in_flight_keys_are_not_differences() -> None:
     r = compare(s, t, in_flight_keys={"b"})
     assert (r.mismatched, r.in_flight, r.unchanged) == (1, 1, 1)
     assert r.differences["key"].to_list() == ["c"]
+
+
+def test_scaled_and_wide_decimals_compare_alike() -> None:
+    """Decimals are held as scaled int64 when they fit, else as Decimal(38, s): a side with one huge
+    value (wide form) against a side without (scaled form) must give the same answer as two sides
+    that agree on the form, and values are reported as decimals, never as unscaled integers."""
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True),
+         FieldSpec("v", "v", ColumnType("decimal", 2), Decimal("0.05")))
+    src = pl.DataFrame({"k": ["a", "b", "c", "d"], "v": ["1.00", "2.50", "-3.10", "7"]})
+    tgt = pl.DataFrame({"k": ["a", "b", "c", "d"], "v": ["1.04", "2.60", "-3.00", "7.00"]})
+    s, t = canonicalize(src, f, SideOptions()), canonicalize(tgt, f, SideOptions())
+    assert s.frame["v"].dtype == pl.Int64 and t.frame["v"].dtype == pl.Int64
+    r = compare(s, t)
+    assert (r.mismatched, r.columns["v"].mismatched) == (2, 2)
+    assert (r.columns["v"].abs_variance, r.columns["v"].net_variance) == (Decimal("0.20"), Decimal("0.20"))
+    assert r.columns["v"].source_abs_total == Decimal("13.60")
+    got = r.differences.select("key", "source_value", "target_value").rows()
+    assert got == [("b", "2.50", "2.60"), ("c", "-3.10", "-3.00")]
+    huge = pl.DataFrame({"k": ["a", "b", "c", "d", "z"], "v": ["1.00", "2.50", "-3.10", "7", "1e17"]})
+    wide = canonicalize(huge, f, SideOptions())
+    assert isinstance(wide.frame["v"].dtype, pl.Decimal)
+    r2 = compare(wide, t)
+    assert (r2.mismatched, r2.missing_in_target, r2.columns["v"].abs_variance) == (2, 1, Decimal("0.20"))
+    assert r2.differences.filter(pl.col("kind") == "mismatched").select("key", "source_value", "target_value").rows() == got
+    assert r2.source_tree.digests[0] != r.source_tree.digests[0] or len(r2.source_tree.digests) == 1

@@ -19,6 +19,7 @@ from engine.normalize import (
     FieldSpec,
     SideOptions,
     canonicalize,
+    decimal_view,
     encode_segment_reference,
     frame_bytes,
     row_text,
@@ -53,7 +54,7 @@ def test_version_2_golden_root_is_frozen() -> None:
 def test_version_1_root_of_the_old_code_still_recomputes() -> None:
     """The root the version-1 code (session 1) computed for GOLDEN, recomputed by the kept verifier."""
     c = canonicalize(GOLDEN, FIELDS, SideOptions())
-    rows = c.frame.select(row_text(FIELDS).alias("r"))["r"]
+    rows = decimal_view(c.frame, FIELDS).select(row_text(FIELDS).alias("r"))["r"]
     ids = merkle.segment_ids(c.frame["__key"], SEG)
     digests, counts = merkle.hash_rows_v1(rows, ids, 2)
     assert merkle.build_tree(digests, counts).root_hex == \
@@ -63,7 +64,7 @@ def test_version_1_root_of_the_old_code_still_recomputes() -> None:
 def test_vectorised_segment_equals_the_reference_on_the_golden_rows() -> None:
     c = canonicalize(GOLDEN, FIELDS, SideOptions())
     cols = frame_bytes(c.frame, FIELDS)
-    rows = list(c.frame.select([f.name for f in FIELDS]).iter_rows())
+    rows = list(decimal_view(c.frame, FIELDS).select([f.name for f in FIELDS]).iter_rows())
     ctypes = [f.ctype for f in FIELDS]
     assert segment_bytes(cols, 0, 5) == encode_segment_reference(rows, ctypes)
     assert segment_bytes(cols, 1, 3) == encode_segment_reference(rows[1:3], ctypes)
@@ -94,7 +95,7 @@ def test_vectorised_segment_equals_the_reference_for_every_kind(data: st.DataObj
     df = pl.DataFrame({"k": [f"{i:03d}" for i in range(n)], "v": pl.Series("v", vals, strict=False)})
     fields = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", kind))
     c = canonicalize(df, fields, SideOptions())
-    rows = list(c.frame.select("k", "v").iter_rows())
+    rows = list(decimal_view(c.frame, fields).select("k", "v").iter_rows())
     lo = data.draw(st.integers(min_value=0, max_value=n))
     hi = data.draw(st.integers(min_value=lo, max_value=n))
     assert segment_bytes(frame_bytes(c.frame, fields), lo, hi) == \

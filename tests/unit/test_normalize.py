@@ -13,6 +13,7 @@ from engine.normalize import (
     FieldSpec,
     SideOptions,
     canonicalize,
+    decimal_view,
     encode_value,
     row_text,
     sf_id18,
@@ -27,7 +28,7 @@ def enc(values: list, ctype: ColumnType, opts: SideOptions = PLAIN) -> list[str]
     df = pl.DataFrame({"k": [f"{i:04d}" for i in range(len(values))], "v": pl.Series(values)})
     fields = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ctype))
     frame = canonicalize(df, fields, opts).frame
-    return [r[len("4:0000"):] for r in frame.select(row_text(fields))[:, 0]]
+    return [r[len("4:0000"):] for r in decimal_view(frame, fields).select(row_text(fields))[:, 0]]
 
 
 @pytest.mark.parametrize(("a", "b", "miss"), [
@@ -135,3 +136,9 @@ def test_null_key_is_rejected() -> None:
     f = (FieldSpec("k", "k", ColumnType("text"), is_key=True),)
     with pytest.raises(ValueError, match="NULL"):
         canonicalize(pl.DataFrame({"k": ["a", None]}), f, PLAIN)
+
+
+def test_a_decimal_beyond_38_digits_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        typed(pl.Series(["1e40"]), ColumnType("decimal", 9), PLAIN)
+    assert typed(pl.Series(["1e17"]), ColumnType("decimal", 9), PLAIN).item() == Decimal("1e17")
