@@ -304,7 +304,10 @@ def canonicalize(df: pl.DataFrame, fields: tuple[FieldSpec, ...], opts: SideOpti
     missing = [f.column for f in fields if f.column not in df.columns]
     if missing:
         raise ValueError(f"missing column(s): {', '.join(missing)}")
-    cols = [typed(df[f.column], f.ctype, opts).alias(f.name) for f in fields]
+    cols = [(_float_to_scaled(df[f.column], f.ctype.scale or 0) if f.ctype.kind == "decimal" and not f.is_key
+             and df[f.column].dtype.is_float() else None) for f in fields]
+    cols = [c.alias(f.name) if c is not None else typed(df[f.column], f.ctype, opts).alias(f.name)
+            for c, f in zip(cols, fields, strict=True)]
     del df  # when the caller handed its only reference over, the raw columns are freed here
     frame = pl.DataFrame(cols)
     del cols
@@ -393,23 +396,29 @@ def _int128_le(vals: np.ndarray) -> np.ndarray:
 
 
 def to_scaled(s: pl.Series, scale: int) -> pl.Series:
-    """A canonical Decimal(38, scale) column as scaled Int64 when every value fits, else unchanged."""
-    import pyarrow as pa
-
+    """A canonical Decimal(38, scale) column as scaled Int64 when every value fits, else unchanged.
+    Polars' physical form of a decimal is its unscaled Int128, so this is one narrowing cast."""
     if not isinstance(s.dtype, pl.Decimal) or len(s) == 0:
         return s
-    arr = s.to_arrow()
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    words = np.frombuffer(arr.buffers()[1], dtype="<i8")[2 * arr.offset: 2 * (arr.offset + len(arr))].reshape(-1, 2)
-    lo, hi = words[:, 0], words[:, 1]
-    valid = s.is_not_null().to_numpy()
-    fits = (hi == (lo >> 63)) & (lo < SCALED_LIMIT) & (lo > -SCALED_LIMIT)
-    if not bool(fits[valid].all()):
+    phys = s.cast(pl.Decimal(38, scale)).to_physical()
+    top, bottom = phys.max(), phys.min()
+    if top is not None and (int(top) >= SCALED_LIMIT or int(bottom) <= -SCALED_LIMIT):  # type: ignore[arg-type]
         return s
-    out = pl.from_arrow(pa.array(np.where(valid, lo, 0), type=pa.int64(), mask=~valid))
-    assert isinstance(out, pl.Series)
-    return out.alias(s.name)
+    return phys.cast(pl.Int64).alias(s.name)
+
+
+def _float_to_scaled(s: pl.Series, scale: int) -> pl.Series | None:
+    """Floats straight to scaled int64, skipping the 16-byte Decimal in between: the value rounded
+    to ``scale`` places (as the Decimal path rounds), times 10**scale, is within an ulp of an
+    integer while it stays below 2**53 / 10**scale. None (the Decimal path decides) otherwise, or
+    for NaN and infinities."""
+    if len(s) == 0 or not bool(s.is_finite().fill_null(True).all()):
+        return None
+    r = s.round(scale)
+    top = r.abs().max()
+    if top is None or float(top) >= 2.0**53 / 10**scale:  # type: ignore[arg-type]
+        return None
+    return (r * float(10**scale)).round(0).cast(pl.Int64)
 
 
 def to_decimal(s: pl.Series, scale: int) -> pl.Series:

@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.normalize import (
     SALESFORCE_SIDE,
@@ -142,3 +144,16 @@ def test_a_decimal_beyond_38_digits_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="out of range"):
         typed(pl.Series(["1e40"]), ColumnType("decimal", 9), PLAIN)
     assert typed(pl.Series(["1e17"]), ColumnType("decimal", 9), PLAIN).item() == Decimal("1e17")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.floats(min_value=-1e12, max_value=1e12, allow_nan=False),
+                          st.integers(-10**9, 10**9).map(lambda i: i / 1000)), max_size=30),
+       st.integers(0, 4))
+def test_floats_to_scaled_decimals_agree_with_the_decimal_path(values: list, scale: int) -> None:
+    from engine.normalize import _float_to_scaled, _to_decimal, to_scaled
+
+    s = pl.Series("v", values, dtype=pl.Float64)
+    fast = _float_to_scaled(s, scale)
+    if fast is not None:
+        assert fast.equals(to_scaled(_to_decimal(s, scale), scale))
