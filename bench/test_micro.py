@@ -49,10 +49,10 @@ def raw() -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def sides() -> tuple[Canonical, Canonical]:
-    s = canonicalize(_frame(ROWS, 1, shuffle=False), FIELDS, SideOptions())
-    t_frame = s.frame.drop("__key").with_columns(  # 15% of the CLVs inflated, like the incident
+    raw = _frame(ROWS, 1, shuffle=False)
+    t_frame = raw.with_columns(  # one CLV in 7 inflated, like the incident (raw values, not canonical ones)
         pl.when(pl.int_range(pl.len()) % 7 == 0).then(pl.col("clv") * 2).otherwise(pl.col("clv")).alias("clv"))
-    return s, canonicalize(t_frame, FIELDS, SideOptions())
+    return canonicalize(raw, FIELDS, SideOptions()), canonicalize(t_frame, FIELDS, SideOptions())
 
 
 def test_canonicalize_unsorted(benchmark, raw: pl.DataFrame) -> None:  # noqa: ANN001
@@ -70,7 +70,8 @@ def test_merkle_hash_one_side(benchmark, sides: tuple[Canonical, Canonical]) -> 
 def test_compare_15_percent(benchmark, sides: tuple[Canonical, Canonical]) -> None:  # noqa: ANN001
     s, t = sides
     r = benchmark.pedantic(compare, args=(s, t), rounds=3, iterations=1)
-    assert r.mismatched == (ROWS + 6) // 7
+    unchanged = int((s.frame["clv"].gather_every(7) == 0).sum())  # doubling 0.00 changes nothing
+    assert r.mismatched == (ROWS + 6) // 7 - unchanged
 
 
 def test_event_ids_batch(benchmark) -> None:  # noqa: ANN001

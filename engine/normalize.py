@@ -112,7 +112,9 @@ class Canonical:
     """A side after normalization.
 
     frame: one typed canonical column per field (named by ``FieldSpec.name``), plus ``__key``
-      (the key's canonical text: identity and sort order), sorted by ``__key``.
+      (the key's canonical text: identity and sort order), sorted by ``__key``. Non-key decimals
+      are scaled int64 where they fit (see :func:`to_scaled`): a canonical frame is not raw input,
+      so pass it through :func:`decimal_view` before feeding it to :func:`canonicalize` again.
     """
 
     frame: pl.DataFrame
