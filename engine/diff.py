@@ -29,6 +29,7 @@ from engine.normalize import (
     decimal_view,
     is_scaled,
     row_text,
+    same_as_previous,
     to_decimal,
 )
 
@@ -141,8 +142,7 @@ def _dup_and_distinct(keys: pl.Series, seg_ids: np.ndarray, n_segments: int) -> 
     """Distinct keys duplicated on this side, and distinct keys per segment (keys sorted)."""
     if len(keys) == 0:
         return 0, np.zeros(n_segments, dtype=np.int64)
-    n = len(keys)  # neighbours compared as two zero-copy slices (a shift would copy the column)
-    same_as_prev = np.concatenate([[False], (keys.slice(1, n - 1) == keys.slice(0, n - 1)).to_numpy()])
+    same_as_prev = same_as_previous(keys)
     first_of_run = ~same_as_prev
     # a run of length >= 2 starts where the next row repeats the key
     next_same = np.append(same_as_prev[1:], False)
@@ -294,11 +294,7 @@ def _merge_unique(us: pl.DataFrame, ut: pl.DataFrame, names: list[str]
 def _dup_keys(df: pl.DataFrame) -> pl.Series:
     """Keys occurring more than once (the frame is sorted by key)."""
     k = df["__key"]
-    if len(k) < 2:
-        return k.clear()
-    n = len(k)
-    repeat = k.slice(1, n - 1) == k.slice(0, n - 1)  # zero-copy neighbours
-    return k.slice(1, n - 1).filter(repeat).unique()
+    return k.filter(pl.Series(same_as_previous(k))).unique()
 
 
 def _record_diff(

@@ -354,17 +354,25 @@ def _sorted_by_key(cols: list[pl.Series]) -> pl.DataFrame:
     return pl.DataFrame(out)
 
 
+def same_as_previous(keys: pl.Series) -> np.ndarray:
+    """Per row: does it repeat the previous row's key? Neighbours are compared as two zero-copy
+    slices: ``keys == keys.shift(1)`` would copy the whole column first (at 10M rows, at the
+    moment memory peaks)."""
+    n = len(keys)
+    if n < 2:
+        return np.zeros(n, dtype=bool)
+    return np.concatenate([[False], (keys.slice(1, n - 1) == keys.slice(0, n - 1)).fill_null(False).to_numpy()])
+
+
 def _order_duplicate_runs(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """Rows sharing a key are put in value order, so a segment's bytes do not depend on the order a
     side returned them in; only the (few) duplicated rows are re-sorted."""
     if frame.height < 2:
         return frame
-    k, n = frame["__key"], frame.height
-    repeat = (k.slice(1, n - 1) == k.slice(0, n - 1)).to_numpy()  # zero-copy slices, no shifted copy
-    if not repeat.any():
+    same = same_as_previous(frame["__key"])
+    if not same.any():
         return frame
-    same = np.concatenate([[False], repeat])
-    dup = same | np.concatenate([repeat, [False]])
+    dup = same | np.append(same[1:], False)
     idx = np.flatnonzero(dup)
     order = frame[idx].with_row_index("__j").sort(["__key", *names], nulls_last=False)["__j"].to_numpy()
     perm = np.arange(frame.height)
