@@ -1,8 +1,10 @@
 """PostgreSQL to Arrow: `COPY (SELECT …) TO STDOUT` inside a REPEATABLE READ snapshot.
 
-COPY is the fastest way out of PostgreSQL (no per-row protocol messages, no per-row Python), and
-pyarrow's multithreaded CSV reader turns it into typed columns. The snapshot is exported
-(`pg_export_snapshot()`) and recorded with the server's time, so a manifest can say exactly which
+COPY is the fastest way out of PostgreSQL, and pyarrow's multithreaded CSV reader turns it into
+typed columns. libpq hands COPY data out a row per call, so the COPY runs in `psql` children whose
+output pyarrow reads off a pipe (no per-row Python), large tables as parallel page ranges; an
+in-process psycopg reader remains as the fallback. The snapshot is exported (`pg_export_snapshot()`),
+imported by every child, and recorded with the server's time, so a manifest can say exactly which
 state was read. Tables, views and materialized views are read the same way. All identifiers go
 through `psycopg.sql.Identifier`; the optional `--target-where` condition is the user's own SQL and
 runs inside a READ ONLY transaction.
