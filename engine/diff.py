@@ -133,15 +133,27 @@ def _abs_total(col: pl.Series, scale: int | None = None, step: int = 1 << 20) ->
     scaled = scale is not None and is_scaled(col)
     for lo in range(0, len(col), step):
         part = col.slice(lo, step)
-        v = part.cast(pl.Decimal(38, 0)).abs().sum() if scaled else part.abs().sum()
+        if col.dtype.is_integer():  # 64-bit sums are exact while every |value| times the count stays below 2**63
+            lo_v, hi_v = part.min(), part.max()
+            top = max(abs(int(lo_v)), abs(int(hi_v))) if lo_v is not None else 0  # type: ignore[arg-type]
+            if top * len(part) < 1 << 63:
+                v = int(part.abs().sum())
+            else:
+                v = part.cast(pl.Decimal(38, 0)).abs().sum()
+        else:
+            v = part.abs().sum()
         total += Decimal(str(v)) if v is not None else Decimal(0)
     return total.scaleb(-(scale or 0)) if scaled else total
 
 
-def _dup_and_distinct(keys: pl.Series, seg_ids: np.ndarray, n_segments: int) -> tuple[int, np.ndarray]:
-    """Distinct keys duplicated on this side, and distinct keys per segment (keys sorted)."""
+def _dup_and_distinct(keys: pl.Series, seg_ids: np.ndarray, n_segments: int,
+                      unique: bool | None = None) -> tuple[int, np.ndarray]:
+    """Distinct keys duplicated on this side, and distinct keys per segment (keys sorted);
+    ``unique`` is what canonicalization already found out (no second pass over the keys)."""
     if len(keys) == 0:
         return 0, np.zeros(n_segments, dtype=np.int64)
+    if unique:
+        return 0, np.bincount(seg_ids, minlength=n_segments)
     same_as_prev = same_as_previous(keys)
     first_of_run = ~same_as_prev
     # a run of length >= 2 starts where the next row repeats the key
@@ -182,8 +194,8 @@ def compare(
         (s_tree, s_seg), (t_tree, t_seg) = hashed
     divergent = merkle.divergent_segments(s_tree, t_tree)
 
-    dup_s, distinct_s = _dup_and_distinct(s["__key"], s_seg, n_seg)
-    dup_t, distinct_t = _dup_and_distinct(t["__key"], t_seg, n_seg)
+    dup_s, distinct_s = _dup_and_distinct(s["__key"], s_seg, n_seg, source.unique_keys)
+    dup_t, distinct_t = _dup_and_distinct(t["__key"], t_seg, n_seg, target.unique_keys)
     div_mask = np.zeros(n_seg, dtype=bool)
     div_mask[divergent] = True
     same_union = int(distinct_s[~div_mask].sum())  # equal segments: same distinct keys on both sides

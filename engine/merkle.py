@@ -96,8 +96,14 @@ def segment_ids(sorted_keys: pl.Series, seg: Segmentation) -> np.ndarray:
     """Segment index of each row (keys sorted); segment 0 is below the first boundary."""
     if not seg.boundaries:
         return np.zeros(len(sorted_keys), dtype=np.int64)
+    # rows are sorted, so a segment is a run: find where each boundary starts (one binary search
+    # per boundary, not per row) and repeat the segment numbers over the runs
     b = pl.Series("b", list(seg.boundaries), dtype=pl.Utf8)
-    return b.search_sorted(sorted_keys, side="right").to_numpy().astype(np.int64)
+    starts = sorted_keys.search_sorted(b, side="left").to_numpy().astype(np.int64)
+    runs = np.diff(np.concatenate([[0], starts, [len(sorted_keys)]]))
+    if (runs < 0).any():
+        raise ValueError("segment boundaries are not in increasing order")
+    return np.repeat(np.arange(len(runs), dtype=np.int64), runs)
 
 
 def _segment_starts(seg_of_row: np.ndarray, n_segments: int) -> tuple[np.ndarray, np.ndarray]:

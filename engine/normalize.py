@@ -119,6 +119,7 @@ class Canonical:
 
     frame: pl.DataFrame
     fields: tuple[FieldSpec, ...] = field(default_factory=tuple)
+    unique_keys: bool | None = None  # known while sorting (no key repeats); None = not known
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,8 +332,8 @@ def canonicalize(df: pl.DataFrame, fields: tuple[FieldSpec, ...], opts: SideOpti
         if f.ctype.kind == "decimal" and not f.is_key:
             parts[i] = to_scaled(parts[i], f.ctype.scale or 0)
     frame = _sorted_by_key(parts)
-    frame = _order_duplicate_runs(frame, [f.name for f in fields])
-    return Canonical(frame=frame, fields=fields)
+    frame, unique = _order_duplicate_runs(frame, [f.name for f in fields])
+    return Canonical(frame=frame, fields=fields, unique_keys=unique)
 
 
 def _sorted_by_key(cols: list[pl.Series]) -> pl.DataFrame:
@@ -364,20 +365,21 @@ def same_as_previous(keys: pl.Series) -> np.ndarray:
     return np.concatenate([[False], (keys.slice(1, n - 1) == keys.slice(0, n - 1)).fill_null(False).to_numpy()])
 
 
-def _order_duplicate_runs(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+def _order_duplicate_runs(frame: pl.DataFrame, names: list[str]) -> tuple[pl.DataFrame, bool]:
     """Rows sharing a key are put in value order, so a segment's bytes do not depend on the order a
-    side returned them in; only the (few) duplicated rows are re-sorted."""
+    side returned them in; only the (few) duplicated rows are re-sorted. Also says whether every
+    key is unique (the diff then skips its own search for repeats)."""
     if frame.height < 2:
-        return frame
+        return frame, True
     same = same_as_previous(frame["__key"])
     if not same.any():
-        return frame
+        return frame, True
     dup = same | np.append(same[1:], False)
     idx = np.flatnonzero(dup)
     order = frame[idx].with_row_index("__j").sort(["__key", *names], nulls_last=False)["__j"].to_numpy()
     perm = np.arange(frame.height)
     perm[idx] = idx[order]  # the duplicated rows move among their own positions only
-    return frame[perm]
+    return frame[perm], False
 
 
 # ------------------------------------------------------------------------------------------------

@@ -180,3 +180,28 @@ def test_scaled_and_wide_decimals_compare_alike() -> None:
     assert (r2.mismatched, r2.missing_in_target, r2.columns["v"].abs_variance) == (2, 1, Decimal("0.20"))
     assert r2.differences.filter(pl.col("kind") == "mismatched").select("key", "source_value", "target_value").rows() == got
     assert r2.source_tree.digests[0] != r.source_tree.digests[0] or len(r2.source_tree.digests) == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(keys=st.lists(st.text("aAbB0\u00e9", min_size=0, max_size=3), max_size=60),
+       bounds=st.sets(st.text("aAbB0\u00e9", min_size=1, max_size=3), max_size=8))
+def test_segment_ids_match_a_per_row_count_of_boundaries(keys: list[str], bounds: set[str]) -> None:
+    """Segment ids come from one search per boundary; per row they must equal the number of
+    boundaries at or below the key, in byte order (duplicated keys and keys equal to a boundary
+    included)."""
+    from engine import merkle
+
+    key_bytes = sorted(k.encode() for k in keys)
+    b = sorted(x.encode() for x in bounds)
+    seg = merkle.Segmentation(tuple(x.decode() for x in b))
+    got = merkle.segment_ids(pl.Series([k.decode() for k in key_bytes], dtype=pl.Utf8), seg).tolist()
+    assert got == [sum(1 for x in b if x <= k) for k in key_bytes]
+
+
+def test_segment_ids_reject_unordered_boundaries() -> None:
+    import pytest
+
+    from engine import merkle
+
+    with pytest.raises(ValueError, match="increasing"):
+        merkle.segment_ids(pl.Series(["a", "b", "c"]), merkle.Segmentation(("c", "a")))
