@@ -155,8 +155,9 @@ def diff_cmd(
 ) -> None:
     """Compare two datasets; exit 1 when they differ."""
     from engine import config as config_mod
-    from engine import evidence, reconcile
+    from engine import evidence
     from engine.config import parse_pair
+    from engine.sources import early
 
     evidence.check_manifest_options(manifest, signing_key)  # exit 2 before any extraction
     cfg = config_mod.load(config)
@@ -167,13 +168,33 @@ def diff_cmd(
         if not sep:
             raise _usage(f"malformed --tolerance {t!r}: use COL=ABS, e.g. --tolerance clv=0.01")
         tol[name] = _decimal(val, "--tolerance")
+    keys, columns = tuple(parse_pair(k) for k in key or []), tuple(parse_pair(c) for c in column or [])
+    m = cfg.mapping(mapping) if mapping else None
+    as_of_time = _as_of(as_of)
+    # the PostgreSQL reads start now, while the data libraries below are still importing
+    early.start_for_diff(source or (m.source if m else None), target or (m.target if m else None),
+                         keys=keys or (m.key if m else ()), columns=columns or (m.columns if m else ()),
+                         source_where=source_where or (m.source_where if m else None),
+                         target_where=target_where or (m.target_where if m else None), config=cfg)
+    try:
+        _diff(source, target, m, cfg, keys, columns, tol, source_where, target_where, as_of_time, unique_key,
+              segment_rows, as_json, out_dir, ledger_dsn, manifest, signing_key)
+    finally:
+        early.discard()
+
+
+def _diff(source: str | None, target: str | None, m: Any, cfg: Any, keys: Any, columns: Any, tol: Any,
+          source_where: str | None, target_where: str | None, as_of: Any, unique_key: bool,
+          segment_rows: int, as_json: bool, out_dir: Path | None, ledger_dsn: str | None,
+          manifest: Path | None, signing_key: Path | None) -> None:
+    from engine import evidence, reconcile
+
     overrides = dict(
-        keys=tuple(parse_pair(k) for k in key or []), columns=tuple(parse_pair(c) for c in column or []),
-        tolerance=tol, source_where=source_where, target_where=target_where, as_of=_as_of(as_of),
+        keys=keys, columns=columns,
+        tolerance=tol, source_where=source_where, target_where=target_where, as_of=as_of,
         unique_key=unique_key or None, segment_rows=segment_rows,
     )
-    if mapping:
-        m = cfg.mapping(mapping)
+    if m is not None:
         if source:
             overrides["source"] = source
         if target:

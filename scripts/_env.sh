@@ -27,4 +27,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev,bench]" >&2
   echo "$WANT" > "$STAMP"
 fi
+# bytecode for the package, as a regular (non-editable) install would have: with
+# PYTHONDONTWRITEBYTECODE set (as on some CI machines) every start would compile it again (~25 ms)
+"$VENV/bin/python" -m compileall -q -j 0 engine >/dev/null || true
 export PATH="$VENV/bin:$PATH"

@@ -8,31 +8,42 @@ imported by every child, and recorded with the server's time, so a manifest can 
 state was read. Tables, views and materialized views are read the same way. All identifiers go
 through `psycopg.sql.Identifier`; the optional `--target-where` condition is the user's own SQL and
 runs inside a READ ONLY transaction.
+
+A read has two halves: :class:`PgRead` opens the snapshot and starts the COPY children (psycopg
+only), :meth:`PgRead.collect` parses their output (pyarrow, Polars). The first half imports no
+data library, so `recon diff` can start it before Polars and Arrow have loaded
+(:mod:`engine.sources.early`): the server formats rows while the interpreter is still importing.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import fcntl
 import importlib.util
 import io
 import os
 import shutil
 import subprocess
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import psycopg
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from engine.errors import ServiceUnreachable, UsageError
-from engine.sources.base import Extract, PostgresRef, SourceColumn, redact_dsn
+from engine.sources.refs import PostgresRef, redact_dsn
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+    from engine.sources.base import Extract
 
 CONNECT_DEADLINE_S = float(os.environ.get("RECON_CONNECT_DEADLINE", "20"))
 
@@ -110,6 +121,8 @@ def _kind(c: PgColumn) -> tuple[str, int | None]:
 
 
 def _arrow_type(c: PgColumn) -> pa.DataType:
+    import pyarrow as pa
+
     kind, scale = _kind(c)
     if kind == "decimal":
         precision = 38
@@ -158,44 +171,30 @@ def extract(
     key_columns: list[str] | None = None,
 ) -> Extract:
     """Read the wanted columns in one snapshot; rows changed after ``as_of`` (by ``updated_at``) are
-    reported as in-flight keys."""
-    t0 = time.perf_counter()
-    with connect(ref.dsn) as conn:
-        conn.read_only = True
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        with conn.transaction():
-            snap, server_time = conn.execute("SELECT pg_export_snapshot(), now()").fetchone()  # type: ignore[misc]
-            available = describe(conn, ref)
-            cols = resolve_columns(available, columns, f"{ref.schema}.{ref.table}") if columns else available
-            query = sql.SQL("SELECT {} FROM {}").format(
-                sql.SQL(", ").join(_select_expr(c) for c in cols), sql.Identifier(ref.schema, ref.table))
-            if where:
-                query = sql.SQL("{} WHERE ({})").format(query, sql.SQL(where))  # the user's own condition
-            names = [c.name for c in cols]
-            types = {c.name: _arrow_type(c) for c in cols}
-            copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
-            psql = _psql_binary()
-            if psql is not None:
-                copies = [sql.SQL("COPY ({} {} {}) TO STDOUT (FORMAT csv)").format(
-                    query, sql.SQL("AND" if where else "WHERE"), part).as_string(conn)
-                    for part in _ctid_ranges(conn, ref)] or [copy_sql.as_string(conn)]
-                try:
-                    frame = _copy_via_psql(psql, conn, ref, copies, snap, names, types)
-                    reader = "psql" if len(copies) == 1 else f"psql x{len(copies)}"
-                except _PsqlCannotConnect:  # e.g. a connection limit or a pg_hba rule psql trips over
-                    psql = None
-            if psql is None:
-                frame = _copy_via_psycopg(conn, ref, copy_sql, names, types)
-                reader = "psycopg"
-            in_flight = None
-            if as_of is not None and updated_at:
-                (uc,) = resolve_columns(available, [updated_at], f"{ref.schema}.{ref.table}")
-                kc = resolve_columns(available, key_columns or [], f"{ref.schema}.{ref.table}")
-                q = sql.SQL("SELECT {} FROM {} WHERE {} > %s").format(
-                    sql.SQL(", ").join(sql.SQL("({})::text").format(sql.Identifier(c.name)) for c in kc),
-                    sql.Identifier(ref.schema, ref.table), sql.Identifier(uc.name))
-                rows = conn.execute(q, (as_of,)).fetchall()
-                in_flight = pl.DataFrame(rows, schema=[c.name for c in kc], orient="row")
+    reported as in-flight keys. A read :mod:`engine.sources.early` started for the same table and
+    condition is used when it covers the wanted columns."""
+    import polars as pl
+
+    from engine.sources import early
+    from engine.sources.base import Extract, SourceColumn
+
+    read = early.take(ref, where, columns)
+    if read is None:
+        read = PgRead(ref, columns, where)
+    with read:
+        cols = resolve_columns(read.available, columns, read.where_text) if columns else read.cols
+        frame, reader = read.collect()
+        if [c.name for c in cols] != frame.columns:  # an early read may hold more columns
+            frame = frame.select(c.name for c in cols)
+        in_flight = None
+        if as_of is not None and updated_at:
+            (uc,) = resolve_columns(read.available, [updated_at], read.where_text)
+            kc = resolve_columns(read.available, key_columns or [], read.where_text)
+            q = sql.SQL("SELECT {} FROM {} WHERE {} > %s").format(
+                sql.SQL(", ").join(sql.SQL("({})::text").format(sql.Identifier(c.name)) for c in kc),
+                sql.Identifier(ref.schema, ref.table), sql.Identifier(uc.name))
+            rows = read.conn.execute(q, (as_of,)).fetchall()
+            in_flight = pl.DataFrame(rows, schema=[c.name for c in kc], orient="row")
     aware = [c.name for c in cols if c.base == "timestamptz"]
     if aware:
         frame = frame.with_columns(pl.col(n).dt.replace_time_zone("UTC") for n in aware)
@@ -208,30 +207,128 @@ def extract(
         "system": "postgresql",
         "dsn": redact_dsn(ref.dsn),
         "object": f"{ref.schema}.{ref.table}",
-        "snapshot_id": snap,
-        "server_time": server_time.isoformat(),
+        "snapshot_id": read.snapshot,
+        "server_time": read.server_time.isoformat(),
         "rows": frame.height,
         "where": where,
         "reader": reader,
-        "extract_s": round(time.perf_counter() - t0, 3),
+        "started_early": read.early,
+        "extract_s": round(time.perf_counter() - read.t0, 3),
     }
     return Extract(frame=frame, columns=declared, meta=meta, in_flight=in_flight)
+
+
+class PgRead:
+    """A read under way: an open READ ONLY, REPEATABLE READ transaction, its exported snapshot, and
+    (with psql available) the COPY children already streaming into memory.
+
+    ``columns``: the wanted columns (an unknown one is a usage error), or with ``lenient`` a guess
+    (the table's columns matching it, case-insensitively, are read; unknown names are ignored).
+    Use as a context manager: leaving it ends the transaction and stops any child still running.
+    """
+
+    def __init__(self, ref: PostgresRef, columns: list[str] | None, where: str | None, *,
+                 lenient: bool = False) -> None:
+        self.ref, self.where = ref, where
+        self.where_text = f"{ref.schema}.{ref.table}"
+        self.t0 = time.perf_counter()
+        self.early = False  # set when engine.sources.early started it ahead of the diff
+        self.children: list[_Child] = []
+        self.conn = connect(ref.dsn)
+        try:
+            self.conn.read_only = True
+            self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            # the transaction starts with this statement and stays open until close()
+            self.snapshot, self.server_time = self.conn.execute(
+                "SELECT pg_export_snapshot(), now()").fetchone()  # type: ignore[misc]
+            self.available = describe(self.conn, ref)
+            if columns and lenient:
+                want = {c.lower() for c in columns}
+                self.cols = [c for c in self.available if c.name.lower() in want] or self.available
+            elif columns:
+                self.cols = resolve_columns(self.available, columns, self.where_text)
+            else:
+                self.cols = self.available
+            query = sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(_select_expr(c) for c in self.cols), sql.Identifier(ref.schema, ref.table))
+            if where:
+                query = sql.SQL("{} WHERE ({})").format(query, sql.SQL(where))  # the user's own condition
+            self.copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
+            psql = _psql_binary()
+            if psql is not None:
+                copies = [sql.SQL("COPY ({} {} {}) TO STDOUT (FORMAT csv)").format(
+                    query, sql.SQL("AND" if where else "WHERE"), part).as_string(self.conn)
+                    for part in _ctid_ranges(self.conn, ref)] or [self.copy_sql.as_string(self.conn)]
+                self.children = _start_children(psql, self.conn, ref, copies, self.snapshot)
+        except psycopg.errors.Error as exc:
+            self.close()
+            raise UsageError(f"PostgreSQL rejected the query on {self.where_text}: "
+                             f"{str(exc).splitlines()[0]}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def covers(self, columns: list[str] | None) -> bool:
+        """Whether this read holds every wanted column (all of the table's when None)."""
+        have = {c.name for c in self.cols}
+        try:
+            wanted = resolve_columns(self.available, columns, self.where_text) if columns else self.available
+        except UsageError:
+            return False  # the regular read reports it
+        return all(c.name in have for c in wanted)
+
+    def collect(self) -> tuple[pl.DataFrame, str]:
+        """The rows as a Polars frame, and which reader produced them."""
+        names = [c.name for c in self.cols]
+        types = {c.name: _arrow_type(c) for c in self.cols}
+        if self.children:
+            try:
+                frame = _collect_children(self.children, self.where_text, names, types)
+                return frame, "psql" if len(self.children) == 1 else f"psql x{len(self.children)}"
+            except _PsqlCannotConnect:  # e.g. a connection limit or a pg_hba rule psql trips over
+                self._stop_children()
+        return _copy_via_psycopg(self.conn, self.ref, self.copy_sql, names, types), "psycopg"
+
+    def _stop_children(self) -> None:
+        for child in self.children:
+            child.stop()
+        self.children = []
+
+    def close(self) -> None:
+        self._stop_children()
+        with contextlib.suppress(Exception):
+            self.conn.rollback()  # read only: nothing to keep
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+    def __enter__(self) -> PgRead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _strip_padding(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """char(n) values without their trailing blanks, as PostgreSQL's own ``::text`` gives them
     (the common fully-used char(n), such as an 18-character Id, is left untouched)."""
+    import polars as pl
+
     padded = [n for n in names if frame[n].str.ends_with(" ").any()]
     return frame.with_columns(pl.col(n).str.strip_chars_end(" ") for n in padded) if padded else frame
 
 
 def _csv_options(names: list[str], types: dict[str, pa.DataType]) -> tuple[Any, Any]:
+    import pyarrow.csv as pacsv
+
     return (pacsv.ReadOptions(column_names=names, block_size=1 << 22),
             pacsv.ConvertOptions(column_types=types, true_values=["t"], false_values=["f"],
                                  strings_can_be_null=True, quoted_strings_can_be_null=False))
 
 
 def _empty(names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
+    import polars as pl
+    import pyarrow as pa
+
     frame = pl.from_arrow(pa.table({n: pa.array([], type=types[n]) for n in names}))
     assert isinstance(frame, pl.DataFrame)
     return frame
@@ -283,10 +380,108 @@ class _PsqlCannotConnect(Exception):
 PARALLEL_MIN_PAGES = 2048  # 16 MiB: below this one COPY is as fast
 
 
-def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copies: list[str], snapshot: str,
-                   names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
-    """COPY through psql children that join our exported snapshot, parsed by pyarrow straight off
-    their pipes.
+F_SETPIPE_SZ = 1031  # Linux fcntl: resize a pipe's buffer
+
+
+class _Child:
+    """One psql COPY child, and a thread that drains its stdout into memory as it comes.
+
+    Why the thread: a pipe holds 64 KiB, so a child nobody reads blocks the server's COPY. The
+    parser may start later (at the start of `recon diff` Polars and Arrow are still importing), and
+    the drain keeps the server streaming meanwhile; what it holds is bounded by that delay, not by
+    the table. The pipe is widened to 1 MiB so each wake-up moves a large block.
+    """
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, env=env)
+        assert self.proc.stdout is not None
+        self._fd = self.proc.stdout.fileno()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._fd, F_SETPIPE_SZ, 1 << 20)
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._pos = 0
+        self._eof = False
+        self._cond = threading.Condition()
+        self.closed = False
+        self._thread = threading.Thread(target=self._drain, name="recon-pg-drain", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                data = os.read(self._fd, 1 << 20)
+                with self._cond:
+                    if data:
+                        self._chunks.append(data)
+                    else:
+                        self._eof = True
+                    self._cond.notify_all()
+                if not data:
+                    return
+        except OSError:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    # the file-like interface pyarrow's streaming CSV reader uses
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all that is left when negative), fewer only at the end."""
+        out: list[memoryview] = []
+        got = 0
+        with self._cond:
+            while n < 0 or got < n:
+                while not self._chunks and not self._eof:
+                    self._cond.wait()
+                if not self._chunks:
+                    break
+                chunk = self._chunks[0]
+                take = len(chunk) - self._pos if n < 0 else min(n - got, len(chunk) - self._pos)
+                out.append(memoryview(chunk)[self._pos:self._pos + take])
+                got += take
+                self._pos += take
+                if self._pos == len(chunk):
+                    self._chunks.popleft()
+                    self._pos = 0
+        return b"".join(out)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def finish(self) -> tuple[int, str]:
+        """Wait for the child; its exit code and error output."""
+        self._thread.join()
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read().decode("utf-8", "replace")
+        rc = self.proc.wait()
+        self._close_pipes()
+        return rc, err
+
+    def stop(self) -> None:
+        """Stop a child whose output is no longer wanted."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._thread.join(timeout=5)
+        self._close_pipes()
+        with self._cond:
+            self._chunks.clear()
+
+    def _close_pipes(self) -> None:
+        for f in (self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(Exception):
+                f.close()  # type: ignore[union-attr]
+
+
+def _start_children(psql: str, conn: psycopg.Connection, ref: PostgresRef, copies: list[str],
+                    snapshot: str) -> list[_Child]:
+    """COPY through psql children that join our exported snapshot.
 
     Why child processes: libpq hands COPY data out one row per call, so any in-process reader pays
     a Python round trip per row (≈0.45 CPU-s per million rows in psycopg), while psql's C loop
@@ -304,17 +499,33 @@ def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copies
     env.pop("PSQLRC", None)
     info = make_conninfo(**{k: str(v) for k, v in params.items()})
     snap_sql = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string(conn)
+    children: list[_Child] = []
+    try:
+        for copy_sql in copies:
+            cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", info, "-c",
+                   "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "-c", snap_sql, "-c", copy_sql, "-c", "COMMIT"]
+            children.append(_Child(cmd, env))
+    except BaseException:
+        for c in children:
+            c.stop()
+        raise
+    return children
 
-    def one(copy_sql: str) -> pl.DataFrame | None:
-        cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", info,
-               "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "-c", snap_sql, "-c", copy_sql, "-c", "COMMIT"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
-        assert proc.stdout is not None and proc.stderr is not None
+
+def _collect_children(children: list[_Child], where: str, names: list[str],
+                      types: dict[str, pa.DataType]) -> pl.DataFrame:
+    """Parse every child's stream, batch by batch into Polars (the whole table never exists twice,
+    as Arrow and as Polars); parts are parsed concurrently."""
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    def one(child: _Child) -> pl.DataFrame | None:
         frame: pl.DataFrame | None = None
         parse_error: Exception | None = None
-        try:  # batch by batch into Polars: the whole table never exists twice (Arrow and Polars)
+        try:
             ro, co = _csv_options(names, types)
-            reader = pacsv.open_csv(proc.stdout, read_options=ro, convert_options=co)
+            reader = pacsv.open_csv(child, read_options=ro, convert_options=co)
             chunks = []
             for batch in reader:
                 chunk = pl.from_arrow(batch)
@@ -324,26 +535,27 @@ def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copies
         except pa.ArrowInvalid as exc:  # empty output, or the stream was cut by an error reported below
             parse_error = exc
         finally:
-            proc.stdout.close()
-            err = proc.stderr.read().decode("utf-8", "replace")
-            proc.stderr.close()
-            rc = proc.wait()
+            if parse_error is not None or frame is None:
+                child.read()  # let the child run to its end, so its exit status tells what happened
+            rc, err = child.finish()
         if rc != 0 and "psql: error: connection to server" in err:
             raise _PsqlCannotConnect(err.strip().splitlines()[0])
         if rc != 0:
             line = next((ln for ln in err.splitlines() if ln.startswith(("ERROR:", "FATAL:", "psql:"))),
                         err.strip().splitlines()[0] if err.strip() else f"psql exited with {rc}")
             line = line.split("ERROR:", 1)[-1].split("FATAL:", 1)[-1].strip()
-            raise UsageError(f"PostgreSQL rejected the query on {ref.schema}.{ref.table}: {line}")
+            raise UsageError(f"PostgreSQL rejected the query on {where}: {line}")
         if frame is None and parse_error is not None and "Empty CSV" not in str(parse_error):
-            raise UsageError(f"cannot parse the COPY output of {ref.schema}.{ref.table}: {parse_error}")
+            raise UsageError(f"cannot parse the COPY output of {where}: {parse_error}")
         return frame
 
-    if len(copies) == 1:
-        parts = [one(copies[0])]
+    if len(children) == 1:
+        parts = [one(children[0])]
     else:
-        with ThreadPoolExecutor(len(copies)) as pool:  # psql and pyarrow do the work; threads just wait
-            parts = list(pool.map(one, copies))
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(children)) as pool:  # psql and pyarrow do the work; threads just wait
+            parts = list(pool.map(one, children))
     frames = [f for f in parts if f is not None]
     if not frames:
         return _empty(names, types)
@@ -353,6 +565,9 @@ def _copy_via_psql(psql: str, conn: psycopg.Connection, ref: PostgresRef, copies
 def _copy_via_psycopg(conn: psycopg.Connection, ref: PostgresRef, copy_sql: sql.Composable,
                       names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
     """The in-process reader (no psql available): one Python round trip per row, then one parse."""
+    import polars as pl
+    import pyarrow.csv as pacsv
+
     buf = io.BytesIO()
     try:
         with conn.cursor().copy(copy_sql) as cp:

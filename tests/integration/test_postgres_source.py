@@ -126,3 +126,83 @@ def test_a_psql_that_cannot_connect_hands_over_to_the_in_process_reader(
     monkeypatch.setattr(pg_source, "_psql_binary", lambda: str(fake))
     got = pg_source.extract(parse_reference(table), None, None)
     assert got.meta["reader"] == "psycopg" and got.frame.height == 5
+
+
+def _psql_children() -> list[str]:
+    """Running psql COPY children of this process."""
+    import subprocess
+
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(os.getpid())], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if "psql" in ln and "COPY" in ln]
+
+
+def test_a_read_started_early_is_taken_and_reads_the_same_rows(table: str, tmp_path: Path) -> None:
+    """`recon diff` starts the PostgreSQL read before the data libraries load; the diff must read
+    exactly what a regular read gives, and say that it was started early."""
+    import polars as pl
+
+    from engine.config import load
+    from engine.sources import early
+
+    regular = _read(table, "psql")
+    other = tmp_path / "other.parquet"
+    pl.DataFrame({"ID": ["x"], "amount": [1.0], "label": ["y"]}).write_parquet(other)  # names match case-insensitively
+    early.start_for_diff(f"parquet:{other}", table, keys=(("ID", "id"),), columns=(), source_where=None,
+                         target_where=None, config=load(None))
+    got = pg_source.extract(parse_reference(table), ["id", "label", "amount"], None)
+    assert got.meta["started_early"] is True and regular.meta["started_early"] is False
+    assert got.frame.columns == ["id", "label", "amount"]
+    assert got.frame.equals(regular.frame.select("id", "label", "amount"), null_equal=True)
+    assert not _psql_children()
+
+
+def test_an_early_read_missing_a_wanted_column_is_stopped_and_read_again(table: str, tmp_path: Path) -> None:
+    import polars as pl
+
+    from engine.config import load
+    from engine.sources import early
+
+    other = tmp_path / "other.parquet"
+    pl.DataFrame({"id": ["x"], "label": ["y"]}).write_parquet(other)  # the guess: id and label only
+    early.start_for_diff(f"parquet:{other}", table, keys=(("id", "id"),), columns=(), source_where=None,
+                         target_where=None, config=load(None))
+    got = pg_source.extract(parse_reference(table), ["id", "label", "n"], None)  # n was not in the guess
+    assert got.meta["started_early"] is False
+    assert got.frame.columns == ["id", "label", "n"] and got.frame.height == 5
+    assert not _psql_children()
+
+
+def test_an_early_read_nobody_takes_is_stopped(table: str, tmp_path: Path) -> None:
+    import time
+
+    import polars as pl
+
+    from engine.config import load
+    from engine.sources import early
+
+    other = tmp_path / "other.parquet"
+    pl.DataFrame({"id": ["x"]}).write_parquet(other)
+    early.start_for_diff(f"parquet:{other}", table, keys=(("id", "id"),), columns=(), source_where=None,
+                         target_where=None, config=load(None))
+    early.discard()
+    deadline = time.monotonic() + 10
+    while _psql_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _psql_children()
+    assert early.take(parse_reference(table), None, None) is None  # nothing left behind
+
+
+def test_an_early_read_reports_bad_credentials_like_a_regular_one(embedded_pg, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.config import load
+    from engine.sources import early
+
+    info = embedded_pg.info
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    bad = f"postgresql://{info.user}:wrong-secret@{info.host}:{info.port}/{info.database}#public.src_read"
+    early.start_for_diff("parquet:/nonexistent.parquet", bad, keys=(("id", "id"),), columns=(("a", "amount"),),
+                         source_where=None, target_where=None, config=load(None))
+    with pytest.raises(UsageError, match="refused the credentials") as exc:
+        pg_source.extract(parse_reference(bad), ["id", "amount"], None)
+    assert "wrong-secret" not in str(exc.value)
