@@ -319,12 +319,13 @@ def _pair_sorted(sk: pl.Series, tk: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     k, from_t = m["k"], m["t"].to_numpy()
     n = len(k)
     first = np.flatnonzero((k.slice(1, n - 1) == k.slice(0, n - 1)).to_numpy())  # m[i] == m[i + 1]
-    s_pos = np.cumsum(~from_t) - 1  # row number within its own side at each merged position
-    t_pos = np.cumsum(from_t) - 1
+    # a merged position i holds row c[i] - 1 of the target (c: target rows up to i) or row
+    # i - c[i] of the source; of each pair one position is the target's, the other the source's
+    c = np.cumsum(from_t, dtype=np.int64)
     t_first = from_t[first]
-    si = np.where(t_first, s_pos[first + 1], s_pos[first])
-    ti = np.where(t_first, t_pos[first], t_pos[first + 1])
-    return si, ti
+    s_at = np.where(t_first, first + 1, first)
+    t_at = np.where(t_first, first, first + 1)
+    return s_at - c[s_at], c[t_at] - 1
 
 
 def _dup_keys(df: pl.DataFrame) -> pl.Series:

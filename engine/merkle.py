@@ -17,6 +17,7 @@ independent: a distributed engine (Dask, Ray) can hash disjoint key ranges and h
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import blake3
@@ -29,7 +30,8 @@ from engine.normalize import FieldSpec, frame_bytes, segment_bytes
 LEAF = b"\x00"
 NODE = b"\x01"
 DEFAULT_SEGMENT_ROWS = 16_384
-HASH_CHUNK_ROWS = 1 << 18  # rows whose encoding buffers exist at once (bounded memory)
+HASH_CHUNK_ROWS = 1 << 18  # rows whose encoding buffers exist at once per thread (bounded memory)
+HASH_THREADS = 2  # slices hashed at once
 
 
 @dataclass(frozen=True)
@@ -119,18 +121,27 @@ def hash_segments(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[Fiel
                   n_segments: int) -> tuple[list[bytes], list[int]]:
     """One BLAKE3 call per segment over its contiguous version-2 bytes (rows sorted by key)."""
     counts, starts = _segment_starts(seg_of_row, n_segments)
-    digests: list[bytes] = []
+    runs: list[tuple[int, int]] = []  # the column buffers are taken a slice of about HASH_CHUNK_ROWS rows at a time
     i = 0
-    while i < n_segments:  # the column buffers are taken a slice of about HASH_CHUNK_ROWS rows at a time
+    while i < n_segments:
         j = i + 1
         while j < n_segments and starts[j + 1] - starts[i] <= HASH_CHUNK_ROWS:
             j += 1
+        runs.append((i, j))
+        i = j
+
+    def run(span: tuple[int, int]) -> list[bytes]:
+        i, j = span
         base = int(starts[i])
         cols = frame_bytes(frame.slice(base, int(starts[j]) - base), fields)
-        digests.extend(_blake3(segment_bytes(cols, int(starts[k]) - base, int(starts[k + 1]) - base))
-                       for k in range(i, j))
-        i = j
-    return digests, counts.astype(int).tolist()
+        return [_blake3(segment_bytes(cols, int(starts[k]) - base, int(starts[k + 1]) - base)) for k in range(i, j)]
+
+    if len(runs) < 2 or HASH_THREADS < 2:
+        parts = [run(r) for r in runs]
+    else:  # slices are independent and their work (Polars, NumPy, BLAKE3) mostly runs without the GIL
+        with ThreadPoolExecutor(HASH_THREADS) as pool:
+            parts = list(pool.map(run, runs))
+    return [d for part in parts for d in part], counts.astype(int).tolist()
 
 
 def hash_rows_v1(rows: pl.Series, seg_of_row: np.ndarray, n_segments: int) -> tuple[list[bytes], list[int]]:

@@ -205,3 +205,18 @@ def test_segment_ids_reject_unordered_boundaries() -> None:
 
     with pytest.raises(ValueError, match="increasing"):
         merkle.segment_ids(pl.Series(["a", "b", "c"]), merkle.Segmentation(("c", "a")))
+
+
+@settings(max_examples=80, deadline=None)
+@given(s_keys=st.sets(st.text("aAbB0\u00e9", min_size=0, max_size=3), max_size=40),
+       t_keys=st.sets(st.text("aAbB0\u00e9", min_size=0, max_size=3), max_size=40))
+def test_pairing_by_merge_finds_exactly_the_shared_keys(s_keys: set[str], t_keys: set[str]) -> None:
+    from engine.diff import _pair_sorted
+
+    s = sorted(s_keys, key=str.encode)
+    t = sorted(t_keys, key=str.encode)
+    if not s or not t:
+        return
+    si, ti = _pair_sorted(pl.Series(s, dtype=pl.Utf8), pl.Series(t, dtype=pl.Utf8))
+    shared = sorted(s_keys & t_keys, key=str.encode)
+    assert [s[i] for i in si] == shared and [t[i] for i in ti] == shared
