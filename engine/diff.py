@@ -64,9 +64,18 @@ class DiffResult:
     source_tree: merkle.SideTree
     target_tree: merkle.SideTree
     divergent: list[int]
-    differences: pl.DataFrame
+    differences_plan: pl.LazyFrame
     elapsed_s: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    _differences: pl.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def differences(self) -> pl.DataFrame:
+        """One row per key and kind (and column), sorted by key. Built on first use: a run that
+        only reports counts (``--json`` without ``--out``) never formats the values as text."""
+        if self._differences is None:
+            self._differences = self.differences_plan.collect()
+        return self._differences
 
     @property
     def has_differences(self) -> bool:
@@ -206,10 +215,10 @@ def compare(
     s_counts, t_counts = np.bincount(s_seg, minlength=n_seg), np.bincount(t_seg, minlength=n_seg)
     s_starts = np.concatenate([[0], np.cumsum(s_counts)])
     t_starts = np.concatenate([[0], np.cumsum(t_counts)])
-    parts_diffs: list[pl.DataFrame] = []
+    parts_diffs: list[pl.LazyFrame] = []
     counts: dict[str, int] = {}
     col_stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
-    def one(group: list[int]) -> tuple[pl.DataFrame, dict[str, int], dict[str, Any]]:
+    def one(group: list[int]) -> tuple[pl.LazyFrame, dict[str, int], dict[str, Any]]:
         return _record_diff(_rows_in(s, s_starts, group), _rows_in(t, t_starts, group), list(fields),
                             in_flight_keys or set(), dups=bool(dup_s or dup_t))
 
@@ -225,7 +234,7 @@ def compare(
         for name, (n, a, b) in st.items():
             n0, a0, b0 = col_stats.get(name, (0, None, None))
             col_stats[name] = (n0 + n, a if a0 is None else a0 + (a or 0), b if b0 is None else b0 + (b or 0))
-    diffs = pl.concat(parts_diffs) if len(parts_diffs) > 1 else parts_diffs[0]
+    diffs = pl.concat(parts_diffs) if len(parts_diffs) > 1 else parts_diffs[0]  # groups are in key order
     union_keys = same_union + counts["union"]
     src_abs_totals = {f.name: _abs_total(s[f.name], f.ctype.scale if f.ctype.kind == "decimal" else None)
                       if f.ctype.kind in ("decimal", "int", "float") else None for f in value_fields}
@@ -240,7 +249,7 @@ def compare(
         missing_in_target=counts["missing_in_target"], missing_in_source=counts["missing_in_source"],
         mismatched=counts["mismatched"], unchanged=unchanged, in_flight=counts["in_flight"],
         duplicate_keys_source=dup_s, duplicate_keys_target=dup_t, columns=columns, segmentation=seg,
-        source_tree=s_tree, target_tree=t_tree, divergent=divergent, differences=diffs,
+        source_tree=s_tree, target_tree=t_tree, divergent=divergent, differences_plan=diffs,
         elapsed_s=time.perf_counter() - t0,
     )
 
@@ -336,7 +345,7 @@ def _dup_keys(df: pl.DataFrame) -> pl.Series:
 
 def _record_diff(
     ds: pl.DataFrame, dt: pl.DataFrame, fields: list[FieldSpec], in_flight: set[str], *, dups: bool = True
-) -> tuple[pl.DataFrame, dict[str, int], dict[str, tuple[int, Decimal | None, Decimal | None]]]:
+) -> tuple[pl.LazyFrame, dict[str, int], dict[str, tuple[int, Decimal | None, Decimal | None]]]:
     """``dups=False`` says neither side has a duplicated key anywhere (known from the whole-side
     count), so the per-group search for them is skipped."""
     value_fields = [f for f in fields if not f.is_key]
@@ -415,21 +424,22 @@ def _record_diff(
             q = Decimal(1).scaleb(-(f.ctype.scale or 0))
             abs_v, net_v = abs_v.quantize(q), net_v.quantize(q)  # type: ignore[union-attr]
         stats[f.name] = (len(sub), abs_v, net_v)
-        col_rows.append(sub.select(
+        col_rows.append(sub.lazy().select(
             pl.col("__key").alias("key"), pl.lit("mismatched").alias("kind"), pl.lit(f.name).alias("column"),
             pl.col(f.name).cast(pl.Utf8).alias("source_value"), pl.col(f.name + "__t").cast(pl.Utf8).alias("target_value")))
 
     none = pl.lit(None, pl.Utf8)
     frames = [  # in (kind, column) order, so one stable sort by key orders by (key, kind, column)
-        dup_mismatch.select(pl.col("__key").alias("key"), pl.lit("duplicate_key").alias("kind"), none.alias("column"),
+        dup_mismatch.lazy().select(pl.col("__key").alias("key"), pl.lit("duplicate_key").alias("kind"), none.alias("column"),
                             pl.format("{} row(s)", pl.col("n_s")).alias("source_value"),
                             pl.format("{} row(s)", pl.col("n_t")).alias("target_value")),
         *[col_rows[i] for i in sorted(range(len(col_rows)), key=lambda i: names[i])],
-        miss_s.select(pl.col("__key").alias("key"), pl.lit("missing_in_source").alias("kind"), none.alias("column"),
+        miss_s.lazy().select(pl.col("__key").alias("key"), pl.lit("missing_in_source").alias("kind"), none.alias("column"),
                       none.alias("source_value"), none.alias("target_value")),
-        miss_t.select(pl.col("__key").alias("key"), pl.lit("missing_in_target").alias("kind"), none.alias("column"),
+        miss_t.lazy().select(pl.col("__key").alias("key"), pl.lit("missing_in_target").alias("kind"), none.alias("column"),
                       none.alias("source_value"), none.alias("target_value")),
     ]
+    # a plan, run only when the rows are wanted (DiffResult.differences)
     diffs = pl.concat([f.cast(DIFF_SCHEMA) for f in frames]).sort("key", maintain_order=True)
     counts = {
         "union": union,
