@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 
+from engine.commands._shared import err, out
 from engine.errors import Exit, ReconError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -25,9 +25,6 @@ services_app = typer.Typer(no_args_is_help=True, help="The embedded local stack 
 scenario_app = typer.Typer(no_args_is_help=True, help="The incident scenario on the local stack.")
 app.add_typer(services_app, name="services")
 app.add_typer(scenario_app, name="scenario")
-
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Stack state directory (default ./.recon or RECON_STATE_DIR).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]

@@ -6,10 +6,25 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+class LazyConsole:
+    """A rich ``Console`` made on first use: importing rich costs ~20 ms at every start, and a
+    run that prints only JSON (schedulers, CI) never needs it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return getattr(self._console, name)
+
+
+err = LazyConsole(stderr=True, highlight=False)
+out = LazyConsole(highlight=False)
 
 
 def emit_json(obj: Any) -> None:
