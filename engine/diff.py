@@ -30,6 +30,7 @@ from engine.normalize import (
     is_scaled,
     row_text,
     same_as_previous,
+    scaled_text,
     to_decimal,
 )
 
@@ -337,6 +338,23 @@ def _pair_sorted(sk: pl.Series, tk: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return s_at - c[s_at], c[t_at] - 1
 
 
+def _exact_int_sum(col: pl.Series) -> int:
+    """Σ of an int64 column, exact: 64-bit while every |value| times the count stays below 2**63,
+    else in 128-bit decimals."""
+    if len(col) == 0 or col.null_count() == len(col):
+        return 0
+    top = max(abs(int(col.min())), abs(int(col.max())))  # type: ignore[arg-type]
+    if top * len(col) < 1 << 63:
+        return int(col.sum())
+    return int(Decimal(str(col.cast(pl.Decimal(38, 0)).sum())))
+
+
+def _value_text(expr: pl.Expr, f: FieldSpec, scaled: bool) -> pl.Expr:
+    """A compared value as text for the differences rows: decimals as values (``12.30``), never
+    as their scaled-integer representation."""
+    return scaled_text(expr, f.ctype.scale or 0) if scaled else expr.cast(pl.Utf8)
+
+
 def _dup_keys(df: pl.DataFrame) -> pl.Series:
     """Keys occurring more than once (the frame is sorted by key)."""
     k = df["__key"]
@@ -408,14 +426,18 @@ def _record_diff(
     # one pass computes every column's verdict; only the mismatched pairs are kept for the details
     flags = [pl.col(f"__d_{n}") for n in names]
     mism_unique = pairs.with_columns(diff_exprs).filter(pl.any_horizontal(*flags)) if names else pairs.clear()
-    mism_unique = decimal_view(mism_unique, value_fields, ("", "__t"))  # values, not representations
     for f in value_fields:
         sub = mism_unique.filter(pl.col(f"__d_{f.name}"))
+        scaled = f.ctype.kind == "decimal" and is_scaled(sub[f.name])  # unscaled int64 on both sides
         if f.name in deltas and len(sub):
             both_vals = sub.filter(pl.col(f.name).is_not_null() & pl.col(f.name + "__t").is_not_null())
             dv = both_vals.select((pl.col(f.name + "__t") - pl.col(f.name)).alias("d"))["d"]
-            abs_v: Decimal | None = Decimal(str(dv.abs().sum())) if len(dv) else Decimal(0)
-            net_v: Decimal | None = Decimal(str(dv.sum())) if len(dv) else Decimal(0)
+            if scaled:  # |values| < 2**62: each difference fits, the sums are taken exactly
+                abs_v: Decimal | None = Decimal(_exact_int_sum(dv.abs())).scaleb(-(f.ctype.scale or 0))
+                net_v: Decimal | None = Decimal(_exact_int_sum(dv)).scaleb(-(f.ctype.scale or 0))
+            else:
+                abs_v = Decimal(str(dv.abs().sum())) if len(dv) else Decimal(0)
+                net_v = Decimal(str(dv.sum())) if len(dv) else Decimal(0)
         elif f.name in deltas:
             abs_v = net_v = Decimal(0)
         else:
@@ -426,7 +448,8 @@ def _record_diff(
         stats[f.name] = (len(sub), abs_v, net_v)
         col_rows.append(sub.lazy().select(
             pl.col("__key").alias("key"), pl.lit("mismatched").alias("kind"), pl.lit(f.name).alias("column"),
-            pl.col(f.name).cast(pl.Utf8).alias("source_value"), pl.col(f.name + "__t").cast(pl.Utf8).alias("target_value")))
+            _value_text(pl.col(f.name), f, scaled).alias("source_value"),
+            _value_text(pl.col(f.name + "__t"), f, scaled).alias("target_value")))
 
     none = pl.lit(None, pl.Utf8)
     frames = [  # in (kind, column) order, so one stable sort by key orders by (key, kind, column)

@@ -449,6 +449,18 @@ def to_decimal(s: pl.Series, scale: int) -> pl.Series:
     return out.alias(s.name)
 
 
+def scaled_text(expr: pl.Expr, scale: int) -> pl.Expr:
+    """The text of a scaled decimal column (unscaled int64) as a Decimal(38, scale) column prints
+    it (``-12.30``), without building the 16-byte Decimal column first."""
+    if scale == 0:
+        return expr.cast(pl.Utf8)
+    unit = 10**scale
+    mag = expr.abs()
+    text = pl.concat_str([(mag // unit).cast(pl.Utf8), pl.lit("."),
+                          (mag % unit).cast(pl.Utf8).str.zfill(scale)])
+    return pl.when(expr < 0).then(pl.concat_str([pl.lit("-"), text])).otherwise(text)
+
+
 def decimal_view(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[FieldSpec],
                  suffixes: tuple[str, ...] = ("",)) -> pl.DataFrame:
     """The frame with its scaled decimal columns (and ``name + suffix`` twins) in Decimal form:

@@ -157,3 +157,16 @@ def test_floats_to_scaled_decimals_agree_with_the_decimal_path(values: list, sca
     fast = _float_to_scaled(s, scale)
     if fast is not None:
         assert fast.equals(to_scaled(_to_decimal(s, scale), scale))
+
+
+@settings(max_examples=100, deadline=None)
+@given(vals=st.lists(st.one_of(st.none(), st.integers(-(2**62) + 1, 2**62 - 1), st.integers(-1000, 1000)), max_size=30),
+       scale=st.integers(0, 12))
+def test_scaled_decimal_text_is_the_decimal_columns_own_text(vals: list[int | None], scale: int) -> None:
+    """Differences show a scaled decimal as Polars prints the Decimal(38, s) column it stands for."""
+    from engine.normalize import scaled_text, to_decimal
+
+    col = pl.Series("v", vals, dtype=pl.Int64)
+    want = to_decimal(col, scale).cast(pl.Utf8).to_list()
+    got = pl.DataFrame([col]).select(scaled_text(pl.col("v"), scale).alias("t"))["t"].to_list()
+    assert got == want
