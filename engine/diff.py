@@ -156,20 +156,19 @@ def _abs_total(col: pl.Series, scale: int | None = None, step: int = 1 << 20) ->
     return total.scaleb(-(scale or 0)) if scaled else total
 
 
-def _dup_and_distinct(keys: pl.Series, seg_ids: np.ndarray, n_segments: int,
-                      unique: bool | None = None) -> tuple[int, np.ndarray]:
-    """Distinct keys duplicated on this side, and distinct keys per segment (keys sorted);
-    ``unique`` is what canonicalization already found out (no second pass over the keys)."""
-    if len(keys) == 0:
-        return 0, np.zeros(n_segments, dtype=np.int64)
-    if unique:
-        return 0, np.bincount(seg_ids, minlength=n_segments)
+def _dup_and_distinct(keys: pl.Series, counts: np.ndarray, unique: bool | None = None) -> tuple[int, np.ndarray]:
+    """Distinct keys duplicated on this side, and distinct keys per segment (keys sorted; ``counts``:
+    rows per segment); ``unique`` is what canonicalization already found out (no second pass)."""
+    if len(keys) == 0 or unique:
+        return 0, counts.copy()
     same_as_prev = same_as_previous(keys)
     first_of_run = ~same_as_prev
     # a run of length >= 2 starts where the next row repeats the key
     next_same = np.append(same_as_prev[1:], False)
     dup_keys = int(np.count_nonzero(first_of_run & next_same))
-    distinct = np.bincount(seg_ids[first_of_run], minlength=n_segments)
+    ends = np.cumsum(counts)  # a row's segment: the first segment ending after it
+    segs = np.searchsorted(ends, np.flatnonzero(first_of_run), side="right")
+    distinct = np.bincount(segs, minlength=len(counts))
     return dup_keys, distinct
 
 
@@ -184,7 +183,7 @@ def compare(
 ) -> DiffResult:
     """Diff two canonical sides (already sorted by ``__key``).
 
-    ``hashed`` passes each side's tree and row segments when the caller hashed the sides already
+    ``hashed`` passes each side's tree and rows per segment when the caller hashed the sides already
     (e.g. concurrently, each as soon as its data arrived), on the given ``boundaries``.
     """
     t0 = time.perf_counter()
@@ -199,13 +198,13 @@ def compare(
                                     else merkle.choose_boundaries(s["__key"], segment_rows)))
     n_seg = len(seg.boundaries) + 1
     if hashed is None:
-        (s_tree, s_seg), (t_tree, t_seg) = merkle.side_tree(s, fields, seg), merkle.side_tree(t, fields, seg)
+        (s_tree, s_counts), (t_tree, t_counts) = merkle.side_tree(s, fields, seg), merkle.side_tree(t, fields, seg)
     else:
-        (s_tree, s_seg), (t_tree, t_seg) = hashed
+        (s_tree, s_counts), (t_tree, t_counts) = hashed
     divergent = merkle.divergent_segments(s_tree, t_tree)
 
-    dup_s, distinct_s = _dup_and_distinct(s["__key"], s_seg, n_seg, source.unique_keys)
-    dup_t, distinct_t = _dup_and_distinct(t["__key"], t_seg, n_seg, target.unique_keys)
+    dup_s, distinct_s = _dup_and_distinct(s["__key"], s_counts, source.unique_keys)
+    dup_t, distinct_t = _dup_and_distinct(t["__key"], t_counts, target.unique_keys)
     div_mask = np.zeros(n_seg, dtype=bool)
     div_mask[divergent] = True
     same_union = int(distinct_s[~div_mask].sum())  # equal segments: same distinct keys on both sides
@@ -213,7 +212,6 @@ def compare(
     # the record diff runs over groups of divergent segments (about CHUNK_ROWS rows each): segments
     # are the same key ranges on both sides, so each group is a complete, independent diff and the
     # memory for pairing rows stays bounded whatever the table size
-    s_counts, t_counts = np.bincount(s_seg, minlength=n_seg), np.bincount(t_seg, minlength=n_seg)
     s_starts = np.concatenate([[0], np.cumsum(s_counts)])
     t_starts = np.concatenate([[0], np.cumsum(t_counts)])
     parts_diffs: list[pl.LazyFrame] = []

@@ -373,8 +373,7 @@ def _recompute_roots(sidecar_path: Path, base: Path, inputs: list[dict[str, Any]
             if "__row" in frame.columns and not rows.equals(frame["__row"]):
                 raise VerificationError(f"root mismatch for the {side} side: snapshot {info['file']} was edited "
                                         "(its canonical rows do not match its values)")
-            ids = merkle.segment_ids(frame["__key"], seg)
-            digests, counts = merkle.hash_rows_v1(rows, ids, len(seg.boundaries) + 1)
+            digests, counts = merkle.hash_rows_v1(rows, merkle.segment_counts(frame["__key"], seg))
             tree = merkle.build_tree(digests, counts)
         else:
             tree, _ = merkle.side_tree(frame, fields, seg)

@@ -30,7 +30,7 @@ from engine.normalize import FieldSpec, frame_bytes, segment_bytes
 LEAF = b"\x00"
 NODE = b"\x01"
 DEFAULT_SEGMENT_ROWS = 16_384
-HASH_CHUNK_ROWS = 1 << 18  # rows whose encoding buffers exist at once per thread (bounded memory)
+HASH_CHUNK_ROWS = 1 << 17  # rows whose encoding buffers exist at once per thread (bounded memory)
 HASH_THREADS = 2  # slices hashed at once
 
 
@@ -94,33 +94,39 @@ def choose_boundaries(sorted_keys: pl.Series, segment_rows: int = DEFAULT_SEGMEN
     return out
 
 
-def segment_ids(sorted_keys: pl.Series, seg: Segmentation) -> np.ndarray:
-    """Segment index of each row (keys sorted); segment 0 is below the first boundary."""
+def segment_counts(sorted_keys: pl.Series, seg: Segmentation) -> np.ndarray:
+    """Rows per segment (keys sorted): rows are sorted, so a segment is a run, found with one
+    binary search per boundary, not one per row, and nothing of a row's size is kept."""
     if not seg.boundaries:
-        return np.zeros(len(sorted_keys), dtype=np.int64)
-    # rows are sorted, so a segment is a run: find where each boundary starts (one binary search
-    # per boundary, not per row) and repeat the segment numbers over the runs
+        return np.array([len(sorted_keys)], dtype=np.int64)
     b = pl.Series("b", list(seg.boundaries), dtype=pl.Utf8)
     starts = sorted_keys.search_sorted(b, side="left").to_numpy().astype(np.int64)
-    runs = np.diff(np.concatenate([[0], starts, [len(sorted_keys)]]))
-    if (runs < 0).any():
+    counts = np.diff(np.concatenate([[0], starts, [len(sorted_keys)]]))
+    if (counts < 0).any():
         raise ValueError("segment boundaries are not in increasing order")
-    return np.repeat(np.arange(len(runs), dtype=np.int64), runs)
+    return counts
 
 
-def _segment_starts(seg_of_row: np.ndarray, n_segments: int) -> tuple[np.ndarray, np.ndarray]:
-    counts = np.bincount(seg_of_row, minlength=n_segments) if len(seg_of_row) else np.zeros(n_segments, dtype=np.int64)
-    return counts, np.concatenate([[0], np.cumsum(counts)])
+def segment_ids(sorted_keys: pl.Series, seg: Segmentation) -> np.ndarray:
+    """Segment index of each row (keys sorted); segment 0 is below the first boundary."""
+    counts = segment_counts(sorted_keys, seg)
+    return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
 def _blake3(data: bytes | memoryview) -> bytes:
     return blake3.blake3(data, max_threads=blake3.blake3.AUTO if len(data) > 1 << 22 else 1).digest()
 
 
-def hash_segments(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[FieldSpec], seg_of_row: np.ndarray,
-                  n_segments: int) -> tuple[list[bytes], list[int]]:
-    """One BLAKE3 call per segment over its contiguous version-2 bytes (rows sorted by key)."""
-    counts, starts = _segment_starts(seg_of_row, n_segments)
+def hash_segments(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[FieldSpec],
+                  counts: np.ndarray) -> tuple[list[bytes], list[int]]:
+    """One BLAKE3 call per segment over its contiguous version-2 bytes (rows sorted by key;
+    ``counts``: rows per segment)."""
+    n_segments = len(counts)
+    starts = _starts(counts)
     runs: list[tuple[int, int]] = []  # the column buffers are taken a slice of about HASH_CHUNK_ROWS rows at a time
     i = 0
     while i < n_segments:
@@ -144,7 +150,7 @@ def hash_segments(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[Fiel
     return [d for part in parts for d in part], counts.astype(int).tolist()
 
 
-def hash_rows_v1(rows: pl.Series, seg_of_row: np.ndarray, n_segments: int) -> tuple[list[bytes], list[int]]:
+def hash_rows_v1(rows: pl.Series, counts: np.ndarray) -> tuple[list[bytes], list[int]]:
     """Version 1: one BLAKE3 call per segment over its rows' texts (``normalize.row_text``), which
     sit in one Arrow string buffer in key order. Kept to verify version-1 manifests."""
     arr = rows.to_arrow()
@@ -152,7 +158,8 @@ def hash_rows_v1(rows: pl.Series, seg_of_row: np.ndarray, n_segments: int) -> tu
         arr = arr.combine_chunks()
     if arr.type != pa.large_string():
         arr = arr.cast(pa.large_string())
-    counts, starts = _segment_starts(seg_of_row, n_segments)
+    n_segments = len(counts)
+    starts = _starts(counts)
     if len(arr):
         _, offsets_buf, data_buf = arr.buffers()
         offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
@@ -216,7 +223,7 @@ def divergent_segments(a: SideTree, b: SideTree) -> list[int]:
 
 def side_tree(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[FieldSpec],
               seg: Segmentation) -> tuple[SideTree, np.ndarray]:
-    """Hash one canonical side (sorted by ``__key``) and return its tree and each row's segment."""
-    ids = segment_ids(frame["__key"], seg)
-    digests, counts = hash_segments(frame, fields, ids, len(seg.boundaries) + 1)
-    return build_tree(digests, counts), ids
+    """Hash one canonical side (sorted by ``__key``) and return its tree and its rows per segment."""
+    counts = segment_counts(frame["__key"], seg)
+    digests, _ = hash_segments(frame, fields, counts)
+    return build_tree(digests, counts.astype(int).tolist()), counts

@@ -381,6 +381,7 @@ PARALLEL_MIN_PAGES = 2048  # 16 MiB: below this one COPY is as fast
 
 
 F_SETPIPE_SZ = 1031  # Linux fcntl: resize a pipe's buffer
+DRAIN_LIMIT = 64 << 20  # bytes a child's drain may hold before it waits for the parser
 
 
 class _Child:
@@ -389,7 +390,8 @@ class _Child:
     Why the thread: a pipe holds 64 KiB, so a child nobody reads blocks the server's COPY. The
     parser may start later (at the start of `recon diff` Polars and Arrow are still importing), and
     the drain keeps the server streaming meanwhile; what it holds is bounded by that delay, not by
-    the table. The pipe is widened to 1 MiB so each wake-up moves a large block.
+    the table (and by DRAIN_LIMIT when the parser is the slower side). The pipe is widened to 1 MiB
+    so each wake-up moves a large block.
     """
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
@@ -400,6 +402,7 @@ class _Child:
         with contextlib.suppress(OSError):
             fcntl.fcntl(self._fd, F_SETPIPE_SZ, 1 << 20)
         self._chunks: collections.deque[bytes] = collections.deque()
+        self._held = 0  # bytes in _chunks
         self._pos = 0
         self._eof = False
         self._cond = threading.Condition()
@@ -410,10 +413,14 @@ class _Child:
     def _drain(self) -> None:
         try:
             while True:
+                with self._cond:  # backpressure: a parser slower than the server holds at most this much
+                    while self._held >= DRAIN_LIMIT and not self.closed:
+                        self._cond.wait()
                 data = os.read(self._fd, 1 << 20)
                 with self._cond:
-                    if data:
+                    if data and not self.closed:  # after close(), output is read and dropped
                         self._chunks.append(data)
+                        self._held += len(data)
                     else:
                         self._eof = True
                     self._cond.notify_all()
@@ -448,11 +455,15 @@ class _Child:
                 self._pos += take
                 if self._pos == len(chunk):
                     self._chunks.popleft()
+                    self._held -= len(chunk)
                     self._pos = 0
+            self._cond.notify_all()
         return b"".join(out)
 
     def close(self) -> None:
-        self.closed = True
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
 
     def finish(self) -> tuple[int, str]:
         """Wait for the child; its exit code and error output."""
@@ -465,6 +476,7 @@ class _Child:
 
     def stop(self) -> None:
         """Stop a child whose output is no longer wanted."""
+        self.close()
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()

@@ -55,8 +55,7 @@ def test_version_1_root_of_the_old_code_still_recomputes() -> None:
     """The root the version-1 code (session 1) computed for GOLDEN, recomputed by the kept verifier."""
     c = canonicalize(GOLDEN, FIELDS, SideOptions())
     rows = decimal_view(c.frame, FIELDS).select(row_text(FIELDS).alias("r"))["r"]
-    ids = merkle.segment_ids(c.frame["__key"], SEG)
-    digests, counts = merkle.hash_rows_v1(rows, ids, 2)
+    digests, counts = merkle.hash_rows_v1(rows, merkle.segment_counts(c.frame["__key"], SEG))
     assert merkle.build_tree(digests, counts).root_hex == \
         "4269e74ee92076ff0acfd3e0fd4220f8e0cb98ac292de0b91b1ee7c1ad76ea91"
 
