@@ -206,3 +206,19 @@ def test_an_early_read_reports_bad_credentials_like_a_regular_one(embedded_pg, t
     with pytest.raises(UsageError, match="refused the credentials") as exc:
         pg_source.extract(parse_reference(bad), ["id", "amount"], None)
     assert "wrong-secret" not in str(exc.value)
+
+
+def test_a_copy_child_drain_holds_a_bounded_amount_while_nobody_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain keeps the server streaming before the parser starts, but a parser slower than the
+    server must not let it buffer the whole table: it stops at DRAIN_LIMIT and resumes on reads."""
+    import time
+
+    monkeypatch.setattr(pg_source, "DRAIN_LIMIT", 2 << 20)
+    child = pg_source._Child(["head", "-c", str(40 << 20), "/dev/zero"], dict(os.environ))
+    time.sleep(0.5)  # plenty for `head` to write 40 MiB if nothing held the drain back
+    assert child._held <= (2 << 20) + (1 << 20)  # the limit plus the one read in flight
+    total = 0
+    while block := child.read(1 << 22):
+        total += len(block)
+    rc, _ = child.finish()
+    assert rc == 0 and total == 40 << 20 and child._held == 0
