@@ -457,7 +457,7 @@ class _Child:
                     self._chunks.popleft()
                     self._held -= len(chunk)
                     self._pos = 0
-            self._cond.notify_all()
+                    self._cond.notify_all()  # the drain may be waiting for room
         return b"".join(out)
 
     def close(self) -> None:
