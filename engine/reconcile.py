@@ -110,8 +110,10 @@ def _safe_ref(text: str) -> str:
 # -- column listing and extraction per source kind ------------------------------------------------
 def _columns_of(ref: Reference, config: Config) -> dict[str, SourceColumn]:
     if isinstance(ref, PostgresRef):
+        from engine.sources import early
+
         out = {}
-        for c in pg_source.list_columns(_pg_ref(ref, config)):
+        for c in early.columns(ref) or pg_source.list_columns(_pg_ref(ref, config)):
             kind, scale = pg_source._kind(c)
             out[c.name] = SourceColumn(c.name, kind, scale, c.type_name)
         return out

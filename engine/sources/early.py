@@ -120,6 +120,23 @@ def take(ref: PostgresRef, where: str | None, columns: list[str] | None) -> PgRe
     return read
 
 
+def columns(ref: PostgresRef) -> list[Any] | None:
+    """The table's columns as an early read for ``ref`` described them (any condition), or None:
+    the diff's schema step then needs no connection of its own."""
+    with _lock:
+        futs = [f for (r, _), f in _reads.items() if r == ref]
+    for fut in futs:
+        try:
+            return list(fut.result().available)
+        except (UsageError, ServiceUnreachable) as exc:
+            if "rejected the query" in str(exc):
+                continue
+            raise  # credentials, a missing table, an unreachable server: the regular message, once
+        except Exception:  # noqa: BLE001 - the regular path reports it
+            continue
+    return None
+
+
 def discard() -> None:
     """Stop every early read nobody took (a diff that failed before reading, or tests)."""
     with _lock:
