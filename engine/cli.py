@@ -364,6 +364,10 @@ def _tune_malloc() -> None:
 def main() -> None:
     """Console entry point: map recon's errors to one line and an exit code, never a traceback."""
     _tune_malloc()
+    # NumPy's OpenBLAS starts a thread per core at import that spins waiting for matrix work recon
+    # never gives it (perf: ~4% of a diff's CPU); one BLAS thread means no pool at all
+    # (not OMP_NUM_THREADS: pyarrow sizes its own CPU pool from it)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         rc = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
         _fast_exit(rc if isinstance(rc, int) else 0)
