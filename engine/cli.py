@@ -338,36 +338,11 @@ def _fast_exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _tune_malloc() -> None:
-    """Keep glibc's freed memory for reuse instead of handing it back to the kernel at once.
-
-    Why: a recon run allocates and frees hundreds of MB of column buffers (NumPy arrays, segment
-    bytes, COPY chunks); by default glibc maps each large block fresh and unmaps it on free, so
-    every reuse page-faults again (≈180k faults, ~0.1 CPU-s per million rows). A 32 MiB mmap
-    threshold, a 1 GiB trim threshold and 64 MiB of top padding keep the blocks in the heap.
-    Polars has its own allocator; this only touches glibc's. ``RECON_MALLOC_TUNING=0`` turns it
-    off; other C libraries (no ``mallopt``) are left alone."""
-    if os.environ.get("RECON_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
-    mallopt(m_mmap_threshold, 32 << 20)
-    mallopt(m_trim_threshold, 1 << 30)
-    mallopt(m_top_pad, 64 << 20)
-
-
 def main() -> None:
     """Console entry point: map recon's errors to one line and an exit code, never a traceback."""
-    _tune_malloc()
-    # NumPy's OpenBLAS starts a thread per core at import that spins waiting for matrix work recon
-    # never gives it (perf: ~4% of a diff's CPU); one BLAS thread means no pool at all
-    # (not OMP_NUM_THREADS: pyarrow sizes its own CPU pool from it)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from engine.runtime import tune_process
+
+    tune_process()
     try:
         rc = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
         _fast_exit(rc if isinstance(rc, int) else 0)

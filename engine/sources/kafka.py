@@ -305,10 +305,13 @@ def _run_workers(jobs: list[tuple[Any, ...]], expected_messages: int = 0) -> lis
                and shutil.disk_usage(shm).free > IPC_BYTES_PER_MESSAGE * expected_messages)  # containers: often 64 MB
     tmp = tempfile.mkdtemp(prefix="recon-scan-", dir=shm if use_shm else None)
     procs = []
+    # each worker imports NumPy, whose OpenBLAS would start a spinning thread per core for
+    # matrix work the scan never does (measured: recon CPU 5.54 → 5.41 s at 1M events)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
     try:
         for i, job in enumerate(jobs):
             p = subprocess.Popen([sys.executable, "-m", "engine.sources.kafka", "--worker"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
             assert p.stdin is not None
             p.stdin.write(pickle.dumps((*job, str(Path(tmp) / f"{i}.arrow"))))
             p.stdin.close()
@@ -343,7 +346,9 @@ def _worker_main() -> None:
     import sys
 
     from engine.errors import ReconError
+    from engine.runtime import tune_malloc
 
+    tune_malloc()
     *job, path = pickle.loads(sys.stdin.buffer.read())
     try:
         frame, info, samples = _scan_partitions(*job)
