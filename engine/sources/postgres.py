@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import importlib.util
 import io
 import os
@@ -399,7 +398,9 @@ class _Child:
                                      stdin=subprocess.DEVNULL, env=env)
         assert self.proc.stdout is not None
         self._fd = self.proc.stdout.fileno()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ImportError):  # Linux only; elsewhere the pipe keeps its size
+            import fcntl
+
             fcntl.fcntl(self._fd, F_SETPIPE_SZ, 1 << 20)
         self._chunks: collections.deque[bytes] = collections.deque()
         self._held = 0  # bytes in _chunks
