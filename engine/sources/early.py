@@ -103,15 +103,8 @@ def take(ref: PostgresRef, where: str | None, columns: list[str] | None) -> PgRe
     so the server is not asked twice."""
     with _lock:
         fut = _reads.pop((ref, where), None)
-    if fut is None:
-        return None
-    try:
-        read = fut.result()
-    except (UsageError, ServiceUnreachable) as exc:
-        if "rejected the query" in str(exc):
-            return None  # e.g. a column of the guess; the regular read says what is wrong
-        raise
-    except Exception:
+    read = _outcome(fut) if fut is not None else None
+    if read is None:
         return None
     if not read.covers(columns):
         read.close()
@@ -126,15 +119,25 @@ def columns(ref: PostgresRef) -> list[Any] | None:
     with _lock:
         futs = [f for (r, _), f in _reads.items() if r == ref]
     for fut in futs:
-        try:
-            return list(fut.result().available)
-        except (UsageError, ServiceUnreachable) as exc:
-            if "rejected the query" in str(exc):
-                continue
-            raise  # credentials, a missing table, an unreachable server: the regular message, once
-        except Exception:  # noqa: BLE001 - the regular path reports it
-            continue
+        read = _outcome(fut)
+        if read is not None:
+            return list(read.available)
     return None
+
+
+def _outcome(fut: Future[PgRead]) -> PgRead | None:
+    """The early read, or None when the regular read should run instead. Credentials, a missing
+    table or an unreachable server are raised here, so the user gets the regular message once and
+    the server is not asked twice; a query the server rejected (e.g. a column of the guess) and
+    anything else leave it to the regular read, which says what is wrong."""
+    try:
+        return fut.result()
+    except (UsageError, ServiceUnreachable) as exc:
+        if "rejected the query" in str(exc):
+            return None
+        raise
+    except Exception:  # noqa: BLE001 - the regular path reports it
+        return None
 
 
 def discard() -> None:
