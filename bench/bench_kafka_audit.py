@@ -1,7 +1,7 @@
 """Scan + analyze throughput of `recon kafka-audit` next to a bare confluent-kafka consume loop of the
 same topic (the floor), on the local Apache Kafka broker.
 
-    python bench/bench_kafka_audit.py --events 1000000 [--backend apache|tansu]
+    python bench/bench_kafka_audit.py --events 1000000 [--backend apache|tansu] [--loop native|python]
 
 Produces scenario events (≈5 per account, 15% of accounts with re-delivered copies) once per size
 into a fresh broker in a temporary directory, then times, alternating, the floor and recon's
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import tempfile
@@ -60,7 +61,10 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--backend", default="apache")
+    ap.add_argument("--loop", choices=["native", "python"], default="native",
+                    help="recon's scan loop: the C loop (default) or the pure-Python one")
     a = ap.parse_args()
+    os.environ["RECON_KAFKA_NATIVE"] = "1" if a.loop == "native" else "0"
     from engine import forensics
     from engine.local import scenario
     from engine.local.kafka import create_topic, ensure_kafka_jars, get_broker
@@ -93,7 +97,7 @@ def main() -> None:
             n = len(delivered)
             f, r = statistics.median(floors), statistics.median(recons)
             print(json.dumps({
-                "backend": a.backend, "events": n, "generate_and_produce_s": round(gen_s, 1),
+                "backend": a.backend, "scan_loop": a.loop, "events": n, "generate_and_produce_s": round(gen_s, 1),
                 "floor_s": round(f, 3), "floor_events_per_s": round(n / f), "recon_s": round(r, 3),
                 "recon_events_per_s": round(n / r), "recon_vs_floor_throughput": round(f / r, 2),
                 "floor_cpu_s": round(statistics.median(floor_cpu), 2), "recon_cpu_s": round(statistics.median(recon_cpu), 2),

@@ -78,7 +78,7 @@ from typing import Any, Final
 import numpy as np
 import polars as pl
 
-from engine.errors import ReconError, ServiceUnreachable, UsageError
+from engine.errors import ReconError, ServiceUnreachable, UsageError, kafka_config_error
 from engine.ids import NAMESPACE, canonical_time, event_ids, name_expr
 from engine.sfid import to18
 from engine.sources.kafka import EventFields
@@ -1786,12 +1786,7 @@ class _Runner:
         try:
             self.consumer = Consumer(conf)
         except KafkaException as exc:
-            # name the property, never its value (it may be a SASL password)
-            text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
-            m = re.search(r'property:? "?([A-Za-z0-9._-]+)', text)
-            what = ("unknown" if "No such" in text else "invalid value for") if m else ""
-            prop = f": {what} property {m.group(1)!r}" if m else ""
-            raise UsageError(f"invalid Kafka configuration{prop}: check --kafka-config") from None
+            raise kafka_config_error(exc) from None  # names the property, never its value
         self._check_topic()
         self.consumer.subscribe([self.s.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)

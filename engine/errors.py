@@ -44,3 +44,15 @@ class ServiceUnreachable(ReconError):
     """A service stayed unreachable past its deadline (exit 5)."""
 
     exit_code = Exit.UNREACHABLE
+
+
+def kafka_config_error(exc: Exception, option: str = "--kafka-config") -> UsageError:
+    """librdkafka's refusal of a client property, as a UsageError that names the property and never
+    its value (the value may be a SASL password, and librdkafka's text can quote it)."""
+    import re
+
+    text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+    m = re.search(r'property:? "?([A-Za-z0-9._-]+)', text)
+    what = ("unknown" if "No such" in text else "invalid value for") if m else ""
+    prop = f": {what} property {m.group(1)!r}" if m else ""
+    return UsageError(f"invalid Kafka configuration{prop}: check {option}")

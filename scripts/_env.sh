@@ -30,4 +30,7 @@ fi
 # bytecode for the package, as a regular (non-editable) install would have: with
 # PYTHONDONTWRITEBYTECODE set (as on some CI machines) every start would compile it again (~25 ms)
 "$VENV/bin/python" -m compileall -q -j 0 engine >/dev/null || true
+# the native Kafka scan loop (C, against confluent-kafka's librdkafka), built once into the user
+# cache; without a compiler the scan uses its Python loop and this only says so
+"$VENV/bin/python" -m engine.sources.kafka_native build >/dev/null || true
 export PATH="$VENV/bin:$PATH"

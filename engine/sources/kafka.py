@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from engine.errors import ServiceUnreachable, UsageError
+from engine.errors import ServiceUnreachable, UsageError, kafka_config_error
 
 POLL_S = 0.1
 """consume() timeout: it returns early only when the batch is full, so the last, partial batch of a
@@ -86,7 +86,7 @@ class Window:
 
 @dataclass
 class Scan:
-    """The scanned messages. ``frame`` columns: partition, offset, ts_ms, ts_type, key, org_header,
+    """The scanned messages, in (partition, offset) order. ``frame`` columns: partition, offset, ts_ms, ts_type, key, org_header,
     producer_id, sequence, in_window, status ('ok' | 'unparsable' | 'tombstone'), raw (str, only for
     unparsable), and the parsed fields (org_id, record_id, event_type, event_time, amount as text)."""
 
@@ -136,6 +136,11 @@ def load_kafka_config(path: str | Path | None) -> dict[str, str]:
 def _consumer(bootstrap: str, extra: dict[str, str]) -> Any:
     from confluent_kafka import Consumer
 
+    return Consumer(_consumer_conf(bootstrap, extra))
+
+
+def _consumer_conf(bootstrap: str, extra: dict[str, str]) -> dict[str, Any]:
+    """The scan's client properties (the Python and the native loop use the same)."""
     conf: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "group.id": f"recon-scan-{uuid.uuid4()}",  # never committed: the scan leaves no trace in the cluster
@@ -146,7 +151,7 @@ def _consumer(bootstrap: str, extra: dict[str, str]) -> Any:
         **FETCH_TUNING,
     }
     conf.update(extra)
-    return Consumer(conf)
+    return conf
 
 
 def topic_partitions(bootstrap: str, topic: str, extra: dict[str, str] | None = None, timeout: float = 15) -> list[int]:
@@ -158,7 +163,11 @@ def topic_partitions(bootstrap: str, topic: str, extra: dict[str, str] | None = 
     conf = {"bootstrap.servers": bootstrap, **(extra or {})}
     conf.pop("group.id", None)
     try:
-        md = AdminClient(conf).list_topics(timeout=timeout)
+        admin = AdminClient(conf)
+    except KafkaException as exc:
+        raise kafka_config_error(exc) from None
+    try:
+        md = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise ServiceUnreachable(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({exc.args[0].name()}): "
                                  "check the bootstrap address and that the broker runs") from None
@@ -215,6 +224,8 @@ def scan(
     fields = fields or EventFields()
     extra = dict(kafka_config or {})
     parts = topic_partitions(bootstrap, topic, extra)
+    if workers is None and _native_available():
+        workers = 1  # the native loop keeps up with the broker in one process; workers would add start-up and IPC
     sizes = _partition_sizes(bootstrap, topic, parts, extra) if workers is None or workers > 1 else {}
     n = workers if workers is not None else _auto_workers(parts, sizes)
     if n > 1:
@@ -226,9 +237,16 @@ def scan(
             info.update(inf)
             samples.extend(smp)
         frame = _concat_sorted([r[0] for r in results], groups)
+        samples.sort(key=lambda r: (r["partition"], r["offset"]))  # the first five of the whole frame
         return Scan(frame=frame, topic=topic, partitions=info, samples=samples[:5], elapsed_s=time.perf_counter() - t0)
     frame, info, samples = _scan_partitions(bootstrap, topic, parts, window, fields, extra, batch, deadline_s, progress)
     return Scan(frame=frame, topic=topic, partitions=info, samples=samples, elapsed_s=time.perf_counter() - t0)
+
+
+def _native_available() -> bool:
+    from engine.sources import kafka_native
+
+    return kafka_native.library() is not None
 
 
 def _concat_sorted(frames: list[pl.DataFrame], groups: list[list[int]]) -> pl.DataFrame:
@@ -352,8 +370,6 @@ def _worker_main() -> None:
     *job, path = pickle.loads(sys.stdin.buffer.read())
     try:
         frame, info, samples = _scan_partitions(*job)
-        if len(job[2]) > 1:  # one partition is read in offset order already
-            frame = frame.sort(["partition", "offset"])
         frame.write_ipc(path, compression="uncompressed")
         result: tuple[str, Any] = ("ok", (path, info, samples))
     except ReconError as exc:
@@ -382,6 +398,8 @@ def _scan_partitions(
         if gc_was_enabled:
             gc.enable()
     frame = _build_frame(base, parsed, window)
+    if len(parts) > 1:  # partitions arrive interleaved as the broker answers: one order for every run
+        frame = frame.sort(["partition", "offset"])
     samples = frame.filter(pl.col("status") == "unparsable").head(5).select("partition", "offset", "raw").to_dicts()
     frame = frame.drop("raw")
     ends = frame.group_by("partition").agg(pl.col("offset").min().alias("lo"), pl.col("offset").max().alias("hi"))
@@ -409,6 +427,10 @@ def _read_messages(
 
     Messages past an explicit offset range are dropped when the frame is built (columnar), not
     here; a partition is finished once a batch reaches the range's last offset."""
+    from engine.sources import kafka_native
+
+    if kafka_native.library() is not None:
+        return _read_native(bootstrap, topic, parts, window, fields, extra, deadline_s, progress)
     from confluent_kafka import KafkaError, Message, TopicPartition
 
     c = _consumer(bootstrap, extra)
@@ -474,6 +496,51 @@ def _read_messages(
         c.close()
     values = pl.concat(parsed) if parsed else pl.DataFrame(schema=_PARSED_SCHEMA)
     return pa.Table.from_batches(chunks, schema=_BASE), values, info
+
+
+HEADERS = ("org-id", "producer-id", "sequence")
+"""Header keys whose values the scan keeps (org_header, producer_id, sequence)."""
+
+_NATIVE_BASE = pa.schema([(f.name, pa.large_binary() if f.type == pa.binary() else f.type) for f in _BASE])
+
+
+def _read_native(
+    bootstrap: str, topic: str, parts: list[int], window: Window, fields: EventFields, extra: dict[str, str],
+    deadline_s: float, progress: Callable[[int], None] | None,
+) -> tuple[pa.Table, pl.DataFrame, dict[int, dict[str, int | None]]]:
+    """:func:`_read_messages` through the native loop (``kafka_native``): the same window, the same
+    columns, no Python object per message. Start offsets for a time window still come from
+    confluent-kafka (one request), the messages from the C loop."""
+    from engine.sources import kafka_native
+
+    if window.start is not None and window.offsets is None:
+        c = _consumer(bootstrap, extra)
+        try:
+            starts = _start_offsets(c, topic, parts, window)
+        finally:
+            c.close()
+    else:
+        starts = _start_offsets(None, topic, parts, window)
+    if not starts:
+        raise UsageError(f"--offsets names no partition of {topic!r} (partitions: {parts})")
+    stops = {p: window.offsets[p][1] for p in starts} if window.offsets is not None else {}
+    names = fields.names()
+
+    def parse(block: bytes, rows: int, present: pa.BooleanArray | None,
+              one_by_one: Callable[[], list[bytes]]) -> pl.DataFrame:
+        parsed = _parse_ndjson(block, rows, names) if block else None
+        if parsed is None:
+            parsed = _parse_block(one_by_one(), names)
+        if present is None:
+            return parsed
+        mask = pl.from_arrow(present)
+        assert isinstance(mask, pl.Series)
+        return _spread(parsed, mask)
+
+    batches, parsed, info = kafka_native.read(bootstrap, topic, _consumer_conf(bootstrap, extra), starts, stops,
+                                              HEADERS, deadline_s, progress, parse)
+    values = pl.concat(parsed) if parsed else pl.DataFrame(schema=_PARSED_SCHEMA)
+    return pa.Table.from_batches(batches, schema=_NATIVE_BASE), values, info
 
 
 def _pick_headers(hs: list[list[tuple[str, bytes | None]] | None]) -> tuple[list[bytes | None], ...]:
@@ -547,9 +614,14 @@ def parse_values(values: list[bytes | None], fields: EventFields, names: list[st
     if None not in values:  # C-level scan (bytes never equal None): no tombstone, the common case
         return _parse_block(values, names)  # type: ignore[arg-type]
     present = pl.Series(values, dtype=pl.Binary).is_not_null()
-    parsed = _parse_block(list(filter(None.__ne__, values)), names)  # b"" is a value, not a tombstone
+    parsed = _parse_block([v for v in values if v is not None], names)  # b"" is a value, not a tombstone
+    return _spread(parsed, present)
+
+
+def _spread(parsed: pl.DataFrame, present: pl.Series) -> pl.DataFrame:
+    """The parsed rows of the present values back at their messages' rows; tombstones in between."""
     if parsed.height == 0:
-        return pl.DataFrame({k: pl.Series([None] * len(values), dtype=pl.Utf8) for k in _PARSED_SCHEMA}).with_columns(
+        return pl.DataFrame({k: pl.Series([None] * len(present), dtype=pl.Utf8) for k in _PARSED_SCHEMA}).with_columns(
             pl.lit("tombstone").alias("status"))
     pos = (present.cast(pl.Int64).cum_sum() - 1).clip(lower_bound=0)  # row of each message in `parsed`
     full = parsed.select(pl.all().gather(pos))
@@ -565,17 +637,25 @@ def _parse_block(vals: list[bytes], names: list[str]) -> pl.DataFrame:
         return pl.DataFrame(schema=_PARSED_SCHEMA)
     blob = b"\n".join(vals)
     if blob.count(b"\n") == len(vals) - 1:  # no value spans lines: one line per message
-        try:
-            df = pl.read_ndjson(io.BytesIO(blob), schema={k: pl.Utf8 for k in names}, ignore_errors=False)
-            if df.height == len(vals):
-                return df.select(*(pl.col(src).alias(t) for t, src in zip(_OUT, names, strict=True)),
-                                 pl.lit("ok").alias("status"), pl.lit(None, pl.Utf8).alias("raw"))
-        except Exception:  # noqa: BLE001 - any parse failure: split and retry
-            pass
+        df = _parse_ndjson(blob, len(vals), names)
+        if df is not None:
+            return df
     if len(vals) > 64:
         mid = len(vals) // 2
         return pl.concat([_parse_block(vals[:mid], names), _parse_block(vals[mid:], names)])
     return _parse_one_by_one(vals, names)
+
+
+def _parse_ndjson(block: bytes, rows: int, names: list[str]) -> pl.DataFrame | None:
+    """An NDJSON block of exactly ``rows`` lines parsed whole, or None when any line fails."""
+    try:
+        df = pl.read_ndjson(io.BytesIO(block), schema={k: pl.Utf8 for k in names}, ignore_errors=False)
+    except Exception:  # noqa: BLE001 - any parse failure: the caller splits and retries
+        return None
+    if df.height != rows:
+        return None
+    return df.select(*(pl.col(src).alias(t) for t, src in zip(_OUT, names, strict=True)),
+                     pl.lit("ok").alias("status"), pl.lit(None, pl.Utf8).alias("raw"))
 
 
 def _parse_one_by_one(vals: list[bytes], names: list[str]) -> pl.DataFrame:

@@ -1,0 +1,157 @@
+"""The native scan loop (C, librdkafka into Arrow buffers) against the pure-Python loop on the same
+topics of a real broker: same frame, row for row and column for column, whatever the messages hold
+(tombstones, bad JSON, values spanning lines, empty values, null keys, repeated or missing headers),
+for every kind of window, across chunk boundaries; and its errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+from confluent_kafka import Producer
+
+from engine import forensics
+from engine.errors import ServiceUnreachable, UsageError
+from engine.sources import kafka as ks
+from engine.sources import kafka_native as kn
+from tests.kafka_fixtures import BrokerHandle, TopicFactory
+
+ORG = "00D8d00000RECONEA5"
+
+
+@pytest.fixture(autouse=True)
+def _needs_native() -> None:
+    if kn.wanted() is False:
+        pytest.skip(f"{kn.ENV}=0")
+    if kn.library() is None:
+        pytest.skip(f"native Kafka scan unavailable here: {kn.why_not()}")
+
+
+def _event(i: int, **over: object) -> bytes:
+    ev = {"org_id": ORG, "account_id": f"0015g{i:013d}", "event_type": "purchase",
+          "event_ts": f"2026-08-01T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z", "amount": f"{i}.25", **over}
+    return json.dumps(ev).encode()
+
+
+def _hostile(bootstrap: str, topic: str) -> int:
+    """Every kind of message the scan must survive, spread over partitions 0 and 1 (2 stays empty);
+    returns the message count."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4"})
+    n = 0
+    for i in range(40):
+        part = i % 2
+        hs: list[tuple[str, bytes | None]] | None = [("org-id", ORG.encode()), ("producer-id", b"7"),
+                                                     ("sequence", str(i).encode())]
+        value: bytes | None = _event(i)
+        key: bytes | None = f"k{i}".encode()
+        if i % 7 == 3:
+            value = None  # tombstone
+        elif i % 11 == 5:
+            value = b"{not json"
+        elif i % 13 == 6:
+            value = json.dumps({"org_id": ORG, "account_id": f"x{i}", "amount": 1}, indent=1).encode()  # spans lines
+        elif i == 18:
+            value = b""  # empty: a value, not a tombstone
+        elif i == 20:
+            value = _event(i, amount=None, extra={"nested": [1, 2]})
+        if i % 5 == 1:
+            key = None
+        if i % 6 == 2:
+            hs = None
+        elif i % 6 == 4:
+            hs = [("sequence", b"99"), ("producer-id", b"8"), ("sequence", str(i).encode()), ("org-id", None)]
+        p.produce(topic, key=key, value=value, partition=part, headers=hs, timestamp=1_785_000_000_000 + i * 1000)
+        n += 1
+    assert p.flush(30) == 0
+    return n
+
+
+@pytest.fixture
+def both_loops(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """Call ``scan`` through either loop: ``run(native: bool, *args, **kwargs)``."""
+
+    def run(native: bool, *args: object, **kwargs: object) -> ks.Scan:
+        with monkeypatch.context() as m:
+            m.setenv(kn.ENV, "1" if native else "0")
+            return ks.scan(*args, **kwargs)  # type: ignore[arg-type]
+
+    yield run
+
+
+def _same(a: ks.Scan, b: ks.Scan) -> None:
+    assert a.frame.schema == b.frame.schema
+    assert a.frame.equals(b.frame), (a.frame, b.frame)
+    assert a.partitions == b.partitions
+    assert a.samples == b.samples
+
+
+def test_native_frame_equals_python_frame_on_hostile_messages(kafka_broker: BrokerHandle, kafka_topic: TopicFactory,
+                                                              both_loops, monkeypatch: pytest.MonkeyPatch) -> None:
+    topic = kafka_topic(kafka_broker, partitions=3)
+    n = _hostile(kafka_broker.bootstrap, topic)
+    py = both_loops(False, kafka_broker.bootstrap, topic, workers=1)
+    nat = both_loops(True, kafka_broker.bootstrap, topic, workers=1)
+    assert py.frame.height == n
+    _same(nat, py)
+    f = nat.frame
+    assert f.group_by("status").len().sort("status").rows() == [("ok", 30), ("tombstone", 6), ("unparsable", 4)]
+    assert f.filter(pl.col("offset") == 8, pl.col("partition") == 0)["producer_id"].to_list() == ["8"]
+    assert f["key"].null_count() == 8
+    # chunks of 3 messages: tombstones, bad values and lines spanning values fall across chunk edges
+    monkeypatch.setattr(kn, "CHUNK_ROWS", 3)
+    _same(both_loops(True, kafka_broker.bootstrap, topic, workers=1), py)
+    a1, a2 = forensics.audit(nat, org_id=ORG).summary(), forensics.audit(py, org_id=ORG).summary()
+    a1.pop("elapsed_s"), a2.pop("elapsed_s")
+    assert a1 == a2
+
+
+def test_native_windows_equal_python_windows(kafka_broker: BrokerHandle, kafka_topic: TopicFactory, both_loops) -> None:
+    topic = kafka_topic(kafka_broker, partitions=3)
+    _hostile(kafka_broker.bootstrap, topic)
+    bs = kafka_broker.bootstrap
+    windows = [
+        ks.Window(offsets={0: (2, 9), 1: (0, 0)}),
+        ks.Window(offsets={1: (5, 400)}),  # past the end: read to EOF
+        ks.Window(start=datetime.fromtimestamp(1_785_000_010, UTC), end=datetime.fromtimestamp(1_785_000_030, UTC)),
+        ks.Window(start=datetime.fromtimestamp(1_785_000_010, UTC), lookback_s=5),
+        ks.Window(start=datetime(2001, 1, 1, tzinfo=UTC), end=datetime(2001, 1, 2, tzinfo=UTC)),  # empty
+    ]
+    for w in windows:
+        py, nat = both_loops(False, bs, topic, w, workers=1), both_loops(True, bs, topic, w, workers=1)
+        _same(nat, py)
+    assert both_loops(True, bs, topic, windows[0], workers=1).frame.height == 9
+
+
+def test_native_through_workers_equals_one_process(kafka_broker: BrokerHandle, kafka_topic: TopicFactory,
+                                                   both_loops) -> None:
+    topic = kafka_topic(kafka_broker, partitions=3)
+    _hostile(kafka_broker.bootstrap, topic)
+    one = both_loops(True, kafka_broker.bootstrap, topic, workers=1)
+    many = both_loops(True, kafka_broker.bootstrap, topic, workers=3)
+    assert many.frame.equals(one.frame.sort(["partition", "offset"]))
+
+
+def test_native_reports_a_vanished_topic_and_a_silent_broker(apache_kafka: BrokerHandle, kafka_topic: TopicFactory,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(kn.ENV, "1")
+    topic = kafka_topic(apache_kafka, partitions=1)
+    conf = ks._consumer_conf(apache_kafka.bootstrap, {})
+
+    def parse(*_: object) -> None:
+        return None
+
+    # a partition the topic does not have: librdkafka says so, the scan says which topic
+    with pytest.raises(UsageError, match="does not exist"):
+        kn.read(apache_kafka.bootstrap, topic, conf, {7: -2}, {}, ks.HEADERS, 10, None, parse)
+    # a broker that answers nothing: the deadline names the partitions still pending
+    dead = ks._consumer_conf("127.0.0.1:9", {"reconnect.backoff.max.ms": 100, "log_level": 0})
+    with pytest.raises(ServiceUnreachable, match=r"sent nothing for 1s while partitions \[0\]"):
+        kn.read("127.0.0.1:9", topic, dead, {0: -2}, {}, ks.HEADERS, 1, None, parse)
+    # a property librdkafka refuses: named, its value never shown
+    with pytest.raises(UsageError, match="'no.such.property'") as exc:
+        kn.read(apache_kafka.bootstrap, topic, {**conf, "no.such.property": "hunter2"}, {0: -2}, {}, ks.HEADERS, 10,
+                None, parse)
+    assert "hunter2" not in str(exc.value)
