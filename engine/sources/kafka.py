@@ -393,13 +393,11 @@ def _scan_partitions(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        base, parsed, info = _read_messages(bootstrap, topic, parts, window, fields, extra, batch, deadline_s, progress)
+        frame, info = _read_messages(bootstrap, topic, parts, window, fields, extra, batch, deadline_s, progress)
     finally:
         if gc_was_enabled:
             gc.enable()
-    frame = _build_frame(base, parsed, window)
-    if len(parts) > 1:  # partitions arrive interleaved as the broker answers: one order for every run
-        frame = frame.sort(["partition", "offset"])
+    frame = _build_frame(frame, window)
     samples = frame.filter(pl.col("status") == "unparsable").head(5).select("partition", "offset", "raw").to_dicts()
     frame = frame.drop("raw")
     ends = frame.group_by("partition").agg(pl.col("offset").min().alias("lo"), pl.col("offset").max().alias("hi"))
@@ -420,8 +418,8 @@ _BASE = pa.schema([("partition", pa.int32()), ("offset", pa.int64()), ("ts", pa.
 def _read_messages(
     bootstrap: str, topic: str, parts: list[int], window: Window, fields: EventFields, extra: dict[str, str],
     batch: int, deadline_s: float, progress: Callable[[int], None] | None,
-) -> tuple[pa.Table, pl.DataFrame, dict[int, dict[str, int | None]]]:
-    """Consume to the end of every partition. Each batch becomes Arrow at once (its Python objects
+) -> tuple[pl.DataFrame, dict[int, dict[str, int | None]]]:
+    """Consume to the end of every partition, into the scan's columns in (partition, offset) order. Each batch becomes Arrow at once (its Python objects
     die while still in cache): every field is taken with one C-level ``map`` over the messages, the
     values parsed as one NDJSON block; no Python bytecode per message except the header pick.
 
@@ -495,7 +493,10 @@ def _read_messages(
     finally:
         c.close()
     values = pl.concat(parsed) if parsed else pl.DataFrame(schema=_PARSED_SCHEMA)
-    return pa.Table.from_batches(chunks, schema=_BASE), values, info
+    frame = _joined(pa.Table.from_batches(chunks, schema=_BASE), values)
+    if len(parts) > 1:  # partitions arrive interleaved as the broker answers: one order for every run
+        frame = frame.sort(["partition", "offset"])
+    return frame, info
 
 
 HEADERS = ("org-id", "producer-id", "sequence")
@@ -507,7 +508,7 @@ _NATIVE_BASE = pa.schema([(f.name, pa.large_binary() if f.type == pa.binary() el
 def _read_native(
     bootstrap: str, topic: str, parts: list[int], window: Window, fields: EventFields, extra: dict[str, str],
     deadline_s: float, progress: Callable[[int], None] | None,
-) -> tuple[pa.Table, pl.DataFrame, dict[int, dict[str, int | None]]]:
+) -> tuple[pl.DataFrame, dict[int, dict[str, int | None]]]:
     """:func:`_read_messages` through the native loop (``kafka_native``): the same window, the same
     columns, no Python object per message. Start offsets for a time window still come from
     confluent-kafka (one request), the messages from the C loop."""
@@ -526,21 +527,22 @@ def _read_native(
     stops = {p: window.offsets[p][1] for p in starts} if window.offsets is not None else {}
     names = fields.names()
 
-    def parse(block: bytes, rows: int, present: pa.BooleanArray | None,
-              one_by_one: Callable[[], list[bytes]]) -> pl.DataFrame:
-        parsed = _parse_ndjson(block, rows, names) if block else None
+    def on_chunk(batch: pa.RecordBatch, block: bytes, present_rows: int, present: pa.BooleanArray | None,
+                 one_by_one: Callable[[], list[bytes]]) -> pl.DataFrame:
+        parsed = _parse_ndjson(block, present_rows, names) if block else None
         if parsed is None:
             parsed = _parse_block(one_by_one(), names)
-        if present is None:
-            return parsed
-        mask = pl.from_arrow(present)
-        assert isinstance(mask, pl.Series)
-        return _spread(parsed, mask)
+        if present is not None:
+            mask = pl.from_arrow(present)
+            assert isinstance(mask, pl.Series)
+            parsed = _spread(parsed, mask)
+        return _joined(batch, parsed)
 
-    batches, parsed, info = kafka_native.read(bootstrap, topic, _consumer_conf(bootstrap, extra), starts, stops,
-                                              HEADERS, deadline_s, progress, parse)
-    values = pl.concat(parsed) if parsed else pl.DataFrame(schema=_PARSED_SCHEMA)
-    return pa.Table.from_batches(batches, schema=_NATIVE_BASE), values, info
+    frames, info = kafka_native.read(bootstrap, topic, _consumer_conf(bootstrap, extra), starts, stops, HEADERS,
+                                     deadline_s, progress, on_chunk)
+    if not frames:
+        return _joined(pa.Table.from_batches([], schema=_NATIVE_BASE), pl.DataFrame(schema=_PARSED_SCHEMA)), info
+    return pl.concat(frames), info  # chunks come per partition, in offset order: no sort
 
 
 def _pick_headers(hs: list[list[tuple[str, bytes | None]] | None]) -> tuple[list[bytes | None], ...]:
@@ -576,8 +578,8 @@ def _text(col: pl.Series) -> pl.Series:
     return col.cast(pl.Utf8, strict=False)
 
 
-def _build_frame(base: pa.Table, parsed: pl.DataFrame, window: Window) -> pl.DataFrame:
-    """The scan frame from the Arrow columns and the parsed values (same rows, same order)."""
+def _joined(base: pa.Table | pa.RecordBatch, parsed: pl.DataFrame) -> pl.DataFrame:
+    """The scan's columns from the Arrow base columns and the parsed values (same rows, same order)."""
     b = pl.from_arrow(base)
     assert isinstance(b, pl.DataFrame)
     b = b.select(
@@ -585,7 +587,11 @@ def _build_frame(base: pa.Table, parsed: pl.DataFrame, window: Window) -> pl.Dat
         *(pl.col(k).cast(pl.Utf8, strict=False) for k in ("key", "org_header", "producer_id")),
         pl.col("sequence").cast(pl.Utf8, strict=False).cast(pl.Int64, strict=False),
     )
-    frame = pl.concat([b, parsed], how="horizontal")
+    return pl.concat([b, parsed], how="horizontal")
+
+
+def _build_frame(frame: pl.DataFrame, window: Window) -> pl.DataFrame:
+    """The scan frame: the read rows cut to the window and flagged ``in_window``."""
     if window.offsets is not None:  # messages read past a range's last offset
         last = pl.col("partition").replace_strict({p: b for p, (_, b) in window.offsets.items()}, default=-1,
                                                   return_dtype=pl.Int64)

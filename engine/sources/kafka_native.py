@@ -28,7 +28,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.errors import ReconError, ServiceUnreachable, UsageError
 
@@ -42,6 +42,8 @@ CHUNK_BYTES = 256 << 20
 """A chunk also ends once its values reach this size (messages may be up to MBs each)."""
 IDLE_MS = 250
 """How long one fill waits for a message before returning control (deadline checks, progress)."""
+
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -134,7 +136,7 @@ def _load() -> ctypes.CDLL:
                                     ctypes.POINTER(i64), ctypes.POINTER(ctypes.c_char_p), ctypes.c_char_p, i32,
                                     ctypes.POINTER(i32)]
     lib.recon_scan_open.restype = c_p
-    lib.recon_scan_fill.argtypes = [c_p, c_p, i64, i64, i32]
+    lib.recon_scan_fill.argtypes = [c_p, ctypes.POINTER(c_p), i64, i64, i32]
     lib.recon_scan_fill.restype = i64
     lib.recon_scan_pending.argtypes = [c_p]
     lib.recon_scan_pending.restype = i32
@@ -233,12 +235,18 @@ def _to_arrow(ch: _Chunk) -> tuple[Any, Any]:
 def read(
     bootstrap: str, topic: str, conf: dict[str, Any], starts: dict[int, int], stops: dict[int, int],
     headers: tuple[str, str, str], deadline_s: float, progress: Callable[[int], None] | None,
-    parse: Callable[[bytes, int, Any, Callable[[], list[bytes | None]]], Any],
-) -> tuple[list[Any], list[Any], dict[int, dict[str, int | None]]]:
+    on_chunk: Callable[[Any, bytes, int, Any, Callable[[], list[bytes]]], T],
+) -> tuple[list[T], dict[int, dict[str, int | None]]]:
     """Consume ``starts`` (partition → first offset, -2 = beginning) to EOF or to ``stops`` (last
-    offset, inclusive). Returns the base record batches, the parsed values per chunk (from ``parse``:
-    NDJSON block, rows, present mask or None, and a function giving the values one by one for the
-    rare chunk that needs it) and per-partition info (``end_offset`` from the EOF event)."""
+    offset, inclusive).
+
+    Each chunk holds one partition's messages in offset order and is handed to ``on_chunk(batch,
+    block, present_rows, present, one_by_one)``: the base columns as an Arrow record batch, the values
+    as an NDJSON block (b"" when it is not one line per present value), how many values are present,
+    the present mask (None without tombstones) and a function giving the present values one by one
+    for the rare chunk that needs it. ``on_chunk`` runs on the calling thread while the next chunk is
+    being consumed. Returns its results in (partition, offset) order and per-partition info
+    (``end_offset`` from the EOF event)."""
     lib = library()
     assert lib is not None
     parts = sorted(starts)
@@ -258,25 +266,25 @@ def read(
         if bad.value >= 0:  # librdkafka's text may quote the value: name the property only
             raise UsageError(f"Kafka client property {items[bad.value][0]!r} was rejected: check --kafka-config")
         raise ServiceUnreachable(f"cannot create a Kafka consumer for {bootstrap}: {err.value.decode(errors='replace')}")
-    batches: list[Any] = []
-    parsed: list[Any] = []
-    chunks: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)  # bounded: ≤ 2 chunks wait for Python
+    results: list[list[T]] = [[] for _ in parts]
+    filled: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)  # bounded: ≤ 2 fills wait for Python
     stop = threading.Event()
 
     def consume() -> None:
-        """The fill loop, in its own thread: librdkafka keeps being drained while Python parses the
-        previous chunk (ctypes releases the GIL for the C call, Polars for the parse)."""
+        """The fill loop, in its own thread: librdkafka keeps being drained while Python builds the
+        previous chunks (ctypes releases the GIL for the C call, Polars for the parse)."""
         try:
             while not stop.is_set() and lib.recon_scan_pending(scan) > 0:
-                ch = _Chunk(lib)
-                got = lib.recon_scan_fill(scan, ch.ptr, CHUNK_ROWS, CHUNK_BYTES, IDLE_MS)
+                chunks = [_Chunk(lib) for _ in range(max(1, n))]
+                ptrs = (ctypes.c_void_p * len(chunks))(*[c.ptr for c in chunks])
+                got = lib.recon_scan_fill(scan, ptrs, CHUNK_ROWS, CHUNK_BYTES, IDLE_MS)
                 if got < 0:
-                    chunks.put(("error", None))
+                    filled.put(("error", None))
                     return
-                chunks.put(("chunk", ch) if ch.count(0) else ("idle", None))
-            chunks.put(("done", None))
+                filled.put(("chunks", chunks) if got else ("idle", None))
+            filled.put(("done", None))
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
-            chunks.put(("exception", exc))
+            filled.put(("exception", exc))
 
     reader = threading.Thread(target=consume, name="recon-kafka-scan", daemon=True)
     reader.start()
@@ -284,13 +292,13 @@ def read(
         seen = 0
         last_data = _now()
         while True:
-            what, ch = chunks.get()
+            what, payload = filled.get()
             if what == "done":
                 break
             if what == "error":
                 _raise(lib, scan, bootstrap, topic)
             if what == "exception":
-                raise ch
+                raise payload
             if what == "idle":
                 if _now() - last_data > deadline_s:
                     pending = [parts[i] for i in range(n) if lib.recon_scan_eof(scan, i) < 0]
@@ -298,12 +306,12 @@ def read(
                                              f"partitions {pending} had not reached their end: check the broker")
                 continue
             last_data = _now()
-            rows = ch.count(0)
-            batch, values = _to_arrow(ch)
-            batches.append(batch)
-            parsed.append(_parse_chunk(ch, values, rows, parse))
-            del ch, batch, values
-            seen += rows
+            for i, ch in enumerate(payload):
+                rows = ch.count(0)
+                if rows:
+                    results[i].append(_hand_over(ch, rows, on_chunk))
+                    seen += rows
+            del payload
             if progress:
                 progress(seen)
         reader.join()
@@ -312,25 +320,26 @@ def read(
             eof = lib.recon_scan_eof(scan, i)
             if eof >= 0:
                 info.setdefault(p, {})["end_offset"] = int(eof)
-        return batches, parsed, info
+        return [r for per_part in results for r in per_part], info
     finally:
         stop.set()
         while reader.is_alive():  # unblock a put() on the full queue, then let the thread end
             with contextlib.suppress(queue.Empty):
-                chunks.get(timeout=0.05)
+                filled.get(timeout=0.05)
         lib.recon_scan_close(scan)
 
 
-def _parse_chunk(ch: _Chunk, values: Any, rows: int, parse: Callable[..., Any]) -> Any:
+def _hand_over(ch: _Chunk, rows: int, on_chunk: Callable[..., T]) -> T:
+    batch, values = _to_arrow(ch)
     nulls = ch.count(3 + VALUE)
     present = values.is_valid() if nulls else None
     clean = ch.count(1) == 0 and ch.count(2) == 0  # one non-empty line per present value
     block = ch.raw(4 + VALUE) if clean else b""
 
-    def one_by_one() -> list[bytes | None]:  # the rare chunk whose block does not parse whole
+    def one_by_one() -> list[bytes]:  # the rare chunk whose block does not parse whole
         return [v[:-1] for v in values.drop_null().to_pylist()]
 
-    return parse(block, rows - nulls, present, one_by_one)
+    return on_chunk(batch, block, rows - nulls, present, one_by_one)
 
 
 def _raise(lib: ctypes.CDLL, scan: Any, bootstrap: str, topic: str) -> None:

@@ -410,13 +410,15 @@ static int handle(scan_t *s, chunk_t *c, const rd_kafka_message_t *m) {
     return s->err_kind ? -1 : 0; /* others are transient (a broker reconnecting, …): librdkafka retries */
 }
 
-/* Consume into chunk c until it holds max_rows messages or max_bytes of values, every partition is
- * finished, or nothing arrived for idle_ms. Returns the messages added, or -1 (see recon_scan_error). */
-int64_t recon_scan_fill(scan_t *s, chunk_t *c, int64_t max_rows, int64_t max_bytes, int idle_ms) {
-    int64_t before = c->n;
+/* Consume into chunks[i] (one per assigned partition, in the order given to recon_scan_open, so that
+ * each chunk is in offset order) until they hold max_rows messages or max_bytes of values together,
+ * every partition is finished, or nothing arrived for idle_ms. Returns the messages added, or -1
+ * (see recon_scan_error). */
+int64_t recon_scan_fill(scan_t *s, chunk_t **chunks, int64_t max_rows, int64_t max_bytes, int idle_ms) {
+    int64_t rows = 0, bytes = 0;
     int64_t last = now_ms();
-    while (s->npending > 0 && c->n < max_rows && c->cols[C_VALUE].len < max_bytes) {
-        int64_t room = max_rows - c->n;
+    while (s->npending > 0 && rows < max_rows && bytes < max_bytes) {
+        int64_t room = max_rows - rows;
         size_t want = room < BATCH ? (size_t)room : BATCH;
         ssize_t got = rd_kafka_consume_batch_queue(s->q, 10, s->batch, want);
         if (s->err_kind) { /* from the error callback, served during the call */
@@ -435,12 +437,20 @@ int64_t recon_scan_fill(scan_t *s, chunk_t *c, int64_t max_rows, int64_t max_byt
         last = now_ms();
         int failed = 0;
         for (ssize_t i = 0; i < got; i++) {
-            if (!failed && handle(s, c, s->batch[i])) failed = 1;
-            rd_kafka_message_destroy(s->batch[i]);
+            rd_kafka_message_t *m = s->batch[i];
+            if (!failed) {
+                int k = part_index(s, m->partition);
+                chunk_t *c = chunks[k < 0 ? 0 : k];
+                int64_t n0 = c->n, b0 = c->cols[C_VALUE].len;
+                if (handle(s, c, m)) failed = 1;
+                rows += c->n - n0;
+                bytes += c->cols[C_VALUE].len - b0;
+            }
+            rd_kafka_message_destroy(m);
         }
         if (failed) return -1;
     }
-    return c->n - before;
+    return rows;
 }
 
 int recon_scan_pending(scan_t *s) { return s->npending; }
