@@ -93,7 +93,7 @@ def prepare(scan: Scan, org_id: str | None = None) -> pl.DataFrame:
         sf_id18(f["record_id"]).alias("record_id"),
         sf_id18(f["org_id"]).alias("org_id"),
         ids.canonical_times(f["event_time"]).alias("event_time_c"),
-        f["amount"].str.strip_chars().cast(AMOUNT, strict=False).alias("amount_d"),
+        _amounts(f["amount"]).alias("amount_d"),
     )
     valid_id = pl.col("record_id").str.contains(r"^[0-9A-Za-z]{18}$").fill_null(False)
     valid_org = pl.col("org_id").str.contains(r"^[0-9A-Za-z]{18}$").fill_null(False)
@@ -105,6 +105,16 @@ def prepare(scan: Scan, org_id: str | None = None) -> pl.DataFrame:
         org18 = ids.to18(org_id)
         status = pl.when((status == "ok") & (pl.col("org_id") != org18)).then(pl.lit("foreign_org")).otherwise(status)
     return f.with_columns(status.alias("status"))
+
+
+def _amounts(text: pl.Series) -> pl.Series:
+    """Amount text as decimals; surrounding blanks are tolerated. Stripping only the values that do
+    not cast as they are saves a pass over every string (≈0.1 s per 5M events)."""
+    d = text.cast(AMOUNT, strict=False)
+    retry = d.is_null() & text.is_not_null()
+    if not retry.any():
+        return d
+    return d.scatter(retry.arg_true(), text.filter(retry).str.strip_chars().cast(AMOUNT, strict=False))
 
 
 _ID_COLS = ("org_id", "record_id", "event_type", "event_time_c")
@@ -143,7 +153,10 @@ def _occurrences(f: pl.DataFrame) -> pl.DataFrame:
 
 def audit(scan: Scan, org_id: str | None = None) -> Audit:
     """Find duplicate copies, conflicts, their windows and producer-sequence anomalies."""
-    f = prepare(scan, org_id)
+    # one chunk per column: the scan delivers one per partition and fill, and every later select or
+    # filter over the frame joined with the single-chunk occurrence columns would realign them
+    # (measured at 5M events: 1.55 s → 1.30 s for the whole audit)
+    f = prepare(scan, org_id).rechunk()
     f = pl.concat([f, _occurrences(f)], how="horizontal")
     win = f if bool(f["in_window"].all()) else f.filter(pl.col("in_window"))
     dups = win.filter(pl.col("is_duplicate"))

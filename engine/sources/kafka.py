@@ -592,10 +592,14 @@ def _joined(base: pa.Table | pa.RecordBatch, parsed: pl.DataFrame) -> pl.DataFra
 
 def _build_frame(frame: pl.DataFrame, window: Window) -> pl.DataFrame:
     """The scan frame: the read rows cut to the window and flagged ``in_window``."""
-    if window.offsets is not None:  # messages read past a range's last offset
+    if window.offsets is not None:
+        # messages read past a range's last offset, or before its first: a first offset beyond the
+        # partition's end makes the client restart at the beginning (auto.offset.reset)
+        first = pl.col("partition").replace_strict({p: a for p, (a, _) in window.offsets.items()}, default=-1,
+                                                   return_dtype=pl.Int64)
         last = pl.col("partition").replace_strict({p: b for p, (_, b) in window.offsets.items()}, default=-1,
                                                   return_dtype=pl.Int64)
-        frame = frame.filter(pl.col("offset") <= last)
+        frame = frame.filter(pl.col("offset").is_between(first, last))
     in_window = pl.lit(True)
     if window.start is not None:
         in_window = in_window & (pl.col("ts_ms") >= int(window.start.timestamp() * 1000))
