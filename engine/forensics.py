@@ -142,7 +142,7 @@ def _occurrences(f: pl.DataFrame) -> pl.DataFrame:
     rows = cand["row"]
     same = cand["amount_d"] == cand["first_amount"]
     n = len(f)
-    occurrence = pl.Series("occurrence", [0], dtype=pl.Int64).extend_constant(0, n - 1).set(~ok, None)
+    occurrence = pl.repeat(0, n, dtype=pl.Int64, eager=True).alias("occurrence").set(~ok, None)
     false = pl.repeat(False, n, eager=True)
     return pl.DataFrame([
         occurrence.scatter(rows, cand["occurrence"]) if len(rows) else occurrence,
