@@ -130,6 +130,15 @@ def test_hostile_topic_is_counted_not_fatal(scenario_stack) -> None:
     assert res.returncode == 0 and json.loads(res.stdout)["events"] == 0
 
 
+def test_empty_topic_is_zero_events(scenario_stack) -> None:
+    bs = scenario_stack.endpoints["kafka_bootstrap"]
+    create_topic(bs, "empty-topic", partitions=2)
+    res = scenario_stack.run("kafka-audit", "--bootstrap", bs, "--topic", "empty-topic", "--json")
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert (s["events"], s["duplicates"], s["windows"]) == (0, 0, [])
+
+
 def test_topic_that_does_not_exist_is_exit_2(scenario_stack) -> None:
     bs = scenario_stack.endpoints["kafka_bootstrap"]
     res = scenario_stack.run("kafka-audit", "--bootstrap", bs, "--topic", "no-such-topic", "--json")
