@@ -124,6 +124,8 @@ typedef struct {
     int64_t *stop_at; /* last offset to read (inclusive) or -1: to EOF */
     int64_t *eof;     /* offset of the partition's EOF event, -1 until one arrives */
     uint8_t *pending;
+    int32_t *index_of; /* partition number -> position in parts, -1 when not assigned */
+    int32_t max_part;
     int npending;
     int assigned_stops;
     char *hdr[NHDR];
@@ -244,6 +246,7 @@ static void scan_free(scan_t *s) {
     free(s->stop_at);
     free(s->eof);
     free(s->pending);
+    free(s->index_of);
     for (int i = 0; i < NHDR; i++) free(s->hdr[i]);
     free(s);
 }
@@ -315,6 +318,18 @@ scan_t *recon_scan_open(int nconf, const char **keys, const char **vals, const c
         if (stops[i] >= 0) s->assigned_stops = 1;
     }
     s->npending = nparts;
+    s->max_part = -1;
+    for (int i = 0; i < nparts; i++)
+        if (parts[i] > s->max_part) s->max_part = parts[i];
+    s->index_of = malloc(sizeof(int32_t) * (size_t)(s->max_part + 1 > 0 ? s->max_part + 1 : 1));
+    if (!s->index_of) {
+        snprintf(errbuf, errlen, "out of memory");
+        scan_free(s);
+        return NULL;
+    }
+    for (int32_t p = 0; p <= s->max_part; p++) s->index_of[p] = -1;
+    for (int i = 0; i < nparts; i++)
+        if (parts[i] >= 0) s->index_of[parts[i]] = i;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     for (int i = 0; i < nconf; i++) {
         if (rd_kafka_conf_set(conf, keys[i], vals[i], errbuf, (size_t)errlen) != RD_KAFKA_CONF_OK) {
@@ -350,9 +365,7 @@ scan_t *recon_scan_open(int nconf, const char **keys, const char **vals, const c
 }
 
 static int part_index(const scan_t *s, int32_t p) {
-    for (int i = 0; i < s->nparts; i++)
-        if (s->parts[i] == p) return i;
-    return -1;
+    return (p >= 0 && p <= s->max_part) ? s->index_of[p] : -1;
 }
 
 /* Append one data message; returns -1 when out of memory. */
