@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import logging
 import os
 import queue
 import shutil
@@ -36,8 +37,9 @@ SOURCE = Path(__file__).with_name("native") / "kafka_scan.c"
 ENV = "RECON_KAFKA_NATIVE"
 
 CHUNK_ROWS = 1 << 17
-"""Messages per chunk handed to Python: large enough that the per-chunk Python work (wrapping the
-buffers, one NDJSON parse) is noise, small enough that a chunk's buffers stay in tens of MB."""
+"""Messages per fill (over all partitions) handed to Python: large enough that the per-chunk Python
+work (wrapping the buffers, one NDJSON parse) is noise, small enough that a fill's buffers stay in
+tens of MB."""
 CHUNK_BYTES = 256 << 20
 """A chunk also ends once its values reach this size (messages may be up to MBs each)."""
 IDLE_MS = 250
@@ -162,6 +164,7 @@ def library() -> ctypes.CDLL | None:
                 _lib = _load()
             except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
                 _why_not = str(exc)
+                logging.getLogger(__name__).info("native Kafka scan unavailable (%s): using the Python loop", _why_not)
     if _lib is None and want:
         raise NativeUnavailable(f"{ENV}=1 but {_why_not}")
     return _lib
