@@ -29,7 +29,7 @@ first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import polars as pl
@@ -109,12 +109,36 @@ def prepare(scan: Scan, org_id: str | None = None) -> pl.DataFrame:
 
 def _amounts(text: pl.Series) -> pl.Series:
     """Amount text as decimals; surrounding blanks are tolerated. Stripping only the values that do
-    not cast as they are saves a pass over every string (≈0.1 s per 5M events)."""
+    not cast as they are saves a pass over every string (≈0.1 s per 5M events).
+
+    An amount that the 6-decimal scale cannot hold exactly (``12.3456789``, ``1e-7``) becomes null,
+    so its event counts as invalid: the cast would round it silently, and a recomputed CLV must never
+    be off by an amount nobody sees."""
     d = text.cast(AMOUNT, strict=False)
     retry = d.is_null() & text.is_not_null()
-    if not retry.any():
-        return d
-    return d.scatter(retry.arg_true(), text.filter(retry).str.strip_chars().cast(AMOUNT, strict=False))
+    if retry.any():
+        d = d.scatter(retry.arg_true(), text.filter(retry).str.strip_chars().cast(AMOUNT, strict=False))
+    # candidates for rounding: more than 6 characters after the point, or an exponent (rare: checked
+    # exactly, one by one)
+    maybe = text.str.contains(_MAYBE_ROUNDED).fill_null(False) & d.is_not_null()
+    if maybe.any():
+        idx = maybe.arg_true()
+        lossy = [_rounds(t, v) for t, v in zip(text.gather(idx).to_list(), d.gather(idx).to_list(), strict=True)]
+        bad = idx.filter(pl.Series(lossy, dtype=pl.Boolean))
+        if len(bad):
+            d = d.scatter(bad, pl.Series([None] * len(bad), dtype=AMOUNT))
+    return d
+
+
+_MAYBE_ROUNDED = rf"[eE]|\.[0-9]{{{AMOUNT.scale + 1}}}"  # one regex pass: ≈0.09 s per 5M amounts
+
+
+def _rounds(text: str, value: Decimal) -> bool:
+    """Whether ``value`` (the cast) differs from the exact number ``text`` spells."""
+    try:
+        return Decimal(text.strip()) != value
+    except InvalidOperation:
+        return True
 
 
 _ID_COLS = ("org_id", "record_id", "event_type", "event_time_c")

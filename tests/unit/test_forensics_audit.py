@@ -100,7 +100,9 @@ def test_windows_are_runs_of_adjacent_copies() -> None:
 
 @pytest.mark.parametrize(("text", "want"), [
     ("1.5", Decimal("1.5")), (" 2.25 ", Decimal("2.25")), ("\t-3\n", Decimal("-3")), ("x", None), (None, None),
-    ("", None), ("1e3", Decimal("1000")),
+    ("", None), ("1e3", Decimal("1000")), ("1.5000000", Decimal("1.5")), (" 2.1234560 ", Decimal("2.123456")),
+    # the 6-decimal scale cannot hold these exactly: null (the event is invalid), never rounded
+    ("12.3456789", None), ("1e-7", None), ("-0.0000005", None), ("2.5E-7", None),
 ])
 def test_amounts_tolerate_blanks(text: str | None, want: Decimal | None) -> None:
     got = forensics._amounts(pl.Series([text, "7"], dtype=pl.Utf8)).to_list()
