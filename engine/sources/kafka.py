@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 import uuid
@@ -133,10 +134,17 @@ def load_kafka_config(path: str | Path | None) -> dict[str, str]:
     return conf
 
 
+_LIBRDKAFKA_LOG = logging.getLogger(__name__ + ".librdkafka")
+# librdkafka's own log lines (a refused connection every 50 ms while a broker is down, warnings about
+# properties) go to Python logging, which says nothing unless the application asks: the CLI's answer
+# to a user is its one-line error
+_LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+
+
 def _consumer(bootstrap: str, extra: dict[str, str]) -> Any:
     from confluent_kafka import Consumer
 
-    return Consumer(_consumer_conf(bootstrap, extra))
+    return Consumer({**_consumer_conf(bootstrap, extra), "logger": _LIBRDKAFKA_LOG})
 
 
 def _consumer_conf(bootstrap: str, extra: dict[str, str]) -> dict[str, Any]:
@@ -156,21 +164,23 @@ def _consumer_conf(bootstrap: str, extra: dict[str, str]) -> dict[str, Any]:
 
 def topic_partitions(bootstrap: str, topic: str, extra: dict[str, str] | None = None, timeout: float = 15) -> list[int]:
     """Partitions of an existing topic; UsageError when it does not exist, ServiceUnreachable when the
-    broker does not answer. Lists all topics: asking Tansu about one topic by name creates it."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+    broker does not answer. Lists all topics: asking Tansu about one topic by name creates it.
 
-    conf = {"bootstrap.servers": bootstrap, **(extra or {})}
-    conf.pop("group.id", None)
+    Asked through a consumer with the scan's own properties: an admin client would warn on stderr
+    about every consumer property of --kafka-config (the file exists to hold those)."""
+    from confluent_kafka import KafkaException
+
     try:
-        admin = AdminClient(conf)
+        c = _consumer(bootstrap, extra or {})
     except KafkaException as exc:
         raise kafka_config_error(exc) from None
     try:
-        md = admin.list_topics(timeout=timeout)
+        md = c.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise ServiceUnreachable(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({exc.args[0].name()}): "
                                  "check the bootstrap address and that the broker runs") from None
+    finally:
+        c.close()
     t = md.topics.get(topic)
     if t is None or t.error is not None or not t.partitions:
         raise UsageError(f"topic {topic!r} does not exist on {bootstrap}: check --topic")
@@ -538,8 +548,10 @@ def _read_native(
             parsed = _spread(parsed, mask)
         return _joined(batch, parsed)
 
-    frames, info = kafka_native.read(bootstrap, topic, _consumer_conf(bootstrap, extra), starts, stops, HEADERS,
-                                     deadline_s, progress, on_chunk)
+    conf = _consumer_conf(bootstrap, extra)
+    if "debug" not in conf and "log_level" not in conf:
+        conf["log_level"] = 0  # the C loop has no Python logger to hand librdkafka's lines to: silent, as above
+    frames, info = kafka_native.read(bootstrap, topic, conf, starts, stops, HEADERS, deadline_s, progress, on_chunk)
     if not frames:
         return _joined(pa.Table.from_batches([], schema=_NATIVE_BASE), pl.DataFrame(schema=_PARSED_SCHEMA)), info
     return pl.concat(frames), info  # chunks come per partition, in offset order: no sort

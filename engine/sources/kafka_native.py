@@ -131,6 +131,10 @@ def _load() -> ctypes.CDLL:
     lib.recon_chunk_free.restype = None
     lib.recon_chunk_buffer.argtypes = [c_p, i32, ctypes.POINTER(i64)]
     lib.recon_chunk_buffer.restype = c_p
+    lib.recon_chunk_take.argtypes = [c_p, i32, ctypes.POINTER(i64)]
+    lib.recon_chunk_take.restype = c_p
+    lib.recon_buffer_free.argtypes = [c_p]
+    lib.recon_buffer_free.restype = None
     lib.recon_chunk_count.argtypes = [c_p, i32]
     lib.recon_chunk_count.restype = i64
     lib.recon_scan_open.argtypes = [i32, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p),
@@ -174,8 +178,22 @@ def why_not() -> str | None:
     return _why_not
 
 
+class _Owned:
+    """One C buffer taken over from a chunk; freed when the last Arrow buffer over it goes."""
+
+    __slots__ = ("_free", "addr")
+
+    def __init__(self, free: Any, addr: int) -> None:
+        self._free, self.addr = free, addr
+
+    def __del__(self) -> None:
+        self._free(self.addr)
+
+
 class _Chunk:
-    """Owns one C chunk; Arrow buffers wrapping its memory keep this object (and so the memory) alive."""
+    """Owns one C chunk. Columns that end up in the scan frame take their buffers over
+    (:meth:`take`), so that the frame keeps only them alive; the values' buffers stay with the chunk
+    and go with it once they are parsed."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
@@ -200,6 +218,16 @@ class _Chunk:
             return pa.py_buffer(b"")
         return pa.foreign_buffer(addr, size.value, base=self)
 
+    def take(self, which: int) -> Any:
+        import pyarrow as pa
+
+        size = ctypes.c_int64()
+        addr = self._lib.recon_chunk_take(self.ptr, which, ctypes.byref(size))
+        if not addr:
+            return pa.py_buffer(b"")
+        owner = _Owned(self._lib.recon_buffer_free, addr)
+        return pa.foreign_buffer(addr, size.value, base=owner) if size.value else pa.py_buffer(b"")
+
     def raw(self, which: int) -> bytes:
         size = ctypes.c_int64()
         addr = self._lib.recon_chunk_buffer(self.ptr, which, ctypes.byref(size))
@@ -209,13 +237,13 @@ class _Chunk:
 KEY, ORG, PROD, SEQ, VALUE = range(5)
 
 
-def _binary(ch: _Chunk, col: int, n: int) -> Any:
+def _binary(ch: _Chunk, col: int, n: int, take: bool = True) -> Any:
     import pyarrow as pa
 
+    buf = ch.take if take else ch.buffer
     nulls = ch.count(3 + col)
-    validity = ch.buffer(14 + col) if nulls else None
-    return pa.Array.from_buffers(pa.large_binary(), n, [validity, ch.buffer(9 + col), ch.buffer(4 + col)],
-                                 null_count=nulls)
+    validity = buf(14 + col) if nulls else None
+    return pa.Array.from_buffers(pa.large_binary(), n, [validity, buf(9 + col), buf(4 + col)], null_count=nulls)
 
 
 def _to_arrow(ch: _Chunk) -> tuple[Any, Any]:
@@ -224,15 +252,15 @@ def _to_arrow(ch: _Chunk) -> tuple[Any, Any]:
     import pyarrow as pa
 
     n = ch.count(0)
-    ts = pa.StructArray.from_arrays([pa.Array.from_buffers(pa.int8(), n, [None, ch.buffer(3)]),
-                                     pa.Array.from_buffers(pa.int64(), n, [None, ch.buffer(2)])],
+    ts = pa.StructArray.from_arrays([pa.Array.from_buffers(pa.int8(), n, [None, ch.take(3)]),
+                                     pa.Array.from_buffers(pa.int64(), n, [None, ch.take(2)])],
                                     names=["ts_type", "ts_ms"])
     batch = pa.RecordBatch.from_arrays([
-        pa.Array.from_buffers(pa.int32(), n, [None, ch.buffer(0)]),
-        pa.Array.from_buffers(pa.int64(), n, [None, ch.buffer(1)]),
+        pa.Array.from_buffers(pa.int32(), n, [None, ch.take(0)]),
+        pa.Array.from_buffers(pa.int64(), n, [None, ch.take(1)]),
         ts, _binary(ch, KEY, n), _binary(ch, ORG, n), _binary(ch, PROD, n), _binary(ch, SEQ, n),
     ], names=["partition", "offset", "ts", "key", "org_header", "producer_id", "sequence"])
-    return batch, _binary(ch, VALUE, n)
+    return batch, _binary(ch, VALUE, n, take=False)
 
 
 def read(

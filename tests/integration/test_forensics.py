@@ -147,6 +147,30 @@ def test_topic_that_does_not_exist_is_exit_2(scenario_stack) -> None:
     assert len(lines) == 1 and "does not exist" in lines[0] and "Traceback" not in res.stderr
 
 
+def test_unreachable_broker_is_one_line_exit_5(scenario_stack) -> None:
+    """librdkafka logs a refused connection every 50 ms; none of that reaches the user's terminal."""
+    res = scenario_stack.run("kafka-audit", "--bootstrap", "127.0.0.1:9", "--topic", "clv-events", "--json", timeout=60)
+    assert res.returncode == 5
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "did not answer" in lines[0] and "127.0.0.1:9" in lines[0], res.stderr
+
+
+def test_kafka_config_consumer_properties_are_quiet_and_bad_ones_named(scenario_stack, tmp_path) -> None:
+    bs = scenario_stack.endpoints["kafka_bootstrap"]
+    good = tmp_path / "good.properties"
+    good.write_text("# consumer tuning\nfetch.wait.max.ms=50\nqueued.max.messages.kbytes=65536\n")
+    res = scenario_stack.run("kafka-audit", "-C", str(scenario_stack.config), "--kafka-config", str(good), "--json")
+    assert res.returncode == 1 and res.stderr.strip() == "", res.stderr  # no librdkafka warning lines
+    assert json.loads(res.stdout)["duplicates"] > 0
+    bad = tmp_path / "bad.properties"
+    bad.write_text("sasl.password=hunter2\nno.such.property=hunter3\n")
+    res = scenario_stack.run("kafka-audit", "-C", str(scenario_stack.config), "--kafka-config", str(bad), "--json")
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("recon: error: invalid Kafka configuration: unknown property 'no.such.property': "
+                                  "check --kafka-config")
+    assert "hunter" not in res.stderr + res.stdout
+
+
 def test_malformed_offsets_is_exit_2(scenario_stack) -> None:
     res = scenario_stack.run("kafka-audit", "-C", str(scenario_stack.config), "--offsets", "0:9-1")
     assert res.returncode == 2 and "malformed --offsets" in res.stderr

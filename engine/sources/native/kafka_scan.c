@@ -229,6 +229,23 @@ void *recon_chunk_buffer(chunk_t *c, int which, int64_t *size) {
     return NULL;
 }
 
+/* Like recon_chunk_buffer, but the caller takes the buffer over (frees it with recon_buffer_free)
+ * and the chunk forgets it: a column that outlives its chunk then keeps only its own memory alive,
+ * not the chunk's values. */
+void *recon_chunk_take(chunk_t *c, int which, int64_t *size) {
+    void *p = recon_chunk_buffer(c, which, size);
+    if (which == 0) c->partition = NULL;
+    else if (which == 1) c->offset = NULL;
+    else if (which == 2) c->ts = NULL;
+    else if (which == 3) c->tstype = NULL;
+    else if (which >= 4 && which < 9) c->cols[which - 4].data = NULL;
+    else if (which >= 9 && which < 14) c->cols[which - 9].offs = NULL;
+    else if (which >= 14 && which < 19) c->cols[which - 14].valid = NULL;
+    return p;
+}
+
+void recon_buffer_free(void *p) { free(p); }
+
 /* Counters: 0 rows, 1 value newlines, 2 empty values, 3+k nulls of column k. */
 int64_t recon_chunk_count(chunk_t *c, int which) {
     if (which == 0) return c->n;
