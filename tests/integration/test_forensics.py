@@ -156,7 +156,6 @@ def test_unreachable_broker_is_one_line_exit_5(scenario_stack) -> None:
 
 
 def test_kafka_config_consumer_properties_are_quiet_and_bad_ones_named(scenario_stack, tmp_path) -> None:
-    bs = scenario_stack.endpoints["kafka_bootstrap"]
     good = tmp_path / "good.properties"
     good.write_text("# consumer tuning\nfetch.wait.max.ms=50\nqueued.max.messages.kbytes=65536\n")
     res = scenario_stack.run("kafka-audit", "-C", str(scenario_stack.config), "--kafka-config", str(good), "--json")
@@ -176,16 +175,24 @@ def test_malformed_offsets_is_exit_2(scenario_stack) -> None:
     assert res.returncode == 2 and "malformed --offsets" in res.stderr
 
 
-def test_worker_scan_equals_single_process_scan_with_mixed_headers(scenario_stack) -> None:
+@pytest.mark.parametrize("loop", ["python", "native"])
+def test_worker_scan_equals_single_process_scan_with_mixed_headers(scenario_stack, loop: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The parallel scan (worker processes, Arrow IPC files, concatenation without a sort) and the
-    single-process scan give the same frame and audit; header values are picked alike whether a
-    message has all, some, repeated or no headers, and sequence gaps and regressions are found."""
+    single-process scan give the same frame and audit, with either scan loop; header values are
+    picked alike whether a message has all, some, repeated or no headers, and sequence gaps and
+    regressions are found."""
     from engine import forensics
     from engine.sources import kafka as ks
+    from engine.sources import kafka_native
 
+    if loop == "native" and kafka_native.library() is None:
+        pytest.skip(f"native Kafka scan unavailable here: {kafka_native.why_not()}")
+    monkeypatch.setenv(kafka_native.ENV, "1" if loop == "native" else "0")  # the workers inherit it
     bs = scenario_stack.endpoints["kafka_bootstrap"]
     org = scenario_stack.truth["org_id"]
-    create_topic(bs, "mixed-headers", partitions=3)
+    topic = f"mixed-headers-{loop}"
+    create_topic(bs, topic, partitions=3)
     p = Producer({"bootstrap.servers": bs})
     base = {"org_id": org, "event_type": "purchase", "amount": "1.00"}
     seqs = {0: [0, 1, 2, 5, 6, 3, 4], 1: [0, 1, 2, 3, 4, 5, 6], 2: [10, 11, 12, 13, 14, 15, 16]}
@@ -197,11 +204,11 @@ def test_worker_scan_equals_single_process_scan_with_mixed_headers(scenario_stac
                 hs = None  # no headers at all: not in the sequence check
             elif part == 2 and i == 2:
                 hs = [("sequence", b"99"), ("producer-id", b"8"), ("sequence", str(sq).encode())]  # repeated: last wins
-            p.produce("mixed-headers", value=json.dumps(ev).encode(), partition=part, headers=hs)
-        p.produce("mixed-headers", value=json.dumps(ev).encode(), partition=part)  # a copy, without headers
+            p.produce(topic, value=json.dumps(ev).encode(), partition=part, headers=hs)
+        p.produce(topic, value=json.dumps(ev).encode(), partition=part)  # a copy, without headers
     assert p.flush(30) == 0
-    one = ks.scan(bs, "mixed-headers", workers=1)
-    many = ks.scan(bs, "mixed-headers", workers=3)
+    one = ks.scan(bs, topic, workers=1)
+    many = ks.scan(bs, topic, workers=3)
     cols = sorted(one.frame.columns)
     assert many.frame.select(cols).equals(one.frame.select(cols).sort(["partition", "offset"]))
     assert one.frame.filter((pl.col("partition") == 2) & (pl.col("offset") == 2))["producer_id"].to_list() == ["8"]
