@@ -82,3 +82,43 @@ def test_event_ids_batch(benchmark) -> None:  # noqa: ANN001
     ts = [f"2026-09-{1 + i % 28:02d}T10:00:00.000000Z" for i in range(n)]
     out = benchmark.pedantic(ids.event_ids, args=(org, rec, typ, ts), rounds=3, iterations=1)
     assert len(out) == n and all(out)
+
+
+@pytest.fixture(scope="module")
+def scan_frame():  # noqa: ANN201
+    """A scan of ROWS events over 3 partitions in (partition, offset) order, 3% of them re-delivered
+    copies placed in blocks, like the incident, with producer sequence headers."""
+    from engine.sources.kafka import Scan
+
+    rng = np.random.default_rng(7)
+    n = ROWS
+    rec = rng.integers(0, max(1, n // 5), n)
+    sec = rng.integers(0, 86_400, n)
+    copy = np.zeros(n, dtype=bool)
+    for start in rng.integers(0, n - 1000, max(1, n * 3 // 100 // 1000)):
+        copy[start:start + 1000] = True  # these rows repeat the event 5,000 rows earlier
+    src = np.where(copy & (np.arange(n) >= 5000), np.arange(n) - 5000, np.arange(n))
+    rec, sec = rec[src], sec[src]
+    part = np.repeat(np.arange(3, dtype=np.int32), -(-n // 3))[:n]
+    offset = np.concatenate([np.arange(c) for c in np.bincount(part, minlength=3)])
+    frame = pl.DataFrame({
+        "partition": part, "offset": offset.astype(np.int64), "ts_ms": 1_785_000_000_000 + np.arange(n),
+        "ts_type": np.ones(n, dtype=np.int8), "key": pl.Series([None] * n, dtype=pl.Utf8),
+        "org_header": pl.Series(["00D8d00000RECONEA5"] * n), "producer_id": pl.Series(["7"] * n),
+        "sequence": np.arange(n, dtype=np.int64), "org_id": pl.Series(["00D8d00000RECONEA5"] * n),
+        "record_id": pl.Series([f"0015g{r:013d}" for r in rec]), "event_type": pl.Series(["purchase"] * n),
+        "event_time": pl.Series([f"2026-08-01T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}.000Z" for s in sec]),
+        "amount": pl.Series([f"{r % 5000}.{r % 100:02d}" for r in rec]), "status": pl.Series(["ok"] * n),
+        "in_window": np.ones(n, dtype=bool),
+    })
+    return Scan(frame=frame, topic="micro")
+
+
+def test_kafka_audit_analyze(benchmark, scan_frame) -> None:  # noqa: ANN001
+    """The analysis half of `recon kafka-audit` (prepare, occurrences, windows, sequences) on ROWS
+    scanned events."""
+    from engine import forensics
+
+    a = benchmark.pedantic(forensics.audit, args=(scan_frame,), kwargs={"org_id": "00D8d00000RECONEA5"}, rounds=3,
+                           iterations=1)
+    assert a.events == ROWS and a.duplicates > 0 and a.windows
