@@ -7,6 +7,11 @@ partition, offset, timestamp, key, the three picked headers and the value to col
 values are laid out as one NDJSON block that Polars parses in one call. Python sees one call per
 chunk of messages, and the buffers become Arrow arrays without a copy.
 
+Written by hand because no maintained library fits: kafkarrow 0.1.1 (Rust, Arrow batches, Oct
+2026) has no headers in its batches (the sequence check needs producer-id and sequence), no
+explicit per-partition start offsets (``--offsets``), and releases messages in timestamp order
+across partitions; aiokafka and kafka-python are pure Python, slower than confluent-kafka.
+
 The library is compiled on first use with the machine's C compiler into the user cache (keyed by the
 source, the librdkafka file and the compiler), or ahead of time by ``python -m
 engine.sources.kafka_native build`` (``scripts/_env.sh`` does). Without a compiler, or with
