@@ -569,15 +569,16 @@ def _pick_headers(hs: list[list[tuple[str, bytes | None]] | None]) -> tuple[list
     org: list[bytes | None] = []
     prod: list[bytes | None] = []
     seq: list[bytes | None] = []
+    org_key, prod_key, seq_key = HEADERS
     for h in hs:
         o_h = pr_h = sq_h = None
         if h:
             for hk, hv in h:
-                if hk == "org-id":
+                if hk == org_key:
                     o_h = hv
-                elif hk == "producer-id":
+                elif hk == prod_key:
                     pr_h = hv
-                elif hk == "sequence":
+                elif hk == seq_key:
                     sq_h = hv
         org.append(o_h)
         prod.append(pr_h)
