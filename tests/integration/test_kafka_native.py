@@ -163,3 +163,24 @@ def test_native_reports_a_vanished_topic_and_a_silent_broker(apache_kafka: Broke
         kn.read(apache_kafka.bootstrap, topic, {**conf, "no.such.property": "hunter2"}, {0: -2}, {}, ks.HEADERS, 10,
                 None, parse)
     assert "hunter2" not in str(exc.value)
+
+
+def test_native_equals_python_past_the_buffers_first_sizes(apache_kafka: BrokerHandle, kafka_topic: TopicFactory,
+                                                          both_loops, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enough messages, and values large enough, that every column buffer of a chunk grows several
+    times (first sizes: 8,192 rows, 64 KiB of data) and a fill ends on its byte limit."""
+    topic = kafka_topic(apache_kafka, partitions=2)
+    p = Producer({"bootstrap.servers": apache_kafka.bootstrap, "linger.ms": 20, "compression.type": "lz4"})
+    for i in range(30_000):
+        value = _event(i) if i % 997 else _event(i, note="x" * 150_000)  # a few 150 KB values
+        p.produce(topic, key=f"key-{i}".encode(), value=value, partition=i % 2,
+                  headers=[("org-id", ORG.encode()), ("producer-id", b"7"), ("sequence", str(i // 2).encode())])
+        if i % 5000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    monkeypatch.setattr(kn, "CHUNK_BYTES", 1 << 20)  # several fills end on bytes, not rows
+    py = both_loops(False, apache_kafka.bootstrap, topic, workers=1)
+    nat = both_loops(True, apache_kafka.bootstrap, topic, workers=1)
+    assert nat.frame.height == 30_000
+    _same(nat, py)
+    assert nat.frame["status"].unique().to_list() == ["ok"]
