@@ -6,6 +6,11 @@ stale watermarks): the end of a partition is found by EOF, a time window is alwa
 messages' own timestamps, and an `offsets_for_times` answer is only a starting hint that is checked
 against the message just before it.
 
+Messages are read by the native loop (``kafka_native``: C against confluent-kafka's librdkafka,
+straight into Arrow buffers, one process, one chunk per partition so rows arrive in (partition,
+offset) order) or, where it cannot be built, by the Python loop below (confluent-kafka ``Message``
+objects, one worker process per partition group on large topics); both give the same frame.
+
 Values are parsed in bulk by Polars' NDJSON reader (Rust); a batch that fails is split so that only
 the bad messages fall back to one-by-one parsing and are counted (and sampled) as unparsable, never
 fatal. Tombstones (null values) are counted apart.
