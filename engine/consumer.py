@@ -1807,6 +1807,9 @@ class _Runner:
                 md = self.consumer.list_topics(timeout=min(5.0, max(1.0, self.s.deadline_s)))
                 break
             except KafkaException as exc:
+                # serve the error callback (nothing is subscribed yet, so no message is taken): a
+                # refused login must be exit 2 at once, not an outage waited out until --deadline
+                self.consumer.poll(0)
                 if self.callback_error is not None:
                     raise self.callback_error from None
                 if time.monotonic() - start + delay > self.s.deadline_s:

@@ -578,6 +578,12 @@ class _ExitedEarly(Exception):
     """The broker process died before it was ready (e.g. a port taken in the meantime)."""
 
 
+LOCAL_SASL_USER: Final = "recon"
+LOCAL_SASL_PASSWORD: Final = "recon-local-sasl"
+"""The one user of the local Apache broker's SASL listener: a throwaway credential of a loopback test
+broker (like the embedded PostgreSQL's), there to test authentication end to end."""
+
+
 class ApacheKafka(KafkaBroker):
     """Apache Kafka in KRaft mode: one JVM that is broker and controller, data in ``kafka/data``."""
 
@@ -598,7 +604,18 @@ class ApacheKafka(KafkaBroker):
         return self.dir / "log4j2.properties"
 
     def _port_names(self) -> tuple[str, ...]:
-        return ("client", "controller")
+        return ("client", "controller", "sasl")
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """``host:port`` of the SASL_PLAINTEXT listener (mechanism PLAIN, user :data:`LOCAL_SASL_USER`,
+        password :data:`LOCAL_SASL_PASSWORD`): lets the tests exercise real authentication, wrong
+        credentials included. UsageError when the broker is not running."""
+        st = self.status()
+        port = ((st or {}).get("ports") or {}).get("sasl")
+        if st is None or not isinstance(port, int):
+            raise UsageError(f"the {self.backend} Kafka broker is not running: run `recon services up`")
+        return f"{_HOST}:{port}"
 
     def _java(self) -> str:
         found = find_java()
@@ -609,16 +626,21 @@ class ApacheKafka(KafkaBroker):
         return found[0]
 
     def _server_properties(self, ports: dict[str, int]) -> str:
-        client, controller = ports["client"], ports["controller"]
+        client, controller, sasl = ports["client"], ports["controller"], ports["sasl"]
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"{_HOST}:{controller}",
-            "listeners": f"PLAINTEXT://{_HOST}:{client},CONTROLLER://{_HOST}:{controller}",
-            "advertised.listeners": f"PLAINTEXT://{_HOST}:{client}",
+            "listeners": f"PLAINTEXT://{_HOST}:{client},CONTROLLER://{_HOST}:{controller},"
+                         f"SASL_PLAINTEXT://{_HOST}:{sasl}",
+            "advertised.listeners": f"PLAINTEXT://{_HOST}:{client},SASL_PLAINTEXT://{_HOST}:{sasl}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config":
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'user_{LOCAL_SASL_USER}="{LOCAL_SASL_PASSWORD}";',
             "log.dirs": str(self.data_dir),
             "num.partitions": "3",
             "default.replication.factor": "1",

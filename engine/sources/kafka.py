@@ -146,10 +146,10 @@ _LIBRDKAFKA_LOG = logging.getLogger(__name__ + ".librdkafka")
 _LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
 
 
-def _consumer(bootstrap: str, extra: dict[str, str]) -> Any:
+def _consumer(bootstrap: str, extra: dict[str, str], **callbacks: Any) -> Any:
     from confluent_kafka import Consumer
 
-    return Consumer({**_consumer_conf(bootstrap, extra), "logger": _LIBRDKAFKA_LOG})
+    return Consumer({**_consumer_conf(bootstrap, extra), "logger": _LIBRDKAFKA_LOG, **callbacks})
 
 
 def _consumer_conf(bootstrap: str, extra: dict[str, str]) -> dict[str, Any]:
@@ -173,17 +173,29 @@ def topic_partitions(bootstrap: str, topic: str, extra: dict[str, str] | None = 
 
     Asked through a consumer with the scan's own properties: an admin client would warn on stderr
     about every consumer property of --kafka-config (the file exists to hold those)."""
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
 
+    errors: list[Any] = []
     try:
-        c = _consumer(bootstrap, extra or {})
+        c = _consumer(bootstrap, extra or {}, error_cb=errors.append)
     except KafkaException as exc:
         raise kafka_config_error(exc) from None
+    refused = (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)
+    deadline = time.monotonic() + timeout
     try:
-        md = c.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise ServiceUnreachable(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({exc.args[0].name()}): "
-                                 "check the bootstrap address and that the broker runs") from None
+        while True:  # one-second attempts: a refused login is told apart from silence at once
+            try:
+                md = c.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+                break
+            except KafkaException as exc:
+                c.poll(0)  # serves the error callback
+                if any(e.code() in refused for e in errors):  # librdkafka's text is not shown: it names the user
+                    raise UsageError(f"Kafka at {bootstrap} refused the credentials (SASL authentication failed): "
+                                     "check sasl.username, sasl.password and sasl.mechanism in --kafka-config") from None
+                if time.monotonic() >= deadline:
+                    raise ServiceUnreachable(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s "
+                                             f"({exc.args[0].name()}): check the bootstrap address and that the "
+                                             "broker runs") from None
     finally:
         c.close()
     t = md.topics.get(topic)

@@ -561,6 +561,19 @@ def test_bad_kafka_config_exits_2(embedded_pg: PgHandle, apache_kafka: BrokerHan
     assert "whatever-secret" not in res.stderr
 
 
+def test_wrong_sasl_credentials_exit_2_without_the_password(embedded_pg: PgHandle, apache_kafka: BrokerHandle,
+                                                            plan: TopicPlan, tmp_path: Any) -> None:
+    """The local broker's SASL_PLAINTEXT listener refuses the login: one line, exit 2, no password."""
+    from engine.local.kafka import LOCAL_SASL_USER
+
+    f = tmp_path / "sasl.properties"
+    f.write_text(f"security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.username={LOCAL_SASL_USER}\n"
+                 "sasl.password=not-the-password-42\n")
+    res = consume(embedded_pg, apache_kafka.broker.sasl_bootstrap, plan.name, _table(), None, "--kafka-config", str(f))
+    _one_line_error(res, 2, "refused", "--kafka-config", notices=True)
+    assert "not-the-password-42" not in res.stderr + res.stdout
+
+
 def test_event_id_vector_matches_engine_ids() -> None:
     """The consumer and the scenario share one id function: the published vector holds here too."""
     assert event_id(ORG, "0015g0000000001AAA", "purchase", "2026-08-01T10:00:00.123Z") == \

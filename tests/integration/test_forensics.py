@@ -170,6 +170,43 @@ def test_kafka_config_consumer_properties_are_quiet_and_bad_ones_named(scenario_
     assert "hunter" not in res.stderr + res.stdout
 
 
+def test_sasl_login_reads_and_wrong_credentials_are_one_line_exit_2(scenario_stack, apache_kafka, kafka_topic,
+                                                                    tmp_path) -> None:
+    """Against the local broker's SASL_PLAINTEXT listener: the right login reads the topic with
+    either scan loop; a wrong password is told apart from a silent broker at once, and never shown."""
+    import time
+
+    from engine.local.kafka import LOCAL_SASL_PASSWORD, LOCAL_SASL_USER
+
+    org = scenario_stack.truth["org_id"]
+    topic = kafka_topic(apache_kafka, partitions=2)
+    ev = {"org_id": org, "account_id": "0015g0000000001AAA", "event_type": "purchase",
+          "event_ts": "2026-08-01T10:00:00.000Z", "amount": "10.00"}
+    _produce(apache_kafka.bootstrap, topic, [(b"k", json.dumps({**ev, "event_ts": f"2026-08-01T10:00:0{i}.000Z"}).encode(),
+                                              i % 2) for i in range(6)] + [(b"k", json.dumps(ev).encode(), 1)])
+    sasl = apache_kafka.broker.sasl_bootstrap
+    base = f"security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.username={LOCAL_SASL_USER}\n"
+    good, bad = tmp_path / "good.properties", tmp_path / "bad.properties"
+    good.write_text(base + f"sasl.password={LOCAL_SASL_PASSWORD}\n")
+    bad.write_text(base + "sasl.password=not-the-password-42\n")
+    outs = []
+    for native in ("1", "0"):
+        res = scenario_stack.run("kafka-audit", "--bootstrap", sasl, "--topic", topic, "--kafka-config", str(good),
+                                 "--json", env={"RECON_KAFKA_NATIVE": native})
+        assert res.returncode == 1, res.stderr
+        out = json.loads(res.stdout)
+        out.pop("elapsed_s", None)
+        outs.append(out)
+    assert outs[0] == outs[1] and (outs[0]["events"], outs[0]["duplicates"]) == (7, 1)
+    t = time.monotonic()
+    res = scenario_stack.run("kafka-audit", "--bootstrap", sasl, "--topic", topic, "--kafka-config", str(bad), "--json")
+    assert time.monotonic() - t < 10  # not the 15 s "did not answer" wait
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"recon: error: Kafka at {sasl} refused the credentials (SASL authentication "
+                                  "failed): check sasl.username, sasl.password and sasl.mechanism in --kafka-config")
+    assert "not-the-password-42" not in res.stdout + res.stderr
+
+
 def test_malformed_offsets_is_exit_2(scenario_stack) -> None:
     res = scenario_stack.run("kafka-audit", "-C", str(scenario_stack.config), "--offsets", "0:9-1")
     assert res.returncode == 2 and "malformed --offsets" in res.stderr
