@@ -92,9 +92,10 @@ class Window:
 
 @dataclass
 class Scan:
-    """The scanned messages, in (partition, offset) order. ``frame`` columns: partition, offset, ts_ms, ts_type, key, org_header,
-    producer_id, sequence, in_window, status ('ok' | 'unparsable' | 'tombstone'), raw (str, only for
-    unparsable), and the parsed fields (org_id, record_id, event_type, event_time, amount as text)."""
+    """The scanned messages, in (partition, offset) order. ``frame`` columns: partition, offset,
+    ts_ms, ts_type, key, org_header, producer_id, sequence, in_window, status ('ok' | 'unparsable' |
+    'tombstone'), raw (str, only for unparsable), and the parsed fields (org_id, record_id,
+    event_type, event_time, amount as text)."""
 
     frame: pl.DataFrame
     topic: str
