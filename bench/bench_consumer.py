@@ -15,7 +15,7 @@ alternately and --repeat times each:
   same_rows the rows recon stores (event ids, lineage JSONB; same transform) COPYed straight into a
             table without a key: no dedup, no aggregates, no offsets. recon vs this is the cost of
             the idempotency itself; recon vs baseline also includes ids, lineage and validation;
-  recon     engine.consumer.run (what `recon consume --until-caught-up` runs) into a fresh events
+  recon     engine.connectors.kafka.consumer.run (what `recon consume --until-caught-up` runs) into a fresh events
             table: event ids, dedup, lineage JSONB, dead-letter guards, per-record aggregates and
             offsets + counters, all in one transaction per batch.
 
@@ -130,7 +130,7 @@ def baseline(bootstrap: str, topic: str, dsn: str, table: str, batch_size: int) 
     import psycopg
     from confluent_kafka import Consumer, KafkaError
 
-    from engine.local.kafka import fast_rejoin_consumer_config
+    from engine.connectors.kafka.client import fast_rejoin_consumer_config
 
     with psycopg.connect(dsn) as conn:
         conn.execute(f"""CREATE TABLE {table} (
@@ -184,8 +184,8 @@ def same_rows(bootstrap: str, topic: str, dsn: str, table: str, batch_size: int)
     import psycopg
     from confluent_kafka import Consumer
 
-    from engine import consumer
-    from engine.local.kafka import fast_rejoin_consumer_config
+    from engine.connectors.kafka import consumer
+    from engine.connectors.kafka.client import fast_rejoin_consumer_config
 
     with psycopg.connect(dsn) as conn:
         conn.execute(f"""CREATE TABLE {table} (
@@ -218,7 +218,7 @@ def same_rows(bootstrap: str, topic: str, dsn: str, table: str, batch_size: int)
 
 
 def recon(bootstrap: str, topic: str, dsn: str, table: str, batch_size: int) -> dict[str, Any]:
-    from engine import consumer
+    from engine.connectors.kafka import consumer
 
     s = consumer.ConsumerSettings(bootstrap=bootstrap, topic=topic, group=f"bench-recon-{uuid.uuid4().hex[:8]}",
                                   dsn=dsn, table=consumer.parse_table(table), org_id=ORG_ID, until_caught_up=True,

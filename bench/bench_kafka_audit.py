@@ -25,7 +25,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from engine.sources.kafka import FETCH_TUNING, POLL_S
+from engine.connectors.kafka.scan import FETCH_TUNING, POLL_S
 
 
 def bare_loop(bootstrap: str, topic: str, partitions: int) -> tuple[float, int]:
@@ -87,10 +87,10 @@ def main() -> None:
                     help="also time the whole `recon kafka-audit` process (start-up included) and its peak RSS")
     a = ap.parse_args()
     os.environ["RECON_KAFKA_NATIVE"] = "1" if a.loop == "native" else "0"
-    from engine import forensics
+    from engine.connectors.kafka import scan as ks
+    from engine.core import forensics
     from engine.local import scenario
     from engine.local.kafka import create_topic, ensure_kafka_jars, get_broker
-    from engine.sources import kafka as ks
 
     if a.backend == "apache":
         ensure_kafka_jars()

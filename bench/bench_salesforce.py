@@ -25,11 +25,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.connectors.salesforce.client import SalesforceSettings, connect  # noqa: E402
 from engine.local.postgres import EmbeddedPostgres  # noqa: E402
 from engine.local.salesforce import LocalSalesforce, create_users, load_records, reset_store  # noqa: E402
 from engine.local.sfapi.sample import synthetic_accounts  # noqa: E402
 from engine.local.state import StackPaths, load_credentials  # noqa: E402
-from engine.sources.salesforce import SalesforceSettings, connect  # noqa: E402
 
 FIELDS = ("Id, Name, Industry, AnnualRevenue, NumberOfEmployees, OwnerId, Customer_Lifetime_Value__c, "
           "Commission_Rate__c, IsDeleted, CreatedDate, LastModifiedDate, SystemModstamp")

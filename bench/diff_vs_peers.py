@@ -81,7 +81,7 @@ def main() -> None:
                                 "wh_account"], capture_output=True, text=True, env=env, check=True)
         floor_process.append(time.perf_counter() - t)
         floor.append(float(res_f.stdout))
-    recon_cmd = [sys.executable, "-m", "engine.cli", "diff", f"parquet:{data / 'sf.parquet'}", f"{dsn}#public.wh_account",
+    recon_cmd = [sys.executable, "-m", "engine.cli.main", "diff", f"parquet:{data / 'sf.parquet'}", f"{dsn}#public.wh_account",
                  "-k", "id", "--json"]
     walls, rsss, summary = [], [], {}
     for _ in range(a.repeat):

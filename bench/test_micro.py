@@ -14,9 +14,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engine import ids, merkle
-from engine.diff import compare
-from engine.normalize import Canonical, ColumnType, FieldSpec, SideOptions, canonicalize
+from engine.core import ids, merkle
+from engine.core.diff import compare
+from engine.core.normalize import Canonical, ColumnType, FieldSpec, SideOptions, canonicalize
 
 ROWS = int(os.environ.get("RECON_MICRO_ROWS", "1000000"))
 FIELDS = (
@@ -88,7 +88,7 @@ def test_event_ids_batch(benchmark) -> None:  # noqa: ANN001
 def scan_frame():  # noqa: ANN201
     """A scan of ROWS events over 3 partitions in (partition, offset) order, 3% of them re-delivered
     copies placed in blocks, like the incident, with producer sequence headers."""
-    from engine.sources.kafka import Scan
+    from engine.connectors.kafka.scan import Scan
 
     rng = np.random.default_rng(7)
     n = ROWS
@@ -117,7 +117,7 @@ def scan_frame():  # noqa: ANN201
 def test_kafka_audit_analyze(benchmark, scan_frame) -> None:  # noqa: ANN001
     """The analysis half of `recon kafka-audit` (prepare, occurrences, windows, sequences) on ROWS
     scanned events."""
-    from engine import forensics
+    from engine.core import forensics
 
     a = benchmark.pedantic(forensics.audit, args=(scan_frame,), kwargs={"org_id": "00D8d00000RECONEA5"}, rounds=3,
                            iterations=1)

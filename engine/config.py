@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UsageError
+from engine.core.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "· installing recon and its dependencies into .venv" >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev,bench]" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[local,dev,bench]" >&2
   echo "$WANT" > "$STAMP"
 fi
 # bytecode for the package, as a regular (non-editable) install would have: with
@@ -32,5 +32,5 @@ fi
 "$VENV/bin/python" -m compileall -q -j 0 engine >/dev/null || true
 # the native Kafka scan loop (C, against confluent-kafka's librdkafka), built once into the user
 # cache; without a compiler the scan uses its Python loop and this only says so
-"$VENV/bin/python" -m engine.sources.kafka_native build >/dev/null || true
+"$VENV/bin/python" -m engine.connectors.kafka.native build >/dev/null || true
 export PATH="$VENV/bin:$PATH"

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import requests
 
+from engine.connectors.salesforce.client import SalesforceConnection, SalesforceSettings, connect
 from engine.local.postgres import EmbeddedPostgres, PostgresInfo
 from engine.local.salesforce import LocalSalesforce, allocate_ids, create_users, load_records, reset_store
 from engine.local.state import StackPaths, load_credentials
-from engine.sources.salesforce import SalesforceConnection, SalesforceSettings, connect
 
 
 @dataclass

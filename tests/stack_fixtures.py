@@ -19,7 +19,7 @@ SCENARIO_ACCOUNTS = 2000
 
 def recon(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None
           ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "engine.cli.main", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=cwd)
 
 

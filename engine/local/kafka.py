@@ -96,7 +96,8 @@ from typing import Any, ClassVar, Final, Literal
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
-from engine.errors import ServiceUnreachable, UsageError
+from engine.connectors.kafka.client import FAST_REJOIN_CONSUMER_CONFIG, fast_rejoin_consumer_config  # noqa: F401  (re-exported for the stack's callers)
+from engine.core.errors import ServiceUnreachable, UsageError
 from engine.local.state import StackPaths, free_port, pid_alive, read_json, write_json
 
 __all__ = [
@@ -125,32 +126,10 @@ log = logging.getLogger(__name__)
 Backend = Literal["apache", "tansu"]
 BACKENDS: Final[tuple[Backend, ...]] = ("apache", "tansu")
 
-#: Consumer settings for workers that must get their partitions back quickly after a crash of a
-#: previous member (see the module docstring for measured times). ``group.protocol`` is pinned to
-#: "classic": with the KIP-848 protocol the broker's 45 s session timeout applies, and Tansu never
-#: assigned partitions to such a consumer.
-FAST_REJOIN_CONSUMER_CONFIG: Final[Mapping[str, str | int]] = {
-    "group.protocol": "classic",
-    "session.timeout.ms": 6000,
-    "heartbeat.interval.ms": 1000,
-}
-
 POM_PATH: Final[Path] = Path(__file__).with_name("kafka-pom.xml")
 MIN_JAVA: Final[int] = 17
 _JARS_MARKER: Final[str] = ".complete"
 _HOST: Final[str] = "127.0.0.1"
-
-
-def fast_rejoin_consumer_config(group_instance_id: str | None = None) -> dict[str, str | int]:
-    """:data:`FAST_REJOIN_CONSUMER_CONFIG`, optionally with static membership.
-
-    A ``group_instance_id`` makes a restarted singleton worker take its partitions back at once on
-    Apache Kafka (0.1 s instead of ~6 s) - but a second live consumer with the same id is fenced.
-    """
-    cfg: dict[str, str | int] = dict(FAST_REJOIN_CONSUMER_CONFIG)
-    if group_instance_id:
-        cfg["group.instance.id"] = group_instance_id
-    return cfg
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ an account whose warehouse row is gone (`missing_in_warehouse`).
 
 The generator records what it injected directly (class per account, every copy with its offset
 from the broker's delivery report, the windows) in a ground-truth file. It never calls recon's
-detection code, so tests can hold recon against it. Event ids come from `engine.ids`, the one
+detection code, so tests can hold recon against it. Event ids come from `engine.core.ids`, the one
 function the scenario, forensics and the consumer share.
 """
 
@@ -38,7 +38,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from engine.ids import event_ids
+from engine.core.ids import event_ids
 
 TOPIC = "clv-events"
 PARTITIONS = 3
@@ -90,7 +90,7 @@ class Scenario:
 
 def generate(spec: ScenarioSpec, org_id: str, owner_ids: list[str] | None = None) -> Scenario:
     """Build the whole incident in memory (columnar, no per-row Python except JSON encoding later)."""
-    from engine.sfid import make_ids
+    from engine.core.sfid import make_ids
 
     if spec.accounts < 50:
         raise ValueError("the scenario needs at least 50 accounts")
@@ -446,7 +446,7 @@ def load(
         write_warehouse(conn, sc, delivered, creds["postgres_app_user"])
 
     say("initialising the recon_audit ledger (recon.toml records every run there)")
-    from engine.ledger import Ledger
+    from engine.store.ledger import Ledger
 
     with Ledger(pg.socket_dsn) as ledger:
         ledger.init()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import UsageError
+from engine.core.errors import UsageError
 from engine.local.postgres import EmbeddedPostgres, PostgresInfo
 from engine.local.state import StackPaths, load_credentials, read_json, write_json
 

@@ -177,7 +177,7 @@ def console_errors(page: Page) -> list[str]:
 
 def test_report_in_headless_chromium(tmp_path: Path) -> None:
     d = write_fixture_dir(tmp_path / "recon-out")
-    r = subprocess.run([sys.executable, "-m", "engine.cli", "report", "--from", str(d)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "engine.cli.main", "report", "--from", str(d)], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     report = d / "report.html"

@@ -32,7 +32,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from engine.ids import event_id
+from engine.core.ids import event_id
 from engine.local import scenario
 from engine.local.kafka import create_topic
 from tests.kafka_fixtures import BrokerHandle
@@ -146,7 +146,7 @@ def _env(pg: PgHandle) -> dict[str, str]:
 
 def consume_cmd(pg: PgHandle, bootstrap: str, topic: str, table: str, group: str, *extra: str,
                 dsn: str | None = None) -> list[str]:
-    return [sys.executable, "-m", "engine.cli", "consume", "--bootstrap", bootstrap, "--topic", topic,
+    return [sys.executable, "-m", "engine.cli.main", "consume", "--bootstrap", bootstrap, "--topic", topic,
             "--group", group, "--dsn", dsn or pg.info.dsn, "--table", table, "--org-id", ORG, "--json",
             "--metrics-interval", "0", *extra]
 
@@ -404,7 +404,7 @@ def test_rows_the_database_refuses_are_dead_lettered(embedded_pg: PgHandle, apac
                                                      tmp_path: Any) -> None:
     """An operator's CHECK constraint refuses an event that passed validation: the batch is rewritten
     message by message, only that event becomes a dead letter, and the stream carries on."""
-    from engine import consumer as c
+    from engine.connectors.kafka import consumer as c
 
     topic = f"t-refused-{uuid.uuid4().hex[:8]}"
     create_topic(apache_kafka.bootstrap, topic, partitions=1)

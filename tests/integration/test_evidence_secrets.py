@@ -20,12 +20,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import psycopg
 import pytest
 
-from engine import ledger as lg
-from engine import lineage as ol
-from engine import manifest as mf
+from engine.app.evidence import known_secrets, record_diff_evidence, scrub
+from engine.app.reconcile import DiffRequest, run_diff, write_outputs
 from engine.config import load
-from engine.evidence import known_secrets, record_diff_evidence, scrub
-from engine.reconcile import DiffRequest, run_diff, write_outputs
+from engine.evidence import lineage as ol
+from engine.evidence import manifest as mf
+from engine.store import ledger as lg
 
 FAKE_SF = {
     "SF_PASSWORD": "fake-sf-password-Zq81!x",

@@ -219,9 +219,9 @@ def test_worker_scan_equals_single_process_scan_with_mixed_headers(scenario_stac
     single-process scan give the same frame and audit, with either scan loop; header values are
     picked alike whether a message has all, some, repeated or no headers, and sequence gaps and
     regressions are found."""
-    from engine import forensics
-    from engine.sources import kafka as ks
-    from engine.sources import kafka_native
+    from engine.connectors.kafka import native as kafka_native
+    from engine.connectors.kafka import scan as ks
+    from engine.core import forensics
 
     if loop == "native" and kafka_native.library() is None:
         pytest.skip(f"native Kafka scan unavailable here: {kafka_native.why_not()}")

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from engine.errors import ServiceUnreachable, UsageError
+from engine.core.errors import ServiceUnreachable, UsageError
 from engine.local.kafka import (
     FAST_REJOIN_CONSUMER_CONFIG,
     ApacheKafka,

@@ -13,10 +13,10 @@ import polars as pl
 import pytest
 from confluent_kafka import Producer
 
-from engine import forensics
-from engine.errors import ServiceUnreachable, UsageError
-from engine.sources import kafka as ks
-from engine.sources import kafka_native as kn
+from engine.connectors.kafka import native as kn
+from engine.connectors.kafka import scan as ks
+from engine.core import forensics
+from engine.core.errors import ServiceUnreachable, UsageError
 from tests.kafka_fixtures import BrokerHandle, TopicFactory
 
 ORG = "00D8d00000RECONEA5"

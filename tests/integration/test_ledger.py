@@ -21,9 +21,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine import ledger as lg
-from engine import manifest as mf
-from engine.errors import UsageError, VerificationError
+from engine.core.errors import UsageError, VerificationError
+from engine.evidence import manifest as mf
+from engine.store import ledger as lg
 
 TEMPLATE = "ledger_tpl"
 
@@ -323,7 +323,7 @@ def test_concurrent_appenders_never_fork_the_chain(db) -> None:  # noqa: ANN001
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    code = ("import sys\nfrom engine.ledger import Ledger\n"
+    code = ("import sys\nfrom engine.store.ledger import Ledger\n"
             "with Ledger(sys.argv[1]) as w:\n"
             "    for j in range(12): w.append('lineage', {'proc': sys.argv[2], 'j': j})\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, db["writer"], str(p)], cwd=Path(__file__).parents[2])
@@ -360,7 +360,7 @@ def test_uninitialised_database_and_unprivileged_init_are_usage_errors(embedded_
 
 
 def _recon(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "engine.cli.main", *args], capture_output=True, text=True, timeout=120,
                           env=env)
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine.errors import UsageError
-from engine.sources import postgres as pg_source
-from engine.sources.base import parse_reference
+from engine.connectors.base import parse_reference
+from engine.connectors.postgres import source as pg_source
+from engine.core.errors import UsageError
 
 ROWS = """
 INSERT INTO src_read VALUES
@@ -142,7 +142,7 @@ def test_a_read_started_early_is_taken_and_reads_the_same_rows(table: str, tmp_p
     import polars as pl
 
     from engine.config import load
-    from engine.sources import early
+    from engine.connectors.postgres import early
 
     regular = _read(table, "psql")
     other = tmp_path / "other.parquet"
@@ -160,7 +160,7 @@ def test_an_early_read_missing_a_wanted_column_is_stopped_and_read_again(table: 
     import polars as pl
 
     from engine.config import load
-    from engine.sources import early
+    from engine.connectors.postgres import early
 
     other = tmp_path / "other.parquet"
     pl.DataFrame({"id": ["x"], "label": ["y"]}).write_parquet(other)  # the guess: id and label only
@@ -178,7 +178,7 @@ def test_an_early_read_nobody_takes_is_stopped(table: str, tmp_path: Path) -> No
     import polars as pl
 
     from engine.config import load
-    from engine.sources import early
+    from engine.connectors.postgres import early
 
     other = tmp_path / "other.parquet"
     pl.DataFrame({"id": ["x"]}).write_parquet(other)
@@ -195,7 +195,7 @@ def test_an_early_read_nobody_takes_is_stopped(table: str, tmp_path: Path) -> No
 def test_an_early_read_reports_bad_credentials_like_a_regular_one(embedded_pg, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from engine.config import load
-    from engine.sources import early
+    from engine.connectors.postgres import early
 
     info = embedded_pg.info
     monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))

@@ -25,15 +25,15 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from engine.local.salesforce import ORG_ID, USER_ID
-from engine.local.sfapi.sample import synthetic_accounts
-from engine.sources.salesforce import (
+from engine.connectors.salesforce.client import (
     SalesforceAuthError,
     SalesforceConfigError,
     SalesforceSettings,
     SalesforceUnreachable,
     connect,
 )
+from engine.local.salesforce import ORG_ID, USER_ID
+from engine.local.sfapi.sample import synthetic_accounts
 from tests.salesforce_fixtures import SalesforceStack
 
 N_ACCOUNTS = 100_000

@@ -19,7 +19,7 @@ import requests
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from simple_salesforce import Salesforce
 
-from engine import ids
+from engine.core import ids
 from engine.local.state import pid_alive
 from tests.stack_fixtures import SCENARIO_ACCOUNTS
 

@@ -39,7 +39,7 @@ def _walk(cmd: Any, path: str, out: dict[str, Any]) -> None:
 
 
 def option_lists() -> dict[str, Any]:
-    from engine.cli import app
+    from engine.cli.main import app
 
     out: dict[str, Any] = {}
     _walk(typer.main.get_command(app), "", out)

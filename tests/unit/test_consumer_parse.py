@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from engine import consumer as c
-from engine.errors import UsageError
-from engine.ids import event_id, event_ids
+from engine.connectors.kafka import consumer as c
+from engine.core.errors import UsageError
+from engine.core.ids import event_id, event_ids
 
 ORG = "00D5g0000000001EAA"
 OTHER_ORG = "00D5g0000000002EAA"

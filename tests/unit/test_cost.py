@@ -11,8 +11,9 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from engine import cost
-from engine.errors import UsageError
+from engine.app import cost as app_cost
+from engine.core import cost
+from engine.core.errors import UsageError
 
 # -- one worked example per formula ----------------------------------------------------------------
 
@@ -186,14 +187,14 @@ def _write_outputs(root: Path, *, with_diff: bool = True) -> tuple[Path, Path]:
 
 def test_measure_prefers_the_diff_summary(tmp_path: Path) -> None:
     ex, df = _write_outputs(tmp_path)
-    m = cost.measure(ex, None)  # explain.json's diff path doesn't exist: falls back to ../diff
+    m = app_cost.measure(ex, None)  # explain.json's diff path doesn't exist: falls back to ../diff
     assert (m.commission_overpayment, m.clv_abs_variance, m.column) == (D("123.45"), D("999.99"), "clv")
     assert m.variance_from and "summary.json" in m.variance_from
 
 
 def test_measure_falls_back_to_findings(tmp_path: Path) -> None:
     ex, _ = _write_outputs(tmp_path, with_diff=False)
-    m = cost.measure(ex, None)
+    m = app_cost.measure(ex, None)
     # |12.50 − 10.00| + |4.00 − 5.00| = 2.5 + 1 = 3.5 (the row without a Salesforce value doesn't count)
     assert m.clv_abs_variance == D("3.5")
     assert m.variance_from and "findings.parquet" in m.variance_from
@@ -201,16 +202,16 @@ def test_measure_falls_back_to_findings(tmp_path: Path) -> None:
 
 def test_measure_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="has no explain.json"):
-        cost.measure(tmp_path, None)
+        app_cost.measure(tmp_path, None)
     with pytest.raises(UsageError, match="has no summary.json"):
-        cost.measure(None, tmp_path)
+        app_cost.measure(None, tmp_path)
     (tmp_path / "explain.json").write_text("{not json")
     with pytest.raises(UsageError, match="not readable JSON"):
-        cost.measure(tmp_path, None)
+        app_cost.measure(tmp_path, None)
 
 
 def test_cli_cost_json_and_table(tmp_path: Path) -> None:
-    from engine.cli import app
+    from engine.cli.main import app
 
     ex, _ = _write_outputs(tmp_path)
     cfg = tmp_path / "recon.toml"

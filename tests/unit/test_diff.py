@@ -9,10 +9,10 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.diff import compare
-from engine.merkle import choose_boundaries
-from engine.normalize import ColumnType, FieldSpec, SideOptions, canonicalize
-from engine.sfid import make_ids
+from engine.core.diff import compare
+from engine.core.merkle import choose_boundaries
+from engine.core.normalize import ColumnType, FieldSpec, SideOptions, canonicalize
+from engine.core.sfid import make_ids
 
 FIELDS = (
     FieldSpec("Id", "Id", ColumnType("id"), is_key=True),
@@ -90,7 +90,7 @@ def test_random_edits_are_all_found_and_counted_per_contract(n: int, edits: list
         elif kind == "case":  # a case-only change of the 15-char body is a different record
             k = tgt[i][0]
             body = k[:15].swapcase()
-            from engine.sfid import to18
+            from engine.core.sfid import to18
 
             tgt[i] = (to18(body), tgt[i][1], tgt[i][2])
     ref = reference(src, tgt)
@@ -110,7 +110,7 @@ def test_random_edits_are_all_found_and_counted_per_contract(n: int, edits: list
     assert r.missing_in_target + r.missing_in_source + r.mismatched + r.unchanged == r.union_keys
     assert (r.source_tree.root == r.target_tree.root) == (not r.divergent)
     # the record diff in small groups of segments gives exactly the same result as in one piece
-    from engine import diff as diff_mod
+    from engine.core import diff as diff_mod
 
     saved, diff_mod.CHUNK_ROWS = diff_mod.CHUNK_ROWS, 3
     try:
@@ -189,7 +189,7 @@ def test_segment_ids_match_a_per_row_count_of_boundaries(keys: list[str], bounds
     """Segment ids come from one search per boundary; per row they must equal the number of
     boundaries at or below the key, in byte order (duplicated keys and keys equal to a boundary
     included)."""
-    from engine import merkle
+    from engine.core import merkle
 
     key_bytes = sorted(k.encode() for k in keys)
     b = sorted(x.encode() for x in bounds)
@@ -201,7 +201,7 @@ def test_segment_ids_match_a_per_row_count_of_boundaries(keys: list[str], bounds
 def test_segment_ids_reject_unordered_boundaries() -> None:
     import pytest
 
-    from engine import merkle
+    from engine.core import merkle
 
     with pytest.raises(ValueError, match="increasing"):
         merkle.segment_ids(pl.Series(["a", "b", "c"]), merkle.Segmentation(("c", "a")))
@@ -211,7 +211,7 @@ def test_segment_ids_reject_unordered_boundaries() -> None:
 @given(s_keys=st.sets(st.text("aAbB0\u00e9", min_size=0, max_size=3), max_size=40),
        t_keys=st.sets(st.text("aAbB0\u00e9", min_size=0, max_size=3), max_size=40))
 def test_pairing_by_merge_finds_exactly_the_shared_keys(s_keys: set[str], t_keys: set[str]) -> None:
-    from engine.diff import _pair_sorted
+    from engine.core.diff import _pair_sorted
 
     s = sorted(s_keys, key=str.encode)
     t = sorted(t_keys, key=str.encode)

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import merkle
-from engine.normalize import (
+from engine.core import merkle
+from engine.core.normalize import (
     ColumnType,
     FieldSpec,
     SideOptions,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import forensics
-from engine.sources.kafka import Scan
+from engine.connectors.kafka.scan import Scan
+from engine.core import forensics
 
 ORG = "00D8d00000RECONEA5"
 IDS = ["0015g00000ABCDEAAA", "0015g00000ABCDFAAA", "0015g00000ABCDGAAA"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from engine import gate
+from engine.app import gate
 from engine.config import Config, load
-from engine.errors import UsageError
+from engine.core.errors import UsageError
 
 COL = "Customer_Lifetime_Value__c"
 

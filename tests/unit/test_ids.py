@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from engine import ids
+from engine.core import ids
 
 ORG = "00D5g0000000001EAA"
 ACC = "0015g0000000001AAA"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.sources import kafka_native as kn
+from engine.connectors.kafka import native as kn
 
 needs_cc = pytest.mark.skipif(kn._compiler() is None, reason="no C compiler on this machine")
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from engine import ledger as lg
-from engine import lineage as ol
-from engine import manifest as mf
+from engine.app.evidence import record_diff_evidence
+from engine.app.reconcile import DiffRequest, run_diff, write_outputs
 from engine.config import load
-from engine.errors import UsageError, VerificationError
-from engine.evidence import record_diff_evidence
-from engine.reconcile import DiffRequest, run_diff, write_outputs
+from engine.core.errors import UsageError, VerificationError
+from engine.evidence import lineage as ol
+from engine.evidence import manifest as mf
+from engine.store import ledger as lg
 
 # -- DSSE ------------------------------------------------------------------------------------------
 
@@ -348,7 +348,7 @@ def test_manifest_needs_a_signing_key(diff_run, tmp_path) -> None:  # noqa: ANN0
 
 # -- CLI -------------------------------------------------------------------------------------------
 def _recon(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "engine.cli.main", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_cli_manifest_verify_exit_codes_and_one_line_reason(signed, tmp_path) -> None:  # noqa: ANN001
@@ -404,7 +404,7 @@ def test_openlineage_events_round_trip_through_the_client_model_classes(signed) 
 
 
 def test_failed_run_emits_a_fail_event_with_the_error_scrubbed(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    from engine.evidence import record_evidence
+    from engine.app.evidence import record_evidence
 
     monkeypatch.setenv("SF_PASSWORD", "hunter2-secret-pw")
     inp = mf.describe_input("source", {"system": "postgresql", "dsn": "postgresql://u:hunter2-secret-pw@db.example:5433/w",

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.normalize import (
+from engine.core.normalize import (
     SALESFORCE_SIDE,
     ColumnType,
     FieldSpec,
@@ -128,7 +128,7 @@ def test_field_framing_is_collision_proof() -> None:
 
 
 def test_sf_id18_vectorised_matches_reference() -> None:
-    from engine.sfid import to18
+    from engine.core.sfid import to18
 
     ids = ["001RO0000035WQg", "001ro0000035wqg", "001000000000000", "0015g0000000001AAA"]
     assert sf_id18(pl.Series(ids)).to_list() == [to18(i) for i in ids]
@@ -151,7 +151,7 @@ def test_a_decimal_beyond_38_digits_is_a_clear_error() -> None:
                           st.integers(-10**9, 10**9).map(lambda i: i / 1000)), max_size=30),
        st.integers(0, 4))
 def test_floats_to_scaled_decimals_agree_with_the_decimal_path(values: list, scale: int) -> None:
-    from engine.normalize import _float_to_scaled, _to_decimal, to_scaled
+    from engine.core.normalize import _float_to_scaled, _to_decimal, to_scaled
 
     s = pl.Series("v", values, dtype=pl.Float64)
     fast = _float_to_scaled(s, scale)
@@ -164,7 +164,7 @@ def test_floats_to_scaled_decimals_agree_with_the_decimal_path(values: list, sca
        scale=st.integers(0, 12))
 def test_scaled_decimal_text_is_the_decimal_columns_own_text(vals: list[int | None], scale: int) -> None:
     """Differences show a scaled decimal as Polars prints the Decimal(38, s) column it stands for."""
-    from engine.normalize import scaled_text, to_decimal
+    from engine.core.normalize import scaled_text, to_decimal
 
     col = pl.Series("v", vals, dtype=pl.Int64)
     want = to_decimal(col, scale).cast(pl.Utf8).to_list()

@@ -14,7 +14,8 @@ from typing import Any
 import polars as pl
 from typer.testing import CliRunner
 
-from engine import cost
+from engine.app import report as app_report
+from engine.core import cost
 from engine.report import html as rh
 
 EVIL = "<script>alert('x')</script>"
@@ -228,7 +229,7 @@ def test_repair_json_counts_corrected_records_and_phases(tmp_path: Path) -> None
     d = write_fixture_dir(tmp_path / "out")
     (d / "repair" / "plan.json").write_text(json.dumps({"corrections": [{"class": "missing_events", "status": "pending"}]}))
     (d / "repair" / "repair.json").write_text(json.dumps(repair_json()))
-    inp = rh.collect(d)
+    inp = app_report.collect(d)
     assert inp.repair_path == "repair/repair.json"
     page = rh.build_html(inp)
     assert "SEC-critical subset first" in page
@@ -248,10 +249,10 @@ def test_partial_inputs_still_render_every_figure() -> None:
 
 
 def test_collect_and_cli(tmp_path: Path) -> None:
-    from engine.cli import app
+    from engine.cli.main import app
 
     d = write_fixture_dir(tmp_path / "recon-out")
-    inp = rh.collect(d)
+    inp = app_report.collect(d)
     assert inp.repair_path == "repair/repair-summary.json" and len(inp.findings) == 5
     assert inp.cost_note is None
     r = CliRunner().invoke(app, ["report", "--from", str(d)])
@@ -270,8 +271,8 @@ def test_collect_and_cli(tmp_path: Path) -> None:
 
 
 def test_cli_report_errors(tmp_path: Path) -> None:
-    from engine.cli import app
-    from engine.errors import UsageError
+    from engine.cli.main import app
+    from engine.core.errors import UsageError
 
     r = CliRunner().invoke(app, ["report", "--from", str(tmp_path / "nope")])
     assert isinstance(r.exception, UsageError) and "no such directory" in str(r.exception)
@@ -283,7 +284,7 @@ def test_report_without_measurable_cost_says_why(tmp_path: Path) -> None:
     d = tmp_path / "out"
     (d / "explain").mkdir(parents=True)
     (d / "explain" / "explain.json").write_text(json.dumps(explain_doc()))  # no diff, no findings: no CLV variance
-    target = rh.write_report(d, tmp_path)  # --out an existing directory: report.html inside it
+    target = app_report.write_report(d, tmp_path)  # --out an existing directory: report.html inside it
     assert target == tmp_path / "report.html"
     page = target.read_text()
     assert "cost model not computed: no measured clv abs variance" in page

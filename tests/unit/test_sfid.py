@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import sfid
+from engine.core import sfid
 
 
 def test_reference_example() -> None:

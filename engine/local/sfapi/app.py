@@ -81,7 +81,7 @@ def sf_datetime(t: dt.datetime) -> str:
 
 
 def _random_id(prefix: str) -> str:
-    from engine.sfid import BASE62, suffix
+    from engine.core.sfid import BASE62, suffix
 
     body = prefix + "".join(secrets.choice(BASE62) for _ in range(15 - len(prefix)))
     return body + suffix(body)

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from engine.core.sfid import make_ids
 from engine.local.sfapi.schema import INDUSTRIES, USER_ID
-from engine.sfid import make_ids
 
 BASE_TIME = np.datetime64("2026-01-01T00:00:00", "ms")
 

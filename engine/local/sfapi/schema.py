@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
-from engine.sfid import to18
+from engine.core.sfid import to18
 
 # Fixed identities of the local org: deterministic so that event ids, fixtures and ledgers computed
 # in one run stay valid in the next. The pod part (`8d0000`) differs from `sfid.make_ids`' default

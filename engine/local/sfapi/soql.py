@@ -35,9 +35,9 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 from psycopg import sql
 
+from engine.core.sfid import suffix as id_suffix
 from engine.local.sfapi import schema
 from engine.local.sfapi.schema import FieldDef, SObject
-from engine.sfid import suffix as id_suffix
 
 MAX_OFFSET = 2000
 

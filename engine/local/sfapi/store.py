@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
+from engine.core.sfid import BASE62, make_ids
 from engine.local.sfapi import schema, soql
 from engine.local.sfapi.schema import ORG_ID, ORG_NAME, USER_ID, FieldDef, SObject
-from engine.sfid import BASE62, make_ids
 
 if TYPE_CHECKING:
     import polars as pl
@@ -249,7 +249,7 @@ def load_records(pg: PostgresInfo, sobject: str, table: pa.Table | pl.DataFrame,
         raise ValueError(f"duplicate columns for {obj.name}: {table.column_names}")
     table = table.rename_columns(names)
     if "Id" not in names:
-        raise ValueError(f"loading {obj.name} needs an Id column (use allocate_ids or engine.sfid.make_ids)")
+        raise ValueError(f"loading {obj.name} needs an Id column (use allocate_ids or engine.core.sfid.make_ids)")
     ids = table.column("Id")
     if ids.null_count:
         raise ValueError(f"{obj.name}.Id has {ids.null_count} null values")
@@ -257,7 +257,7 @@ def load_records(pg: PostgresInfo, sobject: str, table: pa.Table | pl.DataFrame,
     if pc.any(pc.not_equal(lengths, 18)).as_py():
         if pc.any(pc.and_(pc.not_equal(lengths, 18), pc.not_equal(lengths, 15))).as_py():
             raise ValueError(f"{obj.name}.Id values must be 15- or 18-character Salesforce ids")
-        from engine.sfid import to18
+        from engine.core.sfid import to18
 
         table = table.set_column(names.index("Id"), "Id", pa.array([to18(x) for x in ids.to_pylist()], pa.string()))
     if not pc.all(pc.starts_with(table.column("Id"), obj.key_prefix)).as_py():

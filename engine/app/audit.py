@@ -1,0 +1,51 @@
+"""`recon kafka-audit`: which events of a topic were delivered more than once, and where.
+
+The typed request holds what the command line gives; the use case merges it with the config's
+[kafka] table, scans the topic through the Kafka connector and hands the scan to the pure
+forensics in core."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from engine.config import Config
+from engine.connectors.kafka import scan as ks
+from engine.core import forensics
+from engine.core.errors import UsageError
+from engine.core.events import EventFields, Window
+
+
+@dataclass(frozen=True)
+class AuditRequest:
+    """bootstrap/topic default to the config's [kafka]; ``offsets`` is the `P:A-B,…` text."""
+
+    bootstrap: str | None = None
+    topic: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    offsets: str | None = None
+    lookback_s: float = 0.0
+    org_id: str | None = None
+    fields: EventFields = EventFields()
+    kafka_config_file: Path | None = None
+
+
+def run_audit(req: AuditRequest, config: Config, *,
+              progress: Callable[[int], None] | None = None) -> forensics.Audit:
+    """Scan the window and audit it; usage errors before any connection is made."""
+    k = config.section("kafka")
+    bootstrap = req.bootstrap or k.get("bootstrap")
+    topic = req.topic or k.get("topic")
+    if not bootstrap or not topic:
+        raise UsageError("pass --bootstrap and --topic (or -C recon.toml with [kafka] bootstrap and topic)")
+    if req.offsets and (req.start or req.end):
+        raise UsageError("give either --from/--to or --offsets, not both")
+    window = Window(start=req.start, end=req.end, offsets=ks.parse_offsets(req.offsets) if req.offsets else None,
+                    lookback_s=req.lookback_s)
+    extra = {kk: str(v) for kk, v in k.items() if kk not in ("bootstrap", "topic")}
+    extra.update(ks.load_kafka_config(req.kafka_config_file))
+    scan = ks.scan(bootstrap, topic, window, req.fields, kafka_config=extra, progress=progress)
+    return forensics.audit(scan, org_id=req.org_id)

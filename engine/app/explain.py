@@ -1,0 +1,137 @@
+"""`recon explain`: a diff's differences, explained from the Kafka stream and priced.
+
+Reads the diff's output directory, scans the topic, fetches from Salesforce only what pricing needs
+for the mismatched records (owner, commission rate, revenue, SystemModstamp: an Id-list
+re-extraction, never the whole object) plus the SEC-critical top-revenue ids, and writes
+`explain.json` and `findings.parquet`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from engine.config import Config
+from engine.connectors.base import SalesforceRef, parse_reference
+from engine.connectors.kafka import scan as kafka_source
+from engine.core import forensics
+from engine.core.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """diff_dir: output of `recon diff --out`. column: the amount column (source name); default the
+    gate column of the mapping or the diff's only compared column."""
+
+    diff_dir: Path
+    bootstrap: str | None = None
+    topic: str | None = None
+    column: str | None = None
+    kafka_config: dict[str, str] | None = None
+    #: a librdkafka properties file; its properties override ``kafka_config`` and the config's [kafka]
+    kafka_config_file: Path | None = None
+    fields: kafka_source.EventFields = kafka_source.EventFields()
+    window: kafka_source.Window = kafka_source.Window()
+
+
+def _commission(config: Config) -> tuple[Decimal, float, dict[str, str]]:
+    c = config.section("commission")
+    try:
+        rate = Decimal(str(c.get("default_rate", "0.05")))
+        frac = float(c.get("sec_top_fraction", 0.05))
+    except (ArithmeticError, ValueError):
+        raise UsageError(f"{config.where}: [commission] default_rate and sec_top_fraction must be numbers") from None
+    if not 0 < frac <= 1:
+        raise UsageError(f"{config.where}: [commission] sec_top_fraction must be in (0, 1]")
+    names = {"owner": c.get("owner_field", "OwnerId"), "rate": c.get("rate_field", "Commission_Rate__c"),
+             "revenue": c.get("revenue_field", "AnnualRevenue")}
+    return rate, frac, names
+
+
+def run_explain(req: ExplainRequest, config: Config, progress: Any = None) -> tuple[forensics.Explanation, forensics.Audit]:
+    say = progress or (lambda _m: None)
+    from engine.app.reconcile import read_outputs
+
+    file_props = kafka_source.load_kafka_config(req.kafka_config_file)
+
+    diff_summary, _, diffs_path = read_outputs(req.diff_dir)
+    differences = pl.read_parquet(diffs_path)
+    column = req.column or _pick_column(diff_summary, config)
+    kcfg = config.section("kafka")
+    bootstrap = req.bootstrap or kcfg.get("bootstrap")
+    topic = req.topic or kcfg.get("topic")
+    if not bootstrap or not topic:
+        raise UsageError("no Kafka topic: pass --bootstrap and --topic, or set [kafka] bootstrap and topic in the config")
+    extra = {k: str(v) for k, v in kcfg.items() if k not in ("bootstrap", "topic")}
+    extra.update(req.kafka_config or {})
+    extra.update(file_props)
+    src_ref = diff_summary.get("source", {}).get("ref", "")
+    ref = parse_reference(src_ref) if src_ref else None
+    if not isinstance(ref, SalesforceRef):
+        raise UsageError("explain needs a diff whose source is Salesforce (salesforce:OBJECT)")
+    from engine.connectors.salesforce import source as sf_extract
+
+    conn = sf_extract.connection(config)
+    say(f"scanning {topic}")
+    scan = kafka_source.scan(bootstrap, topic, req.window, req.fields, kafka_config=extra)
+    audit = forensics.audit(scan, org_id=conn.org_id)
+    stream = forensics.recompute(audit)
+    rate, frac, names = _commission(config)
+    keys = differences["key"].unique().to_list()
+    say(f"fetching owners and commission rates of {len(keys):,} records from Salesforce")
+    cols = ["Id", names["owner"], names["rate"], names["revenue"], "SystemModstamp", column]
+    attrs = sf_extract.extract(ref, config, cols, None, ids=keys).frame if keys else pl.DataFrame(
+        schema={c: pl.Utf8 for c in cols})
+    attrs = attrs.rename({names["owner"]: "OwnerId", names["rate"]: "Commission_Rate__c",
+                          names["revenue"]: "AnnualRevenue", column: "Customer_Lifetime_Value__c"}
+                         if column != "Customer_Lifetime_Value__c" else
+                         {names["owner"]: "OwnerId", names["rate"]: "Commission_Rate__c", names["revenue"]: "AnnualRevenue"})
+    sec = set(sf_extract.top_ids(ref, config, names["revenue"], frac))
+    scale = _scale(diff_summary, column)
+    exp = forensics.triangulate(differences, column, stream, attrs, sec_ids=sec, default_rate=rate, scale=scale)
+    exp.summary.update({
+        "diff": str(req.diff_dir),
+        "column": column,
+        "sec_top_fraction": frac,
+        "sec_critical_accounts": len(sec),
+        "kafka": {"bootstrap": bootstrap, "topic": topic, "events": audit.events, "duplicates": audit.duplicates,
+                  "duplicate_records": audit.duplicate_records, "conflicts": audit.conflicts, "windows": audit.windows,
+                  "partitions": {str(k): v for k, v in sorted(audit.partitions.items())}},
+        "salesforce": {"org_id": conn.org_id, "instance_url": conn.instance_url, "api_version": conn.api_version},
+    })
+    return exp, audit
+
+
+def _pick_column(diff_summary: dict[str, Any], config: Config) -> str:
+    mapping = diff_summary.get("mapping")
+    gate = config.section("gate").get(mapping or "", {}) if mapping else {}
+    if isinstance(gate, dict) and gate.get("column"):
+        return str(gate["column"])
+    cols = list(diff_summary.get("compared_columns", {}))
+    if len(cols) == 1:
+        return cols[0]
+    raise UsageError(f"the diff compared several columns ({', '.join(cols)}): pass --column NAME")
+
+
+def _scale(diff_summary: dict[str, Any], column: str) -> int:
+    t = diff_summary.get("compared_columns", {}).get(column, "")
+    if t.startswith("decimal(") and t.endswith(")"):
+        return int(t[8:-1])
+    return 2
+
+
+def write_outputs(exp: forensics.Explanation, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    fp = out / "findings.parquet"
+    forensics.findings_for_parquet(exp.findings).write_parquet(fp)
+    sp = out / "explain.json"
+    tmp = sp.with_suffix(".tmp")
+    tmp.write_text(json.dumps(exp.summary, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, sp)
+    return {"summary": sp, "findings": fp}

@@ -1,0 +1,365 @@
+"""`recon diff` end to end: references → extraction (both sides concurrently) → types → canonical
+form → Merkle localisation → record diff → outputs. The algorithm lives in `normalize`, `merkle`
+and `diff`; this module only wires sources to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from engine.config import Config, Mapping
+from engine.connectors import files as file_source
+from engine.connectors.base import (
+    Extract,
+    FileRef,
+    PostgresRef,
+    Reference,
+    SalesforceRef,
+    SourceColumn,
+    parse_reference,
+)
+from engine.connectors.postgres import source as pg_source
+from engine.core import merkle
+from engine.core.diff import DiffResult, compare
+from engine.core.errors import UsageError
+from engine.core.normalize import (
+    KINDS,
+    SALESFORCE_SIDE,
+    Canonical,
+    ColumnType,
+    FieldSpec,
+    SideOptions,
+    canonicalize,
+    text_expr,
+    typed,
+)
+
+
+@dataclass(frozen=True)
+class DiffRequest:
+    """One `recon diff` run.
+
+    keys / columns: (source column, target column) pairs; columns empty = every column both sides share.
+    tolerance: absolute tolerance by source column name.
+    unique_key: fail (exit 2) when a key is duplicated on either side.
+    segment_rows: target rows per Merkle segment.
+    """
+
+    source: str
+    target: str
+    keys: tuple[tuple[str, str], ...]
+    columns: tuple[tuple[str, str], ...] = ()
+    tolerance: dict[str, Decimal] = field(default_factory=dict)
+    source_where: str | None = None
+    target_where: str | None = None
+    as_of: datetime | None = None
+    target_updated_at: str | None = None
+    unique_key: bool = False
+    segment_rows: int = merkle.DEFAULT_SEGMENT_ROWS
+    types: dict[str, str] = field(default_factory=dict)
+    mapping: str | None = None
+
+    @classmethod
+    def from_mapping(cls, m: Mapping, **overrides: Any) -> DiffRequest:
+        base = dict(source=m.source, target=m.target, keys=m.key, columns=m.columns, tolerance=m.tolerance,
+                    source_where=m.source_where, target_where=m.target_where,
+                    target_updated_at=m.target_updated_at, types=m.types, mapping=m.name)
+        base.update({k: v for k, v in overrides.items() if v not in (None, (), {})})
+        return cls(**base)
+
+
+@dataclass
+class DiffRun:
+    request: DiffRequest
+    result: DiffResult
+    source_meta: dict[str, Any]
+    target_meta: dict[str, Any]
+    fields: tuple[FieldSpec, ...]
+    source_canonical: Canonical
+    target_canonical: Canonical
+
+    def summary(self) -> dict[str, Any]:
+        s = self.result.summary()
+        s["source"].update({"ref": _safe_ref(self.request.source), "extract": self.source_meta})
+        s["target"].update({"ref": _safe_ref(self.request.target), "extract": self.target_meta})
+        s["mapping"] = self.request.mapping
+        s["key"] = [f"{a}={b}" for a, b in self.request.keys]
+        s["compared_columns"] = {f.name: f.ctype.describe() for f in self.fields if not f.is_key}
+        if self.request.as_of:
+            s["as_of"] = self.request.as_of.isoformat()
+        return s
+
+
+def _safe_ref(text: str) -> str:
+    try:
+        return str(parse_reference(text))
+    except UsageError:
+        return "<malformed>"
+
+
+# -- column listing and extraction per source kind ------------------------------------------------
+def _columns_of(ref: Reference, config: Config) -> dict[str, SourceColumn]:
+    if isinstance(ref, PostgresRef):
+        from engine.connectors.postgres import early
+
+        out = {}
+        for c in early.columns(ref) or pg_source.list_columns(_pg_ref(ref, config)):
+            kind, scale = pg_source._kind(c)
+            out[c.name] = SourceColumn(c.name, kind, scale, c.type_name)
+        return out
+    if isinstance(ref, FileRef):
+        return file_source.columns_of(ref)
+    from engine.connectors.salesforce import source as sf_extract
+
+    return sf_extract.describe_columns(ref, config)
+
+
+def _pg_ref(ref: PostgresRef, config: Config) -> PostgresRef:
+    config.use_passfile()
+    return ref
+
+
+def _extract(ref: Reference, config: Config, cols: list[str], where: str | None, *, as_of: datetime | None,
+             updated_at: str | None, key_cols: list[str]) -> Extract:
+    if isinstance(ref, PostgresRef):
+        return pg_source.extract(_pg_ref(ref, config), cols, where, updated_at=updated_at, as_of=as_of,
+                                 key_columns=key_cols)
+    if isinstance(ref, FileRef):
+        if where:
+            raise UsageError(f"--source-where/--target-where cannot filter a {ref.format} file")
+        return file_source.extract(ref, cols)
+    from engine.connectors.salesforce import source as sf_extract
+
+    return sf_extract.extract(ref, config, cols, where, as_of=as_of, key_columns=key_cols)
+
+
+# -- type resolution ---------------------------------------------------------------------------
+_RANK = {"text": 0, "bool": 1, "date": 2, "int": 3, "float": 4, "decimal": 5, "timestamp": 6, "id": 7}
+
+
+def resolve_type(a: SourceColumn, b: SourceColumn, *, salesforce: bool, override: str | None) -> ColumnType:
+    """The type both sides are compared as: the more specific declared kind wins (text is parsed)."""
+    precision = "ms" if salesforce else "us"
+    if override:
+        kind, _, arg = override.partition(":")
+        if kind not in KINDS:
+            raise UsageError(f"unknown type {override!r} for column {a.name}: use one of {', '.join(KINDS)}")
+        scale = int(arg) if kind == "decimal" and arg else (a.scale or b.scale or 2 if kind == "decimal" else None)
+        return ColumnType(kind, scale, precision)  # type: ignore[arg-type]
+    kinds = {a.kind, b.kind}
+    if kinds <= {"id", "text"} and "id" in kinds:
+        return ColumnType("id")
+    if "decimal" in kinds or kinds == {"int", "float"} or ("float" in kinds and "decimal" in kinds):
+        scales = [s for s in (a.scale, b.scale) if s is not None]
+        if "decimal" in kinds:
+            return ColumnType("decimal", max(scales) if scales else 6)
+        return ColumnType("float")
+    kind = max(kinds, key=lambda k: _RANK.get(k, 0))
+    if kind == "id":
+        kind = "text"
+    return ColumnType(kind, None, precision)  # type: ignore[arg-type]
+
+
+def run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun:
+    """Run one diff. The cyclic garbage collector is paused meanwhile: the data lives in Arrow and
+    Polars buffers, the few Python objects made form no cycles, and each collection would walk
+    every object the imports left behind (perf: ~1% of a diff's CPU)."""
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run_diff(req, config, progress)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun:
+    say = progress or (lambda _m: None)
+    t0 = time.perf_counter()
+    sref, tref = parse_reference(req.source), parse_reference(req.target)
+    if not req.keys:
+        raise UsageError("no key: pass -k/--key SRC[=TGT] (repeatable for compound keys) or use a mapping")
+    say("reading schemas")
+    with ThreadPoolExecutor(2) as ex:
+        fs, ft = ex.submit(_columns_of, sref, config), ex.submit(_columns_of, tref, config)
+        s_cols, t_cols = fs.result(), ft.result()
+    pairs = list(req.columns)
+    if not pairs:
+        t_lower = {n.lower(): n for n in t_cols}
+        keyset = {k.lower() for k, _ in req.keys}
+        pairs = [(n, t_lower[n.lower()]) for n in s_cols if n.lower() in t_lower and n.lower() not in keyset]
+    s_find = _finder(s_cols, str(sref), "key/column")
+    t_find = _finder(t_cols, str(tref), "key/column")
+    key_pairs = [(s_find(a), t_find(b)) for a, b in req.keys]
+    col_pairs = [(s_find(a), t_find(b)) for a, b in pairs]
+    sf_involved = isinstance(sref, SalesforceRef) or isinstance(tref, SalesforceRef)
+    fields_s, fields_t = [], []
+    tol_lower = {k.lower(): v for k, v in req.tolerance.items()}
+    for known in req.tolerance:
+        if known.lower() not in {a.lower() for a, _ in col_pairs}:
+            raise UsageError(f"--tolerance names {known!r}, which is not a compared column")
+    for is_key, (a, b) in [(True, p) for p in key_pairs] + [(False, p) for p in col_pairs]:
+        ctype = resolve_type(s_cols[a], t_cols[b], salesforce=sf_involved, override=req.types.get(a))
+        tol = tol_lower.get(a.lower())
+        fields_s.append(FieldSpec(a, a, ctype, tol, is_key))
+        fields_t.append(FieldSpec(b, a, ctype, tol, is_key))
+    s_opts = SALESFORCE_SIDE if isinstance(sref, SalesforceRef) else SideOptions()
+    t_opts = SALESFORCE_SIDE if isinstance(tref, SalesforceRef) else SideOptions()
+
+    say("extracting and normalizing both sides")
+    key_s, key_t = [a for a, _ in key_pairs], [b for _, b in key_pairs]
+
+    boundaries: list[list[str]] = []
+    ready = threading.Event()
+
+    def side(ref: Reference, fields: list[FieldSpec], opts: SideOptions, where: str | None,
+             updated_at: str | None, keys: list[str], chooser: bool) -> tuple[Extract, Canonical, Any]:
+        # each side normalizes as soon as its own data is in, overlapping the slower side's read
+        e = _extract(ref, config, [f.column for f in fields], where, as_of=req.as_of, updated_at=updated_at,
+                     key_cols=keys)
+        say(f"read {e.frame.height:,} rows from {ref}; normalizing")
+        try:  # canonicalize gets the only reference to the raw frame, so it can free it as it goes
+            c = canonicalize(_take_frame(e), tuple(fields), opts)
+        except ValueError as exc:
+            raise UsageError(f"cannot normalize {ref}: {exc}") from None
+        if chooser:  # boundaries come from the source's keys and apply to both sides
+            try:
+                boundaries.append(merkle.choose_boundaries(c.frame["__key"], req.segment_rows))
+            finally:
+                ready.set()
+        if not ready.wait(timeout=24 * 3600) or not boundaries:
+            raise RuntimeError("source side failed before choosing segment boundaries")
+        say(f"hashing {ref} into {len(boundaries[0]) + 1:,} BLAKE3 segments")
+        tree = merkle.side_tree(c.frame, c.fields, merkle.Segmentation(tuple(boundaries[0])))
+        return e, c, tree
+
+    with ThreadPoolExecutor(2) as ex:
+        fs = ex.submit(side, sref, fields_s, s_opts, req.source_where, None, key_s, True)
+        ft = ex.submit(side, tref, fields_t, t_opts, req.target_where, req.target_updated_at, key_t, False)
+        try:
+            es, cs, s_hashed = fs.result()
+        except BaseException:
+            ready.set()
+            raise
+        et, ct, t_hashed = ft.result()
+    say("comparing")
+    in_flight = _in_flight_keys(es, fields_s, s_opts) | _in_flight_keys(et, fields_t, t_opts)
+    result = compare(cs, ct, boundaries=boundaries[0], in_flight_keys=in_flight, hashed=(s_hashed, t_hashed))
+    if req.unique_key and (result.duplicate_keys_source or result.duplicate_keys_target):
+        raise UsageError(f"the key is not unique: {result.duplicate_keys_source} duplicated key(s) in the source, "
+                         f"{result.duplicate_keys_target} in the target (drop --unique-key to count them instead)")
+    result.elapsed_s = time.perf_counter() - t0
+    return DiffRun(req, result, es.meta, et.meta, tuple(fields_s), cs, ct)
+
+
+def _take_frame(e: Extract) -> pl.DataFrame:
+    """The extract's frame, leaving an empty one behind (the canonical frame holds everything
+    needed from here on)."""
+    frame = e.frame
+    e.frame = frame.clear()
+    return frame
+
+
+def _finder(cols: dict[str, SourceColumn], where: str, what: str):  # noqa: ANN202
+    lower = {n.lower(): n for n in cols}
+
+    def find(name: str) -> str:
+        n = name if name in cols else lower.get(name.lower())
+        if n is None:
+            raise UsageError(f"unknown column {name!r} in {where} (columns: {', '.join(cols)}): fix the {what} option")
+        return n
+
+    return find
+
+
+def _in_flight_keys(e: Extract, fields: list[FieldSpec], opts: SideOptions) -> set[str]:
+    if e.in_flight is None or e.in_flight.height == 0:
+        return set()
+    keys = [f for f in fields if f.is_key]
+    df = pl.DataFrame([typed(e.in_flight[f.column], f.ctype, opts).alias(f.name) for f in keys])
+    texts = [text_expr(f.name, f.ctype) for f in keys]
+    expr = texts[0] if len(texts) == 1 else pl.concat_str(texts, separator="\x00")
+    return set(df.select(expr.alias("k"))["k"].to_list())
+
+
+def read_outputs(diff_dir: Path) -> tuple[dict[str, Any], Path, Path]:
+    """The other half of :func:`write_outputs`, for the commands that start from a diff directory
+    (explain, gate): its summary, the summary's path and the differences' path, or a one-line error."""
+    sp, dp = Path(diff_dir) / "summary.json", Path(diff_dir) / "differences.parquet"
+    if not sp.is_file() or not dp.is_file():
+        raise UsageError(f"{diff_dir} is not a diff output (no summary.json/differences.parquet): "
+                         "run `recon diff … --out DIR` first")
+    try:
+        summary = json.loads(sp.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(f"{sp} is not valid JSON: rerun `recon diff … --out DIR`") from None
+    if not isinstance(summary, dict) or "variance_ratio" not in summary:
+        raise UsageError(f"{sp} is not a recon diff summary (no variance_ratio)")
+    return summary, sp, dp
+
+
+def write_outputs(run: DiffRun, out: Path) -> dict[str, Path]:
+    """`summary.json` and `differences.parquet` (key, kind, column, source value, target value)."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = out / "summary.json"
+    diffs = out / "differences.parquet"
+    tmp = summary.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(run.summary(), indent=2, sort_keys=True, default=str) + "\n")
+    run.result.differences.write_parquet(diffs)
+    os.replace(tmp, summary)
+    return {"summary": summary, "differences": diffs}
+
+
+def snapshot(ref_text: str, out: Path, config: Config, *, keys: list[str], columns: list[str] | None = None,
+             where: str | None = None, segment_rows: int = merkle.DEFAULT_SEGMENT_ROWS) -> dict[str, Any]:
+    """Extract one side into a Parquet file plus a JSON sidecar (``PATH.json``): schema, row count,
+    Merkle root and boundaries of its canonical form, extraction metadata. A later diff can read
+    ``parquet:PATH`` instead of the live system (and spend no API calls), and a manifest's root can
+    be recomputed from it."""
+    ref = parse_reference(ref_text)
+    cols = _columns_of(ref, config)
+    find = _finder(cols, str(ref), "-k/-c")
+    key_cols = [find(k) for k in keys]
+    if not key_cols:
+        raise UsageError("no key: pass -k/--key (the Merkle segments are key ranges)")
+    wanted = [find(c) for c in columns] if columns else list(cols)
+    for k in reversed(key_cols):
+        if k not in wanted:
+            wanted.insert(0, k)
+    e = _extract(ref, config, wanted, where, as_of=None, updated_at=None, key_cols=key_cols)
+    sf = isinstance(ref, SalesforceRef)
+    opts = SALESFORCE_SIDE if sf else SideOptions()
+    fields = tuple(FieldSpec(c, c, resolve_type(cols[c], cols[c], salesforce=sf, override=None), None, c in key_cols)
+                   for c in wanted)
+    canon = canonicalize(e.frame, fields, opts)
+    seg = merkle.Segmentation(tuple(merkle.choose_boundaries(canon.frame["__key"], segment_rows)))
+    tree, _ = merkle.side_tree(canon.frame, canon.fields, seg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    e.frame.write_parquet(out)
+    from engine.core.normalize import ENCODING_VERSION
+
+    side = {
+        "source": str(ref),
+        "rows": e.frame.height,
+        "schema": {c: {"kind": f.ctype.kind, "scale": f.ctype.scale, "native_type": cols[c].native_type}
+                   for c, f in zip(wanted, fields, strict=True)},
+        "key": key_cols,
+        "merkle": {"encoding_version": ENCODING_VERSION, "root": tree.root_hex, "segments": len(tree.digests),
+                   "boundaries": list(seg.boundaries), "boundaries_digest": seg.digest},
+        "extract": e.meta,
+    }
+    sidecar = out.with_name(out.name + ".json")
+    sidecar.write_text(json.dumps(side, indent=2, sort_keys=True, default=str) + "\n")
+    return {"parquet": str(out), "sidecar": str(sidecar), "rows": side["rows"], "merkle_root": tree.root_hex}

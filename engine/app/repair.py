@@ -1,0 +1,923 @@
+# ruff: noqa: S608 - every identifier below goes through psycopg.sql.Identifier; values are parameters
+"""`recon repair`: fix exactly the divergent records, as new versions, with their evidence.
+
+Policy by class (from `recon explain`):
+
+* ``duplicate_inflation``, ``missing_events``, ``warehouse_only_drift``, ``missing_in_warehouse``:
+  corrected in the warehouse from Salesforce's authoritative value, **re-extracted for exactly
+  those records** (Bulk API 2.0, Id lists in chunks of 500, far below SOQL's length limit) at apply
+  time — never from the explain-time copy, never the whole object;
+* ``stale_salesforce``: the warehouse is right and Salesforce is behind the stream, so nothing is
+  changed: the records become an action list for their owners (``action_list.csv`` and
+  ``action_list.json``: Id, owner, Salesforce, stream and warehouse values, evidence);
+* ``unexplained``: left alone and reported.
+
+Dry run by default: the plan (records, old and new values, evidence) is printed and nothing is
+written to the warehouse or to Salesforce's API budget. ``--apply`` writes.
+
+Why versions, and how the warehouse table becomes them:
+
+Corrections are never silent updates. On the first ``--apply`` the target table (e.g.
+``warehouse.customer_clv``) is migrated, in one transaction, into a version store
+``<table>_versions`` (its columns plus ``version_id``, ``valid_from``, ``valid_to``,
+``recorded_at``, ``source`` = original | repair | load, ``run_id``, ``correction_id``,
+``finding_ref``, ``supersedes``, ``evidence``), and ``<table>`` becomes a VIEW of the current
+versions (``valid_to IS NULL``) with the same columns and privileges, so every reader — ``recon
+diff`` included — keeps working unchanged. The rows that were there become ``original`` versions
+whose ``valid_from`` and ``recorded_at`` are the migration time (the table kept no history; its
+own ``updated_at`` column is carried along). A version store is created only when there is
+something to correct. A correction closes the current version (sets its
+``valid_to``) and inserts the new one in the same transaction; a trigger on the version store
+rejects every other UPDATE, every DELETE and TRUNCATE, so history can only grow. Writers that
+still write the old table name (the aggregation) go through INSTEAD OF triggers on the view that
+do the same close-and-insert (``source = 'load'``): even they cannot overwrite a value silently.
+
+Idempotent and resumable: each correction has a deterministic id (SHA-256 over the target, the
+explain output's digest, the record, its class and the value it corrects), unique in the version
+store. Corrections are applied in chunks (``RECON_REPAIR_CHUNK_ROWS``, default 200), one
+transaction each, under an advisory lock; a second ``--apply`` finds every id present and changes
+nothing (and re-extracts nothing); a repair killed mid-way resumes with the chunks it did not
+commit. Each correction is appended to the ledger's ``corrections`` table after its chunk commits;
+a correction committed to the warehouse whose ledger row was lost to a crash is appended on the
+next run from the evidence stored with the version (``ledger_backfilled``).
+
+SEC subset first: corrections of ``sec_critical`` records are re-extracted, applied and verified
+(re-read from the warehouse view and compared with the re-extracted Salesforce values) before the
+rest is even re-extracted, and reported separately. A failed verification stops the repair (exit 4).
+
+Test hook: ``RECON_REPAIR_TEST_KILL_AFTER_CHUNKS=N`` SIGKILLs the process right after the N-th
+chunk's warehouse commit, before its ledger rows, to prove resumption.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from engine.app.gate import REPAIRED_CLASSES
+from engine.config import Config
+from engine.connectors.base import PostgresRef, SalesforceRef, parse_reference, redact_dsn
+from engine.core.errors import UsageError, VerificationError
+from engine.core.normalize import parse_decimal
+
+ACTION_CLASS = "stale_salesforce"
+LEFT_CLASS = "unexplained"
+CORRECTION_VERSION = "recon-repair/v1"
+DEFAULT_CHUNK_ROWS = 200
+SF_ID_CHUNK = 500  # Ids per Bulk API 2.0 job: 500 × 21 characters stays far below SOQL's 100,000
+KILL_HOOK = "RECON_REPAIR_TEST_KILL_AFTER_CHUNKS"
+VERSION_COLUMNS = ("version_id", "valid_from", "valid_to", "recorded_at", "source", "run_id", "correction_id",
+                   "finding_ref", "supersedes", "evidence")
+VIEW_MARKER = "recon versioned view v1"
+STATUSES = ("pending", "applied", "already_applied", "in_sync", "conflict", "not_in_salesforce")
+
+
+def chunk_rows_default() -> int:
+    try:
+        n = int(os.environ.get("RECON_REPAIR_CHUNK_ROWS", DEFAULT_CHUNK_ROWS))
+    except ValueError:
+        raise UsageError("RECON_REPAIR_CHUNK_ROWS must be a whole number of rows per transaction") from None
+    if n < 1:
+        raise UsageError("RECON_REPAIR_CHUNK_ROWS must be at least 1")
+    return n
+
+
+_dec = parse_decimal
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as numbers when both are (``100`` = ``100.00``), else as text; NULL equals only NULL."""
+    da, db = _dec(a), _dec(b)
+    if da is not None and db is not None:
+        return da == db
+    return (None if a in (None, "") else str(a)) == (None if b in (None, "") else str(b))
+
+
+def _sha256(path: Path) -> str:
+    from engine.evidence.manifest import file_digest
+
+    return file_digest(path)
+
+
+def _json_list(text: Any) -> list[str]:
+    if not text:
+        return []
+    try:
+        v = json.loads(text)
+    except (TypeError, ValueError):
+        return []
+    return [str(x) for x in v] if isinstance(v, list) else []
+
+
+# -- the target ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """The warehouse table a mapping writes to, and the columns a correction touches.
+
+    key / value: target column names of the mapping's key and of the repaired amount column.
+    updated_at: set to the repair time on a new version (the mapping's ``target_updated_at``).
+    count_column: set to the number of distinct stream events of the record (``[repair]``).
+    """
+
+    ref: PostgresRef
+    mapping: str
+    sobject: str
+    source_column: str
+    key: str
+    value: str
+    updated_at: str | None
+    count_column: str | None
+
+    @property
+    def identity(self) -> str:
+        """host:port/database#schema.table, without user or password (part of every correction id)."""
+        from engine.evidence.manifest import _pg_location
+
+        loc = _pg_location(self.ref.dsn)
+        return f"{loc.get('host', '')}:{loc.get('port', '')}/{loc.get('database', '')}#{self.ref.schema}.{self.ref.table}"
+
+    @property
+    def versions_table(self) -> str:
+        return f"{self.ref.table}_versions"
+
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.ref.schema, self.ref.table)
+
+    def vident(self) -> sql.Identifier:
+        return sql.Identifier(self.ref.schema, self.versions_table)
+
+    def where(self) -> str:
+        return f"{redact_dsn(self.ref.dsn)}#{self.ref.schema}.{self.ref.table}"
+
+
+# -- the plan --------------------------------------------------------------------------------------
+@dataclass
+class Correction:
+    """One record to correct. ``new_value`` is Salesforce's value: at explain time in the plan,
+    re-extracted at apply time."""
+
+    record_id: str
+    cls: str
+    sec_critical: bool
+    old_value: str | None
+    explain_sf_value: str | None
+    stream_events: int
+    owner_id: str | None
+    copy_offsets: list[str]
+    duplicated_event_ids: list[str]
+    correction_id: str
+    finding: dict[str, Any]
+    status: str = "pending"
+    new_value: str | None = None
+    detail: str | None = None
+    salesforce: dict[str, Any] | None = None
+    old_version_id: int | None = None
+    new_version_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"Id": self.record_id, "class": self.cls, "sec_critical": self.sec_critical,
+                "old_value": self.old_value,
+                "new_value": self.new_value if self.new_value is not None else self.explain_sf_value,
+                "new_value_source": "salesforce re-extraction" if self.salesforce else "salesforce at explain time",
+                "status": self.status, "detail": self.detail, "correction_id": self.correction_id,
+                "owner_id": self.owner_id, "stream_events": self.stream_events,
+                "evidence": {"kafka_copy_offsets": self.copy_offsets,
+                             "duplicated_event_ids": self.duplicated_event_ids,
+                             "raw_stream_value": self.finding.get("raw_stream_value"),
+                             "dedup_stream_value": self.finding.get("dedup_stream_value"),
+                             "salesforce": self.salesforce},
+                "old_version_id": self.old_version_id, "new_version_id": self.new_version_id}
+
+
+@dataclass
+class Plan:
+    explain_dir: Path
+    findings_sha256: str
+    explain: dict[str, Any]
+    column: str
+    target: Target
+    corrections: list[Correction]
+    action_list: list[dict[str, Any]]
+    unexplained: list[dict[str, Any]]
+    classes: dict[str, int]
+
+    @property
+    def topic(self) -> str | None:
+        return (self.explain.get("kafka") or {}).get("topic")
+
+
+def correction_id(target_identity: str, findings_sha256: str, record_id: str, cls: str, old_value: str | None) -> str:
+    """Deterministic: the same plan applied to the same target always yields the same ids."""
+    text = "\x00".join([CORRECTION_VERSION, target_identity, findings_sha256, record_id, cls, old_value or ""])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _find_diff_dir(explain_dir: Path, recorded: str | None, override: Path | None) -> Path | None:
+    if override is not None:
+        return override
+    if not recorded:
+        return None
+    p = Path(recorded)
+    for cand in (p, explain_dir / p, explain_dir.parent / p.name):
+        if (cand / "summary.json").is_file():
+            return cand
+    return None
+
+
+def _evidence_text(r: dict[str, Any]) -> str:
+    return (f"Salesforce last modified {r.get('sf_modstamp') or 'unknown'}, before the record's last event in the "
+            f"stream at {r.get('last_event_time') or 'unknown'}; Salesforce holds {r.get('salesforce_value')}, the "
+            f"deduplicated stream sums to {r.get('dedup_stream_value')}, the warehouse holds {r.get('warehouse_value')}")
+
+
+def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, target: str | None = None,
+              diff_dir: Path | None = None) -> Plan:
+    """Read an explain output and the mapping it was made for; classify every finding by policy."""
+    import polars as pl
+
+    explain_dir = Path(explain_dir)
+    fp, ep = explain_dir / "findings.parquet", explain_dir / "explain.json"
+    if not fp.is_file() or not ep.is_file():
+        raise UsageError(f"{explain_dir} is not an explain output (no explain.json/findings.parquet): run "
+                         "`recon explain --diff DIR --out DIR` first")
+    try:
+        explain = json.loads(ep.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(f"{ep} is not valid JSON: rerun `recon explain`") from None
+    findings = pl.read_parquet(fp)
+    missing = {"Id", "class", "kind", "sec_critical", "warehouse_value", "salesforce_value"} - set(findings.columns)
+    if missing:
+        raise UsageError(f"{fp} lacks column(s) {', '.join(sorted(missing))}: rerun `recon explain`")
+    digest = _sha256(fp)
+    ddir = _find_diff_dir(explain_dir, explain.get("diff"), diff_dir)
+    summary: dict[str, Any] = {}
+    if ddir is not None:
+        try:
+            summary = json.loads((ddir / "summary.json").read_text())
+        except (OSError, ValueError):
+            raise UsageError(f"cannot read {ddir / 'summary.json'}: pass --diff DIR (the diff the explain used)") from None
+    name = mapping or summary.get("mapping")
+    if mapping and summary.get("mapping") and mapping != summary.get("mapping"):
+        raise UsageError(f"the explained diff was run for mapping {summary.get('mapping')!r}, not {mapping!r}")
+    if not name:
+        raise UsageError("cannot tell which mapping the explain output is about: pass --mapping NAME "
+                         "(and -C recon.toml), or --diff DIR with the diff it explained")
+    m = config.mapping(name)
+    if len(m.key) != 1:
+        raise UsageError(f"[mapping.{name}] has a compound key: repair corrects single-key tables only")
+    column = str(explain.get("column") or "")
+    if not column:
+        raise UsageError(f"{ep} names no column: rerun `recon explain`")
+    pairs = {a.lower(): b for a, b in m.columns}
+    value_col = pairs.get(column.lower(), column)
+    ref = parse_reference(target or m.target)
+    if not isinstance(ref, PostgresRef):
+        raise UsageError(f"repair writes to PostgreSQL tables only; the target of [mapping.{name}] is {ref}")
+    src = parse_reference(m.source)
+    if not isinstance(src, SalesforceRef):
+        raise UsageError(f"repair re-extracts from Salesforce; the source of [mapping.{name}] is {src}")
+    rcfg = config.section("repair").get(name, {})
+    count_col = rcfg.get("count_column", "event_count") if isinstance(rcfg, dict) else "event_count"
+    tgt = Target(ref=ref, mapping=name, sobject=src.sobject, source_column=column, key=m.key[0][1],
+                 value=value_col, updated_at=m.target_updated_at, count_column=count_col or None)
+    corrections: list[Correction] = []
+    action_list: list[dict[str, Any]] = []
+    unexplained: list[dict[str, Any]] = []
+    classes: dict[str, int] = {}
+    cols = set(findings.columns)
+    for r in findings.iter_rows(named=True):
+        cls = str(r["class"])
+        classes[cls] = classes.get(cls, 0) + 1
+        g = {k: r.get(k) for k in ("Id", "class", "kind", "sec_critical", "owner_id", "salesforce_value",
+                                   "warehouse_value", "raw_stream_value", "dedup_stream_value", "true_value",
+                                   "sf_modstamp", "last_event_time", "delivered", "duplicate_copies",
+                                   "annual_revenue", "overpayment", "underpayment") if k in cols}
+        if cls in REPAIRED_CLASSES:
+            old = r["warehouse_value"] if cls != "missing_in_warehouse" else None
+            delivered = int(r.get("delivered") or 0)
+            copies = int(r.get("duplicate_copies") or 0)
+            corrections.append(Correction(
+                record_id=str(r["Id"]), cls=cls, sec_critical=bool(r["sec_critical"]), old_value=old,
+                explain_sf_value=r["salesforce_value"], stream_events=max(0, delivered - copies),
+                owner_id=r.get("owner_id"), copy_offsets=_json_list(r.get("copy_offsets")),
+                duplicated_event_ids=_json_list(r.get("duplicated_event_ids")),
+                correction_id=correction_id(tgt.identity, digest, str(r["Id"]), cls, old), finding=g))
+        elif cls == ACTION_CLASS:
+            action_list.append({
+                "Id": r["Id"], "owner_id": r.get("owner_id"), "salesforce_value": r["salesforce_value"],
+                "stream_value": r.get("dedup_stream_value"), "warehouse_value": r["warehouse_value"],
+                "raw_stream_value": r.get("raw_stream_value"), "sf_modstamp": r.get("sf_modstamp"),
+                "last_event_time": r.get("last_event_time"), "sec_critical": bool(r["sec_critical"]),
+                "annual_revenue": r.get("annual_revenue"), "kind": r["kind"], "field": column,
+                "requested_action": f"review {column} in Salesforce: it predates the record's latest events; "
+                                    "set it to the stream's value once confirmed",
+                "evidence": _evidence_text(r)})
+        else:
+            unexplained.append({"Id": r["Id"], "class": cls, "kind": r["kind"], "owner_id": r.get("owner_id"),
+                                "salesforce_value": r["salesforce_value"], "warehouse_value": r["warehouse_value"],
+                                "stream_value": r.get("dedup_stream_value"), "sec_critical": bool(r["sec_critical"])})
+    # SEC-critical first, then by Id: the order corrections are applied in
+    corrections.sort(key=lambda c: (not c.sec_critical, c.record_id))
+    return Plan(explain_dir=explain_dir, findings_sha256=digest, explain=explain, column=column, target=tgt,
+                corrections=corrections, action_list=action_list, unexplained=unexplained, classes=classes)
+
+
+# -- the version store ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TableInfo:
+    kind: str  # "table" (not yet versioned) or "versioned"
+    columns: list[tuple[str, str]]  # base columns (name, format_type), in order
+    versions_exists: bool
+
+
+def _connect(target: Target) -> psycopg.Connection:
+    from engine.connectors.postgres.source import connect
+
+    return connect(target.ref.dsn, autocommit=True)
+
+
+def _columns(conn: psycopg.Connection, qualified: str) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        (qualified,)).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def inspect(conn: psycopg.Connection, target: Target) -> TableInfo:
+    """Is the target still a plain table, or already the view over its version store?"""
+    q = target.ident().as_string(conn)
+    vq = target.vident().as_string(conn)
+    row = conn.execute("SELECT c.relkind, obj_description(c.oid, 'pg_class') FROM pg_class c "
+                       "WHERE c.oid = to_regclass(%s)", (q,)).fetchone()
+    v_exists = conn.execute("SELECT to_regclass(%s)", (vq,)).fetchone()[0] is not None  # type: ignore[index]
+    if row is None:
+        raise UsageError(f"{target.where()} does not exist: check the mapping's target")
+    relkind, comment = row
+    if relkind in ("r", "p"):
+        if v_exists:
+            raise UsageError(f"{target.ref.schema}.{target.versions_table} exists but {target.ref.schema}."
+                             f"{target.ref.table} is still a table: a migration was interrupted outside recon; "
+                             "inspect both and drop the stray one")
+        kind = "table"
+    elif relkind == "v" and v_exists and str(comment or "").startswith(VIEW_MARKER):
+        kind = "versioned"
+    else:
+        raise UsageError(f"{target.where()} is a view or other relation recon did not create: repair writes "
+                         "to a table (which it turns into a versioned view on the first --apply)")
+    cols = _columns(conn, q)
+    names = {c for c, _ in cols}
+    for need in (target.key, target.value):
+        if need not in names:
+            raise UsageError(f"{target.where()} has no column {need!r} (columns: {', '.join(sorted(names))})")
+    if kind == "table":
+        clash = sorted(names & set(VERSION_COLUMNS))
+        if clash:
+            raise UsageError(f"{target.where()} already has column(s) {', '.join(clash)} that the version store "
+                             "needs: rename them before repairing")
+    return TableInfo(kind, cols, v_exists)
+
+
+def migrate(conn: psycopg.Connection, target: Target, info: TableInfo) -> dict[str, Any]:
+    """Turn the table into ``<table>_versions`` + a view of the current versions, in one transaction."""
+    t, v = target.ident(), target.vident()
+    cols = [c for c, _ in info.columns]
+    col_ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+    key = sql.Identifier(target.key)
+    guard_fn = sql.Identifier(target.ref.schema, "recon_versions_guard")
+    write_fn = sql.Identifier(target.ref.schema, f"{target.ref.table}_write_version")
+    q = t.as_string(conn)
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t))
+            acl = conn.execute(
+                "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type "
+                "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s) "
+                "AND a.grantee <> c.relowner", (q,)).fetchall()
+            conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(v, t))
+            conn.execute(sql.SQL("""ALTER TABLE {v}
+  ADD COLUMN version_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  ADD COLUMN valid_from timestamptz NOT NULL,
+  ADD COLUMN valid_to timestamptz,
+  ADD COLUMN recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  ADD COLUMN source text NOT NULL CHECK (source IN ('original', 'repair', 'load')),
+  ADD COLUMN run_id text,
+  ADD COLUMN correction_id text UNIQUE,
+  ADD COLUMN finding_ref text,
+  ADD COLUMN supersedes bigint REFERENCES {v} (version_id),
+  ADD COLUMN evidence jsonb,
+  ADD CHECK (valid_to IS NULL OR valid_to >= valid_from),
+  ADD CHECK ((source = 'repair') = (correction_id IS NOT NULL))""").format(v=v))
+            n = conn.execute(sql.SQL(
+                "INSERT INTO {} ({}, valid_from, recorded_at, source) SELECT {}, now(), now(), 'original' FROM {}"
+            ).format(v, col_ids, col_ids, t)).rowcount
+            conn.execute(sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) WHERE valid_to IS NULL").format(
+                sql.Identifier(f"{target.versions_table}_current"), v, key))
+            conn.execute(sql.SQL("CREATE INDEX {} ON {} ({}, valid_from)").format(
+                sql.Identifier(f"{target.versions_table}_history"), v, key))
+            conn.execute(sql.SQL("""CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  IF TG_OP = 'UPDATE' THEN
+    -- the one change a version may undergo: being closed, nothing else about it
+    IF OLD.valid_to IS NULL AND NEW.valid_to IS NOT NULL
+       AND (to_jsonb(NEW) - 'valid_to') = (to_jsonb(OLD) - 'valid_to') THEN
+      RETURN NEW;
+    END IF;
+  END IF;
+  RAISE EXCEPTION '%.% keeps every version: % is not allowed', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
+    USING ERRCODE = 'insufficient_privilege',
+          HINT = 'close the current version (set valid_to) and insert a new one';
+END $f$""").format(guard_fn))
+            conn.execute(sql.SQL("CREATE TRIGGER versions_keep_history BEFORE UPDATE OR DELETE ON {} "
+                                 "FOR EACH ROW EXECUTE FUNCTION {}()").format(v, guard_fn))
+            conn.execute(sql.SQL("CREATE TRIGGER versions_no_truncate BEFORE TRUNCATE ON {} "
+                                 "FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(v, guard_fn))
+            conn.execute(sql.SQL("DROP TABLE {}").format(t))
+            conn.execute(sql.SQL("CREATE VIEW {} AS SELECT {} FROM {} WHERE valid_to IS NULL").format(t, col_ids, v))
+            conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(t, sql.Literal(
+                f"{VIEW_MARKER}: current versions of {target.ref.schema}.{target.versions_table} "
+                "(written by recon repair; writes through this view become new versions)")))
+            new_vals = sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in cols)
+            conn.execute(sql.SQL("""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+  recon_t timestamptz := clock_timestamp();
+  recon_prev bigint;
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    UPDATE {v} SET valid_to = recon_t WHERE {key} = OLD.{key} AND valid_to IS NULL
+      RETURNING version_id INTO recon_prev;
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  INSERT INTO {v} ({cols}, valid_from, recorded_at, source, supersedes)
+    VALUES ({vals}, recon_t, recon_t, 'load', recon_prev);
+  RETURN NEW;
+END $f$""").format(fn=write_fn, v=v, key=key, cols=col_ids, vals=new_vals))
+            conn.execute(sql.SQL("CREATE TRIGGER write_version INSTEAD OF INSERT OR UPDATE OR DELETE ON {} "
+                                 "FOR EACH ROW EXECUTE FUNCTION {}()").format(t, write_fn))
+            for grantee, priv in acl:
+                if priv not in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+                    continue
+                who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+                conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(priv), t, who))
+                if priv == "SELECT":  # history is as readable as the current values were
+                    conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(v, who))
+        conn.execute(sql.SQL("ANALYZE {}").format(v))
+    except psycopg.errors.DependentObjectsStillExist as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        raise UsageError(f"cannot version {target.where()}: {first}; other objects depend on the table, so "
+                         "migrate it by hand or drop them first (nothing was changed)") from None
+    except psycopg.Error as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"cannot version {target.where()}: {first} (nothing was changed)") from None
+    return {"migrated": True, "versions_table": f"{target.ref.schema}.{target.versions_table}",
+            "view": f"{target.ref.schema}.{target.ref.table}", "original_versions": n,
+            "privileges_copied": [f"{p} to {g}" for g, p in acl if p in ("SELECT", "INSERT", "UPDATE", "DELETE")]}
+
+
+def _current_values(conn: psycopg.Connection, target: Target, ids: list[str], relation: sql.Identifier
+                    ) -> dict[str, str | None]:
+    if not ids:
+        return {}
+    rows = conn.execute(sql.SQL("SELECT {k}::text, {val}::text FROM {r} WHERE {k} = ANY(%s)").format(
+        k=sql.Identifier(target.key), val=sql.Identifier(target.value), r=relation), (ids,)).fetchall()
+    return {str(r[0]): r[1] for r in rows}
+
+
+def _applied(conn: psycopg.Connection, target: Target, cids: list[str]) -> dict[str, dict[str, Any]]:
+    """Corrections of this plan already in the version store: id → {version_id, evidence, …}."""
+    if not cids:
+        return {}
+    rows = conn.execute(sql.SQL(
+        "SELECT correction_id, version_id, supersedes, {val}::text, evidence, valid_from FROM {v} "
+        "WHERE correction_id = ANY(%s)").format(val=sql.Identifier(target.value), v=target.vident()),
+        (cids,)).fetchall()
+    return {str(r[0]): {"version_id": int(r[1]), "supersedes": r[2], "value": r[3], "evidence": r[4] or {},
+                        "valid_from": r[5]} for r in rows}
+
+
+# -- Salesforce ------------------------------------------------------------------------------------
+@dataclass
+class Extraction:
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)  # Id → {value, system_modstamp, bulk_job_id}
+    metas: list[dict[str, Any]] = field(default_factory=list)
+    records: int = 0
+
+
+def reextract(ids: list[str], plan: Plan, config: Config) -> Extraction:
+    """Exactly these records from Salesforce, one Bulk API 2.0 job per 500 Ids (so each record's job
+    id is known)."""
+    import polars as pl
+
+    from engine.connectors.salesforce import source as sf_extract
+
+    out = Extraction()
+    ref = SalesforceRef(plan.target.sobject)
+    ordered = sorted(set(ids))
+    for i in range(0, len(ordered), SF_ID_CHUNK):
+        chunk = ordered[i: i + SF_ID_CHUNK]
+        ex = sf_extract.extract(ref, config, ["Id", plan.column, "SystemModstamp"], None, ids=chunk)
+        meta = ex.meta
+        out.metas.append(meta)
+        job = (meta.get("bulk_job_ids") or [None])[0]
+        f = ex.frame
+        names = {c.lower(): c for c in f.columns}
+        vcol, mcol = names[plan.column.lower()], names["systemmodstamp"]
+        f = f.select(pl.col(names["id"]).alias("Id"), pl.col(vcol).cast(pl.Utf8).alias("v"),
+                     pl.col(mcol).cast(pl.Utf8).alias("m"))
+        out.records += f.height
+        for rid, v, m in f.iter_rows():
+            out.values[str(rid)] = {"value": v, "system_modstamp": m, "bulk_job_id": job,
+                                    "api_version": meta.get("api_version"), "org_id": meta.get("org_id"),
+                                    "extracted_at": meta.get("extracted_at")}
+    return out
+
+
+# -- applying --------------------------------------------------------------------------------------
+@dataclass
+class PhaseReport:
+    planned: int = 0
+    applied: int = 0
+    already_applied: int = 0
+    in_sync: int = 0
+    conflicts: int = 0
+    not_in_salesforce: int = 0
+    reextracted: int = 0
+    verified: int = 0
+    pending: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RepairReport:
+    mode: str
+    run_id: str
+    plan: Plan
+    migration: dict[str, Any] | None = None
+    sec: PhaseReport = field(default_factory=PhaseReport)
+    rest: PhaseReport = field(default_factory=PhaseReport)
+    bulk_job_ids: list[str] = field(default_factory=list)
+    sf_metas: list[dict[str, Any]] = field(default_factory=list)
+    ledger: dict[str, Any] = field(default_factory=dict)
+    versioned: bool = False
+    elapsed_s: float = 0.0
+
+    @property
+    def totals(self) -> PhaseReport:
+        t = PhaseReport()
+        for k in t.__dict__:
+            setattr(t, k, getattr(self.sec, k) + getattr(self.rest, k))
+        return t
+
+    @property
+    def exit_code(self) -> int:
+        """0: nothing left for the warehouse (and nothing unexplained); 1: something to act on."""
+        t = self.totals
+        if t.pending or t.conflicts or t.not_in_salesforce or self.plan.unexplained:
+            return 1
+        return 0
+
+    def summary(self) -> dict[str, Any]:
+        p, t = self.plan, self.totals
+        return {
+            "mode": self.mode, "run_id": self.run_id, "mapping": p.target.mapping, "column": p.column,
+            "target": p.target.where(), "target_identity": p.target.identity,
+            "versions_table": f"{p.target.ref.schema}.{p.target.versions_table}", "versioned": self.versioned,
+            "explain": {"dir": str(p.explain_dir), "findings_sha256": p.findings_sha256},
+            "classes": p.classes,
+            "policy": {"corrected": list(REPAIRED_CLASSES), "action_list": [ACTION_CLASS], "left_alone": [LEFT_CLASS]},
+            "corrections": {"planned": len(p.corrections), **t.to_dict()},
+            "sec_critical": self.sec.to_dict(), "rest": self.rest.to_dict(),
+            "action_list": len(p.action_list), "unexplained": len(p.unexplained),
+            "salesforce": {"records_reextracted": t.reextracted, "bulk_job_ids": self.bulk_job_ids,
+                           "api_version": next((m.get("api_version") for m in self.sf_metas), None)},
+            "migration": self.migration, "ledger": self.ledger, "exit_code": self.exit_code,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def _phase(rep: RepairReport, c: Correction) -> PhaseReport:
+    return rep.sec if c.sec_critical else rep.rest
+
+
+def _precheck(c: Correction, current: str | None, has_row: bool) -> str:
+    """Status from the warehouse's current value alone: pending, in_sync or conflict."""
+    if c.cls == "missing_in_warehouse":
+        if not has_row:
+            return "pending"
+        return "in_sync" if _same(current, c.new_value if c.new_value is not None else c.explain_sf_value) \
+            else "conflict"
+    if not has_row:
+        return "conflict"
+    if _same(current, c.new_value if c.new_value is not None else c.explain_sf_value):
+        return "in_sync"  # nothing to change (e.g. Salesforce moved to the warehouse's value)
+    if _same(current, c.old_value):
+        return "pending"
+    return "conflict"
+
+
+def _evidence(plan: Plan, c: Correction, run_id: str) -> dict[str, Any]:
+    sf = c.salesforce or {}
+    return {
+        "kind": "correction", "correction_id": c.correction_id, "run_id": run_id, "mapping": plan.target.mapping,
+        "target": plan.target.identity, "record_id": c.record_id, "class": c.cls, "sec_critical": c.sec_critical,
+        "column": plan.target.value, "old_value": c.old_value, "new_value": c.new_value,
+        "old_version_id": c.old_version_id,
+        "finding": {"explain_findings_sha256": plan.findings_sha256, "explain_dir": str(plan.explain_dir),
+                    **{k: v for k, v in c.finding.items() if v is not None}},
+        "salesforce": {"object": plan.target.sobject, "field": plan.column, "value": sf.get("value"),
+                       "system_modstamp": sf.get("system_modstamp"), "bulk_job_id": sf.get("bulk_job_id"),
+                       "api_version": sf.get("api_version"), "org_id": sf.get("org_id"),
+                       "extracted_at": sf.get("extracted_at"),
+                       "changed_since_explain": not _same(sf.get("value"), c.explain_sf_value)},
+        "kafka": {"topic": plan.topic, "copy_offsets": c.copy_offsets, "duplicated_event_ids": c.duplicated_event_ids},
+    }
+
+
+def _apply_chunk(conn: psycopg.Connection, plan: Plan, info: TableInfo, chunk: list[Correction], run_id: str
+                 ) -> list[dict[str, Any]]:
+    """One transaction: lock, re-check, close old versions, insert new ones. Returns ledger bodies."""
+    tgt = plan.target
+    v, key, val = tgt.vident(), sql.Identifier(tgt.key), sql.Identifier(tgt.value)
+    bodies: list[dict[str, Any]] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"recon.repair:{tgt.identity}",))
+        now: datetime = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        ids = [c.record_id for c in chunk]
+        rows = conn.execute(sql.SQL(
+            "SELECT {k}::text, version_id, {val}::text FROM {v} WHERE {k} = ANY(%s) AND valid_to IS NULL FOR UPDATE"
+        ).format(k=key, val=val, v=v), (ids,)).fetchall()
+        current = {str(r[0]): (int(r[1]), r[2]) for r in rows}
+        done = _applied(conn, tgt, [c.correction_id for c in chunk])
+        for c in chunk:
+            if c.correction_id in done:
+                c.status, c.new_version_id = "already_applied", done[c.correction_id]["version_id"]
+                continue
+            cur = current.get(c.record_id)
+            status = _precheck(c, cur[1] if cur else None, cur is not None)
+            if status != "pending":
+                c.status = status
+                c.detail = (f"the warehouse holds {cur[1] if cur else 'no row'}; the plan expected "
+                            f"{c.old_value if c.old_value is not None else 'no row'}") if status == "conflict" else None
+                continue
+            c.old_version_id = cur[0] if cur else None
+            if cur is not None:
+                conn.execute(sql.SQL("UPDATE {} SET valid_to = %s WHERE version_id = %s").format(v), (now, cur[0]))
+            exprs: list[sql.Composable] = []
+            params: list[Any] = []
+            for name, typ in info.columns:
+                ident = sql.Identifier(name)
+                if name == tgt.key:
+                    exprs.append(sql.SQL("CAST(%s AS {})").format(sql.SQL(typ)))
+                    params.append(c.record_id)
+                elif name == tgt.value:
+                    exprs.append(sql.SQL("CAST(%s AS {})").format(sql.SQL(typ)))
+                    params.append(c.new_value)
+                elif name == tgt.updated_at:
+                    exprs.append(sql.SQL("CAST(%s AS {})").format(sql.SQL(typ)))
+                    params.append(now)
+                elif name == tgt.count_column:
+                    exprs.append(sql.SQL("CAST(%s AS {})").format(sql.SQL(typ)))
+                    params.append(c.stream_events)
+                else:  # carried over from the version it replaces (NULL for a record that had none)
+                    exprs.append(sql.SQL("o.{}").format(ident))
+            ev = _evidence(plan, c, run_id)
+            row = conn.execute(sql.SQL(
+                "INSERT INTO {v} ({cols}, valid_from, source, run_id, correction_id, finding_ref, supersedes, evidence) "
+                "SELECT {exprs}, %s, 'repair', %s, %s, %s, %s, %s FROM (SELECT 1) AS one "
+                "LEFT JOIN {v} AS o ON o.version_id = %s RETURNING version_id"
+            ).format(v=v, cols=sql.SQL(", ").join(sql.Identifier(n) for n, _ in info.columns),
+                     exprs=sql.SQL(", ").join(exprs)),
+                (*params, now, run_id, c.correction_id,
+                 f"explain:{plan.findings_sha256}#{c.record_id}/{c.cls}", c.old_version_id, Jsonb(ev),
+                 c.old_version_id)).fetchone()
+            c.status, c.new_version_id = "applied", int(row[0])  # type: ignore[index]
+            bodies.append({**ev, "new_version_id": c.new_version_id, "valid_from": now})
+    return bodies
+
+
+def _ledger_backfill(led: Any, plan: Plan, applied: dict[str, dict[str, Any]]) -> int:
+    """Append the ledger rows of corrections the warehouse has but the ledger lost (a crash between
+    the chunk's commit and its ledger append)."""
+    from engine.store.ledger import _db_error
+
+    if not applied:
+        return 0
+    try:
+        have = {str(r[0]) for r in led.conn.execute(
+            "SELECT body ->> 'correction_id' FROM recon_audit.corrections WHERE body ->> 'correction_id' = ANY(%s)",
+            (list(applied),)).fetchall()}
+    except psycopg.Error as exc:
+        raise _db_error(exc, led.dsn, "read") from None
+    order = {c.correction_id: i for i, c in enumerate(plan.corrections)}
+    missing = sorted((cid for cid in applied if cid not in have), key=lambda x: order.get(x, 0))
+    bodies = [{**applied[cid]["evidence"], "new_version_id": applied[cid]["version_id"],
+               "valid_from": applied[cid]["valid_from"], "ledger_backfilled": True} for cid in missing]
+    if bodies:
+        led.append_many([("corrections", b) for b in bodies])
+    return len(bodies)
+
+
+def _kill_hook(chunks_done: int) -> None:
+    n = os.environ.get(KILL_HOOK)
+    if n and n.isdigit() and chunks_done == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _verify(conn: psycopg.Connection, plan: Plan, group: list[Correction], phase: PhaseReport) -> None:
+    """Re-read the current values through the view and compare them with Salesforce's: every
+    correction applied now, and every earlier one whose version is still the current one (a later
+    version written by the aggregation supersedes it legitimately)."""
+    earlier = [c.correction_id for c in group if c.status == "already_applied"]
+    still_current: set[str] = set()
+    if earlier:
+        still_current = {str(r[0]) for r in conn.execute(sql.SQL(
+            "SELECT correction_id FROM {} WHERE correction_id = ANY(%s) AND valid_to IS NULL").format(
+            plan.target.vident()), (earlier,)).fetchall()}
+    want = {c.record_id: c.new_value for c in group
+            if c.status == "applied" or (c.status == "already_applied" and c.correction_id in still_current)}
+    got = _current_values(conn, plan.target, list(want), plan.target.ident())
+    bad = [rid for rid, v in want.items() if not _same(got.get(rid), v)]
+    if bad:
+        raise VerificationError(f"after repair, {len(bad)} record(s) of {plan.target.where()} do not hold Salesforce's "
+                                f"value (first: {bad[0]}: warehouse {got.get(bad[0])}, Salesforce {want[bad[0]]})")
+    phase.verified += len(want)
+
+
+def run_repair(plan: Plan, config: Config, *, apply: bool, run_id: str, ledger_dsn: str | None = None,
+               chunk_rows: int | None = None, progress: Callable[[str], None] | None = None) -> RepairReport:
+    """Dry run (statuses from the warehouse as it is) or apply (SEC subset first, then the rest)."""
+    say = progress or (lambda _m: None)
+    t0 = time.perf_counter()
+    chunk_rows = chunk_rows or chunk_rows_default()
+    rep = RepairReport(mode="apply" if apply else "dry_run", run_id=run_id, plan=plan)
+    for c in plan.corrections:
+        _phase(rep, c).planned += 1
+    from engine.store.ledger import Ledger
+
+    ledger = Ledger(ledger_dsn) if (apply and ledger_dsn) else None
+    try:
+        _run(plan, config, rep, conn_ledger=ledger, apply=apply, run_id=run_id, chunk_rows=chunk_rows, say=say)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if not ledger_dsn and apply:
+        rep.ledger["note"] = "no ledger: corrections are linked to their evidence in the version store only"
+    rep.elapsed_s = time.perf_counter() - t0
+    return rep
+
+
+def _run(plan: Plan, config: Config, rep: RepairReport, *, conn_ledger: Any, apply: bool, run_id: str,
+         chunk_rows: int, say: Callable[[str], None]) -> None:
+    with _connect(plan.target) as conn:
+        info = inspect(conn, plan.target)
+        applied = _applied(conn, plan.target, [c.correction_id for c in plan.corrections]) \
+            if info.kind == "versioned" else {}
+        current = _current_values(conn, plan.target, [c.record_id for c in plan.corrections], plan.target.ident())
+        for c in plan.corrections:
+            if c.correction_id in applied:
+                a = applied[c.correction_id]
+                c.status, c.new_value, c.new_version_id = "already_applied", a["value"], a["version_id"]
+                c.old_version_id = a["supersedes"]
+                c.salesforce = (a["evidence"] or {}).get("salesforce")
+            else:
+                c.status = _precheck(c, current.get(c.record_id), c.record_id in current)
+                if c.status == "conflict":
+                    c.detail = (f"the warehouse holds {current.get(c.record_id, 'no row')}; the plan expected "
+                                f"{c.old_value if c.old_value is not None else 'no row'}")
+        if apply and info.kind == "table" and any(c.status == "pending" for c in plan.corrections):
+            # versioned only when there is something to correct: a clean table stays as it is
+            say(f"versioning {plan.target.ref.schema}.{plan.target.ref.table}: history in "
+                f"{plan.target.versions_table}, current values through a view")
+            rep.migration = migrate(conn, plan.target, info)
+            info = inspect(conn, plan.target)
+        rep.versioned = info.kind == "versioned"
+        if conn_ledger is not None:
+            n = _ledger_backfill(conn_ledger, plan, applied)
+            rep.ledger["backfilled"] = n
+            if n:
+                say(f"ledger: appended {n} correction(s) a previous run committed but did not record")
+        if apply:
+            chunks_done = 0
+            for sec in (True, False):
+                group = [c for c in plan.corrections if c.sec_critical == sec]
+                phase = rep.sec if sec else rep.rest
+                todo = [c for c in group if c.status == "pending"]
+                label = "SEC-critical" if sec else "remaining"
+                if todo:
+                    say(f"re-extracting {len(todo):,} {label} record(s) from Salesforce")
+                    ex = reextract([c.record_id for c in todo], plan, config)
+                    phase.reextracted += ex.records
+                    rep.sf_metas += ex.metas
+                    rep.bulk_job_ids += [j for m in ex.metas for j in (m.get("bulk_job_ids") or [])]
+                    ready = []
+                    for c in todo:
+                        got = ex.values.get(c.record_id)
+                        if got is None or got.get("value") in (None, ""):
+                            c.status = "not_in_salesforce"
+                            c.detail = "Salesforce returned no such record" if got is None else "Salesforce value is empty"
+                            continue
+                        c.new_value, c.salesforce = str(got["value"]), got
+                        ready.append(c)
+                    for i in range(0, len(ready), chunk_rows):
+                        chunk = ready[i: i + chunk_rows]
+                        bodies = _apply_chunk(conn, plan, info, chunk, run_id)
+                        chunks_done += 1
+                        _kill_hook(chunks_done)
+                        if conn_ledger is not None and bodies:
+                            conn_ledger.append_many([("corrections", b) for b in bodies])
+                            rep.ledger["appended"] = rep.ledger.get("appended", 0) + len(bodies)
+                        say(f"{label}: chunk {i // chunk_rows + 1} committed ({len(bodies)} new version(s))")
+                _verify(conn, plan, group, phase)
+                say(f"{label}: {phase.verified:,} correction(s) verified against Salesforce")
+        for c in plan.corrections:
+            ph = _phase(rep, c)
+            if c.status == "applied":
+                ph.applied += 1
+            elif c.status == "already_applied":
+                ph.already_applied += 1
+            elif c.status == "in_sync":
+                ph.in_sync += 1
+            elif c.status == "conflict":
+                ph.conflicts += 1
+            elif c.status == "not_in_salesforce":
+                ph.not_in_salesforce += 1
+            else:
+                ph.pending += 1
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+ACTION_FIELDS = ("Id", "owner_id", "field", "salesforce_value", "stream_value", "warehouse_value", "raw_stream_value",
+                 "sf_modstamp", "last_event_time", "sec_critical", "annual_revenue", "requested_action", "evidence")
+
+
+def write_outputs(rep: RepairReport, out: Path) -> list[Path]:
+    """plan.json (every record with its status), action_list.csv/.json, and repair.json after --apply."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = rep.plan
+    written = []
+
+    def dump(name: str, obj: Any) -> Path:
+        p = out / name
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, p)
+        written.append(p)
+        return p
+
+    dump("plan.json", {
+        "mode": rep.mode, "run_id": rep.run_id, "mapping": plan.target.mapping, "column": plan.column,
+        "target": plan.target.where(), "explain": {"dir": str(plan.explain_dir), "findings_sha256": plan.findings_sha256},
+        "policy": {"corrected": list(REPAIRED_CLASSES), "action_list": [ACTION_CLASS], "left_alone": [LEFT_CLASS]},
+        "corrections": [c.to_dict() for c in plan.corrections],
+        "action_list": plan.action_list, "unexplained": plan.unexplained})
+    dump("action_list.json", {"mapping": plan.target.mapping, "object": plan.target.sobject, "field": plan.column,
+                              "explain_findings_sha256": plan.findings_sha256, "records": plan.action_list})
+    cp = out / "action_list.csv"
+    tmp = cp.with_name(cp.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(ACTION_FIELDS), extrasaction="ignore")
+        w.writeheader()
+        for r in plan.action_list:
+            w.writerow({k: r.get(k) for k in ACTION_FIELDS})
+    os.replace(tmp, cp)
+    written.append(cp)
+    if rep.mode == "apply":
+        dump("repair.json", {**rep.summary(), "records": [c.to_dict() for c in plan.corrections]})
+    return written
+
+
+def inputs_meta(rep: RepairReport) -> list[dict[str, Any]]:
+    """The run's inputs for the ledger and the manifest (allow-listed, no credentials)."""
+    from engine.evidence.manifest import describe_input
+
+    plan = rep.plan
+    out = [describe_input("explain", {"system": "parquet", "path": str(plan.explain_dir / "findings.parquet"),
+                                      "rows": len(plan.corrections) + len(plan.action_list) + len(plan.unexplained)})]
+    if rep.sf_metas:
+        merged = dict(rep.sf_metas[0])
+        merged["bulk_job_ids"] = rep.bulk_job_ids
+        merged["soql"] = [s for m in rep.sf_metas for s in (m.get("soql") or [])]
+        merged["rows"] = sum(int(m.get("rows") or 0) for m in rep.sf_metas)
+        out.append(describe_input("source", merged))
+    out.append(describe_input("target", {"system": "postgresql", "dsn": plan.target.ref.dsn,
+                                         "object": f"{plan.target.ref.schema}.{plan.target.ref.table}"}))
+    return out

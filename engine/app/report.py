@@ -1,0 +1,110 @@
+"""`recon report`: gather a recon output directory's artefacts and render them with
+:mod:`engine.report.html`. Reading and finding files is here; the page is built from plain data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from engine.app import cost as cost_mod
+from engine.core.errors import UsageError
+from engine.report import html
+
+
+# -- loading -------------------------------------------------------------------------------------
+def _load_json(p: Path) -> dict[str, Any] | None:
+    if not p.is_file():
+        return None
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{p}: not readable JSON ({type(exc).__name__}): regenerate it") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{p}: expected a JSON object: regenerate it")
+    return doc
+
+
+FINDING_COLUMNS = ("Id", "class", "owner_id", "salesforce_value", "warehouse_value", "copy_offsets", "overpayment")
+
+
+def _load_findings(p: Path) -> list[dict[str, Any]]:
+    if not p.is_file():
+        return []
+    import polars as pl
+
+    try:
+        f = pl.read_parquet(p)
+    except Exception as exc:  # polars raises several exception types for a damaged file
+        raise UsageError(f"{p}: not a readable Parquet file ({type(exc).__name__}): rerun `recon explain`") from None
+    return f.select([c for c in FINDING_COLUMNS if c in f.columns]).to_dicts()
+
+
+def _find_repair(d: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The first JSON under repair/ with per-class counts (names aren't fixed by the contract)."""
+    rd = d / "repair"
+    if not rd.is_dir():
+        return None, None
+    fallback: tuple[dict[str, Any] | None, str | None] = (None, None)
+    for p in sorted(rd.rglob("*.json"), key=lambda p: (p.name != "repair.json", str(p))):
+        try:
+            doc = _load_json(p)
+        except UsageError:
+            continue
+        rc = html.repair_counts(doc)
+        if rc and rc[0].startswith(("records[]", "corrections[]")):
+            return doc, str(p.relative_to(d))
+        if rc and fallback[0] is None:
+            fallback = (doc, str(p.relative_to(d)))
+    return fallback
+
+
+def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: Path | None = None) -> html.ReportInputs:
+    """Load a recon output directory (the demo's `recon-out/` layout)."""
+    from engine import __version__
+
+    if not from_dir.is_dir():
+        raise UsageError(f"--from {from_dir}: no such directory: pass the recon output directory (e.g. recon-out)")
+    diff = _load_json(from_dir / "diff" / "summary.json")
+    explain = _load_json(from_dir / "explain" / "explain.json")
+    if diff is None and explain is None:
+        raise UsageError(f"{from_dir} holds no recon outputs (diff/summary.json, explain/explain.json): "
+                         "run `recon demo`, or point --from at the directory holding diff/ and explain/")
+    findings = _load_findings(from_dir / "explain" / "findings.parquet")
+    repair, repair_path = _find_repair(from_dir)
+    cost_doc = _load_json(from_dir / "cost.json")
+    note = None
+    if cost_doc is None and explain is not None:
+        section = config.section("cost") if config is not None else {}
+        try:
+            cost_doc = cost_mod.to_json(*cost_mod.evaluate(
+                from_dir / "explain", from_dir / "diff" if diff is not None else None, section, None,
+                getattr(config, "where", "configuration")))
+            note = ("No cost.json in this directory: the cost model was computed from the measurements with "
+                    + ("the [cost] settings of the config and " if section else "") + "the example defaults.")
+        except UsageError as exc:  # the rest of the report is still worth having
+            note = f"cost model not computed: {exc}"
+    elif cost_doc is None:
+        note = "no explain output, so no measured exposure: run `recon explain`, then `recon cost --json > cost.json`"
+    ex = exclude.resolve() if exclude else None
+    arts = []
+    for p in sorted(from_dir.rglob("*")):
+        if p.is_file() and p.resolve() != ex and not p.name.startswith("."):
+            arts.append((str(p.relative_to(from_dir)), p.stat().st_size))
+    return html.ReportInputs(source_dir=str(from_dir), diff=diff, diff_after=_load_json(from_dir / "diff-after" / "summary.json"),
+                        explain=explain, findings=findings, repair=repair, repair_path=repair_path, cost=cost_doc,
+                        cost_note=note, artefacts=arts[:500], top_owners=top_owners, version=__version__)
+
+
+def write_report(from_dir: Path, out: Path | None = None, config: Any = None, top_owners: int = 15) -> Path:
+    """Build the report of `from_dir` into `out` (default `from_dir/report.html`), atomically."""
+    target = out or (from_dir / "report.html")
+    if target.is_dir():
+        target = target / "report.html"
+    page = html.build_html(collect(from_dir, config, top_owners, exclude=target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, target)
+    return target

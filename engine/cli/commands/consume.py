@@ -1,0 +1,91 @@
+"""`recon consume`: the idempotent Kafka-to-PostgreSQL consumer (the use case is `engine.app.consume`, the consumer `engine.connectors.kafka.consumer`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+_FIELDS = "Event fields"
+_TUNING = "Tuning"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("consume")(consume)
+
+
+def consume(
+    bootstrap: Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port].")],
+    topic: Annotated[str, typer.Option("--topic", help="Topic to consume.")],
+    group: Annotated[str, typer.Option("--group", help="Consumer group (members share the partitions).")],
+    dsn: Annotated[str, typer.Option("--dsn", help="libpq URI of PostgreSQL; the password comes from PGPASSWORD/PGPASSFILE.")],
+    table: Annotated[str, typer.Option("--table", help="Events table schema.table (primary key event_id); created with "
+                                                      "its _aggregates, _dead_letters and _offsets tables when missing.")],
+    org_id: Annotated[str | None, typer.Option("--org-id", help="Salesforce org id; events of any other org are "
+                                                                "dead-lettered (default: no org guard).")] = None,
+    until_caught_up: Annotated[bool, typer.Option("--until-caught-up", help="Exit 0 once every assigned partition "
+                                                                             "reached its end (partition EOF).")] = False,
+    reset_offsets: Annotated[str | None, typer.Option("--reset-offsets", metavar="earliest",
+                                                      help="'earliest': forget the offsets stored in PostgreSQL and "
+                                                           "replay the topic (a deliberate replay changes nothing).")] = None,
+    kafka_config: Annotated[Path | None, typer.Option("--kafka-config", help="librdkafka properties file "
+                                                                             "(e.g. SASL/SSL settings).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counters (this run and persisted totals) as JSON.")] = False,
+    record_id_field: Annotated[str, typer.Option("--record-id-field", rich_help_panel=_FIELDS,
+                                                 help="JSON field of the record id.")] = "account_id",
+    event_type_field: Annotated[str, typer.Option("--event-type-field", rich_help_panel=_FIELDS,
+                                                  help="JSON field of the event type.")] = "event_type",
+    event_time_field: Annotated[str, typer.Option("--event-time-field", rich_help_panel=_FIELDS,
+                                                  help="JSON field of the event time (ISO-8601).")] = "event_ts",
+    amount_field: Annotated[str, typer.Option("--amount-field", rich_help_panel=_FIELDS,
+                                              help="JSON field of the amount (decimal).")] = "amount",
+    org_id_field: Annotated[str, typer.Option("--org-id-field", rich_help_panel=_FIELDS,
+                                              help="JSON field of the org id.")] = "org_id",
+    batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=_TUNING,
+                                            help="Messages per batch (one PostgreSQL transaction each).")] = 10_000,
+    deadline: Annotated[float, typer.Option("--deadline", rich_help_panel=_TUNING,
+                                            help="Seconds PostgreSQL or Kafka may stay unreachable before exit 5.")] = 60.0,
+    metrics_interval: Annotated[float, typer.Option("--metrics-interval", rich_help_panel=_TUNING,
+                                                    help="Seconds between metrics lines on stderr (0: off).")] = 10.0,
+    api_version: Annotated[str, typer.Option("--api-version", rich_help_panel=_TUNING,
+                                             help="Salesforce API version recorded in each event's lineage.")] = "59.0",
+    instance_id: Annotated[str | None, typer.Option("--instance-id", rich_help_panel=_TUNING,
+                                                    help="Static group membership id for a singleton worker: a "
+                                                         "restarted member gets its partitions back at once.")] = None,
+) -> None:
+    """Consume a topic into PostgreSQL exactly once: duplicates skipped, poison dead-lettered, offsets stored with the data."""
+    from engine.app import consume as use_case
+    from engine.cli._shared import emit_json
+    from engine.core.errors import UsageError
+    from engine.core.events import EventFields
+
+    if reset_offsets is not None and reset_offsets != "earliest":
+        raise UsageError(f"--reset-offsets {reset_offsets!r}: only 'earliest' is supported (a full replay)")
+    req = use_case.ConsumeRequest(
+        bootstrap=bootstrap, topic=topic, group=group, dsn=dsn, table=table, org_id=org_id,
+        until_caught_up=until_caught_up, reset_offsets=reset_offsets is not None, kafka_config_file=kafka_config,
+        fields=EventFields(record_id=record_id_field, event_type=event_type_field, event_time=event_time_field,
+                           amount=amount_field, org_id=org_id_field),
+        batch_size=batch_size, deadline_s=deadline, metrics_interval_s=metrics_interval, api_version=api_version,
+        instance_id=instance_id,
+    )
+    result = use_case.run(req, report=_metrics_line)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    from engine.cli._shared import out
+
+    r, t = result.run, result.totals
+    out.print(f"{result.topic} → {result.table} ({result.stopped_by}, {result.elapsed_s:.1f} s)")
+    out.print(f"{'':14}{'this run':>14}{'total':>14}")
+    for name in ("consumed", "applied", "duplicates", "dead_letters"):
+        out.print(f"{name:14}{getattr(r, name):>14,}{getattr(t, name):>14,}")
+
+
+def _metrics_line(line: str) -> None:
+    """One unwrapped line on stderr: log collectors and schedulers read it whole."""
+    import sys
+
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

@@ -1,0 +1,96 @@
+"""`recon kafka-audit` and `recon explain` (thin: parse, call, render)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engine.cli._shared import emit_json, out, progress
+
+Cfg = Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml")]
+KafkaCfg = Annotated[Path | None, typer.Option("--kafka-config", help="librdkafka properties file (key=value).")]
+# the same option names as `recon consume` (the short forms are kept as aliases)
+RecordField = Annotated[str, typer.Option("--record-id-field", "--record-field", help="JSON field with the record id.")]
+TypeField = Annotated[str, typer.Option("--event-type-field", "--type-field", help="JSON field with the event type.")]
+TimeField = Annotated[str, typer.Option("--event-time-field", "--time-field", help="JSON field with the event time.")]
+AmountField = Annotated[str, typer.Option("--amount-field", help="JSON field with the signed amount.")]
+OrgField = Annotated[str, typer.Option("--org-id-field", "--org-field", help="JSON field with the Salesforce org id.")]
+
+
+def _time(text: str | None, opt: str) -> datetime | None:
+    from engine.cli._shared import parse_time
+
+    return parse_time(text, opt)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("kafka-audit")
+    def kafka_audit(
+        bootstrap: Annotated[str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers.")] = None,
+        topic: Annotated[str | None, typer.Option("--topic", help="Topic to audit.")] = None,
+        start: Annotated[str | None, typer.Option("--from", help="Window start (ISO-8601).")] = None,
+        end: Annotated[str | None, typer.Option("--to", help="Window end (ISO-8601).")] = None,
+        offsets: Annotated[str | None, typer.Option("--offsets", help="Window as P:FIRST-LAST[,…].")] = None,
+        lookback: Annotated[float, typer.Option("--lookback", help="Also read this many seconds before --from to recognise earlier originals.")] = 0.0,
+        org_id: Annotated[str | None, typer.Option("--org-id", help="Count events of other orgs as foreign_org.")] = None,
+        record_field: RecordField = "account_id", type_field: TypeField = "event_type", time_field: TimeField = "event_ts",
+        amount_field: AmountField = "amount", org_field: OrgField = "org_id",
+        kafka_config: KafkaCfg = None,
+        config: Cfg = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    ) -> None:
+        """Find re-delivered events, conflicts and the windows they came from (exit 1 when duplicates)."""
+        from engine import config as config_mod
+        from engine.app import audit as use_case
+        from engine.core.events import EventFields
+
+        req = use_case.AuditRequest(
+            bootstrap=bootstrap, topic=topic, start=_time(start, "--from"), end=_time(end, "--to"), offsets=offsets,
+            lookback_s=lookback, org_id=org_id, kafka_config_file=kafka_config,
+            fields=EventFields(record_field, type_field, time_field, amount_field, org_field))
+        a = use_case.run_audit(req, config_mod.load(config),
+                               progress=None if as_json else (lambda n: progress(f"{n:,} messages read")))
+        s = a.summary()
+        if as_json:
+            emit_json(s)
+        else:
+            from engine.report.terminal import render_audit
+
+            render_audit(out, s)
+        raise typer.Exit(1 if a.duplicates or a.conflicts else 0)
+
+    @app.command("explain")
+    def explain(
+        diff: Annotated[Path, typer.Option("--diff", help="Output directory of `recon diff --out`.")],
+        bootstrap: Annotated[str | None, typer.Option("--bootstrap")] = None,
+        topic: Annotated[str | None, typer.Option("--topic")] = None,
+        column: Annotated[str | None, typer.Option("--column", help="Amount column to explain (source name).")] = None,
+        record_field: RecordField = "account_id", type_field: TypeField = "event_type", time_field: TimeField = "event_ts",
+        amount_field: AmountField = "amount", org_field: OrgField = "org_id",
+        kafka_config: KafkaCfg = None,
+        config: Cfg = None,
+        out_dir: Annotated[Path | None, typer.Option("--out", help="Write explain.json and findings.parquet here.")] = None,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """Explain each difference from the Kafka stream and price commission exposure (exit 1 with findings)."""
+        from engine import config as config_mod
+        from engine.app import explain as explain_mod
+        from engine.core.events import EventFields
+
+        cfg = config_mod.load(config)
+        req = explain_mod.ExplainRequest(
+            diff_dir=diff, bootstrap=bootstrap, topic=topic, column=column, kafka_config_file=kafka_config,
+            fields=EventFields(record_field, type_field, time_field, amount_field, org_field))
+        exp, _ = explain_mod.run_explain(req, cfg, progress=None if as_json else progress)
+        if out_dir:
+            explain_mod.write_outputs(exp, out_dir)
+        if as_json:
+            emit_json(exp.summary)
+        else:
+            from engine.report.terminal import render_explain
+
+            render_explain(out, exp.summary, out_dir)
+        raise typer.Exit(1 if exp.summary["records"] else 0)

@@ -1,0 +1,672 @@
+"""Scan a window of a Kafka topic into Arrow: partition, offset, timestamp, key, headers and the
+configured JSON fields — read-only (no consumer-group commits).
+
+Robust to brokers that answer ListOffsets wrongly (Tansu returns 0 from `offsets_for_times` and
+stale watermarks): the end of a partition is found by EOF, a time window is always enforced on the
+messages' own timestamps, and an `offsets_for_times` answer is only a starting hint that is checked
+against the message just before it.
+
+Messages are read by the native loop (``kafka_native``: C against confluent-kafka's librdkafka,
+straight into Arrow buffers, one process, one chunk per partition so rows arrive in (partition,
+offset) order) or, where it cannot be built, by the Python loop below (confluent-kafka ``Message``
+objects, one worker process per partition group on large topics); both give the same frame.
+
+Values are parsed in bulk by Polars' NDJSON reader (Rust); a batch that fails is split so that only
+the bad messages fall back to one-by-one parsing and are counted (and sampled) as unparsable, never
+fatal. Tombstones (null values) are counted apart.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from engine.core.errors import ServiceUnreachable, UsageError, kafka_config_error
+from engine.core.events import EventFields, Scan, Window, iso_ms  # noqa: F401  (the scan's types; re-exported)
+
+POLL_S = 0.1
+"""consume() timeout: it returns early only when the batch is full, so the last, partial batch of a
+scan always waits this long."""
+
+FETCH_TUNING: dict[str, int] = {
+    "fetch.wait.max.ms": 100,
+    "fetch.queue.backoff.ms": 10,
+    "queued.max.messages.kbytes": 262144,
+    "fetch.max.bytes": 52428800,
+    "max.partition.fetch.bytes": 10485760,
+}
+"""Fetch settings of the scan, shared with the benchmark's bare loop so that both read alike.
+``fetch.queue.backoff.ms``: librdkafka ≥ 2.4 pauses a partition's fetches for 1 s (the default)
+whenever its local queue exceeds ``queued.min.messages``, so a consumer faster than one fetch per
+second idles most of the time (measured on 5M events: a bare loop 13.0 s by default, 5.6 s at 10 ms)."""
+
+
+def parse_offsets(text: str) -> dict[int, tuple[int, int]]:
+    """`P:A-B,…` → {P: (A, B)}."""
+    out: dict[int, tuple[int, int]] = {}
+    for part in text.split(","):
+        try:
+            p, rng = part.strip().split(":", 1)
+            a, b = rng.split("-", 1)
+            out[int(p)] = (int(a), int(b))
+        except ValueError:
+            raise UsageError(f"malformed --offsets {part!r}: use PARTITION:FIRST-LAST[,…], e.g. 0:100-200") from None
+        if out[int(p)][0] > out[int(p)][1] or out[int(p)][0] < 0:
+            raise UsageError(f"malformed --offsets {part!r}: FIRST must be <= LAST and >= 0")
+    return out
+
+
+def load_kafka_config(path: str | Path | None) -> dict[str, str]:
+    """librdkafka properties from a `key=value` file (comments with #)."""
+    if not path:
+        return {}
+    p = Path(path)
+    try:
+        lines = p.read_text().splitlines()
+    except OSError:
+        raise UsageError(f"--kafka-config {p}: cannot read the file") from None
+    conf = {}
+    for ln in lines:
+        ln = ln.strip()
+        if not ln or ln.startswith("#"):
+            continue
+        if "=" not in ln:
+            raise UsageError(f"--kafka-config {p}: malformed line {ln.split('=')[0][:40]!r}: use key=value")
+        k, v = ln.split("=", 1)
+        conf[k.strip()] = v.strip()
+    return conf
+
+
+_LIBRDKAFKA_LOG = logging.getLogger(__name__ + ".librdkafka")
+# librdkafka's own log lines (a refused connection every 50 ms while a broker is down, warnings about
+# properties) go to Python logging, which says nothing unless the application asks: the CLI's answer
+# to a user is its one-line error
+_LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+
+
+def _consumer(bootstrap: str, extra: dict[str, str], **callbacks: Any) -> Any:
+    from confluent_kafka import Consumer
+
+    return Consumer({**_consumer_conf(bootstrap, extra), "logger": _LIBRDKAFKA_LOG, **callbacks})
+
+
+def _consumer_conf(bootstrap: str, extra: dict[str, str]) -> dict[str, Any]:
+    """The scan's client properties (the Python and the native loop use the same)."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"recon-scan-{uuid.uuid4()}",  # never committed: the scan leaves no trace in the cluster
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        **FETCH_TUNING,
+    }
+    conf.update(extra)
+    return conf
+
+
+def topic_partitions(bootstrap: str, topic: str, extra: dict[str, str] | None = None, timeout: float = 15) -> list[int]:
+    """Partitions of an existing topic; UsageError when it does not exist, ServiceUnreachable when the
+    broker does not answer. Lists all topics: asking Tansu about one topic by name creates it.
+
+    Asked through a consumer with the scan's own properties: an admin client would warn on stderr
+    about every consumer property of --kafka-config (the file exists to hold those)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    errors: list[Any] = []
+    try:
+        c = _consumer(bootstrap, extra or {}, error_cb=errors.append)
+    except KafkaException as exc:
+        raise kafka_config_error(exc) from None
+    refused = (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:  # one-second attempts: a refused login is told apart from silence at once
+            try:
+                md = c.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+                break
+            except KafkaException as exc:
+                c.poll(0)  # serves the error callback
+                if any(e.code() in refused for e in errors):  # librdkafka's text is not shown: it names the user
+                    raise UsageError(f"Kafka at {bootstrap} refused the credentials (SASL authentication failed): "
+                                     "check sasl.username, sasl.password and sasl.mechanism in --kafka-config") from None
+                if time.monotonic() >= deadline:
+                    raise ServiceUnreachable(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s "
+                                             f"({exc.args[0].name()}): check the bootstrap address and that the "
+                                             "broker runs") from None
+    finally:
+        c.close()
+    t = md.topics.get(topic)
+    if t is None or t.error is not None or not t.partitions:
+        raise UsageError(f"topic {topic!r} does not exist on {bootstrap}: check --topic")
+    return sorted(t.partitions)
+
+
+def _start_offsets(c: Any, topic: str, parts: list[int], window: Window) -> dict[int, int]:
+    """Where to start reading each partition (BEGINNING = -2 unless a checked hint says later)."""
+    from confluent_kafka import TopicPartition
+
+    if window.offsets is not None:
+        return {p: window.offsets[p][0] for p in parts if p in window.offsets}
+    if window.start is None:
+        return {p: -2 for p in parts}
+    t_ms = int((window.start.timestamp() - window.lookback_s) * 1000)
+    try:
+        hints = c.offsets_for_times([TopicPartition(topic, p, t_ms) for p in parts], timeout=10)
+    except Exception:  # a broker without ListOffsets: read from the beginning, filter by timestamp
+        return {p: -2 for p in parts}
+    starts = {}
+    for tp in hints:
+        off = tp.offset
+        starts[tp.partition] = off - 1 if off > 0 else -2  # include the previous message to check the hint
+    return starts
+
+
+PARALLEL_MIN_MESSAGES = 200_000
+
+
+def scan(
+    bootstrap: str,
+    topic: str,
+    window: Window | None = None,
+    fields: EventFields | None = None,
+    *,
+    kafka_config: dict[str, str] | None = None,
+    batch: int = 20_000,
+    progress: Callable[[int], None] | None = None,
+    deadline_s: float = 60.0,
+    workers: int | None = None,
+) -> Scan:
+    """Read the window into a frame (see :class:`Scan`).
+
+    Large topics are read by one process per group of partitions (up to the number of cores):
+    confluent-kafka hands out messages one Python object at a time, so a single process is bound by
+    one core. The watermarks used to decide are only a hint (some brokers answer them wrongly);
+    correctness never depends on them.
+    """
+    t0 = time.perf_counter()
+    window = window or Window()
+    fields = fields or EventFields()
+    extra = dict(kafka_config or {})
+    parts = topic_partitions(bootstrap, topic, extra)
+    if workers is None and _native_available():
+        workers = 1  # the native loop keeps up with the broker in one process; workers would add start-up and IPC
+    sizes = _partition_sizes(bootstrap, topic, parts, extra) if workers is None or workers > 1 else {}
+    n = workers if workers is not None else _auto_workers(parts, sizes)
+    if n > 1:
+        groups = _balanced_groups(parts, sizes, n)
+        results = _run_workers([(bootstrap, topic, g, window, fields, extra, batch, deadline_s) for g in groups],
+                               sum(sizes.values()))
+        info, samples = {}, []
+        for _, inf, smp in results:
+            info.update(inf)
+            samples.extend(smp)
+        frame = _concat_sorted([r[0] for r in results], groups)
+        samples.sort(key=lambda r: (r["partition"], r["offset"]))  # the first five of the whole frame
+        return Scan(frame=frame, topic=topic, partitions=info, samples=samples[:5], elapsed_s=time.perf_counter() - t0)
+    frame, info, samples = _scan_partitions(bootstrap, topic, parts, window, fields, extra, batch, deadline_s, progress)
+    return Scan(frame=frame, topic=topic, partitions=info, samples=samples, elapsed_s=time.perf_counter() - t0)
+
+
+def _native_available() -> bool:
+    from engine.connectors.kafka import native as kafka_native
+
+    return kafka_native.library() is not None
+
+
+def _concat_sorted(frames: list[pl.DataFrame], groups: list[list[int]]) -> pl.DataFrame:
+    """The workers' frames (each sorted by partition, offset) as one frame in that order: a plain
+    concatenation when the groups' partition ranges do not interleave, else a sort."""
+    order = sorted(range(len(frames)), key=lambda i: min(groups[i]))
+    ranges = [(min(groups[i]), max(groups[i])) for i in order]
+    frame = pl.concat([frames[i] for i in order])
+    if all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False)):
+        return frame
+    return frame.sort(["partition", "offset"])
+
+
+def _partition_sizes(bootstrap: str, topic: str, parts: list[int], extra: dict[str, str]) -> dict[int, int]:
+    """Messages per partition from the watermarks: a hint for planning only (some brokers answer
+    them wrongly); empty when the broker does not answer."""
+    from confluent_kafka import TopicPartition
+
+    c = _consumer(bootstrap, extra)
+    try:
+        sizes = {}
+        for p in parts:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+            sizes[p] = max(0, hi - lo)
+        return sizes
+    except Exception:  # noqa: BLE001 - a hint only
+        return {}
+    finally:
+        c.close()
+
+
+def _auto_workers(parts: list[int], sizes: dict[int, int]) -> int:
+    """One process per partition, up to twice the cores (more processes than cores keeps the last
+    one from being a straggler when partitions do not divide evenly), for large topics only."""
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2 or len(parts) < 2 or sum(sizes.values()) < PARALLEL_MIN_MESSAGES:
+        return 1
+    return min(len(parts), 2 * cores)
+
+
+def _balanced_groups(parts: list[int], sizes: dict[int, int], n: int) -> list[list[int]]:
+    """Greedy: the largest partitions first, each to the currently lightest group."""
+    groups: list[list[int]] = [[] for _ in range(n)]
+    load = [0] * n
+    for p in sorted(parts, key=lambda q: -sizes.get(q, 1)):
+        i = load.index(min(load))
+        groups[i].append(p)
+        load[i] += sizes.get(p, 1)
+    return [g for g in groups if g]
+
+
+IPC_BYTES_PER_MESSAGE = 600
+"""Generous size of one scanned message in a worker's IPC file (≈300 bytes measured on the scenario)."""
+
+
+def _run_workers(jobs: list[tuple[Any, ...]], expected_messages: int = 0) -> list[tuple[pl.DataFrame, dict[int, dict[str, int | None]],
+                                                          list[dict[str, Any]]]]:
+    """One `python -m engine.connectors.kafka.scan --worker` process per job (arguments and small results
+    pickled over pipes). Plain subprocesses rather than multiprocessing: no re-import of the caller's
+    main module, and no fork of a process that holds librdkafka threads.
+
+    Each worker writes its frame as an uncompressed Arrow IPC file (in /dev/shm when there is one)
+    that is read here: ≈300 bytes per message, which through a pipe and pickle cost three
+    copies and seconds at 5M messages."""
+    import pickle
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    shm = Path("/dev/shm")
+    use_shm = (shm.is_dir() and os.access(shm, os.W_OK)
+               and shutil.disk_usage(shm).free > IPC_BYTES_PER_MESSAGE * expected_messages)  # containers: often 64 MB
+    tmp = tempfile.mkdtemp(prefix="recon-scan-", dir=shm if use_shm else None)
+    procs = []
+    # each worker imports NumPy, whose OpenBLAS would start a spinning thread per core for
+    # matrix work the scan never does (measured: recon CPU 5.54 → 5.41 s at 1M events)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+    try:
+        for i, job in enumerate(jobs):
+            p = subprocess.Popen([sys.executable, "-m", "engine.connectors.kafka.scan", "--worker"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            assert p.stdin is not None
+            p.stdin.write(pickle.dumps((*job, str(Path(tmp) / f"{i}.arrow"))))
+            p.stdin.close()
+            p.stdin = None  # closed: communicate() must not flush it
+            procs.append(p)
+        results = []
+        for p in procs:
+            out_b, err_b = p.communicate()
+            if p.returncode != 0:
+                for q in procs:
+                    q.kill()
+                raise ServiceUnreachable("a Kafka scan worker failed: "
+                                         f"{err_b.decode(errors='replace').strip().splitlines()[-1:]}")
+            status, payload = pickle.loads(out_b)
+            if status == "error":  # a recon error raised in the worker: re-raise it here, same class and message
+                raise payload
+            path, info, samples = payload
+            results.append((pl.read_ipc(path), info, samples))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)  # mapped files stay readable until unmapped
+
+
+def _worker_main() -> None:
+    """Scan the job's partitions and write the frame to the job's IPC file, sorted by (partition,
+    offset) so that the parent can concatenate without sorting."""
+    import pickle
+    import sys
+
+    from engine.core.errors import ReconError
+    from engine.runtime import tune_malloc
+
+    tune_malloc()
+    *job, path = pickle.loads(sys.stdin.buffer.read())
+    try:
+        frame, info, samples = _scan_partitions(*job)
+        frame.write_ipc(path, compression="uncompressed")
+        result: tuple[str, Any] = ("ok", (path, info, samples))
+    except ReconError as exc:
+        result = ("error", exc)
+    sys.stdout.buffer.write(pickle.dumps(result))
+    sys.stdout.buffer.flush()
+    os._exit(0)  # skip freeing millions of objects one by one: the process ends anyway
+
+
+def _scan_partitions(
+    bootstrap: str, topic: str, parts: list[int], window: Window, fields: EventFields, extra: dict[str, str],
+    batch: int, deadline_s: float, progress: Callable[[int], None] | None = None,
+) -> tuple[pl.DataFrame, dict[int, dict[str, int | None]], list[dict[str, Any]]]:
+    """Read ``parts`` to their ends (or window ends) and build the frame.
+
+    The cyclic garbage collector is off while reading: the loop allocates millions of short-lived
+    tuples (timestamps, headers) that never form cycles, and the collector's passes over them cost
+    more than reading the messages (measured: ``headers()`` 1.3 µs per message with it, 0.5 without)."""
+    import gc
+
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        frame, info = _read_messages(bootstrap, topic, parts, window, fields, extra, batch, deadline_s, progress)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    frame = _build_frame(frame, window)
+    samples = frame.filter(pl.col("status") == "unparsable").head(5).select("partition", "offset", "raw").to_dicts()
+    frame = frame.drop("raw")
+    ends = frame.group_by("partition").agg(pl.col("offset").min().alias("lo"), pl.col("offset").max().alias("hi"))
+    bounds = {r[0]: (r[1], r[2]) for r in ends.iter_rows()}  # one row per partition, not per message
+    for p in parts:
+        lo, hi = bounds.get(p, (None, None))
+        info.setdefault(p, {})
+        info[p]["first_offset"] = lo
+        info[p]["last_offset"] = hi
+    return frame, info, samples
+
+
+_BASE = pa.schema([("partition", pa.int32()), ("offset", pa.int64()), ("ts", pa.struct([("ts_type", pa.int8()),
+                   ("ts_ms", pa.int64())])), ("key", pa.binary()), ("org_header", pa.binary()),
+                   ("producer_id", pa.binary()), ("sequence", pa.binary())])
+
+
+def _read_messages(
+    bootstrap: str, topic: str, parts: list[int], window: Window, fields: EventFields, extra: dict[str, str],
+    batch: int, deadline_s: float, progress: Callable[[int], None] | None,
+) -> tuple[pl.DataFrame, dict[int, dict[str, int | None]]]:
+    """Consume to the end of every partition, into the scan's columns in (partition, offset) order. Each batch becomes Arrow at once (its Python objects
+    die while still in cache): every field is taken with one C-level ``map`` over the messages, the
+    values parsed as one NDJSON block; no Python bytecode per message except the header pick.
+
+    Messages past an explicit offset range are dropped when the frame is built (columnar), not
+    here; a partition is finished once a batch reaches the range's last offset."""
+    from engine.connectors.kafka import native as kafka_native
+
+    if kafka_native.library() is not None:
+        return _read_native(bootstrap, topic, parts, window, fields, extra, deadline_s, progress)
+    from confluent_kafka import KafkaError, Message, TopicPartition
+
+    c = _consumer(bootstrap, extra)
+    chunks: list[pa.RecordBatch] = []
+    parsed: list[pl.DataFrame] = []
+    info: dict[int, dict[str, int | None]] = {}
+    names = fields.names()
+    try:
+        starts = _start_offsets(c, topic, parts, window)
+        if not starts:
+            raise UsageError(f"--offsets names no partition of {topic!r} (partitions: {parts})")
+        c.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+        stop_at = {p: window.offsets[p][1] for p in starts} if window.offsets is not None else {}
+        pending = set(starts)
+        seen = last_progress = 0
+        idle_since = time.monotonic()
+        while pending:
+            msgs = c.consume(batch, POLL_S)
+            if not msgs:
+                if time.monotonic() - idle_since > deadline_s:
+                    raise ServiceUnreachable(f"Kafka at {bootstrap} sent nothing for {deadline_s:.0f}s while partitions "
+                                             f"{sorted(pending)} had not reached their end: check the broker")
+                continue
+            idle_since = time.monotonic()
+            errs = list(map(Message.error, msgs))
+            if any(errs):  # EOF events (usually one per partition) or errors: rare. (KafkaError is always
+                # truthy; errs.count(None) cannot be used: KafkaError == None raises)
+                kept = []
+                for m, err in zip(msgs, errs, strict=True):
+                    if err is None:
+                        kept.append(m)
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+                        info.setdefault(m.partition(), {})["end_offset"] = m.offset()
+                    elif err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+                        raise UsageError(f"topic {topic!r} does not exist on {bootstrap}: check --topic")
+                    elif err.fatal():
+                        raise ServiceUnreachable(f"Kafka error while scanning {topic!r}: {err.str()}")
+                msgs = kept
+                if not msgs:
+                    continue
+            part = list(map(Message.partition, msgs))
+            off = list(map(Message.offset, msgs))
+            org_h, prod_h, seq_h = _pick_headers(list(map(Message.headers, msgs)))
+            chunks.append(pa.RecordBatch.from_arrays([
+                pa.array(part, pa.int32()), pa.array(off, pa.int64()),
+                pa.array(list(map(Message.timestamp, msgs)), _BASE.field("ts").type),
+                pa.array(list(map(Message.key, msgs)), pa.binary()),
+                pa.array(org_h, pa.binary()), pa.array(prod_h, pa.binary()), pa.array(seq_h, pa.binary()),
+            ], schema=_BASE))
+            parsed.append(parse_values(list(map(Message.value, msgs)), fields, names))
+            if stop_at:  # a partition's messages come in offset order: the last one per partition is its maximum
+                for p, o in dict(zip(part, off, strict=True)).items():
+                    if o >= stop_at.get(p, -1):
+                        pending.discard(p)
+            seen += len(msgs)
+            if progress and seen - last_progress >= 50_000:
+                progress(seen)
+                last_progress = seen
+        if stop_at:
+            c.unassign()
+    finally:
+        c.close()
+    values = pl.concat(parsed) if parsed else pl.DataFrame(schema=_PARSED_SCHEMA)
+    frame = _joined(pa.Table.from_batches(chunks, schema=_BASE), values)
+    if len(parts) > 1:  # partitions arrive interleaved as the broker answers: one order for every run
+        frame = frame.sort(["partition", "offset"])
+    return frame, info
+
+
+HEADERS = ("org-id", "producer-id", "sequence")
+"""Header keys whose values the scan keeps (org_header, producer_id, sequence)."""
+
+_NATIVE_BASE = pa.schema([(f.name, pa.large_binary() if f.type == pa.binary() else f.type) for f in _BASE])
+
+
+def _read_native(
+    bootstrap: str, topic: str, parts: list[int], window: Window, fields: EventFields, extra: dict[str, str],
+    deadline_s: float, progress: Callable[[int], None] | None,
+) -> tuple[pl.DataFrame, dict[int, dict[str, int | None]]]:
+    """:func:`_read_messages` through the native loop (``kafka_native``): the same window, the same
+    columns, no Python object per message. Start offsets for a time window still come from
+    confluent-kafka (one request), the messages from the C loop."""
+    from engine.connectors.kafka import native as kafka_native
+
+    if window.start is not None and window.offsets is None:
+        c = _consumer(bootstrap, extra)
+        try:
+            starts = _start_offsets(c, topic, parts, window)
+        finally:
+            c.close()
+    else:
+        starts = _start_offsets(None, topic, parts, window)
+    if not starts:
+        raise UsageError(f"--offsets names no partition of {topic!r} (partitions: {parts})")
+    stops = {p: window.offsets[p][1] for p in starts} if window.offsets is not None else {}
+    names = fields.names()
+
+    def on_chunk(batch: pa.RecordBatch, block: bytes, present_rows: int, present: pa.BooleanArray | None,
+                 one_by_one: Callable[[], list[bytes]]) -> pl.DataFrame:
+        parsed = _parse_ndjson(block, present_rows, names) if block else None
+        if parsed is None:
+            parsed = _parse_block(one_by_one(), names)
+        if present is not None:
+            mask = pl.from_arrow(present)
+            assert isinstance(mask, pl.Series)
+            parsed = _spread(parsed, mask)
+        return _joined(batch, parsed)
+
+    conf = _consumer_conf(bootstrap, extra)
+    if "debug" not in conf and "log_level" not in conf:
+        conf["log_level"] = 0  # the C loop has no Python logger to hand librdkafka's lines to: silent, as above
+    frames, info = kafka_native.read(bootstrap, topic, conf, starts, stops, HEADERS, deadline_s, progress, on_chunk)
+    if not frames:
+        return _joined(pa.Table.from_batches([], schema=_NATIVE_BASE), pl.DataFrame(schema=_PARSED_SCHEMA)), info
+    return pl.concat(frames), info  # chunks come per partition, in offset order: no sort
+
+
+def _pick_headers(hs: list[list[tuple[str, bytes | None]] | None]) -> tuple[list[bytes | None], ...]:
+    """The org-id, producer-id and sequence header values (the last one wins when a key repeats).
+
+    A plain loop on purpose: measured on 340k messages with the collector off, it costs ≈0.12 µs
+    per message, against ≈0.5 µs for converting the header lists to Arrow (list<struct>) and picking
+    the keys in Polars. A batch without any headers takes the C-level path."""
+    n = len(hs)
+    if hs.count(None) == n:
+        return [None] * n, [None] * n, [None] * n
+    org: list[bytes | None] = []
+    prod: list[bytes | None] = []
+    seq: list[bytes | None] = []
+    org_key, prod_key, seq_key = HEADERS
+    for h in hs:
+        o_h = pr_h = sq_h = None
+        if h:
+            for hk, hv in h:
+                if hk == org_key:
+                    o_h = hv
+                elif hk == prod_key:
+                    pr_h = hv
+                elif hk == seq_key:
+                    sq_h = hv
+        org.append(o_h)
+        prod.append(pr_h)
+        seq.append(sq_h)
+    return org, prod, seq
+
+
+def _text(col: pl.Series) -> pl.Series:
+    """Bytes as text, decoded column-wise (invalid UTF-8 becomes null, never an error)."""
+    return col.cast(pl.Utf8, strict=False)
+
+
+def _joined(base: pa.Table | pa.RecordBatch, parsed: pl.DataFrame) -> pl.DataFrame:
+    """The scan's columns from the Arrow base columns and the parsed values (same rows, same order)."""
+    b = pl.from_arrow(base)
+    assert isinstance(b, pl.DataFrame)
+    b = b.select(
+        "partition", "offset", pl.col("ts").struct.field("ts_ms"), pl.col("ts").struct.field("ts_type"),
+        *(pl.col(k).cast(pl.Utf8, strict=False) for k in ("key", "org_header", "producer_id")),
+        pl.col("sequence").cast(pl.Utf8, strict=False).cast(pl.Int64, strict=False),
+    )
+    return pl.concat([b, parsed], how="horizontal")
+
+
+def _build_frame(frame: pl.DataFrame, window: Window) -> pl.DataFrame:
+    """The scan frame: the read rows cut to the window and flagged ``in_window``."""
+    if window.offsets is not None:
+        # messages read past a range's last offset, or before its first: a first offset beyond the
+        # partition's end makes the client restart at the beginning (auto.offset.reset)
+        first = pl.col("partition").replace_strict({p: a for p, (a, _) in window.offsets.items()}, default=-1,
+                                                   return_dtype=pl.Int64)
+        last = pl.col("partition").replace_strict({p: b for p, (_, b) in window.offsets.items()}, default=-1,
+                                                  return_dtype=pl.Int64)
+        frame = frame.filter(pl.col("offset").is_between(first, last))
+    in_window = pl.lit(True)
+    if window.start is not None:
+        in_window = in_window & (pl.col("ts_ms") >= int(window.start.timestamp() * 1000))
+    if window.end is not None:
+        in_window = in_window & (pl.col("ts_ms") <= int(window.end.timestamp() * 1000))
+    frame = frame.with_columns(in_window.alias("in_window"))
+    if window.start is not None and window.offsets is None:
+        # messages read only to check the hint or for the lookback, and earlier than the lookback: drop
+        lb = int((window.start.timestamp() - window.lookback_s) * 1000)
+        frame = frame.filter(pl.col("ts_ms") >= lb)
+    return frame
+
+
+_OUT = ("org_id", "record_id", "event_type", "event_time", "amount")
+_PARSED_SCHEMA = {**{k: pl.Utf8 for k in _OUT}, "status": pl.Utf8, "raw": pl.Utf8}
+
+
+def parse_values(values: list[bytes | None], fields: EventFields, names: list[str] | None = None) -> pl.DataFrame:
+    """Parse JSON values in bulk; tombstones (None) get status 'tombstone', bad values status
+    'unparsable' with their raw text. The parsed columns stay Arrow (never Python lists)."""
+    names = names or fields.names()
+    if None not in values:  # C-level scan (bytes never equal None): no tombstone, the common case
+        return _parse_block(values, names)  # type: ignore[arg-type]
+    present = pl.Series(values, dtype=pl.Binary).is_not_null()
+    parsed = _parse_block([v for v in values if v is not None], names)  # b"" is a value, not a tombstone
+    return _spread(parsed, present)
+
+
+def _spread(parsed: pl.DataFrame, present: pl.Series) -> pl.DataFrame:
+    """The parsed rows of the present values back at their messages' rows; tombstones in between."""
+    if parsed.height == 0:
+        return pl.DataFrame({k: pl.Series([None] * len(present), dtype=pl.Utf8) for k in _PARSED_SCHEMA}).with_columns(
+            pl.lit("tombstone").alias("status"))
+    pos = (present.cast(pl.Int64).cum_sum() - 1).clip(lower_bound=0)  # row of each message in `parsed`
+    full = parsed.select(pl.all().gather(pos))
+    return full.with_columns(
+        *(pl.when(present).then(pl.col(k)).alias(k) for k in (*_OUT, "raw")),
+        pl.when(present).then(pl.col("status")).otherwise(pl.lit("tombstone")).alias("status"))
+
+
+def _parse_block(vals: list[bytes], names: list[str]) -> pl.DataFrame:
+    """One NDJSON parse of the whole block; a block that fails is split in halves so that only the
+    bad values end up parsed one by one."""
+    if not vals:
+        return pl.DataFrame(schema=_PARSED_SCHEMA)
+    blob = b"\n".join(vals)
+    if blob.count(b"\n") == len(vals) - 1:  # no value spans lines: one line per message
+        df = _parse_ndjson(blob, len(vals), names)
+        if df is not None:
+            return df
+    if len(vals) > 64:
+        mid = len(vals) // 2
+        return pl.concat([_parse_block(vals[:mid], names), _parse_block(vals[mid:], names)])
+    return _parse_one_by_one(vals, names)
+
+
+def _parse_ndjson(block: bytes, rows: int, names: list[str]) -> pl.DataFrame | None:
+    """An NDJSON block of exactly ``rows`` lines parsed whole, or None when any line fails."""
+    try:
+        df = pl.read_ndjson(io.BytesIO(block), schema={k: pl.Utf8 for k in names}, ignore_errors=False)
+    except Exception:  # noqa: BLE001 - any parse failure: the caller splits and retries
+        return None
+    if df.height != rows:
+        return None
+    return df.select(*(pl.col(src).alias(t) for t, src in zip(_OUT, names, strict=True)),
+                     pl.lit("ok").alias("status"), pl.lit(None, pl.Utf8).alias("raw"))
+
+
+def _parse_one_by_one(vals: list[bytes], names: list[str]) -> pl.DataFrame:
+    """At most 64 values of a block that failed as a whole: each parsed alone (the bad ones are
+    counted and sampled as unparsable, never fatal)."""
+    out: dict[str, list[Any]] = {k: [None] * len(vals) for k in _PARSED_SCHEMA}
+    for i, v in enumerate(vals):
+        try:
+            obj = json.loads(v)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+            for target, src in zip(_OUT, names, strict=True):
+                x = obj.get(src)
+                out[target][i] = None if x is None else (x if isinstance(x, str) else json.dumps(x))
+            out["status"][i] = "ok"
+        except (ValueError, UnicodeDecodeError):
+            out["status"][i] = "unparsable"
+            out["raw"][i] = v[:200].decode("utf-8", "replace")
+    return pl.DataFrame(out, schema=_PARSED_SCHEMA)
+
+
+if __name__ == "__main__":
+    import sys as _sys
+
+    if _sys.argv[1:] == ["--worker"]:
+        _worker_main()

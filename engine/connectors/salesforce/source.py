@@ -1,0 +1,370 @@
+# ruff: noqa: S608  -- SOQL, not SQL: every name in it was validated against describe first
+"""Salesforce to Arrow: describe → types, Bulk API 2.0 CSV pages → Arrow, REST for small sets,
+Id-range chunks for large objects, and the facts a manifest needs (API version, job ids, SOQL,
+extraction time, org and user).
+
+API calls are the scarcest resource, so the plan is: one COUNT() to pick the path; REST `query`
+below ``REST_MAX_ROWS`` (no job to create and poll); otherwise Bulk 2.0, split into Id ranges when
+the object is large so that jobs run side by side and each stays far below Salesforce's limits.
+Field names are validated against describe before any SOQL is built: the SOQL never contains a
+name the org did not declare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from engine.config import Config
+from engine.connectors.base import Extract, SalesforceRef, SourceColumn
+from engine.core.errors import ServiceUnreachable, UsageError
+
+REST_MAX_ROWS = int(os.environ.get("RECON_SF_REST_MAX_ROWS", "5000"))
+BULK_PAGE_ROWS = 100_000
+CHUNK_ROWS = 250_000
+FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+_KIND = {
+    "id": "id", "reference": "id", "boolean": "bool", "int": "int", "long": "int",
+    "double": "decimal", "currency": "decimal", "percent": "decimal", "date": "date", "datetime": "timestamp",
+}
+
+
+def settings_from(config: Config, env: dict[str, str] | None = None) -> Any:
+    """Connection settings: environment first (SF_*), then `[salesforce]` and the credentials file it names."""
+    from engine.connectors.salesforce.client import SalesforceSettings
+
+    env = dict(os.environ if env is None else env)
+    sect = config.section("salesforce")
+    creds: dict[str, str] = {}
+    cf = config.path_value("salesforce", "credentials_file")
+    if cf:
+        try:
+            creds = json.loads(cf.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{config.where}: [salesforce] credentials_file {cf} cannot be read ({exc.__class__.__name__})") from None
+    ca = config.path_value("salesforce", "ca_bundle")
+
+    def pick(env_key: str, cred_key: str | None = None, sect_key: str | None = None) -> str | None:
+        return env.get(env_key) or (creds.get(cred_key) if cred_key else None) or (sect.get(sect_key) if sect_key else None)
+
+    kw: dict[str, Any] = {
+        "login_url": pick("SF_LOGIN_URL", None, "login_url") or "https://login.salesforce.com",
+        "instance_url": pick("SF_INSTANCE_URL", None, "instance_url"),
+        "ca_bundle": env.get("SF_CA_BUNDLE") or (str(ca) if ca else None),
+        "api_version": pick("SF_API_VERSION", None, "api_version") or "59.0",
+    }
+    if env.get("SF_SESSION_ID"):
+        kw["session_id"] = env["SF_SESSION_ID"]
+    elif env.get("SF_JWT_KEY_FILE"):
+        kw.update(consumer_key=env.get("SF_CONSUMER_KEY"), username=env.get("SF_USERNAME"),
+                  jwt_key_file=env["SF_JWT_KEY_FILE"])
+    else:
+        kw.update(username=pick("SF_USERNAME", "salesforce_username"), password=pick("SF_PASSWORD", "salesforce_password"),
+                  security_token=pick("SF_SECURITY_TOKEN", "salesforce_security_token"),
+                  consumer_key=pick("SF_CONSUMER_KEY", "salesforce_consumer_key"),
+                  consumer_secret=pick("SF_CONSUMER_SECRET", "salesforce_consumer_secret"))
+        if not kw["username"] or not kw["password"]:
+            raise UsageError("no Salesforce credentials: set SF_USERNAME and SF_PASSWORD (or SF_SESSION_ID, or "
+                             "SF_JWT_KEY_FILE), or name a credentials_file in [salesforce]")
+    return SalesforceSettings(**{k: v for k, v in kw.items() if v is not None})
+
+
+_CONN_CACHE: dict[int, Any] = {}
+
+
+def connection(config: Config) -> Any:
+    """One login per process and config (a login is an API call and an audit-log line)."""
+    from engine.connectors.salesforce.client import SalesforceUnreachable, connect
+
+    key = id(config)
+    if key not in _CONN_CACHE:
+        try:
+            _CONN_CACHE[key] = connect(settings_from(config))
+        except SalesforceUnreachable as exc:
+            raise ServiceUnreachable(str(exc)) from None
+        except Exception as exc:
+            if exc.__class__.__name__ == "SalesforceAuthError":
+                raise UsageError(str(exc)) from None
+            raise
+    return _CONN_CACHE[key]
+
+
+RETRY_DEADLINE_S = float(os.environ.get("RECON_SF_RETRY_DEADLINE", "60"))
+_TRANSIENT_CODES = {"REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"}
+
+
+def _call(fn: Any, what: str) -> Any:
+    """Call simple-salesforce with retries on transient failures (429, 5xx, REQUEST_LIMIT_EXCEEDED),
+    exponential backoff up to ``RETRY_DEADLINE_S``; map what remains to recon's one-line errors."""
+    import requests
+    from simple_salesforce.exceptions import SalesforceError
+
+    deadline = time.monotonic() + RETRY_DEADLINE_S
+    delay = 0.25
+    while True:
+        try:
+            return fn()
+        except SalesforceError as exc:
+            body = exc.content
+            code, msg = "", str(exc)
+            if isinstance(body, list) and body and isinstance(body[0], dict):
+                code, msg = body[0].get("errorCode", ""), body[0].get("message", "")
+            transient = exc.status == 429 or exc.status >= 500 or code in _TRANSIENT_CODES
+            if transient and time.monotonic() + delay < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+                continue
+            if transient:
+                raise ServiceUnreachable(f"Salesforce kept failing {what} for {RETRY_DEADLINE_S:.0f}s: "
+                                         f"{code or exc.status} {msg}; retry later".strip()) from None
+            hint = {"INVALID_FIELD": "fix the column names", "INVALID_TYPE": "check the sObject name",
+                    "MALFORMED_QUERY": "fix the --source-where condition",
+                    "INVALID_SESSION_ID": "log in again (check the credentials)"}.get(code, "")
+            raise UsageError(f"Salesforce refused {what}: {code} {msg}{'; ' + hint if hint else ''}".strip()) from None
+        except requests.exceptions.ConnectionError:
+            if time.monotonic() + delay < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+                continue
+            raise ServiceUnreachable(f"Salesforce is unreachable while {what}: check the instance URL and that the "
+                                     "server runs") from None
+
+
+_DESCRIBE_CACHE: dict[tuple[int, str], dict[str, Any]] = {}
+
+
+def describe(ref: SalesforceRef, config: Config) -> dict[str, Any]:
+    """The sObject's describe, fetched once per process (schema lookups and extraction share it)."""
+    key = (id(config), ref.sobject)
+    if key not in _DESCRIBE_CACHE:
+        conn = connection(config)
+        _DESCRIBE_CACHE[key] = _call(lambda: conn.sf.restful(f"sobjects/{ref.sobject}/describe"),
+                                     f"describe of {ref.sobject}")
+    return _DESCRIBE_CACHE[key]
+
+
+def describe_columns(ref: SalesforceRef, config: Config) -> dict[str, SourceColumn]:
+    d = describe(ref, config)
+    out = {}
+    for f in d["fields"]:
+        if f["type"] in ("address", "location", "base64", "anyType"):
+            continue  # not selectable in Bulk queries
+        kind = _KIND.get(f["type"], "text")
+        scale = f.get("scale") if kind == "decimal" else None
+        out[f["name"]] = SourceColumn(f["name"], kind, scale, f["type"])
+    return out
+
+
+def _arrow_type(c: SourceColumn) -> pa.DataType:
+    if c.kind == "decimal":
+        return pa.decimal128(38, c.scale or 0)
+    return {"int": pa.int64(), "bool": pa.bool_(), "date": pa.date32(),
+            "timestamp": pa.timestamp("ms", tz="UTC")}.get(c.kind, pa.string())
+
+
+def _soql_time(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _id_to_int(x: str) -> int:
+    n = 0
+    for ch in x[:15]:
+        n = n * 62 + _BASE62.index(ch)
+    return n
+
+
+def _int_to_id(n: int) -> str:
+    out = []
+    for _ in range(15):
+        n, r = divmod(n, 62)
+        out.append(_BASE62[r])
+    return "".join(reversed(out))
+
+
+def id_ranges(first: str, last: str, chunks: int) -> list[tuple[str | None, str | None]]:
+    """Split [first, last] into ``chunks`` Id ranges with synthetic 15-character boundaries, the way
+    Salesforce's PK chunking does (base-62 steps; Id order is byte order)."""
+    a, b = _id_to_int(first), _id_to_int(last)
+    if chunks <= 1 or b <= a:
+        return [(None, None)]
+    step = (b - a) // chunks + 1
+    bounds = [_int_to_id(a + i * step) for i in range(1, chunks)]
+    bounds = sorted(set(bounds))
+    return [(None, bounds[0])] + [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)] + [(bounds[-1], None)]
+
+
+def _parse_pages(pages: list[str], names: list[str], types: dict[str, pa.DataType]) -> pa.Table:
+    tables = []
+    for text in pages:
+        if not text.strip():
+            continue
+        tables.append(pacsv.read_csv(
+            pa.py_buffer(text.encode()),
+            read_options=pacsv.ReadOptions(block_size=1 << 24),
+            convert_options=pacsv.ConvertOptions(column_types=types, true_values=["true"], false_values=["false"],
+                                                 strings_can_be_null=True, quoted_strings_can_be_null=True),
+        ).select(names))
+    if not tables:
+        return pa.table({n: pa.array([], type=types[n]) for n in names})
+    return pa.concat_tables(tables)
+
+
+def extract(
+    ref: SalesforceRef,
+    config: Config,
+    columns: list[str],
+    where: str | None,
+    *,
+    as_of: datetime | None = None,
+    key_columns: list[str] | None = None,
+    ids: list[str] | None = None,
+) -> Extract:
+    """Extract the named fields (validated against describe). ``ids`` restricts to a list of records
+    (repair's surgical re-extraction), in chunks sized under SOQL's length limit."""
+    t0 = time.perf_counter()
+    conn = connection(config)
+    declared = describe_columns(ref, config)
+    lower = {n.lower(): n for n in declared}
+    names = []
+    for c in columns:
+        if not FIELD_RE.match(c):
+            raise UsageError(f"invalid Salesforce field name {c!r}")
+        n = c if c in declared else lower.get(c.lower())
+        if n is None:
+            raise UsageError(f"unknown column {c!r} on Salesforce {ref.sobject}: fix the -k/-c option or mapping")
+        names.append(n)
+    conds = []
+    if where:
+        conds.append(f"({where})")
+    if as_of is not None:
+        conds.append(f"SystemModstamp <= {_soql_time(as_of)}")
+    base = f"SELECT {', '.join(names)} FROM {ref.sobject}"
+    types = {n: _arrow_type(declared[n]) for n in names}
+    jobs: list[str] = []
+    soqls: list[str] = []
+
+    def run_bulk(soql: str) -> pa.Table:
+        client = getattr(conn.sf.bulk2, ref.sobject)._client
+        job = _call(lambda: client.create_job("query", soql, "COMMA", "LF"), "a Bulk API 2.0 query job")
+        jobs.append(job["id"])
+        _call(lambda: client.wait_for_job(job["id"], True, 0.05), "a Bulk API 2.0 query job")
+        pages, locator = [], ""
+        while True:
+            res = _call(lambda loc=locator: client.get_query_results(job["id"], loc, BULK_PAGE_ROWS), "Bulk results")
+            pages.append(res["records"])
+            locator = res["locator"]
+            if not locator:
+                break
+        return _parse_pages(pages, names, types)
+
+    def run_rest(soql: str) -> pa.Table:
+        res = _call(lambda: conn.sf.query_all(soql), "a REST query")
+        recs = res["records"]
+        cols = {n: [r.get(n) for r in recs] for n in names}
+        tbl = pa.table({n: pa.array([None if v is None else str(v) for v in cols[n]], type=pa.string())
+                        for n in names})
+        return _cast_strings(tbl, types)
+
+    if ids is not None:
+        soqls_ids = []
+        chunk: list[str] = []
+        for i in sorted(set(ids)):
+            chunk.append(i)
+            if len(chunk) >= 500:  # 500 × 21 chars stays far below the 100,000-character SOQL limit
+                soqls_ids.append(chunk)
+                chunk = []
+        if chunk:
+            soqls_ids.append(chunk)
+        parts = []
+        for ch in soqls_ids:
+            c = conds + ["Id IN (" + ", ".join(f"'{x}'" for x in ch) + ")"]
+            soql = base + " WHERE " + " AND ".join(c)
+            soqls.append(soql)
+            parts.append(run_bulk(soql))
+        table = pa.concat_tables(parts) if parts else pa.table({n: pa.array([], type=types[n]) for n in names})
+    else:
+        count_soql = f"SELECT COUNT() FROM {ref.sobject}" + (" WHERE " + " AND ".join(conds) if conds else "")
+        total = int(_call(lambda: conn.sf.query(count_soql), "a COUNT() query")["totalSize"])
+        if total <= REST_MAX_ROWS:
+            soql = base + (" WHERE " + " AND ".join(conds) if conds else "")
+            soqls.append(soql)
+            table = run_rest(soql)
+        else:
+            chunks = max(1, -(-total // CHUNK_ROWS))
+            ranges: list[tuple[str | None, str | None]] = [(None, None)]
+            if chunks > 1:
+                lo = conn.sf.query(f"SELECT Id FROM {ref.sobject} ORDER BY Id ASC LIMIT 1")["records"][0]["Id"]
+                hi = conn.sf.query(f"SELECT Id FROM {ref.sobject} ORDER BY Id DESC LIMIT 1")["records"][0]["Id"]
+                ranges = id_ranges(lo, hi, chunks)
+            for a, b in ranges:
+                c = list(conds)
+                if a:
+                    c.append(f"Id >= '{a}'")
+                if b:
+                    c.append(f"Id < '{b}'")
+                soqls.append(base + (" WHERE " + " AND ".join(c) if c else ""))
+            with ThreadPoolExecutor(min(4, len(soqls))) as ex:
+                table = pa.concat_tables(list(ex.map(run_bulk, soqls)))
+    in_flight = None
+    if as_of is not None:
+        soql = f"SELECT Id FROM {ref.sobject} WHERE SystemModstamp > {_soql_time(as_of)}" + (f" AND ({where})" if where else "")
+        recs = _call(lambda: conn.sf.query_all(soql), "the in-flight query")["records"]
+        kc = key_columns or ["Id"]
+        in_flight = pl.DataFrame({kc[0]: [r["Id"] for r in recs]}, schema={kc[0]: pl.Utf8})
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    meta = {
+        "system": "salesforce",
+        "object": ref.sobject,
+        "instance_url": conn.instance_url,
+        "org_id": conn.org_id,
+        "user_id": getattr(conn, "user_id", None),
+        "username": getattr(conn, "username", None),
+        "api_version": conn.api_version,
+        "soql": soqls,
+        "bulk_job_ids": jobs,
+        "rows": frame.height,
+        "extracted_at": datetime.now(UTC).isoformat(),
+        "extract_s": round(time.perf_counter() - t0, 3),
+    }
+    return Extract(frame=frame, columns={n: declared[n] for n in names}, meta=meta, in_flight=in_flight)
+
+
+def _cast_strings(tbl: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+    """REST JSON values arrive as Python values; route them through the same CSV parser as Bulk."""
+    import io
+
+    buf = io.BytesIO()
+    pacsv.write_csv(tbl, buf)
+    buf.seek(0)
+    return pacsv.read_csv(buf, convert_options=pacsv.ConvertOptions(
+        column_types=types, true_values=["true", "True"], false_values=["false", "False"],
+        strings_can_be_null=True, quoted_strings_can_be_null=True,
+        timestamp_parsers=["%Y-%m-%dT%H:%M:%S.%f%z", pacsv.ISO8601]))
+
+
+def top_ids(ref: SalesforceRef, config: Config, field: str, fraction: float) -> list[str]:
+    """Ids of the top ``fraction`` of records by ``field`` (e.g. the SEC-critical top 5% by
+    AnnualRevenue): one COUNT() and one ordered, limited query, not a full extraction."""
+    declared = describe_columns(ref, config)
+    name = field if field in declared else {n.lower(): n for n in declared}.get(field.lower())
+    if name is None or not FIELD_RE.match(name):
+        raise UsageError(f"unknown column {field!r} on Salesforce {ref.sobject}: fix [commission] revenue_field")
+    conn = connection(config)
+    total = int(_call(lambda: conn.sf.query(f"SELECT COUNT() FROM {ref.sobject}"), "a COUNT() query")["totalSize"])
+    k = max(1, int(-(-total * fraction // 1))) if total else 0
+    if not k:
+        return []
+    soql = f"SELECT Id FROM {ref.sobject} WHERE {name} != null ORDER BY {name} DESC LIMIT {k}"
+    return [r["Id"] for r in _call(lambda: conn.sf.query_all(soql), "the top-revenue query")["records"]]

@@ -1,0 +1,707 @@
+"""The `recon_audit` ledger: an append-only, hash-chained audit trail in PostgreSQL, and its verifier.
+
+Why this shape:
+
+* **One chain across every ledger table.** Runs, inputs, findings, corrections, gate decisions,
+  lineage and checkpoints share one gapless sequence number ``seq`` and one hash chain, so a row can
+  be neither removed nor moved from one table to another without breaking it, and "the first broken
+  row" is well defined across tables.
+* **Row hash** = BLAKE3(prev_hash || record), where ``prev_hash`` is the previous row's hash (32 zero
+  bytes for the first row) and ``record`` is the canonical JSON (sorted keys, no whitespace, UTF-8)
+  of ``{"body", "recorded_at", "seq", "table", "v"}``. The exact canonical text of ``body`` is what
+  is stored (column ``canonical``); the ``body`` JSONB column is *generated* from it, so the bytes
+  that were hashed are the bytes kept, whatever JSONB does to numbers and key order.
+* **Append-only** three ways: the writer role only holds SELECT and INSERT; BEFORE UPDATE/DELETE row
+  triggers and a statement-level BEFORE TRUNCATE trigger (row triggers do not see TRUNCATE) raise,
+  and they are ``ENABLE ALWAYS`` so ``session_replication_role = replica`` does not skip them; the
+  tables belong to ``recon_audit_owner``, a NOLOGIN role the writer does not hold. Owners and
+  superusers can still disable triggers, which is what the chain and the checkpoints are for.
+* **Serialized writers.** Every append takes ``pg_advisory_xact_lock`` before reading the head, so
+  two concurrent writers can never link to the same predecessor (no fork) and ``seq`` has no gaps
+  (a sequence would leave gaps on rollback and hide deletions).
+* **Checkpoints** are RFC 6962 Merkle tree heads (SHA-256, leaf = H(0x00 || row_hash), node =
+  H(0x01 || left || right)) over the row hashes in ``seq`` order: standard tooling can recompute
+  them. Each is stored as a chained row of ``checkpoints`` and can be exported as a signed C2SP
+  tlog-checkpoint note to keep *outside* the database: that is what detects a dropped tail or a
+  wholesale, internally consistent rewrite of the chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path, PurePath
+from typing import Any
+
+import blake3
+import psycopg
+from psycopg import sql
+
+from engine.connectors.base import redact_dsn
+from engine.core.errors import UsageError, VerificationError
+
+SCHEMA = "recon_audit"
+OWNER_ROLE = "recon_audit_owner"
+WRITER_ROLE = "recon_audit_writer"
+READER_ROLE = "recon_audit_reader"
+TABLES: tuple[str, ...] = ("runs", "inputs", "findings", "corrections", "gate_decisions", "lineage", "checkpoints")
+RECORD_VERSION = 1
+GENESIS_PREV = bytes(32)
+# one lock for the whole chain; an arbitrary but fixed 64-bit key derived from a name
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"recon_audit.chain").digest()[:8], "big", signed=True)
+ORIGIN_PREFIX = "recon.dev/ledger/"
+MAX_PROBLEMS = 50
+
+# generated columns per table, for querying; all derived from the hashed canonical text
+_EXTRA_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "runs": (("run_id", "text"), ("command", "text")),
+    "inputs": (("run_id", "text"), ("side", "text")),
+    "findings": (("run_id", "text"),),
+    "corrections": (("run_id", "text"),),
+    "gate_decisions": (("run_id", "text"), ("mapping", "text")),
+    "lineage": (("run_id", "text"), ("kind", "text")),
+    "checkpoints": (("kind", "text"),),
+}
+
+
+# -- canonical JSON --------------------------------------------------------------------------------
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values only: Decimals, times, paths and UUIDs as strings, non-finite floats as
+    strings, NUL characters as U+2400 (PostgreSQL text and JSONB cannot hold NUL)."""
+    if isinstance(obj, dict):
+        return {jsonable(str(k)) if not isinstance(k, str) else k.replace("\x00", "\u2400"): jsonable(v)
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((jsonable(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(obj, str):
+        return obj.replace("\x00", "\u2400")
+    if isinstance(obj, bool) or obj is None or isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, datetime):
+        return _utc_text(obj) if obj.tzinfo else obj.isoformat()
+    if isinstance(obj, (date, Decimal, uuid.UUID, PurePath)):
+        return str(obj)
+    if isinstance(obj, bytes):
+        return obj.hex()
+    return str(obj)
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no insignificant whitespace, UTF-8 text: one spelling per value."""
+    return json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _utc_text(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def record_text(table: str, seq: int, recorded_at: str, canonical_body: str) -> str:
+    """The hashed record of one row; equal to canonical_json of the same dict when the body is canonical."""
+    return (f'{{"body":{canonical_body},"recorded_at":{json.dumps(recorded_at)},"seq":{seq},'
+            f'"table":{json.dumps(table)},"v":{RECORD_VERSION}}}')
+
+
+def row_hash(prev: bytes, table: str, seq: int, recorded_at: str, canonical_body: str) -> bytes:
+    return blake3.blake3(prev + record_text(table, seq, recorded_at, canonical_body).encode()).digest()
+
+
+# -- RFC 6962 Merkle tree heads --------------------------------------------------------------------
+def rfc6962_leaf(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def rfc6962_node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+class MerkleAccumulator:
+    """RFC 6962 tree head over a growing list, in O(log n) memory: a stack of perfect subtrees.
+
+    The RFC splits n leaves at the largest power of two below n; folding the stack of perfect
+    subtrees from the right gives exactly that shape.
+    """
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def append(self, data: bytes) -> None:
+        h, height = rfc6962_leaf(data), 0
+        while self._stack and self._stack[-1][0] == height:
+            h = rfc6962_node(self._stack.pop()[1], h)
+            height += 1
+        self._stack.append((height, h))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self._stack:
+            return EMPTY_ROOT
+        acc = self._stack[-1][1]
+        for _, h in reversed(self._stack[:-1]):
+            acc = rfc6962_node(h, acc)
+        return acc
+
+
+def merkle_root(entries: Iterable[bytes]) -> bytes:
+    """RFC 6962 Merkle Tree Hash (MTH) of a list of entries."""
+    acc = MerkleAccumulator()
+    for e in entries:
+        acc.append(e)
+    return acc.root()
+
+
+# -- checkpoints and signed notes ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Checkpoint:
+    """A tree head: the first ``size`` rows of the chain have RFC 6962 root ``root``.
+
+    seq: the ``checkpoints`` row written with it (None for one read from a file).
+    """
+
+    origin: str
+    size: int
+    root: bytes
+    seq: int | None = None
+    recorded_at: str | None = None
+
+    def note_text(self) -> str:
+        """The C2SP tlog-checkpoint body: origin, size, base64 root, each ending in a newline."""
+        return f"{self.origin}\n{self.size}\n{base64.b64encode(self.root).decode()}\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"origin": self.origin, "size": self.size, "root": self.root.hex(),
+                "root_base64": base64.b64encode(self.root).decode(), "checkpoint_seq": self.seq,
+                "recorded_at": self.recorded_at}
+
+
+def _note_key_hash(name: str, public_raw: bytes) -> bytes:
+    # signed-note key id: SHA-256(name || "\n" || 0x01 (Ed25519) || public key)[:4]
+    return hashlib.sha256(name.encode() + b"\n" + b"\x01" + public_raw).digest()[:4]
+
+
+def sign_note(cp: Checkpoint, signing_key: Path, key_name: str | None = None) -> str:
+    """A C2SP signed note: the checkpoint text, a blank line, one ``— name base64(keyhash||sig)`` line."""
+    from cryptography.hazmat.primitives import serialization
+
+    from engine.evidence.manifest import load_private_key
+
+    key = load_private_key(signing_key)
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    name = key_name or cp.origin
+    text = cp.note_text()
+    sig = key.sign(text.encode())
+    return text + "\n" + f"\u2014 {name} {base64.b64encode(_note_key_hash(name, raw) + sig).decode()}\n"
+
+
+def read_note(path: Path, pubkey: Path | None) -> tuple[Checkpoint, bool]:
+    """Parse an exported checkpoint; with ``pubkey`` its signature must verify. Returns (checkpoint,
+    signature_checked)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        raw_text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"checkpoint file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VerificationError(f"checkpoint file {path} is unreadable: {exc}") from None
+    text, sep, sigs = raw_text.partition("\n\n")
+    lines = text.split("\n")
+    if not sep or len(lines) < 3:
+        raise VerificationError(f"checkpoint file {path} is not a signed checkpoint note (origin, size, root, "
+                                "blank line, signatures)")
+    try:
+        size = int(lines[1])
+        root = base64.b64decode(lines[2], validate=True)
+    except ValueError:
+        raise VerificationError(f"checkpoint file {path}: malformed size or root line") from None
+    if size < 0 or len(root) != 32:
+        raise VerificationError(f"checkpoint file {path}: malformed size or root line")
+    cp = Checkpoint(origin=lines[0], size=size, root=root)
+    if pubkey is None:
+        return cp, False
+    from engine.evidence.manifest import load_public_key
+
+    pub = load_public_key(pubkey)
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    body = (text + "\n").encode()
+    candidates = 0
+    for line in sigs.splitlines():
+        if not line.startswith("\u2014 "):
+            continue
+        parts = line[2:].split(" ")
+        if len(parts) != 2:
+            continue
+        name, blob_text = parts
+        try:
+            blob = base64.b64decode(blob_text, validate=True)
+        except ValueError:
+            continue
+        if len(blob) != 68 or blob[:4] != _note_key_hash(name, raw):
+            continue
+        candidates += 1
+        try:
+            pub.verify(blob[4:], body)
+            return cp, True
+        except InvalidSignature:
+            pass
+    if candidates:
+        raise VerificationError(f"checkpoint file {path}: the signature does not verify with {pubkey}: "
+                                "the checkpoint was altered after signing")
+    raise VerificationError(f"checkpoint file {path} is not signed by the key in {pubkey}")
+
+
+def read_checkpoint(path: Path, pubkey: Path | None) -> tuple[Checkpoint, bool]:
+    """An exported checkpoint note, or a signed manifest (its ``predicate.ledger`` is a tree head
+    signed with the manifest, so every manifest doubles as an external checkpoint)."""
+    try:
+        head = Path(path).read_bytes()[:1]
+    except FileNotFoundError:
+        raise UsageError(f"checkpoint file {path} not found") from None
+    if head != b"{":
+        return read_note(path, pubkey)
+    from engine.evidence.manifest import load_public_key, open_envelope
+
+    if pubkey is None:
+        raise UsageError(f"{path} is a manifest: pass --key PUBFILE to check its signature first")
+    try:
+        envelope = json.loads(Path(path).read_text())
+    except ValueError:
+        raise VerificationError(f"checkpoint file {path} is neither a checkpoint note nor a manifest") from None
+    payload, _ = open_envelope(envelope, load_public_key(pubkey), where=f"manifest {Path(path).name}")
+    led = (json.loads(payload).get("predicate") or {}).get("ledger")
+    if not isinstance(led, dict) or "size" not in led or "root" not in led:
+        raise UsageError(f"manifest {path} records no ledger checkpoint (it was written without --ledger)")
+    return Checkpoint(origin=str(led.get("origin")), size=int(led["size"]), root=bytes.fromhex(led["root"]),
+                      seq=led.get("checkpoint_seq")), True
+
+
+# -- the ledger ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    """One appended row."""
+
+    table: str
+    seq: int
+    row_hash: str
+    prev_hash: str
+    recorded_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _connect(dsn: str) -> psycopg.Connection:
+    from engine.connectors.postgres.source import connect
+
+    return connect(dsn, autocommit=True)  # transactions are explicit: conn.transaction()
+
+
+def _db_error(exc: psycopg.Error, dsn: str, doing: str) -> UsageError:
+    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+    where = redact_dsn(dsn)
+    if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)):
+        return UsageError(f"no ledger at {where}: run `recon ledger init --dsn …` first ({first})")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege) and doing == "initialise":
+        return UsageError(f"cannot initialise the ledger at {where}: {first} (connect as a role with "
+                          "CREATEROLE and CREATE on the database, or as a superuser)")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return UsageError(f"cannot {doing} the ledger at {where}: {first} (grant the role with "
+                          "`recon ledger init --dsn … --writer ROLE`)")
+    return UsageError(f"cannot {doing} the ledger at {where}: {first}")
+
+
+class Ledger:
+    """A connection to one `recon_audit` ledger. Not thread-safe: one instance per thread."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.Connection | None = None
+
+    # -- connection ------------------------------------------------------------------------------
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = _connect(self.dsn)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def where(self) -> str:
+        return redact_dsn(self.dsn)
+
+    # -- init ------------------------------------------------------------------------------------
+    def init(self, writer: str | None = None) -> dict[str, Any]:
+        """Create roles, schema, tables, triggers and grants, and the genesis row; idempotent.
+
+        The connecting role needs CREATEROLE (or superuser) and CREATE on the database. It creates
+        the objects *as* ``recon_audit_owner`` (a NOLOGIN role) through a membership it grants itself
+        for this transaction only, and grants ``recon_audit_writer`` to ``writer`` (default: itself).
+        """
+        conn = self.conn
+        try:
+            with conn.transaction():
+                me, is_super = conn.execute(
+                    "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()  # type: ignore[misc]
+                writer = writer or me
+                if writer in (OWNER_ROLE, WRITER_ROLE, READER_ROLE):
+                    raise UsageError(f"--writer {writer} is not allowed: name the login role that will append "
+                                     "(e.g. the application's role), not one of the ledger's own roles")
+                if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (writer,)).fetchone():
+                    raise UsageError(f"--writer role {writer!r} does not exist: create it first (CREATE ROLE …)")
+                for role in (OWNER_ROLE, WRITER_ROLE, READER_ROLE):
+                    conn.execute(sql.SQL(
+                        "DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+                    ).format(sql.Identifier(role)))
+                if not is_super:
+                    conn.execute(sql.SQL("GRANT {} TO {} WITH INHERIT FALSE, SET TRUE").format(
+                        sql.Identifier(OWNER_ROLE), sql.Identifier(me)))
+                # the schema needs CREATE on the database, which the connecting role has and the owner not
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                    sql.Identifier(SCHEMA), sql.Identifier(OWNER_ROLE)))
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(OWNER_ROLE)))
+                for stmt in _schema_sql():
+                    conn.execute(stmt)
+                genesis = None
+                first = conn.execute("SELECT canonical FROM recon_audit.checkpoints WHERE seq = 1").fetchone()
+                origin = str(json.loads(first[0]).get("origin")) if first else None
+                if first is None and not conn.execute("SELECT 1 FROM recon_audit.chain LIMIT 1").fetchone():
+                    ledger_id = str(uuid.uuid4())
+                    genesis = self._append_locked(conn, [("checkpoints", {
+                        "kind": "genesis", "ledger_id": ledger_id, "origin": ORIGIN_PREFIX + ledger_id,
+                        "size": 0, "root": EMPTY_ROOT.hex(), "hash": "sha256-rfc6962",
+                        "record_version": RECORD_VERSION})])[0]
+                    origin = ORIGIN_PREFIX + ledger_id
+                conn.execute("RESET ROLE")
+                if not is_super:
+                    conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(OWNER_ROLE), sql.Identifier(me)))
+                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(WRITER_ROLE), sql.Identifier(writer)))
+                if writer != me:  # the administrator may read (and so verify) but not write
+                    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READER_ROLE), sql.Identifier(me)))
+        except psycopg.Error as exc:
+            raise _db_error(exc, self.dsn, "initialise") from None
+        return {"ledger": self.where, "schema": SCHEMA, "owner": OWNER_ROLE, "writer_role": WRITER_ROLE,
+                "writer": writer, "reader_role": READER_ROLE, "origin": origin,
+                "created": genesis is not None}
+
+    # -- appending -------------------------------------------------------------------------------
+    def append(self, table: str, body: dict[str, Any]) -> Entry:
+        """Append one row (its own transaction)."""
+        return self.append_many([(table, body)])[0]
+
+    def append_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Entry]:
+        """Append rows atomically and contiguously: all or none, in this order."""
+        for table, body in items:
+            if table not in TABLES:
+                raise ValueError(f"unknown ledger table {table!r} (tables: {', '.join(TABLES)})")
+            if not isinstance(body, dict):
+                raise TypeError("a ledger body is a dict")
+        try:
+            with self.conn.transaction():
+                return self._append_locked(self.conn, items)
+        except psycopg.Error as exc:
+            raise _db_error(exc, self.dsn, "append to") from None
+
+    @staticmethod
+    def _append_locked(conn: psycopg.Connection, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Entry]:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        head = conn.execute("SELECT seq, row_hash FROM recon_audit.chain ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (int(head[0]), bytes.fromhex(head[1])) if head else (0, GENESIS_PREV)
+        now: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        now = now.astimezone(UTC)
+        ts = _utc_text(now)
+        out = []
+        for table, body in items:
+            seq += 1
+            text = canonical_json(body)
+            h = row_hash(prev, table, seq, ts, text)
+            conn.execute(
+                sql.SQL("INSERT INTO {} (seq, recorded_at, prev_hash, row_hash, canonical) "
+                        "VALUES (%s, %s, %s, %s, %s)").format(sql.Identifier(SCHEMA, table)),
+                (seq, now, prev.hex(), h.hex(), text))
+            out.append(Entry(table, seq, h.hex(), prev.hex(), ts))
+            prev = h
+        return out
+
+    def record_run(self, run_id: str, body: dict[str, Any], inputs: Sequence[dict[str, Any]] = (),
+                   lineage: Sequence[dict[str, Any]] = ()) -> list[Entry]:
+        """A run, its inputs and its lineage records, atomically (``run_id`` is added to each body)."""
+        items: list[tuple[str, dict[str, Any]]] = [("runs", {**body, "run_id": run_id})]
+        items += [("inputs", {**i, "run_id": run_id}) for i in inputs]
+        items += [("lineage", {**x, "run_id": run_id}) for x in lineage]
+        return self.append_many(items)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def origin(self) -> str:
+        """The ledger's name in checkpoints (from its genesis row)."""
+        try:
+            row = self.conn.execute("SELECT canonical FROM recon_audit.checkpoints WHERE seq = 1").fetchone()
+        except psycopg.Error as exc:
+            raise _db_error(exc, self.dsn, "read") from None
+        if row is None:
+            return ORIGIN_PREFIX + "unknown"
+        return str(json.loads(row[0]).get("origin") or ORIGIN_PREFIX + "unknown")
+
+    def checkpoint(self) -> Checkpoint:
+        """Record a checkpoint of every row so far, and return the tree head that also covers the
+        checkpoint row itself (size = its seq), so an exported copy protects the whole chain."""
+        try:
+            with self.conn.transaction():
+                conn = self.conn
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                acc = MerkleAccumulator()
+                origin = None
+                with conn.cursor(name="recon_ledger_hashes") as cur:
+                    cur.itersize = 10_000
+                    cur.execute("SELECT seq, row_hash, table_name, canonical FROM recon_audit.chain ORDER BY seq")
+                    for seq, h, table, text in cur:
+                        if seq == 1 and table == "checkpoints":
+                            origin = json.loads(text).get("origin")
+                        acc.append(bytes.fromhex(h))
+                origin = origin or ORIGIN_PREFIX + "unknown"
+                (entry,) = self._append_locked(conn, [("checkpoints", {
+                    "kind": "checkpoint", "origin": origin, "size": acc.size, "root": acc.root().hex(),
+                    "hash": "sha256-rfc6962"})])
+                acc.append(bytes.fromhex(entry.row_hash))
+                return Checkpoint(origin, acc.size, acc.root(), entry.seq, entry.recorded_at)
+        except psycopg.Error as exc:
+            raise _db_error(exc, self.dsn, "checkpoint") from None
+
+    def export_checkpoint(self, path: Path, signing_key: Path) -> Checkpoint:
+        """Take a checkpoint and write it as a signed note to keep outside the database."""
+        from engine.evidence.manifest import load_private_key
+
+        load_private_key(signing_key)  # fail before writing to the ledger
+        cp = self.checkpoint()
+        note = sign_note(cp, signing_key)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(note, encoding="utf-8")
+        tmp.replace(path)
+        return cp
+
+    def rows(self) -> Iterator[tuple[str, int, datetime, str, str, str]]:
+        """Every row of the chain in seq order: (table, seq, recorded_at, prev_hash, row_hash, canonical)."""
+        with self.conn.transaction(), self.conn.cursor(name="recon_ledger_rows") as cur:
+            cur.itersize = 5_000
+            cur.execute("SELECT table_name, seq, recorded_at, prev_hash, row_hash, canonical "
+                        "FROM recon_audit.chain ORDER BY seq, table_name")
+            yield from cur
+
+
+def _schema_sql() -> list[sql.Composable]:
+    """DDL run as the owner role; every statement is idempotent."""
+    s = sql.Identifier(SCHEMA)
+    writer, reader = sql.Identifier(WRITER_ROLE), sql.Identifier(READER_ROLE)
+    out: list[sql.Composable] = [
+        sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(s),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}, {}").format(s, writer, reader),
+        sql.SQL("""CREATE OR REPLACE FUNCTION {}.reject_change() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  RAISE EXCEPTION 'recon_audit.% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
+    USING ERRCODE = 'insufficient_privilege', HINT = 'append a correction instead';
+END $f$""").format(s),
+    ]
+    for t in TABLES:
+        tid = sql.Identifier(SCHEMA, t)
+        extra = sql.SQL("").join(
+            sql.SQL(", {} {} GENERATED ALWAYS AS ((canonical::jsonb ->> {})) STORED").format(
+                sql.Identifier(c), sql.SQL(typ), sql.Literal(c))
+            for c, typ in _EXTRA_COLUMNS[t])
+        out += [
+            sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
+  seq bigint PRIMARY KEY CHECK (seq > 0),
+  recorded_at timestamptz NOT NULL,
+  prev_hash text NOT NULL CHECK (prev_hash ~ '^[0-9a-f]{{64}}$'),
+  row_hash text NOT NULL CHECK (row_hash ~ '^[0-9a-f]{{64}}$'),
+  canonical text NOT NULL,
+  body jsonb GENERATED ALWAYS AS (canonical::jsonb) STORED{})""").format(tid, extra),
+            sql.SQL("CREATE OR REPLACE TRIGGER append_only_row BEFORE UPDATE OR DELETE ON {} "
+                    "FOR EACH ROW EXECUTE FUNCTION {}.reject_change()").format(tid, s),
+            sql.SQL("CREATE OR REPLACE TRIGGER append_only_truncate BEFORE TRUNCATE ON {} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION {}.reject_change()").format(tid, s),
+            sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER append_only_row").format(tid),
+            sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER append_only_truncate").format(tid),
+            sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(tid),
+            sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(tid, writer),
+            sql.SQL("GRANT SELECT ON {} TO {}").format(tid, reader),
+        ]
+        if any(c == "run_id" for c, _ in _EXTRA_COLUMNS[t]):
+            out.append(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (run_id)").format(
+                sql.Identifier(f"{t}_run_id"), tid))
+    union = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {} AS table_name, seq, recorded_at, prev_hash, row_hash, canonical FROM {}").format(
+            sql.Literal(t), sql.Identifier(SCHEMA, t)) for t in TABLES)
+    out += [
+        sql.SQL("CREATE OR REPLACE VIEW {}.chain AS {}").format(s, union),
+        sql.SQL("GRANT SELECT ON {}.chain TO {}, {}").format(s, writer, reader),
+    ]
+    return out
+
+
+# -- verification ----------------------------------------------------------------------------------
+@dataclass
+class VerifyReport:
+    """What `recon ledger verify` found. ``problems[0]`` is the reason when ``ok`` is False."""
+
+    ledger: str
+    ok: bool = True
+    rows: int = 0
+    tables: dict[str, int] = field(default_factory=dict)
+    head: str | None = None
+    origin: str | None = None
+    checkpoints_checked: int = 0
+    external_checkpoint: dict[str, Any] | None = None
+    first_broken: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        return self.problems[0] if self.problems else ""
+
+    def fail(self, msg: str, table: str | None = None, seq: int | None = None) -> None:
+        self.ok = False
+        if self.first_broken is None and (table is not None or seq is not None):
+            self.first_broken = {"table": table, "seq": seq}
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reason"] = self.reason
+        return d
+
+
+def _prefix_root(leaves: bytearray, size: int) -> bytes:
+    acc = MerkleAccumulator()
+    for i in range(size):
+        acc.append(bytes(leaves[32 * i: 32 * i + 32]))
+    return acc.root()
+
+
+def verify(dsn: str, checkpoint_file: Path | None = None, pubkey: Path | None = None) -> VerifyReport:
+    """Recompute the chain and every stored checkpoint; with an exported checkpoint, also check that
+    the first ``size`` rows still have its root (a dropped tail or a consistent rewrite fails).
+
+    Never raises for a broken ledger: the report says what is broken (``ok``, ``reason``,
+    ``first_broken``). A checkpoint file whose signature fails raises VerificationError.
+    """
+    report = VerifyReport(ledger=redact_dsn(dsn))
+    external: Checkpoint | None = None
+    if checkpoint_file is not None:
+        external, signed = read_checkpoint(Path(checkpoint_file), pubkey)
+        report.external_checkpoint = {"file": str(checkpoint_file), "origin": external.origin,
+                                      "size": external.size, "root": external.root.hex(),
+                                      "signature_verified": signed}
+        if not signed:
+            report.notes.append("checkpoint signature not checked: pass --key PUBFILE")
+    leaves = bytearray()
+    acc = MerkleAccumulator()
+    prev = GENESIS_PREV
+    expected = 1
+    last: tuple[str, int] | None = None
+    ledger = Ledger(dsn)
+    try:
+        for table, seq, recorded_at, prev_hex, stored_hex, text in ledger.rows():
+            report.rows += 1
+            report.tables[table] = report.tables.get(table, 0) + 1
+            where = f"row {table} seq {seq}"
+            if seq < expected:
+                other = f"{last[0]}" if last else "another table"
+                report.fail(f"{where}: seq {seq} occurs twice (also in {other}): rows were copied or reordered",
+                            table, seq)
+                continue
+            if seq > expected:
+                gap = f"seq {expected}" if seq == expected + 1 else f"seqs {expected}..{seq - 1}"
+                report.fail(f"{where}: {gap} missing before it: rows were deleted", table, seq)
+            ts = _utc_text(recorded_at)
+            if seq == 1 and table == "checkpoints":
+                try:
+                    report.origin = json.loads(text).get("origin")
+                except ValueError:
+                    pass
+            if prev_hex != prev.hex() and seq == expected:
+                report.fail(f"{where}: prev_hash does not link to the row before it: the chain was broken here",
+                            table, seq)
+            try:
+                stored = bytes.fromhex(stored_hex)
+            except ValueError:
+                stored = b""
+            link = bytes.fromhex(prev_hex) if len(prev_hex) == 64 else prev
+            if row_hash(link, table, seq, ts, text) != stored:
+                report.fail(f"{where}: contents changed after it was written (row hash mismatch)", table, seq)
+            if table == "checkpoints":
+                _check_stored_checkpoint(report, leaves, acc, table, seq, text)
+                report.checkpoints_checked += 1
+            if len(stored) != 32:
+                stored = bytes(32)
+            leaves += stored
+            acc.append(stored)
+            prev = stored
+            expected = seq + 1
+            last = (table, seq)
+    except psycopg.Error as exc:
+        raise _db_error(exc, dsn, "read") from None
+    finally:
+        ledger.close()
+    report.head = prev.hex() if report.rows else None
+    if report.rows == 0:
+        report.fail("the ledger is empty: even the genesis row is gone")
+    if external is not None:
+        label = f"checkpoint {checkpoint_file}"
+        if report.origin and external.origin != report.origin:
+            report.fail(f"{label} is for ledger {external.origin}, not this one ({report.origin})")
+        elif external.size > report.rows:
+            report.fail(f"{label} covers {external.size} rows but the ledger holds {report.rows}: "
+                        f"rows seq {report.rows + 1}..{external.size} were removed (tail dropped)",
+                        None, report.rows + 1)
+        elif (_prefix_root(leaves, external.size) if external.size != acc.size else acc.root()) != external.root:
+            report.fail(f"{label}: the first {external.size} rows no longer have its root: "
+                        "the ledger was rewritten")
+    else:
+        report.notes.append("a dropped tail or a consistent rewrite is only detected with --checkpoint FILE")
+    return report
+
+
+def _check_stored_checkpoint(report: VerifyReport, leaves: bytearray, acc: MerkleAccumulator,
+                             table: str, seq: int, text: str) -> None:
+    where = f"checkpoint {table} seq {seq}"
+    try:
+        body = json.loads(text)
+        size, root = int(body["size"]), str(body["root"])
+    except (ValueError, KeyError, TypeError):
+        report.fail(f"{where}: unreadable body", table, seq)
+        return
+    if size > acc.size or size < 0:
+        report.fail(f"{where}: claims {size} rows but only {acc.size} precede it", table, seq)
+        return
+    actual = acc.root() if size == acc.size else _prefix_root(leaves, size)
+    if actual.hex() != root:
+        report.fail(f"{where}: its root does not match the first {size} rows: rows before it were rewritten",
+                    table, seq)
