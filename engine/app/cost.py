@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from engine import workspace
 from engine.core.cost import CostInputs, CostResult, Measured, build_inputs, model
 from engine.core.errors import UsageError
 
@@ -27,7 +28,7 @@ def measure(explain_dir: Path | None, diff_dir: Path | None) -> Measured:
     explain_doc: dict[str, Any] = {}
     over_from = var_from = None
     if explain_dir is not None:
-        ep = explain_dir / "explain.json"
+        ep = workspace.ExplainOutput(explain_dir).summary_path
         explain_doc = _read_json(ep, f"{explain_dir} has no explain.json: pass the --out DIR of `recon explain`")
         try:
             overpayment = Decimal(str(explain_doc["exposure"]["total"]))
@@ -37,13 +38,13 @@ def measure(explain_dir: Path | None, diff_dir: Path | None) -> Measured:
         over_from = f"{ep} exposure.total"
     summary_path: Path | None = None
     if diff_dir is not None:
-        summary_path = diff_dir / "summary.json"
+        summary_path = workspace.DiffOutput(diff_dir).summary_path
         if not summary_path.is_file():
             raise UsageError(f"{diff_dir} has no summary.json: pass the --out DIR of `recon diff`")
     elif explain_dir is not None:
-        for cand in (explain_doc.get("diff"), explain_dir.parent / "diff"):
-            if cand and (Path(cand) / "summary.json").is_file():
-                summary_path = Path(cand) / "summary.json"
+        for cand in (explain_doc.get("diff"), workspace.RunDirectory.sibling_diff(explain_dir).dir):
+            if cand and workspace.DiffOutput(Path(cand)).exists():
+                summary_path = workspace.DiffOutput(Path(cand)).summary_path
                 break
     variance: Decimal | None = None
     if summary_path is not None:
@@ -60,9 +61,10 @@ def measure(explain_dir: Path | None, diff_dir: Path | None) -> Measured:
                 raise UsageError(f"{summary_path}: columns.{col}.abs_variance is not a number") from None
             column = col
             var_from = f"{summary_path} columns.{col}.abs_variance"
-    if variance is None and explain_dir is not None and (explain_dir / "findings.parquet").is_file():
-        variance = abs_variance_from_findings(explain_dir / "findings.parquet")
-        var_from = f"{explain_dir / 'findings.parquet'} Σ|warehouse_value − salesforce_value|"
+    findings = workspace.ExplainOutput(explain_dir).findings_path if explain_dir is not None else None
+    if variance is None and findings is not None and findings.is_file():
+        variance = abs_variance_from_findings(findings)
+        var_from = f"{findings} Σ|warehouse_value − salesforce_value|"
     return Measured(commission_overpayment=overpayment, clv_abs_variance=variance, column=column,
                     explain=str(explain_dir) if explain_dir else None,
                     diff=str(summary_path.parent) if summary_path else None,

@@ -8,8 +8,6 @@ re-extraction, never the whole object) plus the SEC-critical top-revenue ids, an
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from engine import workspace
 from engine.config import Config
 from engine.connectors.base import SalesforceRef, parse_reference
 from engine.connectors.kafka import scan as kafka_source
@@ -127,11 +126,4 @@ def _scale(diff_summary: dict[str, Any], column: str) -> int:
 
 
 def write_outputs(exp: forensics.Explanation, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    fp = out / "findings.parquet"
-    forensics.findings_for_parquet(exp.findings).write_parquet(fp)
-    sp = out / "explain.json"
-    tmp = sp.with_suffix(".tmp")
-    tmp.write_text(json.dumps(exp.summary, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, sp)
-    return {"summary": sp, "findings": fp}
+    return workspace.ExplainOutput(out).write(exp.summary, forensics.findings_for_parquet(exp.findings))

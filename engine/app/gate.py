@@ -51,42 +51,48 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
+from engine import workspace
 from engine.config import Config
 from engine.core.errors import UsageError
+from engine.core.gate import (  # noqa: F401  (the policy's names, used by callers of the use case)
+    DEFAULT_ACCEPTED,
+    DEFAULT_THRESHOLD,
+    EXCLUDABLE_CLASSES,
+    MAX_LISTED,
+    POLICY_VERSION,
+    REPAIRED_CLASSES,
+    STATES,
+    Decision,
+    Thresholds,
+    _num,
+    _parse_time,
+    _pct,
+    check_not_stale,
+    evaluate,
+    exact,
+    parse_accept_classes,
+)
 from engine.core.normalize import parse_decimal
-
-DEFAULT_THRESHOLD = 0.005
-SQLSTATE_OPEN = "RC003"
-GUARD_VERSION = 1
-GUARD_MARKER = f"recon circuit breaker guard v{GUARD_VERSION}"
-POLICY_VERSION = "recon-gate-exclusion/v1"
-EXCLUDABLE_CLASSES = ("stale_salesforce", "unexplained")
-DEFAULT_ACCEPTED = ("stale_salesforce",)
-REPAIRED_CLASSES = ("duplicate_inflation", "missing_events", "warehouse_only_drift", "missing_in_warehouse")
-STATES = ("open", "closed")
-MAX_LISTED = 10_000  # keys listed per decision; beyond that the decision says how many were left out
-
-
-# -- thresholds and the pure decision -------------------------------------------------------------
-@dataclass(frozen=True)
-class Thresholds:
-    """Limits for one mapping. column: the gated amount column (source name), None = the diff's only one."""
-
-    variance_ratio: float = DEFAULT_THRESHOLD
-    amount_variance_ratio: float = DEFAULT_THRESHOLD
-    column: str | None = None
+from engine.store.breaker import (  # noqa: F401
+    GUARD_MARKER,
+    GUARD_VERSION,
+    SQLSTATE_OPEN,
+    ensure_guard,
+    guard_installed,
+    install_guard,
+    latest_decision,
+    record_decision,
+)
 
 
+# -- thresholds from the config -------------------------------------------------------------------
 def _threshold(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise UsageError(f"{where} must be a number such as 0.005")
@@ -123,106 +129,12 @@ def thresholds_for(config: Config, mapping: str) -> Thresholds:
         column=col)
 
 
-def exact(x: float | int | Decimal | Fraction) -> Fraction:
-    """A number as the fraction a person reads: floats by their shortest decimal spelling."""
-    if isinstance(x, Fraction):
-        return x
-    if isinstance(x, (int, Decimal)):
-        return Fraction(x)
-    return Fraction(repr(float(x)))
-
-
-def _above(ratio: float | Fraction | None, limit: float) -> bool:
-    """Strictly above; an undefined ratio (NaN) fails closed, infinity is above everything."""
-    if ratio is None:
-        return False
-    if isinstance(ratio, float):
-        if math.isnan(ratio):
-            return True
-        if math.isinf(ratio):
-            return ratio > 0
-    return exact(ratio) > exact(limit)
-
-
-def evaluate(variance_ratio: float | Fraction, amount_variance_ratio: float | Fraction | None,
-             thresholds: Thresholds) -> tuple[str, list[str]]:
-    """The breaker state for two ratios: ("open"|"closed", names of the ratios above their limit).
-
-    ``amount_variance_ratio`` None means the gated column has no amount (not numeric): only the
-    record ratio applies. A negative ratio is malformed input.
-    """
-    for name, r in (("variance_ratio", variance_ratio), ("amount_variance_ratio", amount_variance_ratio)):
-        if r is not None and not (isinstance(r, float) and math.isnan(r)) and r < 0:
-            raise UsageError(f"{name} {r} is negative: the diff summary is malformed")
-    tripped = []
-    if _above(variance_ratio, thresholds.variance_ratio):
-        tripped.append("variance_ratio")
-    if _above(amount_variance_ratio, thresholds.amount_variance_ratio):
-        tripped.append("amount_variance_ratio")
-    return ("open" if tripped else "closed"), tripped
-
-
-def _num(r: float | Fraction | None) -> float | None:
-    if r is None:
-        return None
-    return float(r)
-
-
-def _pct(r: float | Fraction | None) -> str:
-    if r is None:
-        return "n/a"
-    f = float(r)
-    return f"{f:.4%}" if math.isfinite(f) else str(f)
-
-
-@dataclass
-class Decision:
-    """One gate decision, as written to ``recon_audit.gate_decisions``.
-
-    kind: "diff" (computed from a diff directory) or "override" (operator and reason required).
-    ratios / raw_ratios: after and before exclusions (equal without --exclude-from).
-    """
-
-    mapping: str
-    state: str
-    kind: str
-    reason: str
-    run_id: str
-    column: str | None = None
-    thresholds: dict[str, Any] = field(default_factory=dict)
-    ratios: dict[str, float | None] = field(default_factory=dict)
-    raw_ratios: dict[str, float | None] = field(default_factory=dict)
-    tripped: list[str] = field(default_factory=list)
-    diff: dict[str, Any] | None = None
-    exclusion: dict[str, Any] | None = None
-    operator: str | None = None
-    previous: dict[str, Any] | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.state != "closed"
-
-    def body(self) -> dict[str, Any]:
-        """The ledger body (``mapping`` and ``run_id`` are indexed columns of the ledger table)."""
-        d = asdict(self)
-        d["policy_version"] = POLICY_VERSION if self.exclusion else None
-        return d
-
 
 # -- reading a diff directory ---------------------------------------------------------------------
 def _sha256(path: Path) -> str:
     from engine.evidence.manifest import file_digest
 
     return file_digest(path)
-
-
-def _parse_time(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -313,7 +225,7 @@ class ExclusionSource:
 def load_exclusion_source(directory: Path) -> ExclusionSource:
     """A repair output (``plan.json`` with its action list) or an explain output (``findings.parquet``)."""
     d = Path(directory)
-    plan = d / "plan.json"
+    plan = workspace.RepairOutput(d).plan_path
     if plan.is_file():
         try:
             p = json.loads(plan.read_text())
@@ -322,8 +234,9 @@ def load_exclusion_source(directory: Path) -> ExclusionSource:
         records = [{**r, "class": "stale_salesforce"} for r in p.get("action_list") or []]
         records += [{**r, "class": "unexplained"} for r in p.get("unexplained") or []]
         return ExclusionSource("repair", d, plan, _sha256(plan), p.get("mapping"), p.get("column"), records)
-    findings, exp = d / "findings.parquet", d / "explain.json"
-    if findings.is_file() and exp.is_file():
+    explain_out = workspace.ExplainOutput(d)
+    findings, exp = explain_out.findings_path, explain_out.summary_path
+    if explain_out.exists():
         import polars as pl
 
         f = pl.read_parquet(findings)
@@ -335,7 +248,7 @@ def load_exclusion_source(directory: Path) -> ExclusionSource:
                     "salesforce_value": r["salesforce_value"], "warehouse_value": r["warehouse_value"],
                     "stream_value": r["dedup_stream_value"]} for r in f.iter_rows(named=True)]
         mapping = None
-        diff_summary = Path(str(e.get("diff") or "")) / "summary.json"
+        diff_summary = workspace.DiffOutput(Path(str(e.get("diff") or ""))).summary_path
         if diff_summary.is_file():
             try:
                 mapping = json.loads(diff_summary.read_text()).get("mapping")
@@ -344,25 +257,6 @@ def load_exclusion_source(directory: Path) -> ExclusionSource:
         return ExclusionSource("explain", d, findings, _sha256(findings), mapping, e.get("column"), records)
     raise UsageError(f"--exclude-from {d}: neither a repair output (plan.json) nor an explain output "
                      "(explain.json and findings.parquet)")
-
-
-def parse_accept_classes(text: str | None) -> tuple[str, ...]:
-    if not text:
-        return DEFAULT_ACCEPTED
-    out = []
-    for c in (x.strip() for x in text.split(",")):
-        if not c:
-            continue
-        if c in REPAIRED_CLASSES:
-            raise UsageError(f"--accept-classes {c}: records of this class are corrected by `recon repair`, "
-                             "never excluded from the gate")
-        if c not in EXCLUDABLE_CLASSES:
-            raise UsageError(f"--accept-classes: unknown class {c!r} (excludable: {', '.join(EXCLUDABLE_CLASSES)})")
-        if c not in out:
-            out.append(c)
-    if not out:
-        raise UsageError("--accept-classes is empty: name stale_salesforce and/or unexplained")
-    return tuple(out)
 
 
 _dec = parse_decimal
@@ -541,151 +435,7 @@ def override(mapping: str, state: str, *, reason: str | None, operator: str | No
                     operator=str(operator).strip())
 
 
-# -- the ledger side --------------------------------------------------------------------------------
-def latest_decision(dsn: str, mapping: str) -> dict[str, Any] | None:
-    """The latest decision for a mapping: {seq, recorded_at, state, body}, or None."""
-    from engine.store.ledger import Ledger, _db_error
-
-    with Ledger(dsn) as led:
-        try:
-            row = led.conn.execute(
-                "SELECT seq, recorded_at, canonical FROM recon_audit.gate_decisions WHERE mapping = %s "
-                "ORDER BY seq DESC LIMIT 1", (mapping,)).fetchone()
-        except psycopg.Error as exc:
-            raise _db_error(exc, dsn, "read") from None
-    if row is None:
-        return None
-    body = json.loads(row[2])
-    return {"seq": int(row[0]), "recorded_at": row[1].isoformat(), "state": body.get("state"), "body": body}
-
-
-def check_not_stale(decision: Decision, latest: dict[str, Any] | None) -> None:
-    """A diff read before the diff that opened the breaker cannot close it (the same diff can, e.g.
-    with the exclusion policy applied: the data did not change, the accepted remainder did)."""
-    if decision.kind != "diff" or decision.state != "closed" or not latest or latest.get("state") == "closed":
-        return
-    prev = _parse_time(((latest.get("body") or {}).get("diff") or {}).get("extracted_at"))
-    now = _parse_time((decision.diff or {}).get("extracted_at"))
-    if prev is not None and now is not None and now < prev:
-        raise UsageError(f"the diff in {(decision.diff or {}).get('dir')} read its data at {now.isoformat()}, "
-                         f"before the diff that opened the breaker (decision seq {latest['seq']}, "
-                         f"{prev.isoformat()}): run a new `recon diff` to close it")
-
-
-def record_decision(dsn: str, decision: Decision, latest: dict[str, Any] | None) -> dict[str, Any]:
-    """Append the decision to ``recon_audit.gate_decisions``; returns the ledger entry."""
-    from engine.store.ledger import Ledger
-
-    if latest is not None:
-        decision.previous = {"seq": latest["seq"], "state": latest.get("state"), "recorded_at": latest["recorded_at"]}
-    with Ledger(dsn) as led:
-        entry = led.append("gate_decisions", decision.body())
-    return entry.to_dict()
-
-
-def _guard_sql() -> list[sql.Composable]:
-    fn = sql.SQL("recon_audit.assert_circuit_closed(text)")
-    st = sql.SQL("recon_audit.circuit_state(text)")
-    return [
-        sql.SQL("CREATE INDEX IF NOT EXISTS gate_decisions_mapping_seq ON recon_audit.gate_decisions (mapping, seq DESC)"),
-        sql.SQL("""CREATE OR REPLACE FUNCTION recon_audit.circuit_state(p_mapping text)
-RETURNS TABLE (state text, seq bigint, recorded_at timestamptz, kind text, reason text, operator text, run_id text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-  SELECT COALESCE(g.body ->> 'state', 'open'), g.seq, g.recorded_at, g.body ->> 'kind', g.body ->> 'reason',
-         g.body ->> 'operator', g.run_id
-    FROM recon_audit.gate_decisions g
-   WHERE g.mapping = p_mapping
-   ORDER BY g.seq DESC
-   LIMIT 1
-$f$"""),
-        sql.SQL("""CREATE OR REPLACE FUNCTION recon_audit.assert_circuit_closed(p_mapping text)
-RETURNS void LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-DECLARE
-  d record;
-BEGIN
-  IF p_mapping IS NULL THEN
-    RAISE EXCEPTION 'recon_audit.assert_circuit_closed: the mapping name is NULL'
-      USING ERRCODE = 'null_value_not_allowed';
-  END IF;
-  SELECT * INTO d FROM recon_audit.circuit_state(p_mapping);
-  -- no decision yet: nothing to halt; any state but 'closed' fails closed
-  IF FOUND AND d.state IS DISTINCT FROM 'closed' THEN
-    RAISE EXCEPTION 'recon circuit breaker for mapping "%" is open since % (gate decision seq %): %',
-        p_mapping, d.recorded_at, d.seq, d.reason
-      USING ERRCODE = '{sqlstate}',
-            DETAIL = format('decision kind %s, run %s%s', d.kind, d.run_id,
-                            CASE WHEN d.operator IS NOT NULL THEN ', operator ' || d.operator ELSE '' END),
-            HINT = 'repair, run a new diff and `recon gate --diff DIR`, or `recon gate --override close '
-                   '--reason TEXT --operator NAME`';
-  END IF;
-END $f$""".replace("{sqlstate}", SQLSTATE_OPEN)),
-        sql.SQL("COMMENT ON FUNCTION {} IS {}").format(fn, sql.Literal(
-            f"{GUARD_MARKER}: raises SQLSTATE {SQLSTATE_OPEN} while the latest recon gate decision for the "
-            "mapping is open")),
-        sql.SQL("COMMENT ON FUNCTION {} IS {}").format(st, sql.Literal(
-            f"{GUARD_MARKER}: the latest recon gate decision for a mapping")),
-        sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC").format(st),
-        sql.SQL("GRANT EXECUTE ON FUNCTION {} TO PUBLIC").format(fn),
-        sql.SQL("GRANT EXECUTE ON FUNCTION {} TO recon_audit_writer, recon_audit_reader").format(st),
-    ]
-
-
-def guard_installed(dsn: str) -> bool:
-    """True when the current version of the guard function is in the ledger database."""
-    from engine.store.ledger import Ledger
-
-    with Ledger(dsn) as led:
-        row = led.conn.execute(
-            "SELECT obj_description(to_regprocedure('recon_audit.assert_circuit_closed(text)'), 'pg_proc')"
-        ).fetchone()
-    return bool(row and row[0] and str(row[0]).startswith(GUARD_MARKER))
-
-
-def install_guard(dsn: str, grant_to: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Create ``recon_audit.assert_circuit_closed`` (and ``circuit_state``) as ``recon_audit_owner``,
-    the way ``Ledger.init`` creates the ledger: in one transaction, through a SET-only membership the
-    connecting role grants itself and revokes again. Idempotent. ``grant_to``: roles that will call
-    the guard (they get ``recon_audit_reader``, which carries USAGE on the schema)."""
-    from engine.store.ledger import OWNER_ROLE, READER_ROLE, Ledger, _db_error
-
-    with Ledger(dsn) as led:
-        conn = led.conn
-        try:
-            with conn.transaction():
-                if conn.execute("SELECT to_regclass('recon_audit.gate_decisions')").fetchone()[0] is None:  # type: ignore[index]
-                    raise UsageError(f"no ledger at {led.where}: run `recon ledger init` first")
-                me, is_super = conn.execute(
-                    "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()  # type: ignore[misc]
-                if not is_super:
-                    conn.execute(sql.SQL("GRANT {} TO {} WITH INHERIT FALSE, SET TRUE").format(
-                        sql.Identifier(OWNER_ROLE), sql.Identifier(me)))
-                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(OWNER_ROLE)))
-                for stmt in _guard_sql():
-                    conn.execute(stmt)
-                conn.execute("RESET ROLE")
-                if not is_super:
-                    conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(OWNER_ROLE), sql.Identifier(me)))
-                for role in grant_to:
-                    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READER_ROLE), sql.Identifier(role)))
-        except psycopg.errors.InsufficientPrivilege as exc:
-            first = (str(exc).splitlines() or [""])[0]
-            raise UsageError(f"cannot install the circuit-breaker guard in {led.where}: {first} (run `recon gate "
-                             "--install-guard` once as the role that ran `recon ledger init`)") from None
-        except psycopg.Error as exc:
-            raise _db_error(exc, dsn, "install the guard in") from None
-    return {"function": "recon_audit.assert_circuit_closed(text)", "state_function": "recon_audit.circuit_state(text)",
-            "sqlstate": SQLSTATE_OPEN, "owner": OWNER_ROLE, "version": GUARD_VERSION,
-            "granted_to": list(grant_to)}
-
-
-def ensure_guard(dsn: str) -> bool:
-    """Install the guard unless the current version is there; True when it was (re)installed."""
-    if guard_installed(dsn):
-        return False
-    install_guard(dsn)
-    return True
-
-
+# -- committing ---------------------------------------------------------------------------------------
 def commit(dsn: str, decision: Decision) -> tuple[dict[str, Any], str, str | None]:
     """Record a decision as the breaker's new state: refuse a stale diff, append it to the ledger,
     then make sure the SQL guard exists. The decision is recorded first: a scheduler relies on it
@@ -698,3 +448,126 @@ def commit(dsn: str, decision: Decision) -> tuple[dict[str, Any], str, str | Non
         return entry, ("installed now" if ensure_guard(dsn) else "installed"), None
     except UsageError as exc:
         return entry, f"not installed: {exc}", str(exc)
+
+
+# -- the use case: `recon gate` -------------------------------------------------------------------
+MODES = ("--diff", "--override", "--status", "--install-guard")
+
+
+@dataclass(frozen=True)
+class GateRequest:
+    """What `recon gate` was asked: exactly one mode (a diff, an override, the status, installing the
+    SQL guard) and where to record the decision. ``ledger`` is ``--ledger`` as given (the
+    environment and the config are consulted by :func:`run_gate`)."""
+
+    diff: Path | None = None
+    mapping: str | None = None
+    exclude_from: Path | None = None
+    accept_classes: str | None = None
+    override: str | None = None
+    reason: str | None = None
+    operator: str | None = None
+    status: bool = False
+    install_guard: bool = False
+    guard_roles: tuple[str, ...] = ()
+    out_dir: Path | None = None
+    ledger: str | None = None
+    manifest: Path | None = None
+    signing_key: Path | None = None
+
+    def check(self) -> None:
+        """Usage errors, before the config is read or anything is connected."""
+        from engine.app.evidence import check_manifest_options
+
+        check_manifest_options(self.manifest, self.signing_key)
+        modes = [m for m, on in zip(MODES, (self.diff is not None, self.override is not None, self.status,
+                                            self.install_guard), strict=True) if on]
+        if len(modes) != 1:
+            raise UsageError("pass exactly one of --diff DIR, --override close|open, --status, --install-guard"
+                             + (f" (got {', '.join(modes)})" if modes else ""))
+        if (self.exclude_from or self.accept_classes) and self.diff is None:
+            raise UsageError("--exclude-from and --accept-classes apply to --diff DIR")
+        if self.guard_roles and not self.install_guard:
+            raise UsageError("--guard-role goes with --install-guard")
+        if (self.reason or self.operator) and self.override is None:
+            raise UsageError("--reason and --operator go with --override close|open")
+
+
+@dataclass
+class GateOutcome:
+    """The result of one `recon gate`: ``document`` is what ``--json`` prints."""
+
+    mode: str
+    exit_code: int
+    document: dict[str, Any]
+    decision: Decision | None = None
+    entry: dict[str, Any] | None = None
+    warning: str | None = None
+
+
+def _need_ledger(dsn: str | None, what: str) -> str:
+    if not dsn:
+        raise UsageError(f"{what} needs the ledger: pass --ledger DSN, set RECON_LEDGER_DSN or [ledger] dsn in recon.toml")
+    return dsn
+
+
+def run_gate(req: GateRequest, config: Config, *, evidence: bool = True) -> GateOutcome:
+    """Install the guard, report the state, or decide (from a diff or an override) and record the
+    decision: in the ledger when there is one, in ``gate_decision.json`` when an output directory is
+    given, and as evidence (ledger run, signed manifest, lineage) unless ``evidence`` is off."""
+    from engine.app import evidence as ev
+    from engine.evidence.lineage import new_run_id
+    from engine.evidence.manifest import describe_input
+
+    req.check()
+    config.use_passfile()
+    ledger_dsn = ev.resolve_ledger_dsn(req.ledger, config)
+    if req.install_guard:
+        info = install_guard(_need_ledger(ledger_dsn, "--install-guard"), req.guard_roles)
+        return GateOutcome("install_guard", 0, info)
+    if req.status:
+        if not req.mapping:
+            raise UsageError("--status needs --mapping NAME")
+        latest = latest_decision(_need_ledger(ledger_dsn, "--status"), req.mapping)
+        state = (latest or {}).get("state") or "no decision"
+        is_open = latest is not None and state != "closed"
+        return GateOutcome("status", 3 if is_open else 0, {"mapping": req.mapping, "state": state, "latest": latest})
+
+    run_id = new_run_id()
+    inputs: list[dict[str, Any]] = []
+    if req.override is not None:
+        if not req.mapping:
+            raise UsageError("--override needs --mapping NAME")
+        state_word = {"close": "closed", "closed": "closed", "open": "open"}.get(req.override.strip().lower())
+        if state_word is None:
+            raise UsageError(f"--override {req.override!r}: use close or open")
+        decision = override(req.mapping, state_word, reason=req.reason, operator=req.operator, run_id=run_id)
+        _need_ledger(ledger_dsn, "--override (it is written to the ledger)")
+    else:
+        assert req.diff is not None
+        accepted = parse_accept_classes(req.accept_classes) if req.accept_classes else None
+        decision = decide(req.diff, config, run_id=run_id, mapping=req.mapping, exclude_from=req.exclude_from,
+                          accept_classes=accepted)
+        inputs.append(describe_input("diff", {"system": "parquet", "path": str(workspace.DiffOutput(req.diff).differences_path)}))
+        src = (decision.exclusion or {}).get("source") or {}
+        if src.get("kind") == "explain":  # a repair's plan.json is identified by its digest in the decision
+            inputs.append(describe_input("exclusions", {"system": "parquet",
+                                                        "path": str(Path(src["dir"]) / src["file"])}))
+    entry = None
+    guard: str | None = None
+    warning: str | None = None
+    if ledger_dsn:
+        entry, guard, warning = commit(ledger_dsn, decision)
+    body = decision.body()
+    outputs: list[Path] = []
+    target_dir = req.out_dir or (req.manifest.parent if req.manifest is not None else None)
+    if target_dir is not None:
+        outputs.append(workspace.write_json(workspace.gate_decision_path(target_dir), {**body, "ledger_entry": entry}))
+    doc: dict[str, Any] = {"mapping": decision.mapping, "state": decision.state,
+                           "exit_code": 3 if decision.is_open else 0, "decision": body,
+                           "ledger_entry": entry, "recorded": entry is not None, "sql_guard": guard}
+    if evidence and (ledger_dsn or req.manifest):
+        doc["evidence"] = ev.record_evidence(
+            "gate", body, inputs, outputs, ledger_dsn=ledger_dsn, manifest_path=req.manifest,
+            signing_key=req.signing_key, config_digest=config.digest, run_id=run_id)
+    return GateOutcome("decision", 3 if decision.is_open else 0, doc, decision, entry, warning)

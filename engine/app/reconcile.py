@@ -5,7 +5,6 @@ and `diff`; this module only wires sources to it."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from engine import workspace
 from engine.config import Config, Mapping
 from engine.connectors import files as file_source
 from engine.connectors.base import (
@@ -297,29 +297,13 @@ def _in_flight_keys(e: Extract, fields: list[FieldSpec], opts: SideOptions) -> s
 def read_outputs(diff_dir: Path) -> tuple[dict[str, Any], Path, Path]:
     """The other half of :func:`write_outputs`, for the commands that start from a diff directory
     (explain, gate): its summary, the summary's path and the differences' path, or a one-line error."""
-    sp, dp = Path(diff_dir) / "summary.json", Path(diff_dir) / "differences.parquet"
-    if not sp.is_file() or not dp.is_file():
-        raise UsageError(f"{diff_dir} is not a diff output (no summary.json/differences.parquet): "
-                         "run `recon diff … --out DIR` first")
-    try:
-        summary = json.loads(sp.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError(f"{sp} is not valid JSON: rerun `recon diff … --out DIR`") from None
-    if not isinstance(summary, dict) or "variance_ratio" not in summary:
-        raise UsageError(f"{sp} is not a recon diff summary (no variance_ratio)")
-    return summary, sp, dp
+    d = workspace.DiffOutput(Path(diff_dir))
+    return d.load_summary(), d.summary_path, d.differences_path
 
 
 def write_outputs(run: DiffRun, out: Path) -> dict[str, Path]:
     """`summary.json` and `differences.parquet` (key, kind, column, source value, target value)."""
-    out.mkdir(parents=True, exist_ok=True)
-    summary = out / "summary.json"
-    diffs = out / "differences.parquet"
-    tmp = summary.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(run.summary(), indent=2, sort_keys=True, default=str) + "\n")
-    run.result.differences.write_parquet(diffs)
-    os.replace(tmp, summary)
-    return {"summary": summary, "differences": diffs}
+    return workspace.DiffOutput(out).write(run.summary(), run.result.differences)
 
 
 def snapshot(ref_text: str, out: Path, config: Config, *, keys: list[str], columns: list[str] | None = None,

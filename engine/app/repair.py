@@ -51,7 +51,6 @@ chunk's warehouse commit, before its ledger rows, to prove resumption.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -67,6 +66,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from engine import workspace
 from engine.app.gate import REPAIRED_CLASSES
 from engine.config import Config
 from engine.connectors.base import PostgresRef, SalesforceRef, parse_reference, redact_dsn
@@ -225,18 +225,6 @@ def correction_id(target_identity: str, findings_sha256: str, record_id: str, cl
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _find_diff_dir(explain_dir: Path, recorded: str | None, override: Path | None) -> Path | None:
-    if override is not None:
-        return override
-    if not recorded:
-        return None
-    p = Path(recorded)
-    for cand in (p, explain_dir / p, explain_dir.parent / p.name):
-        if (cand / "summary.json").is_file():
-            return cand
-    return None
-
-
 def _evidence_text(r: dict[str, Any]) -> str:
     return (f"Salesforce last modified {r.get('sf_modstamp') or 'unknown'}, before the record's last event in the "
             f"stream at {r.get('last_event_time') or 'unknown'}; Salesforce holds {r.get('salesforce_value')}, the "
@@ -249,26 +237,23 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
     import polars as pl
 
     explain_dir = Path(explain_dir)
-    fp, ep = explain_dir / "findings.parquet", explain_dir / "explain.json"
-    if not fp.is_file() or not ep.is_file():
-        raise UsageError(f"{explain_dir} is not an explain output (no explain.json/findings.parquet): run "
-                         "`recon explain --diff DIR --out DIR` first")
-    try:
-        explain = json.loads(ep.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError(f"{ep} is not valid JSON: rerun `recon explain`") from None
+    out = workspace.ExplainOutput(explain_dir)
+    out.require()
+    fp = out.findings_path
+    explain = out.load_summary()
     findings = pl.read_parquet(fp)
     missing = {"Id", "class", "kind", "sec_critical", "warehouse_value", "salesforce_value"} - set(findings.columns)
     if missing:
         raise UsageError(f"{fp} lacks column(s) {', '.join(sorted(missing))}: rerun `recon explain`")
     digest = _sha256(fp)
-    ddir = _find_diff_dir(explain_dir, explain.get("diff"), diff_dir)
+    ddir = out.diff_dir(explain.get("diff"), diff_dir)
     summary: dict[str, Any] = {}
     if ddir is not None:
+        sp = workspace.DiffOutput(ddir).summary_path
         try:
-            summary = json.loads((ddir / "summary.json").read_text())
+            summary = json.loads(sp.read_text())
         except (OSError, ValueError):
-            raise UsageError(f"cannot read {ddir / 'summary.json'}: pass --diff DIR (the diff the explain used)") from None
+            raise UsageError(f"cannot read {sp}: pass --diff DIR (the diff the explain used)") from None
     name = mapping or summary.get("mapping")
     if mapping and summary.get("mapping") and mapping != summary.get("mapping"):
         raise UsageError(f"the explained diff was run for mapping {summary.get('mapping')!r}, not {mapping!r}")
@@ -280,7 +265,7 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
         raise UsageError(f"[mapping.{name}] has a compound key: repair corrects single-key tables only")
     column = str(explain.get("column") or "")
     if not column:
-        raise UsageError(f"{ep} names no column: rerun `recon explain`")
+        raise UsageError(f"{out.summary_path} names no column: rerun `recon explain`")
     pairs = {a.lower(): b for a, b in m.columns}
     value_col = pairs.get(column.lower(), column)
     ref = parse_reference(target or m.target)
@@ -870,39 +855,19 @@ ACTION_FIELDS = ("Id", "owner_id", "field", "salesforce_value", "stream_value", 
 
 def write_outputs(rep: RepairReport, out: Path) -> list[Path]:
     """plan.json (every record with its status), action_list.csv/.json, and repair.json after --apply."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     plan = rep.plan
-    written = []
-
-    def dump(name: str, obj: Any) -> Path:
-        p = out / name
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, p)
-        written.append(p)
-        return p
-
-    dump("plan.json", {
-        "mode": rep.mode, "run_id": rep.run_id, "mapping": plan.target.mapping, "column": plan.column,
-        "target": plan.target.where(), "explain": {"dir": str(plan.explain_dir), "findings_sha256": plan.findings_sha256},
-        "policy": {"corrected": list(REPAIRED_CLASSES), "action_list": [ACTION_CLASS], "left_alone": [LEFT_CLASS]},
-        "corrections": [c.to_dict() for c in plan.corrections],
-        "action_list": plan.action_list, "unexplained": plan.unexplained})
-    dump("action_list.json", {"mapping": plan.target.mapping, "object": plan.target.sobject, "field": plan.column,
-                              "explain_findings_sha256": plan.findings_sha256, "records": plan.action_list})
-    cp = out / "action_list.csv"
-    tmp = cp.with_name(cp.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(ACTION_FIELDS), extrasaction="ignore")
-        w.writeheader()
-        for r in plan.action_list:
-            w.writerow({k: r.get(k) for k in ACTION_FIELDS})
-    os.replace(tmp, cp)
-    written.append(cp)
-    if rep.mode == "apply":
-        dump("repair.json", {**rep.summary(), "records": [c.to_dict() for c in plan.corrections]})
-    return written
+    return workspace.RepairOutput(Path(out)).write(
+        plan={
+            "mode": rep.mode, "run_id": rep.run_id, "mapping": plan.target.mapping, "column": plan.column,
+            "target": plan.target.where(),
+            "explain": {"dir": str(plan.explain_dir), "findings_sha256": plan.findings_sha256},
+            "policy": {"corrected": list(REPAIRED_CLASSES), "action_list": [ACTION_CLASS], "left_alone": [LEFT_CLASS]},
+            "corrections": [c.to_dict() for c in plan.corrections],
+            "action_list": plan.action_list, "unexplained": plan.unexplained},
+        action_list={"mapping": plan.target.mapping, "object": plan.target.sobject, "field": plan.column,
+                     "explain_findings_sha256": plan.findings_sha256, "records": plan.action_list},
+        action_rows=plan.action_list, action_fields=ACTION_FIELDS,
+        report={**rep.summary(), "records": [c.to_dict() for c in plan.corrections]} if rep.mode == "apply" else None)
 
 
 def inputs_meta(rep: RepairReport) -> list[dict[str, Any]]:
@@ -910,7 +875,7 @@ def inputs_meta(rep: RepairReport) -> list[dict[str, Any]]:
     from engine.evidence.manifest import describe_input
 
     plan = rep.plan
-    out = [describe_input("explain", {"system": "parquet", "path": str(plan.explain_dir / "findings.parquet"),
+    out = [describe_input("explain", {"system": "parquet", "path": str(workspace.ExplainOutput(plan.explain_dir).findings_path),
                                       "rows": len(plan.corrections) + len(plan.action_list) + len(plan.unexplained)})]
     if rep.sf_metas:
         merged = dict(rep.sf_metas[0])
@@ -921,3 +886,57 @@ def inputs_meta(rep: RepairReport) -> list[dict[str, Any]]:
     out.append(describe_input("target", {"system": "postgresql", "dsn": plan.target.ref.dsn,
                                          "object": f"{plan.target.ref.schema}.{plan.target.ref.table}"}))
     return out
+
+
+# -- the use case: `recon repair` -----------------------------------------------------------------
+@dataclass(frozen=True)
+class RepairRequest:
+    """What `recon repair` was asked; ``ledger`` is ``--ledger`` as given."""
+
+    from_explain: Path
+    apply: bool = False
+    mapping: str | None = None
+    diff: Path | None = None
+    target: str | None = None
+    chunk_rows: int | None = None
+    out_dir: Path | None = None
+    ledger: str | None = None
+    manifest: Path | None = None
+    signing_key: Path | None = None
+
+    def check(self) -> None:
+        """Usage errors, before the config is read."""
+        from engine.app.evidence import check_manifest_options
+
+        check_manifest_options(self.manifest, self.signing_key)
+
+
+@dataclass
+class RepairOutcome:
+    report: RepairReport
+    files: list[Path]
+    summary: dict[str, Any]
+
+
+def run(req: RepairRequest, config: Config, *, progress: Any = None) -> RepairOutcome:
+    """Plan (and with ``apply`` write) the corrections, write the outputs, record the evidence."""
+    from engine.app import evidence as ev
+    from engine.evidence.lineage import new_run_id
+
+    req.check()
+    config.use_passfile()
+    ledger_dsn = ev.resolve_ledger_dsn(req.ledger, config)
+    plan = load_plan(req.from_explain, config, mapping=req.mapping, target=req.target, diff_dir=req.diff)
+    run_id = new_run_id()
+    rep = run_repair(plan, config, apply=req.apply, run_id=run_id, ledger_dsn=ledger_dsn,
+                     chunk_rows=req.chunk_rows, progress=progress)
+    where = req.out_dir or (workspace.RepairOutput.default_for(req.from_explain).dir if req.apply
+                            else (req.manifest.parent if req.manifest is not None else None))
+    files = write_outputs(rep, where) if where is not None else []
+    summary = rep.summary()
+    summary["outputs"] = [str(f) for f in files]
+    if ledger_dsn or req.manifest:
+        summary["evidence"] = ev.record_evidence(
+            "repair", rep.summary(), inputs_meta(rep), files, ledger_dsn=ledger_dsn,
+            manifest_path=req.manifest, signing_key=req.signing_key, config_digest=config.digest, run_id=run_id)
+    return RepairOutcome(rep, files, summary)

@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from engine import workspace
 from engine.app import cost as cost_mod
+from engine.core import cost as cost_model
 from engine.core.errors import UsageError
 from engine.report import html
 
@@ -43,7 +45,7 @@ def _load_findings(p: Path) -> list[dict[str, Any]]:
 
 def _find_repair(d: Path) -> tuple[dict[str, Any] | None, str | None]:
     """The first JSON under repair/ with per-class counts (names aren't fixed by the contract)."""
-    rd = d / "repair"
+    rd = workspace.RunDirectory(d).repair_dir
     if not rd.is_dir():
         return None, None
     fallback: tuple[dict[str, Any] | None, str | None] = (None, None)
@@ -66,20 +68,21 @@ def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: P
 
     if not from_dir.is_dir():
         raise UsageError(f"--from {from_dir}: no such directory: pass the recon output directory (e.g. recon-out)")
-    diff = _load_json(from_dir / "diff" / "summary.json")
-    explain = _load_json(from_dir / "explain" / "explain.json")
+    run = workspace.RunDirectory(from_dir)
+    diff = _load_json(run.diff.summary_path)
+    explain = _load_json(run.explain.summary_path)
     if diff is None and explain is None:
         raise UsageError(f"{from_dir} holds no recon outputs (diff/summary.json, explain/explain.json): "
                          "run `recon demo`, or point --from at the directory holding diff/ and explain/")
-    findings = _load_findings(from_dir / "explain" / "findings.parquet")
+    findings = _load_findings(run.explain.findings_path)
     repair, repair_path = _find_repair(from_dir)
-    cost_doc = _load_json(from_dir / "cost.json")
+    cost_doc = _load_json(run.cost_path)
     note = None
     if cost_doc is None and explain is not None:
         section = config.section("cost") if config is not None else {}
         try:
-            cost_doc = cost_mod.to_json(*cost_mod.evaluate(
-                from_dir / "explain", from_dir / "diff" if diff is not None else None, section, None,
+            cost_doc = cost_model.to_json(*cost_mod.evaluate(
+                run.explain.dir, run.diff.dir if diff is not None else None, section, None,
                 getattr(config, "where", "configuration")))
             note = ("No cost.json in this directory: the cost model was computed from the measurements with "
                     + ("the [cost] settings of the config and " if section else "") + "the example defaults.")
@@ -92,16 +95,16 @@ def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: P
     for p in sorted(from_dir.rglob("*")):
         if p.is_file() and p.resolve() != ex and not p.name.startswith("."):
             arts.append((str(p.relative_to(from_dir)), p.stat().st_size))
-    return html.ReportInputs(source_dir=str(from_dir), diff=diff, diff_after=_load_json(from_dir / "diff-after" / "summary.json"),
+    return html.ReportInputs(source_dir=str(from_dir), diff=diff, diff_after=_load_json(run.diff_after.summary_path),
                         explain=explain, findings=findings, repair=repair, repair_path=repair_path, cost=cost_doc,
                         cost_note=note, artefacts=arts[:500], top_owners=top_owners, version=__version__)
 
 
 def write_report(from_dir: Path, out: Path | None = None, config: Any = None, top_owners: int = 15) -> Path:
     """Build the report of `from_dir` into `out` (default `from_dir/report.html`), atomically."""
-    target = out or (from_dir / "report.html")
+    target = out or workspace.RunDirectory(from_dir).report_path
     if target.is_dir():
-        target = target / "report.html"
+        target = target / workspace.REPORT
     page = html.build_html(collect(from_dir, config, top_owners, exclude=target))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")

@@ -71,68 +71,30 @@ def diff_cmd(
 ) -> None:
     """Compare two datasets; exit 1 when they differ."""
     from engine import config as config_mod
-    from engine.app import evidence
+    from engine.app import diff as use_case
     from engine.config import parse_pair
-    from engine.connectors.postgres import early
 
-    evidence.check_manifest_options(manifest, signing_key)  # exit 2 before any extraction
-    cfg = config_mod.load(config)
-    ledger_dsn = evidence.resolve_ledger_dsn(ledger, cfg)
     tol = {}
     for t in tolerance or []:
         name, sep, val = t.partition("=")
         if not sep:
             raise _usage(f"malformed --tolerance {t!r}: use COL=ABS, e.g. --tolerance clv=0.01")
         tol[name] = _decimal(val, "--tolerance")
-    keys, columns = tuple(parse_pair(k) for k in key or []), tuple(parse_pair(c) for c in column or [])
-    m = cfg.mapping(mapping) if mapping else None
-    as_of_time = _as_of(as_of)
-    # the PostgreSQL reads start now, while the data libraries below are still importing
-    early.start_for_diff(source or (m.source if m else None), target or (m.target if m else None),
-                         keys=keys or (m.key if m else ()), columns=columns or (m.columns if m else ()),
-                         source_where=source_where or (m.source_where if m else None),
-                         target_where=target_where or (m.target_where if m else None), config=cfg)
-    try:
-        _diff(source, target, m, cfg, keys, columns, tol, source_where, target_where, as_of_time, unique_key,
-              segment_rows, as_json, out_dir, ledger_dsn, manifest, signing_key)
-    finally:
-        early.discard()
-
-
-def _diff(source: str | None, target: str | None, m: Any, cfg: Any, keys: Any, columns: Any, tol: Any,
-          source_where: str | None, target_where: str | None, as_of: Any, unique_key: bool,
-          segment_rows: int, as_json: bool, out_dir: Path | None, ledger_dsn: str | None,
-          manifest: Path | None, signing_key: Path | None) -> None:
-    from engine.app import evidence, reconcile
-
-    overrides = dict(
-        keys=keys, columns=columns,
-        tolerance=tol, source_where=source_where, target_where=target_where, as_of=as_of,
-        unique_key=unique_key or None, segment_rows=segment_rows,
-    )
-    if m is not None:
-        if source:
-            overrides["source"] = source
-        if target:
-            overrides["target"] = target
-        req = reconcile.DiffRequest.from_mapping(m, **overrides)
-    else:
-        if not source or not target:
-            raise _usage("give SOURCE and TARGET, or -C recon.toml --mapping NAME")
-        req = reconcile.DiffRequest(source=source, target=target, **{k: v for k, v in overrides.items() if v is not None})
-    run = _with_status(lambda say: reconcile.run_diff(req, cfg, progress=say), enabled=not as_json)
-    outputs = reconcile.write_outputs(run, out_dir) if out_dir else None
-    summary = run.summary()
-    if ledger_dsn or manifest:
-        summary["evidence"] = evidence.record_diff_evidence(
-            run, config=cfg, outputs=outputs, ledger_dsn=ledger_dsn, manifest_path=manifest, signing_key=signing_key)
+    opts = use_case.DiffOptions(
+        source=source, target=target, mapping=mapping, keys=tuple(parse_pair(k) for k in key or []),
+        columns=tuple(parse_pair(c) for c in column or []), tolerance=tol, source_where=source_where,
+        target_where=target_where, as_of=_as_of(as_of), unique_key=unique_key, segment_rows=segment_rows,
+        out_dir=out_dir, ledger=ledger, manifest=manifest, signing_key=signing_key)
+    opts.check()  # exit 2 before any extraction
+    cfg = config_mod.load(config)
+    res = _with_status(lambda say: use_case.run(opts, cfg, progress=say), enabled=not as_json)
     if as_json:
-        _emit_json(summary)
+        _emit_json(res.summary)
     else:
         from engine.report.terminal import render_diff
 
-        render_diff(out, summary, out_dir)
-    raise typer.Exit(1 if run.result.has_differences else 0)
+        render_diff(out, res.summary, out_dir)
+    raise typer.Exit(res.exit_code)
 
 
 def _decimal(text: str, opt: str) -> Any:

@@ -140,16 +140,13 @@ def gate_step(config_file: Path, diff_dir: Path, out: Path, exclude_from: Path |
 
     from engine import config as config_mod
     from engine.app import gate
-    from engine.evidence.lineage import new_run_id
 
     cfg = config_mod.load(config_file)
     dsn = cfg.section("ledger")["dsn"]
-    decision = gate.decide(diff_dir, cfg, run_id=new_run_id(), exclude_from=exclude_from)
-    entry, guard_state, _warning = gate.commit(dsn, decision)
-    out.mkdir(parents=True, exist_ok=True)
-    body = decision.body()
-    (out / "gate_decision.json").write_text(json.dumps({**body, "ledger_entry": entry}, indent=2, sort_keys=True,
-                                                       default=str) + "\n")
+    res = gate.run_gate(gate.GateRequest(diff=diff_dir, exclude_from=exclude_from, out_dir=out, ledger=dsn), cfg,
+                        evidence=False)
+    assert res.decision is not None
+    decision, guard_state = res.decision, res.document["sql_guard"]
     with psycopg.connect(dsn) as conn:
         try:
             conn.execute("SELECT recon_audit.assert_circuit_closed(%s)", (decision.mapping,))

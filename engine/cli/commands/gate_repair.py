@@ -7,7 +7,6 @@ corrections or records that need a person, 4 a correction that does not verify.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,24 +27,6 @@ def _say(line: str) -> None:
     from engine.cli._shared import out
 
     out.print(line, soft_wrap=True, markup=False, highlight=False)
-
-
-def _need_ledger(dsn: str | None, what: str) -> str:
-    from engine.core.errors import UsageError
-
-    if not dsn:
-        raise UsageError(f"{what} needs the ledger: pass --ledger DSN, set RECON_LEDGER_DSN or [ledger] dsn in recon.toml")
-    return dsn
-
-
-def _dump(path: Path, obj: Any) -> Path:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def register(app: typer.Typer) -> None:
@@ -79,99 +60,34 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Open or close the circuit breaker from a diff (exit 0 closed, 3 open)."""
         from engine import config as config_mod
-        from engine.app import evidence
         from engine.app import gate as gate_mod
         from engine.cli._shared import emit_json
-        from engine.core.errors import UsageError
-        from engine.evidence.lineage import new_run_id
 
-        evidence.check_manifest_options(manifest, signing_key)
-        modes = [m for m, on in (("--diff", diff is not None), ("--override", override is not None),
-                                 ("--status", status), ("--install-guard", install_guard)) if on]
-        if len(modes) != 1:
-            raise UsageError("pass exactly one of --diff DIR, --override close|open, --status, --install-guard"
-                             + (f" (got {', '.join(modes)})" if modes else ""))
-        if (exclude_from or accept_classes) and diff is None:
-            raise UsageError("--exclude-from and --accept-classes apply to --diff DIR")
-        if guard_role and not install_guard:
-            raise UsageError("--guard-role goes with --install-guard")
-        if (reason or operator) and override is None:
-            raise UsageError("--reason and --operator go with --override close|open")
-        cfg = config_mod.load(config)
-        cfg.use_passfile()
-        ledger_dsn = evidence.resolve_ledger_dsn(ledger, cfg)
+        req = gate_mod.GateRequest(
+            diff=diff, mapping=mapping, exclude_from=exclude_from, accept_classes=accept_classes, override=override,
+            reason=reason, operator=operator, status=status, install_guard=install_guard,
+            guard_roles=tuple(guard_role or ()), out_dir=out_dir, ledger=ledger, manifest=manifest,
+            signing_key=signing_key)
+        req.check()
+        res = gate_mod.run_gate(req, config_mod.load(config))
+        if res.warning:
+            from engine.cli._shared import err
 
-        if install_guard:
-            info = gate_mod.install_guard(_need_ledger(ledger_dsn, "--install-guard"), tuple(guard_role or ()))
-            if as_json:
-                emit_json(info)
-            else:
-                _say(f"installed {info['function']} (SECURITY DEFINER, owner {info['owner']}; raises SQLSTATE "
-                     f"{info['sqlstate']} while the breaker is open)")
-            raise typer.Exit(0)
-
-        if status:
-            if not mapping:
-                raise UsageError("--status needs --mapping NAME")
-            latest = gate_mod.latest_decision(_need_ledger(ledger_dsn, "--status"), mapping)
-            state = (latest or {}).get("state") or "no decision"
-            is_open = latest is not None and state != "closed"
-            if as_json:
-                emit_json({"mapping": mapping, "state": state, "latest": latest})
-            else:
-                when = f" since {latest['recorded_at']} (decision seq {latest['seq']}): {latest['body'].get('reason')}" \
-                    if latest else ""
-                _say(f"circuit breaker for {mapping}: {state}{when}")
-            raise typer.Exit(3 if is_open else 0)
-
-        run_id = new_run_id()
-        inputs: list[dict[str, Any]] = []
-        if override is not None:
-            if not mapping:
-                raise UsageError("--override needs --mapping NAME")
-            state_word = {"close": "closed", "closed": "closed", "open": "open"}.get(override.strip().lower())
-            if state_word is None:
-                raise UsageError(f"--override {override!r}: use close or open")
-            decision = gate_mod.override(mapping, state_word, reason=reason, operator=operator, run_id=run_id)
-            _need_ledger(ledger_dsn, "--override (it is written to the ledger)")
-        else:
-            assert diff is not None
-            accepted = gate_mod.parse_accept_classes(accept_classes) if accept_classes else None
-            decision = gate_mod.decide(diff, cfg, run_id=run_id, mapping=mapping, exclude_from=exclude_from,
-                                       accept_classes=accepted)
-            from engine.evidence.manifest import describe_input
-
-            inputs.append(describe_input("diff", {"system": "parquet", "path": str(diff / "differences.parquet")}))
-            src = (decision.exclusion or {}).get("source") or {}
-            if src.get("kind") == "explain":  # a repair's plan.json is identified by its digest in the decision
-                inputs.append(describe_input("exclusions", {"system": "parquet",
-                                                            "path": str(Path(src["dir"]) / src["file"])}))
-        entry = None
-        guard: str | None = None
-        if ledger_dsn:
-            entry, guard, warning = gate_mod.commit(ledger_dsn, decision)
-            if warning:
-                from engine.cli._shared import err
-
-                err.print(f"recon: warning: {warning}", markup=False, highlight=False, soft_wrap=True)
-        body = decision.body()
-        outputs: list[Path] = []
-        target_dir = out_dir or (manifest.parent if manifest is not None else None)
-        if target_dir is not None:
-            outputs.append(_dump(Path(target_dir) / "gate_decision.json", {**body, "ledger_entry": entry}))
-        result: dict[str, Any] = {"mapping": decision.mapping, "state": decision.state,
-                                  "exit_code": 3 if decision.is_open else 0, "decision": body,
-                                  "ledger_entry": entry, "recorded": entry is not None,
-                                  "sql_guard": guard}
-        if ledger_dsn or manifest:
-            result["evidence"] = evidence.record_evidence(
-                "gate", body, inputs, outputs, ledger_dsn=ledger_dsn, manifest_path=manifest,
-                signing_key=signing_key, config_digest=cfg.digest, run_id=run_id)
+            err.print(f"recon: warning: {res.warning}", markup=False, highlight=False, soft_wrap=True)
         if as_json:
-            emit_json(result)
+            emit_json(res.document)
+        elif res.mode == "install_guard":
+            info = res.document
+            _say(f"installed {info['function']} (SECURITY DEFINER, owner {info['owner']}; raises SQLSTATE "
+                 f"{info['sqlstate']} while the breaker is open)")
+        elif res.mode == "status":
+            latest, state = res.document["latest"], res.document["state"]
+            when = f" since {latest['recorded_at']} (decision seq {latest['seq']}): {latest['body'].get('reason')}" \
+                if latest else ""
+            _say(f"circuit breaker for {mapping}: {state}{when}")
         else:
-            _render_gate(decision, entry)
-        raise typer.Exit(3 if decision.is_open else 0)
+            _render_gate(res.decision, res.entry)
+        raise typer.Exit(res.exit_code)
 
     @app.command("repair")
     def repair_cmd(
@@ -194,32 +110,20 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Correct the divergent records surgically as new versions; dry run unless --apply."""
         from engine import config as config_mod
-        from engine.app import evidence
         from engine.app import repair as repair_mod
         from engine.cli._shared import emit_json, progress
-        from engine.evidence.lineage import new_run_id
 
-        evidence.check_manifest_options(manifest, signing_key)
-        cfg = config_mod.load(config)
-        cfg.use_passfile()
-        ledger_dsn = evidence.resolve_ledger_dsn(ledger, cfg)
-        plan = repair_mod.load_plan(from_explain, cfg, mapping=mapping, target=target, diff_dir=diff)
-        run_id = new_run_id()
-        rep = repair_mod.run_repair(plan, cfg, apply=apply, run_id=run_id, ledger_dsn=ledger_dsn,
-                                    chunk_rows=chunk_rows, progress=None if as_json else progress)
-        where = out_dir or (from_explain / "repair" if apply else (manifest.parent if manifest is not None else None))
-        files = repair_mod.write_outputs(rep, where) if where is not None else []
-        summary = rep.summary()
-        summary["outputs"] = [str(f) for f in files]
-        if ledger_dsn or manifest:
-            summary["evidence"] = evidence.record_evidence(
-                "repair", rep.summary(), repair_mod.inputs_meta(rep), files, ledger_dsn=ledger_dsn,
-                manifest_path=manifest, signing_key=signing_key, config_digest=cfg.digest, run_id=run_id)
+        req = repair_mod.RepairRequest(from_explain=from_explain, apply=apply, mapping=mapping, diff=diff,
+                                       target=target, chunk_rows=chunk_rows, out_dir=out_dir, ledger=ledger,
+                                       manifest=manifest, signing_key=signing_key)
+        req.check()
+        res = repair_mod.run(req, config_mod.load(config), progress=None if as_json else progress)
+        rep, plan = res.report, res.report.plan
         if as_json:
-            emit_json({**summary, "records": [c.to_dict() for c in plan.corrections],
+            emit_json({**res.summary, "records": [c.to_dict() for c in plan.corrections],
                        "action_list_records": plan.action_list, "unexplained_records": plan.unexplained})
         else:
-            _render_repair(rep, files)
+            _render_repair(rep, res.files)
         raise typer.Exit(rep.exit_code)
 
 

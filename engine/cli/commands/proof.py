@@ -52,11 +52,11 @@ def register(app: typer.Typer) -> None:
         as_json: JsonFlag = False,
     ) -> None:
         """Create an Ed25519 signing key pair for manifests and ledger checkpoints."""
+        from engine.app import proof
         from engine.cli._shared import emit_json
-        from engine.evidence.manifest import key_id, keygen, load_public_key
 
-        priv, pub = keygen(out, force=force)
-        info = {"private_key": str(priv), "public_key": str(pub), "keyid": key_id(load_public_key(pub))}
+        info = proof.keygen(out, force=force)
+        priv, pub = info["private_key"], info["public_key"]
         if as_json:
             emit_json(info)
         else:
@@ -73,11 +73,10 @@ def register(app: typer.Typer) -> None:
         as_json: JsonFlag = False,
     ) -> None:
         """Create the recon_audit schema, its roles, append-only triggers and the genesis row (idempotent)."""
+        from engine.app import proof
         from engine.cli._shared import emit_json
-        from engine.store.ledger import Ledger
 
-        with Ledger(_dsn(dsn, config)) as ledger:
-            info = ledger.init(writer=writer)
+        info = proof.ledger_init(_dsn(dsn, config), writer=writer)
         if as_json:
             emit_json(info)
         else:
@@ -96,12 +95,12 @@ def register(app: typer.Typer) -> None:
         as_json: JsonFlag = False,
     ) -> None:
         """Recompute the hash chain and every checkpoint; exit 4 naming the first broken row."""
+        from engine.app import proof
         from engine.cli._shared import emit_json
         from engine.core.errors import VerificationError
-        from engine.store.ledger import verify
 
         try:
-            report = verify(_dsn(dsn, config), checkpoint_file=checkpoint, pubkey=key)
+            report = proof.ledger_verify(_dsn(dsn, config), checkpoint=checkpoint, key=key)
         except VerificationError as exc:
             if as_json:
                 emit_json({"ok": False, "reason": str(exc)})
@@ -130,11 +129,10 @@ def register(app: typer.Typer) -> None:
         as_json: JsonFlag = False,
     ) -> None:
         """Take a checkpoint and export it as a signed C2SP checkpoint note, to keep outside the database."""
+        from engine.app import proof
         from engine.cli._shared import emit_json
-        from engine.store.ledger import Ledger
 
-        with Ledger(_dsn(dsn, config)) as ledger:
-            cp = ledger.export_checkpoint(out, signing_key)
+        cp = proof.ledger_checkpoint(_dsn(dsn, config), out, signing_key)
         info = {**cp.to_dict(), "file": str(out)}
         if as_json:
             emit_json(info)
@@ -150,12 +148,12 @@ def register(app: typer.Typer) -> None:
         as_json: JsonFlag = False,
     ) -> None:
         """Check the signature, every subject's digest and (with --data) both Merkle roots; exit 4 on failure."""
+        from engine.app import proof
         from engine.cli._shared import emit_json
         from engine.core.errors import VerificationError
-        from engine.evidence.manifest import verify_manifest
 
         try:
-            report = verify_manifest(path, key, data)
+            report = proof.manifest_verify(path, key, data)
         except VerificationError as exc:
             if as_json:
                 emit_json({"ok": False, "reason": str(exc)})

@@ -1,0 +1,102 @@
+"""`recon diff`: what the command line gave, merged once with the mapping, then run.
+
+This module stays light at import (no data libraries): the PostgreSQL reads of a diff start
+before :mod:`engine.app.reconcile` and its Arrow/Polars stack are imported, so the COPYs overlap
+those imports (see :mod:`engine.connectors.postgres.early`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.config import Config
+from engine.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from engine.app.reconcile import DiffRun
+
+
+@dataclass(frozen=True)
+class DiffOptions:
+    """The options of one `recon diff`, as given: None or empty means "not given" (the mapping's
+    value, if any, applies). keys/columns are (source, target) pairs."""
+
+    source: str | None = None
+    target: str | None = None
+    mapping: str | None = None
+    keys: tuple[tuple[str, str], ...] = ()
+    columns: tuple[tuple[str, str], ...] = ()
+    tolerance: dict[str, Decimal] = field(default_factory=dict)
+    source_where: str | None = None
+    target_where: str | None = None
+    as_of: datetime | None = None
+    unique_key: bool = False
+    segment_rows: int | None = None
+    out_dir: Path | None = None
+    ledger: str | None = None
+    manifest: Path | None = None
+    signing_key: Path | None = None
+
+    def check(self) -> None:
+        """Usage errors that need no config (before any extraction)."""
+        from engine.app.evidence import check_manifest_options
+
+        check_manifest_options(self.manifest, self.signing_key)
+
+    def resolve(self, config: Config) -> dict[str, Any]:
+        """The fields of the run's :class:`~engine.app.reconcile.DiffRequest`: each given option over
+        the mapping's value. The one place where options and a mapping are merged."""
+        m = config.mapping(self.mapping) if self.mapping else None
+        if m is None and (not self.source or not self.target):
+            raise UsageError("give SOURCE and TARGET, or -C recon.toml --mapping NAME")
+        fields: dict[str, Any] = {"keys": ()}
+        if m is not None:
+            fields.update(source=m.source, target=m.target, keys=m.key, columns=m.columns, tolerance=m.tolerance,
+                          source_where=m.source_where, target_where=m.target_where,
+                          target_updated_at=m.target_updated_at, types=m.types, mapping=m.name)
+        given = dict(source=self.source, target=self.target, keys=self.keys, columns=self.columns,
+                     tolerance=self.tolerance, source_where=self.source_where, target_where=self.target_where,
+                     as_of=self.as_of, unique_key=self.unique_key or None, segment_rows=self.segment_rows)
+        fields.update({k: v for k, v in given.items() if v not in (None, (), {})})
+        return fields
+
+
+@dataclass
+class DiffOutcome:
+    run: DiffRun
+    summary: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.run.result.has_differences else 0
+
+
+def run(opts: DiffOptions, config: Config, *, progress: Callable[[str], None] | None = None) -> DiffOutcome:
+    """Diff, write ``--out``, record the evidence; the PostgreSQL reads start first."""
+    from engine.app import evidence
+    from engine.connectors.postgres import early
+
+    opts.check()
+    ledger_dsn = evidence.resolve_ledger_dsn(opts.ledger, config)
+    fields = opts.resolve(config)
+    early.start_for_diff(fields["source"], fields["target"], keys=fields["keys"], columns=fields.get("columns", ()),
+                         source_where=fields.get("source_where"), target_where=fields.get("target_where"),
+                         config=config)
+    try:
+        from engine.app import reconcile
+
+        d = reconcile.run_diff(reconcile.DiffRequest(**fields), config, progress=progress)
+        outputs = reconcile.write_outputs(d, opts.out_dir) if opts.out_dir else None
+        summary = d.summary()
+        if ledger_dsn or opts.manifest:
+            summary["evidence"] = evidence.record_diff_evidence(
+                d, config=config, outputs=outputs, ledger_dsn=ledger_dsn, manifest_path=opts.manifest,
+                signing_key=opts.signing_key)
+        return DiffOutcome(d, summary)
+    finally:
+        early.discard()

@@ -1,0 +1,240 @@
+"""Artefact directories: the one place that knows their file names and layouts.
+
+Every command that writes a directory (``diff --out``, ``explain --out``, ``repair``, ``gate --out``)
+and every command that reads one (explain, gate, repair, cost, report) goes through the classes
+here, so a layout changes in one file and a reader can never look for a name the writer no longer
+uses. Writes are atomic per file (a temporary name, then ``os.replace``), so a reader never sees half
+a JSON document.
+
+Layouts:
+
+* a diff directory: ``summary.json``, ``differences.parquet``;
+* an explain directory: ``explain.json``, ``findings.parquet``;
+* a repair directory: ``plan.json``, ``action_list.json``, ``action_list.csv``, ``repair.json``
+  (after ``--apply``); by default ``EXPLAIN_DIR/repair``;
+* a gate directory: ``gate_decision.json``;
+* a run directory (what the demo writes and ``recon report --from`` reads): ``diff/``,
+  ``explain/``, ``repair/``, ``diff-after/``, ``cost.json``, ``report.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.core.errors import UsageError
+
+SUMMARY = "summary.json"
+DIFFERENCES = "differences.parquet"
+EXPLAIN = "explain.json"
+FINDINGS = "findings.parquet"
+PLAN = "plan.json"
+ACTION_LIST_JSON = "action_list.json"
+ACTION_LIST_CSV = "action_list.csv"
+REPAIR = "repair.json"
+GATE_DECISION = "gate_decision.json"
+COST = "cost.json"
+REPORT = "report.html"
+
+
+class _Parquet(Protocol):
+    def write_parquet(self, file: Path) -> Any: ...
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """One JSON document (sorted keys, decimals and times as strings), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path, *, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object, or a one-line usage error naming the file and how to get a good one."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist: {fix}") from None
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise UsageError(f"{path} is not valid JSON: {fix}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path} is not {what}: {fix}")
+    return doc
+
+
+# -- diff ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiffOutput:
+    """The directory of ``recon diff --out``."""
+
+    dir: Path
+
+    @property
+    def summary_path(self) -> Path:
+        return self.dir / SUMMARY
+
+    @property
+    def differences_path(self) -> Path:
+        return self.dir / DIFFERENCES
+
+    def exists(self) -> bool:
+        return self.summary_path.is_file()
+
+    def write(self, summary: dict[str, Any], differences: _Parquet) -> dict[str, Path]:
+        """The summary is replaced last, so a directory with a new summary has its differences too."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.summary_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        differences.write_parquet(self.differences_path)
+        os.replace(tmp, self.summary_path)
+        return {"summary": self.summary_path, "differences": self.differences_path}
+
+    def load_summary(self) -> dict[str, Any]:
+        """The summary, checked to be a diff's; both files must be there."""
+        sp, dp = self.summary_path, self.differences_path
+        if not sp.is_file() or not dp.is_file():
+            raise UsageError(f"{self.dir} is not a diff output (no {SUMMARY}/{DIFFERENCES}): "
+                             "run `recon diff … --out DIR` first")
+        try:
+            summary = json.loads(sp.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise UsageError(f"{sp} is not valid JSON: rerun `recon diff … --out DIR`") from None
+        if not isinstance(summary, dict) or "variance_ratio" not in summary:
+            raise UsageError(f"{sp} is not a recon diff summary (no variance_ratio)")
+        return summary
+
+
+# -- explain ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExplainOutput:
+    """The directory of ``recon explain --out``."""
+
+    dir: Path
+
+    @property
+    def summary_path(self) -> Path:
+        return self.dir / EXPLAIN
+
+    @property
+    def findings_path(self) -> Path:
+        return self.dir / FINDINGS
+
+    def exists(self) -> bool:
+        return self.summary_path.is_file() and self.findings_path.is_file()
+
+    def write(self, summary: dict[str, Any], findings: _Parquet) -> dict[str, Path]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        findings.write_parquet(self.findings_path)
+        tmp = self.summary_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, self.summary_path)
+        return {"summary": self.summary_path, "findings": self.findings_path}
+
+    def require(self) -> None:
+        if not self.exists():
+            raise UsageError(f"{self.dir} is not an explain output (no {EXPLAIN}/{FINDINGS}): run "
+                             "`recon explain --diff DIR --out DIR` first")
+
+    def load_summary(self) -> dict[str, Any]:
+        return read_json(self.summary_path, what="an explain summary", fix="rerun `recon explain`")
+
+    def diff_dir(self, recorded: str | None = None, override: Path | None = None) -> Path | None:
+        """The diff this explain read: ``override``, else the path ``explain.json`` recorded (as
+        given, relative to this directory, or as a sibling of it: the run directory's layout)."""
+        if override is not None:
+            return override
+        if recorded is None:
+            recorded = self.load_summary().get("diff") if self.summary_path.is_file() else None
+        if not recorded:
+            return None
+        p = Path(recorded)
+        for cand in (p, self.dir / p, self.dir.parent / p.name):
+            if DiffOutput(cand).exists():
+                return cand
+        return None
+
+
+# -- repair ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RepairOutput:
+    """The directory of ``recon repair`` (``--out``, or ``EXPLAIN_DIR/repair`` after ``--apply``)."""
+
+    dir: Path
+
+    @classmethod
+    def default_for(cls, explain_dir: Path) -> RepairOutput:
+        return cls(Path(explain_dir) / "repair")
+
+    @property
+    def plan_path(self) -> Path:
+        return self.dir / PLAN
+
+    @property
+    def report_path(self) -> Path:
+        return self.dir / REPAIR
+
+    def write(self, plan: dict[str, Any], action_list: dict[str, Any], action_rows: Iterable[dict[str, Any]],
+              action_fields: Sequence[str], report: dict[str, Any] | None) -> list[Path]:
+        """plan.json, action_list.json and .csv, and repair.json when the repair was applied."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        written = [write_json(self.plan_path, plan), write_json(self.dir / ACTION_LIST_JSON, action_list)]
+        cp = self.dir / ACTION_LIST_CSV
+        tmp = cp.with_name(cp.name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(action_fields), extrasaction="ignore")
+            w.writeheader()
+            for r in action_rows:
+                w.writerow({k: r.get(k) for k in action_fields})
+        os.replace(tmp, cp)
+        written.append(cp)
+        if report is not None:
+            written.append(write_json(self.report_path, report))
+        return written
+
+
+# -- gate ------------------------------------------------------------------------------------------
+def gate_decision_path(directory: Path) -> Path:
+    return Path(directory) / GATE_DECISION
+
+
+# -- a run directory (the demo's recon-out/, `recon report --from`) --------------------------------
+@dataclass(frozen=True)
+class RunDirectory:
+    """One reconciliation's outputs side by side."""
+
+    root: Path
+
+    @property
+    def diff(self) -> DiffOutput:
+        return DiffOutput(self.root / "diff")
+
+    @property
+    def diff_after(self) -> DiffOutput:
+        return DiffOutput(self.root / "diff-after")
+
+    @property
+    def explain(self) -> ExplainOutput:
+        return ExplainOutput(self.root / "explain")
+
+    @property
+    def repair_dir(self) -> Path:
+        return self.root / "repair"
+
+    @property
+    def cost_path(self) -> Path:
+        return self.root / COST
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / REPORT
+
+    @staticmethod
+    def sibling_diff(explain_dir: Path) -> DiffOutput:
+        """The diff next to an explain directory in a run directory (``../diff``)."""
+        return DiffOutput(Path(explain_dir).parent / "diff")
