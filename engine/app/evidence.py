@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from engine.config import Config
     from engine.evidence.lineage import HttpSettings, LineageSpec
 
-SECRET_ENV = ("PGPASSWORD", "SF_PASSWORD", "SF_SECURITY_TOKEN", "SF_CONSUMER_SECRET", "SF_SESSION_ID",
-              "OPENLINEAGE_API_KEY", "RECON_LEDGER_PASSWORD")
+#: recon's own secret settings; each connector names its own (``Connector.secret_env``)
+OWN_SECRET_ENV = ("OPENLINEAGE_API_KEY", "RECON_LEDGER_PASSWORD")
 _SECRET_KEY_WORDS = ("password", "token", "secret", "session", "api_key", "apikey")
 REDACTED = "***"
 MIN_SECRET_LEN = 4
@@ -75,7 +75,9 @@ def check_manifest_options(manifest_path: Path | None, signing_key: Path | None)
 def known_secrets(dsns: Iterable[str | None] = (), extra: Iterable[str] = (), config: Config | None = None) -> set[str]:
     """Every secret value this process can know of, to keep it out of the evidence."""
     found: set[str] = set(extra)
-    for name in SECRET_ENV:
+    from engine.connectors.registry import secret_env
+
+    for name in (*secret_env(), *OWN_SECRET_ENV):
         if os.environ.get(name):
             found.add(os.environ[name])
     passfile = Path(os.environ.get("PGPASSFILE") or Path.home() / ".pgpass")

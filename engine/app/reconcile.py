@@ -18,23 +18,13 @@ import polars as pl
 
 from engine import workspace
 from engine.config import Config, Mapping
-from engine.connectors import files as file_source
-from engine.connectors.base import (
-    Extract,
-    FileRef,
-    PostgresRef,
-    Reference,
-    SalesforceRef,
-    SourceColumn,
-    parse_reference,
-)
-from engine.connectors.postgres import source as pg_source
+from engine.connectors.base import Extract, ReadRequest, Source, SourceColumn, parse_reference
+from engine.connectors.registry import source_for
 from engine.core import merkle
 from engine.core.diff import DiffResult, compare
 from engine.core.errors import UsageError
 from engine.core.normalize import (
     KINDS,
-    SALESFORCE_SIDE,
     Canonical,
     ColumnType,
     FieldSpec,
@@ -107,49 +97,19 @@ def _safe_ref(text: str) -> str:
         return "<malformed>"
 
 
-# -- column listing and extraction per source kind ------------------------------------------------
-def _columns_of(ref: Reference, config: Config) -> dict[str, SourceColumn]:
-    if isinstance(ref, PostgresRef):
-        from engine.connectors.postgres import early
-
-        out = {}
-        for c in early.columns(ref) or pg_source.list_columns(_pg_ref(ref, config)):
-            kind, scale = pg_source._kind(c)
-            out[c.name] = SourceColumn(c.name, kind, scale, c.type_name)
-        return out
-    if isinstance(ref, FileRef):
-        return file_source.columns_of(ref)
-    from engine.connectors.salesforce import source as sf_extract
-
-    return sf_extract.describe_columns(ref, config)
-
-
-def _pg_ref(ref: PostgresRef, config: Config) -> PostgresRef:
-    config.use_passfile()
-    return ref
-
-
-def _extract(ref: Reference, config: Config, cols: list[str], where: str | None, *, as_of: datetime | None,
-             updated_at: str | None, key_cols: list[str]) -> Extract:
-    if isinstance(ref, PostgresRef):
-        return pg_source.extract(_pg_ref(ref, config), cols, where, updated_at=updated_at, as_of=as_of,
-                                 key_columns=key_cols)
-    if isinstance(ref, FileRef):
-        if where:
-            raise UsageError(f"--source-where/--target-where cannot filter a {ref.format} file")
-        return file_source.extract(ref, cols)
-    from engine.connectors.salesforce import source as sf_extract
-
-    return sf_extract.extract(ref, config, cols, where, as_of=as_of, key_columns=key_cols)
+# -- reading a side: through its connector -------------------------------------------------------
+def _coarsest_precision(*sources: Source) -> str:
+    """The timestamp precision both sides can hold: a millisecond side (Salesforce) rounds both."""
+    return "ms" if any(s.timestamp_precision == "ms" for s in sources) else "us"
 
 
 # -- type resolution ---------------------------------------------------------------------------
 _RANK = {"text": 0, "bool": 1, "date": 2, "int": 3, "float": 4, "decimal": 5, "timestamp": 6, "id": 7}
 
 
-def resolve_type(a: SourceColumn, b: SourceColumn, *, salesforce: bool, override: str | None) -> ColumnType:
-    """The type both sides are compared as: the more specific declared kind wins (text is parsed)."""
-    precision = "ms" if salesforce else "us"
+def resolve_type(a: SourceColumn, b: SourceColumn, *, precision: str, override: str | None) -> ColumnType:
+    """The type both sides are compared as: the more specific declared kind wins (text is parsed).
+    ``precision``: the timestamp precision both sides can hold (see :func:`_coarsest_precision`)."""
     if override:
         kind, _, arg = override.partition(":")
         if kind not in KINDS:
@@ -191,9 +151,10 @@ def _run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun
     sref, tref = parse_reference(req.source), parse_reference(req.target)
     if not req.keys:
         raise UsageError("no key: pass -k/--key SRC[=TGT] (repeatable for compound keys) or use a mapping")
+    ssrc, tsrc = source_for(sref, config), source_for(tref, config)
     say("reading schemas")
     with ThreadPoolExecutor(2) as ex:
-        fs, ft = ex.submit(_columns_of, sref, config), ex.submit(_columns_of, tref, config)
+        fs, ft = ex.submit(ssrc.describe), ex.submit(tsrc.describe)
         s_cols, t_cols = fs.result(), ft.result()
     pairs = list(req.columns)
     if not pairs:
@@ -204,19 +165,18 @@ def _run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun
     t_find = _finder(t_cols, str(tref), "key/column")
     key_pairs = [(s_find(a), t_find(b)) for a, b in req.keys]
     col_pairs = [(s_find(a), t_find(b)) for a, b in pairs]
-    sf_involved = isinstance(sref, SalesforceRef) or isinstance(tref, SalesforceRef)
+    precision = _coarsest_precision(ssrc, tsrc)
     fields_s, fields_t = [], []
     tol_lower = {k.lower(): v for k, v in req.tolerance.items()}
     for known in req.tolerance:
         if known.lower() not in {a.lower() for a, _ in col_pairs}:
             raise UsageError(f"--tolerance names {known!r}, which is not a compared column")
     for is_key, (a, b) in [(True, p) for p in key_pairs] + [(False, p) for p in col_pairs]:
-        ctype = resolve_type(s_cols[a], t_cols[b], salesforce=sf_involved, override=req.types.get(a))
+        ctype = resolve_type(s_cols[a], t_cols[b], precision=precision, override=req.types.get(a))
         tol = tol_lower.get(a.lower())
         fields_s.append(FieldSpec(a, a, ctype, tol, is_key))
         fields_t.append(FieldSpec(b, a, ctype, tol, is_key))
-    s_opts = SALESFORCE_SIDE if isinstance(sref, SalesforceRef) else SideOptions()
-    t_opts = SALESFORCE_SIDE if isinstance(tref, SalesforceRef) else SideOptions()
+    s_opts, t_opts = ssrc.side, tsrc.side
 
     say("extracting and normalizing both sides")
     key_s, key_t = [a for a, _ in key_pairs], [b for _, b in key_pairs]
@@ -224,11 +184,12 @@ def _run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun
     boundaries: list[list[str]] = []
     ready = threading.Event()
 
-    def side(ref: Reference, fields: list[FieldSpec], opts: SideOptions, where: str | None,
+    def side(src: Source, fields: list[FieldSpec], opts: SideOptions, where: str | None,
              updated_at: str | None, keys: list[str], chooser: bool) -> tuple[Extract, Canonical, Any]:
         # each side normalizes as soon as its own data is in, overlapping the slower side's read
-        e = _extract(ref, config, [f.column for f in fields], where, as_of=req.as_of, updated_at=updated_at,
-                     key_cols=keys)
+        ref = src.ref
+        e = src.read(ReadRequest([f.column for f in fields], where, as_of=req.as_of, updated_at=updated_at,
+                                 key_columns=keys))
         say(f"read {e.frame.height:,} rows from {ref}; normalizing")
         try:  # canonicalize gets the only reference to the raw frame, so it can free it as it goes
             c = canonicalize(_take_frame(e), tuple(fields), opts)
@@ -246,8 +207,8 @@ def _run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun
         return e, c, tree
 
     with ThreadPoolExecutor(2) as ex:
-        fs = ex.submit(side, sref, fields_s, s_opts, req.source_where, None, key_s, True)
-        ft = ex.submit(side, tref, fields_t, t_opts, req.target_where, req.target_updated_at, key_t, False)
+        fs = ex.submit(side, ssrc, fields_s, s_opts, req.source_where, None, key_s, True)
+        ft = ex.submit(side, tsrc, fields_t, t_opts, req.target_where, req.target_updated_at, key_t, False)
         try:
             es, cs, s_hashed = fs.result()
         except BaseException:
@@ -313,7 +274,8 @@ def snapshot(ref_text: str, out: Path, config: Config, *, keys: list[str], colum
     ``parquet:PATH`` instead of the live system (and spend no API calls), and a manifest's root can
     be recomputed from it."""
     ref = parse_reference(ref_text)
-    cols = _columns_of(ref, config)
+    src = source_for(ref, config)
+    cols = src.describe()
     find = _finder(cols, str(ref), "-k/-c")
     key_cols = [find(k) for k in keys]
     if not key_cols:
@@ -322,12 +284,11 @@ def snapshot(ref_text: str, out: Path, config: Config, *, keys: list[str], colum
     for k in reversed(key_cols):
         if k not in wanted:
             wanted.insert(0, k)
-    e = _extract(ref, config, wanted, where, as_of=None, updated_at=None, key_cols=key_cols)
-    sf = isinstance(ref, SalesforceRef)
-    opts = SALESFORCE_SIDE if sf else SideOptions()
-    fields = tuple(FieldSpec(c, c, resolve_type(cols[c], cols[c], salesforce=sf, override=None), None, c in key_cols)
-                   for c in wanted)
-    canon = canonicalize(e.frame, fields, opts)
+    e = src.read(ReadRequest(wanted, where, key_columns=key_cols))
+    precision = _coarsest_precision(src)
+    fields = tuple(FieldSpec(c, c, resolve_type(cols[c], cols[c], precision=precision, override=None), None,
+                             c in key_cols) for c in wanted)
+    canon = canonicalize(e.frame, fields, src.side)
     seg = merkle.Segmentation(tuple(merkle.choose_boundaries(canon.frame["__key"], segment_rows)))
     tree, _ = merkle.side_tree(canon.frame, canon.fields, seg)
     out.parent.mkdir(parents=True, exist_ok=True)

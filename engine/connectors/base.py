@@ -1,10 +1,13 @@
-"""What every source hands to the diff: a Polars frame (Arrow-backed), the logical type of each
-column as the source declares it, and extraction metadata for the manifest and the ledger."""
+"""The connector interface: what every system recon reads must say about itself (:class:`Connector`)
+and what a side of a diff must do (:class:`Source`), and what a source hands to the diff: a
+Polars frame (Arrow-backed), the logical type of each column as the source declares it, and
+extraction metadata for the manifest and the ledger. A new system is one module implementing
+these and one line in :mod:`engine.connectors.registry`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import polars as pl
 
@@ -16,7 +19,7 @@ from engine.connectors.refs import (  # noqa: F401  (re-exported: the references
     parse_reference,
     redact_dsn,
 )
-from engine.core.normalize import ColumnType
+from engine.core.normalize import ColumnType, SideOptions
 
 
 @dataclass(frozen=True)
@@ -47,3 +50,63 @@ class Extract:
 
 def column_type(kind: str, scale: int | None = None, precision: str = "us") -> ColumnType:
     return ColumnType(kind=kind, scale=scale, precision=precision)  # type: ignore[arg-type]
+
+
+# -- the connector interface -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReadRequest:
+    """What the diff asks of one side: these columns, under this condition (validated by the
+    connector: SQL for PostgreSQL, SOQL for Salesforce, none for files), as of a time, with the key
+    columns named so the side can report keys changed after ``as_of``."""
+
+    columns: list[str]
+    where: str | None = None
+    as_of: Any = None  # datetime | None
+    updated_at: str | None = None
+    key_columns: list[str] = field(default_factory=list)
+
+
+class Connector(Protocol):
+    """What recon knows about one kind of system, whether or not it can be diffed: how its
+    extraction metadata becomes provenance (allow-listed: a field added later never reaches the
+    evidence unnoticed), its OpenLineage namespace, and which settings are secret."""
+
+    #: the ``system`` value of its extraction metadata (and the reference scheme where it has one)
+    system: ClassVar[str]
+    #: environment variables whose values are secrets (kept out of every artefact)
+    secret_env: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def provenance(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        """The allow-listed facts of an extraction for the manifest and the ledger."""
+        ...
+
+    @classmethod
+    def lineage_dataset(cls, inp: dict[str, Any]) -> tuple[str, str]:
+        """(namespace, name) of an input described by :meth:`provenance`, per OpenLineage's naming."""
+        ...
+
+
+class Source(Connector, Protocol):
+    """One side of a diff. Built by :func:`engine.connectors.registry.source_for` from a reference.
+
+    ``side`` says how the system spells values (Salesforce: an empty string is NULL) and
+    ``timestamp_precision`` what its times can hold; both shape normalization, so two systems with
+    the same spelling compare the same way whatever their names."""
+
+    ref: Reference
+    side: SideOptions
+    timestamp_precision: str
+
+    def describe(self) -> dict[str, SourceColumn]:
+        """The columns as the system declares them (an API call or a catalog query, no data)."""
+        ...
+
+    def quick_columns(self) -> list[str] | None:
+        """Column names if they can be had without an API call or a scan (a Parquet footer, a
+        catalog), else None: lets another side start reading before this one is described."""
+        ...
+
+    def read(self, req: ReadRequest) -> Extract:
+        """The rows (as Arrow-backed Polars), their declared types and the extraction metadata."""
+        ...

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
-from urllib.parse import urlparse
 
 from engine import __version__
 
@@ -111,21 +110,16 @@ def http_settings(config_section: dict[str, Any] | None = None) -> HttpSettings 
 
 
 def dataset_for_input(inp: dict[str, Any]) -> DatasetSpec:
-    """Namespace and name of an input described by ``engine.evidence.manifest.describe_input``."""
+    """Namespace and name of an input described by ``engine.evidence.manifest.describe_input``,
+    as its system's connector names it."""
+    from engine.connectors.registry import connector_class
+
     system = inp.get("system")
     rows = inp.get("rows") if isinstance(inp.get("rows"), int) else None
-    if system == "postgresql":
-        ns = f"postgres://{inp.get('host', 'localhost')}:{inp.get('port', '5432')}"
-        return DatasetSpec(ns, f"{inp.get('database', '')}.{inp.get('object', '')}", source_uri=ns, row_count=rows)
-    if system == "salesforce":
-        host = urlparse(str(inp.get("instance_url") or "")).hostname or "salesforce"
-        ns = f"salesforce://{host}"
-        return DatasetSpec(ns, str(inp.get("object", "")), source_uri=ns, row_count=rows)
-    if system in ("parquet", "csv"):
-        return DatasetSpec("file", str(inp.get("path", "")), source_uri="file", row_count=rows)
-    if system == "kafka":
-        ns = f"kafka://{inp.get('bootstrap', 'localhost')}"
-        return DatasetSpec(ns, str(inp.get("topic", "")), source_uri=ns, row_count=rows)
+    conn = connector_class(str(system)) if system else None
+    if conn is not None:
+        ns, name = conn.lineage_dataset(inp)
+        return DatasetSpec(ns, name, source_uri=ns, row_count=rows)
     return DatasetSpec(str(system or "unknown"), str(inp.get("object", "")), row_count=rows)
 
 

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.connectors.files.connector import file_digest  # noqa: F401  (used by callers as manifest.file_digest)
 from engine.core.errors import UsageError, VerificationError
 
 if TYPE_CHECKING:
@@ -201,14 +202,6 @@ def open_envelope(envelope: Any, pub: Ed25519PublicKey, *, where: str = "manifes
 
 
 # -- digests ---------------------------------------------------------------------------------------
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def transformation_digest() -> dict[str, Any]:
     """SHA-256 over the source of the modules that turn rows into canonical bytes, ids, hashes and
     differences: a changed normalization changes this digest, so a result can be tied to the exact
@@ -224,34 +217,24 @@ def transformation_digest() -> dict[str, Any]:
 
 
 # -- inputs (no credentials) -----------------------------------------------------------------------
-_SF_FIELDS = ("object", "org_id", "instance_url", "api_version", "user_id", "username", "profile", "soql",
-              "bulk_job_ids", "extracted_at", "rows", "where", "as_of")
-_PG_FIELDS = ("object", "snapshot_id", "server_time", "rows", "where")
-_FILE_FIELDS = ("path", "rows")
-_KAFKA_FIELDS = ("topic", "partitions", "bootstrap", "from", "to", "events")
 
 
 def describe_input(side: str, meta: dict[str, Any], *, merkle_root: str | None = None,
                    boundaries_digest: str | None = None, encoding_version: int | None = None) -> dict[str, Any]:
     """One input for the manifest and the ledger, from a source's extraction metadata.
 
-    Allow-listed per system, so a field a source adds later (which might hold a secret) never
-    reaches the evidence unnoticed; PostgreSQL DSNs become host/port/database/user.
+    Allow-listed by the system's connector (:meth:`engine.connectors.base.Connector.provenance`), so a
+    field a source adds later (which might hold a secret) never reaches the evidence unnoticed;
+    PostgreSQL DSNs become host/port/database/user. A system no connector knows keeps only its
+    object and row count.
     """
+    from engine.connectors.registry import connector_class
+
     system = str(meta.get("system") or "unknown")
     out: dict[str, Any] = {"side": side, "system": system}
-    if system == "salesforce":
-        out.update({k: meta[k] for k in _SF_FIELDS if meta.get(k) is not None})
-    elif system == "postgresql":
-        out.update(_pg_location(str(meta.get("dsn") or "")))
-        out.update({k: meta[k] for k in _PG_FIELDS if meta.get(k) is not None})
-    elif system in ("parquet", "csv"):
-        out.update({k: meta[k] for k in _FILE_FIELDS if meta.get(k) is not None})
-        p = Path(str(meta.get("path") or ""))
-        if p.is_file():
-            out["sha256"] = file_digest(p)
-    elif system == "kafka":
-        out.update({k: meta[k] for k in _KAFKA_FIELDS if meta.get(k) is not None})
+    conn = connector_class(system)
+    if conn is not None:
+        out.update(conn.provenance(meta))
     else:
         out.update({k: meta[k] for k in ("object", "rows") if meta.get(k) is not None})
     if merkle_root is not None:
@@ -260,20 +243,6 @@ def describe_input(side: str, meta: dict[str, Any], *, merkle_root: str | None =
         out["boundaries_digest"] = boundaries_digest
     if encoding_version is not None:
         out["encoding_version"] = encoding_version
-    return out
-
-
-def _pg_location(dsn: str) -> dict[str, Any]:
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        d = conninfo_to_dict(dsn)
-    except Exception:  # noqa: BLE001 - a malformed DSN simply yields no location
-        return {}
-    out: dict[str, Any] = {}
-    for src, dst in (("host", "host"), ("port", "port"), ("dbname", "database"), ("user", "user")):
-        if d.get(src):
-            out[dst] = str(d[src])
     return out
 
 

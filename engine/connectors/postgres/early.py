@@ -20,7 +20,7 @@ import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from engine.connectors.refs import FileRef, PostgresRef, Reference, parse_reference
+from engine.connectors.refs import PostgresRef, Reference, parse_reference
 from engine.core.errors import ServiceUnreachable, UsageError
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def _begin(fut: Future[PgRead], this: PostgresRef, other: Reference, key_names: 
         if col_names:
             guess: list[str] | None = key_names + col_names
         else:
-            guess = _other_columns(other)
+            guess = _other_columns(other, config)
             if guess is None:
                 raise LookupError("the other side's columns are not known before extraction")
             guess = key_names + guess
@@ -85,16 +85,11 @@ def _begin(fut: Future[PgRead], this: PostgresRef, other: Reference, key_names: 
         fut.set_exception(exc)
 
 
-def _other_columns(other: Reference) -> list[str] | None:
-    if isinstance(other, FileRef) and other.format == "parquet":
-        import pyarrow.parquet as pq
+def _other_columns(other: Reference, config: Config) -> list[str] | None:
+    """The other side's column names if its connector can tell them without an API call or a scan."""
+    from engine.connectors.registry import source_for
 
-        return list(pq.read_schema(other.path).names)
-    if isinstance(other, PostgresRef):
-        from engine.connectors.postgres import source as postgres
-
-        return [c.name for c in postgres.list_columns(other)]
-    return None  # Salesforce (an API call) and CSV (a header to parse): not worth guessing
+    return source_for(other, config).quick_columns()
 
 
 def take(ref: PostgresRef, where: str | None, columns: list[str] | None) -> PgRead | None:
