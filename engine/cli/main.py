@@ -21,7 +21,7 @@ from engine.core.errors import Exit, ReconError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reconcile Salesforce with a PostgreSQL warehouse, with Kafka as the third witness.")
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+from engine.cli.options import ConfigOpt, JsonFlag, LedgerOpt, ManifestOpt, SigningKeyOpt  # noqa: E402
 
 
 def _version(value: bool) -> None:
@@ -61,13 +61,13 @@ def diff_cmd(
     as_of: Annotated[str | None, typer.Option("--as-of", help="Compare as of this time (ISO-8601); later changes count as in_flight.")] = None,
     unique_key: Annotated[bool, typer.Option("--unique-key", help="Fail (exit 2) if a key is duplicated on either side.")] = False,
     segment_rows: Annotated[int, typer.Option("--segment-rows", min=1, help="Rows per Merkle segment.")] = 16_384,
-    config: Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml")] = None,
+    config: ConfigOpt = None,
     mapping: Annotated[str | None, typer.Option("--mapping", help="A [mapping.NAME] of the config.")] = None,
     as_json: JsonFlag = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write summary.json and differences.parquet here.")] = None,
-    ledger: Annotated[str | None, typer.Option("--ledger", help="Record the run in this recon_audit ledger (or RECON_LEDGER_DSN, or the ledger dsn in recon.toml).")] = None,
-    manifest: Annotated[Path | None, typer.Option("--manifest", help="Write a signed DSSE/in-toto manifest here (outputs go next to it unless --out).")] = None,
-    signing_key: Annotated[Path | None, typer.Option("--signing-key", help="Ed25519 key from `recon keygen` (with --manifest).")] = None,
+    ledger: LedgerOpt = None,
+    manifest: ManifestOpt = None,
+    signing_key: SigningKeyOpt = None,
 ) -> None:
     """Compare two datasets; exit 1 when they differ."""
     from engine import config as config_mod
@@ -134,7 +134,7 @@ def snapshot_cmd(
     key: Annotated[list[str], typer.Option("-k", "--key", help="Key column(s): the Merkle segments are key ranges.")],
     column: Annotated[list[str] | None, typer.Option("-c", "--column", help="Columns to keep (default all).")] = None,
     where: Annotated[str | None, typer.Option("--where", help="Condition (SOQL or SQL).")] = None,
-    config: Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml")] = None,
+    config: ConfigOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Write a Parquet snapshot of one side plus its sidecar (schema, rows, Merkle root, extraction facts)."""

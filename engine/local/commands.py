@@ -25,7 +25,7 @@ services_app = typer.Typer(no_args_is_help=True, help="The embedded local stack 
 scenario_app = typer.Typer(no_args_is_help=True, help="The incident scenario on the local stack.")
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Stack state directory (default ./.recon or RECON_STATE_DIR).")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+from engine.cli.options import JsonFlag  # noqa: E402
 
 
 def register(app: typer.Typer) -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-_FIELDS = "Event fields"
+from engine.cli.options import (
+    AmountField,
+    EventTimeField,
+    EventTypeField,
+    KafkaConfigOpt,
+    OrgIdField,
+    RecordIdField,
+)
+
 _TUNING = "Tuning"
 
 
@@ -29,19 +36,13 @@ def consume(
     reset_offsets: Annotated[str | None, typer.Option("--reset-offsets", metavar="earliest",
                                                       help="'earliest': forget the offsets stored in PostgreSQL and "
                                                            "replay the topic (a deliberate replay changes nothing).")] = None,
-    kafka_config: Annotated[Path | None, typer.Option("--kafka-config", help="librdkafka properties file "
-                                                                             "(e.g. SASL/SSL settings).")] = None,
+    kafka_config: KafkaConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counters (this run and persisted totals) as JSON.")] = False,
-    record_id_field: Annotated[str, typer.Option("--record-id-field", rich_help_panel=_FIELDS,
-                                                 help="JSON field of the record id.")] = "account_id",
-    event_type_field: Annotated[str, typer.Option("--event-type-field", rich_help_panel=_FIELDS,
-                                                  help="JSON field of the event type.")] = "event_type",
-    event_time_field: Annotated[str, typer.Option("--event-time-field", rich_help_panel=_FIELDS,
-                                                  help="JSON field of the event time (ISO-8601).")] = "event_ts",
-    amount_field: Annotated[str, typer.Option("--amount-field", rich_help_panel=_FIELDS,
-                                              help="JSON field of the amount (decimal).")] = "amount",
-    org_id_field: Annotated[str, typer.Option("--org-id-field", rich_help_panel=_FIELDS,
-                                              help="JSON field of the org id.")] = "org_id",
+    record_id_field: RecordIdField = "account_id",
+    event_type_field: EventTypeField = "event_type",
+    event_time_field: EventTimeField = "event_ts",
+    amount_field: AmountField = "amount",
+    org_id_field: OrgIdField = "org_id",
     batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=_TUNING,
                                             help="Messages per batch (one PostgreSQL transaction each).")] = 10_000,
     deadline: Annotated[float, typer.Option("--deadline", rich_help_panel=_TUNING,

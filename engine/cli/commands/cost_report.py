@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-Cfg = Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml (its cost table sets the model's inputs).")]
+from engine.cli.options import ConfigOpt as Cfg
 
 
 def register(app: typer.Typer) -> None:

@@ -9,15 +9,11 @@ from typing import Annotated
 import typer
 
 from engine.cli._shared import emit_json, out, progress
+from engine.cli.options import AmountField, EventTimeField, EventTypeField, OrgIdField, RecordIdField
+from engine.cli.options import ConfigOpt as Cfg
+from engine.cli.options import KafkaConfigOpt as KafkaCfg
 
-Cfg = Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml")]
-KafkaCfg = Annotated[Path | None, typer.Option("--kafka-config", help="librdkafka properties file (key=value).")]
-# the same option names as `recon consume` (the short forms are kept as aliases)
-RecordField = Annotated[str, typer.Option("--record-id-field", "--record-field", help="JSON field with the record id.")]
-TypeField = Annotated[str, typer.Option("--event-type-field", "--type-field", help="JSON field with the event type.")]
-TimeField = Annotated[str, typer.Option("--event-time-field", "--time-field", help="JSON field with the event time.")]
-AmountField = Annotated[str, typer.Option("--amount-field", help="JSON field with the signed amount.")]
-OrgField = Annotated[str, typer.Option("--org-id-field", "--org-field", help="JSON field with the Salesforce org id.")]
+RecordField, TypeField, TimeField, OrgField = RecordIdField, EventTypeField, EventTimeField, OrgIdField
 
 
 def _time(text: str | None, opt: str) -> datetime | None:

@@ -15,12 +15,9 @@ import typer
 if TYPE_CHECKING:
     pass
 
-Cfg = Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-LedgerOpt = Annotated[str | None, typer.Option(
-    "--ledger", help="recon_audit ledger DSN (or RECON_LEDGER_DSN, or dsn in the ledger table of recon.toml).")]
-ManifestOpt = Annotated[Path | None, typer.Option("--manifest", help="Write a signed DSSE/in-toto manifest here.")]
-KeyOpt = Annotated[Path | None, typer.Option("--signing-key", help="Ed25519 key from `recon keygen` (with --manifest).")]
+from engine.cli.options import ConfigOpt as Cfg
+from engine.cli.options import JsonFlag, LedgerOpt, ManifestOpt
+from engine.cli.options import SigningKeyOpt as KeyOpt
 
 
 def _say(line: str) -> None:

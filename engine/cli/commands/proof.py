@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+from engine.cli.options import JsonFlag
+
 DsnOpt = Annotated[str | None, typer.Option(
     "--dsn", envvar="RECON_LEDGER_DSN", show_envvar=True,
     help="Ledger database (libpq URI; password from PGPASSWORD/PGPASSFILE, never needed in the URI).")]
