@@ -144,9 +144,9 @@ class Target:
     @property
     def identity(self) -> str:
         """host:port/database#schema.table, without user or password (part of every correction id)."""
-        from engine.evidence.manifest import _pg_location
+        from engine.connectors.postgres.connector import dsn_location
 
-        loc = _pg_location(self.ref.dsn)
+        loc = dsn_location(self.ref.dsn)
         return f"{loc.get('host', '')}:{loc.get('port', '')}/{loc.get('database', '')}#{self.ref.schema}.{self.ref.table}"
 
     @property

@@ -7,7 +7,6 @@ Exit codes (the contract): 0 success, 1 success with findings, 2 usage/config/cr
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -16,12 +15,12 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from engine.cli._shared import err, out
+from engine.cli._shared import emit_json, err, out
+from engine.cli.options import ConfigOpt, JsonFlag, LedgerOpt, ManifestOpt, SigningKeyOpt
 from engine.core.errors import Exit, ReconError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reconcile Salesforce with a PostgreSQL warehouse, with Kafka as the third witness.")
-from engine.cli.options import ConfigOpt, JsonFlag, LedgerOpt, ManifestOpt, SigningKeyOpt  # noqa: E402
 
 
 def _version(value: bool) -> None:
@@ -39,16 +38,6 @@ def _root(
     """recon: diff, explain, gate, repair and prove."""
 
 
-def _emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def _progress(msg: str) -> None:
-    err.print(f"[dim]·[/dim] {msg}")
-
-
-# -- diff --------------------------------------------------------------------------------------
 @app.command("diff")
 def diff_cmd(
     source: Annotated[str | None, typer.Argument(help="salesforce:OBJECT, postgresql://…#schema.table, parquet:PATH or csv:PATH")] = None,
@@ -89,7 +78,7 @@ def diff_cmd(
     cfg = config_mod.load(config)
     res = _with_status(lambda say: use_case.run(opts, cfg, progress=say), enabled=not as_json)
     if as_json:
-        _emit_json(res.summary)
+        emit_json(res.summary)
     else:
         from engine.report.terminal import render_diff
 
@@ -143,7 +132,7 @@ def snapshot_cmd(
 
     res = reconcile.snapshot(source, out_path, config_mod.load(config), keys=key, columns=column, where=where)
     if as_json:
-        _emit_json(res)
+        emit_json(res)
     else:
         out.print(f"{res['rows']:,} rows → {res['parquet']} (sidecar {res['sidecar']}, Merkle root {res['merkle_root'][:16]}…)")
 

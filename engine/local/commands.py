@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from engine.cli._shared import emit_json, out, progress
+from engine.cli.options import JsonFlag
 from engine.core.errors import UsageError
 
 #: The import names of the ``recon[local]`` extra's packages (pyproject.toml lists them).
@@ -25,7 +26,6 @@ services_app = typer.Typer(no_args_is_help=True, help="The embedded local stack 
 scenario_app = typer.Typer(no_args_is_help=True, help="The incident scenario on the local stack.")
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Stack state directory (default ./.recon or RECON_STATE_DIR).")]
-from engine.cli.options import JsonFlag  # noqa: E402
 
 
 def register(app: typer.Typer) -> None:

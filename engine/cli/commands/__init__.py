@@ -1,4 +1,4 @@
-"""CLI command modules beyond the core ones in `engine/cli.py`.
+"""CLI command modules beyond `diff` and `snapshot` (in `engine/cli/main.py`).
 
 Each module here defines ``register(app: typer.Typer) -> None`` and adds its commands; modules are
 discovered, so adding a command is adding a file. Keep module-level imports light (typer only):

@@ -48,7 +48,7 @@ class PostgresSource:
     @classmethod
     def provenance(cls, meta: dict[str, Any]) -> dict[str, Any]:
         """The DSN becomes host/port/database/user (never a password)."""
-        out = _location(str(meta.get("dsn") or ""))
+        out = dsn_location(str(meta.get("dsn") or ""))
         out.update({k: meta[k] for k in _PROVENANCE if meta.get(k) is not None})
         return out
 
@@ -58,7 +58,8 @@ class PostgresSource:
                 f"{inp.get('database', '')}.{inp.get('object', '')}")
 
 
-def _location(dsn: str) -> dict[str, Any]:
+def dsn_location(dsn: str) -> dict[str, Any]:
+    """host, port, database and user of a libpq DSN (never its password)."""
     from psycopg.conninfo import conninfo_to_dict
 
     try:

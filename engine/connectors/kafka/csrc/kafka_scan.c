@@ -1,7 +1,7 @@
 /*
  * recon's native Kafka scan loop: consume assigned partitions with librdkafka and append every
  * message straight into columnar buffers (Arrow layouts), so that no Python object is created per
- * message. Python (engine/sources/kafka_native.py) wraps the buffers as Arrow arrays without a copy
+ * message. Python (engine/connectors/kafka/native.py) wraps the buffers as Arrow arrays without a copy
  * and parses the values, which are laid out as one NDJSON block, with Polars.
  *
  * Why by hand: confluent-kafka's Python API hands out one Message object per message and costs
