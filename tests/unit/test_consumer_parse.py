@@ -6,6 +6,7 @@ dead-lettered; these tests pin each guard and the COPY/JSON encoding on hand-mad
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -410,7 +411,9 @@ def _snapshot(b: c.Batch) -> tuple[Any, ...]:
 def test_both_paths_give_the_same_batch(guard: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     ms = _path_cases()
     fast = run(*ms, guard=guard, positions={0: 100})
-    monkeypatch.setattr(c, "_FAST_PATH", False)
+    # the flag is read from the module that defines transform(): patch it there (consumer.transform
+    # is the function, re-exported)
+    monkeypatch.setattr(importlib.import_module("engine.connectors.kafka.consumer.transform"), "_FAST_PATH", False)
     slow = run(*ms, guard=guard, positions={0: 100})
     assert _snapshot(fast) == _snapshot(slow)
     rows = [row_fields(fast, i) for i in range(len(fast.ids))]

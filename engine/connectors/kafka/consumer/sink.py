@@ -1,0 +1,457 @@
+"""The consumer's PostgreSQL side: the tables, the stored offsets and the one-transaction-per-batch write.
+
+Owns :class:`Sink` (DDL, the offset fence, the optimistic COPY and the probe, dead letters,
+counters, reconnecting with backoff), the classification of database errors (retry, or the
+user's to fix), and the counters and result it reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from engine.connectors.kafka.consumer.batch import Batch, _payload, _per_part
+from engine.connectors.kafka.consumer.settings import DEFAULT_API_VERSION, ConsumerSettings, log
+from engine.connectors.kafka.consumer.transform import _sql_texts, transform_digest
+from engine.core.errors import ReconError, ServiceUnreachable, UsageError
+
+_DDL: Final[str] = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {events} (
+    event_id uuid PRIMARY KEY,
+    org_id text COLLATE "C" NOT NULL,
+    record_id text COLLATE "C" NOT NULL,
+    event_type text NOT NULL,
+    event_ts timestamptz NOT NULL,
+    amount numeric NOT NULL,
+    lineage jsonb NOT NULL,
+    ingested_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {aggregates} (
+    record_id text COLLATE "C" PRIMARY KEY,
+    clv numeric NOT NULL,
+    event_count bigint NOT NULL,
+    last_event_ts timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL
+) WITH (fillfactor = 70);
+CREATE TABLE IF NOT EXISTS {dead_letters} (
+    kafka_topic text NOT NULL,
+    kafka_partition integer NOT NULL,
+    kafka_offset bigint NOT NULL,
+    kafka_timestamp timestamptz,
+    kafka_timestamp_type text NOT NULL,
+    key bytea,
+    value bytea,
+    headers jsonb NOT NULL,
+    reason text NOT NULL,
+    detail text NOT NULL,
+    dead_lettered_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset)
+);
+CREATE TABLE IF NOT EXISTS {offsets} (
+    kafka_topic text NOT NULL,
+    kafka_partition integer NOT NULL,
+    next_offset bigint CHECK (next_offset >= 0),
+    consumed bigint NOT NULL DEFAULT 0,
+    applied bigint NOT NULL DEFAULT 0,
+    duplicates bigint NOT NULL DEFAULT 0,
+    dead_letters bigint NOT NULL DEFAULT 0,
+    group_id text,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kafka_topic, kafka_partition),
+    CONSTRAINT every_offset_accounted_for CHECK (consumed = applied + duplicates + dead_letters)
+);
+"""
+
+_REQUIRED_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
+    "": ("event_id", "org_id", "record_id", "event_type", "event_ts", "amount", "lineage"),
+    "_aggregates": ("record_id", "clv", "event_count", "last_event_ts", "updated_at"),
+    "_dead_letters": ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_timestamp_type",
+                      "key", "value", "headers", "reason", "detail"),
+    "_offsets": ("kafka_topic", "kafka_partition", "next_offset", "consumed", "applied", "duplicates",
+                 "dead_letters", "group_id", "updated_at"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# counters and results
+
+
+@dataclass
+class Counters:
+    """consumed = applied + duplicates + dead_letters, always (the CHECK constraint holds it too)."""
+
+    consumed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+
+    def add(self, other: Counters) -> None:
+        self.consumed += other.consumed
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.dead_letters += other.dead_letters
+
+    def as_dict(self) -> dict[str, int]:
+        return {"consumed": self.consumed, "applied": self.applied, "duplicates": self.duplicates,
+                "dead_letters": self.dead_letters}
+
+
+@dataclass
+class ConsumeResult:
+    """What ``recon consume`` reports: this run's counters and the totals stored in PostgreSQL."""
+
+    topic: str
+    group: str
+    table: str
+    run: Counters
+    totals: Counters
+    partitions: list[dict[str, Any]]
+    stopped_by: str
+    elapsed_s: float
+    batches: int
+    api_version: str = DEFAULT_API_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic, "group": self.group, "table": self.table,
+            "transform_digest": transform_digest(), "api_version": self.api_version,
+            "run": self.run.as_dict(), "totals": self.totals.as_dict(), "partitions": self.partitions,
+            "stopped_by": self.stopped_by, "elapsed_s": round(self.elapsed_s, 3), "batches": self.batches,
+            "events_per_s": round(self.run.consumed / self.elapsed_s, 1) if self.elapsed_s > 0 else 0.0,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL side
+
+
+#: Connection failures the user must fix (credentials, names, TLS setup): exit 2 at once instead of
+#: retrying until the deadline. Everything else (refused, timed out, starting up) is retried.
+_USER_DB_ERRORS: Final[tuple[str, ...]] = (
+    "password authentication failed", "no password supplied", "does not exist", "invalid connection option",
+    "invalid integer value", "invalid sslmode", "pg_hba.conf", "permission denied", "is not permitted to log in",
+    "certificate verify failed", "server does not support SSL",
+)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import psycopg
+
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    # serialization failure, deadlock, admin shutdown/crash, cannot connect now, connection errors;
+    # a unique violation can only be another transaction inserting one of the batch's event ids
+    # between the existence probe and the COPY: the retried batch sees it and skips it
+    return state in ("23505", "40001", "40P01", "57P01", "57P02", "57P03") or state.startswith("08")
+
+
+class Sink:
+    """The PostgreSQL side: schema, stored offsets and the one-transaction-per-batch write."""
+
+    def __init__(self, settings: ConsumerSettings, sleep: Callable[[float], bool],
+                 notice: Callable[[str], None] | None = None) -> None:
+        self.s = settings
+        self._sleep = sleep
+        self._notice = notice or log.warning
+        self.conn: Any = None
+        self._stmts: dict[str, Any] = {}
+        #: Whether the next batch probes for stored event ids before its COPY (see :meth:`write`).
+        self._probe_first = False
+
+    # -- connection ------------------------------------------------------------------------
+    def connect(self, since: float | None = None) -> None:
+        """Connect, retrying until the deadline (counted from ``since``, when the outage began).
+
+        Credential and naming errors are the user's to fix: they fail at once with exit 2.
+        """
+        import psycopg
+
+        start = time.monotonic() if since is None else since
+        delay = 0.1
+        while True:
+            try:
+                conn = psycopg.connect(self.s.dsn, autocommit=False, connect_timeout=max(2, int(min(10, self.s.deadline_s))),
+                                       application_name=f"recon consume {self.s.table.display}"[:63])
+                break
+            except psycopg.OperationalError as exc:
+                msg = str(exc)
+                if any(h in msg for h in _USER_DB_ERRORS):
+                    raise UsageError(_db_user_error(msg, self.s.dsn_display)) from None
+                if time.monotonic() - start + delay > self.s.deadline_s:
+                    raise ServiceUnreachable(f"PostgreSQL at {self.s.dsn_display} unreachable for "
+                                             f"{self.s.deadline_s:g} s (--deadline): {_first_line(msg)}") from None
+                self._notice(f"PostgreSQL at {self.s.dsn_display} unreachable, retrying in {delay:g} s: "
+                             f"{_first_line(msg)}")
+                if not self._sleep(delay):
+                    raise ServiceUnreachable(f"stopped while PostgreSQL at {self.s.dsn_display} was unreachable") from None
+                delay = min(delay * 2, 5.0)
+        self.close()
+        self.conn = conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+    def retrying(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (one transaction), reconnecting with backoff on transient errors.
+
+        ``fn`` must be safe to repeat after a failed attempt: every caller's transaction either
+        committed entirely or not at all, and the offset fence turns a lost commit acknowledgement
+        into a harmless conflict.
+        """
+        start: float | None = None
+        delay = 0.1
+        while True:
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.connect(since=start)
+                return fn()
+            except ReconError:
+                raise
+            except Exception as exc:
+                if not _is_transient(exc):
+                    with contextlib.suppress(Exception):
+                        self.conn.rollback()
+                    raise
+                with contextlib.suppress(Exception):
+                    self.conn.rollback()
+                now = time.monotonic()
+                start = start if start is not None else now
+                if now - start + delay > self.s.deadline_s:
+                    raise ServiceUnreachable(f"PostgreSQL at {self.s.dsn_display} unreachable for "
+                                             f"{self.s.deadline_s:g} s (--deadline) while {what}: "
+                                             f"{_first_line(str(exc))}") from None
+                self._notice(f"PostgreSQL error while {what}, retrying in {delay:g} s: {_first_line(str(exc))}")
+                if self.conn is not None and (self.conn.closed or self.conn.broken):
+                    self.close()
+                if not self._sleep(delay):
+                    raise ServiceUnreachable(f"stopped while PostgreSQL at {self.s.dsn_display} was unreachable "
+                                             f"({what}); nothing uncommitted was lost: it is re-read on restart") from None
+                delay = min(delay * 2, 5.0)
+
+    # -- schema ----------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create the four tables when missing (under an advisory lock: concurrent starters race)."""
+        import psycopg
+        from psycopg import sql
+
+        t = self.s.table
+        ddl = sql.SQL(_DDL).format(schema=sql.Identifier(t.schema), events=t.ident(), aggregates=t.ident("_aggregates"),
+                                   dead_letters=t.ident("_dead_letters"), offsets=t.ident("_offsets"))
+
+        def do() -> None:
+            with self.conn.transaction():
+                self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"recon consume {t.display}",))
+                self.conn.execute(ddl)
+            self.conn.commit()
+
+        try:
+            self.retrying("creating tables", do)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise UsageError(f"cannot create {t.display} and its companion tables: {_first_line(str(exc))} "
+                             "(grant CREATE on the schema, or create them as an owner first)") from None
+        rows = self.retrying("checking tables", lambda: self._columns())
+        for suffix, cols in _REQUIRED_COLUMNS.items():
+            have = rows.get(t.name + suffix, set())
+            missing = [c for c in cols if c not in have]
+            if missing:
+                raise UsageError(f"table {t.schema}.{t.name + suffix} exists but is not a recon consume table "
+                                 f"(missing columns: {', '.join(missing)}): choose another --table")
+
+    def _columns(self) -> dict[str, set[str]]:
+        t = self.s.table
+        names = [t.name + s for s in _REQUIRED_COLUMNS]
+        cur = self.conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = ANY(%s)", (t.schema, names))
+        out: dict[str, set[str]] = {}
+        for tn, cn in cur.fetchall():
+            out.setdefault(tn, set()).add(cn)
+        self.conn.commit()
+        return out
+
+    # -- offsets ---------------------------------------------------------------------------
+    def reset_offsets(self) -> int:
+        """Forget the stored offsets of the topic (the counters stay: they are totals)."""
+        from psycopg import sql
+
+        def do() -> int:
+            cur = self.conn.execute(sql.SQL("UPDATE {} SET next_offset = NULL, updated_at = now() "
+                                            "WHERE kafka_topic = %s").format(self.s.table.ident("_offsets")),
+                                    (self.s.topic,))
+            n = cur.rowcount
+            self.conn.commit()
+            return n
+
+        return int(self.retrying("resetting offsets", do))
+
+    def prepare_partitions(self, partitions: Sequence[int]) -> dict[int, int | None]:
+        """Make sure every partition has an offsets row and return the stored next offsets."""
+        from psycopg import sql
+
+        off = self.s.table.ident("_offsets")
+
+        def do() -> dict[int, int | None]:
+            self.conn.execute(sql.SQL(
+                "INSERT INTO {} (kafka_topic, kafka_partition, group_id) SELECT %s, p, %s FROM unnest(%s::int[]) p "
+                "ORDER BY p ON CONFLICT DO NOTHING").format(off), (self.s.topic, self.s.group, list(partitions)))
+            rows = self.conn.execute(sql.SQL(
+                "SELECT kafka_partition, next_offset FROM {} WHERE kafka_topic = %s AND kafka_partition = ANY(%s)"
+            ).format(off), (self.s.topic, list(partitions))).fetchall()
+            self.conn.commit()
+            return {int(p): (None if o is None else int(o)) for p, o in rows}
+
+        return dict(self.retrying("reading stored offsets", do))
+
+    def partition_rows(self) -> list[dict[str, Any]]:
+        from psycopg import sql
+
+        def do() -> list[dict[str, Any]]:
+            rows = self.conn.execute(sql.SQL(
+                "SELECT kafka_partition, next_offset, consumed, applied, duplicates, dead_letters FROM {} "
+                "WHERE kafka_topic = %s ORDER BY kafka_partition").format(self.s.table.ident("_offsets")),
+                (self.s.topic,)).fetchall()
+            self.conn.commit()
+            keys = ("partition", "next_offset", "consumed", "applied", "duplicates", "dead_letters")
+            return [dict(zip(keys, (None if v is None else int(v) for v in r), strict=True)) for r in rows]
+
+        return list(self.retrying("reading counters", do))
+
+    # -- the batch transaction -------------------------------------------------------------
+    def _statements(self) -> dict[str, Any]:
+        if not self._stmts:
+            from psycopg import sql
+
+            t = self.s.table
+            texts = _sql_texts()
+            self._stmts = {
+                "existing": sql.SQL(texts["existing"]).format(events=t.ident()),
+                "copy": sql.SQL(texts["copy"]).format(events=t.ident()),
+                "aggregate": sql.SQL(texts["aggregate"]).format(aggregates=t.ident("_aggregates")),
+                "lock": sql.SQL("SELECT kafka_partition, next_offset FROM {} WHERE kafka_topic = %s "
+                                "AND kafka_partition = ANY(%s) ORDER BY kafka_partition FOR UPDATE").format(t.ident("_offsets")),
+                "dead": sql.SQL(
+                    "INSERT INTO {} (kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, kafka_timestamp_type, "
+                    "key, value, headers, reason, detail) "
+                    "SELECT %s, p, o, to_timestamp(ts / 1000.0), tt, k, v, h::jsonb, r, d "
+                    "FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::text[], %s::bytea[], %s::bytea[], "
+                    "%s::text[], %s::text[], %s::text[]) AS x(p, o, ts, tt, k, v, h, r, d) "
+                    "ORDER BY p, o ON CONFLICT DO NOTHING RETURNING kafka_partition").format(t.ident("_dead_letters")),
+                "offsets": sql.SQL(
+                    "INSERT INTO {} AS o (kafka_topic, kafka_partition, next_offset, consumed, applied, duplicates, "
+                    "dead_letters, group_id, updated_at) "
+                    "SELECT %s, p, n, c, a, du, dl, %s, now() FROM unnest(%s::int[], %s::bigint[], %s::bigint[], "
+                    "%s::bigint[], %s::bigint[], %s::bigint[]) AS x(p, n, c, a, du, dl) ORDER BY p "
+                    "ON CONFLICT (kafka_topic, kafka_partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
+                    "consumed = o.consumed + EXCLUDED.consumed, applied = o.applied + EXCLUDED.applied, "
+                    "duplicates = o.duplicates + EXCLUDED.duplicates, dead_letters = o.dead_letters + EXCLUDED.dead_letters, "
+                    "group_id = EXCLUDED.group_id, updated_at = EXCLUDED.updated_at").format(t.ident("_offsets")),
+            }
+        return self._stmts
+
+    def write(self, batch: Batch) -> tuple[dict[int, Counters], dict[int, int | None]]:
+        """Write one batch in one transaction; returns (counters per written partition, conflicts).
+
+        The offsets rows of the batch's partitions are locked first. A partition whose stored
+        offset is not the position the batch continues from (``batch.start``) was written by
+        someone else meanwhile (another group member after a rebalance, or this consumer's own
+        commit whose acknowledgement was lost): its part of the batch is not written, and the
+        returned ``conflicts`` maps it to the stored offset to seek to.
+
+        Events already stored are found by the primary key first (optimistic COPY under a
+        savepoint) and by the probe only after the key rejected one: see the module docstring.
+        """
+        import psycopg
+
+        st = self._statements()
+        conn = self.conn
+        topic = self.s.topic
+        with conn.transaction():
+            rows = conn.execute(st["lock"], (topic, batch.partitions)).fetchall()
+            stored = {int(p): (None if o is None else int(o)) for p, o in rows}
+            conflicts = {p: stored.get(p) for p in batch.partitions if stored.get(p) != batch.start.get(p)}
+            if conflicts:
+                batch = batch.only(lambda p: p not in conflicts)
+            if not batch.partitions:
+                return {}, conflicts
+            per: dict[int, Counters] = {p: Counters(consumed=n) for p, n in batch.consumed.items()}
+            # column-wise: a handful of vectorised operations per batch, whatever its size
+            pr = batch.prepared()
+            for p, n in pr.duplicates.items():
+                per[p].duplicates += n
+            f, agg, applied = pr.rows, pr.aggregate, pr.applied
+            copied = False
+            if f.height and not self._probe_first:
+                # optimistic: no event of the batch is stored yet (the primary key proves it, or
+                # the COPY fails and is undone by its savepoint)
+                try:
+                    with conn.transaction(), conn.cursor() as cur, cur.copy(st["copy"]) as cp:
+                        cp.write(memoryview(pr.copy))
+                    copied = True
+                except psycopg.errors.UniqueViolation:
+                    self._probe_first = True
+            if f.height and not copied:
+                existing = [r[0] for r in conn.execute(
+                    st["existing"], ("{" + f.get_column("id").str.join(",").item() + "}",)).fetchall()]
+                # a replay is being read while ids are found stored: keep probing first
+                self._probe_first = bool(existing)
+                if existing:
+                    hit = f.get_column("id").is_in(existing)
+                    for p, n in _per_part(f.filter(hit)).items():
+                        per[p].duplicates += n
+                    f = f.filter(~hit)
+                    copy, agg, applied = _payload(f)
+                else:
+                    copy = pr.copy
+                if f.height:
+                    with conn.cursor() as cur, cur.copy(st["copy"]) as cp:
+                        cp.write(memoryview(copy))
+            if f.height:
+                conn.execute(st["aggregate"], agg)
+                for p, n in applied.items():
+                    per[p].applied += n
+            if batch.dead:
+                d = batch.dead
+                new = conn.execute(st["dead"], (
+                    topic, [x.partition for x in d], [x.offset for x in d], [x.ts_ms for x in d],
+                    [x.ts_type for x in d], [x.key for x in d], [x.value for x in d], [x.headers_json for x in d],
+                    [x.reason for x in d], [x.detail for x in d])).fetchall()
+                # stored now: dead letter; already stored by an earlier delivery: a duplicate
+                for x in d:
+                    per[x.partition].duplicates += 1
+                for (p,) in new:
+                    per[p].duplicates -= 1
+                    per[p].dead_letters += 1
+            ps = sorted(per)
+            for p in ps:
+                c = per[p]
+                if c.consumed != c.applied + c.duplicates + c.dead_letters:  # pragma: no cover - a bug
+                    raise RuntimeError(f"accounting error on partition {p}: {c}")
+            conn.execute(st["offsets"], (
+                topic, self.s.group, ps, [batch.next_offset[p] for p in ps], [per[p].consumed for p in ps],
+                [per[p].applied for p in ps], [per[p].duplicates for p in ps], [per[p].dead_letters for p in ps]))
+        return per, conflicts
+
+
+def _first_line(msg: str) -> str:
+    return " ".join(msg.strip().splitlines()[0].split()) if msg.strip() else msg
+
+
+def _db_user_error(msg: str, where: str) -> str:
+    m = msg.lower()
+    if "no password supplied" in m:
+        return (f"PostgreSQL at {where} asks for a password and none was given: set PGPASSWORD or PGPASSFILE "
+                "(or a .pgpass file)")
+    if "password authentication failed" in m:
+        return f"PostgreSQL at {where} refused the password: check PGPASSWORD / PGPASSFILE and the user in --dsn"
+    text = _first_line(msg)
+    text = re.sub(r"^connection failed: ", "", text)
+    return f"cannot connect to PostgreSQL at {where}: {text}"

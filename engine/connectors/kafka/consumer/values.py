@@ -1,0 +1,180 @@
+"""One message's values, checked and encoded: JSON parsing, Salesforce ids, event types, times, COPY text.
+
+Owns the per-value helpers of the per-message path of :func:`transform` (and of the writer's
+message-by-message fallback): each decides whether a value is storable and gives its COPY or JSON
+text. Several are cached, because values repeat heavily in a stream. Their source is part of the
+lineage digest (:func:`transform_digest`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.connectors.kafka.consumer.settings import _MAX_DETAIL_LEN, _MAX_EVENT_TYPE_LEN
+from engine.core.ids import canonical_time
+from engine.core.sfid import to18
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
+_AMOUNT = re.compile(r"[+-]?[0-9]{1,38}(?:\.[0-9]{1,38})?")
+_CANON_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+
+
+def _copy_text(s: str) -> str:
+    """A value for COPY's text format (tabs, newlines and backslashes escaped)."""
+    return s.translate(_ESCAPES) if _NEEDS_ESCAPE.search(s) else s
+
+
+def _clean_text(b: bytes | None) -> str | None:
+    """UTF-8 text PostgreSQL can store (no NUL, no invalid bytes), else None."""
+    if b is None:
+        return None
+    try:
+        s = b.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if "\x00" in s else s
+
+
+def _headers_json(headers: Sequence[tuple[str, bytes | None]] | None) -> str:
+    """Headers as a JSON array of ``{"key", "value"}`` (``value_base64`` for binary values)."""
+    out: list[dict[str, Any]] = []
+    for k, v in headers or ():
+        name = k.replace("\x00", "\\u0000") if isinstance(k, str) else repr(k)
+        text = _clean_text(v)
+        if v is None:
+            out.append({"key": name, "value": None})
+        elif text is not None:
+            out.append({"key": name, "value": text})
+        else:
+            out.append({"key": name, "value_base64": base64.b64encode(v).decode("ascii")})
+    return json.dumps(out, ensure_ascii=False) if out else "[]"
+
+
+def _detail(text: str) -> str:
+    return text if len(text) <= _MAX_DETAIL_LEN else text[: _MAX_DETAIL_LEN - 1] + "…"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for the whole process: json.loads(..., parse_float=...) would build a new one per
+# call (a third of the parse time). Floats stay text so that amounts are exact decimals.
+_DECODER = json.JSONDecoder(parse_float=str, parse_constant=_reject_constant)
+_SCAN = _DECODER.scan_once
+
+
+def _parse(value: bytes) -> Any:
+    """The JSON value of a message (UTF-8). The common compact ``{...}`` takes the C scanner
+    directly; anything else (whitespace around it, another type) goes through the full decoder."""
+    s = value.decode("utf-8")
+    if s[:1] == "{":
+        try:
+            obj, end = _SCAN(s, 0)
+        except StopIteration:
+            raise ValueError("not JSON") from None
+        if end == len(s):
+            return obj
+    return _DECODER.decode(s)
+
+
+_id18_cache: dict[str, str | None] = {}
+_event_types: dict[str, str | None] = {}
+
+
+def _event_type_copy(typ: Any) -> str | None:
+    """The event type escaped for COPY, or None when it is not a storable non-empty text (too long,
+    NUL, lone surrogate). Cached: a stream has a handful of event types."""
+    if type(typ) is not str:
+        return None
+    r = _event_types.get(typ, "")
+    if r != "":
+        return r
+    if not typ or len(typ) > _MAX_EVENT_TYPE_LEN or "\x00" in typ or (not typ.isascii() and not _encodable(typ)):
+        r = None
+    else:
+        r = _copy_text(typ)
+    if len(_event_types) > 10_000:
+        _event_types.clear()
+    _event_types[typ] = r
+    return r
+
+
+def _id18(value: Any) -> str | None:
+    """18-character Salesforce id or None; cached, because ids repeat heavily in a stream."""
+    if type(value) is not str:
+        return None
+    r = _id18_cache.get(value, "")
+    if r == "":
+        try:
+            r = to18(value)
+        except ValueError:
+            r = None
+        if len(_id18_cache) > 1_000_000:
+            _id18_cache.clear()
+        _id18_cache[value] = r
+    return r
+
+
+
+_fragments: dict[bytes, str | None] = {}
+
+
+def _json_fragment(b: bytes | None) -> str | None:
+    """The JSON string literal of header or key bytes, ready for a COPY text field (backslashes
+    doubled), or None unless clean UTF-8 (no NUL).
+
+    Cached: org ids, producer ids and keys repeat across a stream, and this runs several times
+    per message. Plain printable ASCII skips json.dumps (a third of its cost). JSON literals hold
+    no raw tab or newline, so doubling backslashes is all the COPY escaping they need, and the
+    lineage built from them needs no scan of its own.
+    """
+    r = _fragments.get(b, "")  # type: ignore[arg-type]
+    if r != "":
+        return r
+    if b is None:
+        return None
+    s = _clean_text(b)
+    if s is None:
+        r = None
+    elif s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        r = f'"{s}"'
+    else:
+        r = json.dumps(s, ensure_ascii=True).replace("\\", "\\\\")
+    if len(_fragments) > 200_000:
+        _fragments.clear()
+    _fragments[b] = r
+    return r
+
+
+def _encodable(s: str) -> bool:
+    """False for strings with lone surrogates (JSON allows "\\ud800"; UTF-8 and PostgreSQL don't)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _canonical_ts(ts: Any, canon_match: Callable[[str], Any]) -> str | None:
+    """The event time as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, ms), or None when it is not a time.
+
+    ASCII digits only: Python's ``\\d`` and ``fromisoformat`` accept other scripts' digits,
+    which PostgreSQL would reject and so block the whole batch.
+    """
+    if type(ts) is not str or not ts.isascii():
+        return None
+    if canon_match(ts):
+        t = ts
+    else:
+        try:
+            t = canonical_time(ts)
+        except (ValueError, TypeError, OverflowError):
+            return None
+    # canonical_time keeps years 1..9999; the regex pins the shape PostgreSQL will parse
+    return t if canon_match(t) else None
