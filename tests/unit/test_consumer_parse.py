@@ -413,7 +413,7 @@ def test_both_paths_give_the_same_batch(guard: str | None, monkeypatch: pytest.M
     fast = run(*ms, guard=guard, positions={0: 100})
     # the flag is read from the module that defines transform(): patch it there (consumer.transform
     # is the function, re-exported)
-    monkeypatch.setattr(importlib.import_module("engine.connectors.kafka.consumer.transform"), "_FAST_PATH", False)
+    monkeypatch.setattr(importlib.import_module("engine.connectors.kafka.consumer.transformation"), "_FAST_PATH", False)
     slow = run(*ms, guard=guard, positions={0: 100})
     assert _snapshot(fast) == _snapshot(slow)
     rows = [row_fields(fast, i) for i in range(len(fast.ids))]

@@ -56,11 +56,11 @@ out, so it is unit-tested without services and its source is part of the lineage
 
 The package, by concern: ``settings`` (options, constants, the librdkafka configuration),
 ``batch`` (the transformed batch the writer takes), ``values`` (checking and encoding one value),
-``transform`` (the pure transformation and its digest), ``sink`` (the PostgreSQL side) and
+``transformation`` (the pure transformation and its digest), ``sink`` (the PostgreSQL side) and
 ``runner`` (the consume loop). ``__all__`` is its API; the names imported ``as`` themselves below
 are re-exported for the use case (the defaults) and for the tests and benchmarks (private names).
-``consumer.transform`` is the function: to reach the module of that name (to patch ``_FAST_PATH``,
-say), use ``importlib.import_module("engine.connectors.kafka.consumer.transform")``.
+``transformation`` is the module of the :func:`transform` function (so patching ``_FAST_PATH`` there
+reaches it).
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ from engine.connectors.kafka.consumer.settings import DEFAULT_BATCH_SIZE as DEFA
 from engine.connectors.kafka.consumer.settings import DEFAULT_DEADLINE_S as DEFAULT_DEADLINE_S
 from engine.connectors.kafka.consumer.settings import DEFAULT_METRICS_INTERVAL_S as DEFAULT_METRICS_INTERVAL_S
 from engine.connectors.kafka.consumer.sink import ConsumeResult, Counters, Sink
-from engine.connectors.kafka.consumer.transform import _fast_rows as _fast_rows
-from engine.connectors.kafka.consumer.transform import transform, transform_digest
+from engine.connectors.kafka.consumer.transformation import _fast_rows as _fast_rows
+from engine.connectors.kafka.consumer.transformation import transform, transform_digest
 
 __all__ = [
     "DEFAULT_API_VERSION",

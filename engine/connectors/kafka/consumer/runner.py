@@ -26,7 +26,7 @@ from engine.connectors.kafka.consumer.settings import (
     log,
 )
 from engine.connectors.kafka.consumer.sink import ConsumeResult, Counters, Sink, _first_line
-from engine.connectors.kafka.consumer.transform import transform
+from engine.connectors.kafka.consumer.transformation import transform
 from engine.connectors.kafka.consumer.values import _detail, _headers_json
 from engine.core.errors import ServiceUnreachable, UsageError, kafka_config_error
 

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from engine.connectors.kafka.consumer.batch import Batch, _payload, _per_part
 from engine.connectors.kafka.consumer.settings import DEFAULT_API_VERSION, ConsumerSettings, log
-from engine.connectors.kafka.consumer.transform import _sql_texts, transform_digest
+from engine.connectors.kafka.consumer.transformation import _sql_texts, transform_digest
 from engine.core.errors import ReconError, ServiceUnreachable, UsageError
 
 _DDL: Final[str] = """

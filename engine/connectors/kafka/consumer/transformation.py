@@ -458,7 +458,7 @@ def _sql_texts() -> dict[str, str]:
     """Statement templates (``{events}`` etc. are filled with quoted identifiers).
 
     Kept in one place because they are part of the transformation: their text is hashed into the
-    lineage digest together with :func:`transform` and ``engine/ids.py``.
+    lineage digest together with :func:`transform` and ``engine/core/ids.py``.
 
     Why not ``INSERT … ON CONFLICT DO NOTHING`` from a staging table: measured on the embedded
     PostgreSQL (backend CPU per event, 100k events), staging + insert-select took 11.3 µs and the
@@ -489,7 +489,7 @@ def _sql_texts() -> dict[str, str]:
 def transform_digest() -> str:
     """``sha256:<hex>`` of the code that turns a Kafka message into a row.
 
-    Covers ``engine/ids.py`` and ``engine/sfid.py`` (the event id and its canonicalisation), the
+    Covers ``engine/core/ids.py`` and ``engine/core/sfid.py`` (the event id and its canonicalisation), the
     source of :func:`transform` and its helpers, and the SQL that builds the stored row. Computed
     once per process; a changed digest in the lineage means rows were produced by different code.
     """
