@@ -49,6 +49,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="skip generating and loading when bench-data holds this data set and the tables were loaded from it")
     ap.add_argument("--state-dir", default=str(ROOT / ".recon-bench"))
+    ap.add_argument("--recon-python", default=sys.executable,
+                    help="the Python whose `engine` runs the diff, e.g. a venv with a bare `pip install .` "
+                         "(without recon[local]) to measure the reader a bare install gets")
     a = ap.parse_args()
 
     from engine.local.postgres import EmbeddedPostgres
@@ -73,7 +76,8 @@ def main() -> None:
         for other in (ROOT / "bench-data").glob("*/loaded.json"):  # the tables now hold this data set only
             other.unlink()
         marker.write_text(json.dumps(want))
-    out: dict = {"rows": a.rows, "mismatch": a.mismatch, "generated": generated, "cores": os.cpu_count()}
+    out: dict = {"rows": a.rows, "mismatch": a.mismatch, "generated": generated, "cores": os.cpu_count(),
+                 "recon_python": a.recon_python}
     floor, floor_process = [], []
     for _ in range(a.repeat):  # the floor's own figure (read + COPY), and its whole process for reference
         t = time.perf_counter()
@@ -81,7 +85,7 @@ def main() -> None:
                                 "wh_account"], capture_output=True, text=True, env=env, check=True)
         floor_process.append(time.perf_counter() - t)
         floor.append(float(res_f.stdout))
-    recon_cmd = [sys.executable, "-m", "engine.cli.main", "diff", f"parquet:{data / 'sf.parquet'}", f"{dsn}#public.wh_account",
+    recon_cmd = [a.recon_python, "-m", "engine.cli.main", "diff", f"parquet:{data / 'sf.parquet'}", f"{dsn}#public.wh_account",
                  "-k", "id", "--json"]
     walls, rsss, summary = [], [], {}
     for _ in range(a.repeat):
