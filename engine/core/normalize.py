@@ -45,11 +45,17 @@ concatenated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Literal
 
 import numpy as np
 import polars as pl
+
+from engine.core.decimals import _float_to_scaled, _int128_le, _to_decimal, is_scaled, to_decimal, to_scaled
+
+# re-exported: part of this module's interface (``normalize.parse_decimal``, …)
+from engine.core.decimals import parse_decimal as parse_decimal
+from engine.core.decimals import scaled_text as scaled_text
 
 ENCODING_VERSION = 2
 SUPPORTED_ENCODINGS = (1, 2)
@@ -146,38 +152,6 @@ def sf_id18(s: pl.Series) -> pl.Series:
     full = np.concatenate([raw, alphabet[idx]], axis=1)
     converted = pl.Series(full.view("S18").ravel().astype(str))
     return s.scatter(mask.arg_true(), converted)
-
-
-def _to_decimal(s: pl.Series, scale: int) -> pl.Series:
-    if s.dtype == pl.Utf8 or s.dtype == pl.String:
-        txt = s.str.strip_chars()
-        txt = pl.Series(s.name, txt).set(txt == "", None) if (txt == "").any() else txt
-        wide = txt.cast(pl.Decimal(38, 9), strict=False)
-        bad = wide.is_null() & txt.is_not_null()
-        if bad.any():  # exotic spellings (e.g. '1.5e-12'): the rare rows go through Python's Decimal
-            fixed = [_py_decimal(v, 9) for v in txt.filter(bad).to_list()]
-            wide = wide.scatter(bad.arg_true(), pl.Series(fixed, dtype=pl.Decimal(38, 9)))
-        return wide.round(scale).cast(pl.Decimal(38, scale))
-    if s.dtype.is_float():
-        return s.round(scale).cast(pl.Decimal(38, scale))
-    if isinstance(s.dtype, pl.Decimal):
-        return s.round(scale).cast(pl.Decimal(38, scale)) if (s.dtype.scale or 0) > scale else s.cast(pl.Decimal(38, scale))
-    return s.cast(pl.Decimal(38, scale))
-
-
-def _py_decimal(v: str, scale: int) -> Decimal | None:
-    try:
-        d = Decimal(v)
-    except InvalidOperation as exc:
-        raise ValueError(f"not a number: {v!r}") from exc
-    if not d.is_finite():
-        raise ValueError(f"not a finite number: {v!r}")
-    with localcontext() as ctx:  # the default 28 digits would fail on large values at a fine scale
-        ctx.prec = 80
-        q = d.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
-    if len(q.as_tuple().digits) > 38:
-        raise ValueError(f"number out of range (more than 38 digits at scale {scale}): {v!r}")
-    return q
 
 
 _TRUE = ("true", "t", "1", "yes", "y")
@@ -383,82 +357,7 @@ def _order_duplicate_runs(frame: pl.DataFrame, names: list[str]) -> tuple[pl.Dat
 
 
 # ------------------------------------------------------------------------------------------------
-# decimals as scaled 64-bit integers
-#
-# A canonical decimal column is held as its unscaled value in an Int64 (12.34 at scale 2 is 1234)
-# whenever every value fits with room to spare, else as Decimal(38, s). Why: Polars keeps every
-# Decimal in 16 bytes, so two money columns cost 320 MB more per side at 10M rows than the same
-# values in 8 bytes, and 64-bit arithmetic is faster. The canonical bytes are the same either way
-# (16-byte little-endian unscaled integer), so the representation never shows in a Merkle root.
-
-SCALED_LIMIT = 1 << 62  # |unscaled| below this: the difference of two values cannot overflow
-
-
-def is_scaled(s: pl.Series) -> bool:
-    """Whether a canonical decimal column is in its scaled-integer form."""
-    return s.dtype == pl.Int64
-
-
-def _int128_le(vals: np.ndarray) -> np.ndarray:
-    """Sign-extend int64 values to 16-byte little-endian two's complement rows."""
-    out = np.empty((len(vals), 2), dtype="<i8")
-    out[:, 0] = vals
-    out[:, 1] = vals >> 63
-    return out.view(np.uint8).reshape(len(vals), 16)
-
-
-def to_scaled(s: pl.Series, scale: int) -> pl.Series:
-    """A canonical Decimal(38, scale) column as scaled Int64 when every value fits, else unchanged.
-    Polars' physical form of a decimal is its unscaled Int128, so this is one narrowing cast."""
-    if not isinstance(s.dtype, pl.Decimal) or len(s) == 0:
-        return s
-    phys = s.cast(pl.Decimal(38, scale)).to_physical()
-    top, bottom = phys.max(), phys.min()
-    if top is not None and (int(top) >= SCALED_LIMIT or int(bottom) <= -SCALED_LIMIT):  # type: ignore[arg-type]
-        return s
-    return phys.cast(pl.Int64).alias(s.name)
-
-
-def _float_to_scaled(s: pl.Series, scale: int) -> pl.Series | None:
-    """Floats straight to scaled int64, skipping the 16-byte Decimal in between: the value rounded
-    to ``scale`` places (as the Decimal path rounds), times 10**scale, is within an ulp of an
-    integer while it stays below 2**53 / 10**scale. None (the Decimal path decides) otherwise, or
-    for NaN and infinities."""
-    if len(s) == 0 or not bool(s.is_finite().fill_null(True).all()):
-        return None
-    r = s.round(scale)
-    top = r.abs().max()
-    if top is None or float(top) >= 2.0**53 / 10**scale:  # type: ignore[arg-type]
-        return None
-    return (r * float(10**scale)).round(0).cast(pl.Int64)
-
-
-def to_decimal(s: pl.Series, scale: int) -> pl.Series:
-    """The Decimal(38, scale) form of a canonical decimal column (exact; a no-op when it is one)."""
-    import pyarrow as pa
-
-    if not is_scaled(s):
-        return s
-    vals = s.fill_null(0).to_numpy()
-    valid = s.is_not_null().to_numpy()
-    data = pa.py_buffer(_int128_le(vals).tobytes())
-    mask = pa.array(valid).buffers()[1] if not valid.all() else None
-    arr = pa.Array.from_buffers(pa.decimal128(38, scale), len(vals), [mask, data])
-    out = pl.from_arrow(arr)
-    assert isinstance(out, pl.Series)
-    return out.alias(s.name)
-
-
-def scaled_text(expr: pl.Expr, scale: int) -> pl.Expr:
-    """The text of a scaled decimal column (unscaled int64) as a Decimal(38, scale) column prints
-    it (``-12.30``), without building the 16-byte Decimal column first."""
-    if scale == 0:
-        return expr.cast(pl.Utf8)
-    unit = 10**scale
-    mag = expr.abs()
-    text = pl.concat_str([(mag // unit).cast(pl.Utf8), pl.lit("."),
-                          (mag % unit).cast(pl.Utf8).str.zfill(scale)])
-    return pl.when(expr < 0).then(pl.concat_str([pl.lit("-"), text])).otherwise(text)
+# frames with scaled decimals (the representation itself: engine.core.decimals)
 
 
 def decimal_view(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[FieldSpec],
@@ -611,18 +510,6 @@ def encode_segment_reference(rows: list[tuple[object, ...]], ctypes: list[Column
             else:
                 raise ValueError(f"unknown column kind {ct.kind!r}")
     return b"".join(out)
-
-
-def parse_decimal(v: object) -> Decimal | None:
-    """A finite Decimal from a value or its text; None for NULL, empty or not a number. Used where
-    values come back as text (JSON, Parquet string columns) and must compare as numbers."""
-    if v is None or v == "":
-        return None
-    try:
-        d = Decimal(str(v))
-    except InvalidOperation:
-        return None
-    return d if d.is_finite() else None
 
 
 def encode_value(value: object, ctype: ColumnType) -> bytes:
