@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from engine.connectors.base import parse_reference
+from engine.connectors.postgres import copy_stream
 from engine.connectors.postgres import source as pg_source
 from engine.core.errors import UsageError
 
@@ -25,8 +26,9 @@ newline', 123456789012.34, 0, '2026-11-26 00:00:00', '2026-11-26 00:00:00Z', tru
 
 
 @pytest.fixture()
-def table(embedded_pg) -> str:
-    os.environ["PGPASSFILE"] = str(embedded_pg.paths.pgpass_file)
+def table(embedded_pg, monkeypatch: pytest.MonkeyPatch) -> str:
+    # setenv, not os.environ: a passfile left behind would let a later test's empty password connect
+    monkeypatch.setenv("PGPASSFILE", str(embedded_pg.paths.pgpass_file))
     with psycopg.connect(embedded_pg.info.dsn, autocommit=True) as c:
         c.execute("DROP TABLE IF EXISTS src_read")
         c.execute("CREATE TABLE src_read (id text, label text, amount numeric(14,2), n int8, ts timestamp, "
@@ -78,13 +80,13 @@ def test_psql_reader_takes_a_password_from_the_dsn_without_putting_it_on_the_com
     info, creds = embedded_pg.info, embedded_pg.creds
     monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))  # only the DSN's password can work
     seen: list[list[str]] = []
-    real = pg_source.subprocess.Popen
+    real = copy_stream.subprocess.Popen
 
     def spy(cmd, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         seen.append(list(cmd))
         return real(cmd, *args, **kwargs)
 
-    monkeypatch.setattr(pg_source.subprocess, "Popen", spy)
+    monkeypatch.setattr(copy_stream.subprocess, "Popen", spy)
     pw = creds["postgres_password"]
     dsn = f"postgresql://{info.user}:{pw}@{info.host}:{info.port}/{info.database}#public.src_read"
     got = _read(dsn, "psql")
@@ -94,7 +96,7 @@ def test_psql_reader_takes_a_password_from_the_dsn_without_putting_it_on_the_com
 
 
 def test_parallel_page_ranges_read_every_row_once(embedded_pg, monkeypatch: pytest.MonkeyPatch) -> None:
-    os.environ["PGPASSFILE"] = str(embedded_pg.paths.pgpass_file)
+    monkeypatch.setenv("PGPASSFILE", str(embedded_pg.paths.pgpass_file))
     with psycopg.connect(embedded_pg.info.dsn, autocommit=True) as c:
         c.execute("DROP TABLE IF EXISTS big_read")
         c.execute("CREATE TABLE big_read (id text, v int8, pad text)")
@@ -213,8 +215,8 @@ def test_a_copy_child_drain_holds_a_bounded_amount_while_nobody_reads(monkeypatc
     server must not let it buffer the whole table: it stops at DRAIN_LIMIT and resumes on reads."""
     import time
 
-    monkeypatch.setattr(pg_source, "DRAIN_LIMIT", 2 << 20)
-    child = pg_source._Child(["head", "-c", str(40 << 20), "/dev/zero"], dict(os.environ))
+    monkeypatch.setattr(copy_stream, "DRAIN_LIMIT", 2 << 20)  # read where _Child is defined
+    child = copy_stream._Child(["head", "-c", str(40 << 20), "/dev/zero"], dict(os.environ))
     time.sleep(0.5)  # plenty for `head` to write 40 MiB if nothing held the drain back
     assert child._held <= (2 << 20) + (1 << 20)  # the limit plus the one read in flight
     total = 0
