@@ -155,6 +155,15 @@ def test_a_psql_that_cannot_connect_hands_over_to_the_next_reader(
     assert got.meta["reader"] == "psycopg" and got.frame.height == 5
 
 
+def _connector_read(ref_text: str, columns: list[str]):  # noqa: ANN202
+    """A read as the diff makes it: through the connector, which takes a read started early."""
+    from engine.config import load
+    from engine.connectors.base import ReadRequest
+    from engine.connectors.registry import source_for
+
+    return source_for(parse_reference(ref_text), load(None)).read(ReadRequest(columns))
+
+
 def _psql_children() -> list[str]:
     """Running psql COPY children of this process."""
     import subprocess
@@ -176,7 +185,7 @@ def test_a_read_started_early_is_taken_and_reads_the_same_rows(table: str, tmp_p
     pl.DataFrame({"ID": ["x"], "amount": [1.0], "label": ["y"]}).write_parquet(other)  # names match case-insensitively
     early.start_for_diff(f"parquet:{other}", table, keys=(("ID", "id"),), columns=(), source_where=None,
                          target_where=None, config=load(None))
-    got = pg_source.extract(parse_reference(table), ["id", "label", "amount"], None)
+    got = _connector_read(table, ["id", "label", "amount"])
     assert got.meta["started_early"] is True and regular.meta["started_early"] is False
     assert got.frame.columns == ["id", "label", "amount"]
     assert got.frame.equals(regular.frame.select("id", "label", "amount"), null_equal=True)
@@ -193,7 +202,7 @@ def test_an_early_read_missing_a_wanted_column_is_stopped_and_read_again(table: 
     pl.DataFrame({"id": ["x"], "label": ["y"]}).write_parquet(other)  # the guess: id and label only
     early.start_for_diff(f"parquet:{other}", table, keys=(("id", "id"),), columns=(), source_where=None,
                          target_where=None, config=load(None))
-    got = pg_source.extract(parse_reference(table), ["id", "label", "n"], None)  # n was not in the guess
+    got = _connector_read(table, ["id", "label", "n"])  # n was not in the guess
     assert got.meta["started_early"] is False
     assert got.frame.columns == ["id", "label", "n"] and got.frame.height == 5
     assert not _psql_children()
@@ -231,8 +240,9 @@ def test_an_early_read_reports_bad_credentials_like_a_regular_one(embedded_pg, t
     early.start_for_diff("parquet:/nonexistent.parquet", bad, keys=(("id", "id"),), columns=(("a", "amount"),),
                          source_where=None, target_where=None, config=load(None))
     with pytest.raises(UsageError, match="refused the credentials") as exc:
-        pg_source.extract(parse_reference(bad), ["id", "amount"], None)
+        _connector_read(bad, ["id", "amount"])
     assert "wrong-secret" not in str(exc.value)
+    assert early.take(parse_reference(bad), None, ["id", "amount"]) is None  # the early read was taken
 
 
 def test_a_copy_child_drain_holds_a_bounded_amount_while_nobody_reads(monkeypatch: pytest.MonkeyPatch) -> None:

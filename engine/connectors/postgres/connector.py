@@ -40,10 +40,13 @@ class PostgresSource:
         return [c.name for c in source.list_columns(self.ref)]
 
     def read(self, req: ReadRequest) -> Extract:
-        from engine.connectors.postgres import source
+        """Takes the read :mod:`engine.connectors.postgres.early` started for this table and
+        condition when it covers the wanted columns, else reads now."""
+        from engine.connectors.postgres import early, source
 
+        started = early.take(self.ref, req.where, req.columns)
         return source.extract(self._ref(), req.columns, req.where, updated_at=req.updated_at, as_of=req.as_of,
-                              key_columns=req.key_columns)
+                              key_columns=req.key_columns, started=started)
 
     @classmethod
     def provenance(cls, meta: dict[str, Any]) -> dict[str, Any]:

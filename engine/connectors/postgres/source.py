@@ -177,18 +177,15 @@ def extract(
     updated_at: str | None = None,
     as_of: datetime | None = None,
     key_columns: list[str] | None = None,
+    started: PgRead | None = None,
 ) -> Extract:
     """Read the wanted columns in one snapshot; rows changed after ``as_of`` (by ``updated_at``) are
-    reported as in-flight keys. A read :mod:`engine.connectors.postgres.early` started for the same table and
-    condition is used when it covers the wanted columns."""
+    reported as in-flight keys. ``started``: a read already under way for the same table and
+    condition that covers the wanted columns (see :mod:`engine.connectors.postgres.early`)."""
     import polars as pl
 
     from engine.connectors.base import Extract, SourceColumn
-    from engine.connectors.postgres import early
-
-    read = early.take(ref, where, columns)
-    if read is None:
-        read = PgRead(ref, columns, where)
+    read = started if started is not None else PgRead(ref, columns, where)
     with read:
         cols = resolve_columns(read.available, columns, read.where_text) if columns else read.cols
         frame, reader = read.collect()
