@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.app.evidence import EvidenceOptions
 from engine.config import Config
 from engine.core.errors import UsageError
 
@@ -38,15 +39,11 @@ class DiffOptions:
     unique_key: bool = False
     segment_rows: int | None = None
     out_dir: Path | None = None
-    ledger: str | None = None
-    manifest: Path | None = None
-    signing_key: Path | None = None
+    evidence: EvidenceOptions = EvidenceOptions()
 
     def check(self) -> None:
         """Usage errors that need no config (before any extraction)."""
-        from engine.app.evidence import check_manifest_options
-
-        check_manifest_options(self.manifest, self.signing_key)
+        self.evidence.check()
 
     def resolve(self, config: Config) -> dict[str, Any]:
         """The fields of the run's :class:`~engine.app.reconcile.DiffRequest`: each given option over
@@ -82,7 +79,7 @@ def run(opts: DiffOptions, config: Config, *, progress: Callable[[str], None] | 
     from engine.connectors.postgres import early
 
     opts.check()
-    ledger_dsn = evidence.resolve_ledger_dsn(opts.ledger, config)
+    ledger_dsn = opts.evidence.ledger_dsn(config)
     fields = opts.resolve(config)
     early.start_for_diff(fields["source"], fields["target"], keys=fields["keys"], columns=fields.get("columns", ()),
                          source_where=fields.get("source_where"), target_where=fields.get("target_where"),
@@ -93,10 +90,10 @@ def run(opts: DiffOptions, config: Config, *, progress: Callable[[str], None] | 
         d = reconcile.run_diff(reconcile.DiffRequest(**fields), config, progress=progress)
         outputs = reconcile.write_outputs(d, opts.out_dir) if opts.out_dir else None
         summary = d.summary()
-        if ledger_dsn or opts.manifest:
+        if ledger_dsn or opts.evidence.manifest:
             summary["evidence"] = evidence.record_diff_evidence(
-                d, config=config, outputs=outputs, ledger_dsn=ledger_dsn, manifest_path=opts.manifest,
-                signing_key=opts.signing_key)
+                d, config=config, outputs=outputs, ledger_dsn=ledger_dsn, manifest_path=opts.evidence.manifest,
+                signing_key=opts.evidence.signing_key)
         return DiffOutcome(d, summary)
     finally:
         early.discard()

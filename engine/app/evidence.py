@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,23 @@ def check_manifest_options(manifest_path: Path | None, signing_key: Path | None)
         from engine.evidence.manifest import load_private_key
 
         load_private_key(signing_key)
+
+
+@dataclass(frozen=True)
+class EvidenceOptions:
+    """Where a use case records its run, as the command line gave it: ``--ledger`` (else
+    ``RECON_LEDGER_DSN``, else the config's), ``--manifest`` with ``--signing-key``."""
+
+    ledger: str | None = None
+    manifest: Path | None = None
+    signing_key: Path | None = None
+
+    def check(self) -> None:
+        """Exit 2 before any work when the manifest options do not go together."""
+        check_manifest_options(self.manifest, self.signing_key)
+
+    def ledger_dsn(self, config: Config | None) -> str | None:
+        return resolve_ledger_dsn(self.ledger, config)
 
 
 # -- secrets ---------------------------------------------------------------------------------------

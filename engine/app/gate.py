@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import workspace
+from engine.app.evidence import EvidenceOptions
 from engine.config import Config
 from engine.core.errors import UsageError
 from engine.core.gate import (  # noqa: F401  (the policy's names, used by callers of the use case)
@@ -457,8 +458,7 @@ MODES = ("--diff", "--override", "--status", "--install-guard")
 @dataclass(frozen=True)
 class GateRequest:
     """What `recon gate` was asked: exactly one mode (a diff, an override, the status, installing the
-    SQL guard) and where to record the decision. ``ledger`` is ``--ledger`` as given (the
-    environment and the config are consulted by :func:`run_gate`)."""
+    SQL guard) and where to record the decision."""
 
     diff: Path | None = None
     mapping: str | None = None
@@ -471,15 +471,11 @@ class GateRequest:
     install_guard: bool = False
     guard_roles: tuple[str, ...] = ()
     out_dir: Path | None = None
-    ledger: str | None = None
-    manifest: Path | None = None
-    signing_key: Path | None = None
+    evidence: EvidenceOptions = EvidenceOptions()
 
     def check(self) -> None:
         """Usage errors, before the config is read or anything is connected."""
-        from engine.app.evidence import check_manifest_options
-
-        check_manifest_options(self.manifest, self.signing_key)
+        self.evidence.check()
         modes = [m for m, on in zip(MODES, (self.diff is not None, self.override is not None, self.status,
                                             self.install_guard), strict=True) if on]
         if len(modes) != 1:
@@ -511,17 +507,17 @@ def _need_ledger(dsn: str | None, what: str) -> str:
     return dsn
 
 
-def run_gate(req: GateRequest, config: Config, *, evidence: bool = True) -> GateOutcome:
+def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) -> GateOutcome:
     """Install the guard, report the state, or decide (from a diff or an override) and record the
     decision: in the ledger when there is one, in ``gate_decision.json`` when an output directory is
-    given, and as evidence (ledger run, signed manifest, lineage) unless ``evidence`` is off."""
+    given, and as evidence (ledger run, signed manifest, lineage) unless ``record_evidence`` is off."""
     from engine.app import evidence as ev
     from engine.evidence.lineage import new_run_id
     from engine.evidence.manifest import describe_input
 
     req.check()
     config.use_passfile()
-    ledger_dsn = ev.resolve_ledger_dsn(req.ledger, config)
+    ledger_dsn = req.evidence.ledger_dsn(config)
     if req.install_guard:
         info = install_guard(_need_ledger(ledger_dsn, "--install-guard"), req.guard_roles)
         return GateOutcome("install_guard", 0, info)
@@ -560,14 +556,15 @@ def run_gate(req: GateRequest, config: Config, *, evidence: bool = True) -> Gate
         entry, guard, warning = commit(ledger_dsn, decision)
     body = decision.body()
     outputs: list[Path] = []
-    target_dir = req.out_dir or (req.manifest.parent if req.manifest is not None else None)
+    manifest = req.evidence.manifest
+    target_dir = req.out_dir or (manifest.parent if manifest is not None else None)
     if target_dir is not None:
         outputs.append(workspace.write_json(workspace.gate_decision_path(target_dir), {**body, "ledger_entry": entry}))
     doc: dict[str, Any] = {"mapping": decision.mapping, "state": decision.state,
                            "exit_code": 3 if decision.is_open else 0, "decision": body,
                            "ledger_entry": entry, "recorded": entry is not None, "sql_guard": guard}
-    if evidence and (ledger_dsn or req.manifest):
+    if record_evidence and (ledger_dsn or manifest):
         doc["evidence"] = ev.record_evidence(
-            "gate", body, inputs, outputs, ledger_dsn=ledger_dsn, manifest_path=req.manifest,
-            signing_key=req.signing_key, config_digest=config.digest, run_id=run_id)
+            "gate", body, inputs, outputs, ledger_dsn=ledger_dsn, manifest_path=manifest,
+            signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id)
     return GateOutcome("decision", 3 if decision.is_open else 0, doc, decision, entry, warning)

@@ -50,6 +50,7 @@ import psycopg
 from psycopg import sql
 
 from engine import workspace
+from engine.app.evidence import EvidenceOptions
 from engine.app.gate import REPAIRED_CLASSES
 from engine.config import Config
 from engine.connectors.base import PostgresRef, SalesforceRef, parse_reference
@@ -547,7 +548,7 @@ def inputs_meta(rep: RepairReport) -> list[dict[str, Any]]:
 # -- the use case: `recon repair` -----------------------------------------------------------------
 @dataclass(frozen=True)
 class RepairRequest:
-    """What `recon repair` was asked; ``ledger`` is ``--ledger`` as given."""
+    """What `recon repair` was asked."""
 
     from_explain: Path
     apply: bool = False
@@ -556,15 +557,11 @@ class RepairRequest:
     target: str | None = None
     chunk_rows: int | None = None
     out_dir: Path | None = None
-    ledger: str | None = None
-    manifest: Path | None = None
-    signing_key: Path | None = None
+    evidence: EvidenceOptions = EvidenceOptions()
 
     def check(self) -> None:
         """Usage errors, before the config is read."""
-        from engine.app.evidence import check_manifest_options
-
-        check_manifest_options(self.manifest, self.signing_key)
+        self.evidence.check()
 
 
 @dataclass
@@ -581,18 +578,19 @@ def run(req: RepairRequest, config: Config, *, progress: Any = None) -> RepairOu
 
     req.check()
     config.use_passfile()
-    ledger_dsn = ev.resolve_ledger_dsn(req.ledger, config)
+    ledger_dsn = req.evidence.ledger_dsn(config)
+    manifest = req.evidence.manifest
     plan = load_plan(req.from_explain, config, mapping=req.mapping, target=req.target, diff_dir=req.diff)
     run_id = new_run_id()
     rep = run_repair(plan, config, apply=req.apply, run_id=run_id, ledger_dsn=ledger_dsn,
                      chunk_rows=req.chunk_rows, progress=progress)
     where = req.out_dir or (workspace.RepairOutput.default_for(req.from_explain).dir if req.apply
-                            else (req.manifest.parent if req.manifest is not None else None))
+                            else (manifest.parent if manifest is not None else None))
     files = write_outputs(rep, where) if where is not None else []
     summary = rep.summary()
     summary["outputs"] = [str(f) for f in files]
-    if ledger_dsn or req.manifest:
+    if ledger_dsn or manifest:
         summary["evidence"] = ev.record_evidence(
             "repair", rep.summary(), inputs_meta(rep), files, ledger_dsn=ledger_dsn,
-            manifest_path=req.manifest, signing_key=req.signing_key, config_digest=config.digest, run_id=run_id)
+            manifest_path=manifest, signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id)
     return RepairOutcome(rep, files, summary)

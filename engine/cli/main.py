@@ -61,6 +61,7 @@ def diff_cmd(
     """Compare two datasets; exit 1 when they differ."""
     from engine import config as config_mod
     from engine.app import diff as use_case
+    from engine.app.evidence import EvidenceOptions
     from engine.config import parse_pair
 
     tol = {}
@@ -73,7 +74,7 @@ def diff_cmd(
         source=source, target=target, mapping=mapping, keys=tuple(parse_pair(k) for k in key or []),
         columns=tuple(parse_pair(c) for c in column or []), tolerance=tol, source_where=source_where,
         target_where=target_where, as_of=_as_of(as_of), unique_key=unique_key, segment_rows=segment_rows,
-        out_dir=out_dir, ledger=ledger, manifest=manifest, signing_key=signing_key)
+        out_dir=out_dir, evidence=EvidenceOptions(ledger, manifest, signing_key))
     opts.check()  # exit 2 before any extraction
     cfg = config_mod.load(config)
     res = _with_status(lambda say: use_case.run(opts, cfg, progress=say), enabled=not as_json)

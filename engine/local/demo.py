@@ -140,11 +140,13 @@ def gate_step(config_file: Path, diff_dir: Path, out: Path, exclude_from: Path |
 
     from engine import config as config_mod
     from engine.app import gate
+    from engine.app.evidence import EvidenceOptions
 
     cfg = config_mod.load(config_file)
     dsn = cfg.section("ledger")["dsn"]
-    res = gate.run_gate(gate.GateRequest(diff=diff_dir, exclude_from=exclude_from, out_dir=out, ledger=dsn), cfg,
-                        evidence=False)
+    res = gate.run_gate(gate.GateRequest(diff=diff_dir, exclude_from=exclude_from, out_dir=out,
+                                         evidence=EvidenceOptions(ledger=dsn)), cfg,
+                        record_evidence=False)
     assert res.decision is not None
     decision, guard_state = res.decision, res.document["sql_guard"]
     with psycopg.connect(dsn) as conn:

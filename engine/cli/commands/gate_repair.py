@@ -58,13 +58,14 @@ def register(app: typer.Typer) -> None:
         """Open or close the circuit breaker from a diff (exit 0 closed, 3 open)."""
         from engine import config as config_mod
         from engine.app import gate as gate_mod
+        from engine.app.evidence import EvidenceOptions
         from engine.cli._shared import emit_json
 
         req = gate_mod.GateRequest(
             diff=diff, mapping=mapping, exclude_from=exclude_from, accept_classes=accept_classes, override=override,
             reason=reason, operator=operator, status=status, install_guard=install_guard,
-            guard_roles=tuple(guard_role or ()), out_dir=out_dir, ledger=ledger, manifest=manifest,
-            signing_key=signing_key)
+            guard_roles=tuple(guard_role or ()), out_dir=out_dir,
+            evidence=EvidenceOptions(ledger, manifest, signing_key))
         req.check()
         res = gate_mod.run_gate(req, config_mod.load(config))
         if res.warning:
@@ -108,11 +109,12 @@ def register(app: typer.Typer) -> None:
         """Correct the divergent records surgically as new versions; dry run unless --apply."""
         from engine import config as config_mod
         from engine.app import repair as repair_mod
+        from engine.app.evidence import EvidenceOptions
         from engine.cli._shared import emit_json, progress
 
         req = repair_mod.RepairRequest(from_explain=from_explain, apply=apply, mapping=mapping, diff=diff,
-                                       target=target, chunk_rows=chunk_rows, out_dir=out_dir, ledger=ledger,
-                                       manifest=manifest, signing_key=signing_key)
+                                       target=target, chunk_rows=chunk_rows, out_dir=out_dir,
+                                       evidence=EvidenceOptions(ledger, manifest, signing_key))
         req.check()
         res = repair_mod.run(req, config_mod.load(config), progress=None if as_json else progress)
         rep, plan = res.report, res.report.plan
