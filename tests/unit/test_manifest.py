@@ -419,3 +419,46 @@ def test_failed_run_emits_a_fail_event_with_the_error_scrubbed(tmp_path: Path, m
     assert fail["run"]["facets"]["errorMessage"]["message"] == "Salesforce refused ***"
     assert fail["inputs"][0]["namespace"] == "postgres://db.example:5433"
     assert "hunter2" not in json.dumps(info) + "".join(p.read_text() for p in (tmp_path / "ol").iterdir())
+
+
+def _digest_of_copy(tmp_path: Path, edit: str | None, extra_file: str | None = None) -> dict:
+    """transformation_digest() of a copy of the package, with one byte of ``edit`` changed."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    tree = tmp_path / "pkg"
+    shutil.copytree(root / "engine", tree / "engine", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    if edit is not None:
+        p = tree / "engine" / edit
+        data = bytearray(p.read_bytes())
+        assert data[:3] == b'"""'  # every module opens with its docstring: flip one letter of it
+        data[3] = ord(chr(data[3]).swapcase()) if chr(data[3]).isalpha() else ord("x")
+        p.write_bytes(bytes(data))
+    if extra_file is not None:
+        (tree / "engine" / extra_file).write_text("# not a transformation module\n")
+    code = ("import json; from engine.evidence import manifest as mf; "
+            "print(json.dumps(mf.transformation_digest()))")
+    import os
+
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(tree)},
+                         capture_output=True, text=True, cwd=tree)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_transformation_digest_follows_the_bytes_of_the_listed_modules(tmp_path: Path) -> None:
+    """Independent of the product's own function: one changed byte in a listed module changes the
+    digest (and its file entry); a file that is not listed does not."""
+    base = _digest_of_copy(tmp_path / "a", None)
+    assert base == mf.transformation_digest()  # the copy is the package as it is
+    for module in mf.TRANSFORMATION_MODULES:
+        changed = _digest_of_copy(tmp_path / module.replace("/", "_"), module)
+        assert changed["sha256"] != base["sha256"], module
+        assert changed["files"][f"engine/{module}"] != base["files"][f"engine/{module}"]
+        assert {k: v for k, v in changed["files"].items() if k != f"engine/{module}"} == \
+               {k: v for k, v in base["files"].items() if k != f"engine/{module}"}
+    unlisted = _digest_of_copy(tmp_path / "u", "core/errors.py", extra_file="core/unlisted_helper.py")
+    assert unlisted == base
