@@ -252,8 +252,13 @@ def test_a_copy_child_drain_holds_a_bounded_amount_while_nobody_reads(monkeypatc
 
     monkeypatch.setattr(copy_stream, "DRAIN_LIMIT", 2 << 20)  # read where _Child is defined
     child = copy_stream._Child(["head", "-c", str(40 << 20), "/dev/zero"], dict(os.environ))
-    time.sleep(0.5)  # plenty for `head` to write 40 MiB if nothing held the drain back
-    assert child._held <= (2 << 20) + (1 << 20)  # the limit plus the one read in flight
+    deadline = time.monotonic() + 30
+    while child._held < (2 << 20) and time.monotonic() < deadline:  # the drain fills up to the limit…
+        time.sleep(0.01)
+    assert child._held >= 2 << 20, "the drain never reached its limit"
+    for _ in range(20):  # …and stays there while nobody reads (40 MiB were on offer)
+        time.sleep(0.01)
+        assert child._held <= (2 << 20) + (1 << 20)  # the limit plus the one read in flight
     total = 0
     while block := child.read(1 << 22):
         total += len(block)
