@@ -12,6 +12,7 @@ The 20-kill variant of the crash test is opt-in: ``.venv/bin/pytest -m slow test
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -22,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -55,6 +56,7 @@ class TopicPlan:
     ends: dict[int, int]  # last offset + 1 per partition
     events: int  # distinct valid events
     poison: int  # messages that must be dead-lettered
+    poison_at: list[tuple[int, int, str]] = field(default_factory=list)  # (partition, offset, reason)
 
 
 def _poison(acc: str) -> list[tuple[Any, str | None]]:
@@ -105,7 +107,7 @@ def produce_plan(bootstrap: str, accounts: int, seed: int) -> TopicPlan:
     for value, reason in _poison(acc0):
         body = json.dumps(value).encode() if isinstance(value, dict) else value
         hdrs = [("org-id", (FOREIGN_ORG if reason == "foreign_org" else ORG).encode())]
-        extra.append(dict(value=body, key=b"poison", headers=hdrs))
+        extra.append(dict(value=body, key=b"poison", headers=hdrs, reason=reason))
     for ev in _oddities(acc0):
         extra.append(dict(value=json.dumps(ev).encode(), key=b"\xff\xfe binary key", headers=[]))
     for rec in extra:  # each at a random position of a random partition
@@ -115,22 +117,26 @@ def produce_plan(bootstrap: str, accounts: int, seed: int) -> TopicPlan:
                          "compression.type": "lz4"})
     ends: dict[int, int] = {}
     errors: list[Any] = []
+    poison_at: list[tuple[int, int, str]] = []
 
-    def on_delivery(err: Any, msg: Any) -> None:
+    def on_delivery(reason: str | None, err: Any, msg: Any) -> None:
         if err is not None:
             errors.append(err)
         else:
             ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+            if reason is not None:
+                poison_at.append((msg.partition(), msg.offset(), reason))
 
     for part, recs in per.items():
         for rec in recs:
-            producer.produce(name, partition=part, on_delivery=on_delivery, **rec)
+            reason = rec.pop("reason", None)
+            producer.produce(name, partition=part, on_delivery=functools.partial(on_delivery, reason), **rec)
             producer.poll(0)
     assert producer.flush(60) == 0 and not errors, errors
     valid = int((~sc.events["lost"]).sum()) + len(_oddities(acc0))
     return TopicPlan(name=name, messages=sum(len(v) for v in per.values()),
                      per_partition={p: len(v) for p, v in per.items()}, ends=ends, events=valid,
-                     poison=len(_poison(acc0)))
+                     poison=len(_poison(acc0)), poison_at=sorted(poison_at))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,6 +214,8 @@ def check_accounting(st: State, plan: TopicPlan, replays: int = 1) -> None:
         assert consumed == replays * plan.per_partition[p]
     assert sum(r[3] for r in st.offsets) == len(st.events) == plan.events
     assert sum(r[5] for r in st.offsets) == len(st.dead_letters) == plan.poison
+    # each poison message is dead-lettered at its own offset, for its own reason
+    assert sorted((r[1], r[2], r[8]) for r in st.dead_letters) == plan.poison_at
     assert len({r[0] for r in st.events}) == len(st.events)
     # the aggregates are the sums of the stored events, per record
     sums: dict[str, list[Any]] = {}
