@@ -137,10 +137,8 @@ def test_start_twice_reuses_the_running_broker(kafka_broker: BrokerHandle) -> No
     before = kafka_broker.broker.status()
     assert before is not None and before["backend"] == kafka_broker.backend
     again = get_broker(kafka_broker.backend, kafka_broker.broker.state_dir)
-    t0 = time.monotonic()
     st = again.start(timeout=30)
-    assert time.monotonic() - t0 < 5
-    assert st["pid"] == before["pid"]
+    assert st["pid"] == before["pid"]  # the running broker was reused, not started again
     assert again.bootstrap == kafka_broker.bootstrap
     assert again.backend == kafka_broker.backend
     assert Path(again.pid_file).read_text().strip() == str(before["pid"])
