@@ -82,13 +82,16 @@ def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
             assert isinstance(loaded, pl.DataFrame)
             frame = loaded
     else:
-        try:
+        names = _csv_header(path)
+        try:  # every column as text: nothing is typed by guessing (a 20-digit amount stays exact)
             table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-                column_types=None, strings_can_be_null=True, quoted_strings_can_be_null=True,
-                include_columns=None), read_options=pacsv.ReadOptions(block_size=1 << 24))
+                column_types={n: pa.string() for n in names}, strings_can_be_null=True,
+                quoted_strings_can_be_null=True), read_options=pacsv.ReadOptions(block_size=1 << 24))
         except pa.ArrowInvalid as exc:
-            raise UsageError(f"cannot read CSV {path}: {exc}") from None
-        table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "UTF8" in first or "UTF-8" in first:
+                first = f"not valid UTF-8 ({first})"
+            raise UsageError(f"cannot read CSV {path}: {first}: export it again as UTF-8 CSV") from None
         if columns:
             columns = _resolve(table.column_names, columns, str(path))
             table = table.select(columns)
@@ -104,6 +107,29 @@ def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
     meta = {"system": ref.format, "path": str(path.resolve()), "rows": frame.height,
             "extract_s": round(time.perf_counter() - t0, 3)}
     return Extract(frame=frame, columns=declared, meta=meta)
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV snapshot (a byte-order mark is not part of the first name); a file
+    without a header row or with a name twice cannot be a snapshot."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), None)
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read CSV {path}: its header is not valid UTF-8: export it again as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise UsageError(f"cannot read CSV {path}: {exc}") from None
+    if not header:
+        raise UsageError(f"cannot read CSV {path}: no header row (the file is empty): a CSV snapshot starts with "
+                         "the column names")
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise UsageError(f"cannot read CSV {path}: the header names column {name!r} twice")
+        seen.add(name)
+    return header
 
 
 def _resolve(names: list[str], wanted: list[str], where: str) -> list[str]:
