@@ -225,3 +225,18 @@ def test_pairing_by_merge_finds_exactly_the_shared_keys(s_keys: set[str], t_keys
     si, ti = _pair_sorted(pl.Series(s, dtype=pl.Utf8), pl.Series(t, dtype=pl.Utf8))
     shared = sorted(s_keys & t_keys, key=str.encode)
     assert [s[i] for i in si] == shared and [t[i] for i in ti] == shared
+
+
+def test_divergent_ranges_name_the_segments_that_differ_and_their_rows() -> None:
+    """The values, not just the keys: with boundaries b and d, a change in segment [b, d) and a row
+    missing from [d, …) make exactly those two ranges divergent, with each side's row counts."""
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ColumnType("int")))
+    src = pl.DataFrame({"k": ["a", "b", "c", "d", "e"], "v": ["1", "2", "3", "4", "5"]})
+    tgt = pl.DataFrame({"k": ["a", "b", "c", "d"], "v": ["1", "2", "30", "4"]})
+    s, t = canonicalize(src, f, SideOptions()), canonicalize(tgt, f, SideOptions())
+    r = compare(s, t, boundaries=["b", "d"])
+    assert r.divergent_ranges() == [
+        {"from": "b", "to": "d", "source_rows": 2, "target_rows": 2},
+        {"from": "d", "to": None, "source_rows": 2, "target_rows": 1},
+    ]
+    assert r.summary()["divergent_ranges"] == r.divergent_ranges()
