@@ -30,7 +30,8 @@ from engine.core.errors import ServiceUnreachable, UsageError
 
 REST_MAX_ROWS = int(os.environ.get("RECON_SF_REST_MAX_ROWS", "5000"))
 BULK_PAGE_ROWS = 100_000
-CHUNK_ROWS = 250_000
+#: rows per Bulk API 2.0 job above which an extraction is split into Id ranges read in parallel
+CHUNK_ROWS = int(os.environ.get("RECON_SF_CHUNK_ROWS", "250000"))
 FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
