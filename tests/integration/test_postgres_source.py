@@ -264,3 +264,36 @@ def test_a_copy_child_drain_holds_a_bounded_amount_while_nobody_reads(monkeypatc
         total += len(block)
     rc, _ = child.finish()
     assert rc == 0 and total == 40 << 20 and child._held == 0
+
+
+def test_as_of_on_the_warehouse_side_counts_later_changes_in_flight(embedded_pg, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--as-of T` with the mapping's `target_updated_at`: warehouse rows changed after T are in
+    flight, not differences; a row changed before T that differs is still a difference."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    import polars as pl
+
+    from engine.app.reconcile import DiffRequest, run_diff
+    from engine.config import load
+
+    monkeypatch.setenv("PGPASSFILE", str(embedded_pg.paths.pgpass_file))
+    with psycopg.connect(embedded_pg.info.dsn, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS wh_asof")
+        c.execute("CREATE TABLE wh_asof (id text PRIMARY KEY, v numeric(12,2), updated_at timestamptz)")
+        c.execute("INSERT INTO wh_asof VALUES ('a', 1.00, '2026-09-01Z'), ('b', 2.50, '2026-09-01Z'), "
+                  "('c', 9.99, '2026-09-01Z'), ('d', 7.00, '2026-10-02Z'), ('e', 5.00, '2026-10-03Z')")
+    src = tmp_path / "sf.parquet"
+    pl.DataFrame({"id": ["a", "b", "c", "d", "e"], "v": [Decimal("1.00"), Decimal("2.50"), Decimal("3.00"),
+                                                         Decimal("4.00"), Decimal("5.00")]}).write_parquet(src)
+    req = DiffRequest(source=f"parquet:{src}", target=f"{embedded_pg.info.dsn}#public.wh_asof",
+                      keys=(("id", "id"),), columns=(("v", "v"),), as_of=datetime(2026, 9, 30, tzinfo=UTC),
+                      target_updated_at="updated_at")
+    r = run_diff(req, load(None)).result
+    # c differs and was last changed before T: a difference; d and e changed after T: in flight
+    assert (r.mismatched, r.in_flight, r.unchanged) == (1, 2, 2)
+    assert r.differences["key"].to_list() == ["c"]
+    without = run_diff(DiffRequest(source=req.source, target=req.target, keys=req.keys, columns=req.columns),
+                       load(None)).result
+    assert (without.mismatched, without.in_flight) == (2, 0)  # d differs when nothing is in flight
