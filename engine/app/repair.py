@@ -189,11 +189,11 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
     corrections: list[Correction] = []
     action_list: list[dict[str, Any]] = []
     unexplained: list[dict[str, Any]] = []
-    classes: dict[str, int] = {}
+    per_class: dict[str, int] = {}
     cols = set(findings.columns)
     for r in findings.iter_rows(named=True):
         cls = str(r["class"])
-        classes[cls] = classes.get(cls, 0) + 1
+        per_class[cls] = per_class.get(cls, 0) + 1
         g = {k: r.get(k) for k in ("Id", "class", "kind", "sec_critical", "owner_id", "salesforce_value",
                                    "warehouse_value", "raw_stream_value", "dedup_stream_value", "true_value",
                                    "sf_modstamp", "last_event_time", "delivered", "duplicate_copies",
@@ -226,7 +226,7 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
     # SEC-critical first, then by Id: the order corrections are applied in
     corrections.sort(key=lambda c: (not c.sec_critical, c.record_id))
     return Plan(explain_dir=explain_dir, findings_sha256=digest, explain=explain, column=column, target=tgt,
-                corrections=corrections, action_list=action_list, unexplained=unexplained, classes=classes)
+                corrections=corrections, action_list=action_list, unexplained=unexplained, classes=per_class)
 
 
 # -- the target's database (the version store itself: engine.store.versions) ---------------------
