@@ -3,7 +3,8 @@
 Reads the diff's output directory, scans the topic, fetches from Salesforce only what pricing needs
 for the mismatched records (owner, commission rate, revenue, SystemModstamp: an Id-list
 re-extraction, never the whole object) plus the SEC-critical top-revenue ids, and writes
-`explain.json` and `findings.parquet`.
+`explain.json` and `findings.parquet`. Like diff, gate and repair it records its run (the ledger, a
+signed manifest over its outputs, OpenLineage events) through :mod:`engine.app.evidence`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from engine import workspace
+from engine.app.evidence import EvidenceOptions
 from engine.config import Config
 from engine.connectors.base import SalesforceRef, parse_reference
 from engine.connectors.kafka import scan as kafka_source
@@ -37,6 +39,13 @@ class ExplainRequest:
     kafka_config_file: Path | None = None
     fields: kafka_source.EventFields = kafka_source.EventFields()
     window: kafka_source.Window = kafka_source.Window()
+    #: where to write explain.json and findings.parquet (with a manifest and no out_dir: next to it)
+    out_dir: Path | None = None
+    evidence: EvidenceOptions = EvidenceOptions()
+
+    def check(self) -> None:
+        """Usage errors, before the config is read or anything is scanned."""
+        self.evidence.check()
 
 
 def _commission(config: Config) -> tuple[Decimal, float, dict[str, str]]:
@@ -54,6 +63,14 @@ def _commission(config: Config) -> tuple[Decimal, float, dict[str, str]]:
 
 
 def run_explain(req: ExplainRequest, config: Config, progress: Any = None) -> tuple[forensics.Explanation, forensics.Audit]:
+    """The explanation and the audit it rests on; writes nothing (:func:`run` writes and records)."""
+    exp, audit, _ = _explain(req, config, progress)
+    return exp, audit
+
+
+def _explain(req: ExplainRequest, config: Config, progress: Any = None
+             ) -> tuple[forensics.Explanation, forensics.Audit, list[tuple[str, dict[str, Any]]]]:
+    """:func:`run_explain`, plus what it read, as (side, metadata) for the evidence."""
     say = progress or (lambda _m: None)
     from engine.app.reconcile import read_outputs
 
@@ -85,8 +102,13 @@ def run_explain(req: ExplainRequest, config: Config, progress: Any = None) -> tu
     keys = differences["key"].unique().to_list()
     say(f"fetching owners and commission rates of {len(keys):,} records from Salesforce")
     cols = ["Id", names["owner"], names["rate"], names["revenue"], "SystemModstamp", column]
-    attrs = sf_extract.extract(ref, config, cols, None, ids=keys).frame if keys else pl.DataFrame(
-        schema={c: pl.Utf8 for c in cols})
+    sf_meta: dict[str, Any] = {"system": "salesforce", "object": ref.sobject, "org_id": conn.org_id,
+                               "instance_url": conn.instance_url, "api_version": conn.api_version, "rows": 0}
+    if keys:
+        ex = sf_extract.extract(ref, config, cols, None, ids=keys)
+        attrs, sf_meta = ex.frame, ex.meta
+    else:
+        attrs = pl.DataFrame(schema={c: pl.Utf8 for c in cols})
     attrs = attrs.rename({names["owner"]: "OwnerId", names["rate"]: "Commission_Rate__c",
                           names["revenue"]: "AnnualRevenue", column: "Customer_Lifetime_Value__c"}
                          if column != "Customer_Lifetime_Value__c" else
@@ -104,7 +126,13 @@ def run_explain(req: ExplainRequest, config: Config, progress: Any = None) -> tu
                   "partitions": {str(k): v for k, v in sorted(audit.partitions.items())}},
         "salesforce": {"org_id": conn.org_id, "instance_url": conn.instance_url, "api_version": conn.api_version},
     })
-    return exp, audit
+    window = {"from": req.window.start.isoformat() if req.window.start else None,
+              "to": req.window.end.isoformat() if req.window.end else None}
+    read = [("diff", {"system": "parquet", "path": str(diffs_path)}),
+            ("stream", {"system": "kafka", "bootstrap": bootstrap, "topic": topic, "partitions": len(audit.partitions),
+                        "events": audit.events, **window}),
+            ("source", {"system": "salesforce", **sf_meta})]
+    return exp, audit, read
 
 
 def _pick_column(diff_summary: dict[str, Any], config: Config) -> str:
@@ -127,3 +155,42 @@ def _scale(diff_summary: dict[str, Any], column: str) -> int:
 
 def write_outputs(exp: forensics.Explanation, out: Path) -> dict[str, Path]:
     return workspace.ExplainOutput(out).write(exp.summary, forensics.findings_for_parquet(exp.findings))
+
+
+# -- the use case: `recon explain` ----------------------------------------------------------------
+@dataclass
+class ExplainOutcome:
+    """One `recon explain`: ``document`` is what ``--json`` prints (the summary, and what was
+    recorded as evidence), ``files`` the outputs written."""
+
+    explanation: forensics.Explanation
+    files: list[Path]
+    out_dir: Path | None
+    document: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when there are findings, else 0."""
+        return 1 if self.explanation.summary["records"] else 0
+
+
+def run(req: ExplainRequest, config: Config, *, progress: Any = None) -> ExplainOutcome:
+    """Explain, write the outputs (``out_dir``, else next to the manifest), record the evidence
+    (ledger run, signed manifest, OpenLineage events) when a ledger or a manifest is given."""
+    from engine.app import evidence as ev
+    from engine.evidence.manifest import describe_input
+
+    req.check()
+    config.use_passfile()
+    ledger_dsn = req.evidence.ledger_dsn(config)
+    manifest = req.evidence.manifest
+    exp, _, read = _explain(req, config, progress)
+    where = req.out_dir or (manifest.parent if manifest is not None else None)
+    files = list(write_outputs(exp, where).values()) if where is not None else []
+    doc = dict(exp.summary)
+    if ledger_dsn or manifest:
+        inputs = [describe_input(side, meta) for side, meta in read]
+        doc["evidence"] = ev.record_evidence(
+            "explain", exp.summary, inputs, files, ledger_dsn=ledger_dsn, manifest_path=manifest,
+            signing_key=req.evidence.signing_key, config_digest=config.digest)
+    return ExplainOutcome(exp, files, where, doc)

@@ -24,16 +24,16 @@ Why this shape:
 
 Exclusion policy (version 1), for the remainder a repair deliberately leaves:
 
-After ``recon repair --apply`` the warehouse still differs from Salesforce for two kinds of record:
-``stale_salesforce`` (Salesforce itself is behind the event stream; the warehouse is right, and the
-repair issued an action list to the record owners) and ``unexplained`` (left alone for a human).
-``recon gate --diff DIR --exclude-from REPAIR_OR_EXPLAIN_DIR`` recomputes both ratios without the
-records that output classified in an *accepted* class:
+After ``recon repair --apply`` the warehouse still differs from Salesforce for the records repair
+does not correct: today ``stale_salesforce`` (Salesforce itself is behind the event stream; the
+warehouse is right, and the repair issued an action list to the record owners) and ``unexplained``
+(left alone for a human). ``recon gate --diff DIR --exclude-from REPAIR_OR_EXPLAIN_DIR`` recomputes
+both ratios without the records that output classified in an *accepted* class:
 
-1. Accepted classes: ``stale_salesforce`` by default; ``unexplained`` only when named explicitly
-   (``--accept-classes stale_salesforce,unexplained``). The classes repair corrects
-   (``duplicate_inflation``, ``missing_events``, ``warehouse_only_drift``, ``missing_in_warehouse``)
-   can never be excluded: they are fixed, not waived.
+1. Accepted classes: the excludable classes of :mod:`engine.core.classes`; those accepted by
+   default (``stale_salesforce``) unless ``--accept-classes`` names others, the rest
+   (``unexplained``) only when named explicitly (``--accept-classes stale_salesforce,unexplained``).
+   The classes repair corrects can never be excluded: they are fixed, not waived.
 2. A record is excluded only if its difference in the *new* diff is exactly the one that was
    classified: same kind (a mismatch of the gated column only, a missing row, a duplicated key)
    and, for a mismatch, the same Salesforce and warehouse values. Anything else (a value that moved,
@@ -61,6 +61,8 @@ from typing import Any
 from engine import workspace
 from engine.app.evidence import EvidenceOptions
 from engine.config import Config
+from engine.core import classes
+from engine.core.classes import Repair
 from engine.core.errors import UsageError
 from engine.core.gate import (  # noqa: F401  (the policy's names, used by callers of the use case)
     DEFAULT_ACCEPTED,
@@ -223,6 +225,24 @@ class ExclusionSource:
                 "action_list_issued": self.kind == "repair"}
 
 
+def _action_list_class() -> str:
+    """The class of a repair plan's action-list record: plan.json does not name it, so there can be
+    only one class that repair puts on the action list."""
+    found = classes.with_repair(Repair.ACTION_LIST)
+    if len(found) != 1:
+        raise ValueError("plan.json does not name the class of its action-list records, so exactly one class "
+                         f"may go on repair's action list (engine.core.classes has: {', '.join(found) or 'none'})")
+    return found[0]
+
+
+def _left_alone_class(recorded: Any) -> str:
+    """The class of a record repair left alone: as recorded when that is a class repair leaves
+    alone, else (a class this version does not know) the fallback."""
+    if classes.get(recorded) is not None and classes.repair_of(recorded) is Repair.LEAVE:
+        return str(recorded)
+    return classes.fallback().name
+
+
 def load_exclusion_source(directory: Path) -> ExclusionSource:
     """A repair output (``plan.json`` with its action list) or an explain output (``findings.parquet``)."""
     d = Path(directory)
@@ -232,8 +252,8 @@ def load_exclusion_source(directory: Path) -> ExclusionSource:
             p = json.loads(plan.read_text())
         except (ValueError, UnicodeDecodeError):
             raise UsageError(f"{plan} is not valid JSON") from None
-        records = [{**r, "class": "stale_salesforce"} for r in p.get("action_list") or []]
-        records += [{**r, "class": "unexplained"} for r in p.get("unexplained") or []]
+        records = [{**r, "class": _action_list_class()} for r in p.get("action_list") or []]
+        records += [{**r, "class": _left_alone_class(r.get("class"))} for r in p.get("unexplained") or []]
         return ExclusionSource("repair", d, plan, _sha256(plan), p.get("mapping"), p.get("column"), records)
     explain_out = workspace.ExplainOutput(d)
     findings, exp = explain_out.findings_path, explain_out.summary_path
@@ -388,7 +408,7 @@ def decide(diff_dir: Path, config: Config, *, run_id: str, mapping: str | None =
     exclusion = None
     if exclude_from is not None:
         src = load_exclusion_source(exclude_from)
-        accepted = accept_classes or DEFAULT_ACCEPTED
+        accepted = accept_classes or classes.accepted_by_default()
         if src.mapping and src.mapping != mapping:
             raise UsageError(f"--exclude-from {exclude_from} classified mapping {src.mapping!r}, not {mapping!r}")
         if src.column and src.column.lower() != column.lower():

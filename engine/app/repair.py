@@ -1,16 +1,17 @@
 # ruff: noqa: S608 - every identifier below goes through psycopg.sql.Identifier; values are parameters
 """`recon repair`: fix exactly the divergent records, as new versions, with their evidence.
 
-Policy by class (from `recon explain`):
+Policy by class (from `recon explain`; which class gets which is ``repair`` in
+:mod:`engine.core.classes`):
 
-* ``duplicate_inflation``, ``missing_events``, ``warehouse_only_drift``, ``missing_in_warehouse``:
-  corrected in the warehouse from Salesforce's authoritative value, **re-extracted for exactly
-  those records** (Bulk API 2.0, Id lists in chunks of 500, far below SOQL's length limit) at apply
-  time — never from the explain-time copy, never the whole object;
-* ``stale_salesforce``: the warehouse is right and Salesforce is behind the stream, so nothing is
-  changed: the records become an action list for their owners (``action_list.csv`` and
+* corrected (``duplicate_inflation``, ``missing_events``, ``warehouse_only_drift``,
+  ``missing_in_warehouse``): in the warehouse, from Salesforce's authoritative value,
+  **re-extracted for exactly those records** (Bulk API 2.0, Id lists in chunks of 500, far below
+  SOQL's length limit) at apply time — never from the explain-time copy, never the whole object;
+* action list (``stale_salesforce``): the warehouse is right and Salesforce is behind the stream, so
+  nothing is changed: the records become an action list for their owners (``action_list.csv`` and
   ``action_list.json``: Id, owner, Salesforce, stream and warehouse values, evidence);
-* ``unexplained``: left alone and reported.
+* left alone (``unexplained``, and any class this version does not know): reported.
 
 Dry run by default: the plan (records, old and new values, evidence) is printed and nothing is
 written to the warehouse or to Salesforce's API budget. ``--apply`` writes.
@@ -51,9 +52,10 @@ from psycopg import sql
 
 from engine import workspace
 from engine.app.evidence import EvidenceOptions
-from engine.app.gate import REPAIRED_CLASSES
 from engine.config import Config
 from engine.connectors.base import PostgresRef, SalesforceRef, parse_reference
+from engine.core import classes
+from engine.core.classes import Repair
 from engine.core.errors import UsageError, VerificationError
 from engine.store.versions import (
     Correction,
@@ -69,8 +71,12 @@ from engine.store.versions import (
     migrate,
 )
 
-ACTION_CLASS = "stale_salesforce"
-LEFT_CLASS = "unexplained"
+# derived from engine.core.classes, for callers (the code here reads that list when it runs)
+REPAIRED_CLASSES = classes.with_repair(Repair.CORRECT)
+ACTION_CLASSES = classes.with_repair(Repair.ACTION_LIST)
+LEFT_CLASSES = classes.with_repair(Repair.LEAVE)
+ACTION_CLASS = ACTION_CLASSES[0]  # the names from before there could be several
+LEFT_CLASS = LEFT_CLASSES[0]
 DEFAULT_CHUNK_ROWS = 200
 SF_ID_CHUNK = 500  # Ids per Bulk API 2.0 job: 500 × 21 characters stays far below SOQL's 100,000
 KILL_HOOK = "RECON_REPAIR_TEST_KILL_AFTER_CHUNKS"
@@ -100,6 +106,13 @@ def _json_list(text: Any) -> list[str]:
     except (TypeError, ValueError):
         return []
     return [str(x) for x in v] if isinstance(v, list) else []
+
+
+def policy() -> dict[str, list[str]]:
+    """The policy by class, as ``plan.json`` and the summary state it."""
+    return {"corrected": list(classes.with_repair(Repair.CORRECT)),
+            "action_list": list(classes.with_repair(Repair.ACTION_LIST)),
+            "left_alone": list(classes.with_repair(Repair.LEAVE))}
 
 
 # -- the plan --------------------------------------------------------------------------------------
@@ -176,17 +189,18 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
     corrections: list[Correction] = []
     action_list: list[dict[str, Any]] = []
     unexplained: list[dict[str, Any]] = []
-    classes: dict[str, int] = {}
+    per_class: dict[str, int] = {}
     cols = set(findings.columns)
     for r in findings.iter_rows(named=True):
         cls = str(r["class"])
-        classes[cls] = classes.get(cls, 0) + 1
+        per_class[cls] = per_class.get(cls, 0) + 1
         g = {k: r.get(k) for k in ("Id", "class", "kind", "sec_critical", "owner_id", "salesforce_value",
                                    "warehouse_value", "raw_stream_value", "dedup_stream_value", "true_value",
                                    "sf_modstamp", "last_event_time", "delivered", "duplicate_copies",
                                    "annual_revenue", "overpayment", "underpayment") if k in cols}
-        if cls in REPAIRED_CLASSES:
-            old = r["warehouse_value"] if cls != "missing_in_warehouse" else None
+        action = classes.repair_of(cls)
+        if action is Repair.CORRECT:
+            old = r["warehouse_value"] if classes.has_warehouse_row(cls) else None
             delivered = int(r.get("delivered") or 0)
             copies = int(r.get("duplicate_copies") or 0)
             corrections.append(Correction(
@@ -195,7 +209,7 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
                 owner_id=r.get("owner_id"), copy_offsets=_json_list(r.get("copy_offsets")),
                 duplicated_event_ids=_json_list(r.get("duplicated_event_ids")),
                 correction_id=correction_id(tgt.identity, digest, str(r["Id"]), cls, old), finding=g))
-        elif cls == ACTION_CLASS:
+        elif action is Repair.ACTION_LIST:
             action_list.append({
                 "Id": r["Id"], "owner_id": r.get("owner_id"), "salesforce_value": r["salesforce_value"],
                 "stream_value": r.get("dedup_stream_value"), "warehouse_value": r["warehouse_value"],
@@ -212,7 +226,7 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
     # SEC-critical first, then by Id: the order corrections are applied in
     corrections.sort(key=lambda c: (not c.sec_critical, c.record_id))
     return Plan(explain_dir=explain_dir, findings_sha256=digest, explain=explain, column=column, target=tgt,
-                corrections=corrections, action_list=action_list, unexplained=unexplained, classes=classes)
+                corrections=corrections, action_list=action_list, unexplained=unexplained, classes=per_class)
 
 
 # -- the target's database (the version store itself: engine.store.versions) ---------------------
@@ -313,7 +327,7 @@ class RepairReport:
             "versions_table": f"{p.target.ref.schema}.{p.target.versions_table}", "versioned": self.versioned,
             "explain": {"dir": str(p.explain_dir), "findings_sha256": p.findings_sha256},
             "classes": p.classes,
-            "policy": {"corrected": list(REPAIRED_CLASSES), "action_list": [ACTION_CLASS], "left_alone": [LEFT_CLASS]},
+            "policy": policy(),
             "corrections": {"planned": len(p.corrections), **t.to_dict()},
             "sec_critical": self.sec.to_dict(), "rest": self.rest.to_dict(),
             "action_list": len(p.action_list), "unexplained": len(p.unexplained),
@@ -518,7 +532,7 @@ def write_outputs(rep: RepairReport, out: Path) -> list[Path]:
             "mode": rep.mode, "run_id": rep.run_id, "mapping": plan.target.mapping, "column": plan.column,
             "target": plan.target.where(),
             "explain": {"dir": str(plan.explain_dir), "findings_sha256": plan.findings_sha256},
-            "policy": {"corrected": list(REPAIRED_CLASSES), "action_list": [ACTION_CLASS], "left_alone": [LEFT_CLASS]},
+            "policy": policy(),
             "corrections": [c.to_dict() for c in plan.corrections],
             "action_list": plan.action_list, "unexplained": plan.unexplained},
         action_list={"mapping": plan.target.mapping, "object": plan.target.sobject, "field": plan.column,

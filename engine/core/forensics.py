@@ -8,22 +8,15 @@ plus the payload outside the id (the canonical amount): the same id with a diffe
 (timestamp, partition, offset); every later occurrence with the same content is a duplicate copy.
 
 Triangulation compares, per mismatched record, Salesforce (s), the warehouse (w), the raw stream
-sum (r, every delivered copy) and the deduplicated stream sum (d):
-
-* ``missing_in_warehouse`` — the diff found no warehouse row;
-* ``duplicate_inflation`` — w == r, r != d and d == s: the warehouse summed re-delivered copies;
-* ``stale_salesforce`` — w == d != s and Salesforce's SystemModstamp predates the record's last
-  event in the stream: Salesforce has not seen the latest events;
-* ``missing_events`` — w == d < s and Salesforce saw everything the stream has: events never reached
-  the topic;
-* ``warehouse_only_drift`` — w differs from both stream sums: the warehouse was changed outside the
-  stream;
-* ``unexplained`` — anything else (reported, never repaired automatically).
+sum (r, every delivered copy) and the deduplicated stream sum (d), and gives it the first class
+whose rule holds, in the order of :func:`engine.core.classes.triangulation` (each class's rule in
+words is there; :func:`class_rules` here is the same rules as expressions). A record no rule
+explains, and every duplicated key, gets the fallback class (``unexplained``).
 
 Exposure: overpayment = commission rate × max(0, w − true CLV), where the true CLV is Salesforce's
-value except for ``stale_salesforce`` (then the stream's deduplicated sum); underpayments are listed
-apart. The SEC-critical subset (top fraction of all accounts by AnnualRevenue) is flagged and listed
-first.
+value except for the classes that blame Salesforce (``stale_salesforce``: then the stream's
+deduplicated sum); underpayments are listed apart. The SEC-critical subset (top fraction of all
+accounts by AnnualRevenue) is flagged and listed first.
 """
 
 from __future__ import annotations
@@ -34,12 +27,11 @@ from typing import Any
 
 import polars as pl
 
-from engine.core import ids
+from engine.core import classes, ids
 from engine.core.events import Scan, iso_ms
 from engine.core.normalize import sf_id18
 
-CLASSES = ("duplicate_inflation", "missing_events", "stale_salesforce", "warehouse_only_drift",
-           "missing_in_warehouse", "unexplained")
+CLASSES = classes.names()  # derived from engine.core.classes (the code here reads that list when it runs)
 AMOUNT = pl.Decimal(38, 6)
 
 
@@ -339,17 +331,10 @@ def triangulate(
     )
     stale = (pl.col("sf_modstamp").is_not_null() & pl.col("last_event_time").is_not_null()
              & (_ts(pl.col("sf_modstamp")) < _ts(pl.col("last_event_time"))))
-    cls = (pl.when(pl.col("kind") == "missing_in_target").then(pl.lit("missing_in_warehouse"))
-           .when(pl.col("kind") == "duplicate_key").then(pl.lit("unexplained"))
-           .when((pl.col("w") == pl.col("r")) & (pl.col("r") != pl.col("d")) & (pl.col("d") == pl.col("s")))
-           .then(pl.lit("duplicate_inflation"))
-           .when((pl.col("w") == pl.col("d")) & (pl.col("d") != pl.col("s")) & stale).then(pl.lit("stale_salesforce"))
-           .when((pl.col("w") == pl.col("d")) & (pl.col("w") < pl.col("s"))).then(pl.lit("missing_events"))
-           .when((pl.col("w") != pl.col("r")) & (pl.col("w") != pl.col("d"))).then(pl.lit("warehouse_only_drift"))
-           .otherwise(pl.lit("unexplained")))
-    f = f.with_columns(cls.alias("class"))
+    f = f.with_columns(classify(stale).alias("class"))
     rate = pl.col("rate").fill_null(pl.lit(default_rate).cast(pl.Decimal(38, 6)))
-    true = pl.when(pl.col("class") == "stale_salesforce").then(pl.col("d")).otherwise(pl.col("s"))
+    sf_wrong = pl.col("class").is_in(pl.Series(classes.at_fault("salesforce"), dtype=pl.Utf8).implode())
+    true = pl.when(sf_wrong).then(pl.col("d")).otherwise(pl.col("s"))
     f = f.with_columns(true.alias("true_clv"), rate.alias("rate"))
     f = f.with_columns(
         pl.when(pl.col("w").is_null()).then(pl.lit(Decimal(0)))
@@ -362,6 +347,33 @@ def triangulate(
     return Explanation(findings=f, summary=_summary(f))
 
 
+def class_rules(stale: pl.Expr) -> dict[str, pl.Expr]:
+    """The rule of every class but the fallback, over the columns of :func:`triangulate`'s frame
+    (kind, s, w, r, d). ``stale``: Salesforce's SystemModstamp predates the record's last event."""
+    w, r, d, s = pl.col("w"), pl.col("r"), pl.col("d"), pl.col("s")
+    return {
+        "missing_in_warehouse": pl.col("kind") == "missing_in_target",
+        "duplicate_inflation": (w == r) & (r != d) & (d == s),
+        "stale_salesforce": (w == d) & (d != s) & stale,
+        "missing_events": (w == d) & (w < s),
+        "warehouse_only_drift": (w != r) & (w != d),
+    }
+
+
+def classify(stale: pl.Expr) -> pl.Expr:
+    """The class of each record: the first class (by rank) whose rule holds, else the fallback. A
+    duplicated key is no value difference any rule is about: the fallback, first of all."""
+    rules = class_rules(stale)
+    *tried, last = classes.triangulation()
+    missing = [c.name for c in tried if c.name not in rules]
+    if missing:
+        raise ValueError(f"no triangulation rule for class(es) {', '.join(missing)}: add it to class_rules")
+    expr = pl.when(pl.col("kind") == "duplicate_key").then(pl.lit(last.name))
+    for c in tried:
+        expr = expr.when(rules[c.name]).then(pl.lit(c.name))
+    return expr.otherwise(pl.lit(last.name))
+
+
 def _ts(e: pl.Expr) -> pl.Expr:
     return e.str.replace(r"\+0000$", "Z").str.to_datetime(time_unit="ms", time_zone="UTC", strict=False)
 
@@ -371,7 +383,8 @@ def _money(x: Any) -> str:
 
 
 def _summary(f: pl.DataFrame) -> dict[str, Any]:
-    classes = {c: int((f["class"] == c).sum()) for c in CLASSES}
+    names = classes.names()
+    counts = {c: int((f["class"] == c).sum()) for c in names}
     by_owner = f.group_by("owner_id").agg(pl.col("overpayment").sum().alias("overpayment"),
                                          pl.col("underpayment").sum().alias("underpayment"),
                                          pl.len().alias("accounts")).sort("overpayment", descending=True)
@@ -379,7 +392,7 @@ def _summary(f: pl.DataFrame) -> dict[str, Any]:
     sec = f.filter(pl.col("sec_critical"))
     return {
         "records": len(f),
-        "classes": classes,
+        "classes": counts,
         "exposure": {
             "total": _money(f["overpayment"].sum()),
             "underpayment_total": _money(f["underpayment"].sum()),
@@ -391,7 +404,7 @@ def _summary(f: pl.DataFrame) -> dict[str, Any]:
         "sec_critical": {
             "records": len(sec),
             "overpayment": _money(sec["overpayment"].sum()),
-            "classes": {c: int((sec["class"] == c).sum()) for c in CLASSES if int((sec["class"] == c).sum())},
+            "classes": {c: int((sec["class"] == c).sum()) for c in names if int((sec["class"] == c).sum())},
         },
     }
 

@@ -14,13 +14,17 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from engine.core import classes
+from engine.core.classes import Repair
 from engine.core.errors import UsageError
 
 DEFAULT_THRESHOLD = 0.005
 POLICY_VERSION = "recon-gate-exclusion/v1"
-EXCLUDABLE_CLASSES = ("stale_salesforce", "unexplained")
-DEFAULT_ACCEPTED = ("stale_salesforce",)
-REPAIRED_CLASSES = ("duplicate_inflation", "missing_events", "warehouse_only_drift", "missing_in_warehouse")
+# the exclusion policy by class, derived from engine.core.classes (the functions below read that
+# list when they run; these names are for callers)
+EXCLUDABLE_CLASSES = classes.excludable()
+DEFAULT_ACCEPTED = classes.accepted_by_default()
+REPAIRED_CLASSES = classes.with_repair(Repair.CORRECT)
 STATES = ("open", "closed")
 MAX_LISTED = 10_000  # keys listed per decision; beyond that the decision says how many were left out
 
@@ -132,21 +136,25 @@ def _parse_time(text: Any) -> datetime | None:
 
 
 def parse_accept_classes(text: str | None) -> tuple[str, ...]:
+    """``--accept-classes``: the classes an exclusion may leave out (default: those accepted by
+    default); a class repair corrects is refused, it is fixed, not waived."""
     if not text:
-        return DEFAULT_ACCEPTED
+        return classes.accepted_by_default()
+    excludable = classes.excludable()
     out = []
     for c in (x.strip() for x in text.split(",")):
         if not c:
             continue
-        if c in REPAIRED_CLASSES:
+        if classes.repair_of(c) is Repair.CORRECT:
             raise UsageError(f"--accept-classes {c}: records of this class are corrected by `recon repair`, "
                              "never excluded from the gate")
-        if c not in EXCLUDABLE_CLASSES:
-            raise UsageError(f"--accept-classes: unknown class {c!r} (excludable: {', '.join(EXCLUDABLE_CLASSES)})")
+        if c not in excludable:
+            what = "unknown class" if classes.get(c) is None else "class never excluded from the gate:"
+            raise UsageError(f"--accept-classes: {what} {c!r} (excludable: {', '.join(excludable)})")
         if c not in out:
             out.append(c)
     if not out:
-        raise UsageError("--accept-classes is empty: name stale_salesforce and/or unexplained")
+        raise UsageError(f"--accept-classes is empty: name {' and/or '.join(excludable)}")
     return tuple(out)
 
 

@@ -38,6 +38,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
+from engine.core.classes import explained as explained_classes
 from engine.core.ids import event_ids
 
 TOPIC = "clv-events"
@@ -48,7 +49,8 @@ EPOCH = datetime(2026, 8, 1, tzinfo=UTC)
 SPAN_DAYS = 60
 PRODUCER_ORIGINAL = "1001"
 PRODUCER_REPLAY = "1002"
-CLASSES = ("duplicate_inflation", "missing_events", "stale_salesforce", "warehouse_only_drift", "missing_in_warehouse")
+#: the classes the scenario plants: every class a rule recognises (engine.core.classes), in its order
+CLASSES = explained_classes()
 
 
 @dataclass(frozen=True)

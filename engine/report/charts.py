@@ -17,21 +17,15 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from engine.core import classes
 from engine.core.errors import UsageError
 
 if TYPE_CHECKING:
     from engine.report.html import ReportInputs
 
-CLASS_ORDER = ("duplicate_inflation", "missing_events", "stale_salesforce", "warehouse_only_drift",
-               "missing_in_warehouse", "unexplained")
-CLASS_MEANING = {
-    "duplicate_inflation": "warehouse counted re-delivered events twice",
-    "missing_events": "warehouse lacks events Salesforce has",
-    "stale_salesforce": "Salesforce itself is behind the stream",
-    "warehouse_only_drift": "warehouse changed outside the stream",
-    "missing_in_warehouse": "account absent from the warehouse",
-    "unexplained": "no explanation found",
-}
+# derived from engine.core.classes, for callers (the charts read that list when they draw)
+CLASS_ORDER = classes.names()
+CLASS_MEANING = {c.name: c.label for c in classes.CLASSES}
 
 W = 760  # SVG viewBox width; the SVG scales to the page width
 ROW = 24
@@ -210,7 +204,8 @@ def class_counts(doc: Any, _depth: int = 0, _path: str = "") -> list[tuple[str, 
     found: list[tuple[str, dict[str, int]]] = []
     if _depth > 4 or not isinstance(doc, dict):
         return found
-    known = {k: v for k, v in doc.items() if k in CLASS_ORDER}
+    names = classes.names()
+    known = {k: v for k, v in doc.items() if k in names}
     if known:
         counts: dict[str, int] = {}
         for k, v in known.items():
@@ -336,14 +331,14 @@ def chart_variance_by_window(inp: ReportInputs) -> tuple[str, str]:
 
 def chart_classes(inp: ReportInputs) -> tuple[str, str]:
     title = "Mismatched records by explanation class"
-    classes = (inp.explain or {}).get("classes") or {}
-    if not classes or not any(int(v or 0) for v in classes.values()):
+    counts = (inp.explain or {}).get("classes") or {}
+    if not counts or not any(int(v or 0) for v in counts.values()):
         return _placeholder("mismatches-by-class", title, "no explained differences in this directory"), ""
-    order = [c for c in CLASS_ORDER if c in classes] + sorted(c for c in classes if c not in CLASS_ORDER)
-    bars = [Bar(c, dec(classes[c]), fmt_int(classes[c]), f"{c}: {classes[c]} records — {CLASS_MEANING.get(c, '')}")
+    order = classes.ordered(counts)
+    bars = [Bar(c, dec(counts[c]), fmt_int(counts[c]), f"{c}: {counts[c]} records — {classes.label(c)}")
             for c in order]
     svg = hbar_chart("mismatches-by-class", title, bars, C_BAR, label_w=200)
-    table = _table(("class", "records", "meaning"), [(c, fmt_int(classes[c]), CLASS_MEANING.get(c, "")) for c in order])
+    table = _table(("class", "records", "meaning"), [(c, fmt_int(counts[c]), classes.label(c)) for c in order])
     return svg, table
 
 
@@ -409,7 +404,7 @@ def chart_before_after(inp: ReportInputs) -> tuple[str, str]:
     rc = repair_counts(inp.repair)
     if rc:
         path, counts = rc
-        order = [c for c in CLASS_ORDER if c in counts] + sorted(c for c in counts if c not in CLASS_ORDER)
+        order = classes.ordered(counts)
         bars = [Bar(c, Decimal(counts[c]), fmt_int(counts[c])) for c in order]
         if any(counts.values()):
             svg += ('<p class="sub">Corrections by class (from '

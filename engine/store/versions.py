@@ -39,6 +39,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from engine.connectors.base import PostgresRef, redact_dsn
+from engine.core import classes
 from engine.core.errors import UsageError
 from engine.core.normalize import parse_decimal
 
@@ -319,7 +320,7 @@ def _applied(conn: psycopg.Connection, target: Target, cids: list[str]) -> dict[
 # -- applying a chunk of corrections ---------------------------------------------------------------
 def _precheck(c: Correction, current: str | None, has_row: bool) -> str:
     """Status from the warehouse's current value alone: pending, in_sync or conflict."""
-    if c.cls == "missing_in_warehouse":
+    if not classes.has_warehouse_row(c.cls):
         if not has_row:
             return "pending"
         return "in_sync" if _same(current, c.new_value if c.new_value is not None else c.explain_sf_value) \

@@ -23,7 +23,7 @@ def explained(scenario_stack, tmp_path_factory) -> dict:
     exp = scenario_stack.run("explain", "--diff", str(d / "diff"), "-C", str(scenario_stack.config), "--json",
                              "--out", str(d / "explain"))
     assert exp.returncode == 1, exp.stderr
-    return {"audit": json.loads(audit.stdout), "explain": json.loads(exp.stdout),
+    return {"dir": d, "audit": json.loads(audit.stdout), "explain": json.loads(exp.stdout),
             "findings": pl.read_parquet(d / "explain" / "findings.parquet"),
             "accounts": pl.read_parquet(scenario_stack.state / "scenario" / "accounts.parquet"),
             "copies": pl.read_parquet(scenario_stack.state / "scenario" / "copies.parquet")}
@@ -88,6 +88,47 @@ def test_sec_critical_subset_is_the_top_revenue_five_percent_listed_first(explai
     assert flagged == top & set(f["Id"].to_list())
     flags = f["sec_critical"].to_list()
     assert flags == sorted(flags, reverse=True)  # SEC-critical first
+
+
+def test_explain_records_its_run_in_the_ledger_and_a_manifest_that_verifies(scenario_stack, explained,
+                                                                             tmp_path) -> None:
+    """--ledger, --manifest and --signing-key as for diff, gate and repair: the run, its inputs and
+    its lineage in the ledger, the outputs written next to the manifest (no --out) and signed."""
+    import psycopg
+
+    keys = scenario_stack.run("keygen", "--out", str(tmp_path / "keys"))
+    assert keys.returncode == 0, keys.stderr
+    dsn = scenario_stack.endpoints["postgres_dsn"]
+    manifest = tmp_path / "m" / "explain.manifest.json"
+    res = scenario_stack.run("explain", "--diff", str(explained["dir"] / "diff"), "-C", str(scenario_stack.config),
+                             "--ledger", dsn, "--manifest", str(manifest), "--signing-key",
+                             str(tmp_path / "keys" / "recon.key"), "--json")
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["classes"] == explained["explain"]["classes"]
+    ev = doc["evidence"]
+    assert ev["manifest"]["path"] == str(manifest) and ev["ledger"]["manifest_seq"] > ev["ledger"]["run_seq"]
+    assert (tmp_path / "m" / "explain.json").is_file() and (tmp_path / "m" / "findings.parquet").is_file()
+    with psycopg.connect(scenario_stack.endpoints["postgres_socket_dsn"]) as c:
+        run = json.loads(c.execute("SELECT canonical FROM recon_audit.runs WHERE seq = %s",
+                                   (ev["ledger"]["run_seq"],)).fetchone()[0])
+        inputs = [json.loads(r[0]) for r in c.execute(
+            "SELECT canonical FROM recon_audit.inputs WHERE canonical::jsonb ->> 'run_id' = %s ORDER BY seq",
+            (ev["run_id"],)).fetchall()]
+    assert (run["command"], run["status"], run["run_id"]) == ("explain", "COMPLETE", ev["run_id"])
+    assert run["summary"]["records"] == doc["records"]
+    assert {o["name"] for o in run["outputs"]} == {"explain.json", "findings.parquet"}
+    assert [(i["side"], i["system"]) for i in inputs] == [("diff", "parquet"), ("stream", "kafka"),
+                                                          ("source", "salesforce")]
+    pub = str(tmp_path / "keys" / "recon.pub")
+    v = scenario_stack.run("manifest", "verify", str(manifest), "--key", pub)
+    assert v.returncode == 0, v.stderr + v.stdout
+    lv = scenario_stack.run("ledger", "verify", "-C", str(scenario_stack.config), "--checkpoint", str(manifest),
+                            "--key", pub)
+    assert lv.returncode == 0, lv.stderr + lv.stdout
+    # a manifest without a key is a usage error before anything is read
+    bad = scenario_stack.run("explain", "--diff", str(tmp_path / "nowhere"), "--manifest", str(manifest))
+    assert bad.returncode == 2 and "--signing-key" in bad.stderr, bad.stderr
 
 
 def _produce(bootstrap: str, topic: str, msgs: list[tuple[bytes | None, bytes | None, int]]) -> None:

@@ -9,9 +9,18 @@ from typing import Annotated
 import typer
 
 from engine.cli._shared import emit_json, out, progress
-from engine.cli.options import AmountField, EventTimeField, EventTypeField, OrgIdField, RecordIdField
+from engine.cli.options import (
+    AmountField,
+    EventTimeField,
+    EventTypeField,
+    LedgerOpt,
+    ManifestOpt,
+    OrgIdField,
+    RecordIdField,
+)
 from engine.cli.options import ConfigOpt as Cfg
 from engine.cli.options import KafkaConfigOpt as KafkaCfg
+from engine.cli.options import SigningKeyOpt as KeyOpt
 
 RecordField, TypeField, TimeField, OrgField = RecordIdField, EventTypeField, EventTimeField, OrgIdField
 
@@ -69,24 +78,27 @@ def register(app: typer.Typer) -> None:
         kafka_config: KafkaCfg = None,
         config: Cfg = None,
         out_dir: Annotated[Path | None, typer.Option("--out", help="Write explain.json and findings.parquet here.")] = None,
+        ledger: LedgerOpt = None,
+        manifest: ManifestOpt = None,
+        signing_key: KeyOpt = None,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """Explain each difference from the Kafka stream and price commission exposure (exit 1 with findings)."""
         from engine import config as config_mod
         from engine.app import explain as explain_mod
+        from engine.app.evidence import EvidenceOptions
         from engine.core.events import EventFields
 
-        cfg = config_mod.load(config)
         req = explain_mod.ExplainRequest(
             diff_dir=diff, bootstrap=bootstrap, topic=topic, column=column, kafka_config_file=kafka_config,
-            fields=EventFields(record_field, type_field, time_field, amount_field, org_field))
-        exp, _ = explain_mod.run_explain(req, cfg, progress=None if as_json else progress)
-        if out_dir:
-            explain_mod.write_outputs(exp, out_dir)
+            fields=EventFields(record_field, type_field, time_field, amount_field, org_field), out_dir=out_dir,
+            evidence=EvidenceOptions(ledger, manifest, signing_key))
+        req.check()
+        res = explain_mod.run(req, config_mod.load(config), progress=None if as_json else progress)
         if as_json:
-            emit_json(exp.summary)
+            emit_json(res.document)
         else:
             from engine.report.terminal import render_explain
 
-            render_explain(out, exp.summary, out_dir)
-        raise typer.Exit(1 if exp.summary["records"] else 0)
+            render_explain(out, res.explanation.summary, res.out_dir)
+        raise typer.Exit(res.exit_code)

@@ -20,6 +20,18 @@ from engine.cli.options import JsonFlag, LedgerOpt, ManifestOpt
 from engine.cli.options import SigningKeyOpt as KeyOpt
 
 
+def _accept_help() -> str:
+    """Help for ``--accept-classes``, from the class list: the excludable classes, the default marked."""
+    from engine.core import classes
+
+    default = classes.accepted_by_default()
+    named = ", ".join(f"{c} (default)" if c in default else c for c in classes.excludable())
+    return f"Classes --exclude-from may exclude: {named}."
+
+
+_ACCEPT_HELP = _accept_help()  # module level: typer reads the (string) annotations in this module's namespace
+
+
 def _say(line: str) -> None:
     from engine.cli._shared import out
 
@@ -36,8 +48,7 @@ def register(app: typer.Typer) -> None:
             "--exclude-from", help="Repair (or explain) output: exclude the records it classified in an accepted "
             "class, by the documented policy.")] = None,
         accept_classes: Annotated[str | None, typer.Option(
-            "--accept-classes", help="Classes --exclude-from may exclude: stale_salesforce (default), "
-            "unexplained.")] = None,
+            "--accept-classes", help=_ACCEPT_HELP)] = None,
         override: Annotated[str | None, typer.Option(
             "--override", help="Manual decision: close or open (needs --reason and --operator).")] = None,
         reason: Annotated[str | None, typer.Option("--reason", help="Why (with --override).")] = None,
@@ -184,8 +195,10 @@ def _render_repair(rep: Any, files: list[Path]) -> None:
         else:
             _say(f"ledger: {led.get('appended', 0):,} correction(s) appended, {led.get('backfilled', 0):,} backfilled")
     if plan.action_list:
-        _say(f"action list for Salesforce owners: {len(plan.action_list):,} stale_salesforce record(s) "
-             "(not changed in the warehouse)")
+        from engine.core.classes import Repair, with_repair
+
+        _say(f"action list for Salesforce owners: {len(plan.action_list):,} "
+             f"{'/'.join(with_repair(Repair.ACTION_LIST))} record(s) (not changed in the warehouse)")
     if plan.unexplained:
         _say(f"unexplained: {len(plan.unexplained):,} record(s) left alone for investigation")
     if files:
