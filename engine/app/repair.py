@@ -54,6 +54,7 @@ from engine import workspace
 from engine.app.evidence import EvidenceOptions
 from engine.config import Config
 from engine.connectors.base import PostgresRef, SalesforceRef, parse_reference
+from engine.connectors.salesforce.records import reextract
 from engine.core import classes
 from engine.core.classes import Repair
 from engine.core.errors import UsageError, VerificationError
@@ -78,7 +79,6 @@ LEFT_CLASSES = classes.with_repair(Repair.LEAVE)
 ACTION_CLASS = ACTION_CLASSES[0]  # the names from before there could be several
 LEFT_CLASS = LEFT_CLASSES[0]
 DEFAULT_CHUNK_ROWS = 200
-SF_ID_CHUNK = 500  # Ids per Bulk API 2.0 job: 500 × 21 characters stays far below SOQL's 100,000
 KILL_HOOK = "RECON_REPAIR_TEST_KILL_AFTER_CHUNKS"
 
 
@@ -234,43 +234,6 @@ def _connect(target: Target) -> psycopg.Connection:
     from engine.connectors.postgres.source import connect
 
     return connect(target.ref.dsn, autocommit=True)
-
-
-# -- Salesforce ------------------------------------------------------------------------------------
-@dataclass
-class Extraction:
-    values: dict[str, dict[str, Any]] = field(default_factory=dict)  # Id → {value, system_modstamp, bulk_job_id}
-    metas: list[dict[str, Any]] = field(default_factory=list)
-    records: int = 0
-
-
-def reextract(ids: list[str], plan: Plan, config: Config) -> Extraction:
-    """Exactly these records from Salesforce, one Bulk API 2.0 job per 500 Ids (so each record's job
-    id is known)."""
-    import polars as pl
-
-    from engine.connectors.salesforce import source as sf_extract
-
-    out = Extraction()
-    ref = SalesforceRef(plan.target.sobject)
-    ordered = sorted(set(ids))
-    for i in range(0, len(ordered), SF_ID_CHUNK):
-        chunk = ordered[i: i + SF_ID_CHUNK]
-        ex = sf_extract.extract(ref, config, ["Id", plan.column, "SystemModstamp"], None, ids=chunk)
-        meta = ex.meta
-        out.metas.append(meta)
-        job = (meta.get("bulk_job_ids") or [None])[0]
-        f = ex.frame
-        names = {c.lower(): c for c in f.columns}
-        vcol, mcol = names[plan.column.lower()], names["systemmodstamp"]
-        f = f.select(pl.col(names["id"]).alias("Id"), pl.col(vcol).cast(pl.Utf8).alias("v"),
-                     pl.col(mcol).cast(pl.Utf8).alias("m"))
-        out.records += f.height
-        for rid, v, m in f.iter_rows():
-            out.values[str(rid)] = {"value": v, "system_modstamp": m, "bulk_job_id": job,
-                                    "api_version": meta.get("api_version"), "org_id": meta.get("org_id"),
-                                    "extracted_at": meta.get("extracted_at")}
-    return out
 
 
 # -- applying --------------------------------------------------------------------------------------
@@ -479,7 +442,7 @@ def _run(plan: Plan, config: Config, rep: RepairReport, *, conn_ledger: Any, app
                 label = "SEC-critical" if sec else "remaining"
                 if todo:
                     say(f"re-extracting {len(todo):,} {label} record(s) from Salesforce")
-                    ex = reextract([c.record_id for c in todo], plan, config)
+                    ex = reextract(plan.target.sobject, plan.column, [c.record_id for c in todo], config)
                     phase.reextracted += ex.records
                     rep.sf_metas += ex.metas
                     rep.bulk_job_ids += [j for m in ex.metas for j in (m.get("bulk_job_ids") or [])]
