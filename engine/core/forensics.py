@@ -36,7 +36,7 @@ import polars as pl
 
 from engine.core import ids
 from engine.core.events import Scan, iso_ms
-from engine.core.normalize import sf_id18
+from engine.core.sfid import with_suffixes
 
 CLASSES = ("duplicate_inflation", "missing_events", "stale_salesforce", "warehouse_only_drift",
            "missing_in_warehouse", "unexplained")
@@ -90,8 +90,8 @@ def prepare(scan: Scan, org_id: str | None = None) -> pl.DataFrame:
     """Validate and canonicalise the scanned events and set their status."""
     f = scan.frame
     f = f.with_columns(
-        sf_id18(f["record_id"]).alias("record_id"),
-        sf_id18(f["org_id"]).alias("org_id"),
+        with_suffixes(f["record_id"]).alias("record_id"),
+        with_suffixes(f["org_id"]).alias("org_id"),
         ids.canonical_times(f["event_time"]).alias("event_time_c"),
         _amounts(f["amount"]).alias("amount_d"),
     )

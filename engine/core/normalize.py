@@ -53,9 +53,10 @@ import polars as pl
 
 from engine.core.decimals import _float_to_scaled, _int128_le, _to_decimal, is_scaled, to_decimal, to_scaled
 
-# re-exported: part of this module's interface (``normalize.parse_decimal``, …)
+# parse_decimal and scaled_text are re-exported: part of this module's interface (``normalize.parse_decimal``, …)
 from engine.core.decimals import parse_decimal as parse_decimal
 from engine.core.decimals import scaled_text as scaled_text
+from engine.core.sfid import with_suffixes
 
 ENCODING_VERSION = 2
 SUPPORTED_ENCODINGS = (1, 2)
@@ -132,28 +133,6 @@ class Canonical:
 # per-kind typed normalization
 
 
-def sf_id18(s: pl.Series) -> pl.Series:
-    """15-character Salesforce ids get their case-safe suffix; other values pass unchanged.
-
-    Vectorised with numpy over the bytes: ids come in millions.
-    """
-    s = s.cast(pl.Utf8)
-    mask = (s.str.len_bytes() == 15).fill_null(False)
-    if not mask.any():
-        return s
-    mask = mask & s.str.contains(r"^[0-9A-Za-z]{15}$").fill_null(False)
-    if not mask.any():
-        return s
-    short = s.filter(mask)
-    raw = np.frombuffer("".join(short.to_list()).encode("ascii"), dtype=np.uint8).reshape(-1, 15)
-    upper = ((raw >= ord("A")) & (raw <= ord("Z"))).reshape(-1, 3, 5).astype(np.int64)
-    idx = upper @ (1 << np.arange(5))
-    alphabet = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345", dtype=np.uint8)
-    full = np.concatenate([raw, alphabet[idx]], axis=1)
-    converted = pl.Series(full.view("S18").ravel().astype(str))
-    return s.scatter(mask.arg_true(), converted)
-
-
 _TRUE = ("true", "t", "1", "yes", "y")
 _FALSE = ("false", "f", "0", "no", "n")
 
@@ -223,7 +202,7 @@ def typed(s: pl.Series, ctype: ColumnType, opts: SideOptions) -> pl.Series:
             t = t.str.strip_chars()
         if opts.empty_as_null and (t == "").any():
             t = t.set(t == "", None)
-        return sf_id18(t) if k == "id" else t
+        return with_suffixes(t) if k == "id" else t
     if (s.dtype == pl.Utf8 or s.dtype == pl.String) and opts.empty_as_null and k != "decimal":
         s = s.set(s == "", None) if (s == "").any() else s
     if k == "decimal":

@@ -18,7 +18,6 @@ from engine.core.normalize import (
     decimal_view,
     encode_value,
     row_text,
-    sf_id18,
     typed,
 )
 
@@ -127,13 +126,6 @@ def test_field_framing_is_collision_proof() -> None:
     assert rows[0][3:] != rows[1][4:]
 
 
-def test_sf_id18_vectorised_matches_reference() -> None:
-    from engine.core.sfid import to18
-
-    ids = ["001RO0000035WQg", "001ro0000035wqg", "001000000000000", "0015g0000000001AAA"]
-    assert sf_id18(pl.Series(ids)).to_list() == [to18(i) for i in ids]
-
-
 def test_null_key_is_rejected() -> None:
     f = (FieldSpec("k", "k", ColumnType("text"), is_key=True),)
     with pytest.raises(ValueError, match="NULL"):
@@ -170,3 +162,4 @@ def test_scaled_decimal_text_is_the_decimal_columns_own_text(vals: list[int | No
     want = to_decimal(col, scale).cast(pl.Utf8).to_list()
     got = pl.DataFrame([col]).select(scaled_text(pl.col("v"), scale).alias("t"))["t"].to_list()
     assert got == want
+
