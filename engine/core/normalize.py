@@ -241,6 +241,24 @@ def text_expr(name: str, ctype: ColumnType) -> pl.Expr:
     return c.cast(pl.Utf8)
 
 
+#: Joins the texts of a compound key's fields. NUL sorts before every other byte, so keys order
+#: as the tuples of their fields' texts; no field text may contain it (:func:`canonicalize`).
+KEY_SEPARATOR = "\x00"
+
+
+def key_expr(fields: tuple[FieldSpec, ...] | list[FieldSpec]) -> pl.Expr:
+    """The key's canonical text (``__key``) over typed canonical columns: the key fields' texts
+    (:func:`text_expr`), in mapping order, joined by :data:`KEY_SEPARATOR`.
+
+    The one definition of a key's identity: the diff sorts and segments by it, in-flight keys
+    are matched against it, and a manifest's verifier recomputes it from a snapshot's values.
+    """
+    texts = [text_expr(f.name, f.ctype) for f in fields if f.is_key]
+    if not texts:
+        raise ValueError("no key column")
+    return texts[0] if len(texts) == 1 else pl.concat_str(texts, separator=KEY_SEPARATOR)
+
+
 def field_parts(name: str, ctype: ColumnType) -> list[pl.Expr]:
     """Length-prefixed field encoding as two parts (``<len>:`` or ``-``, then the text or nothing):
     one flat concat over all parts is much faster than formatting each field separately."""
@@ -274,11 +292,9 @@ def canonicalize(df: pl.DataFrame, fields: tuple[FieldSpec, ...], opts: SideOpti
         nulls = frame[f.name].null_count()
         if nulls:
             raise ValueError(f"key column {f.column!r} has {nulls} NULL value(s)")
-    key_text = [text_expr(f.name, f.ctype) for f in keys]
-    if len(keys) > 1 and frame.select(pl.any_horizontal([t.str.contains("\x00", literal=True) for t in key_text])).to_series().any():
+    key = frame.select(key_expr(fields).alias("__key"))["__key"]
+    if len(keys) > 1 and (key.str.count_matches(KEY_SEPARATOR, literal=True) != len(keys) - 1).any():
         raise ValueError("a compound key value contains a NUL character")
-    key = frame.select((key_text[0] if len(keys) == 1 else pl.concat_str(key_text, separator="\x00"))
-                       .alias("__key"))["__key"]
     parts = [*frame.get_columns(), key]
     del frame, key
     for i, f in enumerate(fields):  # after the key text: a decimal key keeps its Decimal form
