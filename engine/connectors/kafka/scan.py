@@ -74,27 +74,6 @@ def parse_offsets(text: str) -> dict[int, tuple[int, int]]:
     return out
 
 
-def load_kafka_config(path: str | Path | None) -> dict[str, str]:
-    """librdkafka properties from a `key=value` file (comments with #)."""
-    if not path:
-        return {}
-    p = Path(path)
-    try:
-        lines = p.read_text().splitlines()
-    except OSError:
-        raise UsageError(f"--kafka-config {p}: cannot read the file") from None
-    conf = {}
-    for ln in lines:
-        ln = ln.strip()
-        if not ln or ln.startswith("#"):
-            continue
-        if "=" not in ln:
-            raise UsageError(f"--kafka-config {p}: malformed line {ln.split('=')[0][:40]!r}: use key=value")
-        k, v = ln.split("=", 1)
-        conf[k.strip()] = v.strip()
-    return conf
-
-
 _LIBRDKAFKA_LOG = logging.getLogger(__name__ + ".librdkafka")
 # librdkafka's own log lines (a refused connection every 50 ms while a broker is down, warnings about
 # properties) go to Python logging, which says nothing unless the application asks: the CLI's answer
