@@ -1,18 +1,24 @@
 """What every Kafka command shares (``engine.connectors.kafka.client``), without a broker: the one
 grammar of ``--kafka-config`` files, which the scan commands (kafka-audit, explain) and
-``recon consume`` all read.
+``recon consume`` all read, and the topic-existence verdict on a metadata answer.
+
+Talking to a real broker (the listing itself, Tansu's auto-creation) is covered by
+tests/integration/test_kafka_brokers.py, test_forensics.py, test_consumer.py and test_kafka_native.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from engine.connectors.kafka import consumer as c
 from engine.connectors.kafka.client import (
     KafkaProperty,
+    existing_partitions,
     load_kafka_config,
+    missing_topic,
     read_kafka_properties,
 )
 from engine.core.errors import UsageError
@@ -100,3 +106,31 @@ def test_consumer_refuses_the_properties_it_manages_on_top(tmp_path: Path) -> No
         c.parse_kafka_config(f)
     assert SECRET not in str(exc.value)
 
+
+# ---------------------------------------------------------------------------------------------
+# the topic-existence verdict
+
+
+class _Err:
+    def str(self) -> str:  # noqa: A003 - KafkaError's own method name
+        return "Broker: Topic authorization failed"
+
+
+def _md(**topics: object) -> SimpleNamespace:
+    return SimpleNamespace(topics=topics)
+
+
+def test_existing_partitions() -> None:
+    md = _md(events=SimpleNamespace(partitions={2: None, 0: None, 1: None}, error=None),
+             empty=SimpleNamespace(partitions={}, error=None),
+             locked=SimpleNamespace(partitions={0: None}, error=_Err()),
+             gone=SimpleNamespace(partitions={}, error=_Err()))
+    assert existing_partitions(md, "events", "h:9092") == [0, 1, 2]
+    want = str(missing_topic("x", "h:9092"))
+    assert want == "topic 'x' does not exist on h:9092: check --topic"
+    for name in ("x", "empty", "gone"):
+        with pytest.raises(UsageError) as exc:
+            existing_partitions(md, name, "h:9092")
+        assert str(exc.value) == str(missing_topic(name, "h:9092"))
+    with pytest.raises(UsageError, match="topic 'locked' on h:9092 is not readable: Broker: Topic authorization"):
+        existing_partitions(md, "locked", "h:9092")

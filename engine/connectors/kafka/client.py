@@ -1,9 +1,9 @@
-"""What every Kafka command shares about the client: its settings and the ``--kafka-config``
-properties file.
+"""What every Kafka command shares about the client: its settings, the ``--kafka-config``
+properties file, and whether a topic exists.
 
 The fast-rejoin settings are product behaviour; the measured rejoin times behind them are in
 ``engine/local/kafka.py``'s docstring (the stack is where they were measured), and the stack
-imports them from here, never the other way round.
+imports them from here, never the other way round. So does the stack's topic listing.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from engine.core.errors import UsageError
 
@@ -91,3 +91,38 @@ def load_kafka_config(path: str | Path | None) -> dict[str, str]:
         return {}
     return {prop.key: prop.value for prop in read_kafka_properties(path)}
 
+
+# ---------------------------------------------------------------------------------------------
+# does the topic exist?
+
+
+def all_topics(client: Any, timeout: float) -> Any:
+    """The cluster's metadata for every topic (a confluent-kafka ``ClusterMetadata``), from a
+    consumer's or an admin client's ``list_topics``.
+
+    Never asks about one topic by name: Tansu creates any topic a Metadata request names, so
+    checking a topic by name there would make the topic it checks.
+    Asked through the caller's client, so that its security settings (SASL/SSL) apply.
+    """
+    return client.list_topics(timeout=timeout)
+
+
+def missing_topic(topic: str, bootstrap: str) -> UsageError:
+    """The error (exit 2) of every command that finds ``topic`` missing, whichever way it found out
+    (the metadata, a fetch's unknown-topic error, the native loop's)."""
+    return UsageError(f"topic {topic!r} does not exist on {bootstrap}: check --topic")
+
+
+def existing_partitions(metadata: Any, topic: str, bootstrap: str) -> list[int]:
+    """The partitions of ``topic`` in metadata from :func:`all_topics`, sorted.
+
+    A topic that is not listed, or listed without partitions, does not exist
+    (:func:`missing_topic`); one listed with an error (e.g. not authorized) is not readable. Both
+    are usage errors: the user names the topic and holds the credentials.
+    """
+    t = metadata.topics.get(topic)
+    if t is None or not t.partitions:
+        raise missing_topic(topic, bootstrap)
+    if t.error is not None:
+        raise UsageError(f"topic {topic!r} on {bootstrap} is not readable: {t.error.str()}")
+    return sorted(t.partitions)
