@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.connectors.kafka import scan as ks
+from engine.connectors.kafka.client import load_kafka_config
 from engine.core import forensics
 from engine.core.errors import UsageError
 from engine.core.events import EventFields, Window
@@ -46,6 +47,6 @@ def run_audit(req: AuditRequest, config: Config, *,
     window = Window(start=req.start, end=req.end, offsets=ks.parse_offsets(req.offsets) if req.offsets else None,
                     lookback_s=req.lookback_s)
     extra = {kk: str(v) for kk, v in k.items() if kk not in ("bootstrap", "topic")}
-    extra.update(ks.load_kafka_config(req.kafka_config_file))
+    extra.update(load_kafka_config(req.kafka_config_file))
     scan = ks.scan(bootstrap, topic, window, req.fields, kafka_config=extra, progress=progress)
     return forensics.audit(scan, org_id=req.org_id)

@@ -21,6 +21,7 @@ from engine.app.evidence import EvidenceOptions
 from engine.config import Config
 from engine.connectors.base import SalesforceRef, parse_reference
 from engine.connectors.kafka import scan as kafka_source
+from engine.connectors.kafka.client import load_kafka_config
 from engine.core import forensics
 from engine.core.errors import UsageError
 
@@ -74,7 +75,7 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
     say = progress or (lambda _m: None)
     from engine.app.reconcile import read_outputs
 
-    file_props = kafka_source.load_kafka_config(req.kafka_config_file)
+    file_props = load_kafka_config(req.kafka_config_file)
 
     diff_summary, _, diffs_path = read_outputs(req.diff_dir)
     differences = pl.read_parquet(diffs_path)

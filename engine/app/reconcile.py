@@ -30,7 +30,7 @@ from engine.core.normalize import (
     FieldSpec,
     SideOptions,
     canonicalize,
-    text_expr,
+    key_expr,
     typed,
 )
 
@@ -250,9 +250,7 @@ def _in_flight_keys(e: Extract, fields: list[FieldSpec], opts: SideOptions) -> s
         return set()
     keys = [f for f in fields if f.is_key]
     df = pl.DataFrame([typed(e.in_flight[f.column], f.ctype, opts).alias(f.name) for f in keys])
-    texts = [text_expr(f.name, f.ctype) for f in keys]
-    expr = texts[0] if len(texts) == 1 else pl.concat_str(texts, separator="\x00")
-    return set(df.select(expr.alias("k"))["k"].to_list())
+    return set(df.select(key_expr(keys).alias("k"))["k"].to_list())
 
 
 def read_outputs(diff_dir: Path) -> tuple[dict[str, Any], Path, Path]:

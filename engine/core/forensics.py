@@ -29,7 +29,7 @@ import polars as pl
 
 from engine.core import classes, ids
 from engine.core.events import Scan, iso_ms
-from engine.core.normalize import sf_id18
+from engine.core.sfid import with_suffixes
 
 CLASSES = classes.names()  # derived from engine.core.classes (the code here reads that list when it runs)
 AMOUNT = pl.Decimal(38, 6)
@@ -82,8 +82,8 @@ def prepare(scan: Scan, org_id: str | None = None) -> pl.DataFrame:
     """Validate and canonicalise the scanned events and set their status."""
     f = scan.frame
     f = f.with_columns(
-        sf_id18(f["record_id"]).alias("record_id"),
-        sf_id18(f["org_id"]).alias("org_id"),
+        with_suffixes(f["record_id"]).alias("record_id"),
+        with_suffixes(f["org_id"]).alias("org_id"),
         ids.canonical_times(f["event_time"]).alias("event_time_c"),
         _amounts(f["amount"]).alias("amount_d"),
     )

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from engine.core.sfid import to18
+from engine.core.sfid import to18, to18_or_none
 
 LAYOUT_VERSION = 1
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:recon:event:v1")
@@ -92,23 +92,7 @@ def _uuid5_bytes(name: bytes) -> bytes:
     return bytes(digest)
 
 
-_ID18: dict[str, str | None] = {}
 _VARIANT = "89ab89ab89ab89ab"  # RFC 9562 variant bits over the digest's high nibble of byte 8
-
-
-def _id18_cached(x: str) -> str | None:
-    """to18 with a process-wide cache: a stream repeats record ids across batches, and the suffix
-    computation is the costliest part of an id after SHA-1."""
-    r = _ID18.get(x, "")
-    if r == "":
-        try:
-            r = to18(x)
-        except (ValueError, TypeError):
-            r = None
-        if len(_ID18) >= 1_000_000:
-            _ID18.clear()
-        _ID18[x] = r
-    return r
 
 
 def event_ids(
@@ -124,8 +108,8 @@ def event_ids(
     sha1 = hashlib.sha1
     match = _CANON_TS.match
     for org, rec, typ, ts in zip(org_ids, record_ids, event_types, event_times, strict=True):
-        o = _id18_cached(org) if org else None
-        r = _id18_cached(rec) if rec else None
+        o = to18_or_none(org)
+        r = to18_or_none(rec)
         if o is None or r is None or not typ or ts is None:
             append(None)
             continue

@@ -53,9 +53,10 @@ import polars as pl
 
 from engine.core.decimals import _float_to_scaled, _int128_le, _to_decimal, is_scaled, to_decimal, to_scaled
 
-# re-exported: part of this module's interface (``normalize.parse_decimal``, …)
+# parse_decimal and scaled_text are re-exported: part of this module's interface (``normalize.parse_decimal``, …)
 from engine.core.decimals import parse_decimal as parse_decimal
 from engine.core.decimals import scaled_text as scaled_text
+from engine.core.sfid import with_suffixes
 
 ENCODING_VERSION = 2
 SUPPORTED_ENCODINGS = (1, 2)
@@ -132,28 +133,6 @@ class Canonical:
 # per-kind typed normalization
 
 
-def sf_id18(s: pl.Series) -> pl.Series:
-    """15-character Salesforce ids get their case-safe suffix; other values pass unchanged.
-
-    Vectorised with numpy over the bytes: ids come in millions.
-    """
-    s = s.cast(pl.Utf8)
-    mask = (s.str.len_bytes() == 15).fill_null(False)
-    if not mask.any():
-        return s
-    mask = mask & s.str.contains(r"^[0-9A-Za-z]{15}$").fill_null(False)
-    if not mask.any():
-        return s
-    short = s.filter(mask)
-    raw = np.frombuffer("".join(short.to_list()).encode("ascii"), dtype=np.uint8).reshape(-1, 15)
-    upper = ((raw >= ord("A")) & (raw <= ord("Z"))).reshape(-1, 3, 5).astype(np.int64)
-    idx = upper @ (1 << np.arange(5))
-    alphabet = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345", dtype=np.uint8)
-    full = np.concatenate([raw, alphabet[idx]], axis=1)
-    converted = pl.Series(full.view("S18").ravel().astype(str))
-    return s.scatter(mask.arg_true(), converted)
-
-
 _TRUE = ("true", "t", "1", "yes", "y")
 _FALSE = ("false", "f", "0", "no", "n")
 
@@ -223,7 +202,7 @@ def typed(s: pl.Series, ctype: ColumnType, opts: SideOptions) -> pl.Series:
             t = t.str.strip_chars()
         if opts.empty_as_null and (t == "").any():
             t = t.set(t == "", None)
-        return sf_id18(t) if k == "id" else t
+        return with_suffixes(t) if k == "id" else t
     if (s.dtype == pl.Utf8 or s.dtype == pl.String) and opts.empty_as_null and k != "decimal":
         s = s.set(s == "", None) if (s == "").any() else s
     if k == "decimal":
@@ -262,6 +241,24 @@ def text_expr(name: str, ctype: ColumnType) -> pl.Expr:
     return c.cast(pl.Utf8)
 
 
+#: Joins the texts of a compound key's fields. NUL sorts before every other byte, so keys order
+#: as the tuples of their fields' texts; no field text may contain it (:func:`canonicalize`).
+KEY_SEPARATOR = "\x00"
+
+
+def key_expr(fields: tuple[FieldSpec, ...] | list[FieldSpec]) -> pl.Expr:
+    """The key's canonical text (``__key``) over typed canonical columns: the key fields' texts
+    (:func:`text_expr`), in mapping order, joined by :data:`KEY_SEPARATOR`.
+
+    The one definition of a key's identity: the diff sorts and segments by it, in-flight keys
+    are matched against it, and a manifest's verifier recomputes it from a snapshot's values.
+    """
+    texts = [text_expr(f.name, f.ctype) for f in fields if f.is_key]
+    if not texts:
+        raise ValueError("no key column")
+    return texts[0] if len(texts) == 1 else pl.concat_str(texts, separator=KEY_SEPARATOR)
+
+
 def field_parts(name: str, ctype: ColumnType) -> list[pl.Expr]:
     """Length-prefixed field encoding as two parts (``<len>:`` or ``-``, then the text or nothing):
     one flat concat over all parts is much faster than formatting each field separately."""
@@ -295,11 +292,9 @@ def canonicalize(df: pl.DataFrame, fields: tuple[FieldSpec, ...], opts: SideOpti
         nulls = frame[f.name].null_count()
         if nulls:
             raise ValueError(f"key column {f.column!r} has {nulls} NULL value(s)")
-    key_text = [text_expr(f.name, f.ctype) for f in keys]
-    if len(keys) > 1 and frame.select(pl.any_horizontal([t.str.contains("\x00", literal=True) for t in key_text])).to_series().any():
+    key = frame.select(key_expr(fields).alias("__key"))["__key"]
+    if len(keys) > 1 and (key.str.count_matches(KEY_SEPARATOR, literal=True) != len(keys) - 1).any():
         raise ValueError("a compound key value contains a NUL character")
-    key = frame.select((key_text[0] if len(keys) == 1 else pl.concat_str(key_text, separator="\x00"))
-                       .alias("__key"))["__key"]
     parts = [*frame.get_columns(), key]
     del frame, key
     for i, f in enumerate(fields):  # after the key text: a decimal key keeps its Decimal form

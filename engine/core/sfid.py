@@ -4,6 +4,12 @@ Salesforce appends a 3-character suffix that encodes which of the first 15 chara
 so that tools which fold case (spreadsheets, case-insensitive collations) can still tell ids apart.
 Comparisons inside recon always use the 18-character form in binary (byte) order.
 
+This module is the one place that knows the rule: per value (:func:`suffix`, :func:`is_valid`,
+:func:`to18`, the cached :func:`to18_or_none` of the Kafka consumer's per-message path) and per
+column (:func:`suffixes` over a byte matrix, :func:`are_valid`, :func:`with_suffixes` of the
+canonical encoding), both built on the same suffix alphabet. Its source is part of the Kafka
+consumer's transformation digest, so every id rule a stored event went through is covered.
+
 >>> to18("003RO0000035WQg")
 '003RO0000035WQgYAM'
 >>> to18("003RO0000035WQgYAM")
@@ -16,10 +22,15 @@ import re
 import string
 
 import numpy as np
+import polars as pl
 
 _SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_SUFFIX_BYTES = np.frombuffer(_SUFFIX_ALPHABET.encode(), dtype=np.uint8)
+_BIT_WEIGHTS = 1 << np.arange(5, dtype=np.int64)
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 _ID_RE = re.compile(r"^[0-9A-Za-z]{15}([0-9A-Z]{3})?$")
+_ID15_RE = r"^[0-9A-Za-z]{15}$"
+_CACHE_MAX = 1_000_000
 
 
 def suffix(id15: str) -> str:
@@ -50,6 +61,95 @@ def to18(sfid: str) -> str:
     raise ValueError(f"not a Salesforce id: {sfid!r}")
 
 
+_to18_cache: dict[str, str | None] = {}
+
+
+def to18_or_none(value: object) -> str | None:
+    """:func:`to18`, or None for anything that is not a well-formed id (non-text values included).
+
+    Cached process-wide (up to a million ids, then the cache starts over): an event stream
+    repeats org and record ids across messages and batches, and the suffix is the costliest part
+    of an id check in Python.
+    """
+    if type(value) is not str:
+        return None
+    r = _to18_cache.get(value, "")
+    if r == "":
+        try:
+            r = to18(value)
+        except ValueError:
+            r = None
+        if len(_to18_cache) >= _CACHE_MAX:
+            _to18_cache.clear()
+        _to18_cache[value] = r
+    return r
+
+
+# ------------------------------------------------------------------------------------------------
+# vectorised: the same rule over columns (ids come in millions)
+
+
+def suffixes(bodies: np.ndarray) -> np.ndarray:
+    """The case-safe suffixes of ``(n, 15)`` uint8 id bodies, as ``(n, 3)`` uint8: :func:`suffix`
+    row by row, with NumPy."""
+    upper = (bodies >= ord("A")) & (bodies <= ord("Z"))
+    groups = upper.reshape(len(bodies), 3, 5).astype(np.int64) @ _BIT_WEIGHTS
+    return _SUFFIX_BYTES[groups]
+
+
+def _byte_matrix(s: pl.Series, width: int) -> np.ndarray:
+    """``(n, width)`` uint8 of a column of texts that are all ``width`` bytes long (no nulls)."""
+    if not len(s):
+        return np.zeros((0, width), dtype=np.uint8)
+    return np.frombuffer(s.str.join("").item().encode("utf-8"), dtype=np.uint8).reshape(len(s), width)
+
+
+def _base62(buf: np.ndarray) -> np.ndarray:
+    """Per row of a uint8 matrix: are all its bytes ``[0-9A-Za-z]``? (uint8 arithmetic wraps, so
+    each range is one subtraction and one comparison; ``| 32`` folds upper case onto lower.)"""
+    return (((buf - 48) < 10) | (((buf | 32) - 97) < 26)).all(axis=1)
+
+
+def are_valid(ids: pl.Series) -> np.ndarray:
+    """:func:`is_valid` per element of a text column, as a bool array (null: False).
+
+    The character classes are checked on the bytes rather than by a regex (which took as long as
+    the rest): a text of 15 or 18 bytes whose bytes are all ``[0-9A-Za-z]`` is ASCII, and a
+    suffix equal to the computed one is in ``[0-9A-Z]``.
+    """
+    s = ids.cast(pl.Utf8)
+    n_bytes = s.str.len_bytes().fill_null(0).to_numpy()
+    ok = np.zeros(len(s), dtype=bool)
+    for width in (15, 18):
+        rows = n_bytes == width
+        if not rows.any():
+            continue
+        buf = _byte_matrix(s if rows.all() else s.filter(pl.Series(rows)), width)
+        good = _base62(buf)  # the whole row: contiguous, and a matching suffix is base-62 anyway
+        if width == 18:
+            good &= (suffixes(buf[:, :15]) == buf[:, 15:]).all(axis=1)
+        ok[rows] = good
+    return ok
+
+
+def with_suffixes(s: pl.Series) -> pl.Series:
+    """15-character ids get their case-safe suffix; every other value passes unchanged.
+
+    The ``id`` kind of the canonical encoding (``engine.core.normalize``): lenient, because a
+    column typed ``id`` may hold values that are not Salesforce ids, and those compare as text.
+    """
+    s = s.cast(pl.Utf8)
+    mask = (s.str.len_bytes() == 15).fill_null(False)
+    if not mask.any():
+        return s
+    mask = mask & s.str.contains(_ID15_RE).fill_null(False)
+    if not mask.any():
+        return s
+    raw = _byte_matrix(s.filter(mask), 15)
+    full = np.concatenate([raw, suffixes(raw)], axis=1)
+    return s.scatter(mask.arg_true(), pl.Series(full.view("S18").ravel().astype(str)))
+
+
 def make_ids(key_prefix: str, start: int, count: int, pod: str = "5g0000") -> list[str]:
     """Generate `count` sequential 18-character ids like a Salesforce org allocates them.
 
@@ -70,9 +170,5 @@ def make_ids(key_prefix: str, start: int, count: int, pod: str = "5g0000") -> li
     for i in range(14, 8, -1):
         body[:, i] = alphabet[x % 62]
         x //= 62
-    upper = (body >= ord("A")) & (body <= ord("Z"))
-    weights = (1 << np.arange(5)).astype(np.int64)
-    groups = upper.reshape(count, 3, 5).astype(np.int64) @ weights
-    suf = np.frombuffer(_SUFFIX_ALPHABET.encode(), dtype=np.uint8)[groups]
-    full = np.concatenate([body, suf.astype(np.uint8)], axis=1)
+    full = np.concatenate([body, suffixes(body)], axis=1)
     return full.view("S18").ravel().astype(str).tolist() if count else []

@@ -296,8 +296,8 @@ def _recompute_roots(sidecar_path: Path, base: Path, inputs: list[dict[str, Any]
         ColumnType,
         FieldSpec,
         SideOptions,
+        key_expr,
         row_text,
-        text_expr,
         typed,
     )
 
@@ -332,8 +332,7 @@ def _recompute_roots(sidecar_path: Path, base: Path, inputs: list[dict[str, Any]
             frame = frame.with_columns(typed(frame[f.name], f.ctype, SideOptions()).alias(f.name) for f in fields)
         except (KeyError, TypeError, ValueError, pl.exceptions.PolarsError):
             raise VerificationError(f"snapshot {info['file']} does not hold the fields its sidecar names") from None
-        keys = [text_expr(f.name, f.ctype) for f in fields if f.is_key]
-        again = frame.select((keys[0] if len(keys) == 1 else pl.concat_str(keys, separator="\x00")).alias("k"))["k"]
+        again = frame.select(key_expr(fields).alias("k"))["k"]
         if not again.equals(frame["__key"]):
             raise VerificationError(f"root mismatch for the {side} side: snapshot {info['file']} was edited "
                                     "(its keys do not match its values)")

@@ -94,9 +94,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic
 
-from engine.connectors.kafka.client import FAST_REJOIN_CONSUMER_CONFIG, fast_rejoin_consumer_config  # noqa: F401  (re-exported for the stack's callers)
+from engine.connectors.kafka.client import (  # noqa: F401  (re-exported for the stack's callers)
+    FAST_REJOIN_CONSUMER_CONFIG,
+    all_topics,
+    fast_rejoin_consumer_config,
+)
 from engine.core.errors import ServiceUnreachable, UsageError
 from engine.local.state import StackPaths, free_port, pid_alive, read_json, write_json
 
@@ -758,14 +762,11 @@ def get_broker(backend: str, state_dir: str | os.PathLike[str] | None = None) ->
 # topics
 
 
-def _all_topics(admin: AdminClient, timeout: float) -> ClusterMetadata:
-    """Metadata of all topics. Never ask for one topic by name: Tansu would create it."""
-    return admin.list_topics(timeout=timeout)
-
-
 def topic_exists(bootstrap: str, name: str, timeout: float = 10.0) -> bool:
-    """Does the topic exist? Safe on Tansu, which creates any topic a metadata request names."""
-    return name in _all_topics(_admin(bootstrap), timeout).topics
+    """Is the topic listed? Safe on Tansu, which creates any topic a metadata request names: the
+    product's listing (``client.all_topics``) never names one. Listed is enough here (a topic the
+    stack just created or is deleting); the commands' stricter check is ``client.existing_partitions``."""
+    return name in all_topics(_admin(bootstrap), timeout).topics
 
 
 def create_topic(
@@ -797,7 +798,7 @@ def create_topic(
         created = False
     while True:
         with contextlib.suppress(KafkaException):
-            md = _all_topics(admin, max(0.5, min(5.0, deadline - time.monotonic())))
+            md = all_topics(admin, max(0.5, min(5.0, deadline - time.monotonic())))
             tm = md.topics.get(name)
             if tm is not None and tm.error is None and tm.partitions:
                 parts = tm.partitions.values()
@@ -818,7 +819,7 @@ def delete_topic(bootstrap: str, name: str, timeout: float = 30.0) -> bool:
     """
     admin = _admin(bootstrap)
     deadline = time.monotonic() + timeout
-    if name not in _all_topics(admin, timeout).topics:
+    if name not in all_topics(admin, timeout).topics:
         return False
     fut = admin.delete_topics([name], operation_timeout=timeout, request_timeout=timeout)[name]
     try:
@@ -830,7 +831,7 @@ def delete_topic(bootstrap: str, name: str, timeout: float = 30.0) -> bool:
         return False
     while True:
         with contextlib.suppress(KafkaException):
-            if name not in _all_topics(admin, max(0.5, min(5.0, deadline - time.monotonic()))).topics:
+            if name not in all_topics(admin, max(0.5, min(5.0, deadline - time.monotonic()))).topics:
                 return True
         if time.monotonic() >= deadline:
             raise ServiceUnreachable(f"topic {name!r} on {bootstrap} was still listed {timeout:.0f} s "

@@ -17,8 +17,8 @@ from engine.core.normalize import (
     canonicalize,
     decimal_view,
     encode_value,
+    key_expr,
     row_text,
-    sf_id18,
     typed,
 )
 
@@ -127,13 +127,6 @@ def test_field_framing_is_collision_proof() -> None:
     assert rows[0][3:] != rows[1][4:]
 
 
-def test_sf_id18_vectorised_matches_reference() -> None:
-    from engine.core.sfid import to18
-
-    ids = ["001RO0000035WQg", "001ro0000035wqg", "001000000000000", "0015g0000000001AAA"]
-    assert sf_id18(pl.Series(ids)).to_list() == [to18(i) for i in ids]
-
-
 def test_null_key_is_rejected() -> None:
     f = (FieldSpec("k", "k", ColumnType("text"), is_key=True),)
     with pytest.raises(ValueError, match="NULL"):
@@ -170,3 +163,24 @@ def test_scaled_decimal_text_is_the_decimal_columns_own_text(vals: list[int | No
     want = to_decimal(col, scale).cast(pl.Utf8).to_list()
     got = pl.DataFrame([col]).select(scaled_text(pl.col("v"), scale).alias("t"))["t"].to_list()
     assert got == want
+
+
+def test_compound_key_text_is_one_definition() -> None:
+    """``key_expr`` is the key everyone recomputes (the diff's ``__key``, in-flight keys, the
+    manifest verifier): the key fields' texts in mapping order, joined by NUL."""
+    f = (FieldSpec("b", "b", ColumnType("id"), is_key=True), FieldSpec("v", "v", ColumnType("text")),
+         FieldSpec("a", "a", ColumnType("decimal", scale=2), is_key=True),
+         FieldSpec("d", "d", ColumnType("date"), is_key=True))
+    df = pl.DataFrame({"b": ["001RO0000035WQg", "0015g0000000001AAA"], "v": ["x", "y"], "a": ["1E+2", "-0"],
+                       "d": ["2026-01-02", "2026-01-03"]})
+    canon = canonicalize(df, f, PLAIN).frame
+    assert canon["__key"].to_list() == ["0015g0000000001AAA\x000.00\x002026-01-03",
+                                        "001RO0000035WQgYAM\x00100.00\x002026-01-02"]
+    assert canon.select(key_expr(f).alias("k"))["k"].equals(canon["__key"], check_names=False)
+    single = (FieldSpec("k", "k", ColumnType("text"), is_key=True),)
+    assert canonicalize(pl.DataFrame({"k": ["a\x00b"]}), single, PLAIN).frame["__key"].to_list() == ["a\x00b"]
+    with pytest.raises(ValueError, match="NUL"):
+        canonicalize(pl.DataFrame({"b": ["a\x00", "a"], "v": ["", ""], "a": ["1", "1"], "d": ["2026-01-01"] * 2}),
+                     f, PLAIN)
+    with pytest.raises(ValueError, match="no key"):
+        key_expr(f[1:2])

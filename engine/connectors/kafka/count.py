@@ -7,7 +7,7 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from engine.core.errors import UsageError
+from engine.connectors.kafka.client import all_topics, existing_partitions
 
 
 def count_messages(bootstrap: str, topic: str, timeout: float = 60.0) -> int:
@@ -16,11 +16,7 @@ def count_messages(bootstrap: str, topic: str, timeout: float = 60.0) -> int:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"recon-count-{uuid.uuid4()}",
                   "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest"})
     try:
-        md = c.list_topics(topic, timeout=10)
-        t = md.topics.get(topic)
-        if t is None or t.error is not None or not t.partitions:
-            raise UsageError(f"topic {topic!r} does not exist on {bootstrap}: check the topic name")
-        parts = sorted(t.partitions)
+        parts = existing_partitions(all_topics(c, timeout=10), topic, bootstrap)
         c.assign([TopicPartition(topic, p, -2) for p in parts])
         pending, n = set(parts), 0
         deadline = time.monotonic() + timeout

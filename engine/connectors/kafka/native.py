@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.connectors.kafka.client import missing_topic
 from engine.core.errors import ReconError, ServiceUnreachable, UsageError
 
 SOURCE = Path(__file__).with_name("csrc") / "kafka_scan.c"
@@ -382,7 +383,7 @@ def _raise(lib: ctypes.CDLL, scan: Any, bootstrap: str, topic: str) -> None:
     kind = ctypes.c_int(0)
     text = (lib.recon_scan_error(scan, ctypes.byref(kind)) or b"").decode(errors="replace")
     if kind.value == 1:
-        raise UsageError(f"topic {topic!r} does not exist on {bootstrap}: check --topic")
+        raise missing_topic(topic, bootstrap)
     if kind.value == 4:
         raise UsageError(f"not authorized to read topic {topic!r} on {bootstrap}: check the credentials in "
                          "--kafka-config")

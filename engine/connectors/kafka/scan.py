@@ -29,6 +29,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from engine.connectors.kafka.client import all_topics, existing_partitions, missing_topic
 from engine.connectors.kafka.columns import (
     _PARSED_SCHEMA,
     HEADERS,
@@ -74,27 +75,6 @@ def parse_offsets(text: str) -> dict[int, tuple[int, int]]:
     return out
 
 
-def load_kafka_config(path: str | Path | None) -> dict[str, str]:
-    """librdkafka properties from a `key=value` file (comments with #)."""
-    if not path:
-        return {}
-    p = Path(path)
-    try:
-        lines = p.read_text().splitlines()
-    except OSError:
-        raise UsageError(f"--kafka-config {p}: cannot read the file") from None
-    conf = {}
-    for ln in lines:
-        ln = ln.strip()
-        if not ln or ln.startswith("#"):
-            continue
-        if "=" not in ln:
-            raise UsageError(f"--kafka-config {p}: malformed line {ln.split('=')[0][:40]!r}: use key=value")
-        k, v = ln.split("=", 1)
-        conf[k.strip()] = v.strip()
-    return conf
-
-
 _LIBRDKAFKA_LOG = logging.getLogger(__name__ + ".librdkafka")
 # librdkafka's own log lines (a refused connection every 50 ms while a broker is down, warnings about
 # properties) go to Python logging, which says nothing unless the application asks: the CLI's answer
@@ -124,8 +104,8 @@ def _consumer_conf(bootstrap: str, extra: dict[str, str]) -> dict[str, Any]:
 
 
 def topic_partitions(bootstrap: str, topic: str, extra: dict[str, str] | None = None, timeout: float = 15) -> list[int]:
-    """Partitions of an existing topic; UsageError when it does not exist, ServiceUnreachable when the
-    broker does not answer. Lists all topics: asking Tansu about one topic by name creates it.
+    """Partitions of an existing topic; UsageError when it does not exist or is not readable
+    (``client.existing_partitions``), ServiceUnreachable when the broker does not answer.
 
     Asked through a consumer with the scan's own properties: an admin client would warn on stderr
     about every consumer property of --kafka-config (the file exists to hold those)."""
@@ -141,7 +121,7 @@ def topic_partitions(bootstrap: str, topic: str, extra: dict[str, str] | None = 
     try:
         while True:  # one-second attempts: a refused login is told apart from silence at once
             try:
-                md = c.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+                md = all_topics(c, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
                 break
             except KafkaException as exc:
                 c.poll(0)  # serves the error callback
@@ -154,10 +134,7 @@ def topic_partitions(bootstrap: str, topic: str, extra: dict[str, str] | None = 
                                              "broker runs") from None
     finally:
         c.close()
-    t = md.topics.get(topic)
-    if t is None or t.error is not None or not t.partitions:
-        raise UsageError(f"topic {topic!r} does not exist on {bootstrap}: check --topic")
-    return sorted(t.partitions)
+    return existing_partitions(md, topic, bootstrap)
 
 
 def _start_offsets(c: Any, topic: str, parts: list[int], window: Window) -> dict[int, int]:
@@ -447,7 +424,7 @@ def _read_messages(
                         pending.discard(m.partition())
                         info.setdefault(m.partition(), {})["end_offset"] = m.offset()
                     elif err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
-                        raise UsageError(f"topic {topic!r} does not exist on {bootstrap}: check --topic")
+                        raise missing_topic(topic, bootstrap)
                     elif err.fatal():
                         raise ServiceUnreachable(f"Kafka error while scanning {topic!r}: {err.str()}")
                 msgs = kept

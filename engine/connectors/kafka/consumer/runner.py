@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
+from engine.connectors.kafka.client import all_topics, existing_partitions
 from engine.connectors.kafka.consumer.batch import Batch, DeadLetter
 from engine.connectors.kafka.consumer.settings import (
     _CONSUME_TIMEOUT_S,
@@ -261,9 +262,8 @@ class _Runner:
     def _check_topic(self) -> None:
         """Fail with exit 2 on a missing topic *before* anything names it.
 
-        Lists all topics (a Metadata request naming no topic), as ``engine.local.kafka.topic_exists``
-        does: on Tansu a request naming the topic would create it. It goes through the consumer so
-        that the ``--kafka-config`` security settings (SASL/SSL) apply.
+        Lists all topics (``client.all_topics``: on Tansu a request naming the topic would create
+        it) through the consumer, so that the ``--kafka-config`` security settings (SASL/SSL) apply.
         """
         from confluent_kafka import KafkaException
 
@@ -271,7 +271,7 @@ class _Runner:
         delay = 0.2
         while True:
             try:
-                md = self.consumer.list_topics(timeout=min(5.0, max(1.0, self.s.deadline_s)))
+                md = all_topics(self.consumer, timeout=min(5.0, max(1.0, self.s.deadline_s)))
                 break
             except KafkaException as exc:
                 # serve the error callback (nothing is subscribed yet, so no message is taken): a
@@ -288,11 +288,7 @@ class _Runner:
                 delay = min(delay * 2, 5.0)
         if self.callback_error is not None:
             raise self.callback_error
-        tm = md.topics.get(self.s.topic)
-        if tm is None or not tm.partitions:
-            raise UsageError(f"topic {self.s.topic!r} does not exist on {self.s.bootstrap}: check --topic")
-        if tm.error is not None:
-            raise UsageError(f"topic {self.s.topic!r} on {self.s.bootstrap} is not readable: {tm.error.str()}")
+        existing_partitions(md, self.s.topic, self.s.bootstrap)
         self.broker_down_since = None
 
     def _close_consumer(self) -> None:

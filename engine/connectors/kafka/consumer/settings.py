@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from engine.connectors.kafka.client import fast_rejoin_consumer_config
+from engine.connectors.kafka.client import fast_rejoin_consumer_config, read_kafka_properties
 from engine.connectors.kafka.scan import EventFields
 from engine.core.errors import UsageError
 from engine.core.sfid import to18
@@ -119,35 +119,21 @@ def normalize_org_id(text: str | None) -> str | None:
 
 
 def parse_kafka_config(path: str | Path) -> dict[str, str]:
-    """Read a librdkafka properties file (``key=value`` or ``key: value``; ``#``/``!`` comments).
+    """The ``--kafka-config`` properties file (grammar and errors:
+    ``engine.connectors.kafka.client.read_kafka_properties``), minus what the consumer manages.
 
-    Values are never echoed in errors: such files hold SASL passwords. Properties the consumer
-    manages itself (group, bootstrap, commit and EOF settings) are refused with a pointer to the
-    option that sets them.
+    Properties the consumer manages itself (group, bootstrap, commit and EOF settings) are refused
+    with a pointer to the option that sets them: a file changing them would silently break the
+    exactly-once design. Values are never echoed: such files hold SASL passwords.
     """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"--kafka-config {p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--kafka-config {p}: cannot read it ({type(exc).__name__})") from None
-    conf: dict[str, str] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if not s or s[0] in "#!":
-            continue
-        m = re.match(r"^([^=:\s]+)\s*[=:]\s*(.*)$", s)
-        if not m:
-            raise UsageError(f"--kafka-config {p}, line {lineno}: expected key=value")
-        key, value = m.group(1), m.group(2).strip()
+    props = read_kafka_properties(path)
+    for lineno, key, _ in props:
         if key in _MANAGED_KAFKA_KEYS:
             hint = {"bootstrap.servers": "--bootstrap", "metadata.broker.list": "--bootstrap",
                     "group.id": "--group", "auto.offset.reset": "--reset-offsets"}.get(key)
             fix = f"use {hint}" if hint else "recon consume manages it (offsets live in PostgreSQL)"
-            raise UsageError(f"--kafka-config {p}, line {lineno}: property {key!r} cannot be set here: {fix}")
-        conf[key] = value
-    return conf
+            raise UsageError(f"--kafka-config {Path(path)}, line {lineno}: property {key!r} cannot be set here: {fix}")
+    return {key: value for _, key, value in props}
 
 
 @dataclass(frozen=True)

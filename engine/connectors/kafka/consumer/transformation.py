@@ -37,11 +37,11 @@ from engine.connectors.kafka.consumer.values import (
     _encodable,
     _event_type_copy,
     _headers_json,
-    _id18,
     _json_fragment,
     _parse,
 )
 from engine.core.ids import NAMESPACE, event_ids, name_expr
+from engine.core.sfid import are_valid, to18_or_none
 
 #: Off only in tests, which compare the vectorised path with the per-message one row for row.
 _FAST_PATH: bool = True
@@ -81,7 +81,7 @@ def transform(messages: Iterable[Any], fields: FieldNames, org_guard: str | None
     f_org, f_rec, f_typ, f_ts, f_amt = (fields.org_id, fields.record_id, fields.event_type,
                                         fields.event_time, fields.amount)
     parse = _parse
-    id18 = _id18
+    id18 = to18_or_none
     canon_match = _CANON_TS.fullmatch
     amount_match = _AMOUNT.fullmatch
     event_type_copy = _event_type_copy
@@ -279,7 +279,6 @@ def _positions(messages: Iterable[Any], b: Batch,
 #: JSON string content that needs no escaping, in JSON nor in COPY text: printable ASCII without
 #: the quote and the backslash. A value made only of these is its own JSON literal (in quotes).
 _PLAIN: Final[str] = r'[ !#-\[\]-~]'
-_SUFFIX_ALPHABET: Final[np.ndarray] = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345", dtype=np.uint8)
 _HEADER_NAMES: Final[tuple[str, str, str]] = ("org-id", "producer-id", "sequence")
 
 
@@ -300,18 +299,6 @@ def _fast_pattern(fields: FieldNames) -> str | None:
     ws = "[ \\t\\n\\r]*"  # JSON's whitespace, allowed around every token as json.loads does
     members = f"{ws},{ws}".join(f'"{n}"{ws}:{ws}"({v})"' for n, v in zip(names, values, strict=True))
     return f"^{ws}\\{{{ws}{members}{ws}\\}}{ws}$"
-
-
-def _valid18(ids: pl.Series) -> np.ndarray:
-    """Per element of a column of 18-character ``[0-9A-Za-z]`` texts: is its case-safe suffix the
-    one its first 15 characters give (what ``engine.core.sfid.to18`` checks), computed with numpy."""
-    n = len(ids)
-    if not n:
-        return np.zeros(0, dtype=bool)
-    buf = np.frombuffer(ids.str.join("").item().encode("ascii"), dtype=np.uint8).reshape(n, 18)
-    upper = (buf[:, :15] >= ord("A")) & (buf[:, :15] <= ord("Z"))
-    groups = upper.reshape(n, 3, 5).astype(np.int64) @ (1 << np.arange(5, dtype=np.int64))
-    return (_SUFFIX_ALPHABET[groups] == buf[:, 15:]).all(axis=1)
 
 
 _HEX_DIGITS: Final[np.ndarray] = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -416,11 +403,8 @@ def _fast_rows(kept: list[Any], parts: list[int], offs: list[int], fields: Field
     if org_guard is not None:
         good = good & (pl.col("ho") == org_guard)
     ok &= df.select(good).to_series().fill_null(False).to_numpy()
-    # rows that failed get a valid placeholder id, so the checksum arrays keep their shape
-    dummy = "000000000000000AAA"
-    okc = pl.Series(ok)
-    for col in ("org", "rec"):
-        ok &= _valid18(df.get_column(col).zip_with(okc, pl.Series([dummy] * n)) if not ok.all() else df.get_column(col))
+    for col in ("org", "rec"):  # the checksums (a row that did not match the pattern has null ids: False)
+        ok &= are_valid(df.get_column(col))
     if org_guard is not None:
         ok &= (df.get_column("org") == org_guard).fill_null(False).to_numpy()
     slow = np.flatnonzero(~ok).tolist()
@@ -489,9 +473,10 @@ def _sql_texts() -> dict[str, str]:
 def transform_digest() -> str:
     """``sha256:<hex>`` of the code that turns a Kafka message into a row.
 
-    Covers ``engine/core/ids.py`` and ``engine/core/sfid.py`` (the event id and its canonicalisation), the
-    source of :func:`transform` and its helpers, and the SQL that builds the stored row. Computed
-    once per process; a changed digest in the lineage means rows were produced by different code.
+    Covers ``engine/core/ids.py`` and ``engine/core/sfid.py`` (the event id and its canonicalisation,
+    and the Salesforce id checks of both paths), the source of :func:`transform` and its helpers,
+    and the SQL that builds the stored row. Computed once per process; a changed digest in the
+    lineage means rows were produced by different code.
     """
     from engine.core import ids, sfid
 
@@ -499,7 +484,7 @@ def transform_digest() -> str:
     parts = [inspect.getsource(ids), inspect.getsource(sfid)]
     parts += [inspect.getsource(fn) for fn in (transform, _parse, _canonical_ts, _clean_text, _copy_text, _encodable,
                                                _json_fragment, _event_type_copy, _lineage_tail, _positions,
-                                               _fast_pattern, _valid18, _uuid_texts, _standard_headers, _ascii_text,
+                                               _fast_pattern, _uuid_texts, _standard_headers, _ascii_text,
                                                _fast_rows)]
     parts += [f"{_AMOUNT.pattern}|{_CANON_TS.pattern}|{_MAX_EVENT_TYPE_LEN}|{_PLAIN}"]
     parts += [v for _, v in sorted(_sql_texts().items())]

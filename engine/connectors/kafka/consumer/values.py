@@ -3,7 +3,8 @@
 Owns the per-value helpers of the per-message path of :func:`transform` (and of the writer's
 message-by-message fallback): each decides whether a value is storable and gives its COPY or JSON
 text. Several are cached, because values repeat heavily in a stream. Their source is part of the
-lineage digest (:func:`transform_digest`).
+lineage digest (:func:`transform_digest`). Salesforce ids are checked by
+``engine.core.sfid.to18_or_none``, whose module the digest covers whole.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 from engine.connectors.kafka.consumer.settings import _MAX_DETAIL_LEN, _MAX_EVENT_TYPE_LEN
 from engine.core.ids import canonical_time
-from engine.core.sfid import to18
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
@@ -83,7 +83,6 @@ def _parse(value: bytes) -> Any:
     return _DECODER.decode(s)
 
 
-_id18_cache: dict[str, str | None] = {}
 _event_types: dict[str, str | None] = {}
 
 
@@ -103,23 +102,6 @@ def _event_type_copy(typ: Any) -> str | None:
         _event_types.clear()
     _event_types[typ] = r
     return r
-
-
-def _id18(value: Any) -> str | None:
-    """18-character Salesforce id or None; cached, because ids repeat heavily in a stream."""
-    if type(value) is not str:
-        return None
-    r = _id18_cache.get(value, "")
-    if r == "":
-        try:
-            r = to18(value)
-        except ValueError:
-            r = None
-        if len(_id18_cache) > 1_000_000:
-            _id18_cache.clear()
-        _id18_cache[value] = r
-    return r
-
 
 
 _fragments: dict[bytes, str | None] = {}
