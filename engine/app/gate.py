@@ -437,16 +437,17 @@ def override(mapping: str, state: str, *, reason: str | None, operator: str | No
 
 
 # -- committing ---------------------------------------------------------------------------------------
-def commit(dsn: str, decision: Decision) -> tuple[dict[str, Any], str, str | None]:
+def commit(dsn: str, decision: Decision, *, passfile: str | Path | None = None) -> tuple[dict[str, Any], str, str | None]:
     """Record a decision as the breaker's new state: refuse a stale diff, append it to the ledger,
     then make sure the SQL guard exists. The decision is recorded first: a scheduler relies on it
     even if the guard cannot be installed. Returns the ledger entry, the guard's status and, when the
-    guard could not be installed, the reason (a warning for the caller to show)."""
-    latest = latest_decision(dsn, decision.mapping)
+    guard could not be installed, the reason (a warning for the caller to show). ``passfile``: the
+    libpq password file of the ledger connections."""
+    latest = latest_decision(dsn, decision.mapping, passfile=passfile)
     check_not_stale(decision, latest)
-    entry = record_decision(dsn, decision, latest)
+    entry = record_decision(dsn, decision, latest, passfile=passfile)
     try:
-        return entry, ("installed now" if ensure_guard(dsn) else "installed"), None
+        return entry, ("installed now" if ensure_guard(dsn, passfile=passfile) else "installed"), None
     except UsageError as exc:
         return entry, f"not installed: {exc}", str(exc)
 
@@ -516,15 +517,15 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     from engine.evidence.manifest import describe_input
 
     req.check()
-    config.use_passfile()
+    passfile = config.pg_passfile()
     ledger_dsn = req.evidence.ledger_dsn(config)
     if req.install_guard:
-        info = install_guard(_need_ledger(ledger_dsn, "--install-guard"), req.guard_roles)
+        info = install_guard(_need_ledger(ledger_dsn, "--install-guard"), req.guard_roles, passfile=passfile)
         return GateOutcome("install_guard", 0, info)
     if req.status:
         if not req.mapping:
             raise UsageError("--status needs --mapping NAME")
-        latest = latest_decision(_need_ledger(ledger_dsn, "--status"), req.mapping)
+        latest = latest_decision(_need_ledger(ledger_dsn, "--status"), req.mapping, passfile=passfile)
         state = (latest or {}).get("state") or "no decision"
         is_open = latest is not None and state != "closed"
         return GateOutcome("status", 3 if is_open else 0, {"mapping": req.mapping, "state": state, "latest": latest})
@@ -553,7 +554,7 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     guard: str | None = None
     warning: str | None = None
     if ledger_dsn:
-        entry, guard, warning = commit(ledger_dsn, decision)
+        entry, guard, warning = commit(ledger_dsn, decision, passfile=passfile)
     body = decision.body()
     outputs: list[Path] = []
     manifest = req.evidence.manifest
@@ -566,5 +567,5 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     if record_evidence and (ledger_dsn or manifest):
         doc["evidence"] = ev.record_evidence(
             "gate", body, inputs, outputs, ledger_dsn=ledger_dsn, manifest_path=manifest,
-            signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id)
+            signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id, passfile=passfile)
     return GateOutcome("decision", 3 if decision.is_open else 0, doc, decision, entry, warning)

@@ -216,10 +216,10 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
 
 
 # -- the target's database (the version store itself: engine.store.versions) ---------------------
-def _connect(target: Target) -> psycopg.Connection:
-    from engine.connectors.postgres.source import connect
+def _connect(target: Target, config: Config) -> psycopg.Connection:
+    from engine.connectors.postgres.connection import connect
 
-    return connect(target.ref.dsn, autocommit=True)
+    return connect(target.ref.dsn, passfile=config.pg_passfile(), autocommit=True)
 
 
 # -- Salesforce ------------------------------------------------------------------------------------
@@ -414,7 +414,7 @@ def run_repair(plan: Plan, config: Config, *, apply: bool, run_id: str, ledger_d
         _phase(rep, c).planned += 1
     from engine.store.ledger import Ledger
 
-    ledger = Ledger(ledger_dsn) if (apply and ledger_dsn) else None
+    ledger = Ledger(ledger_dsn, passfile=config.pg_passfile()) if (apply and ledger_dsn) else None
     try:
         _run(plan, config, rep, conn_ledger=ledger, apply=apply, run_id=run_id, chunk_rows=chunk_rows, say=say)
     finally:
@@ -428,7 +428,7 @@ def run_repair(plan: Plan, config: Config, *, apply: bool, run_id: str, ledger_d
 
 def _run(plan: Plan, config: Config, rep: RepairReport, *, conn_ledger: Any, apply: bool, run_id: str,
          chunk_rows: int, say: Callable[[str], None]) -> None:
-    with _connect(plan.target) as conn:
+    with _connect(plan.target, config) as conn:
         info = inspect(conn, plan.target)
         applied = _applied(conn, plan.target, [c.correction_id for c in plan.corrections]) \
             if info.kind == "versioned" else {}
@@ -577,7 +577,6 @@ def run(req: RepairRequest, config: Config, *, progress: Any = None) -> RepairOu
     from engine.evidence.lineage import new_run_id
 
     req.check()
-    config.use_passfile()
     ledger_dsn = req.evidence.ledger_dsn(config)
     manifest = req.evidence.manifest
     plan = load_plan(req.from_explain, config, mapping=req.mapping, target=req.target, diff_dir=req.diff)
@@ -592,5 +591,6 @@ def run(req: RepairRequest, config: Config, *, progress: Any = None) -> RepairOu
     if ledger_dsn or manifest:
         summary["evidence"] = ev.record_evidence(
             "repair", rep.summary(), inputs_meta(rep), files, ledger_dsn=ledger_dsn,
-            manifest_path=manifest, signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id)
+            manifest_path=manifest, signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id,
+            passfile=config.pg_passfile())
     return RepairOutcome(rep, files, summary)

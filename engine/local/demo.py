@@ -124,9 +124,9 @@ def prove_step(config_file: Path, out: Path, key: Path, pub: Path, manifests: li
     cfg = config_mod.load(config_file)
     dsn = cfg.section("ledger")["dsn"]
     checkpoint = out / "ledger-checkpoint.txt"
-    with ledger_mod.Ledger(dsn) as lg:
+    with ledger_mod.Ledger(dsn, passfile=cfg.pg_passfile()) as lg:
         cp = lg.export_checkpoint(checkpoint, key)
-    report = ledger_mod.verify(dsn, checkpoint_file=checkpoint, pubkey=pub)
+    report = ledger_mod.verify(dsn, checkpoint_file=checkpoint, pubkey=pub, passfile=cfg.pg_passfile())
     if not report.ok:
         raise RuntimeError(f"ledger verification failed: {report.reason}")
     for m in manifests:
@@ -149,7 +149,8 @@ def gate_step(config_file: Path, diff_dir: Path, out: Path, exclude_from: Path |
                         record_evidence=False)
     assert res.decision is not None
     decision, guard_state = res.decision, res.document["sql_guard"]
-    with psycopg.connect(dsn) as conn:
+    passfile = cfg.pg_passfile()
+    with psycopg.connect(dsn, **({"passfile": str(passfile)} if passfile else {})) as conn:
         try:
             conn.execute("SELECT recon_audit.assert_circuit_closed(%s)", (decision.mapping,))
             guard, passes = "assert_circuit_closed('clv') passes: aggregations may run", True
@@ -173,7 +174,7 @@ def repair_step(config_file: Path, explain_dir: Path, out: Path, key: Path) -> d
     files = repair.write_outputs(rep, out)
     evidence.record_evidence("repair", rep.summary(), repair.inputs_meta(rep), files, ledger_dsn=dsn,
                              manifest_path=out / "manifest.json", signing_key=key, config_digest=cfg.digest,
-                             run_id=run_id)
+                             run_id=run_id, passfile=cfg.pg_passfile())
     return rep.summary()
 
 
@@ -185,13 +186,13 @@ def prevent_step(config_file: Path, out: Path) -> dict[str, Any]:
     from engine.connectors.salesforce import source as sf_extract
 
     cfg = config_mod.load(config_file)
-    cfg.use_passfile()
     dsn = cfg.section("postgres")["dsn"]
     k = cfg.section("kafka")
     settings = consumer.ConsumerSettings(
         bootstrap=k["bootstrap"], topic=k["topic"], group="recon-demo-idempotent", dsn=dsn,
         table=consumer.parse_table("warehouse.clv_events_idempotent"), org_id=sf_extract.connection(cfg).org_id,
-        until_caught_up=True, reset_offsets=True, metrics_interval_s=0)
+        until_caught_up=True, reset_offsets=True, metrics_interval_s=0,
+        passfile=str(cfg.pg_passfile()) if cfg.pg_passfile() else None)
     res = consumer.run(settings).as_dict()
     run = reconcile.run_diff(reconcile.DiffRequest(
         source="salesforce:Account", target=f"{dsn}#warehouse.clv_events_idempotent_aggregates",

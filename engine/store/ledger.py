@@ -143,10 +143,10 @@ class Entry:
         return asdict(self)
 
 
-def _connect(dsn: str) -> psycopg.Connection:
-    from engine.connectors.postgres.source import connect
+def _connect(dsn: str, passfile: str | Path | None = None) -> psycopg.Connection:
+    from engine.connectors.postgres.connection import connect
 
-    return connect(dsn, autocommit=True)  # transactions are explicit: conn.transaction()
+    return connect(dsn, passfile=passfile, autocommit=True)  # transactions are explicit: conn.transaction()
 
 
 def _db_error(exc: psycopg.Error, dsn: str, doing: str) -> UsageError:
@@ -164,17 +164,20 @@ def _db_error(exc: psycopg.Error, dsn: str, doing: str) -> UsageError:
 
 
 class Ledger:
-    """A connection to one `recon_audit` ledger. Not thread-safe: one instance per thread."""
+    """A connection to one `recon_audit` ledger. Not thread-safe: one instance per thread.
 
-    def __init__(self, dsn: str) -> None:
+    ``passfile``: the libpq password file of the connection (``[postgres] passfile``), if any."""
+
+    def __init__(self, dsn: str, *, passfile: str | Path | None = None) -> None:
         self.dsn = dsn
+        self.passfile = passfile
         self._conn: psycopg.Connection | None = None
 
     # -- connection ------------------------------------------------------------------------------
     @property
     def conn(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = _connect(self.dsn)
+            self._conn = _connect(self.dsn, self.passfile)
         return self._conn
 
     def close(self) -> None:
@@ -443,9 +446,11 @@ def _prefix_root(leaves: bytearray, size: int) -> bytes:
     return acc.root()
 
 
-def verify(dsn: str, checkpoint_file: Path | None = None, pubkey: Path | None = None) -> VerifyReport:
+def verify(dsn: str, checkpoint_file: Path | None = None, pubkey: Path | None = None, *,
+           passfile: str | Path | None = None) -> VerifyReport:
     """Recompute the chain and every stored checkpoint; with an exported checkpoint, also check that
     the first ``size`` rows still have its root (a dropped tail or a consistent rewrite fails).
+    ``passfile``: the libpq password file of the connection.
 
     Never raises for a broken ledger: the report says what is broken (``ok``, ``reason``,
     ``first_broken``). A checkpoint file whose signature fails raises VerificationError.
@@ -464,7 +469,7 @@ def verify(dsn: str, checkpoint_file: Path | None = None, pubkey: Path | None = 
     prev = GENESIS_PREV
     expected = 1
     last: tuple[str, int] | None = None
-    ledger = Ledger(dsn)
+    ledger = Ledger(dsn, passfile=passfile)
     try:
         for table, seq, recorded_at, prev_hex, stored_hex, text in ledger.rows():
             report.rows += 1

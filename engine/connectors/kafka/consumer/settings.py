@@ -169,6 +169,8 @@ class ConsumerSettings:
     metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S
     api_version: str = DEFAULT_API_VERSION
     instance_id: str | None = None
+    #: libpq password file of the PostgreSQL connection (else PGPASSWORD, PGPASSFILE, ~/.pgpass)
+    passfile: str | None = None
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
