@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from engine.cli._shared import emit_json, err, out
+from engine.cli._shared import emit_json, err, naming_options, out
 from engine.cli.options import ConfigOpt, JsonFlag, LedgerOpt, ManifestOpt, SigningKeyOpt
 from engine.core.errors import Exit, ReconError
 
@@ -77,7 +77,8 @@ def diff_cmd(
         out_dir=out_dir, evidence=EvidenceOptions(ledger, manifest, signing_key))
     opts.check()  # exit 2 before any extraction
     cfg = config_mod.load(config)
-    res = _with_status(lambda say: use_case.run(opts, cfg, progress=say), enabled=not as_json)
+    with naming_options(columns="-k/-c or the mapping's key/columns", where="--source-where/--target-where"):
+        res = _with_status(lambda say: use_case.run(opts, cfg, progress=say), enabled=not as_json)
     if as_json:
         emit_json(res.summary)
     else:
@@ -131,7 +132,8 @@ def snapshot_cmd(
     from engine import config as config_mod
     from engine.app import reconcile
 
-    res = reconcile.snapshot(source, out_path, config_mod.load(config), keys=key, columns=column, where=where)
+    with naming_options(columns="-k/-c", where="--where"):
+        res = reconcile.snapshot(source, out_path, config_mod.load(config), keys=key, columns=column, where=where)
     if as_json:
         emit_json(res)
     else:

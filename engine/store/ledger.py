@@ -210,10 +210,11 @@ class Ledger:
                     "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()  # type: ignore[misc]
                 writer = writer or me
                 if writer in (OWNER_ROLE, WRITER_ROLE, READER_ROLE):
-                    raise UsageError(f"--writer {writer} is not allowed: name the login role that will append "
-                                     "(e.g. the application's role), not one of the ledger's own roles")
+                    raise UsageError(f"writer role {writer} is not allowed: name the login role that will append "
+                                     "(e.g. the application's role), not one of the ledger's own roles", field="writer")
                 if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (writer,)).fetchone():
-                    raise UsageError(f"--writer role {writer!r} does not exist: create it first (CREATE ROLE …)")
+                    raise UsageError(f"writer role {writer!r} does not exist: create it first (CREATE ROLE …)",
+                                     field="writer")
                 for role in (OWNER_ROLE, WRITER_ROLE, READER_ROLE):
                     conn.execute(sql.SQL(
                         "DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from engine.cli._shared import naming_options
 from engine.cli.options import JsonFlag
 
 DsnOpt = Annotated[str | None, typer.Option(
@@ -56,7 +57,8 @@ def register(app: typer.Typer) -> None:
         from engine.app import proof
         from engine.cli._shared import emit_json
 
-        info = proof.keygen(out, force=force)
+        with naming_options(out="--out"):
+            info = proof.keygen(out, force=force)
         priv, pub = info["private_key"], info["public_key"]
         if as_json:
             emit_json(info)
@@ -78,7 +80,8 @@ def register(app: typer.Typer) -> None:
         from engine.cli._shared import emit_json
 
         where, passfile = _ledger(dsn, config)
-        info = proof.ledger_init(where, writer=writer, passfile=passfile)
+        with naming_options(writer="--writer"):
+            info = proof.ledger_init(where, writer=writer, passfile=passfile)
         if as_json:
             emit_json(info)
         else:
@@ -103,7 +106,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             where, passfile = _ledger(dsn, config)
-            report = proof.ledger_verify(where, checkpoint=checkpoint, key=key, passfile=passfile)
+            with naming_options(key="--key PUBFILE"):
+                report = proof.ledger_verify(where, checkpoint=checkpoint, key=key, passfile=passfile)
         except VerificationError as exc:
             if as_json:
                 emit_json({"ok": False, "reason": str(exc)})

@@ -139,7 +139,8 @@ def resolve_columns(available: list[PgColumn], wanted: list[str], where: str) ->
         c = by_name.get(w) or by_lower.get(w.lower())
         if c is None:
             names = ", ".join(x.name for x in available)
-            raise UsageError(f"unknown column {w!r} in {where} (columns: {names}): fix the -k/-c option or mapping")
+            raise UsageError(f"unknown column {w!r} in {where} (columns: {names}): fix the key or compared columns",
+                             field="columns")
         out.append(c)
     return out
 

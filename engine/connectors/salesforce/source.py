@@ -235,7 +235,8 @@ def extract(
             raise UsageError(f"invalid Salesforce field name {c!r}")
         n = c if c in declared else lower.get(c.lower())
         if n is None:
-            raise UsageError(f"unknown column {c!r} on Salesforce {ref.sobject}: fix the -k/-c option or mapping")
+            raise UsageError(f"unknown column {c!r} on Salesforce {ref.sobject}: fix the key or compared columns",
+                             field="columns")
         names.append(n)
     conds = []
     if where:
