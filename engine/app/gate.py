@@ -61,7 +61,7 @@ from typing import Any
 from engine import workspace
 from engine.app.evidence import EvidenceOptions
 from engine.config import Config
-from engine.core.errors import UsageError
+from engine.core.errors import Exit, UsageError
 from engine.core.gate import (  # noqa: F401  (the policy's names, used by callers of the use case)
     DEFAULT_ACCEPTED,
     DEFAULT_THRESHOLD,
@@ -495,7 +495,7 @@ class GateOutcome:
     """The result of one `recon gate`: ``document`` is what ``--json`` prints."""
 
     mode: str
-    exit_code: int
+    exit_code: Exit
     document: dict[str, Any]
     decision: Decision | None = None
     entry: dict[str, Any] | None = None
@@ -521,14 +521,15 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     ledger_dsn = req.evidence.ledger_dsn(config)
     if req.install_guard:
         info = install_guard(_need_ledger(ledger_dsn, "--install-guard"), req.guard_roles, passfile=passfile)
-        return GateOutcome("install_guard", 0, info)
+        return GateOutcome("install_guard", Exit.OK, info)
     if req.status:
         if not req.mapping:
             raise UsageError("--status needs --mapping NAME")
         latest = latest_decision(_need_ledger(ledger_dsn, "--status"), req.mapping, passfile=passfile)
         state = (latest or {}).get("state") or "no decision"
         is_open = latest is not None and state != "closed"
-        return GateOutcome("status", 3 if is_open else 0, {"mapping": req.mapping, "state": state, "latest": latest})
+        return GateOutcome("status", Exit.BREAKER_OPEN if is_open else Exit.OK,
+                           {"mapping": req.mapping, "state": state, "latest": latest})
 
     run_id = new_run_id()
     inputs: list[dict[str, Any]] = []
@@ -562,10 +563,15 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     if target_dir is not None:
         outputs.append(workspace.write_json(workspace.gate_decision_path(target_dir), {**body, "ledger_entry": entry}))
     doc: dict[str, Any] = {"mapping": decision.mapping, "state": decision.state,
-                           "exit_code": 3 if decision.is_open else 0, "decision": body,
+                           "exit_code": int(_exit(decision)), "decision": body,
                            "ledger_entry": entry, "recorded": entry is not None, "sql_guard": guard}
     if record_evidence and (ledger_dsn or manifest):
         doc["evidence"] = ev.record_evidence(
             "gate", body, inputs, outputs, ledger_dsn=ledger_dsn, manifest_path=manifest,
             signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id, passfile=passfile)
-    return GateOutcome("decision", 3 if decision.is_open else 0, doc, decision, entry, warning)
+    return GateOutcome("decision", _exit(decision), doc, decision, entry, warning)
+
+
+def _exit(decision: Decision) -> Exit:
+    """The gate's exit code: 3 while the breaker is open (the downstream task halts), else 0."""
+    return Exit.BREAKER_OPEN if decision.is_open else Exit.OK

@@ -54,7 +54,7 @@ from engine.app.evidence import EvidenceOptions
 from engine.app.gate import REPAIRED_CLASSES
 from engine.config import Config
 from engine.connectors.base import PostgresRef, SalesforceRef, parse_reference
-from engine.core.errors import UsageError, VerificationError
+from engine.core.errors import Exit, UsageError, VerificationError
 from engine.store.versions import (
     Correction,
     TableInfo,
@@ -298,12 +298,12 @@ class RepairReport:
         return t
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> Exit:
         """0: nothing left for the warehouse (and nothing unexplained); 1: something to act on."""
         t = self.totals
         if t.pending or t.conflicts or t.not_in_salesforce or self.plan.unexplained:
-            return 1
-        return 0
+            return Exit.FINDINGS
+        return Exit.OK
 
     def summary(self) -> dict[str, Any]:
         p, t = self.plan, self.totals
@@ -319,7 +319,7 @@ class RepairReport:
             "action_list": len(p.action_list), "unexplained": len(p.unexplained),
             "salesforce": {"records_reextracted": t.reextracted, "bulk_job_ids": self.bulk_job_ids,
                            "api_version": next((m.get("api_version") for m in self.sf_metas), None)},
-            "migration": self.migration, "ledger": self.ledger, "exit_code": self.exit_code,
+            "migration": self.migration, "ledger": self.ledger, "exit_code": int(self.exit_code),
             "elapsed_s": round(self.elapsed_s, 3),
         }
 

@@ -28,7 +28,7 @@ def _version(value: bool) -> None:
         from engine import __version__
 
         out.print(f"recon {__version__}")
-        raise typer.Exit(0)
+        raise typer.Exit(int(Exit.OK))
 
 
 @app.callback()
@@ -85,7 +85,7 @@ def diff_cmd(
         from engine.report.terminal import render_diff
 
         render_diff(out, res.summary, out_dir)
-    raise typer.Exit(res.exit_code)
+    raise typer.Exit(int(res.exit_code))
 
 
 def _decimal(text: str, opt: str) -> Any:
@@ -216,7 +216,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         _say_error("recon: interrupted")
-        sys.exit(130)
+        sys.exit(int(Exit.INTERRUPTED))
     except Exception as exc:
         if _is_cli_usage_error(exc):
             if type(exc).__name__ == "NoArgsIsHelpError":
@@ -226,7 +226,7 @@ def main() -> None:
         if os.environ.get("RECON_DEBUG") != "0":
             traceback.print_exc()
         _say_error(f"recon: internal error: {type(exc).__name__}: {exc} (a bug; please report it)")
-        sys.exit(70)
+        sys.exit(int(Exit.INTERNAL))
 
 
 if __name__ == "__main__":

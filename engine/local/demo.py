@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from engine.core.errors import Exit
 from engine.local.state import StackPaths
 
 
@@ -118,6 +119,7 @@ def prove_step(config_file: Path, out: Path, key: Path, pub: Path, manifests: li
     """Export a signed ledger checkpoint, then verify the ledger against it and every manifest with
     only the public key and the files — what an auditor would run."""
     from engine import config as config_mod
+    from engine.core.errors import VerificationError
     from engine.evidence import manifest as mf
     from engine.store import ledger as ledger_mod
 
@@ -127,8 +129,8 @@ def prove_step(config_file: Path, out: Path, key: Path, pub: Path, manifests: li
     with ledger_mod.Ledger(dsn, passfile=cfg.pg_passfile()) as lg:
         cp = lg.export_checkpoint(checkpoint, key)
     report = ledger_mod.verify(dsn, checkpoint_file=checkpoint, pubkey=pub, passfile=cfg.pg_passfile())
-    if not report.ok:
-        raise RuntimeError(f"ledger verification failed: {report.reason}")
+    if not report.ok:  # exit 4, like `recon ledger verify`
+        raise VerificationError(f"ledger verification failed: {report.reason}")
     for m in manifests:
         mf.verify_manifest(m, pub, data_dir=m.parent)
     return {"ledger_rows": report.rows, "checkpoint_size": cp.size, "checkpoint": str(checkpoint)}
@@ -246,7 +248,7 @@ def _keys(key_dir: Path, out_dir: Path) -> tuple[Path, Path]:
 
 
 def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out_dir: Path, paths: StackPaths,
-        console: Console) -> int:
+        console: Console) -> Exit:
     from engine.local import scenario, stack
 
     steps = Steps(console)
@@ -346,4 +348,4 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
     console.print(f"proven: {'yes' if outcome.proven else 'no'} — verify with `recon manifest verify "
                   f"{out_dir / 'diff' / 'manifest.json'} --key {out_dir / 'recon.pub'} --data {out_dir / 'diff'}`")
     console.print(f"artefacts: {out_dir.resolve()}")
-    return 0 if outcome.found and outcome.fixed and outcome.proven else 1
+    return Exit.OK if outcome.found and outcome.fixed and outcome.proven else Exit.FINDINGS

@@ -12,6 +12,7 @@ from engine.cli._shared import emit_json, out, progress
 from engine.cli.options import AmountField, EventTimeField, EventTypeField, OrgIdField, RecordIdField
 from engine.cli.options import ConfigOpt as Cfg
 from engine.cli.options import KafkaConfigOpt as KafkaCfg
+from engine.core.errors import Exit
 
 RecordField, TypeField, TimeField, OrgField = RecordIdField, EventTypeField, EventTimeField, OrgIdField
 
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
             from engine.report.terminal import render_audit
 
             render_audit(out, s)
-        raise typer.Exit(1 if a.duplicates or a.conflicts else 0)
+        raise typer.Exit(int(Exit.FINDINGS if a.duplicates or a.conflicts else Exit.OK))
 
     @app.command("explain")
     def explain(
@@ -89,4 +90,4 @@ def register(app: typer.Typer) -> None:
             from engine.report.terminal import render_explain
 
             render_explain(out, exp.summary, out_dir)
-        raise typer.Exit(1 if exp.summary["records"] else 0)
+        raise typer.Exit(int(Exit.FINDINGS if exp.summary["records"] else Exit.OK))
