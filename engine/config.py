@@ -79,12 +79,15 @@ class Config:
             target_updated_at=m.get("target_updated_at"), types=dict(m.get("types") or {}),
         )
 
-    def use_passfile(self) -> None:
-        """libpq reads passwords from PGPASSFILE: use the file `[postgres] passfile` names unless the
-        caller set PGPASSFILE or PGPASSWORD (the environment wins, as everywhere)."""
+    def pg_passfile(self) -> Path | None:
+        """The password file to give each PostgreSQL connection (libpq's ``passfile`` parameter):
+        the one `[postgres] passfile` names, unless PGPASSWORD or PGPASSFILE is set (the environment
+        wins, as everywhere; libpq reads those itself, and then ~/.pgpass). Passed per connection,
+        never put into ``os.environ``: a library call must not change its caller's process."""
         pf = self.path_value("postgres", "passfile")
         if pf and "PGPASSFILE" not in os.environ and "PGPASSWORD" not in os.environ:
-            os.environ["PGPASSFILE"] = str(pf)
+            return pf
+        return None
 
     def path_value(self, section: str, key: str) -> Path | None:
         """A file path from the config, relative to the config file's directory."""

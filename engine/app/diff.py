@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.app.evidence import EvidenceOptions
 from engine.config import Config
-from engine.core.errors import UsageError
+from engine.core.errors import Exit, UsageError
 
 if TYPE_CHECKING:
     from engine.app.reconcile import DiffRun
@@ -69,8 +69,8 @@ class DiffOutcome:
     summary: dict[str, Any]
 
     @property
-    def exit_code(self) -> int:
-        return 1 if self.run.result.has_differences else 0
+    def exit_code(self) -> Exit:
+        return Exit.FINDINGS if self.run.result.has_differences else Exit.OK
 
 
 def run(opts: DiffOptions, config: Config, *, progress: Callable[[str], None] | None = None) -> DiffOutcome:

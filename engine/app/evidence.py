@@ -90,23 +90,25 @@ class EvidenceOptions:
 
 
 # -- secrets ---------------------------------------------------------------------------------------
-def known_secrets(dsns: Iterable[str | None] = (), extra: Iterable[str] = (), config: Config | None = None) -> set[str]:
-    """Every secret value this process can know of, to keep it out of the evidence."""
+def known_secrets(dsns: Iterable[str | None] = (), extra: Iterable[str] = (), config: Config | None = None,
+                  passfiles: Iterable[str | Path | None] = ()) -> set[str]:
+    """Every secret value this process can know of, to keep it out of the evidence: the connectors'
+    secret variables, the passwords in libpq's password file (PGPASSFILE or ~/.pgpass), in the one
+    ``[postgres] passfile`` of ``config`` names and in ``passfiles``, in the DSNs, and in the
+    Salesforce credentials file of the config."""
     found: set[str] = set(extra)
     from engine.connectors.registry import secret_env
 
     for name in (*secret_env(), *OWN_SECRET_ENV):
         if os.environ.get(name):
             found.add(os.environ[name])
-    passfile = Path(os.environ.get("PGPASSFILE") or Path.home() / ".pgpass")
-    try:
-        for line in passfile.read_text().splitlines():
-            if line and not line.startswith("#"):
-                parts = _split_pgpass(line)
-                if len(parts) == 5 and parts[4]:
-                    found.add(parts[4])
-    except OSError:
-        pass
+    files = [Path(os.environ.get("PGPASSFILE") or Path.home() / ".pgpass"), *(Path(p) for p in passfiles if p)]
+    if config is not None:
+        named = config.path_value("postgres", "passfile")
+        if named:
+            files.append(named)
+    for passfile in dict.fromkeys(files):
+        found |= _pgpass_passwords(passfile)
     for dsn in dsns:
         if dsn:
             found |= _dsn_passwords(dsn)
@@ -119,6 +121,20 @@ def known_secrets(dsns: Iterable[str | None] = (), extra: Iterable[str] = (), co
             except (OSError, ValueError, AttributeError):
                 pass
     return {s for s in found if isinstance(s, str) and len(s) >= MIN_SECRET_LEN}
+
+
+def _pgpass_passwords(passfile: Path) -> set[str]:
+    """The passwords of a libpq password file (none when it cannot be read)."""
+    found: set[str] = set()
+    try:
+        for line in passfile.read_text().splitlines():
+            if line and not line.startswith("#"):
+                parts = _split_pgpass(line)
+                if len(parts) == 5 and parts[4]:
+                    found.add(parts[4])
+    except OSError:
+        pass
+    return found
 
 
 def _split_pgpass(line: str) -> list[str]:
@@ -205,6 +221,7 @@ def record_evidence(
     error: str | None = None,
     snapshots_sidecar: Path | None = None,
     secrets: set[str] | None = None,
+    passfile: str | Path | None = None,
 ) -> dict[str, Any]:
     """Record one finished run: OpenLineage events, ledger rows and checkpoint, signed manifest.
 
@@ -212,6 +229,7 @@ def record_evidence(
     outputs: the result files; they become the manifest's subjects (with the event files).
     lineage_dir: where event files go (default ``<manifest or first output dir>/openlineage``).
     status: COMPLETE, or FAIL with ``error`` (a one-line message).
+    passfile: the libpq password file of the ledger connection (``Config.pg_passfile``).
     Returns what was recorded, for ``--json`` output: run id, ledger entries and checkpoint,
     event digests, manifest path and digest.
     """
@@ -219,7 +237,7 @@ def record_evidence(
     from engine.evidence import manifest as mf
 
     check_manifest_options(manifest_path, signing_key)
-    secrets = known_secrets([ledger_dsn]) if secrets is None else secrets
+    secrets = known_secrets([ledger_dsn], passfiles=[passfile]) if secrets is None else secrets
     summary = scrub(summary, secrets)
     inputs = scrub([dict(i) for i in inputs_meta], secrets)
     error = scrub(error, secrets) if error else None
@@ -247,7 +265,7 @@ def record_evidence(
     if ledger_dsn:
         from engine.store.ledger import Ledger
 
-        ledger = Ledger(ledger_dsn)
+        ledger = Ledger(ledger_dsn, passfile=passfile)
         body = {"command": command, "status": status, "started_at": started_at, "finished_at": finished_at,
                 "recon_version": _version(), "config_digest": config_digest,
                 "transformation_digest": transformation["sha256"], "summary": summary,
@@ -340,4 +358,4 @@ def record_diff_evidence(
         signing_key=signing_key, config_digest=config.digest, lineage_dir=lineage_dir,
         lineage_http=ol.http_settings(ol_sect), lineage_spec=spec, lineage_namespace=namespace,
         started_at=finished - timedelta(seconds=run.result.elapsed_s), finished_at=finished,
-        snapshots_sidecar=sidecar, secrets=secrets)
+        snapshots_sidecar=sidecar, secrets=secrets, passfile=config.pg_passfile())

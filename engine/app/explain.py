@@ -23,7 +23,7 @@ from engine.connectors.base import SalesforceRef, parse_reference
 from engine.connectors.kafka import scan as kafka_source
 from engine.connectors.kafka.client import load_kafka_config
 from engine.core import forensics
-from engine.core.errors import UsageError
+from engine.core.errors import Exit, UsageError
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class ExplainOutcome:
     @property
     def exit_code(self) -> int:
         """1 when there are findings, else 0."""
-        return 1 if self.explanation.summary["records"] else 0
+        return int(Exit.FINDINGS if self.explanation.summary["records"] else Exit.OK)
 
 
 def run(req: ExplainRequest, config: Config, *, progress: Any = None) -> ExplainOutcome:
@@ -182,7 +182,7 @@ def run(req: ExplainRequest, config: Config, *, progress: Any = None) -> Explain
     from engine.evidence.manifest import describe_input
 
     req.check()
-    config.use_passfile()
+    passfile = config.pg_passfile()
     ledger_dsn = req.evidence.ledger_dsn(config)
     manifest = req.evidence.manifest
     exp, _, read = _explain(req, config, progress)
@@ -193,5 +193,5 @@ def run(req: ExplainRequest, config: Config, *, progress: Any = None) -> Explain
         inputs = [describe_input(side, meta) for side, meta in read]
         doc["evidence"] = ev.record_evidence(
             "explain", exp.summary, inputs, files, ledger_dsn=ledger_dsn, manifest_path=manifest,
-            signing_key=req.evidence.signing_key, config_digest=config.digest)
+            signing_key=req.evidence.signing_key, config_digest=config.digest, passfile=passfile)
     return ExplainOutcome(exp, files, where, doc)

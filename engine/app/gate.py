@@ -63,7 +63,7 @@ from engine.app.evidence import EvidenceOptions
 from engine.config import Config
 from engine.core import classes
 from engine.core.classes import Repair
-from engine.core.errors import UsageError
+from engine.core.errors import Exit, UsageError
 from engine.core.gate import (  # noqa: F401  (the policy's names, used by callers of the use case)
     DEFAULT_ACCEPTED,
     DEFAULT_THRESHOLD,
@@ -457,16 +457,17 @@ def override(mapping: str, state: str, *, reason: str | None, operator: str | No
 
 
 # -- committing ---------------------------------------------------------------------------------------
-def commit(dsn: str, decision: Decision) -> tuple[dict[str, Any], str, str | None]:
+def commit(dsn: str, decision: Decision, *, passfile: str | Path | None = None) -> tuple[dict[str, Any], str, str | None]:
     """Record a decision as the breaker's new state: refuse a stale diff, append it to the ledger,
     then make sure the SQL guard exists. The decision is recorded first: a scheduler relies on it
     even if the guard cannot be installed. Returns the ledger entry, the guard's status and, when the
-    guard could not be installed, the reason (a warning for the caller to show)."""
-    latest = latest_decision(dsn, decision.mapping)
+    guard could not be installed, the reason (a warning for the caller to show). ``passfile``: the
+    libpq password file of the ledger connections."""
+    latest = latest_decision(dsn, decision.mapping, passfile=passfile)
     check_not_stale(decision, latest)
-    entry = record_decision(dsn, decision, latest)
+    entry = record_decision(dsn, decision, latest, passfile=passfile)
     try:
-        return entry, ("installed now" if ensure_guard(dsn) else "installed"), None
+        return entry, ("installed now" if ensure_guard(dsn, passfile=passfile) else "installed"), None
     except UsageError as exc:
         return entry, f"not installed: {exc}", str(exc)
 
@@ -514,7 +515,7 @@ class GateOutcome:
     """The result of one `recon gate`: ``document`` is what ``--json`` prints."""
 
     mode: str
-    exit_code: int
+    exit_code: Exit
     document: dict[str, Any]
     decision: Decision | None = None
     entry: dict[str, Any] | None = None
@@ -536,18 +537,19 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     from engine.evidence.manifest import describe_input
 
     req.check()
-    config.use_passfile()
+    passfile = config.pg_passfile()
     ledger_dsn = req.evidence.ledger_dsn(config)
     if req.install_guard:
-        info = install_guard(_need_ledger(ledger_dsn, "--install-guard"), req.guard_roles)
-        return GateOutcome("install_guard", 0, info)
+        info = install_guard(_need_ledger(ledger_dsn, "--install-guard"), req.guard_roles, passfile=passfile)
+        return GateOutcome("install_guard", Exit.OK, info)
     if req.status:
         if not req.mapping:
             raise UsageError("--status needs --mapping NAME")
-        latest = latest_decision(_need_ledger(ledger_dsn, "--status"), req.mapping)
+        latest = latest_decision(_need_ledger(ledger_dsn, "--status"), req.mapping, passfile=passfile)
         state = (latest or {}).get("state") or "no decision"
         is_open = latest is not None and state != "closed"
-        return GateOutcome("status", 3 if is_open else 0, {"mapping": req.mapping, "state": state, "latest": latest})
+        return GateOutcome("status", Exit.BREAKER_OPEN if is_open else Exit.OK,
+                           {"mapping": req.mapping, "state": state, "latest": latest})
 
     run_id = new_run_id()
     inputs: list[dict[str, Any]] = []
@@ -573,7 +575,7 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     guard: str | None = None
     warning: str | None = None
     if ledger_dsn:
-        entry, guard, warning = commit(ledger_dsn, decision)
+        entry, guard, warning = commit(ledger_dsn, decision, passfile=passfile)
     body = decision.body()
     outputs: list[Path] = []
     manifest = req.evidence.manifest
@@ -581,10 +583,15 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     if target_dir is not None:
         outputs.append(workspace.write_json(workspace.gate_decision_path(target_dir), {**body, "ledger_entry": entry}))
     doc: dict[str, Any] = {"mapping": decision.mapping, "state": decision.state,
-                           "exit_code": 3 if decision.is_open else 0, "decision": body,
+                           "exit_code": int(_exit(decision)), "decision": body,
                            "ledger_entry": entry, "recorded": entry is not None, "sql_guard": guard}
     if record_evidence and (ledger_dsn or manifest):
         doc["evidence"] = ev.record_evidence(
             "gate", body, inputs, outputs, ledger_dsn=ledger_dsn, manifest_path=manifest,
-            signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id)
-    return GateOutcome("decision", 3 if decision.is_open else 0, doc, decision, entry, warning)
+            signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id, passfile=passfile)
+    return GateOutcome("decision", _exit(decision), doc, decision, entry, warning)
+
+
+def _exit(decision: Decision) -> Exit:
+    """The gate's exit code: 3 while the breaker is open (the downstream task halts), else 0."""
+    return Exit.BREAKER_OPEN if decision.is_open else Exit.OK

@@ -17,20 +17,22 @@ def keygen(out: Path, *, force: bool = False) -> dict[str, Any]:
     return {"private_key": str(priv), "public_key": str(pub), "keyid": mf.key_id(mf.load_public_key(pub))}
 
 
-def ledger_init(dsn: str, *, writer: str | None = None) -> dict[str, Any]:
-    """Create (or refresh the grants of) the ``recon_audit`` ledger."""
-    with lg.Ledger(dsn) as ledger:
+def ledger_init(dsn: str, *, writer: str | None = None, passfile: Path | None = None) -> dict[str, Any]:
+    """Create (or refresh the grants of) the ``recon_audit`` ledger. ``passfile`` (here and below):
+    the libpq password file of the connection (``Config.pg_passfile``)."""
+    with lg.Ledger(dsn, passfile=passfile) as ledger:
         return ledger.init(writer=writer)
 
 
-def ledger_verify(dsn: str, *, checkpoint: Path | None = None, key: Path | None = None) -> lg.VerifyReport:
+def ledger_verify(dsn: str, *, checkpoint: Path | None = None, key: Path | None = None,
+                  passfile: Path | None = None) -> lg.VerifyReport:
     """Recompute the chain and the checkpoints (and an exported checkpoint or manifest)."""
-    return lg.verify(dsn, checkpoint_file=checkpoint, pubkey=key)
+    return lg.verify(dsn, checkpoint_file=checkpoint, pubkey=key, passfile=passfile)
 
 
-def ledger_checkpoint(dsn: str, out: Path, signing_key: Path) -> lg.Checkpoint:
+def ledger_checkpoint(dsn: str, out: Path, signing_key: Path, *, passfile: Path | None = None) -> lg.Checkpoint:
     """Take a checkpoint and export it as a signed note at ``out``."""
-    with lg.Ledger(dsn) as ledger:
+    with lg.Ledger(dsn, passfile=passfile) as ledger:
         return ledger.export_checkpoint(out, signing_key)
 
 

@@ -57,7 +57,7 @@ from engine.connectors.base import PostgresRef, SalesforceRef, parse_reference
 from engine.connectors.salesforce.records import reextract
 from engine.core import classes
 from engine.core.classes import Repair
-from engine.core.errors import UsageError, VerificationError
+from engine.core.errors import Exit, UsageError, VerificationError
 from engine.store.versions import (
     Correction,
     TableInfo,
@@ -230,10 +230,10 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
 
 
 # -- the target's database (the version store itself: engine.store.versions) ---------------------
-def _connect(target: Target) -> psycopg.Connection:
-    from engine.connectors.postgres.source import connect
+def _connect(target: Target, config: Config) -> psycopg.Connection:
+    from engine.connectors.postgres.connection import connect
 
-    return connect(target.ref.dsn, autocommit=True)
+    return connect(target.ref.dsn, passfile=config.pg_passfile(), autocommit=True)
 
 
 # -- applying --------------------------------------------------------------------------------------
@@ -275,12 +275,12 @@ class RepairReport:
         return t
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> Exit:
         """0: nothing left for the warehouse (and nothing unexplained); 1: something to act on."""
         t = self.totals
         if t.pending or t.conflicts or t.not_in_salesforce or self.plan.unexplained:
-            return 1
-        return 0
+            return Exit.FINDINGS
+        return Exit.OK
 
     def summary(self) -> dict[str, Any]:
         p, t = self.plan, self.totals
@@ -296,7 +296,7 @@ class RepairReport:
             "action_list": len(p.action_list), "unexplained": len(p.unexplained),
             "salesforce": {"records_reextracted": t.reextracted, "bulk_job_ids": self.bulk_job_ids,
                            "api_version": next((m.get("api_version") for m in self.sf_metas), None)},
-            "migration": self.migration, "ledger": self.ledger, "exit_code": self.exit_code,
+            "migration": self.migration, "ledger": self.ledger, "exit_code": int(self.exit_code),
             "elapsed_s": round(self.elapsed_s, 3),
         }
 
@@ -391,7 +391,7 @@ def run_repair(plan: Plan, config: Config, *, apply: bool, run_id: str, ledger_d
         _phase(rep, c).planned += 1
     from engine.store.ledger import Ledger
 
-    ledger = Ledger(ledger_dsn) if (apply and ledger_dsn) else None
+    ledger = Ledger(ledger_dsn, passfile=config.pg_passfile()) if (apply and ledger_dsn) else None
     try:
         _run(plan, config, rep, conn_ledger=ledger, apply=apply, run_id=run_id, chunk_rows=chunk_rows, say=say)
     finally:
@@ -405,7 +405,7 @@ def run_repair(plan: Plan, config: Config, *, apply: bool, run_id: str, ledger_d
 
 def _run(plan: Plan, config: Config, rep: RepairReport, *, conn_ledger: Any, apply: bool, run_id: str,
          chunk_rows: int, say: Callable[[str], None]) -> None:
-    with _connect(plan.target) as conn:
+    with _connect(plan.target, config) as conn:
         info = inspect(conn, plan.target)
         applied = _applied(conn, plan.target, [c.correction_id for c in plan.corrections]) \
             if info.kind == "versioned" else {}
@@ -554,7 +554,6 @@ def run(req: RepairRequest, config: Config, *, progress: Any = None) -> RepairOu
     from engine.evidence.lineage import new_run_id
 
     req.check()
-    config.use_passfile()
     ledger_dsn = req.evidence.ledger_dsn(config)
     manifest = req.evidence.manifest
     plan = load_plan(req.from_explain, config, mapping=req.mapping, target=req.target, diff_dir=req.diff)
@@ -569,5 +568,6 @@ def run(req: RepairRequest, config: Config, *, progress: Any = None) -> RepairOu
     if ledger_dsn or manifest:
         summary["evidence"] = ev.record_evidence(
             "repair", rep.summary(), inputs_meta(rep), files, ledger_dsn=ledger_dsn,
-            manifest_path=manifest, signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id)
+            manifest_path=manifest, signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id,
+            passfile=config.pg_passfile())
     return RepairOutcome(rep, files, summary)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -50,3 +52,23 @@ def parse_time(text: str | None, opt: str) -> Any:
 
 def progress(msg: str) -> None:
     err.print(f"[dim]·[/dim] {msg}")
+
+
+@contextlib.contextmanager
+def naming_options(**options: str) -> Iterator[None]:
+    """Add the command's option to a library error about one of its settings.
+
+    Library code words its errors about the data ("table name 'a.b.c' is not schema.table") and
+    says which setting it was (``ReconError.field``, e.g. ``table``); inside this block such an
+    error gets the option that set it appended (``(--table)``), so the user knows what to change.
+    ``options``: setting name → option text, e.g. ``naming_options(table="--table")``.
+    """
+    from engine.core.errors import ReconError
+
+    try:
+        yield
+    except ReconError as exc:
+        option = options.get(exc.field or "")
+        if option and option not in str(exc):
+            exc.args = (f"{exc} ({option})",)
+        raise

@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from engine.cli._shared import emit_json, err, out
+from engine.cli._shared import emit_json, err, naming_options, out
 from engine.cli.options import ConfigOpt, JsonFlag, LedgerOpt, ManifestOpt, SigningKeyOpt
 from engine.core.errors import Exit, ReconError
 
@@ -28,7 +28,7 @@ def _version(value: bool) -> None:
         from engine import __version__
 
         out.print(f"recon {__version__}")
-        raise typer.Exit(0)
+        raise typer.Exit(int(Exit.OK))
 
 
 @app.callback()
@@ -77,14 +77,15 @@ def diff_cmd(
         out_dir=out_dir, evidence=EvidenceOptions(ledger, manifest, signing_key))
     opts.check()  # exit 2 before any extraction
     cfg = config_mod.load(config)
-    res = _with_status(lambda say: use_case.run(opts, cfg, progress=say), enabled=not as_json)
+    with naming_options(columns="-k/-c or the mapping's key/columns", where="--source-where/--target-where"):
+        res = _with_status(lambda say: use_case.run(opts, cfg, progress=say), enabled=not as_json)
     if as_json:
         emit_json(res.summary)
     else:
         from engine.report.terminal import render_diff
 
         render_diff(out, res.summary, out_dir)
-    raise typer.Exit(res.exit_code)
+    raise typer.Exit(int(res.exit_code))
 
 
 def _decimal(text: str, opt: str) -> Any:
@@ -131,7 +132,8 @@ def snapshot_cmd(
     from engine import config as config_mod
     from engine.app import reconcile
 
-    res = reconcile.snapshot(source, out_path, config_mod.load(config), keys=key, columns=column, where=where)
+    with naming_options(columns="-k/-c", where="--where"):
+        res = reconcile.snapshot(source, out_path, config_mod.load(config), keys=key, columns=column, where=where)
     if as_json:
         emit_json(res)
     else:
@@ -214,7 +216,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         _say_error("recon: interrupted")
-        sys.exit(130)
+        sys.exit(int(Exit.INTERRUPTED))
     except Exception as exc:
         if _is_cli_usage_error(exc):
             if type(exc).__name__ == "NoArgsIsHelpError":
@@ -224,7 +226,7 @@ def main() -> None:
         if os.environ.get("RECON_DEBUG") != "0":
             traceback.print_exc()
         _say_error(f"recon: internal error: {type(exc).__name__}: {exc} (a bug; please report it)")
-        sys.exit(70)
+        sys.exit(int(Exit.INTERNAL))
 
 
 if __name__ == "__main__":

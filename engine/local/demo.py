@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from engine.core.errors import Exit
 from engine.local.state import StackPaths
 
 
@@ -118,17 +119,18 @@ def prove_step(config_file: Path, out: Path, key: Path, pub: Path, manifests: li
     """Export a signed ledger checkpoint, then verify the ledger against it and every manifest with
     only the public key and the files — what an auditor would run."""
     from engine import config as config_mod
+    from engine.core.errors import VerificationError
     from engine.evidence import manifest as mf
     from engine.store import ledger as ledger_mod
 
     cfg = config_mod.load(config_file)
     dsn = cfg.section("ledger")["dsn"]
     checkpoint = out / "ledger-checkpoint.txt"
-    with ledger_mod.Ledger(dsn) as lg:
+    with ledger_mod.Ledger(dsn, passfile=cfg.pg_passfile()) as lg:
         cp = lg.export_checkpoint(checkpoint, key)
-    report = ledger_mod.verify(dsn, checkpoint_file=checkpoint, pubkey=pub)
-    if not report.ok:
-        raise RuntimeError(f"ledger verification failed: {report.reason}")
+    report = ledger_mod.verify(dsn, checkpoint_file=checkpoint, pubkey=pub, passfile=cfg.pg_passfile())
+    if not report.ok:  # exit 4, like `recon ledger verify`
+        raise VerificationError(f"ledger verification failed: {report.reason}")
     for m in manifests:
         mf.verify_manifest(m, pub, data_dir=m.parent)
     return {"ledger_rows": report.rows, "checkpoint_size": cp.size, "checkpoint": str(checkpoint)}
@@ -149,7 +151,8 @@ def gate_step(config_file: Path, diff_dir: Path, out: Path, exclude_from: Path |
                         record_evidence=False)
     assert res.decision is not None
     decision, guard_state = res.decision, res.document["sql_guard"]
-    with psycopg.connect(dsn) as conn:
+    passfile = cfg.pg_passfile()
+    with psycopg.connect(dsn, **({"passfile": str(passfile)} if passfile else {})) as conn:
         try:
             conn.execute("SELECT recon_audit.assert_circuit_closed(%s)", (decision.mapping,))
             guard, passes = "assert_circuit_closed('clv') passes: aggregations may run", True
@@ -173,7 +176,7 @@ def repair_step(config_file: Path, explain_dir: Path, out: Path, key: Path) -> d
     files = repair.write_outputs(rep, out)
     evidence.record_evidence("repair", rep.summary(), repair.inputs_meta(rep), files, ledger_dsn=dsn,
                              manifest_path=out / "manifest.json", signing_key=key, config_digest=cfg.digest,
-                             run_id=run_id)
+                             run_id=run_id, passfile=cfg.pg_passfile())
     return rep.summary()
 
 
@@ -198,13 +201,13 @@ def prevent_step(config_file: Path, out: Path) -> dict[str, Any]:
     from engine.connectors.salesforce import source as sf_extract
 
     cfg = config_mod.load(config_file)
-    cfg.use_passfile()
     dsn = cfg.section("postgres")["dsn"]
     k = cfg.section("kafka")
     settings = consumer.ConsumerSettings(
         bootstrap=k["bootstrap"], topic=k["topic"], group="recon-demo-idempotent", dsn=dsn,
         table=consumer.parse_table("warehouse.clv_events_idempotent"), org_id=sf_extract.connection(cfg).org_id,
-        until_caught_up=True, reset_offsets=True, metrics_interval_s=0)
+        until_caught_up=True, reset_offsets=True, metrics_interval_s=0,
+        passfile=str(cfg.pg_passfile()) if cfg.pg_passfile() else None)
     res = consumer.run(settings).as_dict()
     run = reconcile.run_diff(reconcile.DiffRequest(
         source="salesforce:Account", target=f"{dsn}#warehouse.clv_events_idempotent_aggregates",
@@ -258,7 +261,7 @@ def _keys(key_dir: Path, out_dir: Path) -> tuple[Path, Path]:
 
 
 def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out_dir: Path, paths: StackPaths,
-        console: Console) -> int:
+        console: Console) -> Exit:
     from engine.local import scenario, stack
 
     steps = Steps(console)
@@ -357,4 +360,4 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
     console.print(f"proven: {'yes' if outcome.proven else 'no'} — verify with `recon manifest verify "
                   f"{out_dir / 'diff' / 'manifest.json'} --key {out_dir / 'recon.pub'} --data {out_dir / 'diff'}`")
     console.print(f"artefacts: {out_dir.resolve()}")
-    return 0 if outcome.found and outcome.fixed and outcome.proven else 1
+    return Exit.OK if outcome.found and outcome.fixed and outcome.proven else Exit.FINDINGS

@@ -5,6 +5,7 @@ the breaker is open (DDL owned by ``recon_audit_owner``, see :func:`install_guar
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,11 +19,11 @@ GUARD_VERSION = 1
 GUARD_MARKER = f"recon circuit breaker guard v{GUARD_VERSION}"
 
 
-def latest_decision(dsn: str, mapping: str) -> dict[str, Any] | None:
+def latest_decision(dsn: str, mapping: str, *, passfile: str | Path | None = None) -> dict[str, Any] | None:
     """The latest decision for a mapping: {seq, recorded_at, state, body}, or None."""
     from engine.store.ledger import Ledger, _db_error
 
-    with Ledger(dsn) as led:
+    with Ledger(dsn, passfile=passfile) as led:
         try:
             row = led.conn.execute(
                 "SELECT seq, recorded_at, canonical FROM recon_audit.gate_decisions WHERE mapping = %s "
@@ -35,13 +36,14 @@ def latest_decision(dsn: str, mapping: str) -> dict[str, Any] | None:
     return {"seq": int(row[0]), "recorded_at": row[1].isoformat(), "state": body.get("state"), "body": body}
 
 
-def record_decision(dsn: str, decision: Decision, latest: dict[str, Any] | None) -> dict[str, Any]:
+def record_decision(dsn: str, decision: Decision, latest: dict[str, Any] | None, *,
+                    passfile: str | Path | None = None) -> dict[str, Any]:
     """Append the decision to ``recon_audit.gate_decisions``; returns the ledger entry."""
     from engine.store.ledger import Ledger
 
     if latest is not None:
         decision.previous = {"seq": latest["seq"], "state": latest.get("state"), "recorded_at": latest["recorded_at"]}
-    with Ledger(dsn) as led:
+    with Ledger(dsn, passfile=passfile) as led:
         entry = led.append("gate_decisions", decision.body())
     return entry.to_dict()
 
@@ -93,25 +95,26 @@ END $f$""".replace("{sqlstate}", SQLSTATE_OPEN)),
     ]
 
 
-def guard_installed(dsn: str) -> bool:
+def guard_installed(dsn: str, *, passfile: str | Path | None = None) -> bool:
     """True when the current version of the guard function is in the ledger database."""
     from engine.store.ledger import Ledger
 
-    with Ledger(dsn) as led:
+    with Ledger(dsn, passfile=passfile) as led:
         row = led.conn.execute(
             "SELECT obj_description(to_regprocedure('recon_audit.assert_circuit_closed(text)'), 'pg_proc')"
         ).fetchone()
     return bool(row and row[0] and str(row[0]).startswith(GUARD_MARKER))
 
 
-def install_guard(dsn: str, grant_to: tuple[str, ...] = ()) -> dict[str, Any]:
+def install_guard(dsn: str, grant_to: tuple[str, ...] = (), *, passfile: str | Path | None = None) -> dict[str, Any]:
     """Create ``recon_audit.assert_circuit_closed`` (and ``circuit_state``) as ``recon_audit_owner``,
     the way ``Ledger.init`` creates the ledger: in one transaction, through a SET-only membership the
     connecting role grants itself and revokes again. Idempotent. ``grant_to``: roles that will call
-    the guard (they get ``recon_audit_reader``, which carries USAGE on the schema)."""
+    the guard (they get ``recon_audit_reader``, which carries USAGE on the schema). ``passfile`` (here
+    and in the other functions): the libpq password file of the connection."""
     from engine.store.ledger import OWNER_ROLE, READER_ROLE, Ledger, _db_error
 
-    with Ledger(dsn) as led:
+    with Ledger(dsn, passfile=passfile) as led:
         conn = led.conn
         try:
             with conn.transaction():
@@ -141,11 +144,11 @@ def install_guard(dsn: str, grant_to: tuple[str, ...] = ()) -> dict[str, Any]:
             "granted_to": list(grant_to)}
 
 
-def ensure_guard(dsn: str) -> bool:
+def ensure_guard(dsn: str, *, passfile: str | Path | None = None) -> bool:
     """Install the guard unless the current version is there; True when it was (re)installed."""
-    if guard_installed(dsn):
+    if guard_installed(dsn, passfile=passfile):
         return False
-    install_guard(dsn)
+    install_guard(dsn, passfile=passfile)
     return True
 
 

@@ -143,10 +143,10 @@ class Entry:
         return asdict(self)
 
 
-def _connect(dsn: str) -> psycopg.Connection:
-    from engine.connectors.postgres.source import connect
+def _connect(dsn: str, passfile: str | Path | None = None) -> psycopg.Connection:
+    from engine.connectors.postgres.connection import connect
 
-    return connect(dsn, autocommit=True)  # transactions are explicit: conn.transaction()
+    return connect(dsn, passfile=passfile, autocommit=True)  # transactions are explicit: conn.transaction()
 
 
 def _db_error(exc: psycopg.Error, dsn: str, doing: str) -> UsageError:
@@ -164,17 +164,20 @@ def _db_error(exc: psycopg.Error, dsn: str, doing: str) -> UsageError:
 
 
 class Ledger:
-    """A connection to one `recon_audit` ledger. Not thread-safe: one instance per thread."""
+    """A connection to one `recon_audit` ledger. Not thread-safe: one instance per thread.
 
-    def __init__(self, dsn: str) -> None:
+    ``passfile``: the libpq password file of the connection (``[postgres] passfile``), if any."""
+
+    def __init__(self, dsn: str, *, passfile: str | Path | None = None) -> None:
         self.dsn = dsn
+        self.passfile = passfile
         self._conn: psycopg.Connection | None = None
 
     # -- connection ------------------------------------------------------------------------------
     @property
     def conn(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = _connect(self.dsn)
+            self._conn = _connect(self.dsn, self.passfile)
         return self._conn
 
     def close(self) -> None:
@@ -207,10 +210,11 @@ class Ledger:
                     "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()  # type: ignore[misc]
                 writer = writer or me
                 if writer in (OWNER_ROLE, WRITER_ROLE, READER_ROLE):
-                    raise UsageError(f"--writer {writer} is not allowed: name the login role that will append "
-                                     "(e.g. the application's role), not one of the ledger's own roles")
+                    raise UsageError(f"writer role {writer} is not allowed: name the login role that will append "
+                                     "(e.g. the application's role), not one of the ledger's own roles", field="writer")
                 if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (writer,)).fetchone():
-                    raise UsageError(f"--writer role {writer!r} does not exist: create it first (CREATE ROLE …)")
+                    raise UsageError(f"writer role {writer!r} does not exist: create it first (CREATE ROLE …)",
+                                     field="writer")
                 for role in (OWNER_ROLE, WRITER_ROLE, READER_ROLE):
                     conn.execute(sql.SQL(
                         "DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
@@ -443,9 +447,11 @@ def _prefix_root(leaves: bytearray, size: int) -> bytes:
     return acc.root()
 
 
-def verify(dsn: str, checkpoint_file: Path | None = None, pubkey: Path | None = None) -> VerifyReport:
+def verify(dsn: str, checkpoint_file: Path | None = None, pubkey: Path | None = None, *,
+           passfile: str | Path | None = None) -> VerifyReport:
     """Recompute the chain and every stored checkpoint; with an exported checkpoint, also check that
     the first ``size`` rows still have its root (a dropped tail or a consistent rewrite fails).
+    ``passfile``: the libpq password file of the connection.
 
     Never raises for a broken ledger: the report says what is broken (``ok``, ``reason``,
     ``first_broken``). A checkpoint file whose signature fails raises VerificationError.
@@ -464,7 +470,7 @@ def verify(dsn: str, checkpoint_file: Path | None = None, pubkey: Path | None = 
     prev = GENESIS_PREV
     expected = 1
     last: tuple[str, int] | None = None
-    ledger = Ledger(dsn)
+    ledger = Ledger(dsn, passfile=passfile)
     try:
         for table, seq, recorded_at, prev_hex, stored_hex, text in ledger.rows():
             report.rows += 1

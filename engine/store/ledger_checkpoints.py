@@ -180,7 +180,8 @@ def read_checkpoint(path: Path, pubkey: Path | None) -> tuple[Checkpoint, bool]:
     from engine.evidence.manifest import load_public_key, open_envelope
 
     if pubkey is None:
-        raise UsageError(f"{path} is a manifest: pass --key PUBFILE to check its signature first")
+        raise UsageError(f"{path} is a manifest: its signature must be checked first; give the signer's public key",
+                         field="key")
     try:
         envelope = json.loads(Path(path).read_text())
     except ValueError:
@@ -188,6 +189,6 @@ def read_checkpoint(path: Path, pubkey: Path | None) -> tuple[Checkpoint, bool]:
     payload, _ = open_envelope(envelope, load_public_key(pubkey), where=f"manifest {Path(path).name}")
     led = (json.loads(payload).get("predicate") or {}).get("ledger")
     if not isinstance(led, dict) or "size" not in led or "root" not in led:
-        raise UsageError(f"manifest {path} records no ledger checkpoint (it was written without --ledger)")
+        raise UsageError(f"manifest {path} records no ledger checkpoint (its run was recorded without a ledger)")
     return Checkpoint(origin=str(led.get("origin")), size=int(led["size"]), root=bytes.fromhex(led["root"]),
                       seq=led.get("checkpoint_seq")), True

@@ -145,7 +145,7 @@ def test_wrong_password_is_exit_2_and_secret_free(tables, env) -> None:
     env = {**env, "PGPASSWORD": "hunter2-wrong"}
     env.pop("PGPASSFILE")
     res = recon("diff", f"{tables['dsn']}#cli.src", f"{tables['dsn']}#cli.tgt", "-k", "id", env=env)
-    assert_one_line_error(res, 2, "refused the credentials")
+    assert_one_line_error(res, 2, "refused the password")
     assert "hunter2" not in res.stderr + res.stdout
 
 
@@ -185,3 +185,24 @@ def test_json_has_every_contract_key(tables, env) -> None:
         assert {"from", "to", "source_rows", "target_rows"} <= set(r)
     assert s["missing_in_target"] + s["missing_in_source"] + s["mismatched"] + s["unchanged"] + s["in_flight"] \
         == s["distinct_keys"]
+
+
+def test_a_condition_the_server_rejects_is_exit_2_naming_the_table(tables, env) -> None:
+    """QueryRejected: the early read's guess is dropped by type and the regular read reports it once."""
+    res = recon("diff", f"{tables['dsn']}#cli.src", f"{tables['dsn']}#cli.tgt", "-k", "id",
+                "--target-where", "no_such_column > 1", env=env)
+    assert_one_line_error(res, 2, "PostgreSQL rejected the query on cli.tgt", "no_such_column")
+
+
+def test_a_config_passfile_is_enough_to_log_in(tables, env, tmp_path: Path) -> None:
+    """[postgres] passfile of recon.toml, handed to each connection (no PGPASSFILE in the environment)."""
+    env = dict(env)
+    env.pop("PGPASSFILE")
+    env["HOME"] = str(tmp_path)  # no ~/.pgpass either
+    cfg = tmp_path / "recon.toml"
+    cfg.write_text(f'[postgres]\npassfile = "{tables["pgpass"]}"\n')
+    res = recon("diff", f"{tables['dsn']}#cli.src", f"{tables['dsn']}#cli.tgt", "-k", "id", "--json", "-C", str(cfg),
+                env=env)
+    assert res.returncode == 1, res.stderr
+    res = recon("diff", f"{tables['dsn']}#cli.src", f"{tables['dsn']}#cli.tgt", "-k", "id", env=env)
+    assert_one_line_error(res, 2, "asks for a password and none was given")

@@ -239,7 +239,7 @@ def test_an_early_read_reports_bad_credentials_like_a_regular_one(embedded_pg, t
     bad = f"postgresql://{info.user}:wrong-secret@{info.host}:{info.port}/{info.database}#public.src_read"
     early.start_for_diff("parquet:/nonexistent.parquet", bad, keys=(("id", "id"),), columns=(("a", "amount"),),
                          source_where=None, target_where=None, config=load(None))
-    with pytest.raises(UsageError, match="refused the credentials") as exc:
+    with pytest.raises(UsageError, match="refused the password") as exc:
         _connector_read(bad, ["id", "amount"])
     assert "wrong-secret" not in str(exc.value)
     assert early.take(parse_reference(bad), None, ["id", "amount"]) is None  # the early read was taken
@@ -297,3 +297,27 @@ def test_as_of_on_the_warehouse_side_counts_later_changes_in_flight(embedded_pg,
     without = run_diff(DiffRequest(source=req.source, target=req.target, keys=req.keys, columns=req.columns),
                        load(None)).result
     assert (without.mismatched, without.in_flight) == (2, 0)  # d differs when nothing is in flight
+
+
+@pytest.mark.parametrize("reader", ["psql", "adbc", "psycopg"])
+def test_a_config_passfile_reaches_every_connection_and_leaves_the_environment_alone(
+        embedded_pg, table: str, reader: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`[postgres] passfile` is handed to each connection (psycopg's parameter, the psql children's
+    environment, ADBC's connection string), never put into os.environ: with no PGPASSWORD,
+    PGPASSFILE or ~/.pgpass, every reader still logs in, and the process environment is unchanged."""
+    from engine.config import load
+    from engine.connectors.base import ReadRequest
+    from engine.connectors.registry import source_for
+
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.pgpass to fall back on
+    monkeypatch.setenv("RECON_PG_READER", reader)
+    cfg = tmp_path / "recon.toml"
+    cfg.write_text(f'[postgres]\npassfile = "{embedded_pg.paths.pgpass_file}"\n')
+    before = dict(os.environ)
+    got = source_for(parse_reference(table), load(cfg)).read(ReadRequest(["id", "amount"]))
+    assert got.meta["reader"].startswith(reader) and got.frame.height == 5
+    assert dict(os.environ) == before
+    with pytest.raises(UsageError, match="asks for a password and none was given"):  # the file was the only way in
+        source_for(parse_reference(table), load(None)).read(ReadRequest(["id", "amount"]))

@@ -402,6 +402,31 @@ def test_tls_and_reachability_errors(sf_stack: SalesforceStack) -> None:
         connect(sf_stack.settings(login_url=f"https://127.0.0.1:{free_port()}", retry_deadline=1.0))
 
 
+def test_a_refused_request_is_one_line_exit_2_naming_the_object(sf_stack: SalesforceStack, tmp_path: Path) -> None:
+    """SalesforceRefused through the CLI: the API's refusal (an unknown sObject) fails at once, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    import polars as pl
+
+    other = tmp_path / "accounts.parquet"
+    pl.DataFrame({"Id": ["0015g0000000001AAA"], "Name": ["a"]}).write_parquet(other)
+    c = sf_stack.credentials
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SF_", "RECON_"))}
+    env.update(SF_LOGIN_URL=sf_stack.login_url, SF_CA_BUNDLE=sf_stack.ca_bundle, SF_USERNAME=c["salesforce_username"],
+               SF_PASSWORD=c["salesforce_password"], SF_SECURITY_TOKEN=c["salesforce_security_token"])
+    t = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "engine.cli.main", "diff", "salesforce:Acount", f"parquet:{other}",
+                          "-k", "Id", "-c", "Name"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("recon: error: Salesforce refused describe of Acount:"), lines[0]
+    assert time.monotonic() - t < 30  # not retried
+    assert c["salesforce_password"] not in res.stderr
+
+
 def test_settings_from_env(sf_stack: SalesforceStack) -> None:
     c = sf_stack.credentials
     env = {"SF_LOGIN_URL": sf_stack.login_url + "/", "SF_CA_BUNDLE": sf_stack.ca_bundle,

@@ -120,23 +120,28 @@ def settings(**kw: object) -> c.ConsumerSettings:
     return c.ConsumerSettings(**base)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"topic": "bad topic"}, "not a valid Kafka topic name"),
-    ({"topic": ""}, "not a valid Kafka topic name"),
-    ({"group": " "}, "--group"),
-    ({"bootstrap": ""}, "--bootstrap"),
-    ({"batch_size": 0}, "--batch-size"),
-    ({"deadline_s": 0}, "--deadline"),
-    ({"metrics_interval_s": -1}, "--metrics-interval"),
-    ({"api_version": "latest"}, "--api-version"),
-    ({"dsn": "postgresql://u:pw-in-uri@h/db?bogus_option=1"}, "--dsn is not a valid"),
-    ({"dsn": "postgresql://u:pw-in-uri@[::1"}, "--dsn is not a valid"),
-    ({"dsn": "postgresql://u:pw-in-uri@h:notaport/db"}, "port 'notaport' is not a number"),
+@pytest.mark.parametrize(("kw", "match", "field"), [
+    ({"topic": "bad topic"}, "not a valid Kafka topic name", None),
+    ({"topic": ""}, "not a valid Kafka topic name", None),
+    ({"group": " "}, "consumer group name is empty", "group"),
+    ({"bootstrap": ""}, "bootstrap address is empty", "bootstrap"),
+    ({"batch_size": 0}, "batch size 0", "batch_size"),
+    ({"deadline_s": 0}, "deadline 0", "deadline_s"),
+    ({"metrics_interval_s": -1}, "metrics interval -1", "metrics_interval_s"),
+    ({"api_version": "latest"}, "'latest' is not a Salesforce API version", "api_version"),
+    ({"dsn": "postgresql://u:pw-in-uri@h/db?bogus_option=1"}, "DSN is not a valid", "dsn"),
+    ({"dsn": "postgresql://u:pw-in-uri@[::1"}, "DSN is not a valid", "dsn"),
+    ({"dsn": "postgresql://u:pw-in-uri@h:notaport/db"}, "port 'notaport' is not a number", "dsn"),
 ])
-def test_settings_validation(kw: dict[str, object], match: str) -> None:
+def test_settings_validation(kw: dict[str, object], match: str, field: str | None) -> None:
+    """The messages are about the data (the consumer is also called without the CLI); the error
+    names the setting, and `recon consume` adds its option (tests/e2e/test_errors_cli.py)."""
     with pytest.raises(UsageError, match=match) as exc:
         settings(**kw)
     assert "pw-in-uri" not in str(exc.value)
+    assert " --" not in str(exc.value)
+    if field is not None:
+        assert exc.value.field == field
 
 
 def test_dsn_display_never_shows_the_password() -> None:

@@ -16,6 +16,10 @@ from engine.cli.options import (
 )
 
 _TUNING = "Tuning"
+#: the consumer's settings and the options that set them (its errors name the setting)
+_OPTIONS = {"bootstrap": "--bootstrap", "group": "--group", "dsn": "--dsn", "table": "--table",
+            "batch_size": "--batch-size", "deadline_s": "--deadline", "metrics_interval_s": "--metrics-interval",
+            "api_version": "--api-version"}
 
 
 def register(app: typer.Typer) -> None:
@@ -57,7 +61,7 @@ def consume(
 ) -> None:
     """Consume a topic into PostgreSQL exactly once: duplicates skipped, poison dead-lettered, offsets stored with the data."""
     from engine.app import consume as use_case
-    from engine.cli._shared import emit_json
+    from engine.cli._shared import emit_json, naming_options
     from engine.core.errors import UsageError
     from engine.core.events import EventFields
 
@@ -71,7 +75,8 @@ def consume(
         batch_size=batch_size, deadline_s=deadline, metrics_interval_s=metrics_interval, api_version=api_version,
         instance_id=instance_id,
     )
-    result = use_case.run(req, report=_metrics_line)
+    with naming_options(**_OPTIONS):
+        result = use_case.run(req, report=_metrics_line)
     if as_json:
         emit_json(result.as_dict())
         return

@@ -21,6 +21,7 @@ from engine.cli.options import (
 from engine.cli.options import ConfigOpt as Cfg
 from engine.cli.options import KafkaConfigOpt as KafkaCfg
 from engine.cli.options import SigningKeyOpt as KeyOpt
+from engine.core.errors import Exit
 
 RecordField, TypeField, TimeField, OrgField = RecordIdField, EventTypeField, EventTimeField, OrgIdField
 
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
             from engine.report.terminal import render_audit
 
             render_audit(out, s)
-        raise typer.Exit(1 if a.duplicates or a.conflicts else 0)
+        raise typer.Exit(int(Exit.FINDINGS if a.duplicates or a.conflicts else Exit.OK))
 
     @app.command("explain")
     def explain(

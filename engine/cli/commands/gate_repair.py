@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
             _say(f"circuit breaker for {mapping}: {state}{when}")
         else:
             _render_gate(res.decision, res.entry)
-        raise typer.Exit(res.exit_code)
+        raise typer.Exit(int(res.exit_code))
 
     @app.command("repair")
     def repair_cmd(
@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
                        "action_list_records": plan.action_list, "unexplained_records": plan.unexplained})
         else:
             _render_repair(rep, res.files)
-        raise typer.Exit(rep.exit_code)
+        raise typer.Exit(int(rep.exit_code))
 
 
 # -- rendering -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from engine.cli._shared import naming_options
 from engine.cli.options import JsonFlag
 
 DsnOpt = Annotated[str | None, typer.Option(
@@ -19,18 +20,18 @@ DsnOpt = Annotated[str | None, typer.Option(
 ConfigOpt = Annotated[Path | None, typer.Option("-C", "--config", help="recon.toml (its ledger dsn).")]
 
 
-def _dsn(dsn: str | None, config: Path | None) -> str:
+def _ledger(dsn: str | None, config: Path | None) -> tuple[str, Path | None]:
+    """The ledger's DSN (--dsn, RECON_LEDGER_DSN or the config's) and the password file of its
+    connection (the config's [postgres] passfile unless the environment names one)."""
     from engine import config as config_mod
     from engine.app.evidence import resolve_ledger_dsn
     from engine.core.errors import UsageError
 
     cfg = config_mod.load(config) if config else None
-    if cfg is not None:
-        cfg.use_passfile()
     found = resolve_ledger_dsn(dsn, cfg)
     if not found:
         raise UsageError("no ledger database: pass --dsn DSN, set RECON_LEDGER_DSN or put dsn in [ledger] of recon.toml")
-    return found
+    return found, cfg.pg_passfile() if cfg is not None else None
 
 
 def _say(line: str) -> None:
@@ -56,7 +57,8 @@ def register(app: typer.Typer) -> None:
         from engine.app import proof
         from engine.cli._shared import emit_json
 
-        info = proof.keygen(out, force=force)
+        with naming_options(out="--out"):
+            info = proof.keygen(out, force=force)
         priv, pub = info["private_key"], info["public_key"]
         if as_json:
             emit_json(info)
@@ -77,7 +79,9 @@ def register(app: typer.Typer) -> None:
         from engine.app import proof
         from engine.cli._shared import emit_json
 
-        info = proof.ledger_init(_dsn(dsn, config), writer=writer)
+        where, passfile = _ledger(dsn, config)
+        with naming_options(writer="--writer"):
+            info = proof.ledger_init(where, writer=writer, passfile=passfile)
         if as_json:
             emit_json(info)
         else:
@@ -101,7 +105,9 @@ def register(app: typer.Typer) -> None:
         from engine.core.errors import VerificationError
 
         try:
-            report = proof.ledger_verify(_dsn(dsn, config), checkpoint=checkpoint, key=key)
+            where, passfile = _ledger(dsn, config)
+            with naming_options(key="--key PUBFILE"):
+                report = proof.ledger_verify(where, checkpoint=checkpoint, key=key, passfile=passfile)
         except VerificationError as exc:
             if as_json:
                 emit_json({"ok": False, "reason": str(exc)})
@@ -133,7 +139,8 @@ def register(app: typer.Typer) -> None:
         from engine.app import proof
         from engine.cli._shared import emit_json
 
-        cp = proof.ledger_checkpoint(_dsn(dsn, config), out, signing_key)
+        where, passfile = _ledger(dsn, config)
+        cp = proof.ledger_checkpoint(where, out, signing_key, passfile=passfile)
         info = {**cp.to_dict(), "file": str(out)}
         if as_json:
             emit_json(info)

@@ -44,7 +44,7 @@ class FileSource:
         from engine.connectors.files import source
 
         if req.where:
-            raise UsageError(f"--source-where/--target-where cannot filter a {self.ref.format} file")
+            raise UsageError(f"a condition cannot filter a {self.ref.format} file ({self.ref.path})", field="where")
         return source.extract(self.ref, req.columns)
 
     @classmethod

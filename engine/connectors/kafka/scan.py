@@ -109,29 +109,28 @@ def topic_partitions(bootstrap: str, topic: str, extra: dict[str, str] | None = 
 
     Asked through a consumer with the scan's own properties: an admin client would warn on stderr
     about every consumer property of --kafka-config (the file exists to hold those)."""
-    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka import KafkaException
+
+    from engine.connectors.kafka import errors as kafka_errors
+    from engine.connectors.retry import RetryPolicy
 
     errors: list[Any] = []
     try:
         c = _consumer(bootstrap, extra or {}, error_cb=errors.append)
     except KafkaException as exc:
         raise kafka_config_error(exc) from None
-    refused = (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)
-    deadline = time.monotonic() + timeout
+
+    def probe() -> Any:  # one-second attempts: a refused login is told apart from silence at once
+        try:
+            return all_topics(c, timeout=1.0)
+        except KafkaException:
+            c.poll(0)  # serves the error callback, whose reports tell why
+            raise
+
     try:
-        while True:  # one-second attempts: a refused login is told apart from silence at once
-            try:
-                md = all_topics(c, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
-                break
-            except KafkaException as exc:
-                c.poll(0)  # serves the error callback
-                if any(e.code() in refused for e in errors):  # librdkafka's text is not shown: it names the user
-                    raise UsageError(f"Kafka at {bootstrap} refused the credentials (SASL authentication failed): "
-                                     "check sasl.username, sasl.password and sasl.mechanism in --kafka-config") from None
-                if time.monotonic() >= deadline:
-                    raise ServiceUnreachable(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s "
-                                             f"({exc.args[0].name()}): check the bootstrap address and that the "
-                                             "broker runs") from None
+        md = RetryPolicy(timeout).run(probe, lambda exc: kafka_errors.classify(exc, bootstrap, errors),
+                                      service=f"Kafka at {bootstrap}",
+                                      hint="check the bootstrap address and that the broker runs")
     finally:
         c.close()
     return existing_partitions(md, topic, bootstrap)

@@ -20,16 +20,14 @@ class PostgresSource:
     def __init__(self, ref: PostgresRef, config: Any) -> None:
         self.ref = ref
         self.config = config
-
-    def _ref(self) -> PostgresRef:
-        self.config.use_passfile()
-        return self.ref
+        #: the libpq password file every connection of this source is given ([postgres] passfile)
+        self.passfile = config.pg_passfile() if config is not None else None
 
     def describe(self) -> dict[str, SourceColumn]:
         from engine.connectors.postgres import early, source
 
         out = {}
-        for c in early.columns(self.ref) or source.list_columns(self._ref()):
+        for c in early.columns(self.ref) or source.list_columns(self.ref, passfile=self.passfile):
             kind, scale = source._kind(c)
             out[c.name] = SourceColumn(c.name, kind, scale, c.type_name)
         return out
@@ -37,7 +35,7 @@ class PostgresSource:
     def quick_columns(self) -> list[str] | None:
         from engine.connectors.postgres import source
 
-        return [c.name for c in source.list_columns(self.ref)]
+        return [c.name for c in source.list_columns(self.ref, passfile=self.passfile)]
 
     def read(self, req: ReadRequest) -> Extract:
         """Takes the read :mod:`engine.connectors.postgres.early` started for this table and
@@ -45,8 +43,8 @@ class PostgresSource:
         from engine.connectors.postgres import early, source
 
         started = early.take(self.ref, req.where, req.columns)
-        return source.extract(self._ref(), req.columns, req.where, updated_at=req.updated_at, as_of=req.as_of,
-                              key_columns=req.key_columns, started=started)
+        return source.extract(self.ref, req.columns, req.where, updated_at=req.updated_at, as_of=req.as_of,
+                              key_columns=req.key_columns, started=started, passfile=self.passfile)
 
     @classmethod
     def provenance(cls, meta: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from engine.connectors.refs import PostgresRef
-from engine.core.errors import UsageError
+from engine.core.errors import QueryRejected, UsageError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -182,7 +182,7 @@ class _Child:
 
 
 def _start_children(psql: str, conn: psycopg.Connection, ref: PostgresRef, copies: list[str],
-                    snapshot: str) -> list[_Child]:
+                    snapshot: str, passfile: str | None = None) -> list[_Child]:
     """COPY through psql children that join our exported snapshot.
 
     Why child processes: libpq hands COPY data out one row per call, so any in-process reader pays
@@ -191,13 +191,16 @@ def _start_children(psql: str, conn: psycopg.Connection, ref: PostgresRef, copie
     overlapping the server's formatting. ``SET TRANSACTION SNAPSHOT`` makes every child read exactly
     the state our REPEATABLE READ transaction exported, so the manifest's snapshot id stays true
     and parallel parts add up to one consistent table. The password never reaches a command line:
-    it goes through the children's environment.
+    it goes through the children's environment, as does the password file (``passfile``) the
+    connection was given.
     """
     params = conninfo_to_dict(ref.dsn)
     env = dict(os.environ)
     password = params.pop("password", None) or conn.info.password
     if password:
         env["PGPASSWORD"] = str(password)
+    if passfile is not None:
+        env["PGPASSFILE"] = passfile
     env.pop("PSQLRC", None)
     info = make_conninfo(**{k: str(v) for k, v in params.items()})
     snap_sql = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string(conn)
@@ -248,7 +251,7 @@ def _collect_children(children: list[_Child], where: str, names: list[str],
             line = next((ln for ln in err.splitlines() if ln.startswith(("ERROR:", "FATAL:", "psql:"))),
                         err.strip().splitlines()[0] if err.strip() else f"psql exited with {rc}")
             line = line.split("ERROR:", 1)[-1].split("FATAL:", 1)[-1].strip()
-            raise UsageError(f"PostgreSQL rejected the query on {where}: {line}")
+            raise QueryRejected(f"PostgreSQL rejected the query on {where}: {line}")
         if frame is None and parse_error is not None and "Empty CSV" not in str(parse_error):
             raise UsageError(f"cannot parse the COPY output of {where}: {parse_error}")
         return frame
@@ -278,8 +281,8 @@ def _copy_via_psycopg(conn: psycopg.Connection, ref: PostgresRef, copy_sql: sql.
             for chunk in cp:
                 buf.write(chunk)
     except psycopg.errors.Error as exc:
-        raise UsageError(f"PostgreSQL rejected the query on {ref.schema}.{ref.table}: "
-                         f"{str(exc).splitlines()[0]}") from None
+        raise QueryRejected(f"PostgreSQL rejected the query on {ref.schema}.{ref.table}: "
+                            f"{str(exc).splitlines()[0]}") from None
     if not buf.getbuffer().nbytes:
         return _empty(names, types)
     buf.seek(0)
@@ -304,7 +307,7 @@ def _adbc_available() -> bool:
 
 
 def _read_via_adbc(conn: psycopg.Connection, ref: PostgresRef, snapshot: str, query: str, where: str,
-                   names: list[str], types: dict[str, pa.DataType]) -> pl.DataFrame:
+                   names: list[str], types: dict[str, pa.DataType], passfile: str | None = None) -> pl.DataFrame:
     """One ADBC connection joined to the exported snapshot, the rows as Arrow, cast to the reader's
     types.
 
@@ -313,7 +316,8 @@ def _read_via_adbc(conn: psycopg.Connection, ref: PostgresRef, snapshot: str, qu
     ``query`` selects NUMERIC as text: the driver's own NUMERIC decoding costs about 1 CPU-s per 2M
     values, and pyarrow's exact cast from text to decimal128 is cheap (bench/RESULTS.md). The
     session is READ ONLY and REPEATABLE READ in the same snapshot as every other part of the read;
-    the password reaches the driver inside the connection string, never a command line.
+    the password (or the ``passfile`` the connection was given) reaches the driver inside the
+    connection string, never a command line.
     """
     import adbc_driver_postgresql.dbapi as dbapi
     import polars as pl
@@ -323,6 +327,8 @@ def _read_via_adbc(conn: psycopg.Connection, ref: PostgresRef, snapshot: str, qu
     password = params.pop("password", None) or conn.info.password
     if password:
         params["password"] = password
+    if passfile is not None:
+        params["passfile"] = passfile
     info = make_conninfo(**{k: str(v) for k, v in params.items()})
     snap_sql = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string(conn)
     try:
@@ -337,7 +343,7 @@ def _read_via_adbc(conn: psycopg.Connection, ref: PostgresRef, snapshot: str, qu
             table = cur.fetch_arrow_table()
         adbc.rollback()
     except dbapi.Error as exc:
-        raise UsageError(f"PostgreSQL rejected the query on {where}: {_adbc_message(exc)}") from None
+        raise QueryRejected(f"PostgreSQL rejected the query on {where}: {_adbc_message(exc)}") from None
     finally:
         with contextlib.suppress(Exception):
             adbc.close()

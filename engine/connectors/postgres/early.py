@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from engine.connectors.refs import PostgresRef, Reference, parse_reference
-from engine.core.errors import ServiceUnreachable, UsageError
+from engine.core.errors import QueryRejected, ServiceUnreachable, UsageError
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -72,7 +72,6 @@ def _begin(fut: Future[PgRead], this: PostgresRef, other: Reference, key_names: 
     try:
         from engine.connectors.postgres import source as postgres
 
-        config.use_passfile()
         if col_names:
             guess: list[str] | None = key_names + col_names
         else:
@@ -80,7 +79,7 @@ def _begin(fut: Future[PgRead], this: PostgresRef, other: Reference, key_names: 
             if guess is None:
                 raise LookupError("the other side's columns are not known before extraction")
             guess = key_names + guess
-        fut.set_result(postgres.PgRead(this, guess, where, lenient=True))
+        fut.set_result(postgres.PgRead(this, guess, where, lenient=True, passfile=config.pg_passfile()))
     except BaseException as exc:  # kept for take(): the regular read reports it
         fut.set_exception(exc)
 
@@ -127,9 +126,9 @@ def _outcome(fut: Future[PgRead]) -> PgRead | None:
     anything else leave it to the regular read, which says what is wrong."""
     try:
         return fut.result()
-    except (UsageError, ServiceUnreachable) as exc:
-        if "rejected the query" in str(exc):
-            return None
+    except QueryRejected:  # perhaps only the guess was wrong: the regular read asks what the user asked
+        return None
+    except (UsageError, ServiceUnreachable):
         raise
     except Exception:  # noqa: BLE001 - the regular path reports it
         return None

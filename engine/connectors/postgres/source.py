@@ -22,11 +22,13 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
+from engine.connectors.postgres.connection import connect
 from engine.connectors.postgres.copy_stream import (
     _adbc_available,
     _AdbcCannotConnect,
@@ -39,7 +41,7 @@ from engine.connectors.postgres.copy_stream import (
     _start_children,
 )
 from engine.connectors.refs import PostgresRef, redact_dsn
-from engine.core.errors import ServiceUnreachable, UsageError
+from engine.core.errors import QueryRejected, UsageError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -47,39 +49,12 @@ if TYPE_CHECKING:
 
     from engine.connectors.base import Extract
 
-CONNECT_DEADLINE_S = float(os.environ.get("RECON_CONNECT_DEADLINE", "20"))
-
-
 @dataclass(frozen=True)
 class PgColumn:
     name: str
     type_name: str  # format_type(): e.g. numeric(18,2), timestamp with time zone
     base: str  # pg_type.typname of the base type: numeric, int8, timestamptz, bpchar …
     scale: int | None
-
-
-def connect(dsn: str, *, deadline_s: float | None = None, **kwargs: Any) -> psycopg.Connection:
-    """Connect, retrying while the server is unreachable; user errors fail at once with exit 2."""
-    deadline_s = float(os.environ.get("RECON_CONNECT_DEADLINE", CONNECT_DEADLINE_S)) if deadline_s is None else deadline_s
-    start = time.monotonic()
-    delay = 0.2
-    while True:
-        try:
-            return psycopg.connect(dsn, connect_timeout=5, **kwargs)
-        except psycopg.OperationalError as exc:
-            msg = str(exc)
-            where = redact_dsn(dsn)
-            if "password authentication failed" in msg or "no password supplied" in msg:
-                raise UsageError(f"PostgreSQL refused the credentials for {where}: check PGPASSWORD, PGPASSFILE "
-                                 "or ~/.pgpass") from None
-            if "does not exist" in msg:
-                first = next((ln for ln in msg.splitlines() if "does not exist" in ln), msg)
-                raise UsageError(f"PostgreSQL at {where}: {first.split('FATAL:')[-1].strip()}") from None
-            if time.monotonic() - start + delay > deadline_s:
-                raise ServiceUnreachable(f"PostgreSQL at {where} is unreachable after {deadline_s:.0f}s: "
-                                         "check that the server runs and the host/port are right") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 def describe(conn: psycopg.Connection, ref: PostgresRef) -> list[PgColumn]:
@@ -164,7 +139,8 @@ def resolve_columns(available: list[PgColumn], wanted: list[str], where: str) ->
         c = by_name.get(w) or by_lower.get(w.lower())
         if c is None:
             names = ", ".join(x.name for x in available)
-            raise UsageError(f"unknown column {w!r} in {where} (columns: {names}): fix the -k/-c option or mapping")
+            raise UsageError(f"unknown column {w!r} in {where} (columns: {names}): fix the key or compared columns",
+                             field="columns")
         out.append(c)
     return out
 
@@ -178,14 +154,16 @@ def extract(
     as_of: datetime | None = None,
     key_columns: list[str] | None = None,
     started: PgRead | None = None,
+    passfile: str | Path | None = None,
 ) -> Extract:
     """Read the wanted columns in one snapshot; rows changed after ``as_of`` (by ``updated_at``) are
     reported as in-flight keys. ``started``: a read already under way for the same table and
-    condition that covers the wanted columns (see :mod:`engine.connectors.postgres.early`)."""
+    condition that covers the wanted columns (see :mod:`engine.connectors.postgres.early`);
+    ``passfile``: the libpq password file for the connections (see :func:`connect`)."""
     import polars as pl
 
     from engine.connectors.base import Extract, SourceColumn
-    read = started if started is not None else PgRead(ref, columns, where)
+    read = started if started is not None else PgRead(ref, columns, where, passfile=passfile)
     with read:
         cols = resolve_columns(read.available, columns, read.where_text) if columns else read.cols
         frame, reader = read.collect()
@@ -229,17 +207,20 @@ class PgRead:
 
     ``columns``: the wanted columns (an unknown one is a usage error), or with ``lenient`` a guess
     (the table's columns matching it, case-insensitively, are read; unknown names are ignored).
-    Use as a context manager: leaving it ends the transaction and stops any child still running.
+    ``passfile``: the libpq password file of every connection of the read (psycopg's, the psql
+    children's, ADBC's). Use as a context manager: leaving it ends the transaction and stops any
+    child still running.
     """
 
     def __init__(self, ref: PostgresRef, columns: list[str] | None, where: str | None, *,
-                 lenient: bool = False) -> None:
+                 lenient: bool = False, passfile: str | Path | None = None) -> None:
         self.ref, self.where = ref, where
+        self.passfile = str(passfile) if passfile is not None else None
         self.where_text = f"{ref.schema}.{ref.table}"
         self.t0 = time.perf_counter()
         self.early = False  # set when engine.connectors.postgres.early started it ahead of the diff
         self.children: list[_Child] = []
-        self.conn = connect(ref.dsn)
+        self.conn = connect(ref.dsn, passfile=self.passfile)
         try:
             self.conn.read_only = True
             self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -269,11 +250,11 @@ class PgRead:
                 copies = [sql.SQL("COPY ({} {} {}) TO STDOUT (FORMAT csv)").format(
                     query, sql.SQL("AND" if where else "WHERE"), part).as_string(self.conn)
                     for part in _ctid_ranges(self.conn, ref)] or [self.copy_sql.as_string(self.conn)]
-                self.children = _start_children(psql, self.conn, ref, copies, self.snapshot)
+                self.children = _start_children(psql, self.conn, ref, copies, self.snapshot, self.passfile)
         except psycopg.errors.Error as exc:
             self.close()
-            raise UsageError(f"PostgreSQL rejected the query on {self.where_text}: "
-                             f"{str(exc).splitlines()[0]}") from None
+            raise QueryRejected(f"PostgreSQL rejected the query on {self.where_text}: "
+                                f"{str(exc).splitlines()[0]}") from None
         except BaseException:
             self.close()
             raise
@@ -300,7 +281,7 @@ class PgRead:
         if _adbc_available():
             try:
                 frame = _read_via_adbc(self.conn, self.ref, self.snapshot, self.adbc_sql.as_string(self.conn),
-                                       self.where_text, names, types)
+                                       self.where_text, names, types, self.passfile)
                 return frame, "adbc"
             except _AdbcCannotConnect:
                 pass
@@ -363,6 +344,6 @@ def _ctid_ranges(conn: psycopg.Connection, ref: PostgresRef) -> list[sql.Composa
 PARALLEL_MIN_PAGES = 2048  # 16 MiB: below this one COPY is as fast
 
 
-def list_columns(ref: PostgresRef) -> list[PgColumn]:
-    with connect(ref.dsn) as conn:
+def list_columns(ref: PostgresRef, *, passfile: str | Path | None = None) -> list[PgColumn]:
+    with connect(ref.dsn, passfile=passfile) as conn:
         return describe(conn, ref)

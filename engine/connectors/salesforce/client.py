@@ -19,11 +19,14 @@ TLS: `SF_CA_BUNDLE` is the CA file to trust. The HTTP session has `trust_env = F
 `.netrc` credentials; without `SF_CA_BUNDLE` those variables (else certifi) are used explicitly, and
 proxy variables are applied explicitly too (never for loopback hosts).
 
-Errors are one line and never contain a secret: `SalesforceAuthError` (credentials missing or rejected;
-`SalesforceConfigError`, a subclass, for other settings problems such as an untrusted certificate)
-→ exit 2; `SalesforceUnreachable` (connection refused, timeouts, or 429/503/REQUEST_LIMIT_EXCEEDED
-until the retry deadline) → exit 5. Calls recon makes itself are retried with exponential backoff
-and jitter (tenacity), honouring `Retry-After`.
+Errors are one line, never contain a secret, and carry their exit code (they are recon errors):
+`SalesforceAuthError` (credentials missing or rejected; `SalesforceConfigError`, a subclass, for
+other settings problems such as an untrusted certificate) → exit 2; `SalesforceRefused` (a request
+the API refused: an unknown field or object, a malformed condition) → exit 2;
+`SalesforceUnreachable` (connection refused, timeouts, or 429/5xx/REQUEST_LIMIT_EXCEEDED until the
+retry deadline) → exit 5. Which is which is decided in one place, :func:`classify` (and
+:func:`response_outage` for a raw response); every call is retried by recon's one retry policy
+(:mod:`engine.connectors.retry`), honouring `Retry-After`.
 """
 
 from __future__ import annotations
@@ -41,18 +44,27 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay
+
+from engine.connectors.retry import Outage, RetryPolicy, deadline_from_env
+from engine.core.errors import QueryRejected, ReconError, ServiceUnreachable, UsageError
 
 DEFAULT_LOGIN_URL = "https://login.salesforce.com"
 DEFAULT_API_VERSION = "59.0"
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+#: error codes of the API that a wait can cure (any other refusal is the user's to fix)
+TRANSIENT_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"})
+RETRY_DEADLINE_ENV = "RECON_SF_RETRY_DEADLINE"
+#: Salesforce's calls are counted against the org's daily limit: a longer backoff cap, fewer calls
+MAX_DELAY_S = 20.0
+HINT = "check SF_LOGIN_URL/SF_INSTANCE_URL, the network, and the org's status"
 
 
-class SalesforceError(Exception):
-    """Base of recon's Salesforce errors: `str()` is one line without secrets."""
+class SalesforceError(ReconError):
+    """Base of recon's Salesforce errors: `str()` is one line without secrets; the exit code comes
+    from the second base of each subclass (UsageError: 2, ServiceUnreachable: 5)."""
 
 
-class SalesforceAuthError(SalesforceError):
+class SalesforceAuthError(SalesforceError, UsageError):
     """Credentials are missing, inconsistent or rejected (exit code 2)."""
 
 
@@ -60,7 +72,12 @@ class SalesforceConfigError(SalesforceAuthError):
     """A Salesforce setting is wrong (URL, API version, CA bundle, key file) (exit code 2)."""
 
 
-class SalesforceUnreachable(SalesforceError):
+class SalesforceRefused(SalesforceError, QueryRejected):
+    """The API refused a request recon built from the user's input: an unknown field or object, a
+    malformed condition, a missing permission (exit code 2)."""
+
+
+class SalesforceUnreachable(SalesforceError, ServiceUnreachable):
     """Salesforce did not answer usefully before the retry deadline (exit code 5)."""
 
 
@@ -195,24 +212,56 @@ def _scrub(text: str, settings: SalesforceSettings) -> str:
     return out
 
 
-# -- HTTP with retries ------------------------------------------------------------------------------
+# -- HTTP with retries: which failure is which ----------------------------------------------------
 
-class _Retryable(Exception):
-    def __init__(self, detail: str, retry_after: float | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after = retry_after
+def classify(exc: BaseException, host: str) -> Outage | ReconError | None:
+    """Salesforce's verdict on a failed call (``requests`` or simple-salesforce exception): a TLS or
+    URL problem and a refused request are the user's to fix; connection failures, timeouts, 429,
+    5xx and the transient error codes are outages; None for anything else."""
+    from simple_salesforce.exceptions import SalesforceError as ApiError
+
+    if isinstance(exc, requests.exceptions.SSLError):
+        return SalesforceConfigError(f"TLS verification of https://{host} failed (certificate not trusted); set "
+                                     "SF_CA_BUNDLE to the CA certificate that signed it")
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                        requests.exceptions.InvalidSchema)):
+        return SalesforceConfigError(f"invalid Salesforce URL for {host}: {_one_line(str(exc))}")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return Outage("timed out")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return Outage("connection refused" if "refused" in str(exc).lower() else "connection failed")
+    if isinstance(exc, ApiError):
+        body = exc.content
+        code, msg = "", _one_line(str(exc))
+        if isinstance(body, list) and body and isinstance(body[0], dict):
+            code, msg = str(body[0].get("errorCode", "")), _one_line(str(body[0].get("message", "")))
+        if exc.status == 429 or exc.status >= 500 or code in TRANSIENT_CODES:
+            return Outage(f"{code or f'HTTP {exc.status}'} {msg}".strip())
+        if code == "INVALID_SESSION_ID":
+            return SalesforceAuthError(f"Salesforce at https://{host} rejected the session ({msg}): log in again "
+                                       "(check the credentials)")
+        return SalesforceRefused(f"{code or f'HTTP {exc.status}'} {msg}".strip())
+    return None
 
 
-def _wait(state: RetryCallState) -> float:
-    """Exponential backoff with jitter (0.5 s doubling to 20 s), or the server's Retry-After."""
-    import random
+def response_outage(resp: requests.Response) -> Outage | None:
+    """A response that means "wait": 429, 502/503/504 or 403 REQUEST_LIMIT_EXCEEDED (with the
+    server's Retry-After); None for any other (callers interpret it)."""
+    if resp.status_code in RETRYABLE_STATUS or (
+            resp.status_code == 403 and "REQUEST_LIMIT_EXCEEDED" in resp.text[:2000]):
+        retry_after = resp.headers.get("Retry-After")
+        code = _error_code(resp)
+        return Outage(f"HTTP {resp.status_code}{f' {code}' if code else ''}",
+                      float(retry_after) if retry_after and retry_after.isdigit() else None)
+    return None
 
-    exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, _Retryable) and exc.retry_after is not None:
-        return float(min(exc.retry_after, 60.0))
-    base = min(20.0, 0.5 * 2 ** (state.attempt_number - 1))
-    return base * (0.5 + random.random() / 2)
+
+def call_policy(deadline_s: float | None = None) -> RetryPolicy:
+    """The retry policy of a Salesforce call: ``deadline_s`` (a login's ``retry_deadline``), else
+    ``RECON_SF_RETRY_DEADLINE`` (60 s)."""
+    if deadline_s is not None:
+        return RetryPolicy(deadline_s, max_delay_s=MAX_DELAY_S)
+    return RetryPolicy(deadline_from_env(RETRY_DEADLINE_ENV, 60.0), knob=RETRY_DEADLINE_ENV, max_delay_s=MAX_DELAY_S)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -246,49 +295,22 @@ def request_with_retries(session: requests.Session, method: str, url: str, setti
 
     Returns the response of the first attempt that is not retryable (any status: callers interpret
     it). Raises SalesforceUnreachable once `settings.retry_deadline` is spent and SalesforceConfigError
-    for TLS or URL problems, which retrying cannot fix.
+    for TLS or URL problems, which retrying cannot fix. ``what``: the call, for messages ("the SOAP
+    login").
     """
     kwargs.setdefault("timeout", settings.timeout)
     host = urlsplit(url).netloc
-    attempts = 0
 
     def once() -> requests.Response:
-        nonlocal attempts
-        attempts += 1
-        try:
-            resp = session.request(method, url, **kwargs)
-        except requests.exceptions.SSLError:
-            raise SalesforceConfigError(
-                f"TLS verification of https://{host} failed (certificate not trusted); set SF_CA_BUNDLE to the "
-                "CA certificate that signed it") from None
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema) as exc:
-            raise SalesforceConfigError(f"invalid Salesforce URL {url}: {_one_line(str(exc))}") from None
-        except requests.exceptions.Timeout:
-            raise _Retryable(f"timed out after {settings.timeout:.0f}s") from None
-        except requests.exceptions.ConnectionError as exc:
-            reason = "connection refused" if "refused" in str(exc).lower() else "connection failed"
-            raise _Retryable(reason) from None
-        if resp.status_code in RETRYABLE_STATUS or (
-                resp.status_code == 403 and "REQUEST_LIMIT_EXCEEDED" in resp.text[:2000]):
-            retry_after = resp.headers.get("Retry-After")
-            code = _error_code(resp)
-            raise _Retryable(f"HTTP {resp.status_code}{f' {code}' if code else ''}",
-                             float(retry_after) if retry_after and retry_after.isdigit() else None)
+        resp = session.request(method, url, **kwargs)
+        outage = response_outage(resp)
+        if outage is not None:
+            raise outage
         return resp
 
-    t0 = time.monotonic()
-    try:
-        for attempt in Retrying(retry=retry_if_exception_type(_Retryable), wait=_wait,
-                                stop=stop_after_delay(settings.retry_deadline), reraise=True):
-            with attempt:
-                return once()
-    except _Retryable as exc:
-        raise SalesforceUnreachable(
-            f"Salesforce at https://{host} is unreachable for {what}: {exc.detail} after {attempts} attempt(s) in "
-            f"{time.monotonic() - t0:.0f}s; check SF_LOGIN_URL/SF_INSTANCE_URL, the network, and the org's status"
-        ) from None
-    raise AssertionError("unreachable")  # pragma: no cover
+    return call_policy(settings.retry_deadline).run(
+        once, lambda exc: classify(exc, host), service=f"Salesforce at https://{host}", doing=f"during {what}",
+        hint=HINT, unreachable=SalesforceUnreachable)
 
 
 def _error_code(resp: requests.Response) -> str | None:

@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 
 from engine.config import Config
 from engine.connectors.base import Extract, SalesforceRef, SourceColumn
-from engine.core.errors import ServiceUnreachable, UsageError
+from engine.core.errors import UsageError
 
 REST_MAX_ROWS = int(os.environ.get("RECON_SF_REST_MAX_ROWS", "5000"))
 BULK_PAGE_ROWS = 100_000
@@ -42,8 +42,15 @@ _KIND = {
 
 
 def settings_from(config: Config, env: dict[str, str] | None = None) -> Any:
-    """Connection settings: environment first (SF_*), then `[salesforce]` and the credentials file it names."""
-    from engine.connectors.salesforce.client import SalesforceSettings
+    """Connection settings: environment first (SF_*), then `[salesforce]` and the credentials file it
+    names. ``RECON_SF_RETRY_DEADLINE``, when set, also bounds the login (else 120 s)."""
+    from engine.connectors.retry import deadline_from_env
+    from engine.connectors.salesforce.client import (
+        RETRY_DEADLINE_ENV,
+        SalesforceAuthError,
+        SalesforceConfigError,
+        SalesforceSettings,
+    )
 
     env = dict(os.environ if env is None else env)
     sect = config.section("salesforce")
@@ -53,7 +60,8 @@ def settings_from(config: Config, env: dict[str, str] | None = None) -> Any:
         try:
             creds = json.loads(cf.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(f"{config.where}: [salesforce] credentials_file {cf} cannot be read ({exc.__class__.__name__})") from None
+            raise SalesforceConfigError(f"{config.where}: [salesforce] credentials_file {cf} cannot be read "
+                                        f"({exc.__class__.__name__})") from None
     ca = config.path_value("salesforce", "ca_bundle")
 
     def pick(env_key: str, cred_key: str | None = None, sect_key: str | None = None) -> str | None:
@@ -76,8 +84,10 @@ def settings_from(config: Config, env: dict[str, str] | None = None) -> Any:
                   consumer_key=pick("SF_CONSUMER_KEY", "salesforce_consumer_key"),
                   consumer_secret=pick("SF_CONSUMER_SECRET", "salesforce_consumer_secret"))
         if not kw["username"] or not kw["password"]:
-            raise UsageError("no Salesforce credentials: set SF_USERNAME and SF_PASSWORD (or SF_SESSION_ID, or "
-                             "SF_JWT_KEY_FILE), or name a credentials_file in [salesforce]")
+            raise SalesforceAuthError("no Salesforce credentials: set SF_USERNAME and SF_PASSWORD (or SF_SESSION_ID, "
+                                      "or SF_JWT_KEY_FILE), or name a credentials_file in [salesforce]")
+    if os.environ.get(RETRY_DEADLINE_ENV, "").strip():
+        kw["retry_deadline"] = deadline_from_env(RETRY_DEADLINE_ENV, 120.0)
     return SalesforceSettings(**{k: v for k, v in kw.items() if v is not None})
 
 
@@ -85,61 +95,44 @@ _CONN_CACHE: dict[int, Any] = {}
 
 
 def connection(config: Config) -> Any:
-    """One login per process and config (a login is an API call and an audit-log line)."""
-    from engine.connectors.salesforce.client import SalesforceUnreachable, connect
+    """One login per process and config (a login is an API call and an audit-log line). Its errors
+    are recon errors already (SalesforceAuthError: exit 2, SalesforceUnreachable: exit 5)."""
+    from engine.connectors.salesforce.client import connect
 
     key = id(config)
     if key not in _CONN_CACHE:
-        try:
-            _CONN_CACHE[key] = connect(settings_from(config))
-        except SalesforceUnreachable as exc:
-            raise ServiceUnreachable(str(exc)) from None
-        except Exception as exc:
-            if exc.__class__.__name__ == "SalesforceAuthError":
-                raise UsageError(str(exc)) from None
-            raise
+        _CONN_CACHE[key] = connect(settings_from(config))
     return _CONN_CACHE[key]
 
 
-RETRY_DEADLINE_S = float(os.environ.get("RECON_SF_RETRY_DEADLINE", "60"))
-_TRANSIENT_CODES = {"REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"}
+def _call(conn: Any, fn: Any, what: str) -> Any:
+    """Call simple-salesforce under recon's retry policy (``RECON_SF_RETRY_DEADLINE``, 60 s):
+    transient failures (429, 5xx, REQUEST_LIMIT_EXCEEDED, refused connections) are waited out,
+    refusals raise at once; :func:`engine.connectors.salesforce.client.classify` tells which."""
+    from urllib.parse import urlsplit
 
+    from engine.connectors.salesforce.client import (
+        HINT,
+        SalesforceRefused,
+        SalesforceUnreachable,
+        call_policy,
+        classify,
+    )
 
-def _call(fn: Any, what: str) -> Any:
-    """Call simple-salesforce with retries on transient failures (429, 5xx, REQUEST_LIMIT_EXCEEDED),
-    exponential backoff up to ``RETRY_DEADLINE_S``; map what remains to recon's one-line errors."""
-    import requests
-    from simple_salesforce.exceptions import SalesforceError
+    host = urlsplit(conn.instance_url).netloc
 
-    deadline = time.monotonic() + RETRY_DEADLINE_S
-    delay = 0.25
-    while True:
-        try:
-            return fn()
-        except SalesforceError as exc:
-            body = exc.content
-            code, msg = "", str(exc)
-            if isinstance(body, list) and body and isinstance(body[0], dict):
-                code, msg = body[0].get("errorCode", ""), body[0].get("message", "")
-            transient = exc.status == 429 or exc.status >= 500 or code in _TRANSIENT_CODES
-            if transient and time.monotonic() + delay < deadline:
-                time.sleep(delay)
-                delay = min(delay * 2, 8.0)
-                continue
-            if transient:
-                raise ServiceUnreachable(f"Salesforce kept failing {what} for {RETRY_DEADLINE_S:.0f}s: "
-                                         f"{code or exc.status} {msg}; retry later".strip()) from None
+    def verdict(exc: BaseException) -> Any:
+        found = classify(exc, host)
+        if isinstance(found, SalesforceRefused):  # say which call, and the likely fix
+            code = str(found).split(" ", 1)[0]
             hint = {"INVALID_FIELD": "fix the column names", "INVALID_TYPE": "check the sObject name",
-                    "MALFORMED_QUERY": "fix the --source-where condition",
-                    "INVALID_SESSION_ID": "log in again (check the credentials)"}.get(code, "")
-            raise UsageError(f"Salesforce refused {what}: {code} {msg}{'; ' + hint if hint else ''}".strip()) from None
-        except requests.exceptions.ConnectionError:
-            if time.monotonic() + delay < deadline:
-                time.sleep(delay)
-                delay = min(delay * 2, 8.0)
-                continue
-            raise ServiceUnreachable(f"Salesforce is unreachable while {what}: check the instance URL and that the "
-                                     "server runs") from None
+                    "MALFORMED_QUERY": "fix the SOQL condition"}.get(code, "")
+            return SalesforceRefused(f"Salesforce refused {what}: {found}{'; ' + hint if hint else ''}",
+                                     field="where" if code == "MALFORMED_QUERY" else None)
+        return found
+
+    return call_policy().run(fn, verdict, service=f"Salesforce at https://{host}", doing=f"during {what}",
+                             hint=HINT, unreachable=SalesforceUnreachable)
 
 
 _DESCRIBE_CACHE: dict[tuple[int, str], dict[str, Any]] = {}
@@ -150,7 +143,7 @@ def describe(ref: SalesforceRef, config: Config) -> dict[str, Any]:
     key = (id(config), ref.sobject)
     if key not in _DESCRIBE_CACHE:
         conn = connection(config)
-        _DESCRIBE_CACHE[key] = _call(lambda: conn.sf.restful(f"sobjects/{ref.sobject}/describe"),
+        _DESCRIBE_CACHE[key] = _call(conn, lambda: conn.sf.restful(f"sobjects/{ref.sobject}/describe"),
                                      f"describe of {ref.sobject}")
     return _DESCRIBE_CACHE[key]
 
@@ -243,7 +236,8 @@ def extract(
             raise UsageError(f"invalid Salesforce field name {c!r}")
         n = c if c in declared else lower.get(c.lower())
         if n is None:
-            raise UsageError(f"unknown column {c!r} on Salesforce {ref.sobject}: fix the -k/-c option or mapping")
+            raise UsageError(f"unknown column {c!r} on Salesforce {ref.sobject}: fix the key or compared columns",
+                             field="columns")
         names.append(n)
     conds = []
     if where:
@@ -257,12 +251,12 @@ def extract(
 
     def run_bulk(soql: str) -> pa.Table:
         client = getattr(conn.sf.bulk2, ref.sobject)._client
-        job = _call(lambda: client.create_job("query", soql, "COMMA", "LF"), "a Bulk API 2.0 query job")
+        job = _call(conn, lambda: client.create_job("query", soql, "COMMA", "LF"), "a Bulk API 2.0 query job")
         jobs.append(job["id"])
-        _call(lambda: client.wait_for_job(job["id"], True, 0.05), "a Bulk API 2.0 query job")
+        _call(conn, lambda: client.wait_for_job(job["id"], True, 0.05), "a Bulk API 2.0 query job")
         pages, locator = [], ""
         while True:
-            res = _call(lambda loc=locator: client.get_query_results(job["id"], loc, BULK_PAGE_ROWS), "Bulk results")
+            res = _call(conn, lambda loc=locator: client.get_query_results(job["id"], loc, BULK_PAGE_ROWS), "Bulk results")
             pages.append(res["records"])
             locator = res["locator"]
             if not locator:
@@ -270,7 +264,7 @@ def extract(
         return _parse_pages(pages, names, types)
 
     def run_rest(soql: str) -> pa.Table:
-        res = _call(lambda: conn.sf.query_all(soql), "a REST query")
+        res = _call(conn, lambda: conn.sf.query_all(soql), "a REST query")
         recs = res["records"]
         cols = {n: [r.get(n) for r in recs] for n in names}
         tbl = pa.table({n: pa.array([None if v is None else str(v) for v in cols[n]], type=pa.string())
@@ -296,7 +290,7 @@ def extract(
         table = pa.concat_tables(parts) if parts else pa.table({n: pa.array([], type=types[n]) for n in names})
     else:
         count_soql = f"SELECT COUNT() FROM {ref.sobject}" + (" WHERE " + " AND ".join(conds) if conds else "")
-        total = int(_call(lambda: conn.sf.query(count_soql), "a COUNT() query")["totalSize"])
+        total = int(_call(conn, lambda: conn.sf.query(count_soql), "a COUNT() query")["totalSize"])
         if total <= REST_MAX_ROWS:
             soql = base + (" WHERE " + " AND ".join(conds) if conds else "")
             soqls.append(soql)
@@ -305,8 +299,10 @@ def extract(
             chunks = max(1, -(-total // CHUNK_ROWS))
             ranges: list[tuple[str | None, str | None]] = [(None, None)]
             if chunks > 1:
-                lo = conn.sf.query(f"SELECT Id FROM {ref.sobject} ORDER BY Id ASC LIMIT 1")["records"][0]["Id"]
-                hi = conn.sf.query(f"SELECT Id FROM {ref.sobject} ORDER BY Id DESC LIMIT 1")["records"][0]["Id"]
+                lo = _call(conn, lambda: conn.sf.query(f"SELECT Id FROM {ref.sobject} ORDER BY Id ASC LIMIT 1"),
+                           "the first-Id query")["records"][0]["Id"]
+                hi = _call(conn, lambda: conn.sf.query(f"SELECT Id FROM {ref.sobject} ORDER BY Id DESC LIMIT 1"),
+                           "the last-Id query")["records"][0]["Id"]
                 ranges = id_ranges(lo, hi, chunks)
             for a, b in ranges:
                 c = list(conds)
@@ -320,7 +316,7 @@ def extract(
     in_flight = None
     if as_of is not None:
         soql = f"SELECT Id FROM {ref.sobject} WHERE SystemModstamp > {_soql_time(as_of)}" + (f" AND ({where})" if where else "")
-        recs = _call(lambda: conn.sf.query_all(soql), "the in-flight query")["records"]
+        recs = _call(conn, lambda: conn.sf.query_all(soql), "the in-flight query")["records"]
         kc = key_columns or ["Id"]
         in_flight = pl.DataFrame({kc[0]: [r["Id"] for r in recs]}, schema={kc[0]: pl.Utf8})
     frame = pl.from_arrow(table)
@@ -363,9 +359,9 @@ def top_ids(ref: SalesforceRef, config: Config, field: str, fraction: float) -> 
     if name is None or not FIELD_RE.match(name):
         raise UsageError(f"unknown column {field!r} on Salesforce {ref.sobject}: fix [commission] revenue_field")
     conn = connection(config)
-    total = int(_call(lambda: conn.sf.query(f"SELECT COUNT() FROM {ref.sobject}"), "a COUNT() query")["totalSize"])
+    total = int(_call(conn, lambda: conn.sf.query(f"SELECT COUNT() FROM {ref.sobject}"), "a COUNT() query")["totalSize"])
     k = max(1, int(-(-total * fraction // 1))) if total else 0
     if not k:
         return []
     soql = f"SELECT Id FROM {ref.sobject} WHERE {name} != null ORDER BY {name} DESC LIMIT {k}"
-    return [r["Id"] for r in _call(lambda: conn.sf.query_all(soql), "the top-revenue query")["records"]]
+    return [r["Id"] for r in _call(conn, lambda: conn.sf.query_all(soql), "the top-revenue query")["records"]]

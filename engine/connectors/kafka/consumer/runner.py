@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
+from engine.connectors.kafka import errors as kafka_errors
 from engine.connectors.kafka.client import all_topics, existing_partitions
 from engine.connectors.kafka.consumer.batch import Batch, DeadLetter
 from engine.connectors.kafka.consumer.settings import (
@@ -29,7 +30,7 @@ from engine.connectors.kafka.consumer.settings import (
 from engine.connectors.kafka.consumer.sink import ConsumeResult, Counters, Sink, _first_line
 from engine.connectors.kafka.consumer.transformation import transform
 from engine.connectors.kafka.consumer.values import _detail, _headers_json
-from engine.core.errors import ServiceUnreachable, UsageError, kafka_config_error
+from engine.core.errors import ReconError, ServiceUnreachable, UsageError, kafka_config_error
 
 # ---------------------------------------------------------------------------------------------
 # the consume loop
@@ -165,10 +166,8 @@ class _Runner:
             if self.broker_down_since is None:
                 self.broker_down_since = time.monotonic()
                 self._notice(f"Kafka at {self.s.bootstrap}: {err.str()}; retrying for up to {self.s.deadline_s:g} s")
-        elif code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
-                      KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED) or err.fatal():
-            self.callback_error = self.callback_error or UsageError(
-                f"Kafka at {self.s.bootstrap} refused the consumer: {err.str()} (check --kafka-config and ACLs)")
+        elif isinstance(found := kafka_errors.verdict(err, self.s.bootstrap), ReconError):
+            self.callback_error = self.callback_error or found  # refused login or ACLs: exit 2
         else:
             log.info("Kafka: %s", err.str())
 
@@ -267,25 +266,22 @@ class _Runner:
         """
         from confluent_kafka import KafkaException
 
-        start = time.monotonic()
-        delay = 0.2
-        while True:
+        from engine.connectors.retry import RetryPolicy
+
+        def probe() -> Any:
             try:
-                md = all_topics(self.consumer, timeout=min(5.0, max(1.0, self.s.deadline_s)))
-                break
-            except KafkaException as exc:
+                return all_topics(self.consumer, timeout=min(5.0, max(1.0, self.s.deadline_s)))
+            except KafkaException:
                 # serve the error callback (nothing is subscribed yet, so no message is taken): a
-                # refused login must be exit 2 at once, not an outage waited out until --deadline
+                # refused login must be exit 2 at once, not an outage waited out until the deadline
                 self.consumer.poll(0)
                 if self.callback_error is not None:
                     raise self.callback_error from None
-                if time.monotonic() - start + delay > self.s.deadline_s:
-                    why = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
-                    raise ServiceUnreachable(f"Kafka at {self.s.bootstrap} unreachable for {self.s.deadline_s:g} s "
-                                             f"(--deadline): {why}") from None
-                if not self.stop.sleep(delay):
-                    raise ServiceUnreachable(f"stopped while Kafka at {self.s.bootstrap} was unreachable") from None
-                delay = min(delay * 2, 5.0)
+                raise
+
+        md = RetryPolicy(self.s.deadline_s, field="deadline_s").run(
+            probe, lambda exc: kafka_errors.classify(exc, self.s.bootstrap), service=f"Kafka at {self.s.bootstrap}",
+            hint="check the bootstrap address and that the broker runs", sleep=self.stop.sleep)
         if self.callback_error is not None:
             raise self.callback_error
         existing_partitions(md, self.s.topic, self.s.bootstrap)
@@ -365,7 +361,8 @@ class _Runner:
         except KafkaException:
             pass
         if time.monotonic() - self.broker_down_since > self.s.deadline_s:
-            raise ServiceUnreachable(f"Kafka at {self.s.bootstrap} unreachable for {self.s.deadline_s:g} s (--deadline)")
+            raise ServiceUnreachable(f"Kafka at {self.s.bootstrap} unreachable for {self.s.deadline_s:g} s: "
+                                     "check the bootstrap address and that the broker runs", field="deadline_s")
 
     # -- writing (the writer thread) -------------------------------------------------------
     def _write_job(self, batch: Batch) -> list[tuple[Batch, dict[int, Counters], dict[int, int | None]]]:

@@ -90,16 +90,16 @@ def parse_table(text: str) -> TableRef:
     if len(parts) == 1:
         parts = ["public", parts[0]]
     if len(parts) != 2 or not all(p.strip() for p in parts):
-        raise UsageError(f"--table {raw!r} is not schema.table, e.g. --table warehouse.clv_events")
+        raise UsageError(f"table name {raw!r} is not schema.table, e.g. warehouse.clv_events", field="table")
     schema, name = (p.strip() for p in parts)
     for part in (schema, name):
         if "\x00" in part or '"' in part:
-            raise UsageError(f"--table {raw!r}: names must not contain quotes or NUL characters")
+            raise UsageError(f"table name {raw!r}: names must not contain quotes or NUL characters", field="table")
     if len(schema.encode()) > 63:
-        raise UsageError(f"--table {raw!r}: the schema name is longer than 63 bytes")
+        raise UsageError(f"table name {raw!r}: the schema name is longer than 63 bytes", field="table")
     if len(name.encode()) > _MAX_TABLE_NAME:
-        raise UsageError(f"--table {raw!r}: the table name may have at most {_MAX_TABLE_NAME} bytes, so that "
-                         f"{name}_dead_letters still fits PostgreSQL's 63-byte identifiers")
+        raise UsageError(f"table name {raw!r}: the table name may have at most {_MAX_TABLE_NAME} bytes, so that "
+                         f"{name}_dead_letters still fits PostgreSQL's 63-byte identifiers", field="table")
     return TableRef(schema, name)
 
 
@@ -155,22 +155,25 @@ class ConsumerSettings:
     metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S
     api_version: str = DEFAULT_API_VERSION
     instance_id: str | None = None
+    #: libpq password file of the PostgreSQL connection (else PGPASSWORD, PGPASSFILE, ~/.pgpass)
+    passfile: str | None = None
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
-            raise UsageError("--bootstrap is empty: give host:port of a broker")
+            raise UsageError("the Kafka bootstrap address is empty: give host:port of a broker", field="bootstrap")
         if not re.fullmatch(r"[a-zA-Z0-9._-]{1,249}", self.topic or "") or self.topic in (".", ".."):
             raise UsageError(f"--topic {self.topic!r} is not a valid Kafka topic name")
         if not self.group.strip():
-            raise UsageError("--group is empty: give the consumer group name")
+            raise UsageError("the consumer group name is empty", field="group")
         if not 1 <= self.batch_size <= 1_000_000:
-            raise UsageError(f"--batch-size {self.batch_size} must be between 1 and 1000000")
+            raise UsageError(f"batch size {self.batch_size} must be between 1 and 1000000", field="batch_size")
         if not self.deadline_s > 0:
-            raise UsageError(f"--deadline {self.deadline_s} must be a positive number of seconds")
+            raise UsageError(f"deadline {self.deadline_s} must be a positive number of seconds", field="deadline_s")
         if self.metrics_interval_s < 0:
-            raise UsageError("--metrics-interval must be >= 0 (0 turns the metrics line off)")
+            raise UsageError(f"metrics interval {self.metrics_interval_s} must be >= 0 seconds (0 turns the metrics "
+                             "line off)", field="metrics_interval_s")
         if not re.fullmatch(r"v?\d{1,3}\.\d", self.api_version.strip()):
-            raise UsageError(f"--api-version {self.api_version!r} is not a Salesforce API version like 59.0")
+            raise UsageError(f"{self.api_version!r} is not a Salesforce API version like 59.0", field="api_version")
         _check_dsn(self.dsn)
 
     @property
@@ -185,11 +188,12 @@ def _check_dsn(dsn: str) -> None:
     try:
         d = conninfo.conninfo_to_dict(dsn)
     except Exception:  # psycopg.ProgrammingError; the message may quote the DSN, so it is not shown
-        raise UsageError("--dsn is not a valid libpq connection string (e.g. postgresql://user@host:5432/db; "
-                         "the password comes from PGPASSWORD or PGPASSFILE)") from None
+        raise UsageError("the PostgreSQL DSN is not a valid libpq connection string (e.g. "
+                         "postgresql://user@host:5432/db; the password comes from PGPASSWORD or PGPASSFILE)",
+                         field="dsn") from None
     port = str(d.get("port") or "")
     if port and not all(x.strip().isdigit() for x in port.split(",")):
-        raise UsageError(f"--dsn: port {port!r} is not a number")
+        raise UsageError(f"the PostgreSQL DSN's port {port!r} is not a number", field="dsn")
 
 
 def _dsn_display(dsn: str) -> str:

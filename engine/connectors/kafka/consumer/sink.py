@@ -8,7 +8,6 @@ user's to fix), and the counters and result it reports.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any, Final
 from engine.connectors.kafka.consumer.batch import Batch, _payload, _per_part
 from engine.connectors.kafka.consumer.settings import DEFAULT_API_VERSION, ConsumerSettings, log
 from engine.connectors.kafka.consumer.transformation import _sql_texts, transform_digest
-from engine.core.errors import ReconError, ServiceUnreachable, UsageError
+from engine.core.errors import ReconError, UsageError
 
 _DDL: Final[str] = """
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -130,27 +129,6 @@ class ConsumeResult:
 # PostgreSQL side
 
 
-#: Connection failures the user must fix (credentials, names, TLS setup): exit 2 at once instead of
-#: retrying until the deadline. Everything else (refused, timed out, starting up) is retried.
-_USER_DB_ERRORS: Final[tuple[str, ...]] = (
-    "password authentication failed", "no password supplied", "does not exist", "invalid connection option",
-    "invalid integer value", "invalid sslmode", "pg_hba.conf", "permission denied", "is not permitted to log in",
-    "certificate verify failed", "server does not support SSL",
-)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    import psycopg
-
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return True
-    state = getattr(exc, "sqlstate", None) or ""
-    # serialization failure, deadlock, admin shutdown/crash, cannot connect now, connection errors;
-    # a unique violation can only be another transaction inserting one of the batch's event ids
-    # between the existence probe and the COPY: the retried batch sees it and skips it
-    return state in ("23505", "40001", "40P01", "57P01", "57P02", "57P03") or state.startswith("08")
-
-
 class Sink:
     """The PostgreSQL side: schema, stored offsets and the one-transaction-per-batch write."""
 
@@ -168,29 +146,15 @@ class Sink:
     def connect(self, since: float | None = None) -> None:
         """Connect, retrying until the deadline (counted from ``since``, when the outage began).
 
-        Credential and naming errors are the user's to fix: they fail at once with exit 2.
+        Credential and naming errors are the user's to fix: they fail at once with exit 2 (the one
+        PostgreSQL classification, :func:`engine.connectors.postgres.connection.classify`).
         """
-        import psycopg
+        from engine.connectors.postgres.connection import connect
 
-        start = time.monotonic() if since is None else since
-        delay = 0.1
-        while True:
-            try:
-                conn = psycopg.connect(self.s.dsn, autocommit=False, connect_timeout=max(2, int(min(10, self.s.deadline_s))),
-                                       application_name=f"recon consume {self.s.table.display}"[:63])
-                break
-            except psycopg.OperationalError as exc:
-                msg = str(exc)
-                if any(h in msg for h in _USER_DB_ERRORS):
-                    raise UsageError(_db_user_error(msg, self.s.dsn_display)) from None
-                if time.monotonic() - start + delay > self.s.deadline_s:
-                    raise ServiceUnreachable(f"PostgreSQL at {self.s.dsn_display} unreachable for "
-                                             f"{self.s.deadline_s:g} s (--deadline): {_first_line(msg)}") from None
-                self._notice(f"PostgreSQL at {self.s.dsn_display} unreachable, retrying in {delay:g} s: "
-                             f"{_first_line(msg)}")
-                if not self._sleep(delay):
-                    raise ServiceUnreachable(f"stopped while PostgreSQL at {self.s.dsn_display} was unreachable") from None
-                delay = min(delay * 2, 5.0)
+        conn = connect(self.s.dsn, passfile=self.s.passfile, deadline_s=self.s.deadline_s, where=self.s.dsn_display,
+                       field="deadline_s", since=since, sleep=self._sleep, notice=self._notice,
+                       connect_timeout=max(2, int(min(10, self.s.deadline_s))), autocommit=False,
+                       application_name=f"recon consume {self.s.table.display}"[:63])
         self.close()
         self.conn = conn
 
@@ -201,41 +165,44 @@ class Sink:
             self.conn = None
 
     def retrying(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` (one transaction), reconnecting with backoff on transient errors.
+        """Run ``fn`` (one transaction), reconnecting with backoff on transient errors (recon's one
+        retry policy, until ``deadline_s`` from the first failure).
 
         ``fn`` must be safe to repeat after a failed attempt: every caller's transaction either
         committed entirely or not at all, and the offset fence turns a lost commit acknowledgement
         into a harmless conflict.
         """
-        start: float | None = None
-        delay = 0.1
-        while True:
+        from engine.connectors.postgres.connection import classify
+        from engine.connectors.retry import Outage, RetryPolicy
+
+        outage_since: float | None = None
+
+        def attempt() -> Any:
+            nonlocal outage_since
             try:
                 if self.conn is None or self.conn.closed:
-                    self.connect(since=start)
+                    self.connect(since=outage_since)
                 return fn()
             except ReconError:
                 raise
-            except Exception as exc:
-                if not _is_transient(exc):
-                    with contextlib.suppress(Exception):
-                        self.conn.rollback()
-                    raise
+            except Exception:
+                outage_since = outage_since if outage_since is not None else time.monotonic()
                 with contextlib.suppress(Exception):
                     self.conn.rollback()
-                now = time.monotonic()
-                start = start if start is not None else now
-                if now - start + delay > self.s.deadline_s:
-                    raise ServiceUnreachable(f"PostgreSQL at {self.s.dsn_display} unreachable for "
-                                             f"{self.s.deadline_s:g} s (--deadline) while {what}: "
-                                             f"{_first_line(str(exc))}") from None
-                self._notice(f"PostgreSQL error while {what}, retrying in {delay:g} s: {_first_line(str(exc))}")
                 if self.conn is not None and (self.conn.closed or self.conn.broken):
                     self.close()
-                if not self._sleep(delay):
-                    raise ServiceUnreachable(f"stopped while PostgreSQL at {self.s.dsn_display} was unreachable "
-                                             f"({what}); nothing uncommitted was lost: it is re-read on restart") from None
-                delay = min(delay * 2, 5.0)
+                raise
+
+        def verdict(exc: BaseException) -> Any:
+            if getattr(exc, "sqlstate", None) == "23505":
+                # a unique violation can only be another transaction inserting one of the batch's
+                # event ids between the existence probe and the COPY: the retried batch skips it
+                return Outage(_first_line(str(exc)))
+            return classify(exc, self.s.dsn_display)
+
+        return RetryPolicy(self.s.deadline_s, field="deadline_s").run(
+            attempt, verdict, service=f"PostgreSQL at {self.s.dsn_display}", doing=f"while {what}", sleep=self._sleep,
+            notice=self._notice, hint="nothing uncommitted was lost: it is re-read on restart")
 
     # -- schema ----------------------------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -443,15 +410,3 @@ class Sink:
 
 def _first_line(msg: str) -> str:
     return " ".join(msg.strip().splitlines()[0].split()) if msg.strip() else msg
-
-
-def _db_user_error(msg: str, where: str) -> str:
-    m = msg.lower()
-    if "no password supplied" in m:
-        return (f"PostgreSQL at {where} asks for a password and none was given: set PGPASSWORD or PGPASSFILE "
-                "(or a .pgpass file)")
-    if "password authentication failed" in m:
-        return f"PostgreSQL at {where} refused the password: check PGPASSWORD / PGPASSFILE and the user in --dsn"
-    text = _first_line(msg)
-    text = re.sub(r"^connection failed: ", "", text)
-    return f"cannot connect to PostgreSQL at {where}: {text}"
