@@ -55,3 +55,27 @@ def test_roles_must_be_a_table(tmp_path):
     c = _load(tmp_path, MAPPING.replace('key = ["Id"]\n', 'key = ["Id"]\nroles = "amount"\n'))
     with pytest.raises(UsageError, match=r"\[mapping.m.roles\] must be a table"):
         c.mapping("m")
+
+
+def test_gate_takes_the_amount_role_when_its_entry_names_no_column(tmp_path):
+    from engine.app import gate
+
+    c = _load(tmp_path, '[gate]\nm = { variance_ratio = 0.01 }\nn = { column = "Other__c" }\n' + MAPPING
+              + '[mapping.m.roles]\namount = "LTV__c"\n'
+              + MAPPING.replace("mapping.m", "mapping.n") + '[mapping.n.roles]\namount = "LTV__c"\n')
+    assert gate.thresholds_for(c, "m").column == "LTV__c"
+    assert gate.thresholds_for(c, "n").column == "Other__c"  # the gate's own column wins
+
+
+def test_explain_reads_the_role_fields_under_neutral_names():
+    import polars as pl
+
+    from engine.app.explain import _by_role
+    from engine.core import forensics
+
+    extracted = pl.DataFrame({"Id": ["a"], "Seller__c": ["o"], "RATE__C": ["0.1"], "Rev__c": ["9"],
+                              "LastModifiedDate": ["t"], "LTV__c": ["1.00"]})
+    got = _by_role(extracted, {"owner": "Seller__c", "commission_rate": "Rate__c", "rank_by": "Rev__c",
+                               "modstamp": "LastModifiedDate", "amount": "LTV__c"})
+    assert tuple(got.columns) == forensics.ATTRIBUTES
+    assert got.row(0) == ("a", "o", "0.1", "9", "t", "1.00")
