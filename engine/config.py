@@ -9,12 +9,35 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from engine.core.errors import UsageError
+
+#: a Salesforce field's API name (what describe declares; checked again against describe before SOQL)
+FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which Salesforce field (source name) plays which part in explain and repair:
+    ``[mapping.NAME.roles]``. ``amount``: the gated money column (None: explain's ``--column``, else
+    the gate column, else the diff's only compared column); ``owner`` / ``commission_rate`` /
+    ``rank_by`` (what ranks the SEC-critical subset): defaults ``[commission] owner_field`` /
+    ``rate_field`` / ``revenue_field``, else the names below; ``modstamp``: the last-change stamp."""
+
+    amount: str | None = None
+    owner: str = "OwnerId"
+    commission_rate: str = "Commission_Rate__c"
+    rank_by: str = "AnnualRevenue"
+    modstamp: str = "SystemModstamp"
+
+
+#: role → the [commission] key it falls back to
+_ROLE_FALLBACK = {"owner": "owner_field", "commission_rate": "rate_field", "rank_by": "revenue_field"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +60,7 @@ class Mapping:
     target_where: str | None = None
     target_updated_at: str | None = None
     types: dict[str, str] = field(default_factory=dict)
+    roles: Roles = field(default_factory=Roles)
 
 
 @dataclass(frozen=True)
@@ -77,7 +101,35 @@ class Config:
             columns=tuple(parse_pair(x) for x in _list(m, "columns", where)),
             tolerance=tol, source_where=m.get("source_where"), target_where=m.get("target_where"),
             target_updated_at=m.get("target_updated_at"), types=dict(m.get("types") or {}),
+            roles=self.roles(name),
         )
+
+    def roles(self, name: str | None) -> Roles:
+        """``[mapping.NAME.roles]`` (roles win), else ``[commission]`` owner_field / rate_field /
+        revenue_field, else :class:`Roles`' defaults. A name without a mapping gets the fallbacks."""
+        m = self.section("mapping").get(name) if name else None
+        raw = m.get("roles", {}) if isinstance(m, dict) else {}
+        where = f"{self.where}: [mapping.{name}.roles]"
+        if not isinstance(raw, dict):
+            raise UsageError(f"{where} must be a table like {{ amount = \"Customer_Lifetime_Value__c\" }}")
+        known = tuple(Roles.__dataclass_fields__)
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        comm = self.section("commission")
+        values: dict[str, str] = {}
+        for role in known:
+            if role in raw:
+                v, at = raw[role], f"{where} {role}"
+            elif role in _ROLE_FALLBACK and comm.get(_ROLE_FALLBACK[role]) is not None:
+                v, at = comm[_ROLE_FALLBACK[role]], f"{self.where}: [commission] {_ROLE_FALLBACK[role]}"
+            else:
+                continue
+            if not isinstance(v, str) or not FIELD_RE.match(v):
+                raise UsageError(f"{at} = {v!r} is not a Salesforce field name: use the field's API name "
+                                 "(a letter, then letters, digits or _, at most 80), e.g. \"OwnerId\"")
+            values[role] = v
+        return Roles(**values)
 
     def pg_passfile(self) -> Path | None:
         """The password file to give each PostgreSQL connection (libpq's ``passfile`` parameter):

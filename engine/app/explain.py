@@ -1,8 +1,9 @@
 """`recon explain`: a diff's differences, explained from the Kafka stream and priced.
 
 Reads the diff's output directory, scans the topic, fetches from Salesforce only what pricing needs
-for the mismatched records (owner, commission rate, revenue, SystemModstamp: an Id-list
-re-extraction, never the whole object) plus the SEC-critical top-revenue ids, and writes
+for the mismatched records (the fields of the mapping's roles — owner, commission rate, rank_by,
+modstamp, amount: an Id-list re-extraction, never the whole object) plus the SEC-critical ids (top
+by rank_by), and writes
 `explain.json` and `findings.parquet`. Like diff, gate and repair it records its run (the ledger, a
 signed manifest over its outputs, OpenLineage events) through :mod:`engine.app.evidence`.
 """
@@ -29,7 +30,7 @@ from engine.core.errors import Exit, UsageError
 @dataclass(frozen=True)
 class ExplainRequest:
     """diff_dir: output of `recon diff --out`. column: the amount column (source name); default the
-    gate column of the mapping or the diff's only compared column."""
+    mapping's ``roles.amount``, else its gate column, else the diff's only compared column."""
 
     diff_dir: Path
     bootstrap: str | None = None
@@ -49,7 +50,7 @@ class ExplainRequest:
         self.evidence.check()
 
 
-def _commission(config: Config) -> tuple[Decimal, float, dict[str, str]]:
+def _commission(config: Config) -> tuple[Decimal, float]:
     c = config.section("commission")
     try:
         rate = Decimal(str(c.get("default_rate", "0.05")))
@@ -58,9 +59,7 @@ def _commission(config: Config) -> tuple[Decimal, float, dict[str, str]]:
         raise UsageError(f"{config.where}: [commission] default_rate and sec_top_fraction must be numbers") from None
     if not 0 < frac <= 1:
         raise UsageError(f"{config.where}: [commission] sec_top_fraction must be in (0, 1]")
-    names = {"owner": c.get("owner_field", "OwnerId"), "rate": c.get("rate_field", "Commission_Rate__c"),
-             "revenue": c.get("revenue_field", "AnnualRevenue")}
-    return rate, frac, names
+    return rate, frac
 
 
 def run_explain(req: ExplainRequest, config: Config, progress: Any = None) -> tuple[forensics.Explanation, forensics.Audit]:
@@ -79,7 +78,8 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
 
     diff_summary, _, diffs_path = read_outputs(req.diff_dir)
     differences = pl.read_parquet(diffs_path)
-    column = req.column or _pick_column(diff_summary, config)
+    roles = config.roles(diff_summary.get("mapping"))
+    column = req.column or roles.amount or _pick_column(diff_summary, config)
     kcfg = config.section("kafka")
     bootstrap = req.bootstrap or kcfg.get("bootstrap")
     topic = req.topic or kcfg.get("topic")
@@ -99,10 +99,13 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
     scan = kafka_source.scan(bootstrap, topic, req.window, req.fields, kafka_config=extra)
     audit = forensics.audit(scan, org_id=conn.org_id)
     stream = forensics.recompute(audit)
-    rate, frac, names = _commission(config)
+    rate, frac = _commission(config)
     keys = differences["key"].unique().to_list()
     say(f"fetching owners and commission rates of {len(keys):,} records from Salesforce")
-    cols = ["Id", names["owner"], names["rate"], names["revenue"], "SystemModstamp", column]
+    # field → the neutral name forensics reads it under (a field playing two roles is read once)
+    by_role = {"owner": roles.owner, "commission_rate": roles.commission_rate, "rank_by": roles.rank_by,
+               "modstamp": roles.modstamp, "amount": column}
+    cols = list(dict.fromkeys(["Id", *by_role.values()]))
     sf_meta: dict[str, Any] = {"system": "salesforce", "object": ref.sobject, "org_id": conn.org_id,
                                "instance_url": conn.instance_url, "api_version": conn.api_version, "rows": 0}
     if keys:
@@ -110,11 +113,8 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
         attrs, sf_meta = ex.frame, ex.meta
     else:
         attrs = pl.DataFrame(schema={c: pl.Utf8 for c in cols})
-    attrs = attrs.rename({names["owner"]: "OwnerId", names["rate"]: "Commission_Rate__c",
-                          names["revenue"]: "AnnualRevenue", column: "Customer_Lifetime_Value__c"}
-                         if column != "Customer_Lifetime_Value__c" else
-                         {names["owner"]: "OwnerId", names["rate"]: "Commission_Rate__c", names["revenue"]: "AnnualRevenue"})
-    sec = set(sf_extract.top_ids(ref, config, names["revenue"], frac))
+    attrs = _by_role(attrs, by_role)
+    sec = set(sf_extract.top_ids(ref, config, roles.rank_by, frac))
     scale = _scale(diff_summary, column)
     exp = forensics.triangulate(differences, column, stream, attrs, sec_ids=sec, default_rate=rate, scale=scale)
     exp.summary.update({
@@ -134,6 +134,14 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
                         "events": audit.events, **window}),
             ("source", {"system": "salesforce", **sf_meta})]
     return exp, audit, read
+
+
+def _by_role(attrs: pl.DataFrame, by_role: dict[str, str]) -> pl.DataFrame:
+    """The extracted fields under the neutral names of :data:`forensics.ATTRIBUTES` (field names
+    matched case-insensitively, as describe does)."""
+    names = {c.lower(): c for c in attrs.columns}
+    return attrs.select(pl.col(names.get("id", "Id")).alias("Id"),
+                        *(pl.col(names.get(f.lower(), f)).alias(role) for role, f in by_role.items()))
 
 
 def _pick_column(diff_summary: dict[str, Any], config: Config) -> str:

@@ -124,6 +124,8 @@ def thresholds_for(config: Config, mapping: str) -> Thresholds:
     col = merged.get("column")
     if col is not None and (not isinstance(col, str) or not col):
         raise UsageError(f"{config.where}: [gate] {mapping}.column must be a column name")
+    if col is None:
+        col = config.roles(mapping).amount  # the mapping's amount role, when it names one
     return Thresholds(
         variance_ratio=_threshold(merged.get("variance_ratio", DEFAULT_THRESHOLD),
                                   f"{config.where}: [gate] {mapping}.variance_ratio"),

@@ -127,6 +127,8 @@ class Plan:
     action_list: list[dict[str, Any]]
     unexplained: list[dict[str, Any]]
     classes: dict[str, int]
+    #: the Salesforce field re-extracted with each value (the mapping's modstamp role)
+    modstamp: str = "SystemModstamp"
 
     @property
     def topic(self) -> str | None:
@@ -226,7 +228,8 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
     # SEC-critical first, then by Id: the order corrections are applied in
     corrections.sort(key=lambda c: (not c.sec_critical, c.record_id))
     return Plan(explain_dir=explain_dir, findings_sha256=digest, explain=explain, column=column, target=tgt,
-                corrections=corrections, action_list=action_list, unexplained=unexplained, classes=per_class)
+                corrections=corrections, action_list=action_list, unexplained=unexplained, classes=per_class,
+                modstamp=m.roles.modstamp)
 
 
 # -- the target's database (the version store itself: engine.store.versions) ---------------------
@@ -442,7 +445,8 @@ def _run(plan: Plan, config: Config, rep: RepairReport, *, conn_ledger: Any, app
                 label = "SEC-critical" if sec else "remaining"
                 if todo:
                     say(f"re-extracting {len(todo):,} {label} record(s) from Salesforce")
-                    ex = reextract(plan.target.sobject, plan.column, [c.record_id for c in todo], config)
+                    ex = reextract(plan.target.sobject, plan.column, [c.record_id for c in todo], config,
+                                   modstamp=plan.modstamp)
                     phase.reextracted += ex.records
                     rep.sf_metas += ex.metas
                     rep.bulk_job_ids += [j for m in ex.metas for j in (m.get("bulk_job_ids") or [])]

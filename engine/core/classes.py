@@ -90,7 +90,7 @@ CLASSES: tuple[FindingClass, ...] = (
     FindingClass(
         "stale_salesforce", "Salesforce itself is behind the stream",
         "Salesforce has not seen the record's latest events; the warehouse is right.",
-        "w == d != s and Salesforce's SystemModstamp predates the record's last event in the stream",
+        "w == d != s and Salesforce's last-change stamp (the modstamp role) predates the record's last event in the stream",
         rank=3, at_fault="salesforce", repair=Repair.ACTION_LIST, excludable=True, accepted_by_default=True),
     FindingClass(
         "warehouse_only_drift", "warehouse changed outside the stream",

@@ -13,10 +13,13 @@ whose rule holds, in the order of :func:`engine.core.classes.triangulation` (eac
 words is there; :func:`class_rules` here is the same rules as expressions). A record no rule
 explains, and every duplicated key, gets the fallback class (``unexplained``).
 
-Exposure: overpayment = commission rate × max(0, w − true CLV), where the true CLV is Salesforce's
-value except for the classes that blame Salesforce (``stale_salesforce``: then the stream's
+Exposure: overpayment = commission rate × max(0, w − true value), where the true value is
+Salesforce's except for the classes that blame Salesforce (``stale_salesforce``: then the stream's
 deduplicated sum); underpayments are listed apart. The SEC-critical subset (top fraction of all
-accounts by AnnualRevenue) is flagged and listed first.
+accounts by the mapping's ``rank_by`` field) is flagged and listed first.
+
+No source field name is known here: the caller hands over each record's attributes under the
+neutral names of :data:`ATTRIBUTES` (``engine.app.explain`` maps them from the mapping's roles).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from engine.core.events import Scan, iso_ms
 from engine.core.sfid import with_suffixes
 
 CLASSES = classes.names()  # derived from engine.core.classes (the code here reads that list when it runs)
+#: the attributes :func:`triangulate` reads per record, by role (``amount`` is optional)
+ATTRIBUTES = ("Id", "owner", "commission_rate", "rank_by", "modstamp", "amount")
 AMOUNT = pl.Decimal(38, 6)
 
 
@@ -104,7 +109,7 @@ def _amounts(text: pl.Series) -> pl.Series:
     not cast as they are saves a pass over every string (≈0.1 s per 5M events).
 
     An amount that the 6-decimal scale cannot hold exactly (``12.3456789``, ``1e-7``) becomes null,
-    so its event counts as invalid: the cast would round it silently, and a recomputed CLV must never
+    so its event counts as invalid: the cast would round it silently, and a recomputed amount must never
     be off by an amount nobody sees."""
     d = text.cast(AMOUNT, strict=False)
     retry = d.is_null() & text.is_not_null()
@@ -298,7 +303,8 @@ def triangulate(
     differences: the diff's differences.parquet (key, kind, column, source_value, target_value).
     column: the amount column (source name) the classes are about.
     stream: :func:`recompute` output.
-    attributes: Salesforce facts per record: Id, OwnerId, Commission_Rate__c, AnnualRevenue, SystemModstamp.
+    attributes: Salesforce facts per record, by role: Id, owner, commission_rate, rank_by, modstamp and,
+      optionally, amount (the current value of ``column``, used where the diff has none).
     """
     q = pl.Decimal(38, scale)
     col_rows = differences.filter((pl.col("kind") == "mismatched") & (pl.col("column") == column))
@@ -314,12 +320,12 @@ def triangulate(
     ]).unique("Id", keep="first")
     st = stream.rename({"record_id": "Id"})
     attrs = attributes.select(
-        pl.col("Id"), pl.col("OwnerId").alias("owner_id"),
-        pl.col("Commission_Rate__c").cast(pl.Utf8).cast(pl.Decimal(38, 6), strict=False).alias("rate"),
-        pl.col("AnnualRevenue").cast(pl.Utf8).cast(pl.Decimal(38, 2), strict=False).alias("annual_revenue"),
-        pl.col("Customer_Lifetime_Value__c").cast(pl.Utf8).cast(q, strict=False).alias("sf_current")
-        if "Customer_Lifetime_Value__c" in attributes.columns else pl.lit(None, q).alias("sf_current"),
-        pl.col("SystemModstamp").alias("sf_modstamp"),
+        pl.col("Id"), pl.col("owner").alias("owner_id"),
+        pl.col("commission_rate").cast(pl.Utf8).cast(pl.Decimal(38, 6), strict=False).alias("rate"),
+        pl.col("rank_by").cast(pl.Utf8).cast(pl.Decimal(38, 2), strict=False).alias("annual_revenue"),
+        pl.col("amount").cast(pl.Utf8).cast(q, strict=False).alias("sf_current")
+        if "amount" in attributes.columns else pl.lit(None, q).alias("sf_current"),
+        pl.col("modstamp").alias("sf_modstamp"),
     )
     f = base.join(st, on="Id", how="left").join(attrs, on="Id", how="left")
     f = f.with_columns(
@@ -335,12 +341,12 @@ def triangulate(
     rate = pl.col("rate").fill_null(pl.lit(default_rate).cast(pl.Decimal(38, 6)))
     sf_wrong = pl.col("class").is_in(pl.Series(classes.at_fault("salesforce"), dtype=pl.Utf8).implode())
     true = pl.when(sf_wrong).then(pl.col("d")).otherwise(pl.col("s"))
-    f = f.with_columns(true.alias("true_clv"), rate.alias("rate"))
+    f = f.with_columns(true.alias("true_value"), rate.alias("rate"))
     f = f.with_columns(
         pl.when(pl.col("w").is_null()).then(pl.lit(Decimal(0)))
-        .otherwise((pl.col("w") - pl.col("true_clv")).clip(lower_bound=0) * pl.col("rate")).round(2).alias("overpayment"),
+        .otherwise((pl.col("w") - pl.col("true_value")).clip(lower_bound=0) * pl.col("rate")).round(2).alias("overpayment"),
         pl.when(pl.col("w").is_null()).then(pl.lit(Decimal(0)))
-        .otherwise((pl.col("true_clv") - pl.col("w")).clip(lower_bound=0) * pl.col("rate")).round(2).alias("underpayment"),
+        .otherwise((pl.col("true_value") - pl.col("w")).clip(lower_bound=0) * pl.col("rate")).round(2).alias("underpayment"),
         pl.col("Id").is_in(pl.Series(sorted(sec_ids), dtype=pl.Utf8).implode()).alias("sec_critical"),
     )
     f = f.sort(["sec_critical", "Id"], descending=[True, False])
@@ -349,7 +355,7 @@ def triangulate(
 
 def class_rules(stale: pl.Expr) -> dict[str, pl.Expr]:
     """The rule of every class but the fallback, over the columns of :func:`triangulate`'s frame
-    (kind, s, w, r, d). ``stale``: Salesforce's SystemModstamp predates the record's last event."""
+    (kind, s, w, r, d). ``stale``: Salesforce's modstamp predates the record's last event."""
     w, r, d, s = pl.col("w"), pl.col("r"), pl.col("d"), pl.col("s")
     return {
         "missing_in_warehouse": pl.col("kind") == "missing_in_target",
@@ -421,7 +427,7 @@ def findings_for_parquet(f: pl.DataFrame) -> pl.DataFrame:
         "Id", "class", "kind", "sec_critical", "owner_id",
         pl.col("s").cast(pl.Utf8).alias("salesforce_value"), pl.col("w").cast(pl.Utf8).alias("warehouse_value"),
         pl.col("r").cast(pl.Utf8).alias("raw_stream_value"), pl.col("d").cast(pl.Utf8).alias("dedup_stream_value"),
-        pl.col("true_clv").cast(pl.Utf8).alias("true_value"), pl.col("rate").cast(pl.Utf8).alias("commission_rate"),
+        pl.col("true_value").cast(pl.Utf8), pl.col("rate").cast(pl.Utf8).alias("commission_rate"),
         pl.col("overpayment").cast(pl.Utf8), pl.col("underpayment").cast(pl.Utf8),
         pl.col("annual_revenue").cast(pl.Utf8), "sf_modstamp", "last_event_time",
         pl.col("delivered").fill_null(0), pl.col("duplicate_copies").fill_null(0),

@@ -355,6 +355,7 @@ def salesforce_accounts(sc: Scenario) -> pl.DataFrame:
         "OwnerId",
         amount_str(pl.col("AnnualRevenue_cents")).alias("AnnualRevenue"),
         amount_str(pl.col("sf_cents")).alias("Customer_Lifetime_Value__c"),
+        amount_str(pl.col("sf_cents")).alias("Lifetime_Value__c"),  # the same values, for renamed mappings
         pl.col("Commission_Rate__c"),
         pl.from_epoch(modstamp, time_unit="ms").dt.replace_time_zone("UTC").alias("SystemModstamp"),
     )

@@ -72,11 +72,11 @@ def _triangulated() -> forensics.Explanation:
         "duplicated_event_ids": [["x"], None, None, None, None, None, ["y"]],
     }, schema_overrides={"raw": pl.Decimal(38, 6), "dedup": pl.Decimal(38, 6)})
     attrs = pl.DataFrame({
-        "Id": ids, "OwnerId": ["o1", "o2", "o1", "o3", "o2", "o1", "o3"], "Commission_Rate__c": ["0.05"] * 7,
-        "AnnualRevenue": ["1000"] * 7,
-        "Customer_Lifetime_Value__c": ["100.00", "100.00", "150.00", "100.00", "80.00", "50.00", "100.00"],
+        "Id": ids, "owner": ["o1", "o2", "o1", "o3", "o2", "o1", "o3"], "commission_rate": ["0.05"] * 7,
+        "rank_by": ["1000"] * 7,
+        "amount": ["100.00", "100.00", "150.00", "100.00", "80.00", "50.00", "100.00"],
         # only B's Salesforce value predates its last event
-        "SystemModstamp": ["2026-08-03T00:00:00.000Z", "2026-08-01T00:00:00.000Z"] + ["2026-08-03T00:00:00.000Z"] * 5,
+        "modstamp": ["2026-08-03T00:00:00.000Z", "2026-08-01T00:00:00.000Z"] + ["2026-08-03T00:00:00.000Z"] * 5,
     })
     return forensics.triangulate(diffs, "clv", stream, attrs, sec_ids=set(), default_rate=Decimal("0.05"))
 
@@ -93,7 +93,7 @@ def test_forensics_finds_every_class_and_reports_them_in_list_order() -> None:
     assert set(got.values()) == set(classes.names())
     assert list(exp.summary["classes"]) == list(classes.names())
     # the true value is the stream's where Salesforce is at fault, else Salesforce's
-    true = dict(zip(exp.findings["Id"].to_list(), exp.findings["true_clv"].cast(pl.Utf8).to_list(), strict=True))
+    true = dict(zip(exp.findings["Id"].to_list(), exp.findings["true_value"].cast(pl.Utf8).to_list(), strict=True))
     assert true["B"] == "120.00" and true["A"] == "100.00"
 
 

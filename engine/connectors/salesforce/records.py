@@ -20,9 +20,10 @@ class Extraction:
     records: int = 0
 
 
-def reextract(sobject: str, column: str, ids: list[str], config: Config) -> Extraction:
-    """Exactly these records' ``column`` and ``SystemModstamp``, one Bulk API 2.0 job per 500 Ids (so
-    each record's job id is known)."""
+def reextract(sobject: str, column: str, ids: list[str], config: Config, modstamp: str = "SystemModstamp"
+              ) -> Extraction:
+    """Exactly these records' ``column`` and ``modstamp`` (the mapping's modstamp role), one Bulk API
+    2.0 job per 500 Ids (so each record's job id is known)."""
     import polars as pl
 
     from engine.connectors.salesforce import source as sf_extract
@@ -32,13 +33,13 @@ def reextract(sobject: str, column: str, ids: list[str], config: Config) -> Extr
     ordered = sorted(set(ids))
     for i in range(0, len(ordered), SF_ID_CHUNK):
         chunk = ordered[i: i + SF_ID_CHUNK]
-        ex = sf_extract.extract(ref, config, ["Id", column, "SystemModstamp"], None, ids=chunk)
+        ex = sf_extract.extract(ref, config, list(dict.fromkeys(["Id", column, modstamp])), None, ids=chunk)
         meta = ex.meta
         out.metas.append(meta)
         job = (meta.get("bulk_job_ids") or [None])[0]
         f = ex.frame
         names = {c.lower(): c for c in f.columns}
-        vcol, mcol = names[column.lower()], names["systemmodstamp"]
+        vcol, mcol = names[column.lower()], names[modstamp.lower()]
         f = f.select(pl.col(names["id"]).alias("Id"), pl.col(vcol).cast(pl.Utf8).alias("v"),
                      pl.col(mcol).cast(pl.Utf8).alias("m"))
         out.records += f.height

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from engine.config import Config
+from engine.config import FIELD_RE, Config
 from engine.connectors.base import Extract, SalesforceRef, SourceColumn
 from engine.core.errors import UsageError
 
@@ -32,7 +31,6 @@ REST_MAX_ROWS = int(os.environ.get("RECON_SF_REST_MAX_ROWS", "5000"))
 BULK_PAGE_ROWS = 100_000
 #: rows per Bulk API 2.0 job above which an extraction is split into Id ranges read in parallel
 CHUNK_ROWS = int(os.environ.get("RECON_SF_CHUNK_ROWS", "250000"))
-FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 _KIND = {
@@ -352,12 +350,14 @@ def _cast_strings(tbl: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
 
 
 def top_ids(ref: SalesforceRef, config: Config, field: str, fraction: float) -> list[str]:
-    """Ids of the top ``fraction`` of records by ``field`` (e.g. the SEC-critical top 5% by
-    AnnualRevenue): one COUNT() and one ordered, limited query, not a full extraction."""
+    """Ids of the top ``fraction`` of records by ``field`` (e.g. the SEC-critical top 5% by the
+    mapping's ``rank_by`` role, AnnualRevenue by default): one COUNT() and one ordered, limited
+    query, not a full extraction."""
     declared = describe_columns(ref, config)
     name = field if field in declared else {n.lower(): n for n in declared}.get(field.lower())
     if name is None or not FIELD_RE.match(name):
-        raise UsageError(f"unknown column {field!r} on Salesforce {ref.sobject}: fix [commission] revenue_field")
+        raise UsageError(f"unknown column {field!r} on Salesforce {ref.sobject}: fix [mapping.NAME.roles] rank_by "
+                         "(or [commission] revenue_field)")
     conn = connection(config)
     total = int(_call(conn, lambda: conn.sf.query(f"SELECT COUNT() FROM {ref.sobject}"), "a COUNT() query")["totalSize"])
     k = max(1, int(-(-total * fraction // 1))) if total else 0

@@ -248,6 +248,8 @@ ACCOUNT = SObject(
         *_audit(deleted=False),
         FieldDef("Customer_Lifetime_Value__c", "currency", "Customer Lifetime Value", precision=18, scale=2,
                  custom=True, tracked=True),
+        # the same amount under a second name (the scenario fills both): for mappings whose roles name it
+        FieldDef("Lifetime_Value__c", "currency", "Lifetime Value", precision=18, scale=2, custom=True),
         FieldDef("Commission_Rate__c", "double", "Commission Rate", precision=5, scale=4, custom=True, tracked=True),
     ),
     history_object="AccountHistory",

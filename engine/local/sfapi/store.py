@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from engine.local.postgres import PostgresInfo
 
 DATABASE = "salesforce"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RESULTS = "recon_results"
 INTERNAL = "recon_internal"
 POD = "5g0000"  # the pod part of generated ids (sfid.make_ids' default)
