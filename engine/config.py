@@ -111,7 +111,7 @@ class Config:
         raw = m.get("roles", {}) if isinstance(m, dict) else {}
         where = f"{self.where}: [mapping.{name}.roles]"
         if not isinstance(raw, dict):
-            raise UsageError(f"{where} must be a table like {{ amount = \"Customer_Lifetime_Value__c\" }}")
+            raise UsageError(f"{where} must be a table like {{ amount = \"Amount__c\" }}")
         known = tuple(Roles.__dataclass_fields__)
         unknown = sorted(set(raw) - set(known))
         if unknown:

@@ -32,6 +32,7 @@ class ConsumeRequest:
     metrics_interval_s: float = c.DEFAULT_METRICS_INTERVAL_S
     api_version: str = c.DEFAULT_API_VERSION
     instance_id: str | None = None
+    sum_column: str | None = None  # None: the consumer's default
 
     def settings(self) -> c.ConsumerSettings:
         """The connector's settings: every field checked, the properties file read and vetted."""
@@ -42,6 +43,7 @@ class ConsumeRequest:
             kafka_config=c.parse_kafka_config(self.kafka_config_file) if self.kafka_config_file else {},
             fields=self.fields, batch_size=self.batch_size, deadline_s=self.deadline_s,
             metrics_interval_s=self.metrics_interval_s, api_version=self.api_version, instance_id=self.instance_id,
+            sum_column=self.sum_column or c.DEFAULT_SUM_COLUMN,
         )
 
 

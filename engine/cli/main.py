@@ -68,7 +68,7 @@ def diff_cmd(
     for t in tolerance or []:
         name, sep, val = t.partition("=")
         if not sep:
-            raise _usage(f"malformed --tolerance {t!r}: use COL=ABS, e.g. --tolerance clv=0.01")
+            raise _usage(f"malformed --tolerance {t!r}: use COL=ABS, e.g. --tolerance amount=0.01")
         tol[name] = _decimal(val, "--tolerance")
     opts = use_case.DiffOptions(
         source=source, target=target, mapping=mapping, keys=tuple(parse_pair(k) for k in key or []),

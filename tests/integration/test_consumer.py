@@ -584,3 +584,28 @@ def test_event_id_vector_matches_engine_ids() -> None:
     """The consumer and the scenario share one id function: the published vector holds here too."""
     assert event_id(ORG, "0015g0000000001AAA", "purchase", "2026-08-01T10:00:00.123Z") == \
         "983e2908-4d48-5f72-aebb-29619c55b973"
+
+
+def test_the_sum_column_is_named_by_the_user(embedded_pg: PgHandle, apache_kafka: BrokerHandle) -> None:
+    """`--sum-column` names the aggregates column that sums the amounts (nothing in the consumer
+    assumes the scenario's `clv`); a name that is not a plain column name is refused before any
+    table is created."""
+    topic = f"t-sumcol-{uuid.uuid4().hex[:8]}"
+    create_topic(apache_kafka.bootstrap, topic, partitions=1)
+    acc = "0015g0000000001AAA"
+    producer = Producer({"bootstrap.servers": apache_kafka.bootstrap})
+    for i, amount in enumerate(["1.25", "2.50", "-0.75"]):
+        ev = {"org_id": ORG, "account_id": acc, "event_type": "purchase",
+              "event_ts": f"2026-08-01T10:00:0{i}.000Z", "amount": amount}
+        producer.produce(topic, json.dumps(ev).encode(), key=b"k", partition=0)
+    assert producer.flush(30) == 0
+    table = _table()
+    out = ok_json(consume(embedded_pg, apache_kafka.bootstrap, topic, table, None, "--sum-column", "ltv_amount"))
+    assert out["run"]["applied"] == 3
+    with psycopg.connect(embedded_pg.info.socket_dsn) as conn:
+        row = conn.execute(sql.SQL("SELECT record_id, ltv_amount, event_count FROM {}").format(
+            ident(table, "_aggregates"))).fetchone()
+    assert row is not None and (row[0], str(row[1]), row[2]) == (acc, "3.00", 3)
+    bad = consume(embedded_pg, apache_kafka.bootstrap, topic, _table(), None, "--sum-column", "x; DROP TABLE y")
+    assert bad.returncode == 2 and "--sum-column" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

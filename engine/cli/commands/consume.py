@@ -19,7 +19,7 @@ _TUNING = "Tuning"
 #: the consumer's settings and the options that set them (its errors name the setting)
 _OPTIONS = {"bootstrap": "--bootstrap", "group": "--group", "dsn": "--dsn", "table": "--table",
             "batch_size": "--batch-size", "deadline_s": "--deadline", "metrics_interval_s": "--metrics-interval",
-            "api_version": "--api-version"}
+            "api_version": "--api-version", "sum_column": "--sum-column"}
 
 
 def register(app: typer.Typer) -> None:
@@ -55,6 +55,8 @@ def consume(
                                                     help="Seconds between metrics lines on stderr (0: off).")] = 10.0,
     api_version: Annotated[str, typer.Option("--api-version", rich_help_panel=_TUNING,
                                              help="Salesforce API version recorded in each event's lineage.")] = "59.0",
+    sum_column: Annotated[str | None, typer.Option("--sum-column", help="Column of the _aggregates table that "
+                                                   "sums each record's amounts (default: the consumer's).")] = None,
     instance_id: Annotated[str | None, typer.Option("--instance-id", rich_help_panel=_TUNING,
                                                     help="Static group membership id for a singleton worker: a "
                                                          "restarted member gets its partitions back at once.")] = None,
@@ -73,7 +75,7 @@ def consume(
         fields=EventFields(record_id=record_id_field, event_type=event_type_field, event_time=event_time_field,
                            amount=amount_field, org_id=org_id_field),
         batch_size=batch_size, deadline_s=deadline, metrics_interval_s=metrics_interval, api_version=api_version,
-        instance_id=instance_id,
+        instance_id=instance_id, sum_column=sum_column,
     )
     with naming_options(**_OPTIONS):
         result = use_case.run(req, report=_metrics_line)

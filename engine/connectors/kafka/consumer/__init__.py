@@ -45,7 +45,7 @@ Tables, next to the events table ``S.T`` (all created when missing):
 
 * ``S.T`` — ``event_id uuid`` primary key, ``org_id``, ``record_id``, ``event_type``,
   ``event_ts``, ``amount numeric``, ``lineage jsonb``, ``ingested_at``;
-* ``S.T_aggregates`` — per record: ``record_id``, ``clv`` (sum of amounts), ``event_count``,
+* ``S.T_aggregates`` — per record: ``record_id``, the sum of amounts (``--sum-column``, default ``clv``), ``event_count``,
   ``last_event_ts``, ``updated_at``;
 * ``S.T_dead_letters`` — keyed by (``kafka_topic``, ``kafka_partition``, ``kafka_offset``), with
   the raw ``key``/``value`` bytes, the headers, ``reason`` and ``detail``;
@@ -72,6 +72,7 @@ from engine.connectors.kafka.consumer.runner import _runtime_tuning as _runtime_
 from engine.connectors.kafka.consumer.runner import run
 from engine.connectors.kafka.consumer.settings import (
     DEFAULT_API_VERSION,
+    DEFAULT_SUM_COLUMN,
     ConsumerSettings,
     FieldNames,
     TableRef,
@@ -89,6 +90,7 @@ from engine.connectors.kafka.consumer.transformation import transform, transform
 
 __all__ = [
     "DEFAULT_API_VERSION",
+    "DEFAULT_SUM_COLUMN",
     "Batch",
     "ConsumeResult",
     "ConsumerSettings",

@@ -32,6 +32,9 @@ logging.getLogger(log.name + ".librdkafka").addHandler(logging.NullHandler())
 #: ``engine.connectors.salesforce.client.DEFAULT_API_VERSION`` (not imported: that module pulls in the
 #: Salesforce client, which the consumer does not need).
 DEFAULT_API_VERSION: Final[str] = "59.0"
+#: the aggregates table's column holding each record's sum of amounts (the scenario's CLV)
+DEFAULT_SUM_COLUMN: Final[str] = "clv"
+_OTHER_AGGREGATE_COLUMNS: Final[frozenset[str]] = frozenset({"record_id", "event_count", "last_event_ts", "updated_at"})
 DEFAULT_BATCH_SIZE: Final[int] = 10_000
 DEFAULT_DEADLINE_S: Final[float] = 60.0
 DEFAULT_METRICS_INTERVAL_S: Final[float] = 10.0
@@ -157,6 +160,8 @@ class ConsumerSettings:
     instance_id: str | None = None
     #: libpq password file of the PostgreSQL connection (else PGPASSWORD, PGPASSFILE, ~/.pgpass)
     passfile: str | None = None
+    #: the aggregates column that sums the amounts per record
+    sum_column: str = DEFAULT_SUM_COLUMN
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
@@ -174,6 +179,11 @@ class ConsumerSettings:
                              "line off)", field="metrics_interval_s")
         if not re.fullmatch(r"v?\d{1,3}\.\d", self.api_version.strip()):
             raise UsageError(f"{self.api_version!r} is not a Salesforce API version like 59.0", field="api_version")
+        if (not re.fullmatch(r"[a-z_][a-z0-9_]*", self.sum_column) or len(self.sum_column.encode()) > 63
+                or self.sum_column in _OTHER_AGGREGATE_COLUMNS):
+            raise UsageError(f"sum column {self.sum_column!r} must be a lower-case column name (letters, digits, _; "
+                             f"at most 63 bytes) other than {', '.join(sorted(_OTHER_AGGREGATE_COLUMNS))}",
+                             field="sum_column")
         _check_dsn(self.dsn)
 
     @property

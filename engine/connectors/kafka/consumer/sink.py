@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS {events} (
 );
 CREATE TABLE IF NOT EXISTS {aggregates} (
     record_id text COLLATE "C" PRIMARY KEY,
-    clv numeric NOT NULL,
+    {total} numeric NOT NULL,
     event_count bigint NOT NULL,
     last_event_ts timestamptz NOT NULL,
     updated_at timestamptz NOT NULL
@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS {offsets} (
 
 _REQUIRED_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
     "": ("event_id", "org_id", "record_id", "event_type", "event_ts", "amount", "lineage"),
-    "_aggregates": ("record_id", "clv", "event_count", "last_event_ts", "updated_at"),
+    "_aggregates": ("record_id", "{total}", "event_count", "last_event_ts", "updated_at"),
     "_dead_letters": ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_timestamp_type",
                       "key", "value", "headers", "reason", "detail"),
     "_offsets": ("kafka_topic", "kafka_partition", "next_offset", "consumed", "applied", "duplicates",
@@ -212,7 +212,8 @@ class Sink:
 
         t = self.s.table
         ddl = sql.SQL(_DDL).format(schema=sql.Identifier(t.schema), events=t.ident(), aggregates=t.ident("_aggregates"),
-                                   dead_letters=t.ident("_dead_letters"), offsets=t.ident("_offsets"))
+                                   dead_letters=t.ident("_dead_letters"), offsets=t.ident("_offsets"),
+                                   total=sql.Identifier(self.s.sum_column))
 
         def do() -> None:
             with self.conn.transaction():
@@ -228,7 +229,7 @@ class Sink:
         rows = self.retrying("checking tables", lambda: self._columns())
         for suffix, cols in _REQUIRED_COLUMNS.items():
             have = rows.get(t.name + suffix, set())
-            missing = [c for c in cols if c not in have]
+            missing = [c.format(total=self.s.sum_column) for c in cols if c.format(total=self.s.sum_column) not in have]
             if missing:
                 raise UsageError(f"table {t.schema}.{t.name + suffix} exists but is not a recon consume table "
                                  f"(missing columns: {', '.join(missing)}): choose another --table")
@@ -302,7 +303,8 @@ class Sink:
             self._stmts = {
                 "existing": sql.SQL(texts["existing"]).format(events=t.ident()),
                 "copy": sql.SQL(texts["copy"]).format(events=t.ident()),
-                "aggregate": sql.SQL(texts["aggregate"]).format(aggregates=t.ident("_aggregates")),
+                "aggregate": sql.SQL(texts["aggregate"]).format(aggregates=t.ident("_aggregates"),
+                                                                 total=sql.Identifier(self.s.sum_column)),
                 "lock": sql.SQL("SELECT kafka_partition, next_offset FROM {} WHERE kafka_topic = %s "
                                 "AND kafka_partition = ANY(%s) ORDER BY kafka_partition FOR UPDATE").format(t.ident("_offsets")),
                 "dead": sql.SQL(

@@ -457,12 +457,12 @@ def _sql_texts() -> dict[str, str]:
         "existing": "SELECT event_id::text FROM {events} WHERE event_id = ANY(%s::uuid[])",
         "copy": "COPY {events} (event_id, org_id, record_id, event_type, event_ts, amount, lineage) FROM STDIN",
         "aggregate": """
-            INSERT INTO {aggregates} AS a (record_id, clv, event_count, last_event_ts, updated_at)
+            INSERT INTO {aggregates} AS a (record_id, {total}, event_count, last_event_ts, updated_at)
             SELECT r, sum(am), count(*), max(ts), now()
             FROM unnest(%s::text[], %s::numeric[], %s::timestamptz[]) AS x(r, am, ts)
             GROUP BY r ORDER BY r
             ON CONFLICT (record_id) DO UPDATE SET
-                clv = a.clv + EXCLUDED.clv,
+                {total} = a.{total} + EXCLUDED.{total},
                 event_count = a.event_count + EXCLUDED.event_count,
                 last_event_ts = greatest(a.last_event_ts, EXCLUDED.last_event_ts),
                 updated_at = EXCLUDED.updated_at""",
