@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,22 +36,41 @@ class Stack:
         return recon(*args, env={**self.env, **(env or {})}, timeout=timeout)
 
 
-@pytest.fixture(scope="session")
-def scenario_stack() -> Iterator[Stack]:
-    from tests.pg_fixtures import server_dir
-
-    state = server_dir("stack") / "state"
+@contextmanager
+def own_stack(base: Path, *, ledger: bool = False, keys: bool = False) -> Iterator[Stack]:
+    """A running stack with the scenario loaded, in ``base`` (removed afterwards). ``ledger``: the
+    ledger initialised (the gate writes to it); ``keys``: a key pair in ``base/keys``. Modules whose
+    tests write state get their own, so the shared ``scenario_stack`` stays untouched."""
+    state = base / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SF_", "RECON_"))}
     env["RECON_STATE_DIR"] = str(state)
     up = recon("services", "up", "--json", env=env)
     assert up.returncode == 0, up.stderr
     endpoints = json.loads(up.stdout)
+    if ledger:
+        env["PGPASSFILE"] = endpoints["pgpass_file"]  # the ledger DSN in recon.toml is TCP without a password
     try:
-        cfg = state.parent / "recon.toml"
-        load = recon("scenario", "load", "--accounts", str(SCENARIO_ACCOUNTS), "--config-out", str(cfg), "--json", env=env)
+        cfg = base / "recon.toml"
+        load = recon("scenario", "load", "--accounts", str(SCENARIO_ACCOUNTS), "--config-out", str(cfg), "--json",
+                     env=env)
         assert load.returncode == 0, load.stderr
         truth = json.loads(Path(json.loads(load.stdout)["ground_truth"]).read_text())
-        yield Stack(state=state, endpoints=endpoints, config=cfg, truth=truth, env=env)
+        s = Stack(state=state, endpoints=endpoints, config=cfg, truth=truth, env=env)
+        if ledger:
+            init = s.run("ledger", "init", "-C", str(cfg))
+            assert init.returncode == 0, init.stderr
+        if keys:
+            made = s.run("keygen", "--out", str(base / "keys"))
+            assert made.returncode == 0, made.stderr
+        yield s
     finally:
         recon("services", "down", env=env)
-        shutil.rmtree(state.parent, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def scenario_stack() -> Iterator[Stack]:
+    from tests.pg_fixtures import server_dir
+
+    with own_stack(server_dir("stack")) as s:
+        yield s

@@ -16,8 +16,6 @@ warehouse, SIGKILLed after three committed chunks and resumed, ends in the same 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,7 @@ import pytest
 from engine.local.postgres import EmbeddedPostgres
 from engine.local.salesforce import LocalSalesforce
 from engine.local.state import StackPaths
-from tests.stack_fixtures import SCENARIO_ACCOUNTS, Stack, recon
+from tests.stack_fixtures import SCENARIO_ACCOUNTS, Stack, own_stack
 
 CORRECTED = ("duplicate_inflation", "missing_events", "warehouse_only_drift", "missing_in_warehouse")
 
@@ -39,29 +37,8 @@ CORRECTED = ("duplicate_inflation", "missing_events", "warehouse_only_drift", "m
 def stack() -> Iterator[Stack]:
     # outside pytest's numbered temp dirs: pytest runs in parallel sessions prune each other's old
     # numbered dirs, which would delete a running stack's data directory
-    base = Path(tempfile.mkdtemp(prefix="recon-gate-repair-"))
-    state = base / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SF_", "RECON_"))}
-    env["RECON_STATE_DIR"] = str(state)
-    up = recon("services", "up", "--json", env=env)
-    assert up.returncode == 0, up.stderr
-    endpoints = json.loads(up.stdout)
-    env["PGPASSFILE"] = endpoints["pgpass_file"]  # the ledger DSN in recon.toml is TCP without a password
-    try:
-        cfg = base / "recon.toml"
-        load = recon("scenario", "load", "--accounts", str(SCENARIO_ACCOUNTS), "--config-out", str(cfg), "--json",
-                     env=env)
-        assert load.returncode == 0, load.stderr
-        truth = json.loads(Path(json.loads(load.stdout)["ground_truth"]).read_text())
-        s = Stack(state=state, endpoints=endpoints, config=cfg, truth=truth, env=env)
-        init = s.run("ledger", "init", "-C", str(cfg))
-        assert init.returncode == 0, init.stderr
-        keys = s.run("keygen", "--out", str(base / "keys"))
-        assert keys.returncode == 0, keys.stderr
+    with own_stack(Path(tempfile.mkdtemp(prefix="recon-gate-repair-")), ledger=True, keys=True) as s:
         yield s
-    finally:
-        recon("services", "down", env=env)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _sf(stack: Stack) -> LocalSalesforce:

@@ -14,8 +14,6 @@ touched.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ import polars as pl
 import psycopg
 import pytest
 
-from tests.stack_fixtures import SCENARIO_ACCOUNTS, Stack, recon
+from tests.stack_fixtures import Stack, own_stack
 
 RENAMED = """
 [mapping.renamed]
@@ -47,27 +45,10 @@ modstamp = "SystemModstamp"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    base = Path(tempfile.mkdtemp(prefix="recon-renamed-"))
-    state = base / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SF_", "RECON_"))}
-    env["RECON_STATE_DIR"] = str(state)
-    up = recon("services", "up", "--json", env=env)
-    assert up.returncode == 0, up.stderr
-    endpoints = json.loads(up.stdout)
-    env["PGPASSFILE"] = endpoints["pgpass_file"]
-    try:
-        cfg = base / "recon.toml"
-        load = recon("scenario", "load", "--accounts", str(SCENARIO_ACCOUNTS), "--config-out", str(cfg), "--json",
-                     env=env)
-        assert load.returncode == 0, load.stderr
-        truth = json.loads(Path(json.loads(load.stdout)["ground_truth"]).read_text())
-        s = Stack(state=state, endpoints=endpoints, config=cfg, truth=truth, env=env)
-        init = s.run("ledger", "init", "-C", str(cfg))
-        assert init.returncode == 0, init.stderr
+    # outside pytest's numbered temp dirs: pytest runs in parallel sessions prune each other's old
+    # numbered dirs, which would delete a running stack's data directory
+    with own_stack(Path(tempfile.mkdtemp(prefix="recon-renamed-")), ledger=True) as s:
         yield s
-    finally:
-        recon("services", "down", env=env)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _config(stack: Stack) -> Path:
