@@ -141,6 +141,19 @@ class Config:
             return pf
         return None
 
+    def pg_statement_timeout_ms(self) -> int | None:
+        """The ``statement_timeout`` of every PostgreSQL read, in milliseconds: ``[postgres]
+        statement_timeout`` in seconds (0: none); None when unset (the reader's default, 30
+        minutes). A read that takes longer ends with exit 2 instead of holding its snapshot (and
+        the server's old row versions) open."""
+        v = self.section("postgres").get("statement_timeout")
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v > 2_000_000:
+            raise UsageError(f"{self.where}: [postgres] statement_timeout = {v!r} must be a number of seconds "
+                             "(0 for no limit), e.g. statement_timeout = 600")
+        return int(v * 1000)
+
     def path_value(self, section: str, key: str) -> Path | None:
         """A file path from the config, relative to the config file's directory."""
         v = self.section(section).get(key)

@@ -60,6 +60,13 @@ class DiffOptions:
                      tolerance=self.tolerance, source_where=self.source_where, target_where=self.target_where,
                      as_of=self.as_of, unique_key=self.unique_key or None, segment_rows=self.segment_rows)
         fields.update({k: v for k, v in given.items() if v not in (None, (), {})})
+        from engine.connectors.registry import check_condition
+
+        for side in ("source", "target"):
+            where = fields.get(f"{side}_where")
+            if where is not None:
+                origin = f"--{side}-where" if given[f"{side}_where"] is not None else f"[mapping.{m.name}] {side}_where"  # type: ignore[union-attr]
+                fields[f"{side}_where"] = check_condition(fields[side], where, origin)
         return fields
 
 

@@ -62,3 +62,18 @@ def secret_env() -> tuple[str, ...]:
         if cls is not None:
             out += [n for n in cls.secret_env if n not in out]
     return tuple(out)
+
+
+def check_condition(reference: str, where: str, origin: str) -> str:
+    """``where`` checked in the language of ``reference``'s system before anything is read (and
+    before the PostgreSQL reads that start early): exactly one SQL expression for PostgreSQL.
+    ``origin`` names where the text came from (``--target-where``, ``[mapping.m] target_where``),
+    so the one-line error says what to fix. Systems without a check here check in their read."""
+    from engine.connectors.refs import parse_reference
+
+    ref = parse_reference(reference)
+    if isinstance(ref, PostgresRef):
+        from engine.connectors.postgres.condition import check_condition as check_sql
+
+        return check_sql(where, origin)
+    return where

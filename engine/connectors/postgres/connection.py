@@ -107,3 +107,40 @@ def connect(dsn: str, *, passfile: str | Path | None = None, deadline_s: float |
         lambda: psycopg.connect(dsn, connect_timeout=connect_timeout, **kwargs),
         lambda exc: classify(exc, place), service=f"PostgreSQL at {place}", hint=CONNECT_HINT,
         since=since, sleep=sleep or time.sleep, notice=notice)
+
+
+#: the default ``statement_timeout`` of a read (30 minutes): a runaway condition or a blocked COPY
+#: ends with an error instead of holding a snapshot open for ever. ``[postgres] statement_timeout``
+#: (seconds, 0 for none) changes it; see :meth:`engine.config.Config.pg_statement_timeout_ms`.
+DEFAULT_STATEMENT_TIMEOUT_MS: Final[int] = 30 * 60 * 1000
+
+
+def statement_timeout_ms(config: Any) -> int:
+    """The read timeout ``config`` asks for (``[postgres] statement_timeout``), else the default."""
+    v = config.pg_statement_timeout_ms() if config is not None else None
+    return DEFAULT_STATEMENT_TIMEOUT_MS if v is None else v
+
+
+def session_settings(statement_timeout_ms: int) -> Any:
+    """The SET statements every read session starts with: transactions read only by default (a
+    statement outside recon's own READ ONLY transaction still cannot write) and the timeout."""
+    from psycopg import sql
+
+    return sql.SQL("SET default_transaction_read_only = on; SET statement_timeout = {}").format(
+        sql.Literal(int(statement_timeout_ms)))
+
+
+def server_check(conn: psycopg.Connection, query: Any) -> None:
+    """Let the server parse and plan exactly ``query`` without running it: an unnamed prepared
+    statement through the extended protocol, which refuses more than one statement. A rejection
+    raises :class:`~engine.core.errors.QueryRejected` with the server's line."""
+    from psycopg import pq
+
+    from engine.core.errors import QueryRejected
+
+    text = query.as_string(conn) if hasattr(query, "as_string") else str(query)
+    res = conn.pgconn.prepare(b"", text.encode(conn.info.encoding))
+    if res.status != pq.ExecStatus.COMMAND_OK:
+        msg = (res.error_message or b"").decode("utf-8", "replace")
+        line = first_line(msg).split("ERROR:", 1)[-1].strip() or "rejected"
+        raise QueryRejected(f"PostgreSQL refused the read's query: {line}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from engine.connectors.base import Extract, PostgresRef, ReadRequest, SourceColumn
+from engine.connectors.postgres.connection import statement_timeout_ms
 from engine.core.normalize import SideOptions
 
 _PROVENANCE = ("object", "snapshot_id", "server_time", "rows", "where")
@@ -22,6 +23,7 @@ class PostgresSource:
         self.config = config
         #: the libpq password file every connection of this source is given ([postgres] passfile)
         self.passfile = config.pg_passfile() if config is not None else None
+        self.statement_timeout_ms = statement_timeout_ms(config)
 
     def describe(self) -> dict[str, SourceColumn]:
         from engine.connectors.postgres import early, source
@@ -44,7 +46,8 @@ class PostgresSource:
 
         started = early.take(self.ref, req.where, req.columns)
         return source.extract(self.ref, req.columns, req.where, updated_at=req.updated_at, as_of=req.as_of,
-                              key_columns=req.key_columns, started=started, passfile=self.passfile)
+                              key_columns=req.key_columns, started=started, passfile=self.passfile,
+                              statement_timeout_ms=self.statement_timeout_ms)
 
     @classmethod
     def provenance(cls, meta: dict[str, Any]) -> dict[str, Any]:

@@ -182,7 +182,7 @@ class _Child:
 
 
 def _start_children(psql: str, conn: psycopg.Connection, ref: PostgresRef, copies: list[str],
-                    snapshot: str, passfile: str | None = None) -> list[_Child]:
+                    snapshot: str, passfile: str | None = None, statement_timeout_ms: int = 0) -> list[_Child]:
     """COPY through psql children that join our exported snapshot.
 
     Why child processes: libpq hands COPY data out one row per call, so any in-process reader pays
@@ -192,7 +192,8 @@ def _start_children(psql: str, conn: psycopg.Connection, ref: PostgresRef, copie
     the state our REPEATABLE READ transaction exported, so the manifest's snapshot id stays true
     and parallel parts add up to one consistent table. The password never reaches a command line:
     it goes through the children's environment, as does the password file (``passfile``) the
-    connection was given.
+    connection was given. Each child's session is read only by default and its transaction READ
+    ONLY explicitly, under the read's ``statement_timeout``.
     """
     params = conninfo_to_dict(ref.dsn)
     env = dict(os.environ)
@@ -204,11 +205,13 @@ def _start_children(psql: str, conn: psycopg.Connection, ref: PostgresRef, copie
     env.pop("PSQLRC", None)
     info = make_conninfo(**{k: str(v) for k, v in params.items()})
     snap_sql = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string(conn)
+    timeout_sql = f"SET statement_timeout = {int(statement_timeout_ms)}"
     children: list[_Child] = []
     try:
         for copy_sql in copies:
-            cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", info, "-c",
-                   "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "-c", snap_sql, "-c", copy_sql, "-c", "COMMIT"]
+            cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", info,
+                   "-c", "SET default_transaction_read_only = on", "-c", timeout_sql,
+                   "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "-c", snap_sql, "-c", copy_sql, "-c", "COMMIT"]
             children.append(_Child(cmd, env))
     except BaseException:
         for c in children:
@@ -307,7 +310,8 @@ def _adbc_available() -> bool:
 
 
 def _read_via_adbc(conn: psycopg.Connection, ref: PostgresRef, snapshot: str, query: str, where: str,
-                   names: list[str], types: dict[str, pa.DataType], passfile: str | None = None) -> pl.DataFrame:
+                   names: list[str], types: dict[str, pa.DataType], passfile: str | None = None,
+                   statement_timeout_ms: int = 0) -> pl.DataFrame:
     """One ADBC connection joined to the exported snapshot, the rows as Arrow, cast to the reader's
     types.
 
@@ -339,6 +343,7 @@ def _read_via_adbc(conn: psycopg.Connection, ref: PostgresRef, snapshot: str, qu
         with adbc.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur.execute(snap_sql)
+            cur.execute(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}")
             cur.execute(query)
             table = cur.fetch_arrow_table()
         adbc.rollback()

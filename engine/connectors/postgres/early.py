@@ -71,6 +71,7 @@ def _begin(fut: Future[PgRead], this: PostgresRef, other: Reference, key_names: 
            col_names: list[str], where: str | None, config: Config) -> None:
     try:
         from engine.connectors.postgres import source as postgres
+        from engine.connectors.postgres.connection import statement_timeout_ms
 
         if col_names:
             guess: list[str] | None = key_names + col_names
@@ -79,7 +80,8 @@ def _begin(fut: Future[PgRead], this: PostgresRef, other: Reference, key_names: 
             if guess is None:
                 raise LookupError("the other side's columns are not known before extraction")
             guess = key_names + guess
-        fut.set_result(postgres.PgRead(this, guess, where, lenient=True, passfile=config.pg_passfile()))
+        fut.set_result(postgres.PgRead(this, guess, where, lenient=True, passfile=config.pg_passfile(),
+                                              statement_timeout_ms=statement_timeout_ms(config)))
     except BaseException as exc:  # kept for take(): the regular read reports it
         fut.set_exception(exc)
 

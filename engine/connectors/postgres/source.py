@@ -6,8 +6,10 @@ output pyarrow reads off a pipe (no per-row Python), large tables as parallel pa
 in-process psycopg reader remains as the fallback. The snapshot is exported (`pg_export_snapshot()`),
 imported by every child, and recorded with the server's time, so a manifest can say exactly which
 state was read. Tables, views and materialized views are read the same way. All identifiers go
-through `psycopg.sql.Identifier`; the optional `--target-where` condition is the user's own SQL and
-runs inside a READ ONLY transaction.
+through `psycopg.sql.Identifier`; the optional `--target-where` condition is the user's own SQL: checked
+as exactly one expression (:mod:`engine.connectors.postgres.condition`), prepared by the server
+before it runs, and run in READ ONLY transactions of sessions whose default is read only, under a
+``statement_timeout``.
 
 A read has two halves: :class:`PgRead` opens the snapshot and starts the COPY children (psycopg
 only), :meth:`PgRead.collect` parses their output (pyarrow, Polars). The first half imports no
@@ -28,7 +30,13 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from engine.connectors.postgres.connection import connect
+from engine.connectors.postgres.condition import check_condition
+from engine.connectors.postgres.connection import (
+    DEFAULT_STATEMENT_TIMEOUT_MS,
+    connect,
+    server_check,
+    session_settings,
+)
 from engine.connectors.postgres.copy_stream import (
     _adbc_available,
     _AdbcCannotConnect,
@@ -155,6 +163,7 @@ def extract(
     key_columns: list[str] | None = None,
     started: PgRead | None = None,
     passfile: str | Path | None = None,
+    statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
 ) -> Extract:
     """Read the wanted columns in one snapshot; rows changed after ``as_of`` (by ``updated_at``) are
     reported as in-flight keys. ``started``: a read already under way for the same table and
@@ -163,7 +172,8 @@ def extract(
     import polars as pl
 
     from engine.connectors.base import Extract, SourceColumn
-    read = started if started is not None else PgRead(ref, columns, where, passfile=passfile)
+    read = started if started is not None else PgRead(ref, columns, where, passfile=passfile,
+                                                               statement_timeout_ms=statement_timeout_ms)
     with read:
         cols = resolve_columns(read.available, columns, read.where_text) if columns else read.cols
         frame, reader = read.collect()
@@ -213,15 +223,24 @@ class PgRead:
     """
 
     def __init__(self, ref: PostgresRef, columns: list[str] | None, where: str | None, *,
-                 lenient: bool = False, passfile: str | Path | None = None) -> None:
+                 lenient: bool = False, passfile: str | Path | None = None,
+                 statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS) -> None:
         self.ref, self.where = ref, where
         self.passfile = str(passfile) if passfile is not None else None
         self.where_text = f"{ref.schema}.{ref.table}"
+        if where is not None:  # before any connection: the text never reaches a server unchecked
+            check_condition(where, f"the row condition on {self.where_text}")
+        self.statement_timeout_ms = statement_timeout_ms
         self.t0 = time.perf_counter()
         self.early = False  # set when engine.connectors.postgres.early started it ahead of the diff
         self.children: list[_Child] = []
         self.conn = connect(ref.dsn, passfile=self.passfile)
         try:
+            # session defaults first: even a statement that escaped its transaction would be read
+            # only and bounded in time
+            self.conn.autocommit = True
+            self.conn.execute(session_settings(statement_timeout_ms))
+            self.conn.autocommit = False
             self.conn.read_only = True
             self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             # the transaction starts with this statement and stays open until close()
@@ -245,12 +264,14 @@ class PgRead:
                 sql.SQL(", ").join(_adbc_select_expr(c) for c in self.cols), sql.Identifier(ref.schema, ref.table))
             if where:
                 self.adbc_sql = sql.SQL("{} WHERE ({})").format(self.adbc_sql, sql.SQL(where))
+                server_check(self.conn, query)
             psql = _psql_binary()
             if psql is not None:
                 copies = [sql.SQL("COPY ({} {} {}) TO STDOUT (FORMAT csv)").format(
                     query, sql.SQL("AND" if where else "WHERE"), part).as_string(self.conn)
                     for part in _ctid_ranges(self.conn, ref)] or [self.copy_sql.as_string(self.conn)]
-                self.children = _start_children(psql, self.conn, ref, copies, self.snapshot, self.passfile)
+                self.children = _start_children(psql, self.conn, ref, copies, self.snapshot, self.passfile,
+                                                statement_timeout_ms)
         except psycopg.errors.Error as exc:
             self.close()
             raise QueryRejected(f"PostgreSQL rejected the query on {self.where_text}: "
@@ -281,7 +302,7 @@ class PgRead:
         if _adbc_available():
             try:
                 frame = _read_via_adbc(self.conn, self.ref, self.snapshot, self.adbc_sql.as_string(self.conn),
-                                       self.where_text, names, types, self.passfile)
+                                       self.where_text, names, types, self.passfile, self.statement_timeout_ms)
                 return frame, "adbc"
             except _AdbcCannotConnect:
                 pass
@@ -346,4 +367,5 @@ PARALLEL_MIN_PAGES = 2048  # 16 MiB: below this one COPY is as fast
 
 def list_columns(ref: PostgresRef, *, passfile: str | Path | None = None) -> list[PgColumn]:
     with connect(ref.dsn, passfile=passfile) as conn:
+        conn.read_only = True
         return describe(conn, ref)
