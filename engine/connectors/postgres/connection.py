@@ -130,7 +130,7 @@ def session_settings(statement_timeout_ms: int) -> Any:
         sql.Literal(int(statement_timeout_ms)))
 
 
-def server_check(conn: psycopg.Connection, query: Any) -> None:
+def server_check(conn: psycopg.Connection, query: Any, where: str) -> None:
     """Let the server parse and plan exactly ``query`` without running it: an unnamed prepared
     statement through the extended protocol, which refuses more than one statement. A rejection
     raises :class:`~engine.core.errors.QueryRejected` with the server's line."""
@@ -143,4 +143,4 @@ def server_check(conn: psycopg.Connection, query: Any) -> None:
     if res.status != pq.ExecStatus.COMMAND_OK:
         msg = (res.error_message or b"").decode("utf-8", "replace")
         line = first_line(msg).split("ERROR:", 1)[-1].strip() or "rejected"
-        raise QueryRejected(f"PostgreSQL refused the read's query: {line}")
+        raise QueryRejected(f"PostgreSQL rejected the query on {where}: {line}")

@@ -264,7 +264,7 @@ class PgRead:
                 sql.SQL(", ").join(_adbc_select_expr(c) for c in self.cols), sql.Identifier(ref.schema, ref.table))
             if where:
                 self.adbc_sql = sql.SQL("{} WHERE ({})").format(self.adbc_sql, sql.SQL(where))
-                server_check(self.conn, query)
+                server_check(self.conn, query, self.where_text)
             psql = _psql_binary()
             if psql is not None:
                 copies = [sql.SQL("COPY ({} {} {}) TO STDOUT (FORMAT csv)").format(
