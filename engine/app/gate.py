@@ -160,11 +160,13 @@ class DiffInput:
 
     @property
     def extracted_at(self) -> datetime | None:
-        """When the diff read its data: the earlier of the two sides' extraction times."""
-        times = [_parse_time((self.summary.get(side) or {}).get("extract", {}).get(k))
-                 for side, k in (("source", "extracted_at"), ("target", "server_time"))]
+        """When the diff read its data: the earlier of the two sides' extraction times, or None when
+        either is missing (an unknown time counts as stale: see ``check_not_stale``)."""
+        extracts = [(self.summary.get(side) or {}).get("extract") or {} for side in ("source", "target")]
+        # Salesforce records when it read (extracted_at), PostgreSQL its snapshot's time (server_time)
+        times = [_parse_time(e.get("extracted_at") or e.get("server_time")) for e in extracts]
         known = [t for t in times if t is not None]
-        return min(known) if known else None
+        return min(known) if len(known) == len(times) else None
 
     def counts(self) -> dict[str, int]:
         s = self.summary

@@ -163,9 +163,19 @@ def check_not_stale(decision: Decision, latest: dict[str, Any] | None) -> None:
     with the exclusion policy applied: the data did not change, the accepted remainder did)."""
     if decision.kind != "diff" or decision.state != "closed" or not latest or latest.get("state") == "closed":
         return
-    prev = _parse_time(((latest.get("body") or {}).get("diff") or {}).get("extracted_at"))
+    # fail closed: a time nobody knows counts as stale. The opening decision's own time stands in
+    # for its diff's when that is unknown (an override opened it, or an old diff without times).
+    prev = (_parse_time(((latest.get("body") or {}).get("diff") or {}).get("extracted_at"))
+            or _parse_time(latest.get("recorded_at")))
     now = _parse_time((decision.diff or {}).get("extracted_at"))
-    if prev is not None and now is not None and now < prev:
+    if now is None:
+        raise UsageError(f"the diff in {(decision.diff or {}).get('dir')} does not say when both sides were read "
+                         f"(an extraction time is missing), so it cannot close the breaker decision seq "
+                         f"{latest['seq']} opened: run a new `recon diff` to close it")
+    if prev is None:
+        raise UsageError(f"the decision that opened the breaker (seq {latest['seq']}) has no time to compare "
+                         "the diff with: close it with `recon gate --override closed --reason … --operator …`")
+    if now < prev:
         raise UsageError(f"the diff in {(decision.diff or {}).get('dir')} read its data at {now.isoformat()}, "
                          f"before the diff that opened the breaker (decision seq {latest['seq']}, "
                          f"{prev.isoformat()}): run a new `recon diff` to close it")

@@ -242,3 +242,24 @@ def test_an_older_diff_cannot_close_a_breaker_a_newer_one_opened(tmp_path: Path)
     gate.check_not_stale(gate.decide(same, cfg, run_id="r"), latest)  # the same data, e.g. with exclusions
     gate.check_not_stale(gate.decide(old, cfg, run_id="r"), {**latest, "state": "closed"})
     gate.check_not_stale(gate.decide(old, cfg, run_id="r"), None)
+
+
+def test_a_diff_without_both_extraction_times_cannot_close_an_open_breaker(tmp_path: Path) -> None:
+    """Fail closed (issue 17.5): an unknown extraction time counts as stale."""
+    d = _diff_dir(tmp_path, [], extracted="2026-01-03T00:00:00+00:00", name="no-source-time")
+    summary = json.loads((d / "summary.json").read_text())
+    del summary["source"]["extract"]["extracted_at"]
+    (d / "summary.json").write_text(json.dumps(summary))
+    cfg = _config(tmp_path, "")
+    latest = {"seq": 9, "state": "open", "recorded_at": "2026-01-02T00:00:00+00:00",
+              "body": {"diff": {"extracted_at": "2026-01-02T00:00:00+00:00"}}}
+    decision = gate.decide(d, cfg, run_id="r")
+    assert decision.state == "closed"
+    with pytest.raises(UsageError, match="does not say when both sides were read"):
+        gate.check_not_stale(decision, latest)
+    # an override opened it: the override's own time is what the diff must be newer than
+    by_override = {"seq": 9, "state": "open", "recorded_at": "2026-01-04T00:00:00+00:00", "body": {"kind": "override"}}
+    newer = _diff_dir(tmp_path, [], extracted="2026-01-03T00:00:00+00:00", name="newer")
+    with pytest.raises(UsageError, match="before the diff that opened"):
+        gate.check_not_stale(gate.decide(newer, cfg, run_id="r"), by_override)
+    gate.check_not_stale(gate.decide(newer, cfg, run_id="r"), {**by_override, "recorded_at": "2026-01-02T00:00:00+00:00"})
