@@ -112,6 +112,7 @@ class EmbeddedPostgres:
     def _prepare_dirs(self) -> None:
         self.paths.pg.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.socket_dir, 0o700)
         if self._run_as is None:
             return
         try:
@@ -165,7 +166,9 @@ class EmbeddedPostgres:
         pm = self.pgdata / "postmaster.pid"
         if pm.exists():  # stale after a crash or machine restart
             pm.unlink()
-        opts = f"-p {port} -k {self.socket_dir} -c listen_addresses=127.0.0.1"
+        # the socket trusts whoever reaches it (a superuser login), so only the server's own user may:
+        # with the default 0777 any local user of the machine was a PostgreSQL superuser
+        opts = f"-p {port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c unix_socket_permissions=0700"
         self._cmd("pg_ctl", "-D", str(self.pgdata), "-l", str(self.logfile), "-o", opts, "-w", "-t", str(int(timeout)),
                   "start", timeout=timeout + 10)
         state = {

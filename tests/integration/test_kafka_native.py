@@ -184,3 +184,12 @@ def test_native_equals_python_past_the_buffers_first_sizes(apache_kafka: BrokerH
     assert nat.frame.height == 30_000
     _same(nat, py)
     assert nat.frame["status"].unique().to_list() == ["ok"]
+
+
+def test_the_native_loop_refuses_a_partition_id_it_cannot_index() -> None:
+    """The C side keeps the same bound as the metadata check: partition INT32_MAX made
+    max_part + 1 overflow in recon_scan_open; now the open fails with a line naming the id (no
+    broker is contacted: opening only creates the consumer)."""
+    with pytest.raises(ServiceUnreachable, match="partition id 2147483647 is outside"):
+        kn.read("127.0.0.1:1", "t", {}, {2**31 - 1: -2}, {}, ("org-id", "producer-id", "sequence"), 1.0, None,
+                lambda *a: a)

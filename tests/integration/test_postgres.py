@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -50,6 +51,13 @@ def test_unix_socket_and_server_settings(embedded_pg) -> None:
         assert c.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
         assert c.execute("SHOW password_encryption").fetchone() == ("scram-sha-256",)
         assert c.execute("SHOW server_encoding").fetchone() == ("UTF8",)
+        # the socket trusts whoever reaches it: only the server's own user may (issue 17)
+        assert c.execute("SHOW unix_socket_permissions").fetchone() == ("0700",)
+    sock_dir = Path(embedded_pg.info.socket_dir)
+    sockets = list(sock_dir.glob(".s.PGSQL.*"))
+    sockets = [p for p in sockets if not p.name.endswith(".lock")]
+    assert sockets and all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in sockets)
+    assert stat.S_IMODE(sock_dir.stat().st_mode) == 0o700
 
 
 def test_start_reuses_the_running_server(embedded_pg) -> None:

@@ -134,3 +134,12 @@ def test_existing_partitions() -> None:
         assert str(exc.value) == str(missing_topic(name, "h:9092"))
     with pytest.raises(UsageError, match="topic 'locked' on h:9092 is not readable: Broker: Topic authorization"):
         existing_partitions(md, "locked", "h:9092")
+
+
+@pytest.mark.parametrize("pid", [2**31 - 1, -1, (1 << 20), "0"])
+def test_a_hostile_partition_id_in_metadata_is_refused(pid: object) -> None:
+    """Issue 17 (native scan): the native loop sizes a table by the largest partition id, so
+    max_part + 1 overflowed at INT32_MAX; a broker's answer is checked before anything is sized."""
+    md = SimpleNamespace(topics={"t": SimpleNamespace(partitions={0: None, pid: None}, error=None)})
+    with pytest.raises(UsageError, match="outside 0..1048575"):
+        existing_partitions(md, "t", "b:9092")

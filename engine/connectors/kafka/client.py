@@ -125,4 +125,13 @@ def existing_partitions(metadata: Any, topic: str, bootstrap: str) -> list[int]:
         raise missing_topic(topic, bootstrap)
     if t.error is not None:
         raise UsageError(f"topic {topic!r} on {bootstrap} is not readable: {t.error.str()}")
+    bad = [p for p in t.partitions if type(p) is not int or not 0 <= p <= MAX_PARTITION_ID]
+    if bad:  # a broker's answer is input too: the native scan sizes a table by the largest id
+        raise UsageError(f"the broker at {bootstrap} reported partition id {bad[0]!r} for topic {topic!r}, "
+                         f"outside 0..{MAX_PARTITION_ID}: check --bootstrap points at a Kafka cluster you trust")
     return sorted(t.partitions)
+
+
+#: the largest partition id recon accepts from a broker's metadata (a topic of a million partitions
+#: is far beyond any real cluster; kafka_scan.c keeps the same bound)
+MAX_PARTITION_ID: Final[int] = (1 << 20) - 1

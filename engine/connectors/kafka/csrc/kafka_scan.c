@@ -307,6 +307,10 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
     set_error((scan_t *)opaque, err, reason);
 }
 
+/* The largest partition id accepted (engine.connectors.kafka.client.MAX_PARTITION_ID): index_of holds
+ * max_part + 1 entries, so an id near INT32_MAX from a hostile metadata answer would overflow it. */
+#define RECON_MAX_PARTITION_ID ((1 << 20) - 1)
+
 /* Create a consumer from the given properties and assign the partitions at their start offsets
  * (-2 = beginning). stops[i] >= 0 ends partition i at that offset instead of at EOF. On failure
  * returns NULL and writes the reason to errbuf; *bad_key is the index of a rejected property. */
@@ -335,6 +339,12 @@ scan_t *recon_scan_open(int nconf, const char **keys, const char **vals, const c
         if (stops[i] >= 0) s->assigned_stops = 1;
     }
     s->npending = nparts;
+    for (int i = 0; i < nparts; i++)
+        if (parts[i] < 0 || parts[i] > RECON_MAX_PARTITION_ID) { /* sizes index_of below: never trust it */
+            snprintf(errbuf, errlen, "partition id %d is outside 0..%d", (int)parts[i], RECON_MAX_PARTITION_ID);
+            scan_free(s);
+            return NULL;
+        }
     s->max_part = -1;
     for (int i = 0; i < nparts; i++)
         if (parts[i] > s->max_part) s->max_part = parts[i];
