@@ -107,15 +107,14 @@ def check_ids(ids: Iterable[str], fix: str = "fix the key values (rerun `recon d
     """The distinct ids, sorted; a value that is no Salesforce id is refused before any query is
     built (exit 2), so an id can never carry a quote into ``Id IN (…)``. Checked column-wise
     (:func:`engine.core.sfid.are_valid`): explain sends every differing key of a diff."""
-    distinct = list(set(ids))
-    s = pl.Series("id", distinct, dtype=pl.Utf8, strict=False)
+    s = pl.Series("id", list(ids), dtype=pl.Utf8, strict=False).unique().sort()  # byte order, as sorted()
     ok = sfid.are_valid(s)
     if not ok.all():
-        bad = distinct[int(np.argmin(ok))]
+        bad = s[int(np.argmin(ok))]
         shown = _short(bad) if isinstance(bad, str) else repr(bad)
         raise UsageError(f"{shown} is not a Salesforce record id (15 or 18 letters and digits, an 18-character "
                          f"id ending in its case suffix): it is not sent to Salesforce; {fix}")
-    return sorted(distinct)
+    return s.to_list()
 
 
 def id_list(ids: Iterable[str]) -> str:
