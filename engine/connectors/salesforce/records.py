@@ -23,14 +23,16 @@ class Extraction:
 def reextract(sobject: str, column: str, ids: list[str], config: Config, modstamp: str = "SystemModstamp"
               ) -> Extraction:
     """Exactly these records' ``column`` and ``modstamp`` (the mapping's modstamp role), one Bulk API
-    2.0 job per 500 Ids (so each record's job id is known)."""
+    2.0 job per 500 Ids (so each record's job id is known). Every id is checked before the first job,
+    so a bad one stops the re-extraction before any of it ran."""
     import polars as pl
 
     from engine.connectors.salesforce import source as sf_extract
+    from engine.connectors.salesforce.soql import check_ids
 
     out = Extraction()
     ref = SalesforceRef(sobject)
-    ordered = sorted(set(ids))
+    ordered = check_ids(ids)
     for i in range(0, len(ordered), SF_ID_CHUNK):
         chunk = ordered[i: i + SF_ID_CHUNK]
         ex = sf_extract.extract(ref, config, list(dict.fromkeys(["Id", column, modstamp])), None, ids=chunk)

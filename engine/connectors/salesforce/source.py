@@ -1,4 +1,4 @@
-# ruff: noqa: S608  -- SOQL, not SQL: every name in it was validated against describe first
+# ruff: noqa: S608  -- SOQL, not SQL: names validated against describe, ids and conditions by .soql
 """Salesforce to Arrow: describe → types, Bulk API 2.0 CSV pages → Arrow, REST for small sets,
 Id-range chunks for large objects, and the facts a manifest needs (API version, job ids, SOQL,
 extraction time, org and user).
@@ -25,6 +25,7 @@ import pyarrow.csv as pacsv
 
 from engine.config import FIELD_RE, Config
 from engine.connectors.base import Extract, SalesforceRef, SourceColumn
+from engine.connectors.salesforce.soql import check_condition, check_ids, id_list
 from engine.core.errors import UsageError
 
 REST_MAX_ROWS = int(os.environ.get("RECON_SF_REST_MAX_ROWS", "5000"))
@@ -223,10 +224,18 @@ def extract(
     ids: list[str] | None = None,
 ) -> Extract:
     """Extract the named fields (validated against describe). ``ids`` restricts to a list of records
-    (repair's surgical re-extraction), in chunks sized under SOQL's length limit."""
+    (repair's surgical re-extraction), in chunks sized under SOQL's length limit.
+
+    ``where`` and ``ids`` are checked before any query is sent (:mod:`.soql`): the condition must
+    parse as one SOQL condition over fields of the describe, and is sent as re-written from its
+    parse tree; every id must be a Salesforce id."""
     t0 = time.perf_counter()
+    if ids is not None:
+        ids = check_ids(ids)
     conn = connection(config)
     declared = describe_columns(ref, config)
+    if where is not None:
+        where = check_condition(where, ref.sobject, describe(ref, config)["fields"])
     lower = {n.lower(): n for n in declared}
     names = []
     for c in columns:
@@ -272,7 +281,7 @@ def extract(
     if ids is not None:
         soqls_ids = []
         chunk: list[str] = []
-        for i in sorted(set(ids)):
+        for i in ids:
             chunk.append(i)
             if len(chunk) >= 500:  # 500 × 21 chars stays far below the 100,000-character SOQL limit
                 soqls_ids.append(chunk)
@@ -281,7 +290,7 @@ def extract(
             soqls_ids.append(chunk)
         parts = []
         for ch in soqls_ids:
-            c = conds + ["Id IN (" + ", ".join(f"'{x}'" for x in ch) + ")"]
+            c = conds + [f"Id IN ({id_list(ch)})"]
             soql = base + " WHERE " + " AND ".join(c)
             soqls.append(soql)
             parts.append(run_bulk(soql))
