@@ -244,10 +244,10 @@ def check_no_secret(obj: Any, secrets: set[str], what: str) -> None:
     long_ones = [x for x in secrets if len(x) >= MIN_EMBEDDED_SECRET_LEN]
 
     def fail(path: str) -> None:
-        raise SecretInEvidence(f"evidence not recorded: {what} at {path or 'top level'} holds a value equal to "
-                               "a known secret (a password or token from the environment, a DSN, a password "
-                               "file or the credentials file); nothing was written: use a password that is "
-                               "not also a value of the results, and keep credentials out of names and messages")
+        raise SecretInEvidence(f"evidence not recorded: {what} at {path or 'top level'} holds a known secret "
+                               "(a password or token from the environment, a DSN, a password file or the "
+                               "credentials file); nothing was written: use a password that is not also a "
+                               "name or a value of the results, and keep credentials out of names and messages")
 
     def walk(o: Any, path: str) -> None:
         if isinstance(o, str):
