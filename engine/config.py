@@ -210,4 +210,45 @@ def load(path: str | os.PathLike[str] | None) -> Config:
             if isinstance(body, dict) and forbidden in body:
                 raise UsageError(f"{p}: [{sect}] {forbidden} must not be in the config file: set it in the "
                                  "environment or in a file the config names (credentials_file, passfile)")
+    kafka = raw.get("kafka")
+    if isinstance(kafka, dict):
+        for name in _flat_keys(kafka):
+            if is_secret_kafka_property(name):
+                raise UsageError(f"{p}: [kafka] {name!r} is a credential and must not be in the config file: "
+                                 "put it in a librdkafka properties file and pass --kafka-config FILE")
     return Config(p.resolve(), raw, hashlib.sha256(data).hexdigest())
+
+
+#: librdkafka properties that hold a credential (librdkafka's CONFIGURATION.md; it marks these
+#: sensitive), ``ssl_key`` (confluent-kafka's Python-only private key object) and the Java clients'
+#: ``sasl.jaas.config`` (someone will copy it over). ``sasl.oauthbearer.config`` is free-form and
+#: carries SASL extensions and unsecured-JWT settings, so it counts as one.
+SECRET_KAFKA_PROPERTIES = frozenset({
+    "sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem", "ssl_key",
+    "sasl.oauthbearer.client.secret", "sasl.oauthbearer.client.credentials.client.secret",
+    "sasl.oauthbearer.assertion.private.key.passphrase", "sasl.oauthbearer.assertion.private.key.pem",
+    "sasl.oauthbearer.config", "sasl.jaas.config",
+})
+#: words that make a property a credential when its last dotted part holds one (``*.password``,
+#: ``*.secret``, a passphrase or token a newer librdkafka adds); ``sasl.oauthbearer.token.endpoint.url``
+#: stays allowed: its last part is a URL
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "passphrase")
+
+
+def is_secret_kafka_property(name: str) -> bool:
+    """Whether a librdkafka property holds a credential, which belongs in a ``--kafka-config`` file
+    only: the config file is meant to be committed and its digest signed into manifests."""
+    key = name.strip().lower()
+    last = key.rsplit(".", 1)[-1]
+    return (key in SECRET_KAFKA_PROPERTIES or key.endswith("key.pem")
+            or any(w in last for w in _SECRET_WORDS))
+
+
+def _flat_keys(table: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of a TOML table's leaves: ``sasl.password = "x"`` without quotes is the
+    nested table ``{sasl = {password = "x"}}`` in TOML, and must be caught just the same."""
+    out: list[str] = []
+    for k, v in table.items():
+        name = f"{prefix}{k}"
+        out += _flat_keys(v, name + ".") if isinstance(v, dict) else [name]
+    return out

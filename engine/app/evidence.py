@@ -9,10 +9,15 @@ they finish (`recon diff` through :func:`record_diff_evidence`). The order matte
 3. the manifest is signed over the outputs and the event files, with that checkpoint in it;
 4. the manifest's own digest is appended to the ledger, linking the two in both directions.
 
-Credentials never reach any of them: inputs are allow-listed (``engine.evidence.manifest.describe_input``)
-and every string is additionally scrubbed of the secrets this process knows about (environment
-passwords and tokens, passwords in the libpq password file and in DSNs, values of the
-credentials file the config names) before anything is serialised.
+Credentials never reach any of them: inputs are allow-listed (``engine.evidence.manifest.describe_input``);
+the fields known to carry credentials are then cleaned (DSNs redacted from libpq's parse, fields
+named like a credential dropped, the free-text error message scrubbed of every secret), and the
+results are left exactly as computed. Before anything is written, everything is checked against
+the secrets this process knows about (environment passwords and tokens, passwords in the libpq
+password file and in DSNs, values of the credentials file the config names): a field whose whole
+value is one, or any text holding a long one, stops the recording (exit 70, nothing written).
+Replacing secrets as substrings of the results is what this avoids: a short password such as
+``1.00`` would have rewritten every amount that contains it in the signed summary.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.core.errors import UsageError
+from engine.core.errors import Exit, ReconError, UsageError
 
 if TYPE_CHECKING:
     from engine.app.reconcile import DiffRun
@@ -36,7 +41,30 @@ if TYPE_CHECKING:
 OWN_SECRET_ENV = ("OPENLINEAGE_API_KEY", "RECON_LEDGER_PASSWORD")
 _SECRET_KEY_WORDS = ("password", "token", "secret", "session", "api_key", "apikey")
 REDACTED = "***"
+#: free text (an error message) is scrubbed of secrets this long and longer; shorter ones would
+#: rewrite ordinary words and numbers, and are caught by the whole-value check instead
 MIN_SECRET_LEN = 4
+#: a secret this long found inside any text of the evidence cannot be a coincidence: recording stops
+MIN_EMBEDDED_SECRET_LEN = 12
+#: field names whose value is a credential wherever recon's metadata might carry one (normalised:
+#: lower case, ``-``/``.`` as ``_``); dropped from the evidence
+_CREDENTIAL_FIELDS = frozenset({
+    "password", "passwd", "pwd", "sslpassword", "secret", "client_secret", "consumer_secret",
+    "oauth_client_secret", "security_token", "token", "access_token", "refresh_token", "id_token",
+    "session_id", "sessionid", "api_key", "apikey", "authorization", "sasl_password",
+    "ssl_key_password", "ssl_keystore_password", "ssl_key_pem", "ssl_key", "private_key",
+})
+#: maps whose keys are the user's column names (data, not metadata): a column named ``password``
+#: is compared like any other and stays in the results
+_COLUMN_MAPS = frozenset({"columns", "compared_columns", "tolerance", "types"})
+
+
+class SecretInEvidence(ReconError):
+    """A known secret would have been recorded in the evidence (exit 70): nothing was written.
+    A value that merely equals a secret (a short password that is also an amount) cannot be told
+    from a leak, so the run's evidence is refused rather than signed with it."""
+
+    exit_code = Exit.INTERNAL
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -120,7 +148,7 @@ def known_secrets(dsns: Iterable[str | None] = (), extra: Iterable[str] = (), co
                 found |= {str(v) for k, v in data.items() if any(w in k.lower() for w in _SECRET_KEY_WORDS) and v}
             except (OSError, ValueError, AttributeError):
                 pass
-    return {s for s in found if isinstance(s, str) and len(s) >= MIN_SECRET_LEN}
+    return {s for s in found if isinstance(s, str) and s}
 
 
 def _pgpass_passwords(passfile: Path) -> set[str]:
@@ -175,28 +203,67 @@ def _dsn_passwords(dsn: str) -> set[str]:
     return out
 
 
-def scrub(obj: Any, secrets: set[str]) -> Any:
-    """A copy with every secret replaced by ``***`` in every string, keys included."""
-    if not secrets:
-        return obj
-    ordered = sorted(secrets, key=len, reverse=True)
+def scrub(obj: Any) -> Any:
+    """A copy without credentials in the fields known to carry them: keys named like a credential
+    are dropped, DSNs (a ``dsn``/``*_dsn`` field, or any value written as a ``postgres[ql]://`` URI)
+    are redacted from libpq's own parse. Everything else is returned as it was."""
+    from engine.connectors.refs import redact_dsn
 
-    def clean(s: str) -> str:
-        for sec in ordered:
-            if sec in s:
-                s = s.replace(sec, REDACTED)
-        return s
-
-    def walk(o: Any) -> Any:
+    def walk(o: Any, key: str | None = None, column_map: bool = False) -> Any:
         if isinstance(o, str):
-            return clean(o)
+            is_dsn = key is not None and (key == "dsn" or key.endswith("_dsn"))
+            return redact_dsn(o) if is_dsn or o.startswith(("postgresql://", "postgres://")) else o
         if isinstance(o, dict):
-            return {(clean(k) if isinstance(k, str) else k): walk(v) for k, v in o.items()}
+            return {k: walk(v, str(k), str(k) in _COLUMN_MAPS) for k, v in o.items()
+                    if column_map or not _is_credential_field(k)}
         if isinstance(o, (list, tuple)):
-            return [walk(v) for v in o]
+            return [walk(v, key) for v in o]
         return o
 
     return walk(obj)
+
+
+def scrub_text(text: str, secrets: set[str]) -> str:
+    """Free text (an error message, which may quote a driver's message) with every secret of
+    :data:`MIN_SECRET_LEN` characters or more replaced by ``***``."""
+    for sec in sorted((x for x in secrets if len(x) >= MIN_SECRET_LEN), key=len, reverse=True):
+        text = text.replace(sec, REDACTED)
+    return text
+
+
+def _is_credential_field(key: Any) -> bool:
+    return isinstance(key, str) and key.lower().replace("-", "_").replace(".", "_") in _CREDENTIAL_FIELDS
+
+
+def check_no_secret(obj: Any, secrets: set[str], what: str) -> None:
+    """Fail closed (:class:`SecretInEvidence`) when a known secret is a whole string value
+    anywhere in ``obj``, or a long one (:data:`MIN_EMBEDDED_SECRET_LEN`) sits inside any string or
+    key. Numbers are never compared: a password ``200`` does not make 200 rows a leak."""
+    if not secrets:
+        return
+    long_ones = [x for x in secrets if len(x) >= MIN_EMBEDDED_SECRET_LEN]
+
+    def fail(path: str) -> None:
+        raise SecretInEvidence(f"evidence not recorded: {what} at {path or 'top level'} holds a known secret "
+                               "(a password or token from the environment, a DSN, a password file or the "
+                               "credentials file); nothing was written: use a password that is not also a "
+                               "name or a value of the results, and keep credentials out of names and messages")
+
+    def walk(o: Any, path: str) -> None:
+        if isinstance(o, str):
+            if o in secrets or any(x in o for x in long_ones):
+                fail(path)
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                if isinstance(k, str) and any(x in k for x in long_ones):
+                    fail(f"{path}.<key>")
+                name = REDACTED if k in secrets else str(k)  # the message must not spell a short secret
+                walk(v, f"{path}.{name}" if path else name)
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(v, f"{path}[{i}]")
+
+    walk(obj, "")
 
 
 # -- recording -------------------------------------------------------------------------------------
@@ -238,9 +305,12 @@ def record_evidence(
 
     check_manifest_options(manifest_path, signing_key)
     secrets = known_secrets([ledger_dsn], passfiles=[passfile]) if secrets is None else secrets
-    summary = scrub(summary, secrets)
-    inputs = scrub([dict(i) for i in inputs_meta], secrets)
-    error = scrub(error, secrets) if error else None
+    summary = scrub(summary)
+    inputs = scrub([dict(i) for i in inputs_meta])
+    error = scrub_text(error, secrets) if error else None
+    check_no_secret(summary, secrets, "the summary")
+    check_no_secret(inputs, secrets, "the inputs")
+    check_no_secret(error, secrets, "the error message")
     run_id = run_id or ol.new_run_id()
     finished_at = finished_at or datetime.now(UTC)
     started_at = started_at or finished_at
@@ -251,9 +321,12 @@ def record_evidence(
         lineage_dir = anchor / "openlineage" if anchor is not None else None
     events: list[ol.EmittedEvent] = []
     if lineage_dir is not None or lineage_http is not None:
+        from openlineage.client.serde import Serde
+
         spec = lineage_spec or ol.spec_from_inputs(command, inputs, outputs, namespace=lineage_namespace)
-        events = ol.emit(ol.run_events(spec, run_id, started_at, finished_at, status=status, error=error),
-                         directory=lineage_dir, http=lineage_http)
+        run_events = ol.run_events(spec, run_id, started_at, finished_at, status=status, error=error)
+        check_no_secret([Serde.to_dict(e) for e in run_events], secrets, "the OpenLineage events")
+        events = ol.emit(run_events, directory=lineage_dir, http=lineage_http)
 
     transformation = mf.transformation_digest()
     out_digests = [{"name": o.name, "sha256": mf.file_digest(o)} for o in outputs if o.is_file()]
@@ -272,7 +345,9 @@ def record_evidence(
                 "outputs": out_digests, "error": error}
         lineage_rows = [{"kind": "openlineage_event", "event_type": e.event_type, "sha256": e.sha256,
                          "file": e.path.name if e.path else None} for e in events]
-        entries = ledger.record_run(run_id, scrub(body, secrets), inputs, lineage_rows)
+        body = scrub(body)
+        check_no_secret(body, secrets, "the ledger row")
+        entries = ledger.record_run(run_id, body, inputs, lineage_rows)
         checkpoint = ledger.checkpoint()
         result["ledger"] = {"ledger": ledger.where, "run_seq": entries[0].seq, "run_row_hash": entries[0].row_hash,
                             "rows": [e.to_dict() for e in entries], "checkpoint": checkpoint.to_dict()}
@@ -299,8 +374,9 @@ def record_evidence(
             }
             from engine.store.ledger import jsonable
 
-            info = mf.write_manifest(Path(manifest_path), outputs + event_files,
-                                     scrub(jsonable(predicate), secrets), signing_key)
+            predicate = scrub(jsonable(predicate))
+            check_no_secret(predicate, secrets, "the manifest")
+            info = mf.write_manifest(Path(manifest_path), outputs + event_files, predicate, signing_key)
             result["manifest"] = {"path": info["path"], "sha256": info["sha256"], "keyid": info["keyid"],
                                   "subjects": len(info["subjects"])}
             if ledger is not None:
@@ -311,7 +387,9 @@ def record_evidence(
     finally:
         if ledger is not None:
             ledger.close()
-    return scrub(result, secrets)
+    result = scrub(result)
+    check_no_secret(result, secrets, "the evidence summary")
+    return result
 
 
 def _iso(t: datetime) -> str:
@@ -338,6 +416,12 @@ def record_diff_evidence(
 
     check_manifest_options(manifest_path, signing_key)
     ledger_dsn = resolve_ledger_dsn(ledger_dsn, config)
+    secrets = known_secrets([ledger_dsn, run.request.source, run.request.target], config=config)
+    inputs = mf.inputs_from_run(run)
+    summary = run.summary()
+    # checked before the snapshots and outputs are written: a refused run leaves no evidence files
+    check_no_secret(scrub(summary), secrets, "the summary")
+    check_no_secret(scrub(inputs), secrets, "the inputs")
     if outputs is None and manifest_path is not None:
         outputs = write_outputs(run, Path(manifest_path).parent)
     files = list((outputs or {}).values())
@@ -346,13 +430,10 @@ def record_diff_evidence(
         snap = mf.write_snapshots(run, files[0].parent if files else Path(manifest_path).parent)
         files += snap
         sidecar = snap[-1]
-    secrets = known_secrets([ledger_dsn, run.request.source, run.request.target], config=config)
-    inputs = mf.inputs_from_run(run)
     ol_sect = config.section("openlineage")
     namespace = str(ol_sect.get("namespace") or ol.DEFAULT_NAMESPACE)
-    spec = ol.spec_from_diff(run, scrub(inputs, secrets), files, namespace=namespace)
+    spec = ol.spec_from_diff(run, scrub(inputs), files, namespace=namespace)
     finished = datetime.now(UTC)
-    summary = run.summary()
     return record_evidence(
         "diff", summary, inputs, files, ledger_dsn=ledger_dsn, manifest_path=manifest_path,
         signing_key=signing_key, config_digest=config.digest, lineage_dir=lineage_dir,

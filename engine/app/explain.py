@@ -10,7 +10,7 @@ signed manifest over its outputs, OpenLineage events) through :mod:`engine.app.e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ class ExplainRequest:
     bootstrap: str | None = None
     topic: str | None = None
     column: str | None = None
-    kafka_config: dict[str, str] | None = None
+    kafka_config: dict[str, str] | None = field(default=None, repr=False)  # may hold SASL secrets
     #: a librdkafka properties file; its properties override ``kafka_config`` and the config's [kafka]
     kafka_config_file: Path | None = None
     fields: kafka_source.EventFields = kafka_source.EventFields()

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import psycopg
 import pytest
 
-from engine.app.evidence import known_secrets, record_diff_evidence, scrub
+from engine.app.evidence import SecretInEvidence, check_no_secret, known_secrets, record_diff_evidence, scrub
 from engine.app.reconcile import DiffRequest, run_diff, write_outputs
 from engine.config import load
 from engine.evidence import lineage as ol
@@ -192,5 +192,101 @@ def test_scrub_and_known_secrets_cover_dsns_pgpass_and_environment(embedded_pg, 
     for v in (creds["postgres_password"], creds["postgres_app_password"], creds["postgres_superuser_password"],
               FAKE_SF["SF_SECURITY_TOKEN"], "inline-pw-123", "kw-pw-456"):
         assert v in found
-    cleaned = scrub({"a": [f"x{creds['postgres_password']}y"], creds["postgres_password"]: 1}, found)
-    assert cleaned == {"a": ["x***y"], "***": 1}
+    dsn = f"postgresql://u:{creds['postgres_password']}@h/db"
+    cleaned = scrub({"a": [dsn], "extract": {"dsn": "host=h password=kw-pw-456", "password": "kw-pw-456"}})
+    assert cleaned == {"a": ["postgresql://u@h/db"], "extract": {"dsn": "host=h"}}
+    check_no_secret(cleaned, found, "the summary")
+    with pytest.raises(SecretInEvidence) as err:  # a long secret inside free text: recording stops
+        check_no_secret({"a": [f"x{creds['postgres_password']}y"]}, found, "the summary")
+    assert err.value.exit_code == 70 and creds["postgres_password"] not in str(err.value)
+
+
+@pytest.fixture()
+def short_pw_role(embedded_pg, evidence_db):  # noqa: ANN001, ANN201
+    """A login role whose password is a number the diff's results also hold: `0.00` is inside the
+    amounts `20.00` and `30150.00`, `20.00` is the variance itself."""
+    role = f"evsec_short_{uuid.uuid4().hex[:8]}"
+    su = embedded_pg.info.superuser_socket_dsn(evidence_db["name"])
+    with psycopg.connect(su, autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role} LOGIN PASSWORD '0.00'")
+        c.execute(f"GRANT USAGE ON SCHEMA s TO {role}")
+        c.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA s TO {role}")
+    yield role
+    with psycopg.connect(su, autocommit=True) as c:
+        c.execute(f"DROP OWNED BY {role}")
+        c.execute(f"DROP ROLE {role}")
+
+
+def test_a_short_password_leaves_the_results_intact_and_dsns_redacted(
+        embedded_pg, evidence_db, short_pw_role, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    info, creds = embedded_pg.info, embedded_pg.creds
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
+    monkeypatch.delenv("OPENLINEAGE_URL", raising=False)
+    db, role = evidence_db["name"], short_pw_role
+    # the password as a URI password, and as a percent-encoded keyword of the query string
+    source = f"postgresql://{role}:0.00@{info.host}:{info.port}/{db}#s.a"
+    target = f"postgresql://{role}@{info.host}:{info.port}/{db}?pass%77ord=0.00#s.b"
+    ledger_dsn = f"postgresql://recon_app:{creds['postgres_app_password']}@{info.host}:{info.port}/{db}"
+    priv, pub = mf.keygen(tmp_path / "keys")
+    out = tmp_path / "out"
+    cfg = load(None)
+    run = run_diff(DiffRequest(source=source, target=target, keys=(("id", "id"),), segment_rows=32), cfg)
+    expected = json.loads(json.dumps(run.summary(), default=str))
+    assert expected["columns"]["amount"]["abs_variance"] == "20.00"
+    assert expected["columns"]["amount"]["source_abs_total"] == "30150.00"
+    outputs = write_outputs(run, out)
+    evidence = record_diff_evidence(run, config=cfg, outputs=outputs, ledger_dsn=ledger_dsn,
+                                    manifest_path=out / "manifest.json", signing_key=priv)
+
+    # the signed results are the computed ones, digit for digit
+    rep = mf.verify_manifest(out / "manifest.json", pub, out)
+    results = rep.statement["predicate"]["results"]
+    assert results["columns"] == expected["columns"]
+    for k in ("missing_in_target", "mismatched", "unchanged", "merkle", "divergent_ranges", "key"):
+        assert results[k] == expected[k], k
+    with lg.Ledger(ledger_dsn) as led:
+        rows = list(led.rows())
+    run_body = json.loads(next(r for r in rows if r[0] == "runs")[5])
+    assert run_body["summary"]["columns"] == expected["columns"]
+    # the DSNs are there, without their password
+    assert results["source"]["ref"] == f"postgresql://{role}@{info.host}:{info.port}/{db}#s.a"
+    assert results["target"]["ref"] == f"postgresql://{role}@{info.host}:{info.port}/{db}#s.b"
+    assert evidence["ledger"]["ledger"] == f"postgresql://recon_app@{info.host}:{info.port}/{db}"
+    texts = {"manifest": base64.b64decode(json.loads((out / "manifest.json").read_text())["payload"]).decode(),
+             "ledger": json.dumps([list(map(str, r)) for r in rows]), "evidence": json.dumps(evidence, default=str),
+             **{f.name: f.read_text() for f in (out / "openlineage").glob("*.json")}}
+    assert len(texts) == 5
+    for where, text in texts.items():
+        assert ":0.00@" not in text and "=0.00" not in text and "pass%77ord" not in text, where
+        assert creds["postgres_app_password"] not in text, where
+        assert "2***" not in text and "***" not in text.replace('"***"', ""), where
+
+
+def test_a_password_equal_to_a_result_value_stops_the_evidence(
+        embedded_pg, evidence_db, short_pw_role, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """`20.00` is both the password and the variance: a leak cannot be told from a coincidence, so
+    nothing is recorded (exit 70) rather than a signed summary with the value blanked or kept."""
+    info, creds = embedded_pg.info, embedded_pg.creds
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
+    monkeypatch.delenv("OPENLINEAGE_URL", raising=False)
+    db, role = evidence_db["name"], short_pw_role
+    with psycopg.connect(embedded_pg.info.superuser_socket_dsn(db), autocommit=True) as c:
+        c.execute(f"ALTER ROLE {role} PASSWORD '20.00'")
+    source = f"postgresql://{role}:20.00@{info.host}:{info.port}/{db}#s.a"
+    target = f"postgresql://{role}:20.00@{info.host}:{info.port}/{db}#s.b"
+    ledger_dsn = f"postgresql://recon_app:{creds['postgres_app_password']}@{info.host}:{info.port}/{db}"
+    priv, _ = mf.keygen(tmp_path / "keys")
+    out = tmp_path / "out"
+    cfg = load(None)
+    run = run_diff(DiffRequest(source=source, target=target, keys=(("id", "id"),), segment_rows=32), cfg)
+    outputs = write_outputs(run, out)
+    with pytest.raises(SecretInEvidence) as err:
+        record_diff_evidence(run, config=cfg, outputs=outputs, ledger_dsn=ledger_dsn,
+                             manifest_path=out / "manifest.json", signing_key=priv)
+    assert err.value.exit_code == 70 and "20.00" not in str(err.value) and "\n" not in str(err.value)
+    assert not (out / "manifest.json").exists() and not (out / "openlineage").exists()
+    assert not list(out.glob("snapshot*"))
+    with lg.Ledger(ledger_dsn) as led:
+        assert not [r for r in led.rows() if r[0] == "runs"]

@@ -151,7 +151,8 @@ class ConsumerSettings:
     org_id: str | None = None
     until_caught_up: bool = False
     reset_offsets: bool = False
-    kafka_config: Mapping[str, str] = field(default_factory=dict)
+    #: librdkafka properties of the --kafka-config file: SASL/SSL secrets, so never in a repr
+    kafka_config: Mapping[str, str] = field(default_factory=dict, repr=False)
     fields: FieldNames = field(default_factory=FieldNames)
     batch_size: int = DEFAULT_BATCH_SIZE
     deadline_s: float = DEFAULT_DEADLINE_S
