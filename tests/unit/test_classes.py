@@ -21,6 +21,7 @@ from engine.app import repair
 from engine.core import classes, forensics, gate
 from engine.core.classes import FindingClass, Repair
 from engine.core.errors import UsageError
+from engine.core.sfid import to18
 from engine.report import charts
 from engine.report import html as rh
 
@@ -137,7 +138,7 @@ def _explain_dir(tmp_path: Path, names: list[str]) -> tuple[Path, config_mod.Con
     ex.mkdir()
     (ex / "explain.json").write_text(json.dumps({"diff": str(diff), "column": "clv"}))
     rows: list[dict[str, Any]] = [
-        {"Id": f"001{i:015d}", "class": n, "kind": "missing_in_target" if n == "missing_in_warehouse" else "mismatched",
+        {"Id": to18(f"001{i:012d}"), "class": n, "kind": "missing_in_target" if n == "missing_in_warehouse" else "mismatched",
          "sec_critical": False, "owner_id": "005", "salesforce_value": "10.00",
          "warehouse_value": None if n == "missing_in_warehouse" else "12.00", "dedup_stream_value": "12.00"}
         for i, n in enumerate(names)]
