@@ -156,11 +156,13 @@ def _abs_total(col: pl.Series, scale: int | None = None, step: int = 1 << 20) ->
     return total.scaleb(-(scale or 0)) if scaled else total
 
 
-def _dup_and_distinct(keys: pl.Series, counts: np.ndarray, unique: bool | None = None) -> tuple[int, np.ndarray]:
-    """Distinct keys duplicated on this side, and distinct keys per segment (keys sorted; ``counts``:
-    rows per segment); ``unique`` is what canonicalization already found out (no second pass)."""
+def _dup_and_distinct(keys: pl.Series, counts: np.ndarray, unique: bool | None = None
+                      ) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """Distinct keys duplicated on this side, distinct keys per segment (keys sorted; ``counts``:
+    rows per segment), and the row numbers of the duplicated keys' rows (None when there are none);
+    ``unique`` is what canonicalization already found out (no second pass)."""
     if len(keys) == 0 or unique:
-        return 0, counts.copy()
+        return 0, counts.copy(), None
     same_as_prev = same_as_previous(keys)
     first_of_run = ~same_as_prev
     # a run of length >= 2 starts where the next row repeats the key
@@ -169,7 +171,28 @@ def _dup_and_distinct(keys: pl.Series, counts: np.ndarray, unique: bool | None =
     ends = np.cumsum(counts)  # a row's segment: the first segment ending after it
     segs = np.searchsorted(ends, np.flatnonzero(first_of_run), side="right")
     distinct = np.bincount(segs, minlength=len(counts))
-    return dup_keys, distinct
+    return dup_keys, distinct, (np.flatnonzero(same_as_prev | next_same) if dup_keys else None)
+
+
+def _equal_segments_abs_total(col: pl.Series, starts: np.ndarray, div_mask: np.ndarray,
+                              dup_rows: np.ndarray | None, scale: int | None) -> Decimal:
+    """Σ|value| over the equal segments' rows whose key is unique: their share of
+    ``source_abs_total`` (the record diff adds the divergent segments' pairs). Runs of equal
+    segments are contiguous rows, summed as slices; an equal segment holds the same rows on both
+    sides, so a key unique in the source is unique in the target there too."""
+    total = Decimal(0)
+    n = len(div_mask)
+    edges = np.flatnonzero(np.diff(np.concatenate([[True], div_mask, [True]]).astype(np.int8)))
+    for a, b in zip(edges[0::2], edges[1::2], strict=True):  # [a, b): a run of equal segments
+        lo, hi = int(starts[a]), int(starts[min(b, n)])
+        if hi > lo:
+            total += _abs_total(col.slice(lo, hi - lo), scale)
+    if dup_rows is not None and len(dup_rows):  # duplicated keys in equal segments are out
+        seg_of = np.searchsorted(starts[1:], dup_rows, side="right")
+        out = dup_rows[~div_mask[seg_of]]
+        if len(out):
+            total -= _abs_total(col.gather(out), scale)
+    return total
 
 
 def compare(
@@ -203,8 +226,8 @@ def compare(
         (s_tree, s_counts), (t_tree, t_counts) = hashed
     divergent = merkle.divergent_segments(s_tree, t_tree)
 
-    dup_s, distinct_s = _dup_and_distinct(s["__key"], s_counts, source.unique_keys)
-    dup_t, distinct_t = _dup_and_distinct(t["__key"], t_counts, target.unique_keys)
+    dup_s, distinct_s, dup_rows_s = _dup_and_distinct(s["__key"], s_counts, source.unique_keys)
+    dup_t, distinct_t, _ = _dup_and_distinct(t["__key"], t_counts, target.unique_keys)
     div_mask = np.zeros(n_seg, dtype=bool)
     div_mask[divergent] = True
     same_union = int(distinct_s[~div_mask].sum())  # equal segments: same distinct keys on both sides
@@ -216,7 +239,7 @@ def compare(
     t_starts = np.concatenate([[0], np.cumsum(t_counts)])
     parts_diffs: list[pl.LazyFrame] = []
     counts: dict[str, int] = {}
-    col_stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
+    col_stats: dict[str, tuple[int, Decimal | None, Decimal | None, Decimal | None]] = {}
     def one(group: list[int]) -> tuple[pl.LazyFrame, dict[str, int], dict[str, Any]]:
         return _record_diff(_rows_in(s, s_starts, group), _rows_in(t, t_starts, group), list(fields),
                             in_flight_keys or set(), dups=bool(dup_s or dup_t))
@@ -230,17 +253,22 @@ def compare(
         parts_diffs.append(d)
         for k, v in c.items():
             counts[k] = counts.get(k, 0) + v
-        for name, (n, a, b) in st.items():
-            n0, a0, b0 = col_stats.get(name, (0, None, None))
-            col_stats[name] = (n0 + n, a if a0 is None else a0 + (a or 0), b if b0 is None else b0 + (b or 0))
+        for name, (n, a, b, c) in st.items():
+            n0, a0, b0, c0 = col_stats.get(name, (0, None, None, None))
+            col_stats[name] = (n0 + n, a if a0 is None else a0 + (a or 0), b if b0 is None else b0 + (b or 0),
+                               c if c0 is None else c0 + (c or 0))
     diffs = pl.concat(parts_diffs) if len(parts_diffs) > 1 else parts_diffs[0]  # groups are in key order
     union_keys = same_union + counts["union"]
-    src_abs_totals = {f.name: _abs_total(s[f.name], f.ctype.scale if f.ctype.kind == "decimal" else None)
-                      if f.ctype.kind in ("decimal", "int", "float") else None for f in value_fields}
-    columns = {
-        f.name: ColumnStats(col_stats[f.name][0], col_stats[f.name][1], col_stats[f.name][2], src_abs_totals[f.name])
-        for f in value_fields
-    }
+    columns = {}
+    for f in value_fields:
+        n, a, b, pairs_total = col_stats[f.name]
+        total = None
+        if pairs_total is not None:  # Σ|source| over the keys unique on both sides (abs_variance's population)
+            scale = f.ctype.scale if f.ctype.kind == "decimal" else None
+            total = pairs_total + _equal_segments_abs_total(s[f.name], s_starts, div_mask, dup_rows_s, scale)
+            if f.ctype.kind == "decimal":
+                total = total.quantize(Decimal(1).scaleb(-(f.ctype.scale or 0)))
+        columns[f.name] = ColumnStats(n, a, b, total)
     unchanged = union_keys - counts["missing_in_target"] - counts["missing_in_source"] - counts["mismatched"] \
         - counts["in_flight"]
     return DiffResult(
@@ -361,7 +389,7 @@ def _dup_keys(df: pl.DataFrame) -> pl.Series:
 
 def _record_diff(
     ds: pl.DataFrame, dt: pl.DataFrame, fields: list[FieldSpec], in_flight: set[str], *, dups: bool = True
-) -> tuple[pl.LazyFrame, dict[str, int], dict[str, tuple[int, Decimal | None, Decimal | None]]]:
+) -> tuple[pl.LazyFrame, dict[str, int], dict[str, tuple[int, Decimal | None, Decimal | None, Decimal | None]]]:
     """``dups=False`` says neither side has a duplicated key anywhere (known from the whole-side
     count), so the per-group search for them is skipped."""
     value_fields = [f for f in fields if not f.is_key]
@@ -399,7 +427,7 @@ def _record_diff(
     both = keys.filter(pl.col("n_s").is_not_null() & pl.col("n_t").is_not_null())
     dup_mismatch = both.filter(pl.col("rows_s") != pl.col("rows_t"))
     # a key unique on both sides that was only flagged for being in flight never gets here
-    stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
+    stats: dict[str, tuple[int, Decimal | None, Decimal | None, Decimal | None]] = {}
     col_rows = []
     diff_exprs, deltas = [], {}
     for f in value_fields:
@@ -443,7 +471,10 @@ def _record_diff(
         if f.ctype.kind == "decimal" and abs_v is not None:
             q = Decimal(1).scaleb(-(f.ctype.scale or 0))
             abs_v, net_v = abs_v.quantize(q), net_v.quantize(q)  # type: ignore[union-attr]
-        stats[f.name] = (len(sub), abs_v, net_v)
+        # Σ|source| of the pairs (keys unique on both sides, not in flight): abs_variance's population
+        src_total = _abs_total(pairs[f.name], f.ctype.scale if f.ctype.kind == "decimal" else None) \
+            if f.name in deltas else None
+        stats[f.name] = (len(sub), abs_v, net_v, src_total)
         col_rows.append(sub.lazy().select(
             pl.col("__key").alias("key"), pl.lit("mismatched").alias("kind"), pl.lit(f.name).alias("column"),
             _value_text(pl.col(f.name), f, scaled).alias("source_value"),
