@@ -167,3 +167,31 @@ def test_1e100_against_or_in_postgres_is_exit_2(tmp_path: Path, pg: dict[str, st
     s.write_text(SOURCE)
     (tmp_path / "s.csv.json").write_text(json.dumps({"schema": {"amount": "decimal:2"}}))
     one_line(recon("diff", f"csv:{s}", pg["huge"], "-k", "Id", "-c", "amount", env=env), 2, "'amount'", "csvval.huge")
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("NaN", "not a finite number"),  # a tolerance is decimal text too: a Polars panic and exit 1 before
+    ("Infinity", "not a finite number"),
+    ("-1", "negative"),
+])
+def test_a_tolerance_no_decimal_column_can_hold_is_exit_2_naming_it(tmp_path: Path, value: str, needle: str) -> None:
+    s, t = csv_pair(tmp_path, typed=True)
+    one_line(recon("diff", f"csv:{s}", f"csv:{t}", "-k", "Id", "--tolerance", f"amount={value}"), 2,
+             "--tolerance", repr(value), needle)
+    cfg = tmp_path / "recon.toml"
+    cfg.write_text(f'[mapping.m]\nsource = "csv:{s}"\ntarget = "csv:{t}"\nkey = ["Id"]\n'
+                   f'tolerance = {{ amount = "{value}" }}\n')
+    one_line(recon("diff", "-C", str(cfg), "--mapping", "m"), 2, "tolerance.amount", repr(value), needle)
+
+
+@pytest.mark.parametrize(("value", "mismatched"), [("1e-100", 2), ("0.011", 1), ("1e30", 0), ("1E+100", 0)])
+def test_any_finite_tolerance_applies_at_the_columns_scale(tmp_path: Path, value: str, mismatched: int) -> None:
+    """A tolerance finer than the scale absorbs nothing (0.011 at scale 2 is 0.01), one larger than any
+    difference absorbs every difference: neither is a crash (1E+100 and 1e-100 were exit 70)."""
+    s, t = csv_pair(tmp_path, typed=True)
+    t2 = f"csv:{t.with_name('t2.csv')}"
+    d = diff_json(f"csv:{s}", t2, "-k", "Id", "-c", "amount", "--tolerance", f"amount={value}")
+    assert d["columns"]["amount"]["mismatched"] == mismatched
+    (tmp_path / "s.csv.json").write_text(json.dumps({"schema": {"code": "int"}}))
+    d = diff_json(f"csv:{s}", t2, "-k", "Id", "-c", "code", "--tolerance", f"code={value}")
+    assert d["columns"]["code"]["mismatched"] == 0  # 00123 is 123 as an int

@@ -265,3 +265,15 @@ def test_divergent_ranges_name_the_segments_that_differ_and_their_rows() -> None
         {"from": "d", "to": None, "source_rows": 2, "target_rows": 1},
     ]
     assert r.summary()["divergent_ranges"] == r.divergent_ranges()
+
+
+def test_variances_and_totals_of_wide_decimals_are_exact() -> None:
+    """Sums beyond the decimal module's default 28 digits are neither rounded nor a crash."""
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ColumnType("decimal", 2)))
+    big = "9" * 34 + ".99"
+    src = pl.DataFrame({"k": ["a", "b", "c"], "v": [big, big, "0.01"]})
+    tgt = pl.DataFrame({"k": ["a", "b", "c"], "v": ["9" * 33 + "8.99", big, "0.01"]})
+    for bounds in ([], ["b", "c"]):
+        r = compare(canonicalize(src, f, SideOptions()), canonicalize(tgt, f, SideOptions()), boundaries=bounds)
+        assert (r.columns["v"].abs_variance, r.columns["v"].net_variance) == (Decimal("1.00"), Decimal("-1.00"))
+        assert r.columns["v"].source_abs_total == Decimal("1" + "9" * 34 + ".99")  # 2·big + 0.01
