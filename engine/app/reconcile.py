@@ -235,8 +235,8 @@ def _untyped_tolerance(column: str, ctype: ColumnType, *refs: Any) -> str:
     files = [r for r in refs if isinstance(r, FileRef)]
     where = (f"a sidecar {files[0].path}.json with {{\"schema\": {{\"{column}\": \"decimal:2\"}}}}" if files
              else f"the mapping's types = {{ {column} = \"decimal:2\" }}")
-    return (f"--tolerance names {column!r}, which is compared as {ctype.describe()} (neither side declares a "
-            f"number type): a tolerance needs numbers: declare the column's type, e.g. {where}")
+    return (f"a tolerance on {column!r} (--tolerance or the mapping's tolerance) needs numbers, and {column!r} "
+            f"is compared as {ctype.describe()} (neither side declares a number type): declare its type, e.g. {where}")
 
 
 def _take_frame(e: Extract) -> pl.DataFrame:
