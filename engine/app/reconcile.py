@@ -232,9 +232,11 @@ _NUMERIC = ("decimal", "int", "float")
 def _untyped_tolerance(column: str, ctype: ColumnType, *refs: Any) -> str:
     """Why a tolerance cannot apply, and how to type the column: a tolerance on text was ignored
     before (exit 1, no variances), which reads like a real difference nobody can size."""
+    from engine.connectors.files import sidecar
+
     files = [r for r in refs if isinstance(r, FileRef)]
-    where = (f"a sidecar {files[0].path}.json with {{\"schema\": {{\"{column}\": \"decimal:2\"}}}}" if files
-             else f"the mapping's types = {{ {column} = \"decimal:2\" }}")
+    where = (f"a sidecar {sidecar.path_for(Path(files[0].path))} with {{\"schema\": {{\"{column}\": \"decimal:2\"}}}}"
+             if files else f"the mapping's types = {{ {column} = \"decimal:2\" }}")
     return (f"a tolerance on {column!r} (--tolerance or the mapping's tolerance) needs numbers, and {column!r} "
             f"is compared as {ctype.describe()} (neither side declares a number type): declare its type, e.g. {where}")
 
