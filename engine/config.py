@@ -11,11 +11,12 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from engine.core.errors import UsageError
+from engine.core.tolerance import parse_tolerance
 
 #: a Salesforce field's API name (what describe declares; checked again against describe before SOQL)
 FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
@@ -92,9 +93,9 @@ class Config:
         tol = {}
         for k, v in (m.get("tolerance") or {}).items():
             try:
-                tol[k] = Decimal(str(v))
-            except InvalidOperation:
-                raise UsageError(f"{where}: tolerance.{k} = {v!r} is not a number") from None
+                tol[k] = parse_tolerance(v)
+            except ValueError as exc:
+                raise UsageError(f"{where}: tolerance.{k}: {exc}") from None
         return Mapping(
             name=name, source=_str(m, "source", where), target=_str(m, "target", where),
             key=tuple(parse_pair(x) for x in _list(m, "key", where)),

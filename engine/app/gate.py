@@ -312,7 +312,8 @@ def apply_exclusions(diff: DiffInput, column: str, records: list[dict[str, Any]]
     refused: list[dict[str, Any]] = []
     resolved = 0
     abs_removed = Decimal(0)
-    src_removed = Decimal(0)
+    src_removed = Decimal(0)  # Σ|source| of excluded keys unique on both sides (in source_abs_total)
+    src_removed_outside = Decimal(0)  # of excluded missing or duplicated keys: only in pre-total summaries' Σ
     seen: set[str] = set()
     for r in wanted:
         key = str(r["Id"])
@@ -354,7 +355,7 @@ def apply_exclusions(diff: DiffInput, column: str, records: list[dict[str, Any]]
             else:
                 s = _dec(r.get("salesforce_value"))
                 if s is not None:
-                    src_removed += abs(s)
+                    src_removed_outside += abs(s)
         else:
             reason = f"unknown finding kind {want_kind!r}"
         if reason:
@@ -380,8 +381,12 @@ def apply_exclusions(diff: DiffInput, column: str, records: list[dict[str, Any]]
         elif math.isinf(raw_amount):
             amount = float("inf")
         else:
-            # Σ|source| is in summaries since they carry source_abs_total; older ones: abs_variance / ratio
-            total = _dec(col.get("source_abs_total")) or Decimal(abs_v) / Decimal(repr(raw_amount))
+            # Σ|source| over the keys unique on both sides is in summaries since they carry
+            # source_abs_total (a missing or duplicated key is not in it); older ones: abs_variance /
+            # ratio, a Σ over every source row, so an excluded missing or duplicated key leaves it too
+            total = _dec(col.get("source_abs_total"))
+            if total is None:
+                total = Decimal(abs_v) / Decimal(repr(raw_amount)) - src_removed_outside
             rest = total - src_removed
             amount = Fraction(new_abs) / Fraction(rest) if rest > 0 else float("inf")
     return ExclusionResult(excluded, refused, resolved, variance, amount)

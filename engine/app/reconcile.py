@@ -4,7 +4,6 @@ and `diff`; this module only wires sources to it."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ import polars as pl
 
 from engine import workspace
 from engine.config import Config, Mapping
-from engine.connectors.base import Extract, ReadRequest, Source, SourceColumn, parse_reference
+from engine.connectors.base import Extract, FileRef, ReadRequest, Source, SourceColumn, parse_reference
 from engine.connectors.registry import source_for
 from engine.core import merkle
 from engine.core.diff import DiffResult, compare
@@ -174,6 +173,8 @@ def _run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun
     for is_key, (a, b) in [(True, p) for p in key_pairs] + [(False, p) for p in col_pairs]:
         ctype = resolve_type(s_cols[a], t_cols[b], precision=precision, override=req.types.get(a))
         tol = tol_lower.get(a.lower())
+        if tol is not None and ctype.kind not in _NUMERIC:
+            raise UsageError(_untyped_tolerance(a, ctype, sref, tref))
         fields_s.append(FieldSpec(a, a, ctype, tol, is_key))
         fields_t.append(FieldSpec(b, a, ctype, tol, is_key))
     s_opts, t_opts = ssrc.side, tsrc.side
@@ -225,6 +226,21 @@ def _run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun
     return DiffRun(req, result, es.meta, et.meta, tuple(fields_s), cs, ct)
 
 
+_NUMERIC = ("decimal", "int", "float")
+
+
+def _untyped_tolerance(column: str, ctype: ColumnType, *refs: Any) -> str:
+    """Why a tolerance cannot apply, and how to type the column: a tolerance on text was ignored
+    before (exit 1, no variances), which reads like a real difference nobody can size."""
+    from engine.connectors.files import sidecar
+
+    files = [r for r in refs if isinstance(r, FileRef)]
+    where = (f"a sidecar {sidecar.path_for(Path(files[0].path))} with {{\"schema\": {{\"{column}\": \"decimal:2\"}}}}"
+             if files else f"the mapping's types = {{ {column} = \"decimal:2\" }}")
+    return (f"a tolerance on {column!r} (--tolerance or the mapping's tolerance) needs numbers, and {column!r} "
+            f"is compared as {ctype.describe()} (neither side declares a number type): declare its type, e.g. {where}")
+
+
 def _take_frame(e: Extract) -> pl.DataFrame:
     """The extract's frame, leaving an empty one behind (the canonical frame holds everything
     needed from here on)."""
@@ -249,7 +265,10 @@ def _in_flight_keys(e: Extract, fields: list[FieldSpec], opts: SideOptions) -> s
     if e.in_flight is None or e.in_flight.height == 0:
         return set()
     keys = [f for f in fields if f.is_key]
-    df = pl.DataFrame([typed(e.in_flight[f.column], f.ctype, opts).alias(f.name) for f in keys])
+    try:
+        df = pl.DataFrame([typed(e.in_flight[f.column], f.ctype, opts).alias(f.name) for f in keys])
+    except ValueError as exc:
+        raise UsageError(f"cannot normalize the keys changed after --as-of: {exc}") from None
     return set(df.select(key_expr(keys).alias("k"))["k"].to_list())
 
 
@@ -286,23 +305,20 @@ def snapshot(ref_text: str, out: Path, config: Config, *, keys: list[str], colum
     precision = _coarsest_precision(src)
     fields = tuple(FieldSpec(c, c, resolve_type(cols[c], cols[c], precision=precision, override=None), None,
                              c in key_cols) for c in wanted)
-    canon = canonicalize(e.frame, fields, src.side)
+    try:
+        canon = canonicalize(e.frame, fields, src.side)
+    except ValueError as exc:
+        raise UsageError(f"cannot normalize {ref}: {exc}") from None
     seg = merkle.Segmentation(tuple(merkle.choose_boundaries(canon.frame["__key"], segment_rows)))
     tree, _ = merkle.side_tree(canon.frame, canon.fields, seg)
     out.parent.mkdir(parents=True, exist_ok=True)
     e.frame.write_parquet(out)
+    from engine.connectors.files import sidecar
     from engine.core.normalize import ENCODING_VERSION
 
-    side = {
-        "source": str(ref),
-        "rows": e.frame.height,
-        "schema": {c: {"kind": f.ctype.kind, "scale": f.ctype.scale, "native_type": cols[c].native_type}
-                   for c, f in zip(wanted, fields, strict=True)},
-        "key": key_cols,
-        "merkle": {"encoding_version": ENCODING_VERSION, "root": tree.root_hex, "segments": len(tree.digests),
-                   "boundaries": list(seg.boundaries), "boundaries_digest": seg.digest},
-        "extract": e.meta,
-    }
-    sidecar = out.with_name(out.name + ".json")
-    sidecar.write_text(json.dumps(side, indent=2, sort_keys=True, default=str) + "\n")
-    return {"parquet": str(out), "sidecar": str(sidecar), "rows": side["rows"], "merkle_root": tree.root_hex}
+    side = sidecar.write(
+        out, {f.column: f.ctype for f in fields}, native_types={c: cols[c].native_type for c in wanted},
+        source=str(ref), rows=e.frame.height, key=key_cols, extract=e.meta,
+        merkle={"encoding_version": ENCODING_VERSION, "root": tree.root_hex, "segments": len(tree.digests),
+                "boundaries": list(seg.boundaries), "boundaries_digest": seg.digest})
+    return {"parquet": str(out), "sidecar": str(side), "rows": e.frame.height, "merkle_root": tree.root_hex}

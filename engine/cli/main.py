@@ -69,7 +69,7 @@ def diff_cmd(
         name, sep, val = t.partition("=")
         if not sep:
             raise _usage(f"malformed --tolerance {t!r}: use COL=ABS, e.g. --tolerance amount=0.01")
-        tol[name] = _decimal(val, "--tolerance")
+        tol[name] = _tolerance(val)
     opts = use_case.DiffOptions(
         source=source, target=target, mapping=mapping, keys=tuple(parse_pair(k) for k in key or []),
         columns=tuple(parse_pair(c) for c in column or []), tolerance=tol, source_where=source_where,
@@ -88,13 +88,13 @@ def diff_cmd(
     raise typer.Exit(int(res.exit_code))
 
 
-def _decimal(text: str, opt: str) -> Any:
-    from decimal import Decimal, InvalidOperation
+def _tolerance(text: str) -> Any:
+    from engine.core.tolerance import parse_tolerance
 
     try:
-        return Decimal(text)
-    except InvalidOperation:
-        raise _usage(f"{opt}: {text!r} is not a number") from None
+        return parse_tolerance(text)
+    except ValueError as exc:
+        raise _usage(f"--tolerance: {exc}") from None
 
 
 def _as_of(text: str | None) -> Any:

@@ -15,42 +15,69 @@ values that come back as text (JSON, Parquet string columns) are compared throug
 
 from __future__ import annotations
 
+import math
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
 import numpy as np
 import polars as pl
 
-
 # -- reading numbers -------------------------------------------------------------------------------
+MAX_DIGITS = 38  # Decimal(38, s): what Polars, Arrow's decimal128 and the 16-byte canonical value hold
+
+
 def _to_decimal(s: pl.Series, scale: int) -> pl.Series:
+    """Any spelling of a number as Decimal(38, ``scale``), rounded half-even in one step (a fixed
+    intermediate scale would round twice: 0.134999999999 would become 0.14). A value that is not a
+    finite number or needs more than 38 digits at ``scale`` is a ValueError naming the column and
+    the value, found by one vectorised check (a NULL out where a value went in)."""
+    target = pl.Decimal(MAX_DIGITS, scale)
     if s.dtype == pl.Utf8 or s.dtype == pl.String:
         txt = s.str.strip_chars()
         txt = pl.Series(s.name, txt).set(txt == "", None) if (txt == "").any() else txt
-        wide = txt.cast(pl.Decimal(38, 9), strict=False)
-        bad = wide.is_null() & txt.is_not_null()
-        if bad.any():  # exotic spellings (e.g. '1.5e-12'): the rare rows go through Python's Decimal
-            fixed = [_py_decimal(v, 9) for v in txt.filter(bad).to_list()]
-            wide = wide.scatter(bad.arg_true(), pl.Series(fixed, dtype=pl.Decimal(38, 9)))
-        return wide.round(scale).cast(pl.Decimal(38, scale))
+        out = txt.cast(target, strict=False)
+        bad = out.is_null() & txt.is_not_null()
+        if bad.any():  # exotic spellings (e.g. '1_000'): the rare rows go through Python's Decimal
+            fixed = [_py_decimal(v, scale, s.name) for v in txt.filter(bad).to_list()]
+            out = out.scatter(bad.arg_true(), pl.Series(fixed, dtype=target))
+        return out
     if s.dtype.is_float():
-        return s.round(scale).cast(pl.Decimal(38, scale))
-    if isinstance(s.dtype, pl.Decimal):
-        return s.round(scale).cast(pl.Decimal(38, scale)) if (s.dtype.scale or 0) > scale else s.cast(pl.Decimal(38, scale))
-    return s.cast(pl.Decimal(38, scale))
+        out = s.round(scale).cast(target, strict=False)
+    elif isinstance(s.dtype, pl.Decimal) and (s.dtype.scale or 0) > scale:
+        out = s.round(scale).cast(target, strict=False)
+    else:
+        out = s.cast(target, strict=False)
+    bad = out.is_null() & s.is_not_null()
+    if bad.any():
+        v = s.filter(bad)[0]
+        what = "not a finite number" if isinstance(v, float) and not math.isfinite(v) else _out_of_range(scale)
+        raise ValueError(f"column {s.name!r}: {what}: {str(v)!r}{_FIX}")
+    return out
 
 
-def _py_decimal(v: str, scale: int) -> Decimal | None:
+_FIX = ": fix the value at its source, or compare the column with another type"
+
+
+def _out_of_range(scale: int) -> str:
+    return f"number out of range (more than {MAX_DIGITS} digits at scale {scale})"
+
+
+def _py_decimal(v: str, scale: int, column: str = "") -> Decimal:
+    where = f"column {column!r}: " if column else ""
     try:
         d = Decimal(v)
-    except InvalidOperation as exc:
-        raise ValueError(f"not a number: {v!r}") from exc
+    except InvalidOperation:
+        raise ValueError(f"{where}not a number: {v!r}{_FIX}") from None
     if not d.is_finite():
-        raise ValueError(f"not a finite number: {v!r}")
-    with localcontext() as ctx:  # the default 28 digits would fail on large values at a fine scale
-        ctx.prec = 80
+        raise ValueError(f"{where}not a finite number: {v!r}{_FIX}")
+    # digits before the point plus the scale: checked before quantize, which would need them all
+    # (1E+100 at scale 2 is 103 digits: decimal's InvalidOperation, a crash, before this check)
+    if d and d.adjusted() + 1 + scale > MAX_DIGITS:
+        raise ValueError(f"{where}{_out_of_range(scale)}: {v!r}{_FIX}")
+    with localcontext() as ctx:
+        ctx.prec = MAX_DIGITS + 2
         q = d.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
-    if len(q.as_tuple().digits) > 38:
-        raise ValueError(f"number out of range (more than 38 digits at scale {scale}): {v!r}")
+    if len(q.as_tuple().digits) > MAX_DIGITS:  # 99.999 at scale 2 rounds up to one digit more
+        raise ValueError(f"{where}{_out_of_range(scale)}: {v!r}{_FIX}")
     return q
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Context, Decimal, localcontext
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,11 @@ from engine.core.normalize import (
     scaled_text,
     to_decimal,
 )
+from engine.core.tolerance import tolerance_at_scale, tolerance_units
+
+#: the decimal module's context for sums: Decimal(38, s) values summed over many rows need more
+#: than its default 28 digits, which would round silently (or fail in ``quantize``)
+EXACT = Context(prec=120)
 
 DIFF_SCHEMA = {"key": pl.Utf8, "kind": pl.Utf8, "column": pl.Utf8, "source_value": pl.Utf8, "target_value": pl.Utf8}
 
@@ -139,8 +144,13 @@ class DiffResult:
 def _abs_total(col: pl.Series, scale: int | None = None, step: int = 1 << 20) -> Decimal:
     """Σ|value|, a slice at a time: the absolute values of a whole column would be one more copy
     of it at the moment memory peaks. Scaled decimals are summed exactly (no 64-bit overflow)."""
-    total = Decimal(0)
     scaled = scale is not None and is_scaled(col)
+    with localcontext(EXACT):
+        return _abs_total_exact(col, scale if scaled else None, step)
+
+
+def _abs_total_exact(col: pl.Series, scale: int | None, step: int) -> Decimal:
+    total = Decimal(0)
     for lo in range(0, len(col), step):
         part = col.slice(lo, step)
         if col.dtype.is_integer():  # 64-bit sums are exact while every |value| times the count stays below 2**63
@@ -153,14 +163,16 @@ def _abs_total(col: pl.Series, scale: int | None = None, step: int = 1 << 20) ->
         else:
             v = part.abs().sum()
         total += Decimal(str(v)) if v is not None else Decimal(0)
-    return total.scaleb(-(scale or 0)) if scaled else total
+    return total.scaleb(-scale) if scale is not None else total
 
 
-def _dup_and_distinct(keys: pl.Series, counts: np.ndarray, unique: bool | None = None) -> tuple[int, np.ndarray]:
-    """Distinct keys duplicated on this side, and distinct keys per segment (keys sorted; ``counts``:
-    rows per segment); ``unique`` is what canonicalization already found out (no second pass)."""
+def _dup_and_distinct(keys: pl.Series, counts: np.ndarray, unique: bool | None = None
+                      ) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """Distinct keys duplicated on this side, distinct keys per segment (keys sorted; ``counts``:
+    rows per segment), and the row numbers of the duplicated keys' rows (None when there are none);
+    ``unique`` is what canonicalization already found out (no second pass)."""
     if len(keys) == 0 or unique:
-        return 0, counts.copy()
+        return 0, counts.copy(), None
     same_as_prev = same_as_previous(keys)
     first_of_run = ~same_as_prev
     # a run of length >= 2 starts where the next row repeats the key
@@ -169,7 +181,34 @@ def _dup_and_distinct(keys: pl.Series, counts: np.ndarray, unique: bool | None =
     ends = np.cumsum(counts)  # a row's segment: the first segment ending after it
     segs = np.searchsorted(ends, np.flatnonzero(first_of_run), side="right")
     distinct = np.bincount(segs, minlength=len(counts))
-    return dup_keys, distinct
+    return dup_keys, distinct, (np.flatnonzero(same_as_prev | next_same) if dup_keys else None)
+
+
+def _equal_segments_abs_total(col: pl.Series, starts: np.ndarray, div_mask: np.ndarray,
+                              dup_rows: np.ndarray | None, scale: int | None) -> Decimal:
+    """Σ|value| over the equal segments' rows whose key is unique: their share of
+    ``source_abs_total`` (the record diff adds the divergent segments' pairs). Runs of equal
+    segments are contiguous rows, summed as slices; an equal segment holds the same rows on both
+    sides, so a key unique in the source is unique in the target there too."""
+    with localcontext(EXACT):
+        return _equal_segments_abs_total_exact(col, starts, div_mask, dup_rows, scale)
+
+
+def _equal_segments_abs_total_exact(col: pl.Series, starts: np.ndarray, div_mask: np.ndarray,
+                                    dup_rows: np.ndarray | None, scale: int | None) -> Decimal:
+    total = Decimal(0)
+    n = len(div_mask)
+    edges = np.flatnonzero(np.diff(np.concatenate([[True], div_mask, [True]]).astype(np.int8)))
+    for a, b in zip(edges[0::2], edges[1::2], strict=True):  # [a, b): a run of equal segments
+        lo, hi = int(starts[a]), int(starts[min(b, n)])
+        if hi > lo:
+            total += _abs_total(col.slice(lo, hi - lo), scale)
+    if dup_rows is not None and len(dup_rows):  # duplicated keys in equal segments are out
+        seg_of = np.searchsorted(starts[1:], dup_rows, side="right")
+        out = dup_rows[~div_mask[seg_of]]
+        if len(out):
+            total -= _abs_total(col.gather(out), scale)
+    return total
 
 
 def compare(
@@ -203,8 +242,8 @@ def compare(
         (s_tree, s_counts), (t_tree, t_counts) = hashed
     divergent = merkle.divergent_segments(s_tree, t_tree)
 
-    dup_s, distinct_s = _dup_and_distinct(s["__key"], s_counts, source.unique_keys)
-    dup_t, distinct_t = _dup_and_distinct(t["__key"], t_counts, target.unique_keys)
+    dup_s, distinct_s, dup_rows_s = _dup_and_distinct(s["__key"], s_counts, source.unique_keys)
+    dup_t, distinct_t, _ = _dup_and_distinct(t["__key"], t_counts, target.unique_keys)
     div_mask = np.zeros(n_seg, dtype=bool)
     div_mask[divergent] = True
     same_union = int(distinct_s[~div_mask].sum())  # equal segments: same distinct keys on both sides
@@ -216,7 +255,7 @@ def compare(
     t_starts = np.concatenate([[0], np.cumsum(t_counts)])
     parts_diffs: list[pl.LazyFrame] = []
     counts: dict[str, int] = {}
-    col_stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
+    col_stats: dict[str, tuple[int, Decimal | None, Decimal | None, Decimal | None]] = {}
     def one(group: list[int]) -> tuple[pl.LazyFrame, dict[str, int], dict[str, Any]]:
         return _record_diff(_rows_in(s, s_starts, group), _rows_in(t, t_starts, group), list(fields),
                             in_flight_keys or set(), dups=bool(dup_s or dup_t))
@@ -226,21 +265,28 @@ def compare(
     # (the merge's binary search is single-threaded); map() keeps them in key order
     with ThreadPoolExecutor(min(2, len(groups))) as pool:
         results = list(pool.map(one, groups))
-    for d, c, st in results:
+    for d, c, _ in results:
         parts_diffs.append(d)
         for k, v in c.items():
             counts[k] = counts.get(k, 0) + v
-        for name, (n, a, b) in st.items():
-            n0, a0, b0 = col_stats.get(name, (0, None, None))
-            col_stats[name] = (n0 + n, a if a0 is None else a0 + (a or 0), b if b0 is None else b0 + (b or 0))
     diffs = pl.concat(parts_diffs) if len(parts_diffs) > 1 else parts_diffs[0]  # groups are in key order
     union_keys = same_union + counts["union"]
-    src_abs_totals = {f.name: _abs_total(s[f.name], f.ctype.scale if f.ctype.kind == "decimal" else None)
-                      if f.ctype.kind in ("decimal", "int", "float") else None for f in value_fields}
-    columns = {
-        f.name: ColumnStats(col_stats[f.name][0], col_stats[f.name][1], col_stats[f.name][2], src_abs_totals[f.name])
-        for f in value_fields
-    }
+    columns = {}
+    with localcontext(EXACT):
+        for _, _, st in results:
+            for name, (n, a, b, c) in st.items():
+                n0, a0, b0, c0 = col_stats.get(name, (0, None, None, None))
+                col_stats[name] = (n0 + n, a if a0 is None else a0 + (a or 0), b if b0 is None else b0 + (b or 0),
+                                   c if c0 is None else c0 + (c or 0))
+        for f in value_fields:
+            n, a, b, pairs_total = col_stats[f.name]
+            total = None
+            if pairs_total is not None:  # Σ|source| over the keys unique on both sides (abs_variance's population)
+                scale = f.ctype.scale if f.ctype.kind == "decimal" else None
+                total = pairs_total + _equal_segments_abs_total(s[f.name], s_starts, div_mask, dup_rows_s, scale)
+                if f.ctype.kind == "decimal":
+                    total = total.quantize(Decimal(1).scaleb(-(f.ctype.scale or 0)))
+            columns[f.name] = ColumnStats(n, a, b, total)
     unchanged = union_keys - counts["missing_in_target"] - counts["missing_in_source"] - counts["mismatched"] \
         - counts["in_flight"]
     return DiffResult(
@@ -361,7 +407,7 @@ def _dup_keys(df: pl.DataFrame) -> pl.Series:
 
 def _record_diff(
     ds: pl.DataFrame, dt: pl.DataFrame, fields: list[FieldSpec], in_flight: set[str], *, dups: bool = True
-) -> tuple[pl.LazyFrame, dict[str, int], dict[str, tuple[int, Decimal | None, Decimal | None]]]:
+) -> tuple[pl.LazyFrame, dict[str, int], dict[str, tuple[int, Decimal | None, Decimal | None, Decimal | None]]]:
     """``dups=False`` says neither side has a duplicated key anywhere (known from the whole-side
     count), so the per-group search for them is skipped."""
     value_fields = [f for f in fields if not f.is_key]
@@ -399,8 +445,6 @@ def _record_diff(
     both = keys.filter(pl.col("n_s").is_not_null() & pl.col("n_t").is_not_null())
     dup_mismatch = both.filter(pl.col("rows_s") != pl.col("rows_t"))
     # a key unique on both sides that was only flagged for being in flight never gets here
-    stats: dict[str, tuple[int, Decimal | None, Decimal | None]] = {}
-    col_rows = []
     diff_exprs, deltas = [], {}
     for f in value_fields:
         a, b = pl.col(f.name), pl.col(f.name + "__t")
@@ -408,9 +452,9 @@ def _record_diff(
         if f.ctype.kind in ("decimal", "int", "float"):
             tol = f.tolerance if f.tolerance is not None else 0
             if f.ctype.kind == "decimal" and is_scaled(pairs[f.name]):  # unscaled integers: tolerance in units
-                tol_lit = pl.lit(int(Decimal(tol).scaleb(f.ctype.scale or 0).to_integral_value(ROUND_FLOOR)))
+                tol_lit = pl.lit(tolerance_units(Decimal(tol), f.ctype.scale or 0, (1 << 63) - 1), pl.Int64)
             elif f.ctype.kind == "decimal":
-                tol_lit = pl.lit(Decimal(tol)).cast(pl.Decimal(38, f.ctype.scale or 0))
+                tol_lit = pl.lit(tolerance_at_scale(Decimal(tol), f.ctype.scale or 0)).cast(pl.Decimal(38, f.ctype.scale or 0))
             else:
                 tol_lit = pl.lit(float(tol))
             same = a == b
@@ -424,6 +468,23 @@ def _record_diff(
     # one pass computes every column's verdict; only the mismatched pairs are kept for the details
     flags = [pl.col(f"__d_{n}") for n in names]
     mism_unique = pairs.with_columns(diff_exprs).filter(pl.any_horizontal(*flags)) if names else pairs.clear()
+    with localcontext(EXACT):  # this runs in the pool's threads: each has its own decimal context
+        stats, col_rows = _column_verdicts(mism_unique, pairs, value_fields, deltas)
+    return _differences_plan(dup_mismatch, col_rows, names, miss_s, miss_t), {
+        "union": union,
+        "in_flight": n_flight,
+        "missing_in_target": len(miss_t),
+        "missing_in_source": len(miss_s),
+        "mismatched": len(dup_mismatch) + len(mism_unique),
+    }, stats
+
+
+def _column_verdicts(mism_unique: pl.DataFrame, pairs: pl.DataFrame, value_fields: list[FieldSpec],
+                     deltas: dict[str, bool]) -> tuple[dict[str, Any], list[pl.LazyFrame]]:
+    """Per compared column: its mismatched count, variances and Σ|source| over the pairs, and the
+    plan of its difference rows."""
+    stats: dict[str, tuple[int, Decimal | None, Decimal | None, Decimal | None]] = {}
+    col_rows = []
     for f in value_fields:
         sub = mism_unique.filter(pl.col(f"__d_{f.name}"))
         scaled = f.ctype.kind == "decimal" and is_scaled(sub[f.name])  # unscaled int64 on both sides
@@ -443,12 +504,21 @@ def _record_diff(
         if f.ctype.kind == "decimal" and abs_v is not None:
             q = Decimal(1).scaleb(-(f.ctype.scale or 0))
             abs_v, net_v = abs_v.quantize(q), net_v.quantize(q)  # type: ignore[union-attr]
-        stats[f.name] = (len(sub), abs_v, net_v)
+        # Σ|source| of the pairs (keys unique on both sides, not in flight): abs_variance's population
+        src_total = _abs_total(pairs[f.name], f.ctype.scale if f.ctype.kind == "decimal" else None) \
+            if f.name in deltas else None
+        stats[f.name] = (len(sub), abs_v, net_v, src_total)
         col_rows.append(sub.lazy().select(
             pl.col("__key").alias("key"), pl.lit("mismatched").alias("kind"), pl.lit(f.name).alias("column"),
             _value_text(pl.col(f.name), f, scaled).alias("source_value"),
             _value_text(pl.col(f.name + "__t"), f, scaled).alias("target_value")))
+    return stats, col_rows
 
+
+def _differences_plan(dup_mismatch: pl.DataFrame, col_rows: list[pl.LazyFrame], names: list[str],
+                      miss_s: pl.DataFrame, miss_t: pl.DataFrame) -> pl.LazyFrame:
+    """One row per key and kind (and column), sorted by key: a plan, run only when the rows are
+    wanted (DiffResult.differences)."""
     none = pl.lit(None, pl.Utf8)
     frames = [  # in (kind, column) order, so one stable sort by key orders by (key, kind, column)
         dup_mismatch.lazy().select(pl.col("__key").alias("key"), pl.lit("duplicate_key").alias("kind"), none.alias("column"),
@@ -460,13 +530,4 @@ def _record_diff(
         miss_t.lazy().select(pl.col("__key").alias("key"), pl.lit("missing_in_target").alias("kind"), none.alias("column"),
                       none.alias("source_value"), none.alias("target_value")),
     ]
-    # a plan, run only when the rows are wanted (DiffResult.differences)
-    diffs = pl.concat([f.cast(DIFF_SCHEMA) for f in frames]).sort("key", maintain_order=True)
-    counts = {
-        "union": union,
-        "in_flight": n_flight,
-        "missing_in_target": len(miss_t),
-        "missing_in_source": len(miss_s),
-        "mismatched": len(dup_mismatch) + len(mism_unique),
-    }
-    return diffs, counts, stats
+    return pl.concat([f.cast(DIFF_SCHEMA) for f in frames]).sort("key", maintain_order=True)

@@ -77,8 +77,10 @@ def test_pg_vs_pg_json_and_exit_1(tables, env, tmp_path: Path) -> None:
     assert (s["mismatched"], s["missing_in_target"], s["missing_in_source"]) == (3, 1, 1)
     assert s["duplicate_keys"] == {"source": 0, "target": 1}
     assert s["columns"]["clv"] == {"mismatched": 2, "abs_variance": "200.00", "net_variance": "200.00",
-                                   "source_abs_total": "7820.00"}  # Σ(10·i + 0.5), i < 40
-    assert s["amount_variance_ratio"]["clv"] == pytest.approx(200 / 7820)
+                                   "source_abs_total": "7739.00"}
+    # Σ(10·i + 0.5), i < 40, over the keys unique on both sides: not 3 (missing in the target, 30.50)
+    # nor 5 (duplicated in the target, 50.50), the population of abs_variance
+    assert s["amount_variance_ratio"]["clv"] == pytest.approx(200 / 7739)
     assert s["unchanged"] == 36
     assert s["missing_in_target"] + s["missing_in_source"] + s["mismatched"] + s["unchanged"] == s["distinct_keys"]
     for key in ("source_root", "target_root", "boundaries_digest", "segments", "divergent_segments", "encoding_version"):

@@ -52,3 +52,83 @@ def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path: Path, data: 
         _read(tmp_path, data)
     msg = str(exc.value)
     assert needle in msg and "snap.csv" in msg and "\n" not in msg
+
+
+# -- the sidecar (PATH.json): the one place types come from when the other side gives none ----------
+def _typed(tmp_path: Path, data: bytes, side: str, fmt: str = "csv"):  # noqa: ANN202
+    from engine.connectors.files.source import columns_of
+
+    p = tmp_path / f"snap.{fmt}"
+    p.write_bytes(data)
+    (tmp_path / f"snap.{fmt}.json").write_text(side)
+    return columns_of(FileRef(fmt, str(p)))
+
+
+def test_a_sidecar_types_columns_in_either_spelling_and_any_case(tmp_path: Path) -> None:
+    cols = _typed(tmp_path, b"Id,Amount,Close,Rate,Note\n", '{"schema": {"id": {"kind": "id"}, "AMOUNT": '
+                  '{"kind": "decimal", "scale": 2}, "Close": "date", "Rate": "decimal:6", "Note": {"kind": "text"}},'
+                  ' "rows": 0}')
+    got = {n: (c.kind, c.scale) for n, c in cols.items()}
+    assert got == {"Id": ("id", None), "Amount": ("decimal", 2), "Close": ("date", None), "Rate": ("decimal", 6),
+                   "Note": ("text", None)}
+
+
+def test_without_a_sidecar_every_csv_column_is_text(tmp_path: Path) -> None:
+    from engine.connectors.files.source import columns_of
+
+    p = tmp_path / "snap.csv"
+    p.write_bytes(b"Id,amount\n001A,1.50\n")
+    assert {c.kind for c in columns_of(FileRef("csv", str(p))).values()} == {"text"}
+
+
+def test_describing_a_csv_reads_its_header_not_its_rows(tmp_path: Path) -> None:
+    """`recon diff` describes both sides before reading them: a CSV's description is its header and
+    sidecar, so the file is parsed once, not twice."""
+    from engine.connectors.files.source import columns_of
+
+    p = tmp_path / "snap.csv"
+    p.write_bytes(b"Id,amount\n" + b"001A,1.00\n" * 10_000 + b"001B,\xff\xfe\n")  # a bad row only the read finds
+    assert list(columns_of(FileRef("csv", str(p)))) == ["Id", "amount"]
+    with pytest.raises(UsageError, match="UTF-8"):
+        extract(FileRef("csv", str(p)))
+
+
+def test_parquet_string_columns_take_the_sidecar_types_and_typed_ones_keep_theirs(tmp_path: Path) -> None:
+    import polars as pl
+
+    p = tmp_path / "snap.parquet"
+    pl.DataFrame({"Id": ["a"], "amount": ["1.50"], "n": [3]}).write_parquet(p)
+    (tmp_path / "snap.parquet.json").write_text('{"schema": {"amount": "decimal:2", "n": "text"}}')
+    from engine.connectors.files.source import columns_of
+
+    got = {n: (c.kind, c.scale) for n, c in columns_of(FileRef("parquet", str(p))).items()}
+    assert got == {"Id": ("text", None), "amount": ("decimal", 2), "n": ("int", None)}
+    assert extract(FileRef("parquet", str(p)), ["amount"]).columns["amount"].kind == "decimal"
+
+
+@pytest.mark.parametrize(("side", "needle"), [
+    ('{"schema": {"amout": "decimal:2"}}', "column 'amout', which snap.csv does not have"),
+    ('{"schema": {"amount": "money"}}', "use one of"),
+    ('{"schema": {"amount": "decimal:-1"}}', "scale"),
+    ('{"schema": {"amount": {"kind": "decimal", "scale": "two"}}}', "scale"),
+    ('{"schema": ["amount"]}', "must be an object"),
+    ("{", "cannot read the sidecar"),
+])
+def test_a_wrong_sidecar_is_one_line_naming_it(tmp_path: Path, side: str, needle: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        _typed(tmp_path, b"Id,amount\n", side)
+    msg = str(exc.value)
+    assert needle in msg and "snap.csv.json" in msg and "\n" not in msg, msg
+
+
+def test_the_writer_and_the_reader_agree(tmp_path: Path) -> None:
+    from engine.connectors.files import sidecar
+    from engine.core.normalize import ColumnType
+
+    data = tmp_path / "x.csv"
+    data.write_text("Id,amount,seen\n")
+    side = sidecar.write(data, {"Id": ColumnType("id"), "amount": ColumnType("decimal", 4),
+                                "seen": ColumnType("timestamp", precision="ms")}, rows=0)
+    assert side == tmp_path / "x.csv.json"
+    assert sidecar.read_schema(data, ["Id", "amount", "seen"]) == {
+        "Id": sidecar.Declared("id"), "amount": sidecar.Declared("decimal", 4), "seen": sidecar.Declared("timestamp")}

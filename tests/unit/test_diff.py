@@ -32,6 +32,7 @@ def reference(src: list[tuple], tgt: list[tuple]) -> dict:
     out = Counter()
     cols = Counter()
     abs_v = Decimal(0)
+    src_total = Decimal(0)  # Σ|source| over keys unique on both sides: abs_variance's population
     for k in set(s_rows) | set(t_rows):
         a, b = s_rows.get(k), t_rows.get(k)
         if b is None:
@@ -40,6 +41,10 @@ def reference(src: list[tuple], tgt: list[tuple]) -> dict:
             out["missing_in_source"] += 1
         elif len(a) > 1 or len(b) > 1:
             out["mismatched" if Counter(a) != Counter(b) else "unchanged"] += 1
+        else:
+            src_total += abs(a[0][1])
+        if a is None or b is None or len(a) > 1 or len(b) > 1:
+            pass
         elif a[0] != b[0]:
             out["mismatched"] += 1
             if a[0][1] != b[0][1]:
@@ -51,7 +56,7 @@ def reference(src: list[tuple], tgt: list[tuple]) -> dict:
             out["unchanged"] += 1
     out["dup_s"] = sum(1 for v in s_rows.values() if len(v) > 1)
     out["dup_t"] = sum(1 for v in t_rows.values() if len(v) > 1)
-    return {"counts": out, "cols": cols, "abs": abs_v}
+    return {"counts": out, "cols": cols, "abs": abs_v, "src_total": src_total}
 
 
 def frame(rows: list[tuple]) -> pl.DataFrame:
@@ -107,6 +112,7 @@ def test_random_edits_are_all_found_and_counted_per_contract(n: int, edits: list
     assert r.columns["clv"].mismatched == ref["cols"]["clv"]
     assert r.columns["name"].mismatched == ref["cols"]["name"]
     assert r.columns["clv"].abs_variance == ref["abs"]
+    assert r.columns["clv"].source_abs_total == ref["src_total"]
     assert r.missing_in_target + r.missing_in_source + r.mismatched + r.unchanged == r.union_keys
     assert (r.source_tree.root == r.target_tree.root) == (not r.divergent)
     # the record diff in small groups of segments gives exactly the same result as in one piece
@@ -137,6 +143,25 @@ def test_same_duplicates_on_both_sides_are_unchanged() -> None:
     r = compare(canonicalize(df, f, SideOptions()), canonicalize(df.reverse(), f, SideOptions()))
     assert (r.mismatched, r.unchanged, r.duplicate_keys_source, r.duplicate_keys_target) == (0, 2, 1, 1)
     assert not r.divergent
+    assert r.columns["v"].source_abs_total == 3  # K is duplicated: only L is in the population
+
+
+def test_source_abs_total_counts_the_keys_unique_on_both_sides_only() -> None:
+    """Σ|source| is abs_variance's population (the contract): a key duplicated on either side, or
+    missing from the target, or in flight, is not in it, so amount_variance_ratio compares like
+    with like. Equal segments count their unique keys too."""
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ColumnType("decimal", 2)))
+    src = pl.DataFrame({"k": ["a", "b", "b", "c", "d", "e", "f", "g", "h"],
+                        "v": ["1.00", "100.00", "100.00", "1000.00", "-2.00", "3.00", "10000.00", "4.00", "5.00"]})
+    tgt = pl.DataFrame({"k": ["a", "b", "d", "e", "e", "f", "g", "h"],
+                        "v": ["1.50", "100.00", "-2.00", "3.00", "3.00", "9.00", "4.00", "5.00"]})
+    s, t = canonicalize(src, f, SideOptions()), canonicalize(tgt, f, SideOptions())
+    for bounds in ([], ["c"], ["b", "d", "g"]):  # one segment; equal segments ("g".."h") next to divergent ones
+        r = compare(s, t, boundaries=bounds, in_flight_keys={"f"})
+        assert (r.duplicate_keys_source, r.duplicate_keys_target, r.missing_in_target, r.in_flight) == (1, 1, 1, 1)
+        # b (duplicated in the source), e (in the target), c (missing in the target), f (in flight): out
+        assert r.columns["v"].source_abs_total == Decimal("12.00"), bounds  # a, d, g, h: 1 + 2 + 4 + 5
+        assert r.columns["v"].abs_variance == Decimal("0.50")
 
 
 def test_tolerance_absorbs_small_differences() -> None:
@@ -240,3 +265,15 @@ def test_divergent_ranges_name_the_segments_that_differ_and_their_rows() -> None
         {"from": "d", "to": None, "source_rows": 2, "target_rows": 1},
     ]
     assert r.summary()["divergent_ranges"] == r.divergent_ranges()
+
+
+def test_variances_and_totals_of_wide_decimals_are_exact() -> None:
+    """Sums beyond the decimal module's default 28 digits are neither rounded nor a crash."""
+    f = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", ColumnType("decimal", 2)))
+    big = "9" * 34 + ".99"
+    src = pl.DataFrame({"k": ["a", "b", "c"], "v": [big, big, "0.01"]})
+    tgt = pl.DataFrame({"k": ["a", "b", "c"], "v": ["9" * 33 + "8.99", big, "0.01"]})
+    for bounds in ([], ["b", "c"]):
+        r = compare(canonicalize(src, f, SideOptions()), canonicalize(tgt, f, SideOptions()), boundaries=bounds)
+        assert (r.columns["v"].abs_variance, r.columns["v"].net_variance) == (Decimal("1.00"), Decimal("-1.00"))
+        assert r.columns["v"].source_abs_total == Decimal("1" + "9" * 34 + ".99")  # 2·big + 0.01

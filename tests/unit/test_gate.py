@@ -109,7 +109,7 @@ def test_override_needs_reason_and_operator() -> None:
 # -- decisions from diff directories ----------------------------------------------------------------
 def _diff_dir(tmp_path: Path, rows: list[tuple], *, keys: int = 1000, abs_var: str = "0.00",
               amount: float = 0.0, mapping: str | None = "clv", extracted: str = "2026-01-02T00:00:00+00:00",
-              name: str = "diff") -> Path:
+              name: str = "diff", source_abs_total: str | None = None) -> Path:
     d = tmp_path / name
     d.mkdir()
     mism = sum(1 for r in rows if r[1] == "mismatched" and r[2] == COL)
@@ -120,7 +120,8 @@ def _diff_dir(tmp_path: Path, rows: list[tuple], *, keys: int = 1000, abs_var: s
         "mismatched": len({r[0] for r in rows if r[1] in ("mismatched", "duplicate_key")}),
         "missing_in_target": sum(1 for r in rows if r[1] == "missing_in_target"),
         "missing_in_source": sum(1 for r in rows if r[1] == "missing_in_source"),
-        "columns": {COL: {"mismatched": mism, "abs_variance": abs_var, "net_variance": abs_var}},
+        "columns": {COL: {"mismatched": mism, "abs_variance": abs_var, "net_variance": abs_var,
+                          **({"source_abs_total": source_abs_total} if source_abs_total else {})}},
         "compared_columns": {COL: "decimal(2)"},
         "amount_variance_ratio": {COL: amount},
     }
@@ -216,6 +217,25 @@ def test_exclusion_closes_when_only_the_accepted_remainder_is_left(tmp_path: Pat
     both = gate.decide(d, cfg, run_id="r", exclude_from=rdir, accept_classes=("stale_salesforce", "unexplained"))
     assert both.state == "closed" and both.ratios == {"variance_ratio": 0.0, "amount_variance_ratio": 0.0}
     assert {e["key"]: e["class"] for e in both.exclusion["excluded"]} == {"s1": "stale_salesforce", "u1": "unexplained"}
+
+
+def test_excluding_a_missing_key_leaves_source_abs_total_alone(tmp_path: Path) -> None:
+    """source_abs_total counts the keys unique on both sides only (the contract): excluding a key
+    missing from the target takes nothing out of it. A summary without it (older) derived its Σ from
+    every source row, so there the missing key's value leaves the Σ."""
+    rows = [("s1", "mismatched", COL, "100.00", "110.00"), ("m1", "missing_in_target", None, None, None)]
+    missing = {"Id": "m1", "kind": "missing_in_target", "salesforce_value": "400.00"}
+    cfg = _config(tmp_path, "[gate]\nclv = { variance_ratio = 1.0, amount_variance_ratio = 1.0 }\n")
+    accept = ("stale_salesforce", "unexplained")
+    new = _diff_dir(tmp_path, rows, keys=10, abs_var="10.00", amount=10 / 1000, source_abs_total="1000.00")
+    dec = gate.decide(new, cfg, run_id="r", exclude_from=_repair_dir(tmp_path, [], [missing]), accept_classes=accept)
+    assert [e["key"] for e in dec.exclusion["excluded"]] == ["m1"]
+    assert dec.ratios["amount_variance_ratio"] == pytest.approx(10 / 1000)
+    old = _diff_dir(tmp_path, rows, keys=10, abs_var="10.00", amount=10 / 1400, name="old")
+    (tmp_path / "old_repair").mkdir()
+    rdir = _repair_dir(tmp_path / "old_repair", [], [missing])
+    dec = gate.decide(old, cfg, run_id="r", exclude_from=rdir, accept_classes=accept)
+    assert dec.ratios["amount_variance_ratio"] == pytest.approx(10 / 1000)
 
 
 def test_exclusion_source_must_match_mapping_and_column(tmp_path: Path) -> None:

@@ -48,6 +48,9 @@ def test_salesforce_ids(a: str, b: str, miss: str) -> None:
     ("  7.5 ", "7.50", "7.49"),
     ("-0.00", "0", "-0.01"),
     ("12.345", "12.34", "12.35"),  # half-even at scale 2
+    ("0.135", "0.14", "0.13"),
+    ("12.349", "12.35", "12.34"),  # rounded, not truncated
+    ("0.134999999999", "0.13", "0.14"),  # rounded once: not to 0.135000000 first, then to 0.14
 ])
 def test_decimals_at_mapped_scale(a: str, b: str, miss: str) -> None:
     ea, eb, em = enc([a, b, miss], ColumnType("decimal", 2))
@@ -184,3 +187,38 @@ def test_compound_key_text_is_one_definition() -> None:
                      f, PLAIN)
     with pytest.raises(ValueError, match="no key"):
         key_expr(f[1:2])
+
+
+@pytest.mark.parametrize(("values", "bad"), [
+    (["1.00", "1E+100"], "1E+100"),  # the review's value: exit 70 with a traceback before
+    (["-1e39"], "-1e39"),
+    (["1E+999999999999"], "1E+999999999999"),
+    (["9" * 37 + ".5"], "9" * 37 + ".5"),  # 39 digits at scale 2
+    (["NaN"], "NaN"),
+    (["Infinity"], "Infinity"),
+    (["12abc"], "12abc"),
+    ([1.0, 1e100], "1e+100"),
+    ([float("inf")], "inf"),
+    ([float("nan")], "nan"),
+])
+def test_a_decimal_that_cannot_be_held_names_the_column_and_the_value(values: list, bad: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        typed(pl.Series("amount", values), ColumnType("decimal", 2), PLAIN)
+    msg = str(exc.value)
+    assert "'amount'" in msg and bad in msg and "\n" not in msg, msg
+
+
+def test_a_decimal_column_too_narrow_for_the_scale_is_an_error_not_a_crash() -> None:
+    wide = pl.Series("amount", [Decimal("1" * 37)], dtype=pl.Decimal(38, 0))
+    with pytest.raises(ValueError, match="'amount'.*out of range"):
+        typed(wide, ColumnType("decimal", 2), PLAIN)
+
+
+def test_every_value_that_fits_38_digits_at_the_scale_is_exact() -> None:
+    """The text is parsed at the mapped scale, not through a fixed 9-place intermediate: 36 integer
+    digits fit at scale 2, and 12 places stay 12 places."""
+    assert typed(pl.Series(["9" * 36]), ColumnType("decimal", 2), PLAIN).item() == Decimal("9" * 36)
+    assert typed(pl.Series(["-" + "9" * 35 + ".995"]), ColumnType("decimal", 2), PLAIN).item() \
+        == Decimal("-1" + "0" * 35)
+    assert typed(pl.Series(["1.123456789012"]), ColumnType("decimal", 12), PLAIN).item() == Decimal("1.123456789012")
+    assert typed(pl.Series(["1.5e-12", "2.5"]), ColumnType("decimal", 0), PLAIN).to_list() == [Decimal(0), Decimal(2)]

@@ -1,13 +1,13 @@
 """Parquet and CSV snapshots.
 
 CSV is read the way Salesforce Bulk writes it: a header row, every value as text, an empty field
-is NULL; the types come from the other side's schema or a JSON sidecar (``PATH.json`` with a
-``schema`` of column → kind), and normalization parses the text. Parquet carries its own types.
+is NULL; the types come from the other side's schema or the JSON sidecar (``PATH.json``, see
+:mod:`engine.connectors.files.sidecar`), and normalization parses the text. Parquet carries its own
+types; its string columns (a snapshot of text) take the sidecar's too.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from engine.connectors.base import Extract, FileRef, SourceColumn
+from engine.connectors.files import sidecar
 from engine.core.errors import UsageError
 
 
@@ -36,11 +37,20 @@ def _kind_of_arrow(t: pa.DataType) -> tuple[str, int | None]:
     return "text", None
 
 
-def sidecar(path: Path) -> dict | None:
-    side = path.with_name(path.name + ".json")
-    if side.exists():
-        return json.loads(side.read_text())
-    return None
+def _parquet_column(f: pa.Field, declared: sidecar.Declared | None) -> SourceColumn:
+    """A Parquet column's own type; a string column (a snapshot of text) takes the sidecar's."""
+    kind, scale = _kind_of_arrow(f.type)
+    is_text = pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or \
+        (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(f.type))
+    if declared is not None and is_text:
+        kind, scale = declared.kind, declared.scale
+    return SourceColumn(f.name, kind, scale, str(f.type))
+
+
+def _csv_columns(path: Path, names: list[str]) -> dict[str, SourceColumn]:
+    kinds = sidecar.read_schema(path, names)
+    return {n: SourceColumn(n, kinds[n].kind, kinds[n].scale, "csv") if n in kinds else SourceColumn(n, "text", None, "csv")
+            for n in names}
 
 
 def columns_of(ref: FileRef) -> dict[str, SourceColumn]:
@@ -53,8 +63,9 @@ def columns_of(ref: FileRef) -> dict[str, SourceColumn]:
             schema = pq.read_schema(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise UsageError(f"cannot read Parquet {path}: {exc}") from None
-        return {f.name: SourceColumn(f.name, *_kind_of_arrow(f.type), str(f.type)) for f in schema}
-    return extract(ref).columns
+        kinds = sidecar.read_schema(path, schema.names)
+        return {f.name: _parquet_column(f, kinds.get(f.name)) for f in schema}
+    return _csv_columns(path, _csv_header(path))
 
 
 def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
@@ -63,15 +74,11 @@ def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
     if not path.exists():
         raise UsageError(f"file not found: {path} (check the {ref.format}: reference)")
     if ref.format == "parquet":
-        names = list(columns_of(ref))
+        every = columns_of(ref)
+        names = list(every)
         if columns:
             columns = _resolve(names, columns, str(path))
-        schema = pq.read_schema(path)
-        declared = {}
-        for name in columns or names:
-            f = schema.field(name)
-            kind, scale = _kind_of_arrow(f.type)
-            declared[f.name] = SourceColumn(f.name, kind, scale, str(f.type))
+        declared = {name: every[name] for name in columns or names}
         try:  # Polars' own reader builds its columns directly: no Arrow table to convert and free
             frame = pl.read_parquet(path, columns=columns)
         except (pl.exceptions.PolarsError, OSError):  # types Polars cannot read natively go through Arrow
@@ -92,15 +99,11 @@ def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
             if "UTF8" in first or "UTF-8" in first:
                 first = f"not valid UTF-8 ({first})"
             raise UsageError(f"cannot read CSV {path}: {first}: export it again as UTF-8 CSV") from None
+        every = _csv_columns(path, table.column_names)
         if columns:
             columns = _resolve(table.column_names, columns, str(path))
             table = table.select(columns)
-        side = sidecar(path) or {}
-        kinds = side.get("schema", {})
-        declared = {n: SourceColumn(n, kinds.get(n, {}).get("kind", "text") if isinstance(kinds.get(n), dict)
-                                    else kinds.get(n, "text"),
-                                    kinds.get(n, {}).get("scale") if isinstance(kinds.get(n), dict) else None,
-                                    "csv") for n in table.column_names}
+        declared = {n: every[n] for n in table.column_names}
         loaded = pl.from_arrow(table)
         assert isinstance(loaded, pl.DataFrame)
         frame = loaded
