@@ -639,8 +639,9 @@ def verify_inputs(diff_dir: Path, exclude_from: Path | None, trust: TrustOptions
                           trust=trust).to_dict()}
     if exclude_from is not None:
         rep, exp = workspace.RepairOutput(Path(exclude_from)), workspace.ExplainOutput(Path(exclude_from))
-        if rep.exists():
-            out["exclude_from"] = verify(exclude_from, rep.files(), command="repair", trust=trust).to_dict()
+        if rep.exists():  # plan.json is what the gate reads; the rest of the layout when it is there
+            files = [f for f in rep.files() if f == rep.plan_path or f.is_file()]
+            out["exclude_from"] = verify(exclude_from, files, command="repair", trust=trust).to_dict()
         elif exp.exists():
             out["exclude_from"] = verify(exclude_from, exp.files(), command="explain", trust=trust).to_dict()
     return out
