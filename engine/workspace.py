@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.core.errors import UsageError
+from engine.core.errors import UsageError, VerificationError
 
 SUMMARY = "summary.json"
 DIFFERENCES = "differences.parquet"
@@ -39,6 +39,7 @@ ACTION_LIST_CSV = "action_list.csv"
 REPAIR = "repair.json"
 GATE_DECISION = "gate_decision.json"
 COST = "cost.json"
+MANIFEST = "manifest.json"  # by convention: the signed manifest of the run that wrote a directory
 REPORT = "report.html"
 
 
@@ -68,6 +69,38 @@ def read_json(path: Path, *, what: str, fix: str) -> dict[str, Any]:
     return doc
 
 
+# -- verification ----------------------------------------------------------------------------------
+def digests(files: Iterable[Path]) -> dict[str, str]:
+    """SHA-256 of each existing file, by the name the ledger and manifests record it under."""
+    from engine.evidence.manifest import file_digest
+
+    return {f.name: file_digest(f) for f in files if f.is_file()}
+
+
+def check_digests(files: Iterable[Path], expected: dict[str, str], *, against: str) -> None:
+    """Every file must exist and hash to the digest recorded for its name in ``expected`` (from the
+    ledger or a verified manifest, as the use case found them): a decision rests on these bytes, so
+    the first file that does not match is named (exit 4). ``against`` says where the expected
+    digests came from, for the message."""
+    from engine.evidence.manifest import file_digest
+
+    for f in files:
+        if not f.is_file():
+            raise VerificationError(f"{f} does not exist: the artefact directory is incomplete")
+        want = expected.get(f.name)
+        if want is None:
+            raise VerificationError(f"{f} is not recorded in {against}: use the directory that run wrote")
+        got = file_digest(f)
+        if got != want:
+            raise VerificationError(f"{f} does not match {against} (sha256 {got[:16]}…, recorded {want[:16]}…): "
+                                    "it changed after it was written; rerun the step that wrote it")
+
+
+def manifest_path(directory: Path) -> Path:
+    """Where the signed manifest of the run that wrote ``directory`` is looked for."""
+    return Path(directory) / MANIFEST
+
+
 # -- diff ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DiffOutput:
@@ -85,6 +118,10 @@ class DiffOutput:
 
     def exists(self) -> bool:
         return self.summary_path.is_file()
+
+    def files(self) -> list[Path]:
+        """The files a reader relies on: what verification checks."""
+        return [self.summary_path, self.differences_path]
 
     def write(self, summary: dict[str, Any], differences: _Parquet) -> dict[str, Path]:
         """The summary is replaced last, so a directory with a new summary has its differences too."""
@@ -127,6 +164,10 @@ class ExplainOutput:
 
     def exists(self) -> bool:
         return self.summary_path.is_file() and self.findings_path.is_file()
+
+    def files(self) -> list[Path]:
+        """The files a reader relies on: what verification checks."""
+        return [self.summary_path, self.findings_path]
 
     def write(self, summary: dict[str, Any], findings: _Parquet) -> dict[str, Path]:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +219,15 @@ class RepairOutput:
     @property
     def report_path(self) -> Path:
         return self.dir / REPAIR
+
+    def exists(self) -> bool:
+        return self.plan_path.is_file()
+
+    def files(self) -> list[Path]:
+        """The files a reader relies on: the plan, its action list (the proof the owners were told)
+        and, after ``--apply``, the report."""
+        out = [self.plan_path, self.dir / ACTION_LIST_JSON, self.dir / ACTION_LIST_CSV]
+        return out + ([self.report_path] if self.report_path.is_file() else [])
 
     def write(self, plan: dict[str, Any], action_list: dict[str, Any], action_rows: Iterable[dict[str, Any]],
               action_fields: Sequence[str], report: dict[str, Any] | None) -> list[Path]:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import workspace
-from engine.core.cost import CostInputs, CostResult, Measured, build_inputs, model
+from engine.app.trust import TrustOptions, overall, verify
+from engine.core.cost import CostInputs, CostResult, Measured, build_inputs, model, to_json
 from engine.core.errors import UsageError
 
 
@@ -92,6 +93,30 @@ def evaluate(explain_dir: Path | None, diff_dir: Path | None, section: dict[str,
     measured = measure(explain_dir, diff_dir)
     inputs, sources = build_inputs(section or {}, sets or {}, measured, where)
     return inputs, model(inputs), sources, measured
+
+
+def verify_measured(measured: Measured, trust: TrustOptions) -> dict[str, Any]:
+    """How the explain and diff directories the figures came from were verified (exit 4 when one
+    does not match the run that wrote it); ``unverified`` with nothing to check them against."""
+    parts: dict[str, dict[str, Any]] = {}
+    if measured.explain:
+        out = workspace.ExplainOutput(Path(measured.explain))
+        files = [f for f in out.files() if f.is_file()]  # findings.parquet is optional here
+        parts["explain"] = verify(out.dir, files, command="explain", trust=trust).to_dict()
+    if measured.diff:
+        d = workspace.DiffOutput(Path(measured.diff))
+        parts["diff"] = verify(d.dir, [d.summary_path], command="diff", trust=trust).to_dict()
+    return overall(parts)
+
+
+def document(explain_dir: Path | None, diff_dir: Path | None, section: dict[str, Any] | None = None,
+             sets: dict[str, Decimal] | None = None, where: str = "configuration",
+             trust: TrustOptions | None = None) -> tuple[dict[str, Any], tuple[CostInputs, CostResult, dict[str, str], Measured]]:
+    """The `recon cost --json` document with its ``verification`` block, and what it was made of."""
+    parts = evaluate(explain_dir, diff_dir, section, sets, where)
+    doc = to_json(*parts)
+    doc["verification"] = verify_measured(parts[3], trust or TrustOptions())
+    return doc, parts
 
 
 def _read_json(path: Path, missing_message: str) -> dict[str, Any]:

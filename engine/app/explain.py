@@ -44,6 +44,8 @@ class ExplainRequest:
     #: where to write explain.json and findings.parquet (with a manifest and no out_dir: next to it)
     out_dir: Path | None = None
     evidence: EvidenceOptions = EvidenceOptions()
+    #: ``--key PUB``: verify the diff directory by the manifest signed in it (else the ledger)
+    pubkey: Path | None = None
 
     def check(self) -> None:
         """Usage errors, before the config is read or anything is scanned."""
@@ -76,6 +78,10 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
 
     file_props = load_kafka_config(req.kafka_config_file)
 
+    from engine.app.trust import TrustOptions, verify
+
+    verified = verify(req.diff_dir, workspace.DiffOutput(Path(req.diff_dir)).files(), command="diff",
+                      trust=TrustOptions(req.evidence.ledger_dsn(config), req.pubkey, config.pg_passfile()))
     diff_summary, _, diffs_path = read_outputs(req.diff_dir)
     differences = pl.read_parquet(diffs_path)
     roles = config.roles(diff_summary.get("mapping"))
@@ -119,6 +125,9 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
     exp = forensics.triangulate(differences, column, stream, attrs, sec_ids=sec, default_rate=rate, scale=scale)
     exp.summary.update({
         "diff": str(req.diff_dir),
+        "mapping": diff_summary.get("mapping"),
+        # how the diff this rests on was verified ("unverified": nothing to check it against)
+        "verification": verified.to_dict(),
         "column": column,
         "sec_top_fraction": frac,
         "sec_critical_accounts": len(sec),

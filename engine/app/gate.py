@@ -60,10 +60,11 @@ from typing import Any
 
 from engine import workspace
 from engine.app.evidence import EvidenceOptions
+from engine.app.trust import TrustOptions, verify
 from engine.config import Config
 from engine.core import classes
 from engine.core.classes import Repair
-from engine.core.errors import Exit, UsageError
+from engine.core.errors import Exit, UsageError, VerificationError
 from engine.core.gate import (  # noqa: F401  (the policy's names, used by callers of the use case)
     DEFAULT_ACCEPTED,
     DEFAULT_THRESHOLD,
@@ -272,9 +273,9 @@ def load_exclusion_source(directory: Path) -> ExclusionSource:
         records = [{"Id": r["Id"], "class": r["class"], "kind": r["kind"], "owner_id": r["owner_id"],
                     "salesforce_value": r["salesforce_value"], "warehouse_value": r["warehouse_value"],
                     "stream_value": r["dedup_stream_value"]} for r in f.iter_rows(named=True)]
-        mapping = None
+        mapping = e.get("mapping")  # explain.json is verified with its findings; older ones: the diff's
         diff_summary = workspace.DiffOutput(Path(str(e.get("diff") or ""))).summary_path
-        if diff_summary.is_file():
+        if mapping is None and diff_summary.is_file():
             try:
                 mapping = json.loads(diff_summary.read_text()).get("mapping")
             except ValueError:
@@ -392,18 +393,42 @@ def apply_exclusions(diff: DiffInput, column: str, records: list[dict[str, Any]]
     return ExclusionResult(excluded, refused, resolved, variance, amount)
 
 
+# -- the diff must be the mapping's ---------------------------------------------------------------
+def check_request(diff: DiffInput, config: Config, mapping: str | None) -> str:
+    """The mapping whose breaker ``diff`` may decide: the one it was run for, when it compared
+    exactly what the mapping says (sides, key, columns, tolerances, types, conditions, and no
+    ``--as-of``: the mapping has none). A diff without a mapping, narrowed by a condition, loosened
+    by a tolerance or run on other tables never decides: VerificationError (exit 4) naming
+    summary.json and the differing fields."""
+    from engine.app.reconcile import DiffRequest
+
+    sp = workspace.DiffOutput(diff.dir).summary_path
+    diff_mapping = diff.summary.get("mapping")
+    if not diff_mapping:
+        raise VerificationError(f"{sp} is a diff run without a mapping: it never decides a mapping's breaker; run "
+                                "`recon diff -C recon.toml --mapping NAME --out DIR`")
+    if mapping and mapping != diff_mapping:
+        raise VerificationError(f"{sp} is a diff of mapping {diff_mapping!r}, not {mapping!r}: it cannot decide "
+                                f"{mapping!r}'s breaker")
+    recorded = diff.summary.get("request")
+    if not isinstance(recorded, dict):
+        raise VerificationError(f"{sp} does not record what the diff compared (no request): rerun "
+                                f"`recon diff -C recon.toml --mapping {diff_mapping} --out DIR`")
+    expected = DiffRequest.from_mapping(config.mapping(diff_mapping)).identity()
+    differing = sorted(k for k in expected.keys() | recorded.keys() if expected.get(k) != recorded.get(k))
+    if differing:
+        raise VerificationError(f"{sp} is not a diff of [mapping.{diff_mapping}] as configured: "
+                                f"{', '.join(differing)} differ(s); a narrowed or loosened diff cannot decide the "
+                                f"breaker: rerun `recon diff -C recon.toml --mapping {diff_mapping} --out DIR`")
+    return str(diff_mapping)
+
+
 # -- deciding -------------------------------------------------------------------------------------
 def decide(diff_dir: Path, config: Config, *, run_id: str, mapping: str | None = None,
            exclude_from: Path | None = None, accept_classes: tuple[str, ...] | None = None) -> Decision:
     """A decision from a diff directory (and optionally an exclusion source). Pure: writes nothing."""
     diff = DiffInput.read(diff_dir)
-    diff_mapping = diff.summary.get("mapping")
-    if mapping and diff_mapping and mapping != diff_mapping:
-        raise UsageError(f"the diff in {diff_dir} was run for mapping {diff_mapping!r}, not {mapping!r}")
-    mapping = mapping or diff_mapping
-    if not mapping:
-        raise UsageError(f"the diff in {diff_dir} was run without a mapping: pass --mapping NAME (the breaker "
-                         "is kept per mapping)")
+    mapping = check_request(diff, config, mapping)
     th = thresholds_for(config, mapping)
     column = gated_column(diff, th)
     raw_var = float(diff.summary.get("variance_ratio") or 0.0)
@@ -418,8 +443,10 @@ def decide(diff_dir: Path, config: Config, *, run_id: str, mapping: str | None =
     if exclude_from is not None:
         src = load_exclusion_source(exclude_from)
         accepted = accept_classes or classes.accepted_by_default()
-        if src.mapping and src.mapping != mapping:
-            raise UsageError(f"--exclude-from {exclude_from} classified mapping {src.mapping!r}, not {mapping!r}")
+        if src.mapping != mapping:
+            raise VerificationError(f"{src.file}: --exclude-from {exclude_from} classified "
+                                    f"{'mapping ' + repr(src.mapping) if src.mapping else 'a diff without a mapping'}, "
+                                    f"not {mapping!r}: pass the repair or explain output of this mapping's diff")
         if src.column and src.column.lower() != column.lower():
             raise UsageError(f"--exclude-from {exclude_from} classified column {src.column!r}, but the gate "
                              f"watches {column!r}")
@@ -502,10 +529,14 @@ class GateRequest:
     guard_roles: tuple[str, ...] = ()
     out_dir: Path | None = None
     evidence: EvidenceOptions = EvidenceOptions()
+    #: ``--key PUB``: verify the diff (and --exclude-from) by the manifest signed in its directory
+    pubkey: Path | None = None
 
     def check(self) -> None:
         """Usage errors, before the config is read or anything is connected."""
         self.evidence.check()
+        if self.pubkey is not None and self.diff is None:
+            raise UsageError("--key PUB verifies the directory of --diff (and --exclude-from): it goes with --diff DIR")
         modes = [m for m, on in zip(MODES, (self.diff is not None, self.override is not None, self.status,
                                             self.install_guard), strict=True) if on]
         if len(modes) != 1:
@@ -573,8 +604,13 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     else:
         assert req.diff is not None
         accepted = parse_accept_classes(req.accept_classes) if req.accept_classes else None
+        verified = verify_inputs(req.diff, req.exclude_from, TrustOptions(ledger_dsn, req.pubkey, passfile))
         decision = decide(req.diff, config, run_id=run_id, mapping=req.mapping, exclude_from=req.exclude_from,
                           accept_classes=accepted)
+        assert decision.diff is not None
+        decision.diff["verification"] = verified["diff"]
+        if decision.exclusion is not None:
+            decision.exclusion["source"]["verification"] = verified.get("exclude_from")
         inputs.append(describe_input("diff", {"system": "parquet", "path": str(workspace.DiffOutput(req.diff).differences_path)}))
         src = (decision.exclusion or {}).get("source") or {}
         if src.get("kind") == "explain":  # a repair's plan.json is identified by its digest in the decision
@@ -599,6 +635,23 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
             "gate", body, inputs, outputs, ledger_dsn=ledger_dsn, manifest_path=manifest,
             signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id, passfile=passfile)
     return GateOutcome("decision", _exit(decision), doc, decision, entry, warning)
+
+
+def verify_inputs(diff_dir: Path, exclude_from: Path | None, trust: TrustOptions) -> dict[str, dict[str, Any]]:
+    """The diff (and the exclusion source) checked against the run that wrote them, before any of
+    it is read for a decision: a decision changes the breaker, so without a ledger or a key there is
+    none (exit 2), and a file no run recorded is refused (exit 4)."""
+    trust.require("recon gate --diff")
+    out = {"diff": verify(diff_dir, workspace.DiffOutput(Path(diff_dir)).files(), command="diff",
+                          trust=trust).to_dict()}
+    if exclude_from is not None:
+        rep, exp = workspace.RepairOutput(Path(exclude_from)), workspace.ExplainOutput(Path(exclude_from))
+        if rep.exists():  # plan.json is what the gate reads; the rest of the layout when it is there
+            files = [f for f in rep.files() if f == rep.plan_path or f.is_file()]
+            out["exclude_from"] = verify(exclude_from, files, command="repair", trust=trust).to_dict()
+        elif exp.exists():
+            out["exclude_from"] = verify(exclude_from, exp.files(), command="explain", trust=trust).to_dict()
+    return out
 
 
 def _exit(decision: Decision) -> Exit:

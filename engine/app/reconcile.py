@@ -66,6 +66,24 @@ class DiffRequest:
         base.update({k: v for k, v in overrides.items() if v not in (None, (), {})})
         return cls(**base)
 
+    def identity(self) -> dict[str, Any]:
+        """What this diff compared, canonically and without secrets: every setting that changes its
+        counts (sides, key, columns, tolerances, types, conditions, ``as_of``). Recorded in the
+        summary as ``request``, so the gate can tell a diff of the mapping from one narrowed by a
+        condition, loosened by a tolerance or run on other tables."""
+        def pairs(ps: tuple[tuple[str, str], ...]) -> list[list[str]]:
+            return [[a, b] for a, b in ps]
+
+        return {
+            "source": _safe_ref(self.source), "target": _safe_ref(self.target),
+            "key": pairs(self.keys), "columns": pairs(self.columns),
+            "tolerance": {k: format(Decimal(v).normalize(), "f") for k, v in sorted(self.tolerance.items())},
+            "types": dict(sorted(self.types.items())),
+            "source_where": self.source_where, "target_where": self.target_where,
+            "target_updated_at": self.target_updated_at,
+            "as_of": self.as_of.isoformat() if self.as_of else None,
+        }
+
 
 @dataclass
 class DiffRun:
@@ -82,6 +100,7 @@ class DiffRun:
         s["source"].update({"ref": _safe_ref(self.request.source), "extract": self.source_meta})
         s["target"].update({"ref": _safe_ref(self.request.target), "extract": self.target_meta})
         s["mapping"] = self.request.mapping
+        s["request"] = self.request.identity()
         s["key"] = [f"{a}={b}" for a, b in self.request.keys]
         s["compared_columns"] = {f.name: f.ctype.describe() for f in self.fields if not f.is_key}
         if self.request.as_of:

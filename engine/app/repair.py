@@ -52,6 +52,7 @@ from psycopg import sql
 
 from engine import workspace
 from engine.app.evidence import EvidenceOptions
+from engine.app.trust import TrustOptions
 from engine.config import Config
 from engine.connectors.base import PostgresRef, SalesforceRef, parse_reference
 from engine.connectors.salesforce.records import reextract
@@ -531,6 +532,24 @@ def inputs_meta(rep: RepairReport) -> list[dict[str, Any]]:
 
 
 # -- the use case: `recon repair` -----------------------------------------------------------------
+def verify_inputs(explain_dir: Path, diff_dir: Path | None, trust: TrustOptions, *, apply: bool
+                  ) -> dict[str, Any]:
+    """The explain output (and the diff it explained) checked against the runs that wrote them
+    before a plan is made from them. Writing corrections rests on them, so ``apply`` without a
+    ledger or a key is refused (exit 2); a dry run says "unverified"."""
+    from engine.app.trust import verify
+
+    if apply:
+        trust.require("recon repair --apply")
+    out = workspace.ExplainOutput(Path(explain_dir))
+    out.require()
+    found: dict[str, Any] = {"explain": verify(out.dir, out.files(), command="explain", trust=trust).to_dict()}
+    ddir = out.diff_dir(override=diff_dir)
+    if ddir is not None:
+        found["diff"] = verify(ddir, workspace.DiffOutput(ddir).files(), command="diff", trust=trust).to_dict()
+    return found
+
+
 @dataclass(frozen=True)
 class RepairRequest:
     """What `recon repair` was asked."""
@@ -543,6 +562,8 @@ class RepairRequest:
     chunk_rows: int | None = None
     out_dir: Path | None = None
     evidence: EvidenceOptions = EvidenceOptions()
+    #: ``--key PUB``: verify the explain (and diff) directories by the manifests signed in them
+    pubkey: Path | None = None
 
     def check(self) -> None:
         """Usage errors, before the config is read."""
@@ -564,6 +585,8 @@ def run(req: RepairRequest, config: Config, *, progress: Any = None) -> RepairOu
     req.check()
     ledger_dsn = req.evidence.ledger_dsn(config)
     manifest = req.evidence.manifest
+    verified = verify_inputs(req.from_explain, req.diff, TrustOptions(ledger_dsn, req.pubkey, config.pg_passfile()),
+                             apply=req.apply)
     plan = load_plan(req.from_explain, config, mapping=req.mapping, target=req.target, diff_dir=req.diff)
     run_id = new_run_id()
     rep = run_repair(plan, config, apply=req.apply, run_id=run_id, ledger_dsn=ledger_dsn,
@@ -573,6 +596,7 @@ def run(req: RepairRequest, config: Config, *, progress: Any = None) -> RepairOu
     files = write_outputs(rep, where) if where is not None else []
     summary = rep.summary()
     summary["outputs"] = [str(f) for f in files]
+    summary["verification"] = verified
     if ledger_dsn or manifest:
         summary["evidence"] = ev.record_evidence(
             "repair", rep.summary(), inputs_meta(rep), files, ledger_dsn=ledger_dsn,

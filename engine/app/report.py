@@ -10,6 +10,7 @@ from typing import Any
 
 from engine import workspace
 from engine.app import cost as cost_mod
+from engine.app.trust import TrustOptions, overall, verify
 from engine.core import cost as cost_model
 from engine.core.errors import UsageError
 from engine.report import html
@@ -62,13 +63,36 @@ def _find_repair(d: Path) -> tuple[dict[str, Any] | None, str | None]:
     return fallback
 
 
-def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: Path | None = None) -> html.ReportInputs:
-    """Load a recon output directory (the demo's `recon-out/` layout)."""
+def verify_run(run: workspace.RunDirectory, trust: TrustOptions) -> dict[str, Any]:
+    """Each artefact of a run directory that is there, checked against the run that wrote it
+    (exit 4 naming the first file that does not match); ``unverified`` with nothing to check
+    against. ``cost.json`` counts when a `recon cost` run recorded it (the demo does)."""
+    parts: dict[str, dict[str, Any]] = {}
+    for name, out, command in (("diff", run.diff, "diff"), ("explain", run.explain, "explain"),
+                               ("diff-after", run.diff_after, "diff")):
+        if out.exists():  # the files that are there: the report reads no others
+            parts[name] = verify(out.dir, _present(out.files()), command=command, trust=trust).to_dict()
+    rep = workspace.RepairOutput(run.repair_dir)
+    if rep.exists():
+        parts["repair"] = verify(rep.dir, rep.files(), command="repair", trust=trust).to_dict()
+    if run.cost_path.is_file():
+        parts["cost"] = verify(run.root, [run.cost_path], command="cost", trust=trust).to_dict()
+    return overall(parts)
+
+
+def _present(files: list[Path]) -> list[Path]:
+    return [f for f in files if f.is_file()]
+
+
+def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: Path | None = None,
+            trust: TrustOptions | None = None) -> html.ReportInputs:
+    """Load a recon output directory (the demo's `recon-out/` layout), verified first."""
     from engine import __version__
 
     if not from_dir.is_dir():
         raise UsageError(f"--from {from_dir}: no such directory: pass the recon output directory (e.g. recon-out)")
     run = workspace.RunDirectory(from_dir)
+    verification = verify_run(run, trust or TrustOptions())
     diff = _load_json(run.diff.summary_path)
     explain = _load_json(run.explain.summary_path)
     if diff is None and explain is None:
@@ -97,15 +121,17 @@ def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: P
             arts.append((str(p.relative_to(from_dir)), p.stat().st_size))
     return html.ReportInputs(source_dir=str(from_dir), diff=diff, diff_after=_load_json(run.diff_after.summary_path),
                         explain=explain, findings=findings, repair=repair, repair_path=repair_path, cost=cost_doc,
-                        cost_note=note, artefacts=arts[:500], top_owners=top_owners, version=__version__)
+                        cost_note=note, artefacts=arts[:500], top_owners=top_owners, version=__version__,
+                        verification=verification)
 
 
-def write_report(from_dir: Path, out: Path | None = None, config: Any = None, top_owners: int = 15) -> Path:
+def write_report(from_dir: Path, out: Path | None = None, config: Any = None, top_owners: int = 15,
+                 trust: TrustOptions | None = None) -> Path:
     """Build the report of `from_dir` into `out` (default `from_dir/report.html`), atomically."""
     target = out or workspace.RunDirectory(from_dir).report_path
     if target.is_dir():
         target = target / workspace.REPORT
-    page = html.build_html(collect(from_dir, config, top_owners, exclude=target))
+    page = html.build_html(collect(from_dir, config, top_owners, exclude=target, trust=trust))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")

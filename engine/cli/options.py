@@ -12,6 +12,15 @@ ConfigOpt = Annotated[Path | None, typer.Option("-C", "--config", help="recon.to
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 LedgerOpt = Annotated[str | None, typer.Option(
     "--ledger", help="Record the run in this recon_audit ledger (or RECON_LEDGER_DSN, or the ledger dsn in recon.toml).")]
+LedgerInOpt = Annotated[str | None, typer.Option(
+    "--ledger", help="Verify the input directories against the runs this recon_audit ledger recorded, and record "
+    "this run in it (or RECON_LEDGER_DSN, or the ledger dsn in recon.toml).")]
+LedgerVerifyOpt = Annotated[str | None, typer.Option(
+    "--ledger", help="Verify the input directories against the runs this recon_audit ledger recorded (or "
+    "RECON_LEDGER_DSN, or the ledger dsn in recon.toml).")]
+PubKeyOpt = Annotated[Path | None, typer.Option(
+    "--key", help="Public key (recon.pub): verify each input directory by the manifest.json signed in it "
+    "(instead of the ledger).")]
 ManifestOpt = Annotated[Path | None, typer.Option(
     "--manifest", help="Write a signed DSSE/in-toto manifest here (outputs go next to it unless --out).")]
 SigningKeyOpt = Annotated[Path | None, typer.Option("--signing-key", help="Ed25519 key from `recon keygen` (with --manifest).")]

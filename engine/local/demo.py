@@ -105,14 +105,22 @@ def audit_step(config_file: Path, out: Path) -> Any:
     return a
 
 
-def explain_step(config_file: Path, diff_dir: Path, out: Path) -> Any:
+def _trust(cfg: Any) -> Any:
+    """The demo verifies every artefact a step reads against the ledger its steps record in."""
+    from engine.app.trust import TrustOptions
+
+    return TrustOptions(cfg.section("ledger")["dsn"], None, cfg.pg_passfile())
+
+
+def explain_step(config_file: Path, diff_dir: Path, out: Path, key: Path) -> Any:
     from engine import config as config_mod
     from engine.app import explain
+    from engine.app.evidence import EvidenceOptions
 
     cfg = config_mod.load(config_file)
-    exp, _ = explain.run_explain(explain.ExplainRequest(diff_dir=diff_dir), cfg)
-    explain.write_outputs(exp, out)
-    return exp
+    ev = EvidenceOptions(ledger=cfg.section("ledger")["dsn"], manifest=out / "manifest.json", signing_key=key)
+    res = explain.run(explain.ExplainRequest(diff_dir=diff_dir, out_dir=out, evidence=ev), cfg)
+    return res.explanation
 
 
 def prove_step(config_file: Path, out: Path, key: Path, pub: Path, manifests: list[Path]) -> dict[str, Any]:
@@ -171,6 +179,7 @@ def repair_step(config_file: Path, explain_dir: Path, out: Path, key: Path) -> d
     cfg = config_mod.load(config_file)
     dsn = cfg.section("ledger")["dsn"]
     run_id = new_run_id()
+    repair.verify_inputs(explain_dir, None, _trust(cfg), apply=True)
     plan = repair.load_plan(explain_dir, cfg)
     rep = repair.run_repair(plan, cfg, apply=True, run_id=run_id, ledger_dsn=dsn)
     files = repair.write_outputs(rep, out)
@@ -223,14 +232,19 @@ def prevent_step(config_file: Path, out: Path) -> dict[str, Any]:
             "as_expected": got == expected}
 
 
-def cost_step(config_file: Path, out_dir: Path) -> dict[str, Any]:
+def cost_step(config_file: Path, out_dir: Path, key: Path) -> dict[str, Any]:
     from engine import config as config_mod
-    from engine.app import cost
-    from engine.core import cost as cost_model
+    from engine.app import cost, evidence
 
     cfg = config_mod.load(config_file)
-    doc = cost_model.to_json(*cost.evaluate(out_dir / "explain", out_dir / "diff", cfg.section("cost"), None, cfg.where))
-    (out_dir / "cost.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    doc, _ = cost.document(out_dir / "explain", out_dir / "diff", cfg.section("cost"), None, cfg.where,
+                           trust=_trust(cfg))
+    path = out_dir / "cost.json"
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    # recorded like every step's output, so `recon report` can verify it too
+    evidence.record_evidence("cost", doc, [], [path], ledger_dsn=cfg.section("ledger")["dsn"],
+                             manifest_path=out_dir / "manifest.json", signing_key=key, config_digest=cfg.digest,
+                             passfile=cfg.pg_passfile())
     return doc
 
 
@@ -246,10 +260,11 @@ def _cost_line(r: dict[str, Any]) -> str:
             f"break-even {g('break_even_days')} days, 12-month risk-adjusted ROI {g('roi_12_months', 'roi_12_month')}")
 
 
-def _report(out_dir: Path) -> Path:
+def _report(config_file: Path, out_dir: Path) -> Path:
+    from engine import config as config_mod
     from engine.app.report import write_report
 
-    return write_report(out_dir)
+    return write_report(out_dir, trust=_trust(config_mod.load(config_file)))
 
 
 def _keys(key_dir: Path, out_dir: Path) -> tuple[Path, Path]:
@@ -301,7 +316,7 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
             steps.say(f"partition {w['partition']}: offsets {w['first_offset']:,}–{w['last_offset']:,} "
                       f"({w['events']:,} copies) at {w['first_ts']}")
         exp = steps.run("Explain every difference from the stream and price the commission exposure",
-                        lambda: explain_step(config_file, out_dir / "diff", out_dir / "explain"))
+                        lambda: explain_step(config_file, out_dir / "diff", out_dir / "explain", key))
         steps.say(classes_line(exp.summary["classes"]))
         steps.say(f"commission overpayment at risk: {exp.summary['exposure']['total']} across "
                   f"{len(exp.summary['exposure']['by_owner']):,} account executives "
@@ -340,16 +355,16 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
                   + ("exactly" if prev["as_expected"] else "NOT exactly")
                   + f" the {prev['expected']:,} whose events never reached the topic or whose Salesforce value is stale")
         doc = steps.run("Price the data debt: exposure, detection cost, prevention cost, break-even and "
-                        "risk-adjusted ROI", lambda: cost_step(config_file, out_dir))
+                        "risk-adjusted ROI", lambda: cost_step(config_file, out_dir, key))
         r = doc.get("results", doc)
         steps.say(_cost_line(r))
-        manifests = [out_dir / d / "manifest.json" for d in ("diff", "repair", "diff-after")]
+        manifests = [out_dir / d / "manifest.json" for d in ("diff", "explain", "repair", "diff-after", ".")]
         proof = steps.run("Prove it: export a signed ledger checkpoint, verify the hash chain and every manifest "
                           "with only the public key", lambda: prove_step(config_file, out_dir, key, pub, manifests))
         outcome.proven = True
         steps.say(f"ledger: {proof['ledger_rows']:,} rows verified against checkpoint size {proof['checkpoint_size']:,}; "
                   f"{len(manifests)} manifests: signatures, subjects and Merkle roots verified")
-        report = steps.run("Write the HTML report (self-contained, charts inline)", lambda: _report(out_dir))
+        report = steps.run("Write the HTML report (self-contained, charts inline)", lambda: _report(config_file, out_dir))
         steps.say(f"report: {report}")
     finally:
         if not keep_services:

@@ -356,6 +356,28 @@ class Ledger:
             yield from cur
 
 
+def find_run_with_outputs(dsn: str, outputs: dict[str, str], *, command: str | None = None,
+                          passfile: str | Path | None = None) -> dict[str, Any] | None:
+    """The latest recorded run (of ``command``, when given) whose outputs include every
+    ``name → sha256`` pair: what lets a later step trust an artefact directory. Returns
+    ``{seq, run_id, command, status, outputs}`` (outputs as ``{name: sha256}``), or None."""
+    pairs = [{"name": n, "sha256": h} for n, h in sorted(outputs.items())]
+    query = ("SELECT seq, canonical FROM recon_audit.runs WHERE body -> 'outputs' @> %s::jsonb "
+             "AND (%s::text IS NULL OR command = %s) ORDER BY seq DESC LIMIT 1")
+    params = (json.dumps(pairs), command, command)
+    with Ledger(dsn, passfile=passfile) as led:
+        try:
+            row = led.conn.execute(query, params).fetchone()
+        except psycopg.Error as exc:
+            raise _db_error(exc, dsn, "read") from None
+    if row is None:
+        return None
+    body = json.loads(row[1])
+    recorded = {str(o.get("name")): str(o.get("sha256")) for o in body.get("outputs") or [] if isinstance(o, dict)}
+    return {"seq": int(row[0]), "run_id": body.get("run_id"), "command": body.get("command"),
+            "status": body.get("status"), "outputs": recorded}
+
+
 def _schema_sql() -> list[sql.Composable]:
     """DDL run as the owner role; every statement is idempotent."""
     s = sql.Identifier(SCHEMA)

@@ -44,12 +44,21 @@ def test_demo_finds_fixes_proves_and_its_artefacts_verify() -> None:
         v = recon("ledger", "verify", "--dsn", cfg_dsn, "--checkpoint", str(out / "ledger-checkpoint.txt"),
                   "--key", str(out / "recon.pub"), cwd=work, env=env)
         assert v.returncode == 0, v.stderr
+        # every step verified what it read against the ledger, and so did the report
+        assert 'data-status="ledger"' in (out / "report.html").read_text()
+        r = recon("report", "--from", str(out), "--out", str(work / "by-key.html"), "--key", str(out / "recon.pub"),
+                  cwd=work, env=env)
+        assert r.returncode == 0, r.stderr
+        assert 'data-status="manifest"' in (work / "by-key.html").read_text()
         # tampering with an artefact is caught
         summary = out / "diff" / "summary.json"
         summary.write_text(summary.read_text().replace('"mismatched": ', '"mismatched": 1'))
         v = recon("manifest", "verify", str(out / "diff" / "manifest.json"), "--key", str(out / "recon.pub"),
                   cwd=work, env=env)
         assert v.returncode == 4 and "summary.json" in v.stderr
+        v = recon("report", "--from", str(out), "--out", str(work / "tampered.html"), "--key", str(out / "recon.pub"),
+                  cwd=work, env=env)
+        assert v.returncode == 4 and "summary.json" in v.stderr and not (work / "tampered.html").exists()
     finally:
         recon("services", "down", cwd=work, env=env)
         shutil.rmtree(work, ignore_errors=True)

@@ -4,6 +4,7 @@ malformed input, the exclusion policy's recomputation and its refusals, override
 from __future__ import annotations
 
 import json
+import tomllib
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,16 +12,39 @@ import polars as pl
 import pytest
 
 from engine.app import gate
+from engine.app.reconcile import DiffRequest
 from engine.config import Config, load
-from engine.core.errors import UsageError
+from engine.core.errors import Exit, UsageError, VerificationError
 
 COL = "Customer_Lifetime_Value__c"
+MAPPING = f"""
+[mapping.clv]
+source = "salesforce:Account"
+target = "postgresql://u@h:1/db#w.t"
+key = ["Id=account_id"]
+columns = ["{COL}=clv"]
+tolerance = {{ {COL} = "0.00" }}
+"""
 
 
 def _config(tmp_path: Path, text: str) -> Config:
+    """``text`` with the mapping ``clv`` (the fake diffs below are diffs of it)."""
     p = tmp_path / "recon.toml"
-    p.write_text(text)
+    p.write_text(text + MAPPING)
     return load(p)
+
+
+def _request(**changes: object) -> dict:
+    """The ``request`` block a diff of ``clv`` as configured records (written out: it is the
+    format), with ``changes``."""
+    return {"source": "salesforce:Account", "target": "postgresql://u@h:1/db#w.t", "key": [["Id", "account_id"]],
+            "columns": [[COL, "clv"]], "tolerance": {COL: "0"}, "types": {}, "source_where": None,
+            "target_where": None, "target_updated_at": None, "as_of": None, **changes}
+
+
+def test_the_request_block_is_the_mappings_identity() -> None:
+    cfg = Config(None, tomllib.loads(MAPPING), "unused")
+    assert DiffRequest.from_mapping(cfg.mapping("clv")).identity() == _request()
 
 
 def test_defaults_are_half_a_percent_each(tmp_path: Path) -> None:
@@ -109,7 +133,7 @@ def test_override_needs_reason_and_operator() -> None:
 # -- decisions from diff directories ----------------------------------------------------------------
 def _diff_dir(tmp_path: Path, rows: list[tuple], *, keys: int = 1000, abs_var: str = "0.00",
               amount: float = 0.0, mapping: str | None = "clv", extracted: str = "2026-01-02T00:00:00+00:00",
-              name: str = "diff", source_abs_total: str | None = None) -> Path:
+              name: str = "diff", source_abs_total: str | None = None, request: dict | None = None) -> Path:
     d = tmp_path / name
     d.mkdir()
     mism = sum(1 for r in rows if r[1] == "mismatched" and r[2] == COL)
@@ -124,6 +148,7 @@ def _diff_dir(tmp_path: Path, rows: list[tuple], *, keys: int = 1000, abs_var: s
                           **({"source_abs_total": source_abs_total} if source_abs_total else {})}},
         "compared_columns": {COL: "decimal(2)"},
         "amount_variance_ratio": {COL: amount},
+        "request": _request() if request is None else request,
     }
     summary["variance_ratio"] = (summary["mismatched"] + summary["missing_in_target"]
                                  + summary["missing_in_source"]) / keys
@@ -159,13 +184,43 @@ def test_decision_from_a_failing_diff_opens_and_records_what_it_saw(tmp_path: Pa
 
 
 def test_mapping_comes_from_the_diff_and_must_agree(tmp_path: Path) -> None:
-    d = _diff_dir(tmp_path, [], mapping=None)
-    with pytest.raises(UsageError, match="--mapping"):
-        gate.decide(d, _config(tmp_path, ""), run_id="r")
-    assert gate.decide(d, _config(tmp_path, ""), run_id="r", mapping="clv").state == "closed"
     d2 = _diff_dir(tmp_path, [], mapping="clv", name="d2")
-    with pytest.raises(UsageError, match="not 'other'"):
+    assert gate.decide(d2, _config(tmp_path, ""), run_id="r").mapping == "clv"
+    with pytest.raises(VerificationError, match="not 'other'"):
         gate.decide(d2, _config(tmp_path, ""), run_id="r", mapping="other")
+
+
+def test_a_summary_without_a_mapping_never_decides_a_breaker(tmp_path: Path) -> None:
+    # on main, `--mapping clv` let a mapping-less diff (e.g. of an unrelated file against itself) close clv
+    d = _diff_dir(tmp_path, [], mapping=None)
+    for m in (None, "clv"):
+        with pytest.raises(VerificationError, match="summary.json is a diff run without a mapping") as e:
+            gate.decide(d, _config(tmp_path, ""), run_id="r", mapping=m)
+        assert e.value.exit_code == Exit.VERIFY_FAILED
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"target_where": "clv < 100"}, "target_where"),
+    ({"source_where": "Id != '001'"}, "source_where"),
+    ({"tolerance": {COL: "1000"}}, "tolerance"),
+    ({"columns": []}, "columns"),
+    ({"target": "postgresql://u@h:1/db#w.other"}, "target"),
+    ({"as_of": "2026-01-01T00:00:00+00:00"}, "as_of"),
+])
+def test_a_narrowed_or_loosened_diff_cannot_decide(tmp_path: Path, change: dict, field: str) -> None:
+    # on main these closed the breaker: only the counts were read
+    d = _diff_dir(tmp_path, [], request=_request(**change))
+    with pytest.raises(VerificationError, match=f"summary.json is not a diff of \\[mapping.clv\\].*{field}"):
+        gate.decide(d, _config(tmp_path, ""), run_id="r")
+
+
+def test_a_summary_without_its_request_cannot_decide(tmp_path: Path) -> None:
+    d = _diff_dir(tmp_path, [])
+    s = json.loads((d / "summary.json").read_text())
+    s.pop("request")
+    (d / "summary.json").write_text(json.dumps(s))
+    with pytest.raises(VerificationError, match="no request"):
+        gate.decide(d, _config(tmp_path, ""), run_id="r")
 
 
 def test_not_a_diff_dir_and_unknown_gated_column_are_usage_errors(tmp_path: Path) -> None:
@@ -243,7 +298,7 @@ def test_exclusion_source_must_match_mapping_and_column(tmp_path: Path) -> None:
     r = tmp_path / "r"
     r.mkdir()
     (r / "plan.json").write_text(json.dumps({"mapping": "other", "column": COL, "action_list": []}))
-    with pytest.raises(UsageError, match="classified mapping"):
+    with pytest.raises(VerificationError, match="classified mapping"):
         gate.decide(d, _config(tmp_path, ""), run_id="x", exclude_from=r)
     with pytest.raises(UsageError, match="neither a repair output"):
         gate.decide(d, _config(tmp_path, ""), run_id="x", exclude_from=tmp_path / "nothing")

@@ -11,6 +11,24 @@ from typing import Annotated, Any
 import typer
 
 from engine.cli.options import ConfigOpt as Cfg
+from engine.cli.options import LedgerVerifyOpt, PubKeyOpt
+
+
+def _trust(ledger: str | None, pubkey: Path | None, cfg: Any) -> Any:
+    """What the input directories are verified against: --key, else the ledger (option, environment
+    or config)."""
+    from engine.app.evidence import resolve_ledger_dsn
+    from engine.app.trust import TrustOptions
+
+    return TrustOptions(resolve_ledger_dsn(ledger, cfg), pubkey, cfg.pg_passfile() if cfg is not None else None)
+
+
+def _warn_unverified(verification: dict[str, Any]) -> None:
+    if verification.get("status") == "unverified":
+        from engine.cli._shared import err
+
+        err.print("recon: warning: unverified: the input directories were not checked against a ledger or a signed "
+                  "manifest (give --ledger DSN or --key PUB)", markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -20,6 +38,8 @@ def register(app: typer.Typer) -> None:
         diff_dir: Annotated[Path | None, typer.Option("--diff", help="Output dir of `recon diff` (measured abs CLV variance; default: the diff the explain read).")] = None,
         config: Cfg = None,
         sets: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE overriding the config's cost table (repeatable), e.g. --set mttd_days=7.")] = None,
+        ledger: LedgerVerifyOpt = None,
+        pubkey: PubKeyOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the demo's cost.json).")] = False,
     ) -> None:
         """Price the incident and its prevention: exposure, expected loss, break-even and 12-month risk-adjusted ROI.
@@ -31,9 +51,10 @@ def register(app: typer.Typer) -> None:
         from engine.core import cost as cost_model
 
         cfg = config_mod.load(config)
-        inputs, result, sources, measured = cost.evaluate(explain_dir, diff_dir, cfg.section("cost"),
-                                                          cost_model.parse_sets(sets), cfg.where)
-        doc = cost_model.to_json(inputs, result, sources, measured)
+        doc, (inputs, result, sources, measured) = cost.document(
+            explain_dir, diff_dir, cfg.section("cost"), cost_model.parse_sets(sets), cfg.where,
+            trust=_trust(ledger, pubkey, cfg))
+        _warn_unverified(doc["verification"])
         if as_json:
             from engine.cli._shared import emit_json
 
@@ -49,14 +70,22 @@ def register(app: typer.Typer) -> None:
         out_file: Annotated[Path | None, typer.Option("--out", help="HTML file to write (default DIR/report.html).")] = None,
         config: Cfg = None,
         top: Annotated[int, typer.Option("--top", min=1, max=200, help="Account owners shown in the exposure chart.")] = 15,
+        ledger: LedgerVerifyOpt = None,
+        pubkey: PubKeyOpt = None,
     ) -> None:
-        """Write one self-contained HTML report (inline SVG charts, no script, no network) from a recon output dir."""
+        """Write one self-contained HTML report (inline SVG charts, no script, no network) from a recon output dir.
+
+        Each artefact is verified first (--ledger or --key PUB; exit 4 when one does not match); without
+        either the report shows "unverified" in red."""
         from engine import config as config_mod
         from engine.app.report import write_report
         from engine.cli._shared import out
 
         cfg = config_mod.load(config) if config else None
-        path = write_report(from_dir, out_file, cfg, top)
+        trust = _trust(ledger, pubkey, cfg)
+        path = write_report(from_dir, out_file, cfg, top, trust=trust)
+        if not trust.available:
+            _warn_unverified({"status": "unverified"})
         out.print(f"report written to {path}")
 
 

@@ -13,13 +13,14 @@ from engine.cli.options import (
     AmountField,
     EventTimeField,
     EventTypeField,
-    LedgerOpt,
     ManifestOpt,
     OrgIdField,
+    PubKeyOpt,
     RecordIdField,
 )
 from engine.cli.options import ConfigOpt as Cfg
 from engine.cli.options import KafkaConfigOpt as KafkaCfg
+from engine.cli.options import LedgerInOpt as LedgerOpt
 from engine.cli.options import SigningKeyOpt as KeyOpt
 from engine.core.errors import Exit
 
@@ -80,11 +81,15 @@ def register(app: typer.Typer) -> None:
         config: Cfg = None,
         out_dir: Annotated[Path | None, typer.Option("--out", help="Write explain.json and findings.parquet here.")] = None,
         ledger: LedgerOpt = None,
+        pubkey: PubKeyOpt = None,
         manifest: ManifestOpt = None,
         signing_key: KeyOpt = None,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
-        """Explain each difference from the Kafka stream and price commission exposure (exit 1 with findings)."""
+        """Explain each difference from the Kafka stream and price commission exposure (exit 1 with findings).
+
+        The diff is verified first (--ledger or --key PUB; exit 4 when it does not match); without either
+        the outputs are marked unverified."""
         from engine import config as config_mod
         from engine.app import explain as explain_mod
         from engine.app.evidence import EvidenceOptions
@@ -93,9 +98,15 @@ def register(app: typer.Typer) -> None:
         req = explain_mod.ExplainRequest(
             diff_dir=diff, bootstrap=bootstrap, topic=topic, column=column, kafka_config_file=kafka_config,
             fields=EventFields(record_field, type_field, time_field, amount_field, org_field), out_dir=out_dir,
-            evidence=EvidenceOptions(ledger, manifest, signing_key))
+            evidence=EvidenceOptions(ledger, manifest, signing_key), pubkey=pubkey)
         req.check()
         res = explain_mod.run(req, config_mod.load(config), progress=None if as_json else progress)
+        if (res.document.get("verification") or {}).get("status") == "unverified":
+            from engine.cli._shared import err
+
+            err.print(f"recon: warning: unverified: {diff} was not checked against a ledger or a signed manifest "
+                      "(give --ledger DSN or --key PUB); explain.json says so", markup=False, highlight=False,
+                      soft_wrap=True)
         if as_json:
             emit_json(res.document)
         else:

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     pass
 
 from engine.cli.options import ConfigOpt as Cfg
-from engine.cli.options import JsonFlag, LedgerOpt, ManifestOpt
+from engine.cli.options import JsonFlag, ManifestOpt, PubKeyOpt
+from engine.cli.options import LedgerInOpt as LedgerOpt
 from engine.cli.options import SigningKeyOpt as KeyOpt
 
 
@@ -62,11 +63,15 @@ def register(app: typer.Typer) -> None:
         out_dir: Annotated[Path | None, typer.Option("--out", help="Write gate_decision.json here.")] = None,
         config: Cfg = None,
         ledger: LedgerOpt = None,
+        pubkey: PubKeyOpt = None,
         manifest: ManifestOpt = None,
         signing_key: KeyOpt = None,
         as_json: JsonFlag = False,
     ) -> None:
-        """Open or close the circuit breaker from a diff (exit 0 closed, 3 open)."""
+        """Open or close the circuit breaker from a verified diff (exit 0 closed, 3 open, 4 not verified).
+
+        The diff (and --exclude-from) must be a run's output exactly as recorded in the ledger (--ledger)
+        or signed in DIR/manifest.json (--key PUB), and a diff of the mapping as configured."""
         from engine import config as config_mod
         from engine.app import gate as gate_mod
         from engine.app.evidence import EvidenceOptions
@@ -76,7 +81,7 @@ def register(app: typer.Typer) -> None:
             diff=diff, mapping=mapping, exclude_from=exclude_from, accept_classes=accept_classes, override=override,
             reason=reason, operator=operator, status=status, install_guard=install_guard,
             guard_roles=tuple(guard_role or ()), out_dir=out_dir,
-            evidence=EvidenceOptions(ledger, manifest, signing_key))
+            evidence=EvidenceOptions(ledger, manifest, signing_key), pubkey=pubkey)
         req.check()
         res = gate_mod.run_gate(req, config_mod.load(config))
         if res.warning:
@@ -113,11 +118,15 @@ def register(app: typer.Typer) -> None:
                                                      "repair.json here (--apply default: FROM_EXPLAIN/repair).")] = None,
         config: Cfg = None,
         ledger: LedgerOpt = None,
+        pubkey: PubKeyOpt = None,
         manifest: ManifestOpt = None,
         signing_key: KeyOpt = None,
         as_json: JsonFlag = False,
     ) -> None:
-        """Correct the divergent records surgically as new versions; dry run unless --apply."""
+        """Correct the divergent records surgically as new versions; dry run unless --apply.
+
+        The explain (and diff) directories are verified first (--ledger or --key PUB); --apply refuses
+        without either (exit 2), and a file no run recorded is refused (exit 4)."""
         from engine import config as config_mod
         from engine.app import repair as repair_mod
         from engine.app.evidence import EvidenceOptions
@@ -125,9 +134,14 @@ def register(app: typer.Typer) -> None:
 
         req = repair_mod.RepairRequest(from_explain=from_explain, apply=apply, mapping=mapping, diff=diff,
                                        target=target, chunk_rows=chunk_rows, out_dir=out_dir,
-                                       evidence=EvidenceOptions(ledger, manifest, signing_key))
+                                       evidence=EvidenceOptions(ledger, manifest, signing_key), pubkey=pubkey)
         req.check()
         res = repair_mod.run(req, config_mod.load(config), progress=None if as_json else progress)
+        if any(v.get("status") == "unverified" for v in res.summary.get("verification", {}).values()):
+            from engine.cli._shared import err
+
+            err.print(f"recon: warning: unverified: {from_explain} was not checked against a ledger or a signed "
+                      "manifest (give --ledger DSN or --key PUB)", markup=False, highlight=False, soft_wrap=True)
         rep, plan = res.report, res.report.plan
         if as_json:
             emit_json({**res.summary, "records": [c.to_dict() for c in plan.corrections],
