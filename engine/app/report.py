@@ -12,7 +12,7 @@ from engine import workspace
 from engine.app import cost as cost_mod
 from engine.app.trust import TrustOptions, overall, verify
 from engine.core import cost as cost_model
-from engine.core.errors import UsageError
+from engine.core.errors import UsageError, VerificationError
 from engine.report import html
 
 
@@ -66,7 +66,10 @@ def _find_repair(d: Path) -> tuple[dict[str, Any] | None, str | None]:
 def verify_run(run: workspace.RunDirectory, trust: TrustOptions) -> dict[str, Any]:
     """Each artefact of a run directory that is there, checked against the run that wrote it
     (exit 4 naming the first file that does not match); ``unverified`` with nothing to check
-    against. ``cost.json`` counts when a `recon cost` run recorded it (the demo does)."""
+    against. ``cost.json`` counts when a `recon cost` run recorded it (the demo does); one that no
+    recorded run wrote (the CLI's ``recon cost --json > cost.json`` records nothing) is left out of
+    the checks and out of the report, which recomputes the model from the verified measurements
+    (:func:`collect`): a figure the report cannot trace never reaches it, and the user is not stuck."""
     parts: dict[str, dict[str, Any]] = {}
     for name, out, command in (("diff", run.diff, "diff"), ("explain", run.explain, "explain"),
                                ("diff-after", run.diff_after, "diff")):
@@ -76,7 +79,10 @@ def verify_run(run: workspace.RunDirectory, trust: TrustOptions) -> dict[str, An
     if rep.exists():
         parts["repair"] = verify(rep.dir, rep.files(), command="repair", trust=trust).to_dict()
     if run.cost_path.is_file():
-        parts["cost"] = verify(run.root, [run.cost_path], command="cost", trust=trust).to_dict()
+        try:
+            parts["cost"] = verify(run.root, [run.cost_path], command="cost", trust=trust).to_dict()
+        except VerificationError:
+            pass  # not recorded by any run: collect() recomputes it from what was verified
     return overall(parts)
 
 
@@ -102,13 +108,18 @@ def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: P
     repair, repair_path = _find_repair(from_dir)
     cost_doc = _load_json(run.cost_path)
     note = None
+    untraced = cost_doc is not None and "cost" not in verification["parts"] and verification["status"] != "unverified"
+    if untraced:
+        cost_doc = None
     if cost_doc is None and explain is not None:
         section = config.section("cost") if config is not None else {}
         try:
             cost_doc = cost_model.to_json(*cost_mod.evaluate(
                 run.explain.dir, run.diff.dir if diff is not None else None, section, None,
                 getattr(config, "where", "configuration")))
-            note = ("No cost.json in this directory: the cost model was computed from the measurements with "
+            note = (("cost.json in this directory matches no recorded `recon cost` run, so it is not shown: "
+                     if untraced else "No cost.json in this directory: ")
+                    + "the cost model was computed from the measurements with "
                     + ("the [cost] settings of the config and " if section else "") + "the example defaults.")
         except UsageError as exc:  # the rest of the report is still worth having
             note = f"cost model not computed: {exc}"

@@ -132,3 +132,20 @@ def test_report_with_a_key_verifies_each_artefact(tmp_path: Path, keys: tuple[Pa
     (d / "differences.parquet").write_bytes(b"edited")
     with pytest.raises(VerificationError, match="differences.parquet"):
         report_app.collect(run, trust=TrustOptions(pubkey=pub))
+
+
+def test_a_cost_json_no_run_recorded_is_left_out_not_a_dead_end(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """`recon cost --json > cost.json` records no run, so a verified report cannot trace that
+    file: it leaves it out (and says so) instead of refusing the whole report with exit 4."""
+    key, pub = keys
+    run = tmp_path / "run"
+    run.mkdir()
+    d = _diff_dir(run, [])
+    _sign(d, workspace.DiffOutput(d).files(), key)
+    (run / "cost.json").write_text('{"results": {"exposure": "999999999.00"}}')
+    inp = report_app.collect(run, trust=TrustOptions(pubkey=pub))
+    assert inp.verification is not None and inp.verification["status"] == "manifest"
+    assert "cost" not in inp.verification["parts"]
+    assert inp.cost is None or "999999999.00" not in str(inp.cost)
+    assert inp.cost_note is not None
+    assert "999999999" not in html.build_html(inp)
