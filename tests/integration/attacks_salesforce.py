@@ -101,7 +101,9 @@ def _repair_setup(stack: Stack, tmp: Path) -> dict[str, Any]:
 
 
 def _repair_after(stack: Stack, tmp: Path, ctx: dict[str, Any], run: Run) -> None:
-    assert repr(HOSTILE_ID) in run.stderr, run.stderr
+    # the forged findings file is refused before any of its ids is read (17.1: it matches no recorded
+    # `recon explain` run); repair's own id check stays behind it (tests/integration/test_salesforce_soql_injection.py)
+    assert "findings.parquet" in run.stderr and "recon explain" in run.stderr, run.stderr
     assert _table_state(stack, ctx["table"]) == ctx["before"], "the victim table changed"
     assert _bulk_records_served(stack) == ctx["served_before"], "repair re-extracted from Salesforce"
     with _db(stack) as c:
@@ -133,7 +135,7 @@ ATTACKS = [
         command=lambda s, tmp, ctx: ["repair", "--from-explain", str(tmp / "explain"), "--mapping", "clv",
                                      "-C", str(s.config), "--apply", "--target", _target(s, ctx["table"]),
                                      "--out", str(tmp / "repair")],
-        exit=2, after=_repair_after),
+        exit=4, after=_repair_after),
     Attack(
         item="16.4", name="source-where-closes-parenthesis", payload=HOSTILE_WHERE,
         setup=_where_setup,
