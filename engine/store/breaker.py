@@ -15,7 +15,7 @@ from engine.core.errors import UsageError
 from engine.core.gate import Decision
 
 SQLSTATE_OPEN = "RC003"
-GUARD_VERSION = 1
+GUARD_VERSION = 2  # 2: only decisions linked to the row before them count
 GUARD_MARKER = f"recon circuit breaker guard v{GUARD_VERSION}"
 
 
@@ -48,7 +48,13 @@ def record_decision(dsn: str, decision: Decision, latest: dict[str, Any] | None,
     return entry.to_dict()
 
 
-def _guard_sql() -> list[sql.Composable]:
+def guard_sql() -> list[sql.Composable]:
+    """The guard's DDL, run as ``recon_audit_owner`` (by :func:`install_guard` and ``Ledger.init``).
+
+    ``circuit_state`` takes the latest decision for the mapping *that is chained*: its ``prev_hash``
+    is the ``row_hash`` of the row at ``seq - 1``. The insert trigger keeps new rows chained; this
+    keeps a row planted before it (an older ledger) at a seq of its choosing from outranking every
+    real decision. One index probe per table, so the guard stays cheap."""
     fn = sql.SQL("recon_audit.assert_circuit_closed(text)")
     st = sql.SQL("recon_audit.circuit_state(text)")
     return [
@@ -60,6 +66,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f
          g.body ->> 'operator', g.run_id
     FROM recon_audit.gate_decisions g
    WHERE g.mapping = p_mapping
+     AND EXISTS (SELECT 1 FROM recon_audit.chain p WHERE p.seq = g.seq - 1 AND p.row_hash = g.prev_hash)
    ORDER BY g.seq DESC
    LIMIT 1
 $f$"""),
@@ -126,7 +133,7 @@ def install_guard(dsn: str, grant_to: tuple[str, ...] = (), *, passfile: str | P
                     conn.execute(sql.SQL("GRANT {} TO {} WITH INHERIT FALSE, SET TRUE").format(
                         sql.Identifier(OWNER_ROLE), sql.Identifier(me)))
                 conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(OWNER_ROLE)))
-                for stmt in _guard_sql():
+                for stmt in guard_sql():
                     conn.execute(stmt)
                 conn.execute("RESET ROLE")
                 if not is_super:
@@ -135,8 +142,9 @@ def install_guard(dsn: str, grant_to: tuple[str, ...] = (), *, passfile: str | P
                     conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READER_ROLE), sql.Identifier(role)))
         except psycopg.errors.InsufficientPrivilege as exc:
             first = (str(exc).splitlines() or [""])[0]
-            raise UsageError(f"cannot install the circuit-breaker guard in {led.where}: {first} (run `recon gate "
-                             "--install-guard` once as the role that ran `recon ledger init`)") from None
+            raise UsageError(f"cannot install the circuit-breaker guard in {led.where}: {first} (an administrator "
+                             "installs it: rerun `recon ledger init`, or `recon gate --install-guard` as the role "
+                             "that ran it)") from None
         except psycopg.Error as exc:
             raise _db_error(exc, dsn, "install the guard in") from None
     return {"function": "recon_audit.assert_circuit_closed(text)", "state_function": "recon_audit.circuit_state(text)",
