@@ -368,11 +368,7 @@ class Ledger:
 
     def append_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Entry]:
         """Append rows atomically and contiguously: all or none, in this order."""
-        for table, body in items:
-            if table not in TABLES:
-                raise ValueError(f"unknown ledger table {table!r} (tables: {', '.join(TABLES)})")
-            if not isinstance(body, dict):
-                raise TypeError("a ledger body is a dict")
+        _check_items(items)
         try:
             with self.conn.transaction():
                 return self._append_locked(self.conn, items)
@@ -403,10 +399,13 @@ class Ledger:
     def record_run(self, run_id: str, body: dict[str, Any], inputs: Sequence[dict[str, Any]] = (),
                    lineage: Sequence[dict[str, Any]] = ()) -> list[Entry]:
         """A run, its inputs and its lineage records, atomically (``run_id`` is added to each body)."""
-        items: list[tuple[str, dict[str, Any]]] = [("runs", {**body, "run_id": run_id})]
-        items += [("inputs", {**i, "run_id": run_id}) for i in inputs]
-        items += [("lineage", {**x, "run_id": run_id}) for x in lineage]
-        return self.append_many(items)
+        return self.append_many(_run_items(run_id, body, inputs, lineage))
+
+    def record_run_checkpointed(self, run_id: str, body: dict[str, Any], inputs: Sequence[dict[str, Any]] = (),
+                                lineage: Sequence[dict[str, Any]] = ()) -> tuple[list[Entry], Checkpoint]:
+        """:meth:`record_run` and :meth:`checkpoint` in one transaction: on a broken chain neither
+        the run nor the checkpoint is recorded (a manifest then has no checkpoint to embed)."""
+        return self._checkpoint(_run_items(run_id, body, inputs, lineage))
 
     # -- checkpoints -----------------------------------------------------------------------------
     def origin(self) -> str:
@@ -425,6 +424,11 @@ class Ledger:
 
         The chain is verified first, in the same pass and under the appenders' lock: a broken chain
         raises VerificationError naming its first broken row, and nothing is recorded."""
+        return self._checkpoint(())[1]
+
+    def _checkpoint(self, items: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[Entry], Checkpoint]:
+        """Verify the chain, append ``items``, then the checkpoint row covering them; one transaction."""
+        _check_items(items)
         try:
             with self.conn.transaction():
                 conn = self.conn
@@ -439,11 +443,14 @@ class Ledger:
                                             "(`recon ledger verify` lists every problem)")
                 origin = report.origin or ORIGIN_PREFIX + "unknown"
                 acc = walk.acc
+                entries = self._append_locked(conn, items) if items else []
+                for e in entries:
+                    acc.append(bytes.fromhex(e.row_hash))
                 (entry,) = self._append_locked(conn, [("checkpoints", {
                     "kind": "checkpoint", "origin": origin, "size": acc.size, "root": acc.root().hex(),
                     "hash": "sha256-rfc6962"})])
                 acc.append(bytes.fromhex(entry.row_hash))
-                return Checkpoint(origin, acc.size, acc.root(), entry.seq, entry.recorded_at)
+                return entries, Checkpoint(origin, acc.size, acc.root(), entry.seq, entry.recorded_at)
         except psycopg.Error as exc:
             raise _db_error(exc, self.dsn, "checkpoint") from None
 
@@ -496,6 +503,22 @@ def find_run_with_outputs(dsn: str, outputs: dict[str, str], *, command: str | N
     recorded = {str(o.get("name")): str(o.get("sha256")) for o in body.get("outputs") or [] if isinstance(o, dict)}
     return {"seq": int(row[0]), "run_id": body.get("run_id"), "command": body.get("command"),
             "status": body.get("status"), "outputs": recorded}
+
+
+def _check_items(items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    for table, body in items:
+        if table not in TABLES:
+            raise ValueError(f"unknown ledger table {table!r} (tables: {', '.join(TABLES)})")
+        if not isinstance(body, dict):
+            raise TypeError("a ledger body is a dict")
+
+
+def _run_items(run_id: str, body: dict[str, Any], inputs: Sequence[dict[str, Any]],
+               lineage: Sequence[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    items: list[tuple[str, dict[str, Any]]] = [("runs", {**body, "run_id": run_id})]
+    items += [("inputs", {**i, "run_id": run_id}) for i in inputs]
+    items += [("lineage", {**x, "run_id": run_id}) for x in lineage]
+    return items
 
 
 def _schema_sql() -> list[sql.Composable]:

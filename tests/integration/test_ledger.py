@@ -544,6 +544,7 @@ def test_evidence_refuses_to_embed_a_checkpoint_of_a_broken_chain(db, embedded_p
     from engine.app import evidence
 
     _flip_a_decision(embedded_pg, db["name"])
+    rows = lg.verify(db["writer"]).rows
     manifest = tmp_path / "m.json"
     out = tmp_path / "out.json"
     out.write_text("{}")
@@ -552,6 +553,7 @@ def test_evidence_refuses_to_embed_a_checkpoint_of_a_broken_chain(db, embedded_p
                                  manifest_path=manifest, signing_key=db["priv"], config_digest="0" * 64,
                                  lineage_dir=tmp_path / "ol")
     assert not manifest.exists()
+    assert lg.verify(db["writer"]).rows == rows  # the run is not recorded either: all or nothing
 
 
 # -- errors and the CLI ----------------------------------------------------------------------------
