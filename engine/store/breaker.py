@@ -19,15 +19,20 @@ GUARD_VERSION = 2  # 2: only decisions linked to the row before them count
 GUARD_MARKER = f"recon circuit breaker guard v{GUARD_VERSION}"
 
 
+# a decision counts only when chained: linked to the row right before it (see guard_sql)
+_CHAINED = "EXISTS (SELECT 1 FROM recon_audit.chain p WHERE p.seq = g.seq - 1 AND p.row_hash = g.prev_hash)"
+
+
 def latest_decision(dsn: str, mapping: str, *, passfile: str | Path | None = None) -> dict[str, Any] | None:
-    """The latest decision for a mapping: {seq, recorded_at, state, body}, or None."""
+    """The latest chained decision for a mapping: {seq, recorded_at, state, body}, or None. The same
+    one the SQL guard reads, so `recon gate --status` and the guard never disagree."""
     from engine.store.ledger import Ledger, _db_error
 
     with Ledger(dsn, passfile=passfile) as led:
         try:
-            row = led.conn.execute(
-                "SELECT seq, recorded_at, canonical FROM recon_audit.gate_decisions WHERE mapping = %s "
-                "ORDER BY seq DESC LIMIT 1", (mapping,)).fetchone()
+            row = led.conn.execute(sql.SQL(
+                "SELECT g.seq, g.recorded_at, g.canonical FROM recon_audit.gate_decisions g WHERE g.mapping = %s "
+                "AND {} ORDER BY g.seq DESC LIMIT 1").format(sql.SQL(_CHAINED)), (mapping,)).fetchone()
         except psycopg.Error as exc:
             raise _db_error(exc, dsn, "read") from None
     if row is None:
@@ -66,10 +71,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f
          g.body ->> 'operator', g.run_id
     FROM recon_audit.gate_decisions g
    WHERE g.mapping = p_mapping
-     AND EXISTS (SELECT 1 FROM recon_audit.chain p WHERE p.seq = g.seq - 1 AND p.row_hash = g.prev_hash)
+     AND {chained}
    ORDER BY g.seq DESC
    LIMIT 1
-$f$"""),
+$f$""".replace("{chained}", _CHAINED)),
         sql.SQL("""CREATE OR REPLACE FUNCTION recon_audit.assert_circuit_closed(p_mapping text)
 RETURNS void LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE

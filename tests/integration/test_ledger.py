@@ -512,6 +512,7 @@ def test_init_upgrades_an_old_ledger_and_the_guard_skips_unchained_decisions(db,
     assert _guard_state(db["writer"], "victim") == breaker.SQLSTATE_OPEN
     with psycopg.connect(db["writer"], autocommit=True) as c:
         assert c.execute("SELECT seq FROM recon_audit.circuit_state('victim')").fetchone()[0] < 1_000_000
+        assert breaker.latest_decision(db["writer"], "victim")["state"] == "open"  # `recon gate --status` agrees
         with pytest.raises(psycopg.Error, match="does not extend the chain"):
             c.execute("INSERT INTO recon_audit.gate_decisions (seq, recorded_at, prev_hash, row_hash, canonical) "
                       "VALUES (2000000, now(), %s, %s, %s)", ("1" * 64, "2" * 64, _decision("victim", "closed")))
