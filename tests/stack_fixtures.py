@@ -56,8 +56,8 @@ def own_stack(base: Path, *, ledger: bool = False, keys: bool = False) -> Iterat
         assert load.returncode == 0, load.stderr
         truth = json.loads(Path(json.loads(load.stdout)["ground_truth"]).read_text())
         s = Stack(state=state, endpoints=endpoints, config=cfg, truth=truth, env=env)
-        if ledger:
-            init = s.run("ledger", "init", "-C", str(cfg))
+        if ledger:  # as the administrator: the config's ledger DSN is the writer, which may not init
+            init = s.run("ledger", "init", "-C", str(cfg), "--dsn", endpoints["postgres_dsn"])
             assert init.returncode == 0, init.stderr
         if keys:
             made = s.run("keygen", "--out", str(base / "keys"))

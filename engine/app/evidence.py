@@ -347,8 +347,12 @@ def record_evidence(
                          "file": e.path.name if e.path else None} for e in events]
         body = scrub(body)
         check_no_secret(body, secrets, "the ledger row")
-        entries = ledger.record_run(run_id, body, inputs, lineage_rows)
-        checkpoint = ledger.checkpoint()
+        # one transaction: on a broken chain (exit 4) neither the run nor a checkpoint is recorded
+        try:
+            entries, checkpoint = ledger.record_run_checkpointed(run_id, body, inputs, lineage_rows)
+        except BaseException:
+            ledger.close()
+            raise
         result["ledger"] = {"ledger": ledger.where, "run_seq": entries[0].seq, "run_row_hash": entries[0].row_hash,
                             "rows": [e.to_dict() for e in entries], "checkpoint": checkpoint.to_dict()}
 

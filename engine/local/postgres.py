@@ -72,6 +72,12 @@ class PostgresInfo:
         """Unix-socket DSN (trust auth; only local processes can reach the socket)."""
         return f"postgresql://{self.user}@/{self.database}?host={self.socket_dir}&port={self.port}"
 
+    @property
+    def app_dsn(self) -> str:
+        """TCP DSN of the application role (no password): the ledger's writer, which the
+        administrator (``user``) must not be."""
+        return f"postgresql://{self.app_user}@{self.host}:{self.port}/{self.database}"
+
     def superuser_socket_dsn(self, database: str | None = None) -> str:
         return f"postgresql://{self.superuser}@/{database or self.database}?host={self.socket_dir}&port={self.port}"
 
@@ -240,7 +246,9 @@ class EmbeddedPostgres:
         with psycopg.connect(info.superuser_socket_dsn("postgres"), autocommit=True) as conn:
             for role, pw, attrs in (
                 (creds["postgres_user"], creds["postgres_password"], "LOGIN CREATEDB CREATEROLE"),
-                (creds["postgres_app_user"], creds["postgres_app_password"], "LOGIN"),
+                # the ledger's writer: never able to administer roles (see `recon ledger init`)
+                (creds["postgres_app_user"], creds["postgres_app_password"],
+                 "LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB"),
             ):
                 exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
                 verb = "ALTER" if exists else "CREATE"

@@ -451,8 +451,9 @@ def load(
     say("initialising the recon_audit ledger (recon.toml records every run there)")
     from engine.store.ledger import Ledger
 
+    # the administrator initialises; the application role appends (it can never become the owner)
     with Ledger(pg.socket_dsn) as ledger:
-        ledger.init()
+        ledger.init(writer=creds["postgres_app_user"])
 
     say("loading Salesforce (User, Account)")
     reset_store(pg)
@@ -467,7 +468,7 @@ def load(
     sc.accounts.drop("acc").write_parquet(out / "accounts.parquet")
     delivered.filter(pl.col("is_copy")).select("partition", "offset", "ts_ms", "account_id", "event_id") \
         .write_parquet(out / "copies.parquet")
-    config_file = write_config(Path(config_out), endpoints, paths, spec)
+    config_file = write_config(Path(config_out), endpoints, paths, spec, ledger_dsn=pg.app_dsn)
     counts = {
         "salesforce_accounts": len(sc.accounts),
         "salesforce_users": len(sc.users),
@@ -481,8 +482,10 @@ def load(
     return LoadResult(truth_file=truth_file, config_file=config_file, counts=counts)
 
 
-def write_config(path: Path, endpoints: dict[str, Any], paths: Any, spec: ScenarioSpec) -> Path:
-    """The scenario's `recon.toml`: endpoints and file references only, never a secret."""
+def write_config(path: Path, endpoints: dict[str, Any], paths: Any, spec: ScenarioSpec, *,
+                 ledger_dsn: str | None = None) -> Path:
+    """The scenario's `recon.toml`: endpoints and file references only, never a secret. ``ledger_dsn``:
+    the ledger's writer (the application role; its password is in the same pgpass file)."""
     text = f"""# recon configuration for the local incident scenario (written by `recon scenario load`).
 # Secrets are not in this file: they come from the files named below or from the environment.
 
@@ -501,7 +504,7 @@ bootstrap = "{endpoints['kafka_bootstrap']}"
 topic = "{spec.topic}"
 
 [ledger]
-dsn = "{endpoints['postgres_dsn']}"
+dsn = "{ledger_dsn or endpoints['postgres_dsn']}"
 
 [gate]
 clv = {{ variance_ratio = 0.005, amount_variance_ratio = 0.005, column = "Customer_Lifetime_Value__c" }}

@@ -15,19 +15,24 @@ from engine.core.errors import UsageError
 from engine.core.gate import Decision
 
 SQLSTATE_OPEN = "RC003"
-GUARD_VERSION = 1
+GUARD_VERSION = 2  # 2: only decisions linked to the row before them count
 GUARD_MARKER = f"recon circuit breaker guard v{GUARD_VERSION}"
 
 
+# a decision counts only when chained: linked to the row right before it (see guard_sql)
+_CHAINED = "EXISTS (SELECT 1 FROM recon_audit.chain p WHERE p.seq = g.seq - 1 AND p.row_hash = g.prev_hash)"
+
+
 def latest_decision(dsn: str, mapping: str, *, passfile: str | Path | None = None) -> dict[str, Any] | None:
-    """The latest decision for a mapping: {seq, recorded_at, state, body}, or None."""
+    """The latest chained decision for a mapping: {seq, recorded_at, state, body}, or None. The same
+    one the SQL guard reads, so `recon gate --status` and the guard never disagree."""
     from engine.store.ledger import Ledger, _db_error
 
     with Ledger(dsn, passfile=passfile) as led:
         try:
-            row = led.conn.execute(
-                "SELECT seq, recorded_at, canonical FROM recon_audit.gate_decisions WHERE mapping = %s "
-                "ORDER BY seq DESC LIMIT 1", (mapping,)).fetchone()
+            row = led.conn.execute(sql.SQL(
+                "SELECT g.seq, g.recorded_at, g.canonical FROM recon_audit.gate_decisions g WHERE g.mapping = %s "
+                "AND {} ORDER BY g.seq DESC LIMIT 1").format(sql.SQL(_CHAINED)), (mapping,)).fetchone()
         except psycopg.Error as exc:
             raise _db_error(exc, dsn, "read") from None
     if row is None:
@@ -48,7 +53,13 @@ def record_decision(dsn: str, decision: Decision, latest: dict[str, Any] | None,
     return entry.to_dict()
 
 
-def _guard_sql() -> list[sql.Composable]:
+def guard_sql() -> list[sql.Composable]:
+    """The guard's DDL, run as ``recon_audit_owner`` (by :func:`install_guard` and ``Ledger.init``).
+
+    ``circuit_state`` takes the latest decision for the mapping *that is chained*: its ``prev_hash``
+    is the ``row_hash`` of the row at ``seq - 1``. The insert trigger keeps new rows chained; this
+    keeps a row planted before it (an older ledger) at a seq of its choosing from outranking every
+    real decision. One index probe per table, so the guard stays cheap."""
     fn = sql.SQL("recon_audit.assert_circuit_closed(text)")
     st = sql.SQL("recon_audit.circuit_state(text)")
     return [
@@ -60,9 +71,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f
          g.body ->> 'operator', g.run_id
     FROM recon_audit.gate_decisions g
    WHERE g.mapping = p_mapping
+     AND {chained}
    ORDER BY g.seq DESC
    LIMIT 1
-$f$"""),
+$f$""".replace("{chained}", _CHAINED)),
         sql.SQL("""CREATE OR REPLACE FUNCTION recon_audit.assert_circuit_closed(p_mapping text)
 RETURNS void LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
@@ -126,7 +138,7 @@ def install_guard(dsn: str, grant_to: tuple[str, ...] = (), *, passfile: str | P
                     conn.execute(sql.SQL("GRANT {} TO {} WITH INHERIT FALSE, SET TRUE").format(
                         sql.Identifier(OWNER_ROLE), sql.Identifier(me)))
                 conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(OWNER_ROLE)))
-                for stmt in _guard_sql():
+                for stmt in guard_sql():
                     conn.execute(stmt)
                 conn.execute("RESET ROLE")
                 if not is_super:
@@ -135,8 +147,9 @@ def install_guard(dsn: str, grant_to: tuple[str, ...] = (), *, passfile: str | P
                     conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READER_ROLE), sql.Identifier(role)))
         except psycopg.errors.InsufficientPrivilege as exc:
             first = (str(exc).splitlines() or [""])[0]
-            raise UsageError(f"cannot install the circuit-breaker guard in {led.where}: {first} (run `recon gate "
-                             "--install-guard` once as the role that ran `recon ledger init`)") from None
+            raise UsageError(f"cannot install the circuit-breaker guard in {led.where}: {first} (an administrator "
+                             "installs it: rerun `recon ledger init`, or `recon gate --install-guard` as the role "
+                             "that ran it)") from None
         except psycopg.Error as exc:
             raise _db_error(exc, dsn, "install the guard in") from None
     return {"function": "recon_audit.assert_circuit_closed(text)", "state_function": "recon_audit.circuit_state(text)",

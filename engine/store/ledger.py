@@ -16,14 +16,25 @@ Why this shape:
   and they are ``ENABLE ALWAYS`` so ``session_replication_role = replica`` does not skip them; the
   tables belong to ``recon_audit_owner``, a NOLOGIN role the writer does not hold. Owners and
   superusers can still disable triggers, which is what the chain and the checkpoints are for.
-* **Serialized writers.** Every append takes ``pg_advisory_xact_lock`` before reading the head, so
-  two concurrent writers can never link to the same predecessor (no fork) and ``seq`` has no gaps
-  (a sequence would leave gaps on rollback and hide deletions).
+* **The writer cannot become the owner.** Since PostgreSQL 16 the CREATEROLE role that creates
+  ``recon_audit_owner`` holds ADMIN OPTION on it, so it could grant itself the owner, disable the
+  triggers and rewrite the chain with every stored checkpoint. ``init`` therefore refuses to make
+  the role that runs it a writer, and refuses any writer that is a superuser, has CREATEROLE or is a
+  member (by any path) of such a role, of the administrator or of the owner: an administrator
+  initialises, a separate plain login role appends.
+* **Serialized, chained writers.** Every append takes ``pg_advisory_xact_lock`` before reading the
+  head, so two concurrent writers can never link to the same predecessor (no fork) and ``seq`` has
+  no gaps (a sequence would leave gaps on rollback and hide deletions). A BEFORE INSERT trigger
+  takes the same lock and rejects a row whose ``seq`` is not the head's + 1 or whose ``prev_hash``
+  is not the head's ``row_hash``, so a writer talking SQL directly cannot plant a row out of the
+  chain (e.g. a decision at seq 1000000 that outranks every later one). The row hash itself stays
+  computed by the client (BLAKE3 is not in PostgreSQL): a wrong one is named by ``verify``.
 * **Checkpoints** are RFC 6962 Merkle tree heads (SHA-256, leaf = H(0x00 || row_hash), node =
   H(0x01 || left || right)) over the row hashes in ``seq`` order: standard tooling can recompute
   them. Each is stored as a chained row of ``checkpoints`` and can be exported as a signed C2SP
   tlog-checkpoint note to keep *outside* the database: that is what detects a dropped tail or a
-  wholesale, internally consistent rewrite of the chain. Tree heads, checkpoints and notes, which
+  wholesale, internally consistent rewrite of the chain. A checkpoint is only taken of a chain that
+  verifies (same pass as :func:`verify`): signing a broken chain would vouch for the tampering. Tree heads, checkpoints and notes, which
   need no database, are :mod:`engine.store.ledger_checkpoints`.
 """
 
@@ -45,7 +56,7 @@ import psycopg
 from psycopg import sql
 
 from engine.connectors.base import redact_dsn
-from engine.core.errors import UsageError
+from engine.core.errors import UsageError, VerificationError
 from engine.store.ledger_checkpoints import (
     EMPTY_ROOT,
     Checkpoint,
@@ -70,6 +81,8 @@ GENESIS_PREV = bytes(32)
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"recon_audit.chain").digest()[:8], "big", signed=True)
 ORIGIN_PREFIX = "recon.dev/ledger/"
 MAX_PROBLEMS = 50
+# role membership with INHERIT/SET options, and ADMIN OPTION granted to a CREATEROLE creator
+MIN_SERVER_VERSION = 160000
 
 # generated columns per table, for querying; all derived from the hashed canonical text
 _EXTRA_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -149,6 +162,47 @@ def _connect(dsn: str, passfile: str | Path | None = None) -> psycopg.Connection
     return connect(dsn, passfile=passfile, autocommit=True)  # transactions are explicit: conn.transaction()
 
 
+def require_server_version(num: int, where: str) -> None:
+    """Refuse PostgreSQL before 16: ``init`` relies on its role-membership model (grants WITH
+    INHERIT/SET, a creator's ADMIN OPTION) to keep the writer away from the owner."""
+    if num < MIN_SERVER_VERSION:
+        major, minor = (num // 10000, num % 10000) if num >= 100000 else (num // 100, num % 100)
+        raise UsageError(f"the ledger needs PostgreSQL 16 or later; {where} runs PostgreSQL {major}.{minor} "
+                         "(upgrade the server, or put the ledger in a PostgreSQL 16+ database)")
+
+
+def _takeover_path(conn: psycopg.Connection, writer: str, admin: str) -> str | None:
+    """Why ``writer`` could make itself the owner (and so rewrite the ledger), or None.
+
+    Every role the writer can reach through memberships (any path, whatever INHERIT/SET say, since
+    an ADMIN OPTION or a SET can be used later) is checked: a superuser, a CREATEROLE role (it may
+    hold ADMIN OPTION on the ledger's roles), the administrator running init, or the owner."""
+    rows = conn.execute(
+        "SELECT r.rolname, r.rolsuper, r.rolcreaterole, pg_has_role(r.oid, %s, 'MEMBER') FROM pg_roles r "
+        "WHERE pg_has_role(%s, r.oid, 'MEMBER') ORDER BY r.rolname <> %s, r.rolname",
+        (OWNER_ROLE, writer, writer)).fetchall()
+    for name, is_super, createrole, owner_member in rows:
+        via = "" if name == writer else f" through its membership in {name}"
+        if name == admin:
+            return f"it is a member of {admin}, the role that runs init"
+        if is_super:
+            return "it is a superuser" if not via else f"it can act as superuser{via}"
+        if createrole:
+            return f"it has CREATEROLE{via}"
+        if owner_member:
+            return f"it is a member of {OWNER_ROLE}{via}"
+    return None
+
+
+def _writer_members(conn: psycopg.Connection) -> list[str]:
+    """Roles granted ``recon_audit_writer`` directly with its use (INHERIT or SET); not the creator's
+    own ADMIN-only membership that PostgreSQL 16+ records. The ledger's roles are shared by the cluster."""
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+        "JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = %s AND (m.inherit_option OR m.set_option) "
+        "ORDER BY 1", (WRITER_ROLE,)).fetchall()]
+
+
 def _db_error(exc: psycopg.Error, dsn: str, doing: str) -> UsageError:
     first = (str(exc).splitlines() or [type(exc).__name__])[0]
     where = redact_dsn(dsn)
@@ -197,28 +251,36 @@ class Ledger:
 
     # -- init ------------------------------------------------------------------------------------
     def init(self, writer: str | None = None) -> dict[str, Any]:
-        """Create roles, schema, tables, triggers and grants, and the genesis row; idempotent.
+        """Create roles, schema, tables, triggers, grants, the SQL guard and the genesis row; on an
+        existing ledger, upgrade its triggers and guard and refresh the grants. Idempotent.
 
-        The connecting role needs CREATEROLE (or superuser) and CREATE on the database. It creates
-        the objects *as* ``recon_audit_owner`` (a NOLOGIN role) through a membership it grants itself
-        for this transaction only, and grants ``recon_audit_writer`` to ``writer`` (default: itself).
-        """
+        Run by an administrator: a role with CREATEROLE (or a superuser) and CREATE on the database.
+        It creates the objects *as* ``recon_audit_owner`` (a NOLOGIN role) through a membership it
+        grants itself for this transaction only, and grants ``recon_audit_writer`` to ``writer``, a
+        separate login role that can never become the owner (see :func:`_takeover_path`). Without
+        ``writer`` an existing ledger keeps its writers (each checked again); a new one needs it.
+        The administrator keeps read access (``recon_audit_reader``) but loses any writer grant an
+        older recon gave it."""
+        from engine.store.breaker import guard_sql
+
         conn = self.conn
         try:
             with conn.transaction():
-                me, is_super = conn.execute(
-                    "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()  # type: ignore[misc]
-                writer = writer or me
-                if writer in (OWNER_ROLE, WRITER_ROLE, READER_ROLE):
-                    raise UsageError(f"writer role {writer} is not allowed: name the login role that will append "
-                                     "(e.g. the application's role), not one of the ledger's own roles", field="writer")
-                if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (writer,)).fetchone():
-                    raise UsageError(f"writer role {writer!r} does not exist: create it first (CREATE ROLE …)",
-                                     field="writer")
-                for role in (OWNER_ROLE, WRITER_ROLE, READER_ROLE):
+                require_server_version(int(conn.execute("SHOW server_version_num").fetchone()[0]),  # type: ignore[index]
+                                       self.where)
+                me, is_super, can_create = conn.execute(
+                    "SELECT current_user, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+                ).fetchone()  # type: ignore[misc]
+                if not (is_super or can_create):
+                    raise UsageError(f"cannot initialise the ledger at {self.where}: role {me} has no CREATEROLE "
+                                     "(connect as an administrator with CREATEROLE and CREATE on the database, or "
+                                     "as a superuser; name the role that will append with --writer)")
+                exists = conn.execute("SELECT to_regclass('recon_audit.checkpoints')").fetchone()[0] is not None  # type: ignore[index]
+                for role in (OWNER_ROLE, WRITER_ROLE, READER_ROLE):  # rolled back if a check below fails
                     conn.execute(sql.SQL(
                         "DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
                     ).format(sql.Identifier(role)))
+                writers = self._check_writers(conn, writer, me, exists)
                 if not is_super:
                     conn.execute(sql.SQL("GRANT {} TO {} WITH INHERIT FALSE, SET TRUE").format(
                         sql.Identifier(OWNER_ROLE), sql.Identifier(me)))
@@ -238,17 +300,66 @@ class Ledger:
                         "size": 0, "root": EMPTY_ROOT.hex(), "hash": "sha256-rfc6962",
                         "record_version": RECORD_VERSION})])[0]
                     origin = ORIGIN_PREFIX + ledger_id
+                for stmt in guard_sql():  # the writer cannot install it: the owner's DDL
+                    conn.execute(stmt)
                 conn.execute("RESET ROLE")
                 if not is_super:
                     conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(OWNER_ROLE), sql.Identifier(me)))
-                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(WRITER_ROLE), sql.Identifier(writer)))
-                if writer != me:  # the administrator may read (and so verify) but not write
-                    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READER_ROLE), sql.Identifier(me)))
+                if writer is not None:
+                    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(WRITER_ROLE), sql.Identifier(writer)))
+                revoked = self._revoke_admin_writer(conn, me, is_super)
+                # the administrator may read (and so verify) but not write
+                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READER_ROLE), sql.Identifier(me)))
         except psycopg.Error as exc:
             raise _db_error(exc, self.dsn, "initialise") from None
         return {"ledger": self.where, "schema": SCHEMA, "owner": OWNER_ROLE, "writer_role": WRITER_ROLE,
-                "writer": writer, "reader_role": READER_ROLE, "origin": origin,
-                "created": genesis is not None}
+                "writer": writers[0], "writers": writers, "reader_role": READER_ROLE, "admin": me,
+                "origin": origin, "created": genesis is not None, "revoked": revoked}
+
+    def _check_writers(self, conn: psycopg.Connection, writer: str | None, me: str, exists: bool) -> list[str]:
+        """The writers the ledger will have, each checked to have no path to the owner."""
+        fix = ("name a separate login role with NOSUPERUSER NOCREATEROLE, e.g. CREATE ROLE recon_writer LOGIN "
+               "NOCREATEROLE PASSWORD '…', then `recon ledger init --writer recon_writer`")
+        if writer in (OWNER_ROLE, WRITER_ROLE, READER_ROLE):
+            raise UsageError(f"writer role {writer} is not allowed: name the login role that will append "
+                             "(e.g. the application's role), not one of the ledger's own roles", field="writer")
+        if writer == me:
+            raise UsageError(f"the writer must not be the role that runs init ({me}): that administrator can grant "
+                             f"itself {OWNER_ROLE} and rewrite the ledger; {fix}", field="writer")
+        if writer is not None and not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (writer,)).fetchone():
+            raise UsageError(f"writer role {writer!r} does not exist: create it first (CREATE ROLE {writer} LOGIN "
+                             "NOCREATEROLE PASSWORD '…')", field="writer")
+        existing = [w for w in _writer_members(conn) if w != me] if exists else []
+        writers = [writer] if writer is not None else []
+        writers += [w for w in existing if w not in writers]
+        if not writers:
+            raise UsageError(f"no writer for the ledger at {self.where}: the writer must not be the role that runs "
+                             f"init ({me}); {fix}", field="writer")
+        for w in writers:
+            why = _takeover_path(conn, w, me)
+            if why:
+                raise UsageError(f"writer role {w} could take over the ledger: {why} ({fix}"
+                                 + (f"; or REVOKE {WRITER_ROLE} FROM {w})" if w != writer else ")"), field="writer")
+        return writers
+
+    @staticmethod
+    def _revoke_admin_writer(conn: psycopg.Connection, me: str, is_super: bool) -> list[str]:
+        """Take ``recon_audit_writer`` away from the administrator (an older recon made it the
+        default writer). Only its own grants can be revoked; one by another role is a usage error."""
+        grantors = [r[0] for r in conn.execute(
+            "SELECT gr.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+            "JOIN pg_roles r ON r.oid = m.member JOIN pg_roles gr ON gr.oid = m.grantor "
+            "WHERE g.rolname = %s AND r.rolname = %s AND (m.inherit_option OR m.set_option)",
+            (WRITER_ROLE, me)).fetchall()]
+        if not grantors:
+            return []
+        for grantor in grantors:
+            if grantor != me and not is_super:
+                raise UsageError(f"role {me} holds {WRITER_ROLE} (granted by {grantor}), but the role that runs init "
+                                 f"must not write: as {grantor}, REVOKE {WRITER_ROLE} FROM {me}, then rerun")
+            conn.execute(sql.SQL("REVOKE {} FROM {} GRANTED BY {}").format(
+                sql.Identifier(WRITER_ROLE), sql.Identifier(me), sql.Identifier(grantor)))
+        return [me]
 
     # -- appending -------------------------------------------------------------------------------
     def append(self, table: str, body: dict[str, Any]) -> Entry:
@@ -257,11 +368,7 @@ class Ledger:
 
     def append_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Entry]:
         """Append rows atomically and contiguously: all or none, in this order."""
-        for table, body in items:
-            if table not in TABLES:
-                raise ValueError(f"unknown ledger table {table!r} (tables: {', '.join(TABLES)})")
-            if not isinstance(body, dict):
-                raise TypeError("a ledger body is a dict")
+        _check_items(items)
         try:
             with self.conn.transaction():
                 return self._append_locked(self.conn, items)
@@ -292,10 +399,13 @@ class Ledger:
     def record_run(self, run_id: str, body: dict[str, Any], inputs: Sequence[dict[str, Any]] = (),
                    lineage: Sequence[dict[str, Any]] = ()) -> list[Entry]:
         """A run, its inputs and its lineage records, atomically (``run_id`` is added to each body)."""
-        items: list[tuple[str, dict[str, Any]]] = [("runs", {**body, "run_id": run_id})]
-        items += [("inputs", {**i, "run_id": run_id}) for i in inputs]
-        items += [("lineage", {**x, "run_id": run_id}) for x in lineage]
-        return self.append_many(items)
+        return self.append_many(_run_items(run_id, body, inputs, lineage))
+
+    def record_run_checkpointed(self, run_id: str, body: dict[str, Any], inputs: Sequence[dict[str, Any]] = (),
+                                lineage: Sequence[dict[str, Any]] = ()) -> tuple[list[Entry], Checkpoint]:
+        """:meth:`record_run` and :meth:`checkpoint` in one transaction: on a broken chain neither
+        the run nor the checkpoint is recorded (a manifest then has no checkpoint to embed)."""
+        return self._checkpoint(_run_items(run_id, body, inputs, lineage))
 
     # -- checkpoints -----------------------------------------------------------------------------
     def origin(self) -> str:
@@ -310,26 +420,37 @@ class Ledger:
 
     def checkpoint(self) -> Checkpoint:
         """Record a checkpoint of every row so far, and return the tree head that also covers the
-        checkpoint row itself (size = its seq), so an exported copy protects the whole chain."""
+        checkpoint row itself (size = its seq), so an exported copy protects the whole chain.
+
+        The chain is verified first, in the same pass and under the appenders' lock: a broken chain
+        raises VerificationError naming its first broken row, and nothing is recorded."""
+        return self._checkpoint(())[1]
+
+    def _checkpoint(self, items: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[Entry], Checkpoint]:
+        """Verify the chain, append ``items``, then the checkpoint row covering them; one transaction."""
+        _check_items(items)
         try:
             with self.conn.transaction():
                 conn = self.conn
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-                acc = MerkleAccumulator()
-                origin = None
-                with conn.cursor(name="recon_ledger_hashes") as cur:
-                    cur.itersize = 10_000
-                    cur.execute("SELECT seq, row_hash, table_name, canonical FROM recon_audit.chain ORDER BY seq")
-                    for seq, h, table, text in cur:
-                        if seq == 1 and table == "checkpoints":
-                            origin = json.loads(text).get("origin")
-                        acc.append(bytes.fromhex(h))
-                origin = origin or ORIGIN_PREFIX + "unknown"
+                report = VerifyReport(ledger=self.where)
+                walk = _ChainWalk(report)
+                for row in self._scan(conn, "recon_ledger_checkpoint"):
+                    walk.add(*row)
+                walk.finish()
+                if not report.ok:
+                    raise VerificationError(f"ledger verification failed: {report.reason}; no checkpoint taken "
+                                            "(`recon ledger verify` lists every problem)")
+                origin = report.origin or ORIGIN_PREFIX + "unknown"
+                acc = walk.acc
+                entries = self._append_locked(conn, items) if items else []
+                for e in entries:
+                    acc.append(bytes.fromhex(e.row_hash))
                 (entry,) = self._append_locked(conn, [("checkpoints", {
                     "kind": "checkpoint", "origin": origin, "size": acc.size, "root": acc.root().hex(),
                     "hash": "sha256-rfc6962"})])
                 acc.append(bytes.fromhex(entry.row_hash))
-                return Checkpoint(origin, acc.size, acc.root(), entry.seq, entry.recorded_at)
+                return entries, Checkpoint(origin, acc.size, acc.root(), entry.seq, entry.recorded_at)
         except psycopg.Error as exc:
             raise _db_error(exc, self.dsn, "checkpoint") from None
 
@@ -349,8 +470,14 @@ class Ledger:
 
     def rows(self) -> Iterator[tuple[str, int, datetime, str, str, str]]:
         """Every row of the chain in seq order: (table, seq, recorded_at, prev_hash, row_hash, canonical)."""
-        with self.conn.transaction(), self.conn.cursor(name="recon_ledger_rows") as cur:
-            cur.itersize = 5_000
+        with self.conn.transaction():
+            yield from self._scan(self.conn, "recon_ledger_rows")
+
+    @staticmethod
+    def _scan(conn: psycopg.Connection, name: str) -> Iterator[tuple[str, int, datetime, str, str, str]]:
+        """The chain in seq order through a server-side cursor (inside the caller's transaction)."""
+        with conn.cursor(name=name) as cur:
+            cur.itersize = 10_000
             cur.execute("SELECT table_name, seq, recorded_at, prev_hash, row_hash, canonical "
                         "FROM recon_audit.chain ORDER BY seq, table_name")
             yield from cur
@@ -378,6 +505,22 @@ def find_run_with_outputs(dsn: str, outputs: dict[str, str], *, command: str | N
             "status": body.get("status"), "outputs": recorded}
 
 
+def _check_items(items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    for table, body in items:
+        if table not in TABLES:
+            raise ValueError(f"unknown ledger table {table!r} (tables: {', '.join(TABLES)})")
+        if not isinstance(body, dict):
+            raise TypeError("a ledger body is a dict")
+
+
+def _run_items(run_id: str, body: dict[str, Any], inputs: Sequence[dict[str, Any]],
+               lineage: Sequence[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    items: list[tuple[str, dict[str, Any]]] = [("runs", {**body, "run_id": run_id})]
+    items += [("inputs", {**i, "run_id": run_id}) for i in inputs]
+    items += [("lineage", {**x, "run_id": run_id}) for x in lineage]
+    return items
+
+
 def _schema_sql() -> list[sql.Composable]:
     """DDL run as the owner role; every statement is idempotent."""
     s = sql.Identifier(SCHEMA)
@@ -390,6 +533,27 @@ BEGIN
   RAISE EXCEPTION 'recon_audit.% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
     USING ERRCODE = 'insufficient_privilege', HINT = 'append a correction instead';
 END $f$""").format(s),
+        # runs as the inserting role (which may read the chain), under the appenders' lock
+        sql.SQL("""CREATE OR REPLACE FUNCTION {}.check_append() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+  head_seq bigint := 0;
+  head_hash text := repeat('0', 64);
+BEGIN
+  PERFORM pg_advisory_xact_lock({});
+  SELECT c.seq, c.row_hash INTO head_seq, head_hash FROM recon_audit.chain c ORDER BY c.seq DESC LIMIT 1;
+  IF NOT FOUND THEN
+    head_seq := 0;
+    head_hash := repeat('0', 64);
+  END IF;
+  IF NEW.seq IS DISTINCT FROM head_seq + 1 OR NEW.prev_hash IS DISTINCT FROM head_hash THEN
+    RAISE EXCEPTION 'recon_audit.%: a row with seq % and prev_hash % does not extend the chain (head: seq %, row_hash %)',
+        TG_TABLE_NAME, NEW.seq, left(NEW.prev_hash, 16), head_seq, left(head_hash, 16)
+      USING ERRCODE = 'integrity_constraint_violation',
+            HINT = 'append through recon: seq is the head''s + 1 and prev_hash the head''s row_hash';
+  END IF;
+  RETURN NEW;
+END $f$""").format(s, sql.Literal(LOCK_KEY)),
     ]
     for t in TABLES:
         tid = sql.Identifier(SCHEMA, t)
@@ -409,6 +573,9 @@ END $f$""").format(s),
                     "FOR EACH ROW EXECUTE FUNCTION {}.reject_change()").format(tid, s),
             sql.SQL("CREATE OR REPLACE TRIGGER append_only_truncate BEFORE TRUNCATE ON {} "
                     "FOR EACH STATEMENT EXECUTE FUNCTION {}.reject_change()").format(tid, s),
+            sql.SQL("CREATE OR REPLACE TRIGGER append_only_chain BEFORE INSERT ON {} "
+                    "FOR EACH ROW EXECUTE FUNCTION {}.check_append()").format(tid, s),
+            sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER append_only_chain").format(tid),
             sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER append_only_row").format(tid),
             sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER append_only_truncate").format(tid),
             sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(tid),
@@ -487,58 +654,17 @@ def verify(dsn: str, checkpoint_file: Path | None = None, pubkey: Path | None = 
                                       "signature_verified": signed}
         if not signed:
             report.notes.append("checkpoint signature not checked: pass --key PUBFILE")
-    leaves = bytearray()
-    acc = MerkleAccumulator()
-    prev = GENESIS_PREV
-    expected = 1
-    last: tuple[str, int] | None = None
+    walk = _ChainWalk(report)
     ledger = Ledger(dsn, passfile=passfile)
     try:
-        for table, seq, recorded_at, prev_hex, stored_hex, text in ledger.rows():
-            report.rows += 1
-            report.tables[table] = report.tables.get(table, 0) + 1
-            where = f"row {table} seq {seq}"
-            if seq < expected:
-                other = f"{last[0]}" if last else "another table"
-                report.fail(f"{where}: seq {seq} occurs twice (also in {other}): rows were copied or reordered",
-                            table, seq)
-                continue
-            if seq > expected:
-                gap = f"seq {expected}" if seq == expected + 1 else f"seqs {expected}..{seq - 1}"
-                report.fail(f"{where}: {gap} missing before it: rows were deleted", table, seq)
-            ts = _utc_text(recorded_at)
-            if seq == 1 and table == "checkpoints":
-                try:
-                    report.origin = json.loads(text).get("origin")
-                except ValueError:
-                    pass
-            if prev_hex != prev.hex() and seq == expected:
-                report.fail(f"{where}: prev_hash does not link to the row before it: the chain was broken here",
-                            table, seq)
-            try:
-                stored = bytes.fromhex(stored_hex)
-            except ValueError:
-                stored = b""
-            link = bytes.fromhex(prev_hex) if len(prev_hex) == 64 else prev
-            if row_hash(link, table, seq, ts, text) != stored:
-                report.fail(f"{where}: contents changed after it was written (row hash mismatch)", table, seq)
-            if table == "checkpoints":
-                _check_stored_checkpoint(report, leaves, acc, table, seq, text)
-                report.checkpoints_checked += 1
-            if len(stored) != 32:
-                stored = bytes(32)
-            leaves += stored
-            acc.append(stored)
-            prev = stored
-            expected = seq + 1
-            last = (table, seq)
+        for row in ledger.rows():
+            walk.add(*row)
     except psycopg.Error as exc:
         raise _db_error(exc, dsn, "read") from None
     finally:
         ledger.close()
-    report.head = prev.hex() if report.rows else None
-    if report.rows == 0:
-        report.fail("the ledger is empty: even the genesis row is gone")
+    walk.finish()
+    leaves, acc = walk.leaves, walk.acc
     if external is not None:
         label = f"checkpoint {checkpoint_file}"
         if report.origin and external.origin != report.origin:
@@ -553,6 +679,64 @@ def verify(dsn: str, checkpoint_file: Path | None = None, pubkey: Path | None = 
     else:
         report.notes.append("a dropped tail or a consistent rewrite is only detected with --checkpoint FILE")
     return report
+
+
+class _ChainWalk:
+    """One pass over the chain in seq order, shared by :func:`verify` and ``Ledger.checkpoint``:
+    seq continuity, links, row hashes and stored checkpoints, collecting the Merkle leaves."""
+
+    def __init__(self, report: VerifyReport) -> None:
+        self.report = report
+        self.leaves = bytearray()
+        self.acc = MerkleAccumulator()
+        self.prev = GENESIS_PREV
+        self.expected = 1
+        self.last: tuple[str, int] | None = None
+
+    def add(self, table: str, seq: int, recorded_at: datetime, prev_hex: str, stored_hex: str, text: str) -> None:
+        report = self.report
+        report.rows += 1
+        report.tables[table] = report.tables.get(table, 0) + 1
+        where = f"row {table} seq {seq}"
+        if seq < self.expected:
+            other = f"{self.last[0]}" if self.last else "another table"
+            report.fail(f"{where}: seq {seq} occurs twice (also in {other}): rows were copied or reordered",
+                        table, seq)
+            return
+        if seq > self.expected:
+            gap = f"seq {self.expected}" if seq == self.expected + 1 else f"seqs {self.expected}..{seq - 1}"
+            report.fail(f"{where}: {gap} missing before it: rows were deleted", table, seq)
+        ts = _utc_text(recorded_at)
+        if seq == 1 and table == "checkpoints":
+            try:
+                report.origin = json.loads(text).get("origin")
+            except ValueError:
+                pass
+        if prev_hex != self.prev.hex() and seq == self.expected:
+            report.fail(f"{where}: prev_hash does not link to the row before it: the chain was broken here",
+                        table, seq)
+        try:
+            stored = bytes.fromhex(stored_hex)
+        except ValueError:
+            stored = b""
+        link = bytes.fromhex(prev_hex) if len(prev_hex) == 64 else self.prev
+        if row_hash(link, table, seq, ts, text) != stored:
+            report.fail(f"{where}: contents changed after it was written (row hash mismatch)", table, seq)
+        if table == "checkpoints":
+            _check_stored_checkpoint(report, self.leaves, self.acc, table, seq, text)
+            report.checkpoints_checked += 1
+        if len(stored) != 32:
+            stored = bytes(32)
+        self.leaves += stored
+        self.acc.append(stored)
+        self.prev = stored
+        self.expected = seq + 1
+        self.last = (table, seq)
+
+    def finish(self) -> None:
+        self.report.head = self.prev.hex() if self.report.rows else None
+        if self.report.rows == 0:
+            self.report.fail("the ledger is empty: even the genesis row is gone")
 
 
 def _check_stored_checkpoint(report: VerifyReport, leaves: bytearray, acc: MerkleAccumulator,

@@ -59,9 +59,10 @@ def _setup(stack: Stack, tmp: Path) -> dict:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(_TABLES)
         conn.execute(f'CREATE DATABASE "{db}"')
-    ledger = make_conninfo(admin, dbname=db)
-    assert conninfo_to_dict(ledger)["dbname"] == db
-    _ok(stack.run("ledger", "init", "--dsn", ledger), 0)
+    ledger_admin = make_conninfo(admin, dbname=db)
+    assert conninfo_to_dict(ledger_admin)["dbname"] == db
+    _ok(stack.run("ledger", "init", "--dsn", ledger_admin, "--writer", "recon_app"), 0)
+    ledger = make_conninfo(admin, dbname=db, user="recon_app")  # the administrator initialises, the writer appends
     cfg = _config(stack, tmp)
     diff = tmp / "diff"
     _ok(stack.run("diff", "-C", str(cfg), "--mapping", MAPPING, "--out", str(diff), "--ledger", ledger, "--json"), 1)

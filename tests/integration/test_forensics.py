@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 
 import polars as pl
 import pytest
@@ -98,7 +99,7 @@ def test_explain_records_its_run_in_the_ledger_and_a_manifest_that_verifies(scen
 
     keys = scenario_stack.run("keygen", "--out", str(tmp_path / "keys"))
     assert keys.returncode == 0, keys.stderr
-    dsn = scenario_stack.endpoints["postgres_dsn"]
+    dsn = tomllib.loads(scenario_stack.config.read_text())["ledger"]["dsn"]  # the writer, not the admin
     manifest = tmp_path / "m" / "explain.manifest.json"
     res = scenario_stack.run("explain", "--diff", str(explained["dir"] / "diff"), "-C", str(scenario_stack.config),
                              "--ledger", dsn, "--manifest", str(manifest), "--signing-key",

@@ -334,7 +334,8 @@ def test_override_needs_reason_and_operator_and_is_the_latest_decision(stack: St
 
 def test_versioned_warehouse_keeps_history_and_the_guard_serves_granted_roles(stack: Stack, flow: dict[str, Any]) -> None:
     cfg = str(stack.config)
-    res = stack.run("gate", "--install-guard", "--guard-role", "recon_app", "-C", cfg)
+    res = stack.run("gate", "--install-guard", "--guard-role", "recon_app", "-C", cfg,  # an administrator's job
+                    "--ledger", stack.endpoints["postgres_dsn"])
     assert res.returncode == 0, res.stderr
     app_dsn = stack.endpoints["postgres_socket_dsn"].replace("postgresql://recon@", "postgresql://recon_app@", 1)
     with psycopg.connect(app_dsn, autocommit=True) as c:

@@ -117,7 +117,8 @@ def test_schema_is_owned_by_a_role_the_writer_does_not_hold_and_triggers_fire_al
                               JOIN pg_class c ON c.oid = t.tgrelid
                               JOIN pg_namespace n ON n.oid = c.relnamespace
                              WHERE n.nspname = 'recon_audit' AND NOT t.tgisinternal""").fetchall()
-        assert len(trig) == 2 * len(lg.TABLES)
+        assert len(trig) == 3 * len(lg.TABLES)
+        assert {r[1] for r in trig} == {"append_only_row", "append_only_truncate", "append_only_chain"}
         assert {r[2] for r in trig} == {"A"}  # ENABLE ALWAYS: replica mode does not skip them
         privs = c.execute("""SELECT privilege_type FROM information_schema.role_table_grants
                               WHERE grantee = %s AND table_schema = 'recon_audit'""", (lg.WRITER_ROLE,)).fetchall()
@@ -340,6 +341,222 @@ def test_concurrent_appenders_never_fork_the_chain(db) -> None:  # noqa: ANN001
     assert rep.rows == db["rows"] + threads_n * (per + per // 3) + 2 * 12
 
 
+# -- the writer cannot take the ledger over (17.2) ----------------------------------------------------
+def _role(pg, name: str, attrs: str = "LOGIN", member_of: str | None = None) -> str:  # noqa: ANN001
+    with _superuser(pg) as c:
+        c.execute(f"DROP ROLE IF EXISTS {name}")
+        c.execute(f"CREATE ROLE {name} {attrs}")
+        if member_of:
+            c.execute(f"GRANT {member_of} TO {name}")
+    return name
+
+
+def _drop_role(pg, db: str, name: str) -> None:  # noqa: ANN001
+    for d in (db, "postgres"):
+        with _superuser(pg, d) as c:
+            c.execute(f"DROP OWNED BY {name}")
+    with _superuser(pg) as c:
+        c.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+def _writes(c: psycopg.Connection, role: str) -> bool:
+    """Whether ``role`` has the writer's privileges or may SET ROLE to it (PostgreSQL 16+ makes the
+    role that created recon_audit_writer an ADMIN-only member of it: that is neither)."""
+    if c.execute("SELECT to_regrole(%s)", (lg.WRITER_ROLE,)).fetchone()[0] is None:
+        return False
+    return bool(c.execute("SELECT pg_has_role(%s, %s, 'USAGE') OR pg_has_role(%s, %s, 'SET')",
+                          (role, lg.WRITER_ROLE, role, lg.WRITER_ROLE)).fetchone()[0])
+
+
+@pytest.mark.parametrize("writer", [None, "recon"], ids=["default", "itself"])
+def test_init_refuses_the_initialising_role_as_writer(embedded_pg, writer: str | None) -> None:  # noqa: ANN001
+    """Before, the default writer was the administrator, which (PostgreSQL 16+) holds ADMIN OPTION
+    on the owner role it created: it could grant itself the owner and rewrite the whole ledger."""
+    name = f"ledger_fresh_{uuid.uuid4().hex[:6]}"
+    with _superuser(embedded_pg) as c:
+        c.execute(f"CREATE DATABASE {name} OWNER recon")
+    try:
+        with pytest.raises(UsageError, match="must not be the role that runs init"):
+            lg.Ledger(_dsn(embedded_pg, "recon", name)).init(writer=writer)
+        with _superuser(embedded_pg, name) as c:
+            assert c.execute("SELECT to_regnamespace('recon_audit')").fetchone()[0] is None  # nothing half-made
+            assert _writes(c, "recon") is False
+    finally:
+        with _superuser(embedded_pg) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.mark.parametrize("kind", ["createrole", "superuser", "member-of-admin", "member-of-owner"])
+def test_init_refuses_a_writer_with_a_path_to_the_owner(db, embedded_pg, kind: str) -> None:  # noqa: ANN001
+    name = f"ledger_w_{kind.replace('-', '_')}"
+    attrs = {"createrole": "LOGIN CREATEROLE", "superuser": "LOGIN SUPERUSER"}.get(kind, "LOGIN")
+    member_of = {"member-of-admin": "recon", "member-of-owner": lg.OWNER_ROLE}.get(kind)
+    _role(embedded_pg, name, attrs, member_of)
+    try:
+        with pytest.raises(UsageError, match=f"writer role {name} could take over the ledger"):
+            lg.Ledger(db["admin"]).init(writer=name)
+        with _superuser(embedded_pg) as c:
+            assert c.execute("SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+                             "WHERE r.rolname = %s AND m.roleid = %s::regrole",
+                             (name, lg.WRITER_ROLE)).fetchone()[0] == 0
+    finally:
+        _drop_role(embedded_pg, db["name"], name)
+
+
+@pytest.mark.parametrize("statement", [
+    f"GRANT {lg.OWNER_ROLE} TO current_user",
+    f"SET ROLE {lg.OWNER_ROLE}",
+    "ALTER TABLE recon_audit.gate_decisions DISABLE TRIGGER USER",
+    "ALTER TABLE recon_audit.gate_decisions DISABLE TRIGGER append_only_row",
+    "ALTER ROLE current_user CREATEROLE",
+    f"ALTER ROLE {lg.OWNER_ROLE} LOGIN",
+    f"GRANT {lg.WRITER_ROLE} TO recon",
+])
+def test_writer_cannot_take_over_the_owner(db, statement: str) -> None:  # noqa: ANN001
+    with psycopg.connect(db["writer"], autocommit=True) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute(statement)
+    assert lg.verify(db["writer"]).ok
+
+
+def test_reinit_moves_the_writer_off_the_admin_of_an_old_ledger(db, embedded_pg) -> None:  # noqa: ANN001
+    """A ledger made by an earlier recon, where the admin was also the writer: the upgrade takes the
+    writer role away from the admin (it keeps reading) and gives it to the named writer."""
+    with psycopg.connect(db["admin"], autocommit=True) as c:  # what the earlier init did
+        c.execute(f"GRANT {lg.WRITER_ROLE} TO recon")
+        assert _writes(c, "recon") is True
+    info = lg.Ledger(db["admin"]).init(writer="recon_app")
+    assert info["revoked"] == ["recon"]
+    with _superuser(embedded_pg, db["name"]) as c:
+        assert _writes(c, "recon") is False
+        assert c.execute("SELECT pg_has_role('recon', %s, 'USAGE')", (lg.READER_ROLE,)).fetchone()[0] is True
+    with pytest.raises(UsageError, match="cannot append to"):
+        lg.Ledger(db["admin"]).append("findings", {"by": "the admin"})
+    assert lg.verify(db["admin"]).ok
+
+
+def test_init_without_writer_keeps_the_existing_writers(db) -> None:  # noqa: ANN001
+    """Rerunning init to upgrade an existing ledger needs no --writer when it has a safe writer."""
+    info = lg.Ledger(db["admin"]).init()
+    assert info["writer"] == "recon_app" and info["created"] is False
+
+
+@pytest.mark.parametrize(("num", "ok"), [(150007, False), (90624, False), (160000, True), (180001, True)])
+def test_postgresql_before_16_is_refused(num: int, ok: bool) -> None:
+    if ok:
+        lg.require_server_version(num, "postgresql://x@h/db")
+    else:
+        with pytest.raises(UsageError, match=r"needs PostgreSQL 16 or later.*postgresql://x@h/db"):
+            lg.require_server_version(num, "postgresql://x@h/db")
+
+
+# -- the chain is checked on insert (17.3) -------------------------------------------------------
+def _head(pg, db: str) -> tuple[int, str]:  # noqa: ANN001
+    with _superuser(pg, db) as c:
+        seq, h = c.execute("SELECT seq, row_hash FROM recon_audit.chain ORDER BY seq DESC LIMIT 1").fetchone()
+    return int(seq), str(h)
+
+
+def _decision(mapping: str, state: str) -> str:
+    return lg.canonical_json({"run_id": "forged", "mapping": mapping, "state": state, "kind": "override",
+                              "reason": "forged", "operator": "mallory"})
+
+
+def _guard_state(dsn: str, mapping: str) -> str | None:
+    """None when assert_circuit_closed passes, else the SQLSTATE it raised."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        try:
+            c.execute("SELECT recon_audit.assert_circuit_closed(%s)", (mapping,))
+        except psycopg.Error as exc:
+            return exc.sqlstate
+    return None
+
+
+@pytest.mark.parametrize("forge", ["far-seq", "wrong-prev", "reused-seq", "skipped-seq"])
+def test_writer_cannot_insert_a_row_that_does_not_extend_the_chain(db, embedded_pg, forge: str) -> None:  # noqa: ANN001
+    from engine.store import breaker
+
+    breaker.install_guard(db["admin"])
+    with lg.Ledger(db["writer"]) as w:
+        w.append("gate_decisions", json.loads(_decision("victim", "open")))
+    assert _guard_state(db["writer"], "victim") == breaker.SQLSTATE_OPEN
+    head, head_hash = _head(embedded_pg, db["name"])
+    seq, prev = {"far-seq": (1_000_000, head_hash), "wrong-prev": (head + 1, "0" * 64),
+                 "reused-seq": (head, head_hash), "skipped-seq": (head + 2, head_hash)}[forge]
+    with psycopg.connect(db["writer"], autocommit=True) as c:
+        with pytest.raises(psycopg.Error, match="does not extend the chain"):
+            c.execute("INSERT INTO recon_audit.gate_decisions (seq, recorded_at, prev_hash, row_hash, canonical) "
+                      "VALUES (%s, now(), %s, %s, %s)", (seq, prev, "1" * 64, _decision("victim", "closed")))
+    assert _guard_state(db["writer"], "victim") == breaker.SQLSTATE_OPEN
+    assert _head(embedded_pg, db["name"]) == (head, head_hash)
+    assert lg.verify(db["writer"]).ok
+
+
+def test_init_upgrades_an_old_ledger_and_the_guard_skips_unchained_decisions(db, embedded_pg) -> None:  # noqa: ANN001
+    """An old ledger (no insert trigger) took a forged closed decision at seq 1000000; rerunning
+    init installs the trigger and the new guard, which ignores that row, and verify names it."""
+    from engine.store import breaker
+
+    with _superuser(embedded_pg, db["name"]) as c:
+        for t in lg.TABLES:
+            c.execute(f"DROP TRIGGER IF EXISTS append_only_chain ON recon_audit.{t}")
+    breaker.install_guard(db["admin"])
+    with lg.Ledger(db["writer"]) as w:
+        w.append("gate_decisions", json.loads(_decision("victim", "open")))
+    _, head_hash = _head(embedded_pg, db["name"])
+    with _superuser(embedded_pg, db["name"]) as c:  # what the writer could do before the trigger
+        c.execute("SET ROLE recon_app")
+        c.execute("INSERT INTO recon_audit.gate_decisions (seq, recorded_at, prev_hash, row_hash, canonical) "
+                  "VALUES (1000000, now(), %s, %s, %s)", (head_hash, "1" * 64, _decision("victim", "closed")))
+    lg.Ledger(db["admin"]).init(writer="recon_app")
+    assert _guard_state(db["writer"], "victim") == breaker.SQLSTATE_OPEN
+    with psycopg.connect(db["writer"], autocommit=True) as c:
+        assert c.execute("SELECT seq FROM recon_audit.circuit_state('victim')").fetchone()[0] < 1_000_000
+        assert breaker.latest_decision(db["writer"], "victim")["state"] == "open"  # `recon gate --status` agrees
+        with pytest.raises(psycopg.Error, match="does not extend the chain"):
+            c.execute("INSERT INTO recon_audit.gate_decisions (seq, recorded_at, prev_hash, row_hash, canonical) "
+                      "VALUES (2000000, now(), %s, %s, %s)", ("1" * 64, "2" * 64, _decision("victim", "closed")))
+    rep = lg.verify(db["writer"])
+    assert not rep.ok and rep.first_broken == {"table": "gate_decisions", "seq": 1_000_000}
+
+
+# -- checkpoints never sign a broken chain (17.4) -------------------------------------------------
+def _flip_a_decision(pg, db: str) -> int:  # noqa: ANN001
+    seq = seq_of(pg, db, "gate_decisions")
+    tamper(pg, db, f"UPDATE recon_audit.gate_decisions SET canonical = replace(canonical, 'closed', 'open') "
+                   f"WHERE seq = {seq}")
+    return seq
+
+
+def test_checkpoint_refuses_a_broken_chain(db, embedded_pg, tmp_path) -> None:  # noqa: ANN001
+    seq = _flip_a_decision(embedded_pg, db["name"])
+    before = seq_of(embedded_pg, db["name"], "checkpoints", "count")
+    with lg.Ledger(db["writer"]) as w:
+        with pytest.raises(VerificationError, match=f"row gate_decisions seq {seq}: contents changed"):
+            w.checkpoint()
+        note = tmp_path / "cp.note"
+        with pytest.raises(VerificationError, match="no checkpoint taken"):
+            w.export_checkpoint(note, db["priv"])
+    assert not note.exists()
+    assert seq_of(embedded_pg, db["name"], "checkpoints", "count") == before
+
+
+def test_evidence_refuses_to_embed_a_checkpoint_of_a_broken_chain(db, embedded_pg, tmp_path) -> None:  # noqa: ANN001
+    from engine.app import evidence
+
+    _flip_a_decision(embedded_pg, db["name"])
+    rows = lg.verify(db["writer"]).rows
+    manifest = tmp_path / "m.json"
+    out = tmp_path / "out.json"
+    out.write_text("{}")
+    with pytest.raises(VerificationError, match="no checkpoint taken"):
+        evidence.record_evidence("diff", {"mismatched": 0}, [], [out], ledger_dsn=db["writer"],
+                                 manifest_path=manifest, signing_key=db["priv"], config_digest="0" * 64,
+                                 lineage_dir=tmp_path / "ol")
+    assert not manifest.exists()
+    assert lg.verify(db["writer"]).rows == rows  # the run is not recorded either: all or nothing
+
+
 # -- errors and the CLI ----------------------------------------------------------------------------
 def test_uninitialised_database_and_unprivileged_init_are_usage_errors(embedded_pg) -> None:  # noqa: ANN001
     name = f"ledger_empty_{uuid.uuid4().hex[:6]}"
@@ -349,7 +566,7 @@ def test_uninitialised_database_and_unprivileged_init_are_usage_errors(embedded_
         with pytest.raises(UsageError, match="no ledger at .*run `recon ledger init"):
             lg.Ledger(_dsn(embedded_pg, "recon", name)).append("runs", {})
         with pytest.raises(UsageError, match="cannot initialise"):
-            lg.Ledger(_dsn(embedded_pg, "recon_app", name)).init()
+            lg.Ledger(_dsn(embedded_pg, "recon_app", name)).init(writer="recon")
         with pytest.raises(UsageError, match="does not exist"):
             lg.Ledger(_dsn(embedded_pg, "recon", name)).init(writer="no_such_role")
         with pytest.raises(ValueError, match="unknown ledger table"):

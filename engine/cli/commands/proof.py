@@ -71,11 +71,14 @@ def register(app: typer.Typer) -> None:
     def ledger_init(
         dsn: DsnOpt = None,
         writer: Annotated[str | None, typer.Option(
-            "--writer", help="Role that may append (default: the connecting role).")] = None,
+            "--writer", help="Login role that will append: not the connecting administrator, no SUPERUSER or "
+            "CREATEROLE, no membership leading to the owner. Needed on a new ledger; an existing one keeps its "
+            "writers.")] = None,
         config: ConfigOpt = None,
         as_json: JsonFlag = False,
     ) -> None:
-        """Create the recon_audit schema, its roles, append-only triggers and the genesis row (idempotent)."""
+        """Create the recon_audit schema, its roles, append-only triggers, the SQL guard and the genesis row, as
+        an administrator (CREATEROLE); rerun to upgrade an existing ledger (idempotent)."""
         from engine.app import proof
         from engine.cli._shared import emit_json
 
@@ -87,7 +90,10 @@ def register(app: typer.Typer) -> None:
         else:
             verb = "created" if info["created"] else "already initialised; grants refreshed"
             _say(f"ledger {info['origin']} {verb}")
-            _say(f"owner {info['owner']} (NOLOGIN); {info['writer']} may append via {info['writer_role']}")
+            _say(f"owner {info['owner']} (NOLOGIN); {', '.join(info['writers'])} may append via "
+                 f"{info['writer_role']}; {info['admin']} may read via {info['reader_role']}")
+            for role in info["revoked"]:
+                _say(f"{role} no longer writes: the role that runs init must not be the writer")
 
     @ledger_app.command("verify")
     def ledger_verify(
