@@ -16,7 +16,9 @@ Corrections are never silent updates. On the first ``--apply`` the target table 
 ``recorded_at``, ``source`` = original | repair | load, ``run_id``, ``correction_id``,
 ``finding_ref``, ``supersedes``, ``evidence``), and ``<table>`` becomes a VIEW of the current
 versions (``valid_to IS NULL``) with the same columns and privileges, so every reader — ``recon
-diff`` included — keeps working unchanged. The rows that were there become ``original`` versions
+diff`` included — keeps working unchanged. Whatever guarded the table (constraints, the primary
+key, row-level security, column grants, triggers, the views built on it) is carried over or the
+migration is refused before anything changes: :mod:`engine.store.version_guards`. The rows that were there become ``original`` versions
 whose ``valid_from`` and ``recorded_at`` are the migration time (the table kept no history; its
 own ``updated_at`` column is carried along). A version store is created only when there is
 something to correct. A correction closes the current version (sets its
@@ -42,6 +44,7 @@ from engine.connectors.base import PostgresRef, redact_dsn
 from engine.core import classes
 from engine.core.errors import UsageError
 from engine.core.normalize import parse_decimal
+from engine.store import version_guards as guards
 
 CORRECTION_VERSION = "recon-repair/v1"
 VERSION_COLUMNS = ("version_id", "valid_from", "valid_to", "recorded_at", "source", "run_id", "correction_id",
@@ -198,7 +201,8 @@ def inspect(conn: psycopg.Connection, target: Target) -> TableInfo:
 
 
 def migrate(conn: psycopg.Connection, target: Target, info: TableInfo) -> dict[str, Any]:
-    """Turn the table into ``<table>_versions`` + a view of the current versions, in one transaction."""
+    """Turn the table into ``<table>_versions`` + a view of the current versions, in one transaction,
+    carrying every guard of the table (:mod:`engine.store.version_guards`) or refusing before any change."""
     t, v = target.ident(), target.vident()
     cols = [c for c, _ in info.columns]
     col_ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
@@ -209,10 +213,12 @@ def migrate(conn: psycopg.Connection, target: Target, info: TableInfo) -> dict[s
     try:
         with conn.transaction():
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t))
-            acl = conn.execute(
-                "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type "
-                "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s) "
-                "AND a.grantee <> c.relowner", (q,)).fetchall()
+            # deparsed catalog text names every object with its schema; and the copy below must see every
+            # row, or fail, rather than the rows a forced row-level security policy lets its owner see
+            conn.execute("SELECT set_config('search_path', 'pg_catalog, pg_temp', true), "
+                         "set_config('row_security', 'off', true)")
+            oid = conn.execute("SELECT to_regclass(%s)::oid", (q,)).fetchone()[0]  # type: ignore[index]
+            g = guards.read(conn, oid, target.where(), key=target.key, versions=v)
             conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(v, t))
             conn.execute(sql.SQL("""ALTER TABLE {v}
   ADD COLUMN version_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -230,6 +236,7 @@ def migrate(conn: psycopg.Connection, target: Target, info: TableInfo) -> dict[s
             n = conn.execute(sql.SQL(
                 "INSERT INTO {} ({}, valid_from, recorded_at, source) SELECT {}, now(), now(), 'original' FROM {}"
             ).format(v, col_ids, col_ids, t)).rowcount
+            guards.constraints(conn, g, v)  # constraints hold for every version; checked on the rows copied
             conn.execute(sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) WHERE valid_to IS NULL").format(
                 sql.Identifier(f"{target.versions_table}_current"), v, key))
             conn.execute(sql.SQL("CREATE INDEX {} ON {} ({}, valid_from)").format(
@@ -251,8 +258,13 @@ END $f$""").format(guard_fn))
                                  "FOR EACH ROW EXECUTE FUNCTION {}()").format(v, guard_fn))
             conn.execute(sql.SQL("CREATE TRIGGER versions_no_truncate BEFORE TRUNCATE ON {} "
                                  "FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(v, guard_fn))
+            guards.drop_views(conn, g)
             conn.execute(sql.SQL("DROP TABLE {}").format(t))
-            conn.execute(sql.SQL("CREATE VIEW {} AS SELECT {} FROM {} WHERE valid_to IS NULL").format(t, col_ids, v))
+            guards.unique_indexes(conn, g)  # unique indexes under the table's own index names
+            # row-level security is kept only if readers read the history as themselves
+            invoker = sql.SQL(" WITH (security_invoker = true)" if g.rls else "")
+            conn.execute(sql.SQL("CREATE VIEW {}{} AS SELECT {} FROM {} WHERE valid_to IS NULL").format(
+                t, invoker, col_ids, v))
             conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(t, sql.Literal(
                 f"{VIEW_MARKER}: current versions of {target.ref.schema}.{target.versions_table} "
                 "(written by recon repair; writes through this view become new versions)")))
@@ -274,26 +286,24 @@ BEGIN
     VALUES ({vals}, recon_t, recon_t, 'load', recon_prev);
   RETURN NEW;
 END $f$""").format(fn=write_fn, v=v, key=key, cols=col_ids, vals=new_vals))
-            conn.execute(sql.SQL("CREATE TRIGGER write_version INSTEAD OF INSERT OR UPDATE OR DELETE ON {} "
-                                 "FOR EACH ROW EXECUTE FUNCTION {}()").format(t, write_fn))
-            for grantee, priv in acl:
-                if priv not in ("SELECT", "INSERT", "UPDATE", "DELETE"):
-                    continue
-                who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
-                conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(priv), t, who))
-                if priv == "SELECT":  # history is as readable as the current values were
-                    conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(v, who))
+            guards.on_view(conn, g, target.ref.schema, t, v)  # the table's triggers and policies first …
+            conn.execute(sql.SQL("CREATE TRIGGER {} INSTEAD OF INSERT OR UPDATE OR DELETE ON {} "  # … the write last
+                                 "FOR EACH ROW EXECUTE FUNCTION {}()").format(
+                sql.Identifier(guards.WRITE_TRIGGER), t, write_fn))
+            copied = guards.grant(conn, g, t, v, invoker=g.rls)
+            views = guards.recreate_views(conn, g)
         conn.execute(sql.SQL("ANALYZE {}").format(v))
     except psycopg.errors.DependentObjectsStillExist as exc:
         first = (str(exc).splitlines() or [""])[0]
-        raise UsageError(f"cannot version {target.where()}: {first}; other objects depend on the table, so "
-                         "migrate it by hand or drop them first (nothing was changed)") from None
+        detail = ((exc.diag.message_detail or "").splitlines() or [""])[0]
+        raise UsageError(f"cannot version {target.where()}: {first}{f' ({detail})' if detail else ''}; drop what "
+                         "depends on the table first, or migrate it by hand (nothing was changed)") from None
     except psycopg.Error as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"cannot version {target.where()}: {first} (nothing was changed)") from None
     return {"migrated": True, "versions_table": f"{target.ref.schema}.{target.versions_table}",
             "view": f"{target.ref.schema}.{target.ref.table}", "original_versions": n,
-            "privileges_copied": [f"{p} to {g}" for g, p in acl if p in ("SELECT", "INSERT", "UPDATE", "DELETE")]}
+            "privileges_copied": copied, "guards_carried": g.summary(), "views_repointed": views}
 
 
 def _current_values(conn: psycopg.Connection, target: Target, ids: list[str], relation: sql.Identifier
