@@ -26,7 +26,9 @@ _EXPLAINED: dict[str, tuple[Path, Path]] = {}
 
 
 def _explained(stack: Stack) -> tuple[Path, Path]:
-    """(config without the ledger, explain directory) for the scenario's incident, made once."""
+    """(config without the ledger, explain directory) for the scenario's incident, made once; the
+    diff and the explain sign manifests with a key of their own (``keys/recon.pub`` next to them),
+    which `repair --apply --key` verifies them by (17.1)."""
     got = _EXPLAINED.get(str(stack.state))
     if got is not None:
         return got
@@ -34,9 +36,14 @@ def _explained(stack: Stack) -> tuple[Path, Path]:
     base.mkdir(exist_ok=True)
     cfg = base / "recon.toml"
     cfg.write_text(re.sub(r"(?m)^\[ledger\]\n(?:[^\[\n].*\n)*", "", stack.config.read_text()))
-    d = stack.run("diff", "-C", str(cfg), "--mapping", "clv", "--out", str(base / "diff"))
+    keys = stack.run("keygen", "--out", str(base / "keys"), "--force")
+    assert keys.returncode == 0, keys.stderr
+    sign = ["--signing-key", str(base / "keys" / "recon.key")]
+    d = stack.run("diff", "-C", str(cfg), "--mapping", "clv", "--out", str(base / "diff"),
+                  "--manifest", str(base / "diff" / "manifest.json"), *sign)
     assert d.returncode == 1, d.stderr
-    ex = stack.run("explain", "--diff", str(base / "diff"), "-C", str(cfg), "--out", str(base / "explain"))
+    ex = stack.run("explain", "--diff", str(base / "diff"), "-C", str(cfg), "--out", str(base / "explain"),
+                   "--manifest", str(base / "explain" / "manifest.json"), *sign)
     assert ex.returncode == 1, ex.stderr
     _EXPLAINED[str(stack.state)] = (cfg, base / "explain")
     return _EXPLAINED[str(stack.state)]
@@ -66,7 +73,8 @@ def _setup(name: str, guard: str) -> object:
 def _repair(stack: Stack, tmp: Path, ctx: dict) -> list[str]:
     target = f"{stack.endpoints['postgres_dsn']}#{ctx['schema']}.clv"
     return ["repair", "--from-explain", str(ctx["explain"]), "-C", str(ctx["cfg"]), "--apply", "--target", target,
-            "--out", str(tmp / "repair"), "--json"]  # --json: no progress lines, so an error is the one line
+            "--out", str(tmp / "repair"), "--key", str(ctx["explain"].parent / "keys" / "recon.pub"),
+            "--json"]  # --json: no progress lines, so an error is the one line
 
 
 def _versioned(c: psycopg.Connection, s: str) -> None:
