@@ -32,7 +32,7 @@ import polars as pl
 
 from engine.core import classes, events, ids
 from engine.core.events import Scan, iso_ms
-from engine.core.sfid import are_valid, with_suffixes
+from engine.core.sfid import are_valid, are_valid_few, with_suffixes
 
 CLASSES = classes.names()  # derived from engine.core.classes (the code here reads that list when it runs)
 #: the attributes :func:`triangulate` reads per record, by role (``amount`` is optional)
@@ -96,7 +96,7 @@ def prepare(scan: Scan, org_id: str | None = None) -> pl.DataFrame:
         org.alias("org_id"),
         events.event_times(f["event_time"]).alias("event_time_c"),
         events.amounts(f["amount"]).alias("amount_d"),
-        pl.Series("_org_ok", are_valid(org)),
+        pl.Series("_org_ok", are_valid_few(org)),  # one org, or a few, per topic
         pl.Series("_rec_ok", are_valid(record)),
     )
     ok = pl.col("status") == "ok"

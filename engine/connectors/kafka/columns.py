@@ -89,14 +89,12 @@ def parse_array(values: pa.Array, names: list[str], newline: bool = False) -> pl
     only the others are parsed one by one, strictly (:func:`engine.core.events.parse_json`):
     a bulk JSON reader would turn an unquoted amount into a float and pick one of two duplicated
     keys. The field columns stay Arrow (never Python lists) for the shaped values."""
-    n = len(values)
     ok, cols = _shaped(values, names)
     present = values.is_valid().to_numpy(zero_copy_only=False)
-    frame = pl.DataFrame({
-        **{t: pl.from_arrow(c) for t, c in zip(_OUT, cols, strict=True)},
-        "status": pl.Series(np.where(ok, "ok", np.where(present, "unparsable", "tombstone")), dtype=pl.Utf8),
-        "raw": pl.Series([None] * n, dtype=pl.Utf8),
-    }, schema=_PARSED_SCHEMA)
+    status = pl.when(pl.Series(ok)).then(pl.lit("ok")).otherwise(
+        pl.when(pl.Series(present)).then(pl.lit("unparsable")).otherwise(pl.lit("tombstone")))
+    frame = pl.DataFrame({t: pl.from_arrow(c) for t, c in zip(_OUT, cols, strict=True)}).with_columns(
+        status.alias("status"), pl.lit(None, pl.Utf8).alias("raw"))
     odd = np.flatnonzero(present & ~ok)
     if len(odd):
         idx = pl.Series(odd, dtype=pl.UInt32)

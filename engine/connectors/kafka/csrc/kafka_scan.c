@@ -522,10 +522,20 @@ static const uint8_t *skip_ws(const uint8_t *p, const uint8_t *e) {
     return p;
 }
 
+/* plain[b]: byte b may stand in a string in shape (printable ASCII but '"' and '\\') */
+static uint8_t plain[256];
+static int plain_ready;
+
+static void plain_init(void) {
+    for (int b = 0; b < 256; b++) plain[b] = b >= 0x20 && b < 0x7f && b != '"' && b != '\\';
+    plain_ready = 1;
+}
+
 int64_t recon_event_shape(int64_t n, const int64_t *offs, const uint8_t *data, const char *const *names, uint8_t *ok,
                           int64_t *start, int64_t *len, int64_t *sizes) {
     size_t nl[5];
     int64_t good = 0;
+    if (!plain_ready) plain_init(); /* idempotent: a race only writes the same bytes twice */
     for (int k = 0; k < 5; k++) {
         nl[k] = strlen(names[k]);
         sizes[k] = 0;
@@ -551,7 +561,7 @@ int64_t recon_event_shape(int64_t n, const int64_t *offs, const uint8_t *data, c
                 p = skip_ws(p + 1, e);
                 if (p >= e || *p != '"') break;
                 const uint8_t *s = ++p;
-                while (p < e && *p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\') p++;
+                while (p < e && plain[*p]) p++;
                 if (p >= e || *p != '"') break;
                 start[i * 5 + k] = s - data;
                 len[i * 5 + k] = p - s;
