@@ -5,8 +5,8 @@ the same verdict and, for a valid event, the same event and the same exact amoun
 Random messages built from raw JSON members, so that the edge cases of issue 16.5 are reachable:
 unquoted numbers (as floats would round them), huge numbers, exponents, duplicated keys, whitespace,
 escapes, non-object JSON, missing and null fields, fields of other types, 15-character ids, foreign
-orgs, invalid UTF-8. Only APIs that existed before the fix are used, so this test also ran (and
-failed) on the code before it.
+orgs, invalid UTF-8. Apart from the native loop's layout (``parse_array``, new), only APIs that
+existed before the fix are used, so this test also ran (and failed) on the code before it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pytest
 from confluent_kafka import Message
 from hypothesis import HealthCheck, example, given, settings
@@ -91,8 +92,14 @@ def values(draw: st.DrawFn) -> bytes | None:
     return f"{draw(_ws)}{{{w}{body}{w}}}{draw(_ws)}".encode()
 
 
-def _audit(vals: list[bytes | None], guard: str | None) -> pl.DataFrame:
-    parsed = parse_values(vals, EventFields())
+def _audit(vals: list[bytes | None], guard: str | None, layout: str = "list") -> pl.DataFrame:
+    if layout == "newline":  # the native loop's layout: a large_binary array, each value followed by "\n"
+        from engine.connectors.kafka.columns import parse_array  # (after the fix only)
+
+        arr = pa.array([None if v is None else v + b"\n" for v in vals], pa.large_binary())
+        parsed = parse_array(arr, EventFields().names(), newline=True)
+    else:
+        parsed = parse_values(vals, EventFields())
     n = len(vals)
     base = pl.DataFrame({
         "partition": pl.Series([0] * n, dtype=pl.Int32), "offset": pl.Series(range(n), dtype=pl.Int64),
@@ -119,8 +126,8 @@ def _consumer(vals: list[bytes | None], guard: str | None) -> dict[int, tuple[st
 _VERDICT = {"ok": "ok", "unparsable": "unparsable", "foreign_org": "foreign_org", "tombstone": "unparsable"}
 
 
-def _agree(vals: list[bytes | None], guard: str | None) -> None:
-    a = _audit(vals, guard).rows(named=True)
+def _agree(vals: list[bytes | None], guard: str | None, layout: str = "list") -> None:
+    a = _audit(vals, guard, layout).rows(named=True)
     got = _consumer(vals, guard)
     for i, v in enumerate(vals):
         reason, what = got[i]
@@ -142,9 +149,10 @@ ISSUE = [  # the two reported cases, and the duplicated key
 ]
 
 
-@pytest.fixture(params=["native", "regex"])
+@pytest.fixture(params=["native", "newline", "regex"])
 def shape_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The audit's column-wise split of producer-shape values: in C, or by the Polars regex."""
+    """The audit's column-wise split of producer-shape values: in C (values as the Python loop and
+    as the native loop lay them out), or by the Polars regex."""
     if request.param == "regex":
         monkeypatch.setattr(native, "event_fields", lambda values, names: None, raising=False)
     return str(request.param)
@@ -160,8 +168,8 @@ def consumer_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("guard", [ORG, None])
 def test_the_reported_cases(guard: str | None, shape_path: str, consumer_path: bool) -> None:
-    _agree(ISSUE, guard)
-    a = _audit(ISSUE, guard)
+    _agree(ISSUE, guard, shape_path)
+    a = _audit(ISSUE, guard, shape_path)
     assert a["amount_d"].to_list()[:2] == [Decimal("123456789012.345678"), Decimal("1234567890123456789.12")]
     assert a["status"].to_list() == ["ok", "ok", "unparsable"]
 
@@ -171,4 +179,4 @@ def test_the_reported_cases(guard: str | None, shape_path: str, consumer_path: b
 @example(vals=ISSUE, guard=ORG)
 def test_audit_and_consumer_agree_on_every_event(vals: list[bytes | None], guard: str | None, shape_path: str,
                                                   consumer_path: bool) -> None:
-    _agree(vals, guard)
+    _agree(vals, guard, shape_path)
