@@ -151,7 +151,7 @@ def test_hostile_topic_is_counted_not_fatal(scenario_stack) -> None:
         (b"k", json.dumps({**good, "amount": "11.00"}).encode(), 0),  # same id, other payload: conflict
         (b"k", b"{not json", 0),
         (b"k", json.dumps({k: v for k, v in good.items() if k != "amount"}).encode(), 0),  # missing field
-        (b"k", json.dumps({**good, "org_id": "00D000000000001AAA"}).encode(), 0),  # foreign org
+        (b"k", json.dumps({**good, "org_id": "00D000000000001EAA"}).encode(), 0),  # foreign org (a valid id: a bad one is invalid)
         (b"k", None, 0),  # tombstone
         (b"k", json.dumps({**good, "event_ts": "2026-08-01T10:00:01.000Z"}).encode(), 1),
     ]  # partition 2 stays empty

@@ -4,7 +4,7 @@ confluent-kafka creates one Python ``Message`` per message, and taking a scan's 
 ≈3 µs of Python per message: with that, a scan cannot keep up with the broker. The C loop consumes
 with the same librdkafka that confluent-kafka loaded (same version, same properties) and appends
 partition, offset, timestamp, key, the three picked headers and the value to columnar buffers; the
-values are laid out as one NDJSON block that Polars parses in one call. Python sees one call per
+values are split into their fields in C when they are in the producers' shape (:func:`event_fields`). Python sees one call per
 chunk of messages, and the buffers become Arrow arrays without a copy.
 
 Written by hand because no maintained library fits: kafkarrow 0.1.1 (Rust, Arrow batches, Oct
@@ -44,7 +44,7 @@ ENV = "RECON_KAFKA_NATIVE"
 
 CHUNK_ROWS = 1 << 17
 """Messages per fill (over all partitions) handed to Python: large enough that the per-chunk Python
-work (wrapping the buffers, one NDJSON parse) is noise, small enough that a fill's buffers stay in
+work (wrapping the buffers, splitting the values) is noise, small enough that a fill's buffers stay in
 tens of MB."""
 CHUNK_BYTES = 256 << 20
 """A chunk also ends once its values reach this size (messages may be up to MBs each)."""
@@ -158,7 +158,45 @@ def _load() -> ctypes.CDLL:
     lib.recon_scan_error.restype = ctypes.c_char_p
     lib.recon_scan_close.argtypes = [c_p]
     lib.recon_scan_close.restype = None
+    lib.recon_event_shape.argtypes = [i64, c_p, c_p, ctypes.POINTER(ctypes.c_char_p), c_p, c_p, c_p, c_p]
+    lib.recon_event_shape.restype = i64
+    lib.recon_event_gather.argtypes = [i64, c_p, c_p, c_p, c_p, i32, c_p, c_p]
+    lib.recon_event_gather.restype = None
     return lib
+
+
+def event_fields(values: Any, names: list[str]) -> tuple[Any, list[Any]] | None:
+    """The five fields of the values in the producers' shape (``recon_event_shape`` in the C
+    source says which), from a large_binary Arrow array: a NumPy bool array (which rows are in
+    shape) and five large_string Arrow arrays (null for the other rows). None when the library is
+    not available. Two passes in C over the values' bytes, no Python per value."""
+    import numpy as np
+    import pyarrow as pa
+
+    lib = library()
+    if lib is None:
+        return None
+    n = len(values)
+    _, offs_buf, data_buf = values.buffers()
+    offs = offs_buf.address + values.offset * 8
+    data = data_buf.address if data_buf is not None and data_buf.size else 0
+    ok = np.zeros(n, dtype=np.uint8)
+    start = np.empty(n * 5, dtype=np.int64)
+    length = np.empty(n * 5, dtype=np.int64)
+    sizes = np.zeros(5, dtype=np.int64)
+    c_names = (ctypes.c_char_p * 5)(*[nm.encode() for nm in names])
+    good = lib.recon_event_shape(n, offs, data, c_names, ok.ctypes.data, start.ctypes.data, length.ctypes.data,
+                                 sizes.ctypes.data)
+    validity = pa.py_buffer(np.packbits(ok, bitorder="little")) if good < n else None
+    cols = []
+    for k in range(5):
+        out_offs = np.empty(n + 1, dtype=np.int64)
+        out = np.empty(max(1, int(sizes[k])), dtype=np.uint8)
+        lib.recon_event_gather(n, data, ok.ctypes.data, start.ctypes.data, length.ctypes.data, k, out_offs.ctypes.data,
+                               out.ctypes.data)
+        cols.append(pa.Array.from_buffers(pa.large_string(), n, [validity, pa.py_buffer(out_offs), pa.py_buffer(out)],
+                                          null_count=n - good))
+    return ok.view(bool), cols
 
 
 def library() -> ctypes.CDLL | None:
@@ -272,16 +310,15 @@ def _to_arrow(ch: _Chunk) -> tuple[Any, Any]:
 def read(
     bootstrap: str, topic: str, conf: dict[str, Any], starts: dict[int, int], stops: dict[int, int],
     headers: tuple[str, str, str], deadline_s: float, progress: Callable[[int], None] | None,
-    on_chunk: Callable[[Any, bytes, int, Any, Callable[[], list[bytes]]], T],
+    on_chunk: Callable[[Any, Any], T],
 ) -> tuple[list[T], dict[int, dict[str, int | None]]]:
     """Consume ``starts`` (partition → first offset, -2 = beginning) to EOF or to ``stops`` (last
     offset, inclusive).
 
     Each chunk holds one partition's messages in offset order and is handed to ``on_chunk(batch,
-    block, present_rows, present, one_by_one)``: the base columns as an Arrow record batch, the values
-    as an NDJSON block (b"" when it is not one line per present value), how many values are present,
-    the present mask (None without tombstones) and a function giving the present values one by one
-    for the rare chunk that needs it. ``on_chunk`` runs on the calling thread while the next chunk is
+    values)``: the base columns as an Arrow record batch and the values as a large_binary array
+    (null for tombstones, each value followed by its newline). ``on_chunk`` runs on the calling
+    thread while the next chunk is
     being consumed. Returns its results in (partition, offset) order and per-partition info
     (``end_offset`` from the EOF event)."""
     lib = library()
@@ -346,7 +383,7 @@ def read(
             for i, ch in enumerate(payload):
                 rows = ch.count(0)
                 if rows:
-                    results[i].append(_hand_over(ch, rows, on_chunk))
+                    results[i].append(_hand_over(ch, on_chunk))
                     seen += rows
             del payload
             if progress:
@@ -366,17 +403,9 @@ def read(
         lib.recon_scan_close(scan)
 
 
-def _hand_over(ch: _Chunk, rows: int, on_chunk: Callable[..., T]) -> T:
+def _hand_over(ch: _Chunk, on_chunk: Callable[..., T]) -> T:
     batch, values = _to_arrow(ch)
-    nulls = ch.count(3 + VALUE)
-    present = values.is_valid() if nulls else None
-    clean = ch.count(1) == 0 and ch.count(2) == 0  # one non-empty line per present value
-    block = ch.raw(4 + VALUE) if clean else b""
-
-    def one_by_one() -> list[bytes]:  # the rare chunk whose block does not parse whole
-        return [v[:-1] for v in values.drop_null().to_pylist()]
-
-    return on_chunk(batch, block, rows - nulls, present, one_by_one)
+    return on_chunk(batch, values)
 
 
 def _raise(lib: ctypes.CDLL, scan: Any, bootstrap: str, topic: str) -> None:

@@ -11,9 +11,10 @@ straight into Arrow buffers, one process, one chunk per partition so rows arrive
 offset) order) or, where it cannot be built, by the Python loop below (confluent-kafka ``Message``
 objects, one worker process per partition group on large topics); both give the same frame.
 
-Values are parsed in bulk by Polars' NDJSON reader (Rust, in :mod:`engine.connectors.kafka.columns`);
-a batch that fails is split so that only the bad messages fall back to one-by-one parsing and are
-counted (and sampled) as unparsable, never fatal. Tombstones (null values) are counted apart.
+Values are parsed by :mod:`engine.connectors.kafka.columns`: those in the producers' shape split
+into their fields column-wise, the others one by one with the strict parser of the one definition of
+a valid event (:mod:`engine.core.events`, shared with the consumer); a bad value is counted (and
+sampled) as unparsable, never fatal. Tombstones (null values) are counted apart.
 """
 
 from __future__ import annotations
@@ -34,10 +35,8 @@ from engine.connectors.kafka.columns import (
     _PARSED_SCHEMA,
     HEADERS,
     _joined,
-    _parse_block,
-    _parse_ndjson,
     _pick_headers,
-    _spread,
+    parse_array,
     parse_values,
 )
 from engine.core.errors import ServiceUnreachable, UsageError, kafka_config_error
@@ -380,7 +379,8 @@ def _read_messages(
 ) -> tuple[pl.DataFrame, dict[int, dict[str, int | None]]]:
     """Consume to the end of every partition, into the scan's columns in (partition, offset) order. Each batch becomes Arrow at once (its Python objects
     die while still in cache): every field is taken with one C-level ``map`` over the messages, the
-    values parsed as one NDJSON block; no Python bytecode per message except the header pick.
+    values parsed column-wise (:func:`parse_values`); no Python bytecode per message except the header
+    pick.
 
     Messages past an explicit offset range are dropped when the frame is built (columnar), not
     here; a partition is finished once a batch reaches the range's last offset."""
@@ -483,16 +483,8 @@ def _read_native(
     stops = {p: window.offsets[p][1] for p in starts} if window.offsets is not None else {}
     names = fields.names()
 
-    def on_chunk(batch: pa.RecordBatch, block: bytes, present_rows: int, present: pa.BooleanArray | None,
-                 one_by_one: Callable[[], list[bytes]]) -> pl.DataFrame:
-        parsed = _parse_ndjson(block, present_rows, names) if block else None
-        if parsed is None:
-            parsed = _parse_block(one_by_one(), names)
-        if present is not None:
-            mask = pl.from_arrow(present)
-            assert isinstance(mask, pl.Series)
-            parsed = _spread(parsed, mask)
-        return _joined(batch, parsed)
+    def on_chunk(batch: pa.RecordBatch, values: pa.Array) -> pl.DataFrame:
+        return _joined(batch, parse_array(values, names, newline=True))
 
     conf = _consumer_conf(bootstrap, extra)
     if "debug" not in conf and "log_level" not in conf:

@@ -17,6 +17,7 @@ from typing import Any, Final
 from engine.connectors.kafka.client import fast_rejoin_consumer_config, read_kafka_properties
 from engine.connectors.kafka.scan import EventFields
 from engine.core.errors import UsageError
+from engine.core.events import MAX_EVENT_TYPE_LEN
 from engine.core.sfid import to18
 
 # The package's logger, under the name it had when the consumer was one module
@@ -49,7 +50,7 @@ _MANAGED_KAFKA_KEYS: Final[frozenset[str]] = frozenset({
     "enable.auto.offset.store", "enable.partition.eof", "auto.offset.reset",
 })
 _CONSUME_TIMEOUT_S: Final[float] = 0.25
-_MAX_EVENT_TYPE_LEN: Final[int] = 255
+_MAX_EVENT_TYPE_LEN: Final[int] = MAX_EVENT_TYPE_LEN  # the one event rule's (engine.core.events)
 _MAX_DETAIL_LEN: Final[int] = 500
 
 # Kafka timestamp types as confluent-kafka reports them (TIMESTAMP_NOT_AVAILABLE, CREATE_TIME,

@@ -40,6 +40,7 @@ from engine.connectors.kafka.consumer.values import (
     _json_fragment,
     _parse,
 )
+from engine.core.events import JsonNumber, json_type
 from engine.core.ids import NAMESPACE, event_ids, name_expr
 from engine.core.sfid import are_valid, to18_or_none
 
@@ -108,7 +109,7 @@ def transform(messages: Iterable[Any], fields: FieldNames, org_guard: str | None
         if type(d) is not dict:
             if not reason:
                 reason = "unparsable"
-                detail = "no value (tombstone)" if value is None else f"JSON {type(d).__name__}, not an object"
+                detail = "no value (tombstone)" if value is None else f"JSON {json_type(d)}, not an object"
         else:
             org, rec, typ, ts, amt = (d.get(f_org), d.get(f_rec), d.get(f_typ), d.get(f_ts), d.get(f_amt))
             if org is None or rec is None or typ is None or ts is None or amt is None:
@@ -128,7 +129,7 @@ def transform(messages: Iterable[Any], fields: FieldNames, org_guard: str | None
                   else _canonical_ts(ts, canon_match)) is None:
                 reason, detail = "invalid_event_time", _detail(f"{f_ts} {ts!r} is not an ISO-8601 time")
             else:
-                if type(amt) is int:
+                if type(amt) is JsonNumber:  # an unquoted number: its exact text (engine.core.events)
                     amt = str(amt)
                 if type(amt) is not str or amount_match(amt) is None:
                     reason, detail = "invalid_amount", _detail(f"{f_amt} {amt!r} is not a decimal number")
@@ -473,15 +474,16 @@ def _sql_texts() -> dict[str, str]:
 def transform_digest() -> str:
     """``sha256:<hex>`` of the code that turns a Kafka message into a row.
 
-    Covers ``engine/core/ids.py`` and ``engine/core/sfid.py`` (the event id and its canonicalisation,
-    and the Salesforce id checks of both paths), the source of :func:`transform` and its helpers,
+    Covers ``engine/core/ids.py``, ``engine/core/sfid.py`` and ``engine/core/events.py`` (the event
+    id and its canonicalisation, the Salesforce id checks of both paths, and the one definition of
+    a valid event: strict JSON, the amount and time rules), the source of :func:`transform` and its helpers,
     and the SQL that builds the stored row. Computed once per process; a changed digest in the
     lineage means rows were produced by different code.
     """
-    from engine.core import ids, sfid
+    from engine.core import events, ids, sfid
 
     h = hashlib.sha256()
-    parts = [inspect.getsource(ids), inspect.getsource(sfid)]
+    parts = [inspect.getsource(ids), inspect.getsource(sfid), inspect.getsource(events)]
     parts += [inspect.getsource(fn) for fn in (transform, _parse, _canonical_ts, _clean_text, _copy_text, _encodable,
                                                _json_fragment, _event_type_copy, _lineage_tail, _positions,
                                                _fast_pattern, _uuid_texts, _standard_headers, _ascii_text,

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine.connectors.kafka.consumer.settings import _MAX_DETAIL_LEN, _MAX_EVENT_TYPE_LEN
-from engine.core.ids import canonical_time
+from engine.core import events
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
-_AMOUNT = re.compile(r"[+-]?[0-9]{1,38}(?:\.[0-9]{1,38})?")
-_CANON_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+_AMOUNT = events.AMOUNT_RE  # the one amount rule (Decimal(38, 6) exactly), shared with kafka-audit
+_CANON_TS = re.compile(events.CANON_TIME_PATTERN)
 
 
 def _copy_text(s: str) -> str:
@@ -59,28 +59,10 @@ def _detail(text: str) -> str:
     return text if len(text) <= _MAX_DETAIL_LEN else text[: _MAX_DETAIL_LEN - 1] + "…"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-# One decoder for the whole process: json.loads(..., parse_float=...) would build a new one per
-# call (a third of the parse time). Floats stay text so that amounts are exact decimals.
-_DECODER = json.JSONDecoder(parse_float=str, parse_constant=_reject_constant)
-_SCAN = _DECODER.scan_once
-
-
 def _parse(value: bytes) -> Any:
-    """The JSON value of a message (UTF-8). The common compact ``{...}`` takes the C scanner
-    directly; anything else (whitespace around it, another type) goes through the full decoder."""
-    s = value.decode("utf-8")
-    if s[:1] == "{":
-        try:
-            obj, end = _SCAN(s, 0)
-        except StopIteration:
-            raise ValueError("not JSON") from None
-        if end == len(s):
-            return obj
-    return _DECODER.decode(s)
+    """The JSON value of a message, by the one strict rule of :func:`engine.core.events.parse_json`
+    (no duplicate keys; numbers as their exact text, never floats)."""
+    return events.parse_json(value)
 
 
 _event_types: dict[str, str | None] = {}
@@ -144,19 +126,6 @@ def _encodable(s: str) -> bool:
 
 
 def _canonical_ts(ts: Any, canon_match: Callable[[str], Any]) -> str | None:
-    """The event time as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, ms), or None when it is not a time.
-
-    ASCII digits only: Python's ``\\d`` and ``fromisoformat`` accept other scripts' digits,
-    which PostgreSQL would reject and so block the whole batch.
-    """
-    if type(ts) is not str or not ts.isascii():
-        return None
-    if canon_match(ts):
-        t = ts
-    else:
-        try:
-            t = canonical_time(ts)
-        except (ValueError, TypeError, OverflowError):
-            return None
-    # canonical_time keeps years 1..9999; the regex pins the shape PostgreSQL will parse
-    return t if canon_match(t) else None
+    """The event time as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, ms), or None when it is not a time:
+    :func:`engine.core.events.event_time`, the rule kafka-audit applies too."""
+    return events.event_time(ts)
