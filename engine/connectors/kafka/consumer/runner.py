@@ -238,7 +238,7 @@ class _Runner:
             self.sink.close()
         totals = Counters()
         for r in parts:
-            totals.add(Counters(r["consumed"], r["applied"], r["duplicates"], r["dead_letters"]))
+            totals.add(Counters(r["consumed"], r["applied"], r["duplicates"], r["dead_letters"], r["conflicts"]))
         return ConsumeResult(topic=self.s.topic, group=self.s.group, table=self.s.table.display, run=self.run_counters,
                              totals=totals, partitions=parts, stopped_by=stopped_by,
                              elapsed_s=time.monotonic() - t0, batches=self.batches,
@@ -461,7 +461,7 @@ class _Runner:
         c, b = self.run_counters, self._metrics_base
         rate = (c.consumed - b.consumed) / dt if dt > 0 else 0.0
         self.report(f"consume: {self.s.topic}: {rate:,.0f} events/s, {c.consumed:,} consumed, {c.applied:,} applied, "
-                    f"{c.duplicates:,} duplicates skipped, {c.dead_letters:,} dead letters, "
+                    f"{c.duplicates:,} duplicates skipped, {c.dead_letters:,} dead letters ({c.conflicts:,} conflicts), "
                     f"partitions {sorted(self.assigned)}")
         self._metrics_at = now
         self._metrics_base = Counters(**c.as_dict())
