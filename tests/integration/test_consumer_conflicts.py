@@ -127,12 +127,37 @@ def test_the_stored_event_is_what_later_copies_are_compared_with(topic: _Topic) 
     assert (p["consumed"], p["applied"], p["duplicates"], p["dead_letters"], p["conflicts"]) == (8, 2, 5, 1, 1)
 
 
-def test_the_payload_digest_is_stored_with_each_event(topic: _Topic) -> None:
-    """The digest of the canonical amount is stored with the event: equal for every spelling."""
-    topic.write(_msg("100.50", 0), _msg("7", 1, ts="2026-08-01T11:00:00.000Z"))
-    got = topic.rows("SELECT amount::text, payload_digest = sha256(convert_to(trim_scale(amount)::text, 'UTF8')), "
+@pytest.fixture(params=["v", "s"], ids=["virtual", "stored"])
+def digest_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The digest column as PostgreSQL 18 makes it (virtual), and as older servers do (stored)."""
+    from engine.connectors.kafka.consumer import sink
+
+    if request.param == "s":
+        monkeypatch.setattr(sink, "_VIRTUAL_DIGEST_SINCE", 10**9)
+    return str(request.param)
+
+
+def _generated(t: _Topic) -> str:
+    schema, name = t.table.split(".")
+    with psycopg.connect(t.pg.info.socket_dsn) as conn:
+        row = conn.execute("SELECT attgenerated FROM pg_attribute WHERE attrelid = %s::regclass "
+                           "AND attname = 'payload_digest'", (f'"{schema}"."{name}"',)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_the_payload_digest_is_part_of_each_event(embedded_pg: PgHandle, digest_kind: str) -> None:
+    """Each event row has the digest of its canonical amount: equal for every spelling."""
+    t = _Topic(embedded_pg, f"consume_conflict.d_{uuid.uuid4().hex[:8]}")
+    try:
+        assert _generated(t) == digest_kind
+        t.write(_msg("100.50", 0), _msg("7", 1, ts="2026-08-01T11:00:00.000Z"))
+        got = t.rows("SELECT amount::text, payload_digest = sha256(convert_to(trim_scale(amount)::text, 'UTF8')), "
                      "payload_digest = sha256('100.5'::bytea) FROM {} ORDER BY event_ts")
-    assert got == [("100.50", True, True), ("7", True, False)]
+        assert got == [("100.50", True, True), ("7", True, False)]
+        assert t.write(_msg("100.5", 2), _msg("70", 3, ts="2026-08-01T11:00:00.000Z")).conflicts == 1
+    finally:
+        t.sink.close()
 
 
 def test_canonical_amount_text_is_postgresql_trim_scale(embedded_pg: PgHandle) -> None:
@@ -180,9 +205,10 @@ INSERT INTO {offsets} (kafka_topic, kafka_partition, next_offset, consumed, appl
 """
 
 
-def test_an_events_table_of_the_previous_version_is_migrated(embedded_pg: PgHandle) -> None:
+def test_an_events_table_of_the_previous_version_is_migrated(embedded_pg: PgHandle, digest_kind: str) -> None:
     """The events table gains the digest column and the offsets table the conflicts counter, the
-    stored rows and counters intact; a row stored before compares by its stored amount."""
+    stored rows and counters intact; a row stored before gets the digest of its stored amount, so
+    it compares by its stored fields."""
     table = f"consume_conflict.old_{uuid.uuid4().hex[:8]}"
     schema, name = table.split(".")
     ddl = sql.SQL(_OLD_DDL).format(schema=sql.Identifier(schema), events=sql.Identifier(schema, name),
@@ -193,7 +219,7 @@ def test_an_events_table_of_the_previous_version_is_migrated(embedded_pg: PgHand
         conn.execute(ddl)
     t = _Topic(embedded_pg, table)
     try:
-        assert t.pos == {0: 2}
+        assert t.pos == {0: 2} and _generated(t) == digest_kind
         (p,) = t.sink.partition_rows()
         assert (p["consumed"], p["applied"], p["duplicates"], p["dead_letters"], p["conflicts"]) == (2, 1, 1, 0, 0)
         n = t.write(_msg("100.0", 2), _msg("5000.00", 3))

@@ -43,9 +43,10 @@ both count as ``duplicates``: deliveries that changed nothing. A *conflict* is n
 message whose event id is stored (or came earlier in its batch) with another payload — the amount,
 compared as a number, as :mod:`engine.core.forensics` does — is dead-lettered with reason
 ``conflict`` and counted in ``conflicts`` as well as ``dead_letters`` (the first payload stays).
-Every event row carries ``payload_digest`` (SHA-256 of the canonical amount, a stored generated
-column: PostgreSQL computes it, no Python runs per row for it); the probe compares digests, and
-the stored amount where a row has none.
+Every event row carries ``payload_digest`` (SHA-256 of the canonical amount, a generated column:
+PostgreSQL computes it, no Python runs per row for it; virtual from PostgreSQL 18, so inserts pay
+nothing); copies of stored events are compared by digest, and by the stored amount where a row has
+none.
 
 Tables, next to the events table ``S.T`` (all created when missing):
 

