@@ -93,6 +93,17 @@ def parse_decimal(v: object) -> Decimal | None:
     return d if d.is_finite() else None
 
 
+def canonical_text(expr: pl.Expr) -> pl.Expr:
+    """One text per value of plain decimal literals (``[+-]?digits[.digits]``, as the consumer
+    accepts them): no sign on zero, no ``+``, no leading zeros, no trailing fractional zeros, so
+    ``100.0``, ``100.00`` and ``+100`` are all ``100``. It is PostgreSQL's ``trim_scale(x)::text``
+    (the consumer's payload digest hashes that), done on the text so that no precision limit
+    applies: amounts may have 38 digits on each side of the point, beyond any Decimal(38, s)."""
+    body = (expr.str.replace(r"^[+-]", "").str.replace(r"^0+([0-9])", "${1}")
+            .str.replace(r"\.0*$", "").str.replace(r"(\.[0-9]*[1-9])0+$", "${1}"))
+    return pl.when(expr.str.starts_with("-") & (body != "0")).then(pl.concat_str([pl.lit("-"), body])).otherwise(body)
+
+
 # -- scaled 64-bit integers ------------------------------------------------------------------------
 SCALED_LIMIT = 1 << 62  # |unscaled| below this: the difference of two values cannot overflow
 

@@ -200,7 +200,7 @@ def read_state(pg: PgHandle, table: str) -> State:
             dead_letters=rows("SELECT kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, kafka_timestamp_type, "
                               "key, value, headers::text, reason, detail FROM {} "
                               "ORDER BY kafka_topic, kafka_partition, kafka_offset", "_dead_letters"),
-            offsets=rows("SELECT kafka_partition, next_offset, consumed, applied, duplicates, dead_letters FROM {} "
+            offsets=rows("SELECT kafka_partition, next_offset, consumed, applied, duplicates, dead_letters, conflicts FROM {} "
                          "ORDER BY kafka_partition", "_offsets"),
         )
 
@@ -208,8 +208,8 @@ def read_state(pg: PgHandle, table: str) -> State:
 def check_accounting(st: State, plan: TopicPlan, replays: int = 1) -> None:
     """The persisted counters prove that every offset was applied, skipped as a duplicate or dead-lettered."""
     assert [r[0] for r in st.offsets] == [0, 1, 2]
-    for p, nxt, consumed, applied, dups, dead in st.offsets:
-        assert consumed == applied + dups + dead
+    for p, nxt, consumed, applied, dups, dead, conflicts in st.offsets:
+        assert consumed == applied + dups + dead and conflicts == 0  # the scenario's copies are true copies
         assert nxt == plan.ends[p]
         assert consumed == replays * plan.per_partition[p]
     assert sum(r[3] for r in st.offsets) == len(st.events) == plan.events
@@ -228,7 +228,7 @@ def check_accounting(st: State, plan: TopicPlan, replays: int = 1) -> None:
 
 
 def totals(st: State) -> dict[str, int]:
-    keys = ("consumed", "applied", "duplicates", "dead_letters")
+    keys = ("consumed", "applied", "duplicates", "dead_letters", "conflicts")
     return {k: sum(r[2 + i] for r in st.offsets) for i, k in enumerate(keys)}
 
 
@@ -329,16 +329,17 @@ def test_reset_offsets_replay_changes_nothing(embedded_pg: PgHandle, apache_kafk
     before = read_state(embedded_pg, table)
     assert before == reference
     again = ok_json(consume(embedded_pg, apache_kafka.bootstrap, plan.name, table))  # nothing new: nothing read
-    assert again["run"] == {"consumed": 0, "applied": 0, "duplicates": 0, "dead_letters": 0}
+    assert again["run"] == {"consumed": 0, "applied": 0, "duplicates": 0, "dead_letters": 0, "conflicts": 0}
 
     out = ok_json(consume(embedded_pg, apache_kafka.bootstrap, plan.name, table, None, "--reset-offsets", "earliest"))
-    assert out["run"] == {"consumed": plan.messages, "applied": 0, "duplicates": plan.messages, "dead_letters": 0}
+    assert out["run"] == {"consumed": plan.messages, "applied": 0, "duplicates": plan.messages, "dead_letters": 0,
+                          "conflicts": 0}
     after = read_state(embedded_pg, table)
     assert after.data() == before.data()
     check_accounting(after, plan, replays=2)
     t0, t1 = totals(before), totals(after)
     assert t1 == {"consumed": 2 * t0["consumed"], "applied": t0["applied"],
-                  "duplicates": t0["duplicates"] + plan.messages, "dead_letters": t0["dead_letters"]}
+                  "duplicates": t0["duplicates"] + plan.messages, "dead_letters": t0["dead_letters"], "conflicts": 0}
     assert out["totals"] == t1
 
 
@@ -360,7 +361,8 @@ def test_two_consumers_in_one_group_equal_one(embedded_pg: PgHandle, apache_kafk
     st = read_state(embedded_pg, table)
     check_accounting(st, plan)
     assert st == reference
-    run_sum = {k: sum(o["run"][k] for o in outs) for k in ("consumed", "applied", "duplicates", "dead_letters")}
+    run_sum = {k: sum(o["run"][k] for o in outs) for k in ("consumed", "applied", "duplicates", "dead_letters",
+                                                           "conflicts")}
     assert run_sum == totals(reference)
 
 
@@ -436,13 +438,13 @@ def test_rows_the_database_refuses_are_dead_lettered(embedded_pg: PgHandle, apac
     cfg = tmp_path / "client.properties"
     cfg.write_text("# a valid librdkafka property passes through\nfetch.min.bytes=1\n")
     out = ok_json(consume(embedded_pg, apache_kafka.bootstrap, topic, table, None, "--kafka-config", str(cfg)))
-    assert out["run"] == {"consumed": 5, "applied": 3, "duplicates": 1, "dead_letters": 1}
+    assert out["run"] == {"consumed": 5, "applied": 3, "duplicates": 1, "dead_letters": 1, "conflicts": 0}
     st = read_state(embedded_pg, table)
     assert [r[5] for r in st.events] and sorted(str(r[5]) for r in st.events) == ["1.00", "2.00", "3.00"]
     (dl,) = st.dead_letters
     assert (dl[2], dl[8]) == (2, "rejected_by_database") and "amount_cap" in dl[9]
     assert json.loads(dl[6])["amount"] == "5000.00"  # the raw message, as produced
-    assert st.offsets == [(0, 5, 5, 3, 1, 1)]
+    assert st.offsets == [(0, 5, 5, 3, 1, 1, 0)]
     assert st.aggregates[0][1:3] == (Decimal("6.00"), 3)
 
 
@@ -461,7 +463,7 @@ def test_scenario_rebuilt_through_consume_matches_salesforce(embedded_pg: PgHand
     copies = int(delivered["is_copy"].sum())
     assert copies > 0
     assert out["run"] == {"consumed": len(delivered), "applied": len(delivered) - copies, "duplicates": copies,
-                          "dead_letters": 0}
+                          "dead_letters": 0, "conflicts": 0}
     with psycopg.connect(embedded_pg.info.socket_dsn) as conn:
         clv = {r[0]: (r[1], r[2]) for r in conn.execute(sql.SQL(
             "SELECT record_id, clv * 100, event_count FROM {}").format(ident(table, "_aggregates"))).fetchall()}

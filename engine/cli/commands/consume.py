@@ -87,7 +87,7 @@ def consume(
     r, t = result.run, result.totals
     out.print(f"{result.topic} → {result.table} ({result.stopped_by}, {result.elapsed_s:.1f} s)")
     out.print(f"{'':14}{'this run':>14}{'total':>14}")
-    for name in ("consumed", "applied", "duplicates", "dead_letters"):
+    for name in ("consumed", "applied", "duplicates", "dead_letters", "conflicts"):
         out.print(f"{name:14}{getattr(r, name):>14,}{getattr(t, name):>14,}")
 
 

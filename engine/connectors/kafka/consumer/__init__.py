@@ -39,17 +39,26 @@ The accounting is part of the schema: the offsets table has a CHECK constraint
 ``consumed = applied + duplicates + dead_letters`` per partition, ``applied`` equals the rows the
 consumer inserted and ``dead_letters`` the dead-letter rows it stored. A redelivered event (same
 event id) and a redelivered poison message (same topic/partition/offset, already dead-lettered)
-both count as ``duplicates``: deliveries that changed nothing.
+both count as ``duplicates``: deliveries that changed nothing. A *conflict* is not a duplicate: a
+message whose event id is stored (or came earlier in its batch) with another payload — the amount,
+compared as a number, as :mod:`engine.core.forensics` does — is dead-lettered with reason
+``conflict`` and counted in ``conflicts`` as well as ``dead_letters`` (the first payload stays).
+Every event row carries ``payload_digest`` (SHA-256 of the canonical amount, a generated column:
+PostgreSQL computes it, no Python runs per row for it; virtual from PostgreSQL 18, so inserts pay
+nothing); copies of stored events are compared by digest, and by the stored amount where a row has
+none.
 
 Tables, next to the events table ``S.T`` (all created when missing):
 
 * ``S.T`` — ``event_id uuid`` primary key, ``org_id``, ``record_id``, ``event_type``,
-  ``event_ts``, ``amount numeric``, ``lineage jsonb``, ``ingested_at``;
+  ``event_ts``, ``amount numeric``, ``lineage jsonb``, ``ingested_at``, ``payload_digest``;
 * ``S.T_aggregates`` — per record: ``record_id``, the sum of amounts (``--sum-column``, default ``clv``), ``event_count``,
   ``last_event_ts``, ``updated_at``;
 * ``S.T_dead_letters`` — keyed by (``kafka_topic``, ``kafka_partition``, ``kafka_offset``), with
   the raw ``key``/``value`` bytes, the headers, ``reason`` and ``detail``;
 * ``S.T_offsets`` — per (``kafka_topic``, ``kafka_partition``): ``next_offset`` and the counters.
+
+Columns added by later versions are added to existing tables on start (``sink._MIGRATIONS``).
 
 The transformation is pure (:func:`transform`): Kafka messages in, COPY text and dead letters
 out, so it is unit-tested without services and its source is part of the lineage digest.

@@ -22,14 +22,12 @@ from engine.connectors.kafka.client import all_topics, existing_partitions
 from engine.connectors.kafka.consumer.batch import Batch, DeadLetter
 from engine.connectors.kafka.consumer.settings import (
     _CONSUME_TIMEOUT_S,
-    _TS_TYPE_NAMES,
     ConsumerSettings,
     consumer_config,
     log,
 )
 from engine.connectors.kafka.consumer.sink import ConsumeResult, Counters, Sink, _first_line
 from engine.connectors.kafka.consumer.transformation import transform
-from engine.connectors.kafka.consumer.values import _detail, _headers_json
 from engine.core.errors import ReconError, ServiceUnreachable, UsageError, kafka_config_error
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +236,7 @@ class _Runner:
             self.sink.close()
         totals = Counters()
         for r in parts:
-            totals.add(Counters(r["consumed"], r["applied"], r["duplicates"], r["dead_letters"]))
+            totals.add(Counters(r["consumed"], r["applied"], r["duplicates"], r["dead_letters"], r["conflicts"]))
         return ConsumeResult(topic=self.s.topic, group=self.s.group, table=self.s.table.display, run=self.run_counters,
                              totals=totals, partitions=parts, stopped_by=stopped_by,
                              elapsed_s=time.monotonic() - t0, batches=self.batches,
@@ -404,10 +402,7 @@ class _Runner:
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded) as exc:
                 if m is None:
                     raise  # a dead letter itself was refused: a bug, not data to route around
-                ts_type, ts_ms = m.timestamp()
-                dl = DeadLetter(p, off, ts_ms if ts_type else None, _TS_TYPE_NAMES.get(ts_type, "NotAvailable"),
-                                m.key(), m.value(), _headers_json(m.headers()), "rejected_by_database",
-                                _detail(_first_line(str(exc))))
+                dl = DeadLetter.of(m, "rejected_by_database", _first_line(str(exc)))
                 one = Batch(dead=[dl], consumed={p: 1}, start={p: pos[p]}, next_offset={p: off + 1},
                             epoch=dict(batch.epoch))
                 per, conflicts = self.sink.retrying("dead-lettering a message", lambda one=one: self.sink.write(one))
@@ -461,7 +456,7 @@ class _Runner:
         c, b = self.run_counters, self._metrics_base
         rate = (c.consumed - b.consumed) / dt if dt > 0 else 0.0
         self.report(f"consume: {self.s.topic}: {rate:,.0f} events/s, {c.consumed:,} consumed, {c.applied:,} applied, "
-                    f"{c.duplicates:,} duplicates skipped, {c.dead_letters:,} dead letters, "
+                    f"{c.duplicates:,} duplicates skipped, {c.dead_letters:,} dead letters ({c.conflicts:,} conflicts), "
                     f"partitions {sorted(self.assigned)}")
         self._metrics_at = now
         self._metrics_base = Counters(**c.as_dict())

@@ -457,6 +457,11 @@ def _sql_texts() -> dict[str, str]:
     return {
         "existing": "SELECT event_id::text FROM {events} WHERE event_id = ANY(%s::uuid[])",
         "copy": "COPY {events} (event_id, org_id, record_id, event_type, event_ts, amount, lineage) FROM STDIN",
+        # the payload outside the event id, canonical (numerically equal amounts hash alike),
+        # computed by PostgreSQL (a generated column: no Python per row); the numeric's text is
+        # ASCII without backslashes, which ::bytea takes byte for byte (convert_to is not
+        # IMMUTABLE, so a generated column cannot use it)
+        "payload_digest": "sha256(trim_scale({amount})::text::bytea)",
         "aggregate": """
             INSERT INTO {aggregates} AS a (record_id, {total}, event_count, last_event_ts, updated_at)
             SELECT r, sum(am), count(*), max(ts), now()
