@@ -88,9 +88,12 @@ UNQUOTED = [
 
 def _after_unquoted(stack: Stack, tmp: Path, ctx: dict[str, Any], run: Run) -> None:
     out = json.loads(run.stdout)
-    assert (out["run"]["applied"], out["run"]["duplicates"], out["run"]["dead_letters"]) == (2, 1, 0), out
+    # the consumer agrees with the audit: the rounded copy is a conflict (16.3), never a duplicate
+    assert (out["run"]["applied"], out["run"]["duplicates"], out["run"]["dead_letters"],
+            out["run"]["conflicts"]) == (2, 0, 1, 1), out
     rows, dead = _state(stack, ctx)
-    assert rows == [(ACC[0], "123456789012.345678"), (ACC[1], "1234567890123456789.12")] and not dead
+    assert rows == [(ACC[0], "123456789012.345678"), (ACC[1], "1234567890123456789.12")]
+    assert [(o, r) for o, r, _ in dead] == [(1, "conflict")], dead
     code, audit = _audit(stack, ctx)
     assert (audit["events"], audit["invalid"], audit["unparsable"]) == (3, 0, 0), audit
     assert (audit["duplicates"], audit["conflicts"]) == (0, 1), audit  # exact: 123456789012.345678 ≠ …34567
