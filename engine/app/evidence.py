@@ -56,7 +56,9 @@ _CREDENTIAL_FIELDS = frozenset({
 })
 #: maps whose keys are the user's column names (data, not metadata): a column named ``password``
 #: is compared like any other and stays in the results
-_COLUMN_MAPS = frozenset({"columns", "compared_columns", "tolerance", "types"})
+#: where a server is located (host, port, database, user: what ``dsn_location`` keeps of a DSN)
+_LOCATION_KEYS = frozenset({"host", "port", "database", "dbname", "user", "username"})
+_COLUMN_MAPS = frozenset({"columns", "compared_columns", "tolerance", "types", "amount_variance_ratio"})
 
 
 class SecretInEvidence(ReconError):
@@ -246,8 +248,9 @@ def check_no_secret(obj: Any, secrets: set[str], what: str) -> None:
     def fail(path: str) -> None:
         raise SecretInEvidence(f"evidence not recorded: {what} at {path or 'top level'} holds a known secret "
                                "(a password or token from the environment, a DSN, a password file or the "
-                               "credentials file); nothing was written: use a password that is not also a "
-                               "name or a value of the results, and keep credentials out of names and messages")
+                               "credentials file); no ledger run, manifest or lineage event was written for it: "
+                               "use a password that is not also a value of the results, and keep credentials "
+                               "out of names and messages")
 
     def walk(o: Any, path: str) -> None:
         if isinstance(o, str):
@@ -257,6 +260,8 @@ def check_no_secret(obj: Any, secrets: set[str], what: str) -> None:
             for k, v in o.items():
                 if isinstance(k, str) and any(x in k for x in long_ones):
                     fail(f"{path}.<key>")
+                if k in _LOCATION_KEYS and isinstance(v, str):
+                    continue  # a server's name, never a secret (dsn_location): a password equal to the user name must not block every run
                 name = REDACTED if k in secrets else str(k)  # the message must not spell a short secret
                 walk(v, f"{path}.{name}" if path else name)
         elif isinstance(o, (list, tuple)):

@@ -45,12 +45,13 @@ def _load_findings(p: Path) -> list[dict[str, Any]]:
 
 
 def _find_repair(d: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """The first JSON under repair/ with per-class counts (names aren't fixed by the contract)."""
-    rd = workspace.RunDirectory(d).repair_dir
-    if not rd.is_dir():
+    """The repair output's own JSON files (repair.json, then plan.json) with per-class counts: only
+    the files :func:`verify_run` checked, never another JSON someone put under repair/."""
+    rep = workspace.RepairOutput(workspace.RunDirectory(d).repair_dir)
+    if not rep.dir.is_dir():
         return None, None
     fallback: tuple[dict[str, Any] | None, str | None] = (None, None)
-    for p in sorted(rd.rglob("*.json"), key=lambda p: (p.name != "repair.json", str(p))):
+    for p in (p for p in (rep.report_path, rep.plan_path) if p.is_file()):
         try:
             doc = _load_json(p)
         except UsageError:
@@ -73,11 +74,11 @@ def verify_run(run: workspace.RunDirectory, trust: TrustOptions) -> dict[str, An
     parts: dict[str, dict[str, Any]] = {}
     for name, out, command in (("diff", run.diff, "diff"), ("explain", run.explain, "explain"),
                                ("diff-after", run.diff_after, "diff")):
-        if out.exists():  # the files that are there: the report reads no others
+        if _present(out.files()):  # any of its files is there: the report reads no others
             parts[name] = verify(out.dir, _present(out.files()), command=command, trust=trust).to_dict()
     rep = workspace.RepairOutput(run.repair_dir)
-    if rep.exists():
-        parts["repair"] = verify(rep.dir, rep.files(), command="repair", trust=trust).to_dict()
+    if _present(rep.files()):
+        parts["repair"] = verify(rep.dir, _present(rep.files()), command="repair", trust=trust).to_dict()
     if run.cost_path.is_file():
         try:
             parts["cost"] = verify(run.root, [run.cost_path], command="cost", trust=trust).to_dict()

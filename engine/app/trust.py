@@ -115,7 +115,8 @@ def _by_ledger(directory: Path, files: list[Path], names: tuple[str, ...], comma
                                      passfile=trust.passfile) is None:
                 raise VerificationError(
                     f"{f} (sha256 {got[f.name][:16]}…) was not recorded by any `recon {command}` run in the ledger: "
-                    f"it was changed or copied from elsewhere; rerun `recon {command}` with --ledger")
+                    f"it was changed since, or its run was not recorded in this ledger (run without --ledger, "
+                    f"or with another one); rerun `recon {command}` with --ledger")
         raise VerificationError(f"{files[0]} and {', '.join(f.name for f in files[1:])} were not recorded by one "
                                 f"`recon {command}` run: use a directory exactly as one run wrote it")
     workspace.check_digests(files, run["outputs"], against=f"ledger run {run['run_id']} (seq {run['seq']})")

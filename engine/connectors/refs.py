@@ -105,6 +105,12 @@ def _is_secret_key(key: str) -> bool:
     return key in _SECRET_KEYS or any(w in key.lower() for w in _SECRET_WORDS)
 
 
+def secret_keys(dsn: str) -> list[str]:
+    """The connection parameters of ``dsn`` that carry a secret (``password``, ``sslpassword``,
+    ``oauth_client_secret``…), by libpq's own parse; [] for a DSN libpq rejects."""
+    return [k for k in (_parse(dsn) or {}) if _is_secret_key(k)]
+
+
 def _parse(text: str) -> dict[str, str] | None:
     """libpq's reading of a conninfo string (keyword or URI form); None when libpq rejects it."""
     from psycopg.conninfo import conninfo_to_dict

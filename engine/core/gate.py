@@ -170,11 +170,14 @@ def check_not_stale(decision: Decision, latest: dict[str, Any] | None) -> None:
     now = _parse_time((decision.diff or {}).get("extracted_at"))
     if now is None:
         raise UsageError(f"the diff in {(decision.diff or {}).get('dir')} does not say when both sides were read "
-                         f"(an extraction time is missing), so it cannot close the breaker decision seq "
-                         f"{latest['seq']} opened: run a new `recon diff` to close it")
+                         f"(a CSV or Parquet file records no extraction time unless `recon snapshot` wrote its "
+                         f"sidecar), so it cannot close the breaker decision seq {latest['seq']} opened: diff "
+                         f"sides read from their systems or from `recon snapshot` files, or close it with "
+                         f"`recon gate --override closed --mapping {decision.mapping} --reason … --operator …`")
     if prev is None:
         raise UsageError(f"the decision that opened the breaker (seq {latest['seq']}) has no time to compare "
-                         "the diff with: close it with `recon gate --override closed --reason … --operator …`")
+                         f"the diff with: close it with `recon gate --override closed --mapping {decision.mapping} "
+                         "--reason … --operator …`")
     if now < prev:
         raise UsageError(f"the diff in {(decision.diff or {}).get('dir')} read its data at {now.isoformat()}, "
                          f"before the diff that opened the breaker (decision seq {latest['seq']}, "

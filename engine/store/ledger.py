@@ -489,8 +489,11 @@ def find_run_with_outputs(dsn: str, outputs: dict[str, str], *, command: str | N
     ``name → sha256`` pair: what lets a later step trust an artefact directory. Returns
     ``{seq, run_id, command, status, outputs}`` (outputs as ``{name: sha256}``), or None."""
     pairs = [{"name": n, "sha256": h} for n, h in sorted(outputs.items())]
-    query = ("SELECT seq, canonical FROM recon_audit.runs WHERE body -> 'outputs' @> %s::jsonb "
-             "AND (%s::text IS NULL OR command = %s) ORDER BY seq DESC LIMIT 1")
+    # chained rows only, as the SQL guard and `gate --status` read decisions: a row planted outside
+    # the chain (possible in a ledger from before the insert trigger) vouches for nothing
+    query = ("SELECT g.seq, g.canonical FROM recon_audit.runs g WHERE g.body -> 'outputs' @> %s::jsonb "
+             "AND (%s::text IS NULL OR g.command = %s) AND EXISTS (SELECT 1 FROM recon_audit.chain p "
+             "WHERE p.seq = g.seq - 1 AND p.row_hash = g.prev_hash) ORDER BY g.seq DESC LIMIT 1")
     params = (json.dumps(pairs), command, command)
     with Ledger(dsn, passfile=passfile) as led:
         try:

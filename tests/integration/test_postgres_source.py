@@ -321,3 +321,14 @@ def test_a_config_passfile_reaches_every_connection_and_leaves_the_environment_a
     assert dict(os.environ) == before
     with pytest.raises(UsageError, match="asks for a password and none was given"):  # the file was the only way in
         source_for(parse_reference(table), load(None)).read(ReadRequest(["id", "amount"]))
+
+
+def test_a_dsn_with_sslpassword_is_never_read_by_psql_children(table: str) -> None:
+    """psql gets its connection string on its command line, where `ps` shows it; the password goes
+    through the environment, but sslpassword has no environment variable: such a DSN is read in
+    process (ADBC), never by children (review of issue 16)."""
+    dsn, rest = table.split("#", 1)
+    sep = "&" if "?" in dsn else "?"
+    got = _read(f"{dsn}{sep}sslpassword=k3y-s3cret#{rest}", "psql")
+    assert got.meta["reader"] != "psql" and not got.meta["reader"].startswith("psql")
+    assert got.frame.height == 5

@@ -72,3 +72,15 @@ def test_credential_fields_are_dropped_and_error_text_scrubbed(tmp_path: Path,
     pred = json.loads(base64.b64decode(envelope["payload"]))["predicate"]
     assert pred["results"]["salesforce"] == {"username": "u@x"}
     assert pred["error"] == "login refused for ***"
+
+
+def test_a_password_equal_to_the_user_name_does_not_block_every_run() -> None:
+    """The common postgres/postgres setup: the inputs name the user, which equals the password.
+    A location field (host, port, database, user) is a name, never a secret; elsewhere the value
+    still stops the recording."""
+    from engine.app.evidence import SecretInEvidence, check_no_secret
+
+    check_no_secret({"inputs": [{"user": "postgres", "database": "postgres", "host": "db", "port": "5432"}]},
+                    {"postgres"}, "the run")
+    with pytest.raises(SecretInEvidence):
+        check_no_secret({"inputs": [{"note": "postgres"}]}, {"postgres"}, "the run")

@@ -54,6 +54,22 @@ def path_for(data: Path) -> Path:
     return data.with_name(data.name + SUFFIX)
 
 
+def read_extracted_at(data: Path) -> str | None:
+    """When the snapshot's own source was read (``extract.extracted_at``, or a PostgreSQL
+    ``server_time``), as ``recon snapshot`` recorded it; None without a sidecar or that fact. The
+    gate needs it: a diff that cannot say when a side was read counts as stale."""
+    side = path_for(data)
+    if not side.is_file():
+        return None
+    try:
+        doc = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):
+        return None  # read_schema reports a broken sidecar
+    ex = doc.get("extract") if isinstance(doc, dict) else None
+    t = (ex.get("extracted_at") or ex.get("server_time")) if isinstance(ex, dict) else None
+    return t if isinstance(t, str) and t else None
+
+
 def read_schema(data: Path, columns: list[str]) -> dict[str, Declared]:
     """The declared type of each of ``columns`` the sidecar names (none without a sidecar). A
     sidecar that is not valid JSON, names an unknown kind or scale, or a column the file does not

@@ -109,6 +109,11 @@ def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
         frame = loaded
     meta = {"system": ref.format, "path": str(path.resolve()), "rows": frame.height,
             "extract_s": round(time.perf_counter() - t0, 3)}
+    from engine.connectors.files import sidecar
+
+    read_at = sidecar.read_extracted_at(path)
+    if read_at is not None:  # a snapshot says when its source was read; a hand-made file cannot
+        meta["extracted_at"] = read_at
     return Extract(frame=frame, columns=declared, meta=meta)
 
 

@@ -48,7 +48,7 @@ from engine.connectors.postgres.copy_stream import (
     _read_via_adbc,
     _start_children,
 )
-from engine.connectors.refs import PostgresRef, redact_dsn
+from engine.connectors.refs import PostgresRef, redact_dsn, secret_keys
 from engine.core.errors import QueryRejected, UsageError
 
 if TYPE_CHECKING:
@@ -265,7 +265,9 @@ class PgRead:
             if where:
                 self.adbc_sql = sql.SQL("{} WHERE ({})").format(self.adbc_sql, sql.SQL(where))
                 server_check(self.conn, query, self.where_text)
-            psql = _psql_binary()
+            # a secret other than the password (sslpassword, an OAuth client secret) has no
+            # environment variable, so it would sit on the children's command lines: read in-process
+            psql = _psql_binary() if not set(secret_keys(ref.dsn)) - {"password"} else None
             if psql is not None:
                 copies = [sql.SQL("COPY ({} {} {}) TO STDOUT (FORMAT csv)").format(
                     query, sql.SQL("AND" if where else "WHERE"), part).as_string(self.conn)
