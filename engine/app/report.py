@@ -44,14 +44,18 @@ def _load_findings(p: Path) -> list[dict[str, Any]]:
     return f.select([c for c in FINDING_COLUMNS if c in f.columns]).to_dicts()
 
 
-def _find_repair(d: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """The repair output's own JSON files (repair.json, then plan.json) with per-class counts: only
-    the files :func:`verify_run` checked, never another JSON someone put under repair/."""
+def _find_repair(d: Path, verified: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The JSON under repair/ with per-class counts. In a verified report only the repair output's
+    own files (repair.json, then plan.json), which :func:`verify_run` checked: never another JSON
+    someone put there. Unverified (marked so in red), any JSON with such counts, repair.json first
+    (names aren't fixed by the contract)."""
     rep = workspace.RepairOutput(workspace.RunDirectory(d).repair_dir)
     if not rep.dir.is_dir():
         return None, None
     fallback: tuple[dict[str, Any] | None, str | None] = (None, None)
-    for p in (p for p in (rep.report_path, rep.plan_path) if p.is_file()):
+    candidates = ((p for p in (rep.report_path, rep.plan_path) if p.is_file()) if verified else
+                  sorted(rep.dir.rglob("*.json"), key=lambda p: (p.name != "repair.json", str(p))))
+    for p in candidates:
         try:
             doc = _load_json(p)
         except UsageError:
@@ -106,7 +110,7 @@ def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: P
         raise UsageError(f"{from_dir} holds no recon outputs (diff/summary.json, explain/explain.json): "
                          "run `recon demo`, or point --from at the directory holding diff/ and explain/")
     findings = _load_findings(run.explain.findings_path)
-    repair, repair_path = _find_repair(from_dir)
+    repair, repair_path = _find_repair(from_dir, verification["status"] != "unverified")
     cost_doc = _load_json(run.cost_path)
     note = None
     untraced = cost_doc is not None and "cost" not in verification["parts"] and verification["status"] != "unverified"

@@ -21,14 +21,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.integration.attacks import Attack, Run
+from tests.integration.attacks_gate import _ok
 from tests.stack_fixtures import Stack
 
 MAPPING = "advstale"
-
-
-def _ok(run: Run, *codes: int) -> Run:
-    assert run.returncode in codes, (run.returncode, run.stderr[-2000:])
-    return run
 
 
 def _stale_setup(stack: Stack, tmp: Path) -> dict:

@@ -149,3 +149,25 @@ def test_a_cost_json_no_run_recorded_is_left_out_not_a_dead_end(tmp_path: Path, 
     assert inp.cost is None or "999999999.00" not in str(inp.cost)
     assert inp.cost_note is not None
     assert "999999999" not in html.build_html(inp)
+
+
+def test_a_verified_report_reads_no_json_it_did_not_verify(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """A JSON planted under repair/ (not the repair output's own files) used to be shown under a
+    "verified" banner; a verified report now reads only what it verified."""
+    import json
+
+    from tests.unit.test_report_html import repair_doc
+
+    key, pub = keys
+    run = tmp_path / "run"
+    run.mkdir()
+    d = _diff_dir(run, [])
+    _sign(d, workspace.DiffOutput(d).files(), key)
+    planted = run / "repair" / "a"
+    planted.mkdir(parents=True)
+    (planted / "repair.json").write_text(json.dumps(repair_doc()))
+    inp = report_app.collect(run, trust=TrustOptions(pubkey=pub))
+    assert inp.verification is not None and inp.verification["status"] == "manifest"
+    assert inp.repair is None and inp.repair_path is None
+    unverified = report_app.collect(run)  # marked unverified in red: any repair JSON is shown, as before
+    assert unverified.repair_path == "repair/a/repair.json"
