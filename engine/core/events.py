@@ -160,7 +160,7 @@ def json_type(value: Any) -> str:
     return "number" if isinstance(value, JsonNumber) else type(value).__name__
 
 
-def _utf8(s: str) -> bool:
+def encodable(s: str) -> bool:
     """False for strings with lone surrogates (JSON allows "\\ud800"; UTF-8 and PostgreSQL don't)."""
     try:
         s.encode("utf-8")
@@ -185,7 +185,7 @@ def field_texts(obj: dict[str, Any], names: list[str]) -> list[str | None]:
         if x is None:
             out.append(None)
         elif type(x) is str:
-            out.append(x if x.isascii() or _utf8(x) else NOT_TEXT)
+            out.append(x if x.isascii() or encodable(x) else NOT_TEXT)
         elif i == last and type(x) is JsonNumber:
             out.append(str(x))
         else:
@@ -202,7 +202,7 @@ def amount_text(value: Any) -> str | None:
 
 def event_type_ok(value: Any) -> bool:
     return (type(value) is str and 0 < len(value) <= MAX_EVENT_TYPE_LEN and "\x00" not in value
-            and (value.isascii() or _utf8(value)))
+            and (value.isascii() or encodable(value)))
 
 
 def event_time(value: Any) -> str | None:

@@ -116,13 +116,7 @@ def _json_fragment(b: bytes | None) -> str | None:
     return r
 
 
-def _encodable(s: str) -> bool:
-    """False for strings with lone surrogates (JSON allows "\\ud800"; UTF-8 and PostgreSQL don't)."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+_encodable = events.encodable  # the one rule, in engine.core.events (part of the lineage digest through it)
 
 
 def _canonical_ts(ts: Any, canon_match: Callable[[str], Any]) -> str | None:
