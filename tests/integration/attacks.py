@@ -24,7 +24,8 @@ class Attack:
     supplies, as the review wrote it; ``setup`` prepares the state (a victim table, messages on a
     topic) and returns values the other callables receive as ``ctx``; ``command`` gives recon's
     arguments; ``exit`` the code recon must end with; ``after`` asserts the state afterwards (the
-    victim table intact, counts, dead letters)."""
+    victim table intact, counts, dead letters); ``teardown`` stops what ``setup`` started (a hostile
+    endpoint), whatever the outcome."""
 
     item: str
     name: str
@@ -34,6 +35,7 @@ class Attack:
     after: Callable[[Stack, Path, dict, Run], None]
     setup: Callable[[Stack, Path], dict] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    teardown: Callable[[dict], None] | None = None
 
     @property
     def id(self) -> str:

@@ -1,6 +1,7 @@
 """Issue 17's remaining rows: a diff that does not say when it read a side (17.5), the trusted Unix
 socket of the local stack (should-fix), and a broker's partition ids (should-fix, through the
-metadata check every Kafka command shares).
+metadata check every Kafka command shares: a hostile endpoint, ``hostile_kafka.py``, answers
+Metadata with partition id INT32_MAX, which no real broker would).
 
 17.5: the mapping ``advstale`` reads a CSV snapshot (which records no extraction time) against a
 warehouse table, in its own ledger. A first recorded diff finds a difference and the gate opens the
@@ -22,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.integration.attacks import Attack, Run
 from tests.integration.attacks_gate import _ok
+from tests.integration.hostile_kafka import hostile_broker
 from tests.stack_fixtures import Stack
 
 MAPPING = "advstale"
@@ -65,6 +67,17 @@ def _stale_after(stack: Stack, tmp: Path, ctx: dict, run: Run) -> None:
         assert conn.execute("SELECT count(*) FROM recon_audit.gate_decisions").fetchone() == (1,)
 
 
+def _broker_setup(stack: Stack, tmp: Path) -> dict:
+    broker = hostile_broker("advpart", [0, 2**31 - 1])
+    return {"bootstrap": broker.__enter__(), "broker": broker}
+
+
+def _broker_after(stack: Stack, tmp: Path, ctx: dict, run: Run) -> None:
+    assert "reported partition id 2147483647 for topic 'advpart', outside 0..1048575" in run.stderr, run.stderr
+    assert ctx["bootstrap"] in run.stderr and "--bootstrap" in run.stderr
+    assert run.stdout == ""  # refused before any result: no JSON a scheduler could take for an audit
+
+
 def _socket_after(stack: Stack, tmp: Path, ctx: dict, run: Run) -> None:
     assert json.loads(run.stdout)["postgres"] == "running"
     sock_dir = Path(conninfo_to_dict(stack.endpoints["postgres_socket_dsn"])["host"])
@@ -84,4 +97,10 @@ ATTACKS = [
     Attack("17.s", "trusted-socket-for-every-local-user",
            "any local user of the machine connecting to the stack's trust-auth Unix socket as the superuser",
            lambda stack, tmp, ctx: ["services", "status", "--json"], 0, _socket_after),
+    Attack("17.s", "partition-id-past-the-native-table",
+           "a broker at --bootstrap answering Metadata with partition id 2**31-1 (INT32_MAX overflowed the "
+           "native scan's max_part + 1)",
+           lambda stack, tmp, ctx: ["kafka-audit", "--bootstrap", ctx["bootstrap"], "--topic", "advpart",
+                                    "--json"], 2, _broker_after, setup=_broker_setup,
+           teardown=lambda ctx: ctx["broker"].__exit__(None, None, None)),
 ]
