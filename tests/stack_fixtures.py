@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests import prereqs
+
 SCENARIO_ACCOUNTS = 2000
 
 
@@ -47,6 +49,7 @@ def own_stack(base: Path, *, ledger: bool = False, keys: bool = False) -> Iterat
     up = recon("services", "up", "--json", env=env)
     assert up.returncode == 0, up.stderr
     endpoints = json.loads(up.stdout)
+    prereqs.assert_apache(endpoints["kafka_backend"], "the scenario stack")
     if ledger:
         env["PGPASSFILE"] = endpoints["pgpass_file"]  # the ledger DSN in recon.toml is TCP without a password
     try:

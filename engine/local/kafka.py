@@ -223,13 +223,17 @@ def ensure_kafka_jars(timeout: float = 900.0) -> Path:
 def find_java() -> tuple[str, int] | None:
     """``(path, major version)`` of the Java that would run the broker, or None without one.
 
-    ``$JAVA_HOME/bin/java`` wins over ``java`` on PATH, as with Kafka's own scripts.
+    ``$JAVA_HOME/bin/java`` wins over ``java`` on PATH, as with Kafka's own scripts, when it is new
+    enough; a ``JAVA_HOME`` left pointing at an older JDK (a common CI image default) does not hide
+    a Java 17 on PATH. Without any new enough, the first one found is returned so that the caller
+    can say which version it saw.
     """
     home = os.environ.get("JAVA_HOME")
     candidates = [str(Path(home) / "bin" / "java")] if home else []
     on_path = shutil.which("java")
     if on_path:
         candidates.append(on_path)
+    found: list[tuple[str, int]] = []
     for java in candidates:
         if not os.access(java, os.X_OK):
             continue
@@ -242,8 +246,10 @@ def find_java() -> tuple[str, int] | None:
             major = int(m.group(1))
             if major == 1 and m.group(2):  # "1.8.0_392" style
                 major = int(m.group(2))
-            return java, major
-    return None
+            if major >= MIN_JAVA:
+                return java, major
+            found.append((java, major))
+    return found[0] if found else None
 
 
 def _java_ok() -> bool:

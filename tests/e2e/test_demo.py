@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import prereqs
 from tests.pg_fixtures import server_dir
 
 
@@ -29,6 +30,7 @@ def test_demo_finds_fixes_proves_and_its_artefacts_verify() -> None:
         assert any(line.startswith("found:  yes") for line in tail)
         assert any(line.startswith("fixed:  yes") for line in tail)
         assert any(line.startswith("proven: yes") for line in tail)
+        prereqs.assert_apache(json.loads((work / ".recon" / "services.json").read_text())["kafka_backend"], "the demo")
         out = work / "recon-out"
         for f in ("recon.pub", "ledger-checkpoint.txt", "report.html", "cost.json", "diff/summary.json",
                   "diff/differences.parquet", "explain/findings.parquet", "repair/action_list.csv"):

@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from engine.local.kafka import create_topic
+from tests import prereqs
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +263,8 @@ def test_worker_scan_equals_single_process_scan_with_mixed_headers(scenario_stac
     from engine.connectors.kafka import scan as ks
     from engine.core import forensics
 
-    if loop == "native" and kafka_native.library() is None:
-        pytest.skip(f"native Kafka scan unavailable here: {kafka_native.why_not()}")
+    if loop == "native":
+        prereqs.require_native_scan()
     monkeypatch.setenv(kafka_native.ENV, "1" if loop == "native" else "0")  # the workers inherit it
     bs = scenario_stack.endpoints["kafka_bootstrap"]
     org = scenario_stack.truth["org_id"]

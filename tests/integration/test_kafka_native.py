@@ -17,6 +17,7 @@ from engine.connectors.kafka import native as kn
 from engine.connectors.kafka import scan as ks
 from engine.core import forensics
 from engine.core.errors import ServiceUnreachable, UsageError
+from tests import prereqs
 from tests.kafka_fixtures import BrokerHandle, TopicFactory
 
 ORG = "00D8d00000RECONEA5"
@@ -24,10 +25,7 @@ ORG = "00D8d00000RECONEA5"
 
 @pytest.fixture(autouse=True)
 def _needs_native() -> None:
-    if kn.wanted() is False:
-        pytest.skip(f"{kn.ENV}=0")
-    if kn.library() is None:
-        pytest.skip(f"native Kafka scan unavailable here: {kn.why_not()}")
+    prereqs.require_native_scan()
 
 
 def _event(i: int, **over: object) -> bytes:

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from engine.connectors.kafka import native as kn
+from tests import prereqs
 
-needs_cc = pytest.mark.skipif(kn._compiler() is None, reason="no C compiler on this machine")
+needs_cc = pytest.mark.usefixtures("_compiler_here")
+
+
+@pytest.fixture
+def _compiler_here() -> None:
+    prereqs.require_compiler()
 
 
 @pytest.fixture
