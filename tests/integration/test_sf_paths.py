@@ -11,11 +11,13 @@ and last Id of the object are the test's.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -220,3 +222,71 @@ def test_a_chunk_that_keeps_failing_ends_the_reextraction(sf_env: SalesforceStac
     assert err.value.exit_code == Exit.UNREACHABLE
     assert "Bulk API 2.0 query job" in str(err.value) and "\n" not in str(err.value)
     assert sf_env.stats()["requests"].get("bulk_results") == 1  # the first chunk had been read
+
+
+# -- what the user gets when a re-extraction chunk fails mid-way (`recon repair --apply`) -----------
+
+@pytest.mark.slow  # a CLI pipeline (diff, explain, two repairs): 35-45 s on the shared 2-core box
+def test_repair_whose_reextraction_fails_mid_way_writes_nothing_of_that_group(scenario_stack: Any,
+                                                                            tmp_path: Path) -> None:
+    """`recon repair --apply` re-reads the corrected records in chunks (100 Ids here, so the
+    scenario's ~300 corrections take several jobs) and writes a group only once all of it is read.
+    The SEC-critical group is read, written and verified first; then the second chunk of the other
+    group cannot be read before the deadline: exit 5, one line naming the call, none of that group's
+    records written, no repair.json. Run again without the failure, repair completes: the SEC group
+    is already applied, the rest is applied, each record once."""
+    import psycopg
+
+    from engine.local.postgres import EmbeddedPostgres
+    from engine.local.salesforce import LocalSalesforce
+    from engine.local.state import StackPaths
+
+    s = scenario_stack
+    cfg = str(s.config)
+    dsn = s.endpoints["postgres_socket_dsn"]
+    schema = "wh_reextract_fail"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        c.execute(f"CREATE SCHEMA {schema}")
+        c.execute(f"CREATE TABLE {schema}.customer_clv (LIKE warehouse.customer_clv INCLUDING ALL)")
+        c.execute(f"INSERT INTO {schema}.customer_clv SELECT * FROM warehouse.customer_clv")
+    port = s.endpoints["postgres_dsn"].rsplit(":", 1)[1].split("/")[0]
+    target = f"postgresql://recon@127.0.0.1:{port}/recon#{schema}.customer_clv"
+    assert s.run("diff", "-C", cfg, "--mapping", "clv", "--out", str(tmp_path / "d")).returncode == 1
+    ex = s.run("explain", "--diff", str(tmp_path / "d"), "-C", cfg, "--out", str(tmp_path / "e"))
+    assert ex.returncode == 1, ex.stderr
+    findings = pl.read_parquet(tmp_path / "e" / "findings.parquet")
+    corrected = findings.filter(pl.col("class").is_in(["duplicate_inflation", "missing_events",
+                                                       "warehouse_only_drift", "missing_in_warehouse"]))
+    sec = set(corrected.filter(pl.col("sec_critical"))["Id"].to_list())
+    rest = set(corrected["Id"].to_list()) - sec
+    assert 0 < len(sec) <= 100 and len(rest) > 200  # one SEC job, then at least three for the rest
+
+    paths = StackPaths.at(s.state)
+    sf = LocalSalesforce(paths, EmbeddedPostgres(paths).status())
+    args = ("repair", "--from-explain", str(tmp_path / "e"), "-C", cfg, "--apply", "--target", target,
+            "--out", str(tmp_path / "r"), "--json")
+    env = {"RECON_SF_ID_CHUNK": "100", "RECON_SF_RETRY_DEADLINE": "1"}
+    sf.control("POST", "fail", {"status": 503, "count": 100_000, "kinds": ["bulk_create"], "after": 2})
+    try:
+        failed = s.run(*args, env=env)
+    finally:
+        sf.control("POST", "fail", {"count": 0})
+    assert failed.returncode == 5, failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Bulk API 2.0 query job" in lines[0] and "Traceback" not in failed.stderr
+    assert not (tmp_path / "r" / "repair.json").exists()
+
+    def repaired() -> list[str]:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            return [r[0] for r in c.execute(f"SELECT account_id FROM {schema}.customer_clv_versions "
+                                            "WHERE source = 'repair'").fetchall()]
+
+    assert sorted(repaired()) == sorted(sec)  # the verified SEC group, and nothing of the failed one
+    done = s.run(*args, env={"RECON_SF_ID_CHUNK": "100"})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["corrections"]["already_applied"], out["corrections"]["applied"]) == (len(sec), len(rest))
+    after = repaired()
+    assert len(after) == len(set(after)) and set(after) == sec | rest
+    assert len(out["salesforce"]["bulk_job_ids"]) == -(-len(rest) // 100)  # the rest, in chunks of 100
