@@ -77,12 +77,16 @@ def _in(i: str, lo: str | None, hi: str | None) -> bool:
     return (lo is None or i >= lo) and (hi is None or i < hi)  # Python compares str by code point = byte order
 
 
-def _job_rows(stack: SalesforceStack, job_id: str) -> int:
+def _job_rows(stack: SalesforceStack, job_ids: list[str]) -> list[int]:
+    """Records each Bulk job processed, as the server reports them (one login for all)."""
+    out = []
     with stack.http() as s:
-        r = s.get(f"{stack.instance_url}/services/data/v59.0/jobs/query/{job_id}", timeout=30,
-                  headers={"Authorization": f"Bearer {stack.access_token()}"})
-    r.raise_for_status()
-    return int(r.json()["numberRecordsProcessed"])
+        s.headers["Authorization"] = f"Bearer {stack.access_token()}"
+        for job in job_ids:
+            r = s.get(f"{stack.instance_url}/services/data/v59.0/jobs/query/{job}", timeout=30)
+            r.raise_for_status()
+            out.append(int(r.json()["numberRecordsProcessed"]))
+    return out
 
 
 @pytest.mark.parametrize("data,chunk_rows", [("dense", 40), ("case_pairs", 7)])
@@ -111,14 +115,14 @@ def test_id_range_chunks_read_every_row_once(sf_env: SalesforceStack, tmp_path: 
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # no gap, no overlap
     bounds = [b for _, b in ranges[:-1]]
     assert bounds == sorted(bounds) and all(len(b) == 15 for b in bounds)
-    for (lo, hi), job in zip(ranges, e.meta["bulk_job_ids"], strict=True):
-        assert _job_rows(sf_env, job) == sum(_in(i, lo, hi) for i in ids), (lo, hi)
+    per_job = _job_rows(sf_env, e.meta["bulk_job_ids"])
+    assert per_job == [sum(_in(i, lo, hi) for i in ids) for lo, hi in ranges]
     if data == "dense":  # consecutive ids: bounds land on records, and the split is even
         at_bound = [i for i in ids if i[:15] in bounds]
         assert len(at_bound) == len(bounds)  # a record sits exactly on every bound…
         for i in at_bound:  # …and is read by the range starting there (15 chars < its 18: byte order)
             assert [k for k, (lo, hi) in enumerate(ranges) if _in(i, lo, hi)] == [bounds.index(i[:15]) + 1]
-        assert max(_job_rows(sf_env, j) for j in e.meta["bulk_job_ids"]) <= chunk_rows
+        assert max(per_job) <= chunk_rows
 
 
 @pytest.mark.parametrize("chunk_rows,jobs", [(60, 1), (59, 2)])
@@ -144,6 +148,21 @@ def test_the_environment_wins_over_the_config(sf_env: SalesforceStack, tmp_path:
     monkeypatch.setenv("RECON_SF_CHUNK_ROWS", "10")
     e = sf_source.extract(SalesforceRef("Account"), _config(tmp_path, chunk_rows=1000, rest_max_rows=0), ["Id"], None)
     assert len(e.meta["bulk_job_ids"]) == 3 and e.frame.height == 30
+
+
+def test_an_id_range_job_that_keeps_failing_fails_the_extraction(sf_env: SalesforceStack, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranges run side by side; when one range's job cannot be created before the deadline, the
+    extraction raises (exit 5) instead of returning the other ranges' rows as the object."""
+    from engine.connectors.base import SalesforceRef
+    from engine.connectors.salesforce import source as sf_source
+    from engine.connectors.salesforce.client import SalesforceUnreachable
+
+    sf_env.load("Account", _dense(30))
+    monkeypatch.setenv("RECON_SF_RETRY_DEADLINE", "1")
+    sf_env.fail(503, count=10_000, kinds=["bulk_create"], after=2)
+    with pytest.raises(SalesforceUnreachable, match="Bulk API 2.0 query job"):
+        sf_source.extract(SalesforceRef("Account"), _config(tmp_path, chunk_rows=10, rest_max_rows=0), ["Id"], None)
 
 
 # -- re-extraction of exact records in Id-list chunks (repair, explain) -----------------------------
