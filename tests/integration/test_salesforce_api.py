@@ -559,7 +559,7 @@ def test_bulk_extraction_in_id_range_chunks_reads_every_row_once(org: Org, sf_st
                  "SF_SECURITY_TOKEN": c["salesforce_security_token"]}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("SF_SESSION_ID", raising=False)
-    monkeypatch.setattr(sf_source, "CHUNK_ROWS", 30_000)
+    monkeypatch.setenv("RECON_SF_CHUNK_ROWS", "30000")
     where = f"Id <= '{org.last_id}'"
     e = sf_source.extract(SalesforceRef("Account"), load(None), ["Id", "AnnualRevenue"], where)
     want = [r["Id"] for r in org.sf.query_all(f"SELECT Id FROM Account WHERE {where}")["records"]]

@@ -186,7 +186,7 @@ def extract(
             q = sql.SQL("SELECT {} FROM {} WHERE {} > %s").format(
                 sql.SQL(", ").join(sql.SQL("({})::text").format(sql.Identifier(c.name)) for c in kc),
                 sql.Identifier(ref.schema, ref.table), sql.Identifier(uc.name))
-            rows = read.conn.execute(q, (as_of,)).fetchall()
+            rows = read.conn.execute(q, (_as_of_param(uc, as_of, read.where_text),)).fetchall()
             in_flight = pl.DataFrame(rows, schema=[c.name for c in kc], orient="row")
     aware = [c.name for c in cols if c.base == "timestamptz"]
     if aware:
@@ -209,6 +209,22 @@ def extract(
         "extract_s": round(time.perf_counter() - read.t0, 3),
     }
     return Extract(frame=frame, columns=declared, meta=meta, in_flight=in_flight)
+
+
+def _as_of_param(uc: PgColumn, as_of: datetime, where: str) -> datetime:
+    """``--as-of`` as the ``updated_at`` column compares it. A ``timestamptz`` is an instant: T as
+    given. A naive ``timestamp`` (or a ``date``) holds UTC wall time, as recon reads it everywhere:
+    T as a naive UTC time, so the comparison never goes through the session's TimeZone (with the
+    server in New York, a row changed at 10:00 UTC would otherwise count as changed at 14:00 UTC).
+    Any other type cannot say when a row changed: exit 2 naming the column."""
+    from datetime import UTC
+
+    if uc.base == "timestamptz":
+        return as_of
+    if uc.base in ("timestamp", "date"):
+        return as_of.astimezone(UTC).replace(tzinfo=None)
+    raise UsageError(f"target_updated_at {uc.name!r} of {where} is {uc.type_name}: --as-of needs the time each row "
+                     "last changed, a timestamp, timestamptz or date column")
 
 
 class PgRead:

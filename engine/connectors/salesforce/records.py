@@ -9,9 +9,6 @@ from typing import Any
 from engine.config import Config
 from engine.connectors.base import SalesforceRef
 
-#: Ids per Bulk API 2.0 job: 500 × 21 characters stays far below SOQL's 100,000-character limit
-SF_ID_CHUNK = 500
-
 
 @dataclass
 class Extraction:
@@ -23,8 +20,10 @@ class Extraction:
 def reextract(sobject: str, column: str, ids: list[str], config: Config, modstamp: str = "SystemModstamp"
               ) -> Extraction:
     """Exactly these records' ``column`` and ``modstamp`` (the mapping's modstamp role), one Bulk API
-    2.0 job per 500 Ids (so each record's job id is known). Every id is checked before the first job,
-    so a bad one stops the re-extraction before any of it ran."""
+    2.0 job per :func:`~engine.connectors.salesforce.source.id_chunk` Ids (500 by default), so each
+    record's job id is known. Every id is checked before the first job, so a bad one stops the
+    re-extraction before any of it ran; a job that fails raises, and nothing is returned, so the
+    caller writes nothing from a partial read."""
     import polars as pl
 
     from engine.connectors.salesforce import source as sf_extract
@@ -33,8 +32,9 @@ def reextract(sobject: str, column: str, ids: list[str], config: Config, modstam
     out = Extraction()
     ref = SalesforceRef(sobject)
     ordered = check_ids(ids)
-    for i in range(0, len(ordered), SF_ID_CHUNK):
-        chunk = ordered[i: i + SF_ID_CHUNK]
+    per_job = sf_extract.id_chunk(config)
+    for i in range(0, len(ordered), per_job):
+        chunk = ordered[i: i + per_job]
         ex = sf_extract.extract(ref, config, list(dict.fromkeys(["Id", column, modstamp])), None, ids=chunk)
         meta = ex.meta
         out.metas.append(meta)

@@ -28,10 +28,17 @@ from engine.connectors.base import Extract, SalesforceRef, SourceColumn
 from engine.connectors.salesforce.soql import check_condition, check_ids, id_list
 from engine.core.errors import UsageError
 
-REST_MAX_ROWS = int(os.environ.get("RECON_SF_REST_MAX_ROWS", "5000"))
+#: rows up to which the REST query path is taken (``RECON_SF_REST_MAX_ROWS``, ``[salesforce] rest_max_rows``)
+REST_MAX_ROWS = 5000
 BULK_PAGE_ROWS = 100_000
 #: rows per Bulk API 2.0 job above which an extraction is split into Id ranges read in parallel
-CHUNK_ROWS = int(os.environ.get("RECON_SF_CHUNK_ROWS", "250000"))
+#: (``RECON_SF_CHUNK_ROWS``, ``[salesforce] chunk_rows``)
+CHUNK_ROWS = 250_000
+#: Ids per query of a record list (explain's and repair's re-reads; ``RECON_SF_ID_CHUNK``,
+#: ``[salesforce] id_chunk``): 500 × 21 characters stays far below SOQL's 100,000-character limit,
+#: and MAX_ID_CHUNK (42,000 characters) still does
+ID_CHUNK = 500
+MAX_ID_CHUNK = 2000
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 _KIND = {
@@ -88,6 +95,43 @@ def settings_from(config: Config, env: dict[str, str] | None = None) -> Any:
     if os.environ.get(RETRY_DEADLINE_ENV, "").strip():
         kw["retry_deadline"] = deadline_from_env(RETRY_DEADLINE_ENV, 120.0)
     return SalesforceSettings(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _int_setting(config: Config, key: str, env_name: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number size from the environment (wins, as for the connection settings) or from
+    `[salesforce]`, read when an extraction runs (so one process can use several configs); a value
+    out of range is exit 2 naming where it came from, never silently clamped."""
+    raw: Any = os.environ.get(env_name, "").strip()
+    origin = env_name
+    if not raw:
+        raw = config.section("salesforce").get(key)
+        origin = f"{config.where}: [salesforce] {key}"
+        if raw is None:
+            return default
+    try:
+        if isinstance(raw, bool) or isinstance(raw, float):
+            raise ValueError
+        n = int(raw)
+    except (TypeError, ValueError):
+        n = lo - 1
+    if not lo <= n <= hi:
+        raise UsageError(f"{origin} = {raw!r} must be a whole number from {lo:,} to {hi:,} (default {default:,})")
+    return n
+
+
+def rest_max_rows(config: Config) -> int:
+    """Rows up to which an extraction uses REST queries instead of a Bulk API 2.0 job."""
+    return _int_setting(config, "rest_max_rows", "RECON_SF_REST_MAX_ROWS", REST_MAX_ROWS, 0, 10**9)
+
+
+def chunk_rows(config: Config) -> int:
+    """Rows per Bulk API 2.0 job above which an extraction is split into Id ranges."""
+    return _int_setting(config, "chunk_rows", "RECON_SF_CHUNK_ROWS", CHUNK_ROWS, 1, 10**9)
+
+
+def id_chunk(config: Config) -> int:
+    """Ids per query when exact records are re-read (explain, repair)."""
+    return _int_setting(config, "id_chunk", "RECON_SF_ID_CHUNK", ID_CHUNK, 1, MAX_ID_CHUNK)
 
 
 _CONN_CACHE: dict[int, Any] = {}
@@ -253,13 +297,13 @@ def extract(
         conds.append(f"SystemModstamp <= {_soql_time(as_of)}")
     base = f"SELECT {', '.join(names)} FROM {ref.sobject}"
     types = {n: _arrow_type(declared[n]) for n in names}
-    jobs: list[str] = []
     soqls: list[str] = []
+    jobs_by_soql: dict[int, str] = {}  # soqls[i] → its job, so bulk_job_ids[i] is the job of soql[i]
 
-    def run_bulk(soql: str) -> pa.Table:
+    def run_bulk(soql: str, i: int) -> pa.Table:
         client = getattr(conn.sf.bulk2, ref.sobject)._client
         job = _call(conn, lambda: client.create_job("query", soql, "COMMA", "LF"), "a Bulk API 2.0 query job")
-        jobs.append(job["id"])
+        jobs_by_soql[i] = job["id"]
         _call(conn, lambda: client.wait_for_job(job["id"], True, 0.05), "a Bulk API 2.0 query job")
         pages, locator = [], ""
         while True:
@@ -279,31 +323,23 @@ def extract(
         return _cast_strings(tbl, types)
 
     if ids is not None:
-        soqls_ids = []
-        chunk: list[str] = []
-        for i in ids:
-            chunk.append(i)
-            if len(chunk) >= 500:  # 500 × 21 chars stays far below the 100,000-character SOQL limit
-                soqls_ids.append(chunk)
-                chunk = []
-        if chunk:
-            soqls_ids.append(chunk)
+        per_job = id_chunk(config)
         parts = []
-        for ch in soqls_ids:
+        for ch in (ids[i: i + per_job] for i in range(0, len(ids), per_job)):
             c = conds + [f"Id IN ({id_list(ch)})"]
             soql = base + " WHERE " + " AND ".join(c)
             soqls.append(soql)
-            parts.append(run_bulk(soql))
+            parts.append(run_bulk(soql, len(soqls) - 1))
         table = pa.concat_tables(parts) if parts else pa.table({n: pa.array([], type=types[n]) for n in names})
     else:
         count_soql = f"SELECT COUNT() FROM {ref.sobject}" + (" WHERE " + " AND ".join(conds) if conds else "")
         total = int(_call(conn, lambda: conn.sf.query(count_soql), "a COUNT() query")["totalSize"])
-        if total <= REST_MAX_ROWS:
+        if total <= rest_max_rows(config):
             soql = base + (" WHERE " + " AND ".join(conds) if conds else "")
             soqls.append(soql)
             table = run_rest(soql)
         else:
-            chunks = max(1, -(-total // CHUNK_ROWS))
+            chunks = max(1, -(-total // chunk_rows(config)))
             ranges: list[tuple[str | None, str | None]] = [(None, None)]
             if chunks > 1:
                 lo = _call(conn, lambda: conn.sf.query(f"SELECT Id FROM {ref.sobject} ORDER BY Id ASC LIMIT 1"),
@@ -319,7 +355,7 @@ def extract(
                     c.append(f"Id < '{b}'")
                 soqls.append(base + (" WHERE " + " AND ".join(c) if c else ""))
             with ThreadPoolExecutor(min(4, len(soqls))) as ex:
-                table = pa.concat_tables(list(ex.map(run_bulk, soqls)))
+                table = pa.concat_tables(list(ex.map(run_bulk, soqls, range(len(soqls)))))
     in_flight = None
     if as_of is not None:
         soql = f"SELECT Id FROM {ref.sobject} WHERE SystemModstamp > {_soql_time(as_of)}" + (f" AND ({where})" if where else "")
@@ -337,7 +373,7 @@ def extract(
         "username": getattr(conn, "username", None),
         "api_version": conn.api_version,
         "soql": soqls,
-        "bulk_job_ids": jobs,
+        "bulk_job_ids": [jobs_by_soql[i] for i in sorted(jobs_by_soql)],
         "rows": frame.height,
         "extracted_at": datetime.now(UTC).isoformat(),
         "extract_s": round(time.perf_counter() - t0, 3),

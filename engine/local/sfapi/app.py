@@ -12,7 +12,8 @@ Control endpoints (not Salesforce; header `X-Recon-Control: <token>`, the token 
 * `GET|POST /__recon/limits` — `{"budget": N, "used": M}` sets the daily API budget / usage;
 * `POST /__recon/fail` — `{"status": 503, "count": 2, "kinds": ["query"], "error_code": …,
   "retry_after": 1}` makes the next `count` matching requests fail (kinds as in stats; omitted = any);
-  `{"count": 0}` clears;
+  `"after": N` lets the first N matching requests through before that (the second job of a chunked
+  read fails, not the first); `{"count": 0}` clears;
 * `POST /__recon/sessions/expire` — revokes every session (next call: 401 INVALID_SESSION_ID);
 * `POST /__recon/config` — `{"csv_null": "quoted"|"empty", "default_max_records": N,
   "bulk_create_wait": S}`: how Bulk CSV writes nulls (`""`, the default, or an unquoted empty field),
@@ -101,6 +102,7 @@ class Failure:
     error_code: str
     message: str
     retry_after: int | None
+    after: int = 0  # matching requests still let through before the first failure
 
 
 @dataclass
@@ -236,6 +238,9 @@ class Org:
         with self.lock:
             for f in self.failures:
                 if f.count > 0 and (f.kinds is None or kind in f.kinds):
+                    if f.after > 0:  # this one passes (and no later rule sees it)
+                        f.after -= 1
+                        return None
                     f.count -= 1
                     if f.count == 0:
                         self.failures.remove(f)
@@ -869,7 +874,8 @@ class Api:
                         status=status, count=count, kinds=frozenset(kinds) if kinds else None,
                         error_code=str(body.get("error_code") or default_code),
                         message=str(body.get("message") or f"injected failure ({status})"),
-                        retry_after=int(body["retry_after"]) if body.get("retry_after") is not None else None))
+                        retry_after=int(body["retry_after"]) if body.get("retry_after") is not None else None,
+                        after=max(0, int(body.get("after") or 0))))
             return JSONResponse({"ok": True, "pending": sum(f.count for f in org.failures)})
         if path == "sessions/expire" and request.method == "POST":
             org.sessions.expire_all()
