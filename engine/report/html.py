@@ -105,15 +105,17 @@ p.figmark{color:var(--mut);font-size:.75rem;margin:0 0 4px} p.figmark.end{margin
 """
 
 #: Print to PDF: white A4/Letter pages (the paper is the reader's choice), colours kept (red stays
-#: red), no chart or table row split across pages, no useless disclosure toggles.
+#: red), no chart or table row split across pages, no useless disclosure toggles. The end marker of
+#: a figure must not avoid a break after it: that would forbid the break between two figures and
+#: leave the browser only breaks inside one.
 PRINT_CSS = """
 @media print{
 @page{margin:14mm 12mm}
 *{-webkit-print-color-adjust:exact;print-color-adjust:exact}
 body{background:#fff;font-size:10.5pt}
 main{max-width:none;padding:0}
-figure.chart,.kpi,.verify,table.data tr,p.figmark{break-inside:avoid;page-break-inside:avoid}
-h1,h2,p.figmark{break-after:avoid;page-break-after:avoid}
+figure.chart,.kpi,.verify,table.data tr{break-inside:avoid;page-break-inside:avoid}
+h1,h2,p.figmark:not(.end){break-after:avoid;page-break-after:avoid}
 details>summary{display:none}
 section,figure.chart{border-color:#d1d5db}
 }

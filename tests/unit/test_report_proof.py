@@ -167,3 +167,16 @@ def test_checkpoint_without_a_ledger_is_a_usage_error(tmp_path: Path) -> None:
     s = signed_run_dir(tmp_path)
     r = recon("report", "--from", str(s["run"]), "--key", str(s["pub"]), "--checkpoint", str(tmp_path / "cp.txt"))
     assert exit_code(r) == 2 and "--checkpoint FILE is checked against the ledger" in str(r.exception)
+
+
+def test_an_edited_output_fails_its_subject_digest_after_a_valid_signature(tmp_path: Path) -> None:
+    s = signed_run_dir(tmp_path)
+    after = s["run"] / "diff-after" / "summary.json"
+    after.write_text(after.read_text().replace('"mismatched": 1', '"mismatched": 0'))
+    r = recon("report", "--from", str(s["run"]), "--key", str(s["pub"]))
+    assert exit_code(r) == 4 and "summary.json" in str(r.exception)
+    rows = proof_rows((s["run"] / "report.html").read_text())
+    assert rows[("diff-after/manifest.json", "signature")]["status"] == "ok"
+    digests = rows[("diff-after/manifest.json", "subject digests")]
+    assert digests["status"] == "failed" and "subject digest mismatch: summary.json" in digests["detail"]
+    assert rows[("diff-after/manifest.json", "Merkle roots")]["status"] == "not checked"
