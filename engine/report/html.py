@@ -98,7 +98,8 @@ footer{color:var(--mut);font-size:.8rem;margin:24px 0}
 #: The Proof section: a failed check in red, one not made in grey, never styled as passed.
 PROOF_CSS = """
 section.proof.failed{border:2px solid #dc2626}
-table.proof td{overflow-wrap:anywhere} table.proof td.res{white-space:nowrap;font-weight:600}
+table.proof td{overflow-wrap:anywhere} table.proof td:first-child,table.proof td.res{white-space:nowrap}
+table.proof td.res{font-weight:600}
 table.proof tr.ok td.res{color:#166534} table.proof tr.skip td{color:var(--mut)}
 table.proof tr.failed td{color:#b91c1c;font-weight:600;background:#fef2f2}
 p.figmark{color:var(--mut);font-size:.75rem;margin:0 0 4px} p.figmark.end{margin:6px 0 0}
