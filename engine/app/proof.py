@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine import workspace
 from engine.core.errors import UsageError
 from engine.evidence import manifest as mf
 from engine.store import ledger as lg
@@ -59,8 +60,6 @@ def report_proof(run_dir: Path, *, pubkey: Path | None, ledger_dsn: str | None, 
     itself. A check that could not be made is listed as ``not checked`` with the reason, never as
     passed; one that failed carries the verifier's message. Raises UsageError for ``--checkpoint``
     without a ledger, and whatever the ledger raises when it cannot be read (exit 2 or 5)."""
-    from engine import workspace
-
     run_dir = Path(run_dir)
     if checkpoint is not None and not ledger_dsn:
         raise UsageError("--checkpoint FILE is checked against the ledger's chain: also give --ledger DSN "
@@ -69,7 +68,7 @@ def report_proof(run_dir: Path, *, pubkey: Path | None, ledger_dsn: str | None, 
     if pubkey is not None:
         key = {"file": str(pubkey), "fingerprint": mf.key_id(mf.load_public_key(pubkey))}
     checks: list[dict[str, str]] = []
-    for manifest in _manifests(run_dir, workspace):
+    for manifest in _manifests(run_dir):
         checks += _manifest_checks(run_dir, manifest, pubkey)
     checks += _ledger_checks(ledger_dsn, checkpoint, pubkey, passfile)
     statuses = {c["status"] for c in checks}
@@ -77,7 +76,7 @@ def report_proof(run_dir: Path, *, pubkey: Path | None, ledger_dsn: str | None, 
     return {"status": status, "key": key, "checks": checks}
 
 
-def _manifests(run_dir: Path, workspace: Any) -> list[Path]:
+def _manifests(run_dir: Path) -> list[Path]:
     """The signed manifest of the run directory itself (where `recon cost` signs cost.json), of each
     step's directory, even one that has none (to say it was not checked), and of any other directory
     that holds one."""
