@@ -142,14 +142,46 @@ def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: P
 
 
 def write_report(from_dir: Path, out: Path | None = None, config: Any = None, top_owners: int = 15,
-                 trust: TrustOptions | None = None) -> Path:
-    """Build the report of `from_dir` into `out` (default `from_dir/report.html`), atomically."""
+                 trust: TrustOptions | None = None, checkpoint: Path | None = None) -> Path:
+    """Build the report of `from_dir` into `out` (default `from_dir/report.html`), atomically.
+
+    Its Proof section is :func:`engine.app.proof.report_proof` (signatures, subjects, Merkle roots,
+    ledger chain up to ``checkpoint``). When verification fails (exit 4) the page is still written,
+    so the failure can be shown to whoever signs: in red, and when an artefact it would show did not
+    verify, without any figure (:func:`html.build_refused_html`)."""
     target = out or workspace.RunDirectory(from_dir).report_path
     if target.is_dir():
         target = target / workspace.REPORT
-    page = html.build_html(collect(from_dir, config, top_owners, exclude=target, trust=trust))
+    trust = trust or TrustOptions()
+    try:
+        inp: html.ReportInputs | None = collect(from_dir, config, top_owners, exclude=target, trust=trust)
+        refused = None
+    except VerificationError as exc:
+        inp, refused = None, exc
+    proof = _proof(from_dir, trust, checkpoint)
+    if inp is None:
+        from engine import __version__
+
+        _write(target, html.build_refused_html(str(from_dir), str(refused), proof, __version__))
+        raise VerificationError(f"{refused} (written to {target}: the failure and the proof, no figures)")
+    inp.proof = proof
+    _write(target, html.build_html(inp))
+    if proof["status"] == "failed":
+        first = next(c for c in proof["checks"] if c["status"] == "failed")
+        raise VerificationError(f"verification failed: {first['subject']} {first['check']}: {first['detail']} "
+                                f"(see the Proof section of {target})")
+    return target
+
+
+def _proof(from_dir: Path, trust: TrustOptions, checkpoint: Path | None) -> dict[str, Any]:
+    from engine.app.proof import report_proof
+
+    return report_proof(from_dir, pubkey=trust.pubkey, ledger_dsn=trust.ledger_dsn, checkpoint=checkpoint,
+                        passfile=trust.passfile)
+
+
+def _write(target: Path, page: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, target)
-    return target

@@ -30,6 +30,8 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +51,7 @@ PRIVATE_KEY_NAME = "recon.key"
 PUBLIC_KEY_NAME = "recon.pub"
 TRANSFORMATION_MODULES = ("core/normalize.py", "core/ids.py", "core/merkle.py", "core/diff.py")
 SNAPSHOT_SIDECAR = "snapshots.json"
+NO_SNAPSHOTS = "the manifest records no snapshots: Merkle roots not recomputed"
 
 
 # -- DSSE ------------------------------------------------------------------------------------------
@@ -392,6 +395,30 @@ def write_manifest(path: Path, outputs: list[Path], predicate: dict[str, Any], s
 
 
 # -- verifying -------------------------------------------------------------------------------------
+#: The checks of :func:`verify_manifest`, in the order it makes them; a failure names the one that failed.
+CHECKS = ("signature", "subjects", "roots")
+
+
+class ManifestCheckFailed(VerificationError):
+    """A manifest failed one of :data:`CHECKS` (``check``). A VerificationError like any other (exit 4);
+    the name lets a reader such as the report's Proof section say which check failed, and that the
+    later ones were never made, without parsing the message."""
+
+    def __init__(self, message: str, check: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+@contextmanager
+def _check(name: str) -> Iterator[None]:
+    try:
+        yield
+    except ManifestCheckFailed:
+        raise
+    except VerificationError as exc:
+        raise ManifestCheckFailed(str(exc), name) from None
+
+
 @dataclass
 class ManifestReport:
     """What `recon manifest verify` checked (only produced when everything passed)."""
@@ -422,7 +449,8 @@ def verify_manifest(path: Path, pubkey_path: Path, data_dir: Path | None = None)
     """Check the signature, then every subject's digest against the files next to the manifest (or in
     ``data_dir``), and with ``data_dir`` recompute the Merkle roots from the snapshots in it.
 
-    Raises VerificationError with the specific reason on any failure.
+    Raises ManifestCheckFailed (a VerificationError) with the specific reason and the check that
+    failed on any failure.
     """
     path = Path(path)
     pub = load_public_key(pubkey_path)
@@ -430,6 +458,23 @@ def verify_manifest(path: Path, pubkey_path: Path, data_dir: Path | None = None)
         raw = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"manifest {path} not found") from None
+    with _check("signature"):
+        statement = _signed_statement(path, raw, pub)
+    report = ManifestReport(manifest=str(path), keyid=key_id(pub), predicate_type=PREDICATE_TYPE,
+                            statement=statement)
+    bases = [Path(data_dir)] if data_dir else []
+    bases.append(path.resolve().parent)
+    with _check("subjects"):
+        _check_subjects(path, statement, bases, report)
+    pred = statement.get("predicate") or {}
+    if data_dir is not None:
+        with _check("roots"):
+            _check_roots(pred, bases, data_dir, report)
+    return report
+
+
+def _signed_statement(path: Path, raw: bytes, pub: Ed25519PublicKey) -> dict[str, Any]:
+    """The signature check: the envelope's signature, then the verified payload's form."""
     try:
         envelope = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -445,10 +490,10 @@ def verify_manifest(path: Path, pubkey_path: Path, data_dir: Path | None = None)
         raise VerificationError(f"manifest {path.name}: the payload is not an in-toto Statement v1")
     if statement.get("predicateType") != PREDICATE_TYPE:
         raise VerificationError(f"manifest {path.name}: unknown predicateType {statement.get('predicateType')!r}")
-    report = ManifestReport(manifest=str(path), keyid=key_id(pub), predicate_type=PREDICATE_TYPE,
-                            statement=statement)
-    bases = [Path(data_dir)] if data_dir else []
-    bases.append(path.resolve().parent)
+    return statement
+
+
+def _check_subjects(path: Path, statement: dict[str, Any], bases: list[Path], report: ManifestReport) -> None:
     for s in statement.get("subject") or []:
         name = s.get("name") if isinstance(s, dict) else None
         want = (s.get("digest") or {}).get("sha256") if isinstance(s, dict) else None
@@ -462,17 +507,17 @@ def verify_manifest(path: Path, pubkey_path: Path, data_dir: Path | None = None)
             raise VerificationError(f"subject digest mismatch: {name} has sha256 {got[:16]}…, "
                                     f"the manifest says {want[:16]}…")
         report.subjects.append({"name": name, "sha256": got, "file": str(found)})
-    pred = statement.get("predicate") or {}
-    if data_dir is not None:
-        snaps = pred.get("snapshots") or {}
-        sidecar_name = snaps.get("sidecar") if isinstance(snaps, dict) else None
-        if not sidecar_name:
-            report.notes.append("the manifest records no snapshots: Merkle roots not recomputed")
-        else:
-            sidecar = next((b / sidecar_name for b in bases if (b / sidecar_name).is_file()), None)
-            if sidecar is None:
-                raise VerificationError(f"snapshot sidecar {sidecar_name} not found in {data_dir}")
-            if not any(x["name"] == sidecar_name for x in report.subjects):
-                raise VerificationError(f"snapshot sidecar {sidecar_name} is not a subject of the manifest")
-            report.roots = _recompute_roots(sidecar, sidecar.parent, list(pred.get("inputs") or []))
-    return report
+
+
+def _check_roots(pred: dict[str, Any], bases: list[Path], data_dir: Path, report: ManifestReport) -> None:
+    snaps = pred.get("snapshots") or {}
+    sidecar_name = snaps.get("sidecar") if isinstance(snaps, dict) else None
+    if not sidecar_name:
+        report.notes.append(NO_SNAPSHOTS)
+        return
+    sidecar = next((b / sidecar_name for b in bases if (b / sidecar_name).is_file()), None)
+    if sidecar is None:
+        raise VerificationError(f"snapshot sidecar {sidecar_name} not found in {data_dir}")
+    if not any(x["name"] == sidecar_name for x in report.subjects):
+        raise VerificationError(f"snapshot sidecar {sidecar_name} is not a subject of the manifest")
+    report.roots = _recompute_roots(sidecar, sidecar.parent, list(pred.get("inputs") or []))

@@ -62,6 +62,8 @@ class ReportInputs:
     version: str = ""
     #: how the artefacts were checked (``engine.app.trust.overall``); None: not checked at all
     verification: dict[str, Any] | None = None
+    #: the Proof section's checks (``engine.app.proof.report_proof``); None: no section
+    proof: dict[str, Any] | None = None
 
 
 # -- page ----------------------------------------------------------------------------------------
@@ -91,6 +93,33 @@ footer{color:var(--mut);font-size:.8rem;margin:24px 0}
 .verify{border-radius:8px;padding:10px 14px;margin:12px 0;font-weight:600}
 .verify.bad{background:#fef2f2;border:2px solid #dc2626;color:#b91c1c}
 .verify.ok{background:#f0fdf4;border:1px solid #16a34a;color:#166534}
+"""
+
+#: The Proof section: a failed check in red, one not made in grey, never styled as passed.
+PROOF_CSS = """
+section.proof.failed{border:2px solid #dc2626}
+table.proof td{overflow-wrap:anywhere} table.proof td:first-child,table.proof td.res{white-space:nowrap}
+table.proof td.res{font-weight:600}
+table.proof tr.ok td.res{color:#166534} table.proof tr.skip td{color:var(--mut)}
+table.proof tr.failed td{color:#b91c1c;font-weight:600;background:#fef2f2}
+p.figmark{color:var(--mut);font-size:.75rem;margin:0 0 4px} p.figmark.end{margin:6px 0 0}
+"""
+
+#: Print to PDF: white A4/Letter pages (the paper is the reader's choice), colours kept (red stays
+#: red), no chart or table row split across pages, no useless disclosure toggles. The end marker of
+#: a figure must not avoid a break after it: that would forbid the break between two figures and
+#: leave the browser only breaks inside one.
+PRINT_CSS = """
+@media print{
+@page{margin:14mm 12mm}
+*{-webkit-print-color-adjust:exact;print-color-adjust:exact}
+body{background:#fff;font-size:10.5pt}
+main{max-width:none;padding:0}
+figure.chart,.kpi,.verify,table.data tr{break-inside:avoid;page-break-inside:avoid}
+h1,h2,p.figmark:not(.end){break-after:avoid;page-break-after:avoid}
+details>summary{display:none}
+section,figure.chart{border-color:#d1d5db}
+}
 """
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
@@ -199,6 +228,13 @@ _CAPTIONS = {
 }
 
 
+def _figmark(i: int, n: int, *, end: bool = False) -> str:
+    """A figure's number above it and its end below it: in print, both on one page show the chart
+    was not split (the PDF test reads them back with pdftotext)."""
+    return (f'<p class="figmark end" data-mark="end">End of figure {i} of {n}</p>' if end else
+            f'<p class="figmark" data-mark="start">Figure {i} of {n}</p>')
+
+
 def _verification(inp: ReportInputs) -> str:
     """A banner: red when any artefact is unverified (the figures below may have been edited),
     green with how each was verified otherwise."""
@@ -212,6 +248,76 @@ def _verification(inp: ReportInputs) -> str:
                 f'--key PUB); the figures below may have been edited. {listed}</p>')
     return (f'<p class="verify ok" id="verification" data-status="{esc(v.get("status"))}">verified '
             f'({esc(v.get("status"))}): {listed}</p>')
+
+
+_PROOF_MARK = {"ok": ("ok", "✔ passed"), "failed": ("failed", "✘ FAILED"), "not checked": ("skip", "– not checked")}
+_PROOF_HEAD = {
+    "failed": "Verification FAILED: the checks in red did not pass. Do not rely on this report until they do.",
+    "passed": "Every check that was made passed.",
+    "none": "Nothing was checked: give --key PUB (signatures, subject digests, Merkle roots) and --ledger DSN "
+            "--checkpoint FILE (the ledger chain).",
+}
+
+
+def _proof(inp: ReportInputs) -> str:
+    """The Proof section: each check `recon report` made (or could not make, and why), as the app
+    layer's verifiers reported it. Nothing here decides anything: a row says what it was told."""
+    p = inp.proof
+    if p is None:
+        return ""
+    status = str(p.get("status"))
+    checks = p.get("checks") or []
+    skipped = sum(1 for c in checks if c.get("status") == "not checked")
+    head = _PROOF_HEAD.get(status, _PROOF_HEAD["failed"])
+    if skipped and status != "none":
+        head += f" {skipped} check(s) were not made: they are marked so, with the reason."
+    key = p.get("key")
+    key_line = (f'<p id="proof-key">Public key fingerprint (SHA-256 of the Ed25519 key): <code>{esc(key.get("fingerprint"))}'
+                f'</code> from <code>{esc(key.get("file"))}</code></p>' if key else
+                '<p id="proof-key">No public key given: no signature was checked.</p>')
+    rows = []
+    for c in checks:
+        cls, mark = _PROOF_MARK.get(str(c.get("status")), ("failed", "✘ " + str(c.get("status"))))
+        rows.append(f'<tr class="{cls}" data-subject="{esc(c.get("subject"))}" data-check="{esc(c.get("check"))}" '
+                    f'data-status="{esc(c.get("status"))}"><td><code>{esc(c.get("subject"))}</code></td>'
+                    f'<td>{esc(c.get("check"))}</td><td class="res">{esc(mark)}</td><td>{esc(c.get("detail"))}</td></tr>')
+    table = ('<table class="data proof"><thead><tr><th>what</th><th>check</th><th>result</th><th>detail</th></tr>'
+             f'</thead><tbody>{"".join(rows)}</tbody></table>')
+    cls = "failed" if status == "failed" else ""
+    return (f'<section id="proof" class="proof {cls}" data-status="{esc(status)}"><h2>Proof</h2>'
+            f'<p class="{"verify bad" if status == "failed" else "sub"}">{esc(head)}</p>{key_line}{table}</section>')
+
+
+def _proof_alert(inp: ReportInputs) -> str:
+    """At the top, so a reader sees it before any figure: a failed proof, in red."""
+    p = inp.proof or {}
+    if p.get("status") != "failed":
+        return ""
+    bad = [c for c in p.get("checks") or [] if c.get("status") == "failed"]
+    what = "; ".join(f"{c.get('subject')} {c.get('check')}" for c in bad)
+    return (f'<p class="verify bad" id="proof-failed">verification failed: {esc(what)} (see Proof below); '
+            "the figures below may not be the ones that were signed.</p>")
+
+
+def build_refused_html(source_dir: str, reason: str, proof: dict[str, Any] | None, version: str) -> str:
+    """The page `recon report` writes when an artefact it would show does not verify (it exits 4):
+    the reason and the Proof section in red, and none of the figures, which may have been edited."""
+    inp = ReportInputs(source_dir=source_dir, proof=proof, version=version)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        "<title>recon incident report</title>"
+        f"<style>{CSS}{PROOF_CSS}{PRINT_CSS}</style></head><body><main>"
+        "<h1>recon incident report</h1>"
+        f'<p class="sub">from <code>{esc(source_dir)}</code></p>'
+        f'<p class="verify bad" id="verification" data-status="failed">verification failed: {esc(reason)}. '
+        "No figures are shown: they would come from artefacts that did not verify.</p>"
+        + _proof(inp)
+        + f"<footer>Generated by recon {esc(version)}. Self-contained: no scripts, no network access.</footer>"
+          "</main></body></html>\n"
+    )
 
 
 def build_html(inp: ReportInputs) -> str:
@@ -231,9 +337,9 @@ def build_html(inp: ReportInputs) -> str:
         "cost-break-even": "Cost break-even",
     }
     figs = "".join(
-        f'<figure class="chart" id="{esc(k)}" data-chart="{esc(k)}"><h2>{esc(titles[k])}</h2>'
-        f"<figcaption>{esc(_CAPTIONS[k])}</figcaption>{svg}{table}</figure>"
-        for k, (svg, table) in charts.items())
+        f'<figure class="chart" id="{esc(k)}" data-chart="{esc(k)}">{_figmark(i, len(charts))}<h2>{esc(titles[k])}</h2>'
+        f"<figcaption>{esc(_CAPTIONS[k])}</figcaption>{svg}{table}{_figmark(i, len(charts), end=True)}</figure>"
+        for i, (k, (svg, table)) in enumerate(charts.items(), 1))
     sub = ""
     if inp.diff:
         m = inp.diff.get("mapping")
@@ -244,10 +350,11 @@ def build_html(inp: ReportInputs) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'
         "<title>recon incident report</title>"
-        f"<style>{CSS}</style></head><body><main>"
+        f"<style>{CSS}{PROOF_CSS}{PRINT_CSS}</style></head><body><main>"
         "<h1>recon incident report</h1>"
         f'<p class="sub">{sub}from <code>{esc(inp.source_dir)}</code></p>'
-        + _verification(inp) + _kpis(inp) + _summary(inp) + figs + _cost_section(inp) + _artefacts(inp)
+        + _verification(inp) + _proof_alert(inp) + _kpis(inp) + _summary(inp) + figs + _cost_section(inp)
+        + _proof(inp) + _artefacts(inp)
         + f"<footer>Generated by recon {esc(inp.version)}. Self-contained: no scripts, no network access; "
           "charts are inline SVG.</footer></main></body></html>\n"
     )

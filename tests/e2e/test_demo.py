@@ -51,7 +51,9 @@ def test_demo_finds_fixes_proves_and_its_artefacts_verify() -> None:
         r = recon("report", "--from", str(out), "--out", str(work / "by-key.html"), "--key", str(out / "recon.pub"),
                   cwd=work, env=env)
         assert r.returncode == 0, r.stderr
-        assert 'data-status="manifest"' in (work / "by-key.html").read_text()
+        page = (work / "by-key.html").read_text()
+        assert 'data-status="manifest"' in page
+        assert '<section id="proof" class="proof " data-status="passed">' in page  # every manifest's checks held
         # tampering with an artefact is caught
         summary = out / "diff" / "summary.json"
         summary.write_text(summary.read_text().replace('"mismatched": ', '"mismatched": 1'))
@@ -60,7 +62,9 @@ def test_demo_finds_fixes_proves_and_its_artefacts_verify() -> None:
         assert v.returncode == 4 and "summary.json" in v.stderr
         v = recon("report", "--from", str(out), "--out", str(work / "tampered.html"), "--key", str(out / "recon.pub"),
                   cwd=work, env=env)
-        assert v.returncode == 4 and "summary.json" in v.stderr and not (work / "tampered.html").exists()
+        assert v.returncode == 4 and "summary.json" in v.stderr
+        page = (work / "tampered.html").read_text()  # the failure, for whoever signs; no figure from the edited files
+        assert 'id="verification" data-status="failed"' in page and "data-chart" not in page
     finally:
         recon("services", "down", cwd=work, env=env)
         shutil.rmtree(work, ignore_errors=True)

@@ -72,18 +72,23 @@ def register(app: typer.Typer) -> None:
         top: Annotated[int, typer.Option("--top", min=1, max=200, help="Account owners shown in the exposure chart.")] = 15,
         ledger: LedgerVerifyOpt = None,
         pubkey: PubKeyOpt = None,
+        checkpoint: Annotated[Path | None, typer.Option(
+            "--checkpoint", help="An exported ledger checkpoint (or a signed manifest): the Proof section checks "
+            "the ledger chain up to it (needs the ledger).")] = None,
     ) -> None:
         """Write one self-contained HTML report (inline SVG charts, no script, no network) from a recon output dir.
 
         Each artefact is verified first (--ledger or --key PUB; exit 4 when one does not match); without
-        either the report shows "unverified" in red."""
+        either the report shows "unverified" in red. Its Proof section lists every check: signatures
+        (key fingerprint), subject digests, Merkle roots from the snapshots, the ledger chain up to
+        --checkpoint; a failed one is red and exits 4 (the page is still written, without unverified figures)."""
         from engine import config as config_mod
         from engine.app.report import write_report
         from engine.cli._shared import out
 
         cfg = config_mod.load(config) if config else None
         trust = _trust(ledger, pubkey, cfg)
-        path = write_report(from_dir, out_file, cfg, top, trust=trust)
+        path = write_report(from_dir, out_file, cfg, top, trust=trust, checkpoint=checkpoint)
         if not trust.available:
             _warn_unverified({"status": "unverified"})
         out.print(f"report written to {path}")
