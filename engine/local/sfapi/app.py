@@ -1,7 +1,8 @@
 """The HTTP surface of the local org: REST, Bulk API 2.0 queries, SOAP/OAuth login, control endpoints.
 
-Wire shapes follow Salesforce (see /work/shared/reference/salesforce-api.md): JSON error arrays
-`[{"message", "errorCode", "fields"}]`, OAuth error objects, SOAP faults, `Sforce-Limit-Info` on every
+Wire shapes follow Salesforce (see /work/shared/reference/salesforce-api.md; tests/conformance holds them
+to the developer guides' published examples): JSON error arrays `[{"message", "errorCode"}]` (plus
+`"fields"` when the error names fields), OAuth error objects, SOAP faults, `Sforce-Limit-Info` on every
 REST/Bulk response, `Sforce-Locator`/`Sforce-NumberOfRecords` on Bulk result pages.
 
 Control endpoints (not Salesforce; header `X-Recon-Control: <token>`, the token being the content of
@@ -69,6 +70,10 @@ log = logging.getLogger("recon.salesforce")
 MIN_VERSION, MAX_VERSION = 31, 62
 DEFAULT_BATCH = 2000
 DEFAULT_MAX_RECORDS = 100_000
+JSON_UTF8 = "application/json;charset=UTF-8"  # the REST guide's examples (Limit Info header, error bodies)
+# the keys of a job-create answer, as in the Bulk API 2.0 guide's "Create a Query Job" examples (no counters yet)
+CREATE_JOB_KEYS = ("id", "operation", "object", "createdById", "createdDate", "systemModstamp", "state",
+                   "concurrencyMode", "contentType", "apiVersion", "lineEnding", "columnDelimiter")
 DEFAULT_BULK_CREATE_WAIT = 10.0  # seconds a job-create request waits for the job to finish
 LOCATOR_TTL_S = 15 * 60  # Salesforce query locators expire after 15 minutes of inactivity
 JOB_TTL_S = 60 * 60  # Bulk results of an unused job are dropped after an hour (Salesforce: 7 days)
@@ -89,7 +94,12 @@ def _random_id(prefix: str) -> str:
 
 
 def error_body(code: str, message: str, fields: list[str] | None = None) -> list[dict[str, Any]]:
-    return [{"message": message, "errorCode": code, "fields": fields or []}]
+    """Salesforce's error array; `fields` only when the error names fields (the REST guide's NOT_FOUND
+    example has just `message` and `errorCode`, its MALFORMED_ID example adds `fields`)."""
+    out: dict[str, Any] = {"message": message, "errorCode": code}
+    if fields:
+        out["fields"] = list(fields)
+    return [out]
 
 
 # -- server state ---------------------------------------------------------------------------------
@@ -339,7 +349,7 @@ def _page_json(total: int, next_url: str | None, records: str) -> str:
 
 def sf_error(status: int, code: str, message: str, fields: list[str] | None = None,
              headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message, fields), status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message, fields), status_code=status, headers=headers, media_type=JSON_UTF8)
 
 
 def json_text(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -466,6 +476,8 @@ class Api:
             org.stats.error("UNKNOWN_EXCEPTION")
             resp = sf_error(500, "UNKNOWN_EXCEPTION", f"An unexpected error occurred: {type(exc).__name__}")
         resp.headers.update(org.limit_header())
+        if resp.media_type == "application/json":
+            resp.headers["content-type"] = JSON_UTF8
         return resp
 
     async def versions(self, request: Request) -> Response:
@@ -611,6 +623,7 @@ class Api:
         with self.org.lock:
             self.org.jobs[job.id] = job
             info = job.info()  # the state at creation (UploadComplete), as Salesforce answers
+            info = {k: info[k] for k in CREATE_JOB_KEYS}
         future = self.org.executor.submit(self.org.run_job, job)
         if self.org.bulk_create_wait > 0:
             # let quick jobs finish before answering, so a client's first poll already sees JobComplete
@@ -645,8 +658,9 @@ class Api:
     async def h_bulk_delete(self, request: Request, version: str, user: str, job_id: str) -> Response:
         job = self._job(job_id)
         with self.org.lock:
-            if job.state not in ("JobComplete", "Aborted", "Failed"):
-                raise StoreError("INVALIDJOBSTATE", f"Deleting a job in state {job.state} is not allowed", 400)
+            if job.state not in ("JobComplete", "Aborted", "Failed"):  # the guide's "unsuccessful request" example
+                raise StoreError("API_ERROR", "Error encountered when deleting the job because the job is not terminated",
+                                 400)
             self.org.jobs.pop(job.id, None)
         await run_in_threadpool(self.org.db.drop_result, job.id)
         return Response(status_code=204)
@@ -654,6 +668,9 @@ class Api:
     async def h_bulk_results(self, request: Request, version: str, user: str, job_id: str) -> Response:
         org = self.org
         job = self._job(job_id)
+        if version != job.api_version:  # the guide: "Otherwise, the call returns a 409 error"
+            raise StoreError("API_VERSION_MISMATCH", f"Job {job.id} was created with API version {job.api_version}; "
+                             "get its results with the same version", 409)
         if job.state in ("UploadComplete", "InProgress"):
             raise StoreError("JOB_NOT_COMPLETE", f"Job {job.id} is not complete: {job.state}", 412)
         if job.state != "JobComplete":
