@@ -42,16 +42,53 @@ def test_a_header_only_file_is_zero_rows(tmp_path: Path) -> None:
     assert e.meta["rows"] == 0
 
 
+def test_a_header_only_file_without_a_line_end_is_zero_rows(tmp_path: Path) -> None:
+    """Arrow calls a one-line file with no line end "empty"; it is the header of a snapshot of nothing."""
+    e = _read(tmp_path, b"\xef\xbb\xbfId,amount")
+    assert e.frame.columns == ["Id", "amount"] and e.frame.height == 0 and e.meta["rows"] == 0
+
+
+def test_a_quoted_line_end_where_arrow_used_to_cut_its_blocks(tmp_path: Path) -> None:
+    """A text area value holds line ends. Arrow parsed the file in 16 MiB blocks cut at any line end:
+    a quoted LF at the cut was a column-count error, and a quoted CR LF straddling it lost its LF
+    (Arrow 26, even with ``newlines_in_values``). The value at byte 2^24 keeps every byte."""
+    head = b"Id,Note\n"
+    row = b'"001A","x"\n'  # 11 bytes of filler rows, then one row whose CR is the last byte of 16 MiB
+    n, pad = divmod((1 << 24) - 1 - len(head) - len(b'"001B","a'), len(row))
+    note = "a" + "b" * pad + "\r\nc\nd"
+    data = head + row * n + f'"001B","{note}"\n"001C",""\n'.encode()
+    assert data.index(b"\r\nc") == (1 << 24) - 1
+    e = _read(tmp_path, data)
+    assert e.frame.height == n + 2
+    assert e.frame.rows()[-2:] == [("001B", note), ("001C", None)]
+
+
 @pytest.mark.parametrize(("data", "needle"), [
-    (b"", "no header row"),
+    (b"", "no header row (the file is empty)"),
+    (b"\xef\xbb\xbf", "no header row (the file is empty)"),
+    (b"\r\nId,amount\r\n001A,1\r\n", "its first line is blank"),
     (b"Id,Id\n1,2\n", "column 'Id' twice"),
+    (b"Id,amount,\n001A,1,\n", "column 3 of the header has no name"),
+    (b"Id,,amount\n001A,x,1\n", "column 2 of the header has no name"),
     (b"Id,amount\n001A,\xff\xfe\n", "not valid UTF-8"),
+    (b"Id,am\xe9nt\n001A,1\n", "its header is not valid UTF-8"),
+    (b'Id,amount\n001A,"1.50\n001B,2.00\n001C,3.00\n', "a quoted value is never closed"),  # cut short
+    (b'Id,amount\n001A,1.50\n001B,"2.0', "a quoted value is never closed"),
+    (b"Id,amount\n001A,1.50,x\n", "Expected 2 columns, got 3"),
+    (b"Id,amount\n001A\n", "Expected 2 columns, got 1"),
 ])
 def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path: Path, data: bytes, needle: str) -> None:
     with pytest.raises(UsageError) as exc:
         _read(tmp_path, data)
     msg = str(exc.value)
     assert needle in msg and "snap.csv" in msg and "\n" not in msg
+
+
+def test_a_directory_named_as_a_csv_is_a_usage_error(tmp_path: Path) -> None:
+    """An IsADirectoryError was exit 70 ("a bug") with a traceback: the reference is wrong, not recon."""
+    (tmp_path / "snap.csv").mkdir()
+    with pytest.raises(UsageError, match=r"cannot read CSV .*snap\.csv: Is a directory"):
+        extract(FileRef("csv", str(tmp_path / "snap.csv")))
 
 
 # -- the sidecar (PATH.json): the one place types come from when the other side gives none ----------

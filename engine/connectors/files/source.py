@@ -20,6 +20,10 @@ from engine.connectors.base import Extract, FileRef, SourceColumn
 from engine.connectors.files import sidecar
 from engine.core.errors import UsageError
 
+#: Arrow's largest block. A file up to this size is parsed as one block: Arrow (26) loses the LF of a
+#: quoted CR LF that straddles a block boundary, even with ``newlines_in_values``
+CSV_MAX_BLOCK_BYTES = (1 << 31) - 1
+
 
 def _kind_of_arrow(t: pa.DataType) -> tuple[str, int | None]:
     if pa.types.is_decimal(t):
@@ -90,15 +94,23 @@ def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
             frame = loaded
     else:
         names = _csv_header(path)
+        _quotes_pair_up(path)
         try:  # every column as text: nothing is typed by guessing (a 20-digit amount stays exact)
             table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in names}, strings_can_be_null=True,
-                quoted_strings_can_be_null=True), read_options=pacsv.ReadOptions(block_size=1 << 24))
+                quoted_strings_can_be_null=True),
+                # one block (see CSV_MAX_BLOCK_BYTES); beyond it, a quoted value may still hold a line end
+                # (a Salesforce text area): Arrow then cuts its blocks only outside quotes
+                read_options=pacsv.ReadOptions(block_size=max(1, min(path.stat().st_size + 1, CSV_MAX_BLOCK_BYTES))),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True))
         except pa.ArrowInvalid as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if "UTF8" in first or "UTF-8" in first:
-                first = f"not valid UTF-8 ({first})"
-            raise UsageError(f"cannot read CSV {path}: {first}: export it again as UTF-8 CSV") from None
+            if "Empty CSV file" in first:  # the header without a line end: a snapshot of no rows
+                table = pa.table({n: pa.array([], pa.string()) for n in names})
+            else:
+                if "UTF8" in first or "UTF-8" in first:
+                    first = f"not valid UTF-8 ({first})"
+                raise UsageError(f"cannot read CSV {path}: {first}: export it again as UTF-8 CSV") from None
         every = _csv_columns(path, table.column_names)
         if columns:
             columns = _resolve(table.column_names, columns, str(path))
@@ -129,15 +141,37 @@ def _csv_header(path: Path) -> list[str]:
         raise UsageError(f"cannot read CSV {path}: its header is not valid UTF-8: export it again as UTF-8 CSV") from None
     except csv.Error as exc:
         raise UsageError(f"cannot read CSV {path}: {exc}") from None
-    if not header:
+    except OSError as exc:  # a directory, a file it may not read: the reference is wrong, not recon
+        raise UsageError(f"cannot read CSV {path}: {exc.strerror or exc}: check the csv: reference") from None
+    if header is None:
         raise UsageError(f"cannot read CSV {path}: no header row (the file is empty): a CSV snapshot starts with "
                          "the column names")
+    if not header:
+        raise UsageError(f"cannot read CSV {path}: its first line is blank: a CSV snapshot starts with the "
+                         "column names")
     seen: set[str] = set()
-    for name in header:
+    for i, name in enumerate(header, 1):
+        if not name:  # a trailing comma, or two in a row: a column nobody can name in -c, -k or the sidecar
+            raise UsageError(f"cannot read CSV {path}: column {i} of the header has no name")
         if name in seen:
             raise UsageError(f"cannot read CSV {path}: the header names column {name!r} twice")
         seen.add(name)
     return header
+
+
+def _quotes_pair_up(path: Path) -> None:
+    """Refuse a file whose quote characters do not pair up. Arrow reads a quoted value left open (a
+    download cut inside a value) to the end of the file as one value, silently dropping every row after
+    it. In a CSV as Bulk API writes it (RFC 4180) quotes only open and close values or are doubled
+    inside them, so their count is even; one pass of ``bytes.count`` per block costs little next to
+    the parse."""
+    n = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            n += block.count(b'"')
+    if n % 2:
+        raise UsageError(f"cannot read CSV {path}: a quoted value is never closed (the file has an odd number "
+                         "of '\"' characters; was it cut short?): export it again")
 
 
 def _resolve(names: list[str], wanted: list[str], where: str) -> list[str]:
