@@ -241,14 +241,25 @@ def id_ranges(first: str, last: str, chunks: int) -> list[tuple[str | None, str 
     return [(None, bounds[0])] + [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)] + [(bounds[-1], None)]
 
 
+#: a text-area value may hold line ends (quoted, as Bulk and write_csv quote them)
+_QUOTED_NEWLINES = pacsv.ParseOptions(newlines_in_values=True)
+
+
+def _one_block(size: int) -> pacsv.ReadOptions:
+    """A page is parsed as one Arrow block: the page is in memory already, and a quoted line end
+    that straddles a block boundary was a column-count error or lost its LF (the same fault
+    :mod:`engine.connectors.files.source` reads around)."""
+    return pacsv.ReadOptions(block_size=max(1, min(size + 1, (1 << 31) - 1)))
+
+
 def _parse_pages(pages: list[str], names: list[str], types: dict[str, pa.DataType]) -> pa.Table:
     tables = []
     for text in pages:
         if not text.strip():
             continue
+        data = text.encode()
         tables.append(pacsv.read_csv(
-            pa.py_buffer(text.encode()),
-            read_options=pacsv.ReadOptions(block_size=1 << 24),
+            pa.py_buffer(data), read_options=_one_block(len(data)), parse_options=_QUOTED_NEWLINES,
             convert_options=pacsv.ConvertOptions(column_types=types, true_values=["true"], false_values=["false"],
                                                  strings_can_be_null=True, quoted_strings_can_be_null=True),
         ).select(names))
@@ -387,8 +398,9 @@ def _cast_strings(tbl: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
 
     buf = io.BytesIO()
     pacsv.write_csv(tbl, buf)
+    size = buf.tell()
     buf.seek(0)
-    return pacsv.read_csv(buf, convert_options=pacsv.ConvertOptions(
+    return pacsv.read_csv(buf, read_options=_one_block(size), parse_options=_QUOTED_NEWLINES, convert_options=pacsv.ConvertOptions(
         column_types=types, true_values=["true", "True"], false_values=["false", "False"],
         strings_can_be_null=True, quoted_strings_can_be_null=True,
         timestamp_parsers=["%Y-%m-%dT%H:%M:%S.%f%z", pacsv.ISO8601]))
