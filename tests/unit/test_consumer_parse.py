@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -332,6 +333,55 @@ def test_only_keeps_the_selected_partitions() -> None:
 def test_transform_digest_is_stable() -> None:
     d = c.transform_digest()
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", d) and d == c.transform_digest()
+
+
+_DIGEST_EDITS = """
+import json, linecache, sys
+from pathlib import Path
+from engine.connectors.kafka.consumer import transformation as t
+
+print(t.transform_digest())  # the copy as started: with the unlisted file edited
+for rel, anchor in json.loads(sys.argv[1]):
+    p = Path("engine") / rel
+    data = p.read_bytes()
+    assert data.count(anchor.encode()) == 1, (rel, anchor)
+    at = data.index(anchor.encode()) + len(anchor)
+    p.write_bytes(data[:at] + chr(data[at]).swapcase().encode() + data[at + 1:])  # one letter's case
+    linecache.clearcache()
+    t.transform_digest.cache_clear()
+    print(t.transform_digest())
+    p.write_bytes(data)
+"""
+
+
+def test_the_transform_digest_follows_the_bytes_of_the_code_it_names(tmp_path: Path) -> None:
+    """Not the product's function against itself: on a copy of the package, a file the digest does
+    not name (errors.py, a new module) leaves it as it is, in a process started from that copy; and
+    one changed byte in each module the lineage names (the event id, the Salesforce ids, the event
+    definition) and in the source of transform() changes the digest that every stored row carries.
+    (Those edits are made in the running copy, the digest recomputed: a digest that missed them
+    could only make this fail, never pass.)"""
+    import shutil
+    import subprocess
+    import sys
+
+    tree = tmp_path / "pkg"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "engine", tree / "engine",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    errors = tree / "engine" / "core" / "errors.py"
+    errors.write_text(errors.read_text().replace('"""User-facing', '"""user-facing', 1))
+    (tree / "engine" / "core" / "unlisted_helper.py").write_text("# not transformation code\n")
+    listed = [("core/ids.py", '"""Deterministic event '), ("core/sfid.py", '"""Salesforce record '),
+              ("core/events.py", '"""What a scan of an '),
+              ("connectors/kafka/consumer/transformation.py", '"""Turn consumed ')]  # transform()'s docstring
+    run = subprocess.run([sys.executable, "-c", _DIGEST_EDITS, json.dumps(listed)], cwd=tree, text=True,
+                         capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    unlisted, *edited = run.stdout.split()
+    assert unlisted == c.transform_digest()  # the package's own digest: errors.py and a new file are not in it
+    assert len(edited) == len(listed)
+    for (rel, _), digest in zip(listed, edited, strict=True):
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest) and digest != unlisted, rel
 
 
 def test_api_version_is_recorded() -> None:
