@@ -414,47 +414,60 @@ def _compact(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _path_cases() -> list[Message]:
-    """Messages in producer shape and every way of missing it by a little, on three partitions."""
+FOREIGN = "foreign"  # a verdict: foreign_org under the org guard, a row without one
+
+
+def _path_table() -> list[tuple[bytes | None, dict[str, Any], str]]:
+    """Messages in producer shape and every way of missing it by a little, each with its verdict
+    read from the README's definition of a valid event: "row", FOREIGN, or the dead-letter reason."""
     acc18 = "0015g0000000Az6AAE"
     bad_checksum = ACC[:15] + "ABA"  # right shape, wrong case-safe suffix
     spaced = json.dumps(GOOD).encode()
-    cases: list[tuple[bytes | None, dict[str, Any]]] = [
-        (_compact(GOOD), {}),
-        (spaced, {}),
-        (b" \n" + _compact(GOOD) + b"\t", {}),
-        (_compact(dict(GOOD, account_id=acc18, event_type="refund", amount="-3")), {"key": f"{ORG}:{acc18}".encode()}),
-        (_compact(GOOD), {"key": None}),
-        (_compact(GOOD), {"key": b'k"q'}),
-        (_compact(GOOD), {"key": b"\xff"}),
-        (_compact(GOOD), {"ts": (2, 1_785_578_400_999)}),
-        (_compact(GOOD), {"ts": (0, -1)}),
-        (_compact(GOOD), {"headers": []}),
-        (_compact(GOOD), {"headers": [HEADERS[1], HEADERS[0], HEADERS[2]]}),
-        (_compact(GOOD), {"headers": [*HEADERS, ("trace", b"t")]}),
-        (_compact(GOOD), {"headers": [("org-id", ORG[:15].encode()), HEADERS[1], HEADERS[2]]}),
-        (_compact(GOOD), {"headers": [("org-id", OTHER_ORG.encode()), HEADERS[1], HEADERS[2]]}),
-        (_compact(GOOD), {"headers": [HEADERS[0], ("producer-id", None), HEADERS[2]]}),
-        (_compact(GOOD), {"headers": [HEADERS[0], ("producer-id", "é".encode()), HEADERS[2]]}),
-        (_compact(GOOD), {"headers": [HEADERS[0], HEADERS[1], ("sequence", b"1\t2")]}),
-        (_compact(dict(GOOD, org_id=ORG[:15])), {}),
-        (_compact(dict(GOOD, account_id=ACC[:15])), {}),
-        (_compact(dict(GOOD, account_id=bad_checksum)), {}),
-        (_compact(dict(GOOD, org_id=OTHER_ORG)), {}),
-        (_compact(dict(GOOD, event_ts="2026-08-01T10:00:00Z")), {}),
-        (_compact(dict(GOOD, event_type="pur\\chase")), {}),
-        (_compact(dict(GOOD, event_type="pur\u00e9")), {}),
-        (_compact(dict(GOOD, event_type="x" * 256)), {}),
-        (_compact(dict(GOOD, amount=12)), {}),
-        (_compact(dict(GOOD, amount="1e5")), {}),
-        (_compact({"account_id": ACC, **GOOD}), {}),
-        (_compact(dict(GOOD, extra=1)), {}),
-        (_compact(GOOD)[:-1] + b',"org_id":"' + OTHER_ORG.encode() + b'"}', {}),
-        (b"{not json", {}),
-        (None, {}),
+    return [
+        (_compact(GOOD), {}, "row"),
+        (spaced, {}, "row"),
+        (b" \n" + _compact(GOOD) + b"\t", {}, "row"),  # JSON whitespace around the object
+        (_compact(dict(GOOD, account_id=acc18, event_type="refund", amount="-3")), {"key": f"{ORG}:{acc18}".encode()},
+         "row"),
+        (_compact(GOOD), {"key": None}, "row"),
+        (_compact(GOOD), {"key": b'k"q'}, "row"),
+        (_compact(GOOD), {"key": b"\xff"}, "row"),
+        (_compact(GOOD), {"ts": (2, 1_785_578_400_999)}, "row"),
+        (_compact(GOOD), {"ts": (0, -1)}, "row"),
+        (_compact(GOOD), {"headers": []}, "row"),
+        (_compact(GOOD), {"headers": [HEADERS[1], HEADERS[0], HEADERS[2]]}, "row"),
+        (_compact(GOOD), {"headers": [*HEADERS, ("trace", b"t")]}, "row"),
+        (_compact(GOOD), {"headers": [("org-id", ORG[:15].encode()), HEADERS[1], HEADERS[2]]}, "row"),  # same org
+        (_compact(GOOD), {"headers": [("org-id", OTHER_ORG.encode()), HEADERS[1], HEADERS[2]]}, FOREIGN),
+        (_compact(GOOD), {"headers": [HEADERS[0], ("producer-id", None), HEADERS[2]]}, "row"),
+        (_compact(GOOD), {"headers": [HEADERS[0], ("producer-id", "é".encode()), HEADERS[2]]}, "row"),
+        (_compact(GOOD), {"headers": [HEADERS[0], HEADERS[1], ("sequence", b"1\t2")]}, "row"),
+        (_compact(dict(GOOD, org_id=ORG[:15])), {}, "row"),  # 15-character ids are ids
+        (_compact(dict(GOOD, account_id=ACC[:15])), {}, "row"),
+        (_compact(dict(GOOD, account_id=bad_checksum)), {}, "invalid_record_id"),
+        (_compact(dict(GOOD, org_id=OTHER_ORG)), {}, FOREIGN),
+        (_compact(dict(GOOD, event_ts="2026-08-01T10:00:00Z")), {}, "row"),  # ISO-8601 without milliseconds
+        (_compact(dict(GOOD, event_type="pur\\chase")), {}, "row"),
+        (_compact(dict(GOOD, event_type="pur\u00e9")), {}, "row"),
+        (_compact(dict(GOOD, event_type="x" * 256)), {}, "invalid_event_type"),  # 1–255 characters
+        (_compact(dict(GOOD, amount=12)), {}, "row"),  # an unquoted number is its text
+        (_compact(dict(GOOD, amount="1e5")), {}, "invalid_amount"),  # no exponent
+        (_compact({"account_id": ACC, **GOOD}), {}, "row"),
+        (_compact(dict(GOOD, extra=1)), {}, "row"),
+        (_compact(GOOD)[:-1] + b',"org_id":"' + OTHER_ORG.encode() + b'"}', {}, "unparsable"),  # a key twice
+        (b"{not json", {}, "unparsable"),
+        (None, {}, "unparsable"),  # a tombstone
     ]
-    return [msg(raw=raw, partition=i % 3, offset=100 + i // 3, **kw) if raw is not None
-            else msg(None, partition=i % 3, offset=100 + i // 3, **kw) for i, (raw, kw) in enumerate(cases)]
+
+
+def _where(i: int) -> tuple[int, int]:
+    return i % 3, 100 + i // 3
+
+
+def _path_cases() -> list[Message]:
+    return [msg(raw=raw, partition=_where(i)[0], offset=_where(i)[1], **kw) if raw is not None
+            else msg(None, partition=_where(i)[0], offset=_where(i)[1], **kw)
+            for i, (raw, kw, _) in enumerate(_path_table())]
 
 
 def _snapshot(b: c.Batch) -> tuple[Any, ...]:
@@ -471,8 +484,14 @@ def test_both_paths_give_the_same_batch(guard: str | None, monkeypatch: pytest.M
     monkeypatch.setattr(importlib.import_module("engine.connectors.kafka.consumer.transformation"), "_FAST_PATH", False)
     slow = run(*ms, guard=guard, positions={0: 100})
     assert _snapshot(fast) == _snapshot(slow)
+    # and the batch both give is the one the table's verdicts say: exactly these rows and dead letters
+    verdicts = [("foreign_org" if guard else "row") if v == FOREIGN else v for _, _, v in _path_table()]
+    assert sorted((m.partition(), m.offset()) for m in fast.row_msgs) == \
+        sorted(_where(i) for i, v in enumerate(verdicts) if v == "row")
+    assert sorted((d.partition, d.offset, d.reason) for d in fast.dead) == \
+        sorted((*_where(i), v) for i, v in enumerate(verdicts) if v != "row")
     rows = [row_fields(fast, i) for i in range(len(fast.ids))]
-    assert len(rows) >= 10 and fast.ids == event_ids(*([r[k] for r in rows] for k in (1, 2, 3, 4)))
+    assert len(rows) == verdicts.count("row") and fast.ids == event_ids(*([r[k] for r in rows] for k in (1, 2, 3, 4)))
 
 
 def test_producer_shaped_messages_take_the_column_wise_path() -> None:
@@ -492,7 +511,9 @@ def test_runtime_tuning_is_restored_by_the_last_run_out() -> None:
     before = (sys.getswitchinterval(), gc.get_threshold())
     with c._runtime_tuning():
         tuned = (sys.getswitchinterval(), gc.get_threshold())
-        assert tuned[0] <= c._SWITCH_INTERVAL_S and tuned[1][0] >= c._GC_GEN0_THRESHOLD
+        # exactly the tuned values: a shorter switch interval, a larger first GC threshold, never the reverse
+        assert tuned == (min(before[0], c._SWITCH_INTERVAL_S),
+                         (max(before[1][0], c._GC_GEN0_THRESHOLD), *before[1][1:]))
         with c._runtime_tuning():  # a second run in the same process
             pass
         assert (sys.getswitchinterval(), gc.get_threshold()) == tuned  # still tuned for the first one
