@@ -52,22 +52,23 @@ def csv_pair(tmp_path: Path, *, typed: bool) -> tuple[Path, Path]:
     return s, t
 
 
-def diff_json(*args: str, env: dict[str, str] | None = None) -> dict:
+def diff_json(*args: str, code: int, env: dict[str, str] | None = None) -> dict:
+    """The diff's JSON; ``code`` is the exit the case must give (0: the sides agree, 1: they differ)."""
     res = recon("diff", *args, "--json", env=env)
-    assert res.returncode in (0, 1), res.stderr
+    assert res.returncode == code, (res.returncode, res.stderr)
     return json.loads(res.stdout)
 
 
 # -- 16.2: nothing is typed by guessing ------------------------------------------------------------
 def test_csv_against_csv_keeps_every_value_as_written(tmp_path: Path) -> None:
     s, t = csv_pair(tmp_path, typed=True)
-    d = diff_json(f"csv:{s}", f"csv:{t}", "-k", "Id", "-c", "amount", "-c", "code")
+    d = diff_json(f"csv:{s}", f"csv:{t}", "-k", "Id", "-c", "amount", "-c", "code", code=1)
     assert (d["missing_in_target"], d["missing_in_source"]) == (1, 1)  # 007 and 7 are two keys
     assert d["columns"]["amount"]["mismatched"] == 1  # the 20-digit amount is not its float
     assert d["columns"]["amount"]["abs_variance"] == "722.12"  # …7168.00 − …7890.12, exactly
     assert d["compared_columns"] == {"amount": "decimal(2)", "code": "text"}
     # 007 against 007: amounts 0.01 apart in the 17th digit differ, and `00123` stays `00123`
-    d = diff_json(f"csv:{s}", f"csv:{t.with_name('t2.csv')}", "-k", "Id", "-c", "amount", "-c", "code")
+    d = diff_json(f"csv:{s}", f"csv:{t.with_name('t2.csv')}", "-k", "Id", "-c", "amount", "-c", "code", code=1)
     assert d["missing_in_target"] == 0 and d["columns"]["amount"]["mismatched"] == 2
     assert Decimal(d["columns"]["amount"]["abs_variance"]) == Decimal("722.13")
     assert d["columns"]["code"]["mismatched"] == 0
@@ -75,7 +76,7 @@ def test_csv_against_csv_keeps_every_value_as_written(tmp_path: Path) -> None:
 
 def test_csv_without_types_compares_text_exactly(tmp_path: Path) -> None:
     s, t = csv_pair(tmp_path, typed=False)
-    d = diff_json(f"csv:{s}", f"csv:{t.with_name('t2.csv')}", "-k", "Id", "-c", "amount")
+    d = diff_json(f"csv:{s}", f"csv:{t.with_name('t2.csv')}", "-k", "Id", "-c", "amount", code=1)
     assert d["compared_columns"] == {"amount": "text"}
     assert (d["missing_in_source"], d["columns"]["amount"]["mismatched"]) == (1, 2)
 
@@ -101,7 +102,7 @@ def pg(embedded_pg) -> dict[str, str]:
 
 def test_csv_against_postgres_is_typed_from_the_table(tmp_path: Path, pg: dict[str, str]) -> None:
     s, _ = csv_pair(tmp_path, typed=False)  # no sidecar: numeric(38,2) and int come from PostgreSQL
-    d = diff_json(f"csv:{s}", pg["t"], "-k", "Id", "-c", "amount", "-c", "code", env=json.loads(pg["env"]))
+    d = diff_json(f"csv:{s}", pg["t"], "-k", "Id", "-c", "amount", "-c", "code", env=json.loads(pg["env"]), code=1)
     assert d["compared_columns"] == {"amount": "decimal(2)", "code": "int"}
     assert (d["missing_in_target"], d["missing_in_source"]) == (0, 1)  # 7 is only in the table
     assert d["columns"]["amount"]["mismatched"] == 2  # 007's …567.01 vs …567.02, A20's 20 digits vs its float
@@ -116,7 +117,7 @@ def test_a_tolerance_on_an_untyped_csv_column_is_exit_2_saying_how_to_type_it(tm
     line = one_line(res, 2, "--tolerance", "'amount'", "compared as text", "s.csv.json", '"schema"')
     assert "decimal:2" in line
     (tmp_path / "s.csv.json").write_text(json.dumps({"schema": {"amount": "decimal:2"}}))  # the fix it names
-    d = diff_json(f"csv:{s}", f"csv:{t}", "-k", "Id", "-c", "amount", "--tolerance", "amount=1000")
+    d = diff_json(f"csv:{s}", f"csv:{t}", "-k", "Id", "-c", "amount", "--tolerance", "amount=1000", code=1)
     assert d["columns"]["amount"]["mismatched"] == 0
 
 
@@ -141,11 +142,13 @@ def test_snapshot_writes_the_sidecar_the_diff_reads(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     side = json.loads((tmp_path / "snap.parquet.json").read_text())
     assert side["schema"]["amount"] == {"kind": "decimal", "scale": 2, "native_type": "csv"}
-    d = diff_json(f"parquet:{snap}", f"csv:{t}", "-k", "Id", "-c", "amount", "-c", "code", "--tolerance", "amount=1")
-    live = diff_json(f"csv:{s}", f"csv:{t}", "-k", "Id", "-c", "amount", "-c", "code", "--tolerance", "amount=1")
+    d = diff_json(f"parquet:{snap}", f"csv:{t}", "-k", "Id", "-c", "amount", "-c", "code", "--tolerance", "amount=1",
+                  code=1)
+    live = diff_json(f"csv:{s}", f"csv:{t}", "-k", "Id", "-c", "amount", "-c", "code", "--tolerance", "amount=1",
+                     code=1)
     assert d["compared_columns"]["amount"] == "decimal(2)"
     assert d["merkle"]["source_root"] == live["merkle"]["source_root"]
-    full = diff_json(f"parquet:{snap}", f"csv:{s}", "-k", "Id")
+    full = diff_json(f"parquet:{snap}", f"csv:{s}", "-k", "Id", code=0)  # the same rows
     assert full["merkle"]["source_root"] == side["merkle"]["root"] and full["mismatched"] == 0
 
 
@@ -190,8 +193,8 @@ def test_any_finite_tolerance_applies_at_the_columns_scale(tmp_path: Path, value
     difference absorbs every difference: neither is a crash (1E+100 and 1e-100 were exit 70)."""
     s, t = csv_pair(tmp_path, typed=True)
     t2 = f"csv:{t.with_name('t2.csv')}"
-    d = diff_json(f"csv:{s}", t2, "-k", "Id", "-c", "amount", "--tolerance", f"amount={value}")
+    d = diff_json(f"csv:{s}", t2, "-k", "Id", "-c", "amount", "--tolerance", f"amount={value}", code=1)
     assert d["columns"]["amount"]["mismatched"] == mismatched
     (tmp_path / "s.csv.json").write_text(json.dumps({"schema": {"code": "int"}}))
-    d = diff_json(f"csv:{s}", t2, "-k", "Id", "-c", "code", "--tolerance", f"code={value}")
+    d = diff_json(f"csv:{s}", t2, "-k", "Id", "-c", "code", "--tolerance", f"code={value}", code=1)
     assert d["columns"]["code"]["mismatched"] == 0  # 00123 is 123 as an int

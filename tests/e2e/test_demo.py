@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 from tests import prereqs
@@ -79,14 +80,19 @@ def _matches_the_ground_truth(out: Path, truth: dict) -> None:
     diff = json.loads((out / "diff" / "summary.json").read_text())
     assert (diff["mismatched"], diff["missing_in_target"], diff["missing_in_source"]) == (
         len(want["mismatched"]), len(want["missing_in_target"]), len(want["missing_in_source"]))
+    diffs = pl.read_parquet(out / "diff" / "differences.parquet")
+    for kind in ("mismatched", "missing_in_target", "missing_in_source"):  # the accounts, not only how many
+        assert sorted(set(diffs.filter(pl.col("kind") == kind)["key"].to_list())) == sorted(want[kind]), kind
     findings = pl.read_parquet(out / "explain" / "findings.parquet")
     got = {c: sorted(findings.filter(pl.col("class") == c)["Id"].to_list()) for c in findings["class"].unique()}
     assert {c: ids for c, ids in got.items() if ids} == {c: ids for c, ids in truth["classes"].items() if ids}
     explain = json.loads((out / "explain" / "explain.json").read_text())
     assert explain["exposure"]["total"] == truth["exposure"]["overpayment_total"]
+    assert Decimal(explain["exposure"]["underpayment_total"]) == Decimal(truth["exposure"]["underpayment_total"])
     after = json.loads((out / "diff-after" / "summary.json").read_text())
     # the repair corrects every class but stale_salesforce (an action list for the owners; the
     # warehouse is right) and unexplained (left to a person)
-    left = len(truth["classes"]["stale_salesforce"]) + len(truth["classes"].get("unexplained", []))
-    assert (after["mismatched"] + after["missing_in_target"], after["missing_in_source"]) == (left, 0)
+    left = set(truth["classes"]["stale_salesforce"]) | set(truth["classes"].get("unexplained", []))
+    assert (after["mismatched"] + after["missing_in_target"], after["missing_in_source"]) == (len(left), 0)
+    assert set(pl.read_parquet(out / "diff-after" / "differences.parquet")["key"].to_list()) == left
 

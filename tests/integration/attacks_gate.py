@@ -47,8 +47,9 @@ def _config(stack: Stack, tmp: Path) -> Path:
     return cfg
 
 
-def _ok(run: Run, *codes: int) -> Run:
-    assert run.returncode in codes, (run.returncode, run.stderr[-2000:])
+def _ok(run: Run, code: int) -> Run:
+    """``run``, once it is known to have exited with exactly ``code``."""
+    assert run.returncode == code, (run.returncode, run.stderr[-2000:])
     return run
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from typing import Any
 
 import polars as pl
 import pytest
@@ -53,8 +54,13 @@ def test_windows_equal_the_injected_blocks(scenario_stack, explained) -> None:
     assert got == want
     from datetime import UTC, datetime
 
+    # the times of each window are those of its first and last produced copy (the generator's
+    # timestamps, one millisecond apart), not recon's reading of them
     for g, w in zip(explained["audit"]["windows"], scenario_stack.truth["windows"], strict=True):
+        assert w["last_ts_ms"] > w["first_ts_ms"]  # so a swapped or collapsed pair is seen
         assert datetime.fromisoformat(g["first_ts"]) == datetime.fromtimestamp(w["first_ts_ms"] / 1000, UTC)
+        assert datetime.fromisoformat(g["last_ts"]) == datetime.fromtimestamp(w["last_ts_ms"] / 1000, UTC)
+        assert (g["first_ts"], g["last_ts"]) == (_iso_ms(w["first_ts_ms"]), _iso_ms(w["last_ts_ms"]))
     assert explained["audit"]["sequence"]["regressions"] == scenario_stack.truth["partitions"]  # one replay each
 
 
@@ -133,11 +139,31 @@ def test_explain_records_its_run_in_the_ledger_and_a_manifest_that_verifies(scen
     assert bad.returncode == 2 and "--signing-key" in bad.stderr, bad.stderr
 
 
-def _produce(bootstrap: str, topic: str, msgs: list[tuple[bytes | None, bytes | None, int]]) -> None:
+def _produce(bootstrap: str, topic: str, msgs: list[tuple[bytes | None, bytes | None, int]],
+             ts_ms: int | None = None) -> dict[tuple[int, int], int]:
+    """Produce ``msgs`` (with ``ts_ms``: message i gets the timestamp ``ts_ms + 1001·i``, so each has
+    its own millisecond part) and return the broker's delivery reports: (partition, offset) →
+    timestamp in ms, what a test expects recon to report, independent of recon's reading of it."""
     p = Producer({"bootstrap.servers": bootstrap})
-    for key, value, part in msgs:
-        p.produce(topic, key=key, value=value, partition=part)
+    delivered: dict[tuple[int, int], int] = {}
+
+    def on_delivery(err: Any, m: Any) -> None:
+        if err is None:
+            delivered[(m.partition(), m.offset())] = m.timestamp()[1]
+
+    for i, (key, value, part) in enumerate(msgs):
+        stamp = {} if ts_ms is None else {"timestamp": ts_ms + 1001 * i}
+        p.produce(topic, key=key, value=value, partition=part, on_delivery=on_delivery, **stamp)
     assert p.flush(30) == 0
+    assert len(delivered) == len(msgs)
+    return delivered
+
+
+def _iso_ms(ts_ms: int) -> str:
+    """A Kafka timestamp as the README's windows write it (UTC, milliseconds, ``Z``)."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts_ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ts_ms % 1000:03d}Z"
 
 
 def test_hostile_topic_is_counted_not_fatal(scenario_stack) -> None:
@@ -156,15 +182,21 @@ def test_hostile_topic_is_counted_not_fatal(scenario_stack) -> None:
         (b"k", None, 0),  # tombstone
         (b"k", json.dumps({**good, "event_ts": "2026-08-01T10:00:01.000Z"}).encode(), 1),
     ]  # partition 2 stays empty
-    _produce(bs, "hostile", msgs)
+    # explicit timestamps (a minute ago, whole seconds + 123 ms): recent enough for any retention,
+    # with a millisecond part that a truncation would lose
+    from datetime import UTC, datetime
+
+    delivered = _produce(bs, "hostile", msgs, ts_ms=(int(datetime.now(UTC).timestamp()) - 60) * 1000 + 123)
     res = scenario_stack.run("kafka-audit", "--bootstrap", bs, "--topic", "hostile", "--org-id", org, "--json")
     assert res.returncode == 1, res.stderr
     s = json.loads(res.stdout)
     assert (s["events"], s["duplicates"], s["conflicts"], s["unparsable"], s["invalid"], s["foreign_org"],
             s["tombstones"]) == (4, 1, 1, 1, 1, 1, 1)
     assert s["unparsable_samples"][0]["offset"] == 3
-    assert s["windows"] == [{"partition": 0, "first_offset": 1, "last_offset": 1, "first_ts": s["windows"][0]["first_ts"],
-                             "last_ts": s["windows"][0]["last_ts"], "events": 1}]
+    # the one copy (offset 1) is the window; its times are the produced message's timestamp
+    copy_ts = _iso_ms(delivered[(0, 1)])
+    assert s["windows"] == [{"partition": 0, "first_offset": 1, "last_offset": 1, "first_ts": copy_ts,
+                             "last_ts": copy_ts, "events": 1}]
     # an explicit offset window that excludes the copies, and an empty time window
     res = scenario_stack.run("kafka-audit", "--bootstrap", bs, "--topic", "hostile", "--offsets", "0:0-0,1:0-0", "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["events"] == 2

@@ -84,8 +84,9 @@ def runs(stack: Stack) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _ok(res: Any, *codes: int) -> dict[str, Any]:
-    assert res.returncode in codes, (res.returncode, res.stderr)
+def _ok(res: Any, code: int) -> dict[str, Any]:
+    """The JSON of a run that exited with exactly ``code``."""
+    assert res.returncode == code, (res.returncode, res.stderr)
     return json.loads(res.stdout)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,55 @@ def test_transform_digest_is_stable() -> None:
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", d) and d == c.transform_digest()
 
 
+_DIGEST_EDITS = """
+import json, linecache, sys
+from pathlib import Path
+from engine.connectors.kafka.consumer import transformation as t
+
+print(t.transform_digest())  # the copy as started: with the unlisted file edited
+for rel, anchor in json.loads(sys.argv[1]):
+    p = Path("engine") / rel
+    data = p.read_bytes()
+    assert data.count(anchor.encode()) == 1, (rel, anchor)
+    at = data.index(anchor.encode()) + len(anchor)
+    p.write_bytes(data[:at] + chr(data[at]).swapcase().encode() + data[at + 1:])  # one letter's case
+    linecache.clearcache()
+    t.transform_digest.cache_clear()
+    print(t.transform_digest())
+    p.write_bytes(data)
+"""
+
+
+def test_the_transform_digest_follows_the_bytes_of_the_code_it_names(tmp_path: Path) -> None:
+    """Not the product's function against itself: on a copy of the package, a file the digest does
+    not name (errors.py, a new module) leaves it as it is, in a process started from that copy; and
+    one changed byte in each module the lineage names (the event id, the Salesforce ids, the event
+    definition) and in the source of transform() changes the digest that every stored row carries.
+    (Those edits are made in the running copy, the digest recomputed: a digest that missed them
+    could only make this fail, never pass.)"""
+    import shutil
+    import subprocess
+    import sys
+
+    tree = tmp_path / "pkg"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "engine", tree / "engine",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    errors = tree / "engine" / "core" / "errors.py"
+    errors.write_text(errors.read_text().replace('"""User-facing', '"""user-facing', 1))
+    (tree / "engine" / "core" / "unlisted_helper.py").write_text("# not transformation code\n")
+    listed = [("core/ids.py", '"""Deterministic event '), ("core/sfid.py", '"""Salesforce record '),
+              ("core/events.py", '"""What a scan of an '),
+              ("connectors/kafka/consumer/transformation.py", '"""Turn consumed ')]  # transform()'s docstring
+    run = subprocess.run([sys.executable, "-c", _DIGEST_EDITS, json.dumps(listed)], cwd=tree, text=True,
+                         capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    unlisted, *edited = run.stdout.split()
+    assert unlisted == c.transform_digest()  # the package's own digest: errors.py and a new file are not in it
+    assert len(edited) == len(listed)
+    for (rel, _), digest in zip(listed, edited, strict=True):
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest) and digest != unlisted, rel
+
+
 def test_api_version_is_recorded() -> None:
     b = c.transform([msg(GOOD)], c.FieldNames(), ORG, None, "v61.0")
     assert json.loads(row_fields(b)[6])["api_version"] == "61.0"
@@ -364,47 +414,60 @@ def _compact(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _path_cases() -> list[Message]:
-    """Messages in producer shape and every way of missing it by a little, on three partitions."""
+FOREIGN = "foreign"  # a verdict: foreign_org under the org guard, a row without one
+
+
+def _path_table() -> list[tuple[bytes | None, dict[str, Any], str]]:
+    """Messages in producer shape and every way of missing it by a little, each with its verdict
+    read from the README's definition of a valid event: "row", FOREIGN, or the dead-letter reason."""
     acc18 = "0015g0000000Az6AAE"
     bad_checksum = ACC[:15] + "ABA"  # right shape, wrong case-safe suffix
     spaced = json.dumps(GOOD).encode()
-    cases: list[tuple[bytes | None, dict[str, Any]]] = [
-        (_compact(GOOD), {}),
-        (spaced, {}),
-        (b" \n" + _compact(GOOD) + b"\t", {}),
-        (_compact(dict(GOOD, account_id=acc18, event_type="refund", amount="-3")), {"key": f"{ORG}:{acc18}".encode()}),
-        (_compact(GOOD), {"key": None}),
-        (_compact(GOOD), {"key": b'k"q'}),
-        (_compact(GOOD), {"key": b"\xff"}),
-        (_compact(GOOD), {"ts": (2, 1_785_578_400_999)}),
-        (_compact(GOOD), {"ts": (0, -1)}),
-        (_compact(GOOD), {"headers": []}),
-        (_compact(GOOD), {"headers": [HEADERS[1], HEADERS[0], HEADERS[2]]}),
-        (_compact(GOOD), {"headers": [*HEADERS, ("trace", b"t")]}),
-        (_compact(GOOD), {"headers": [("org-id", ORG[:15].encode()), HEADERS[1], HEADERS[2]]}),
-        (_compact(GOOD), {"headers": [("org-id", OTHER_ORG.encode()), HEADERS[1], HEADERS[2]]}),
-        (_compact(GOOD), {"headers": [HEADERS[0], ("producer-id", None), HEADERS[2]]}),
-        (_compact(GOOD), {"headers": [HEADERS[0], ("producer-id", "é".encode()), HEADERS[2]]}),
-        (_compact(GOOD), {"headers": [HEADERS[0], HEADERS[1], ("sequence", b"1\t2")]}),
-        (_compact(dict(GOOD, org_id=ORG[:15])), {}),
-        (_compact(dict(GOOD, account_id=ACC[:15])), {}),
-        (_compact(dict(GOOD, account_id=bad_checksum)), {}),
-        (_compact(dict(GOOD, org_id=OTHER_ORG)), {}),
-        (_compact(dict(GOOD, event_ts="2026-08-01T10:00:00Z")), {}),
-        (_compact(dict(GOOD, event_type="pur\\chase")), {}),
-        (_compact(dict(GOOD, event_type="pur\u00e9")), {}),
-        (_compact(dict(GOOD, event_type="x" * 256)), {}),
-        (_compact(dict(GOOD, amount=12)), {}),
-        (_compact(dict(GOOD, amount="1e5")), {}),
-        (_compact({"account_id": ACC, **GOOD}), {}),
-        (_compact(dict(GOOD, extra=1)), {}),
-        (_compact(GOOD)[:-1] + b',"org_id":"' + OTHER_ORG.encode() + b'"}', {}),
-        (b"{not json", {}),
-        (None, {}),
+    return [
+        (_compact(GOOD), {}, "row"),
+        (spaced, {}, "row"),
+        (b" \n" + _compact(GOOD) + b"\t", {}, "row"),  # JSON whitespace around the object
+        (_compact(dict(GOOD, account_id=acc18, event_type="refund", amount="-3")), {"key": f"{ORG}:{acc18}".encode()},
+         "row"),
+        (_compact(GOOD), {"key": None}, "row"),
+        (_compact(GOOD), {"key": b'k"q'}, "row"),
+        (_compact(GOOD), {"key": b"\xff"}, "row"),
+        (_compact(GOOD), {"ts": (2, 1_785_578_400_999)}, "row"),
+        (_compact(GOOD), {"ts": (0, -1)}, "row"),
+        (_compact(GOOD), {"headers": []}, "row"),
+        (_compact(GOOD), {"headers": [HEADERS[1], HEADERS[0], HEADERS[2]]}, "row"),
+        (_compact(GOOD), {"headers": [*HEADERS, ("trace", b"t")]}, "row"),
+        (_compact(GOOD), {"headers": [("org-id", ORG[:15].encode()), HEADERS[1], HEADERS[2]]}, "row"),  # same org
+        (_compact(GOOD), {"headers": [("org-id", OTHER_ORG.encode()), HEADERS[1], HEADERS[2]]}, FOREIGN),
+        (_compact(GOOD), {"headers": [HEADERS[0], ("producer-id", None), HEADERS[2]]}, "row"),
+        (_compact(GOOD), {"headers": [HEADERS[0], ("producer-id", "é".encode()), HEADERS[2]]}, "row"),
+        (_compact(GOOD), {"headers": [HEADERS[0], HEADERS[1], ("sequence", b"1\t2")]}, "row"),
+        (_compact(dict(GOOD, org_id=ORG[:15])), {}, "row"),  # 15-character ids are ids
+        (_compact(dict(GOOD, account_id=ACC[:15])), {}, "row"),
+        (_compact(dict(GOOD, account_id=bad_checksum)), {}, "invalid_record_id"),
+        (_compact(dict(GOOD, org_id=OTHER_ORG)), {}, FOREIGN),
+        (_compact(dict(GOOD, event_ts="2026-08-01T10:00:00Z")), {}, "row"),  # ISO-8601 without milliseconds
+        (_compact(dict(GOOD, event_type="pur\\chase")), {}, "row"),
+        (_compact(dict(GOOD, event_type="pur\u00e9")), {}, "row"),
+        (_compact(dict(GOOD, event_type="x" * 256)), {}, "invalid_event_type"),  # 1–255 characters
+        (_compact(dict(GOOD, amount=12)), {}, "row"),  # an unquoted number is its text
+        (_compact(dict(GOOD, amount="1e5")), {}, "invalid_amount"),  # no exponent
+        (_compact({"account_id": ACC, **GOOD}), {}, "row"),
+        (_compact(dict(GOOD, extra=1)), {}, "row"),
+        (_compact(GOOD)[:-1] + b',"org_id":"' + OTHER_ORG.encode() + b'"}', {}, "unparsable"),  # a key twice
+        (b"{not json", {}, "unparsable"),
+        (None, {}, "unparsable"),  # a tombstone
     ]
-    return [msg(raw=raw, partition=i % 3, offset=100 + i // 3, **kw) if raw is not None
-            else msg(None, partition=i % 3, offset=100 + i // 3, **kw) for i, (raw, kw) in enumerate(cases)]
+
+
+def _where(i: int) -> tuple[int, int]:
+    return i % 3, 100 + i // 3
+
+
+def _path_cases() -> list[Message]:
+    return [msg(raw=raw, partition=_where(i)[0], offset=_where(i)[1], **kw) if raw is not None
+            else msg(None, partition=_where(i)[0], offset=_where(i)[1], **kw)
+            for i, (raw, kw, _) in enumerate(_path_table())]
 
 
 def _snapshot(b: c.Batch) -> tuple[Any, ...]:
@@ -421,8 +484,14 @@ def test_both_paths_give_the_same_batch(guard: str | None, monkeypatch: pytest.M
     monkeypatch.setattr(importlib.import_module("engine.connectors.kafka.consumer.transformation"), "_FAST_PATH", False)
     slow = run(*ms, guard=guard, positions={0: 100})
     assert _snapshot(fast) == _snapshot(slow)
+    # and the batch both give is the one the table's verdicts say: exactly these rows and dead letters
+    verdicts = [("foreign_org" if guard else "row") if v == FOREIGN else v for _, _, v in _path_table()]
+    assert sorted((m.partition(), m.offset()) for m in fast.row_msgs) == \
+        sorted(_where(i) for i, v in enumerate(verdicts) if v == "row")
+    assert sorted((d.partition, d.offset, d.reason) for d in fast.dead) == \
+        sorted((*_where(i), v) for i, v in enumerate(verdicts) if v != "row")
     rows = [row_fields(fast, i) for i in range(len(fast.ids))]
-    assert len(rows) >= 10 and fast.ids == event_ids(*([r[k] for r in rows] for k in (1, 2, 3, 4)))
+    assert len(rows) == verdicts.count("row") and fast.ids == event_ids(*([r[k] for r in rows] for k in (1, 2, 3, 4)))
 
 
 def test_producer_shaped_messages_take_the_column_wise_path() -> None:
@@ -442,7 +511,9 @@ def test_runtime_tuning_is_restored_by_the_last_run_out() -> None:
     before = (sys.getswitchinterval(), gc.get_threshold())
     with c._runtime_tuning():
         tuned = (sys.getswitchinterval(), gc.get_threshold())
-        assert tuned[0] <= c._SWITCH_INTERVAL_S and tuned[1][0] >= c._GC_GEN0_THRESHOLD
+        # exactly the tuned values: a shorter switch interval, a larger first GC threshold, never the reverse
+        assert tuned == (min(before[0], c._SWITCH_INTERVAL_S),
+                         (max(before[1][0], c._GC_GEN0_THRESHOLD), *before[1][1:]))
         with c._runtime_tuning():  # a second run in the same process
             pass
         assert (sys.getswitchinterval(), gc.get_threshold()) == tuned  # still tuned for the first one

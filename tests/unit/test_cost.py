@@ -229,5 +229,21 @@ def test_cli_cost_json_and_table(tmp_path: Path) -> None:
     for word in ("commission_overpayment", "penalty_probability_given_failure", "break-even", "12-month risk-adjusted ROI",
                  "defaults are examples", "[cost]"):
         assert word in t.stdout
-    bad = CliRunner().invoke(app, ["cost", "--explain", str(ex), "--set", "nope=1"])
-    assert bad.exit_code != 0 and isinstance(bad.exception, UsageError)
+
+
+def test_cli_cost_unknown_key_is_exit_2_in_one_line(tmp_path: Path) -> None:
+    """The contract is the exit code and one stderr line, which only ``main()`` gives (CliRunner
+    bypasses its mapping of errors): so the CLI as a scheduler runs it, a subprocess."""
+    import os
+    import subprocess
+    import sys
+
+    ex, _ = _write_outputs(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SF_", "RECON_"))}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    bad = subprocess.run([sys.executable, "-m", "engine.cli.main", "cost", "--explain", str(ex), "--set", "nope=1"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2, (bad.returncode, bad.stderr)
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("recon: error: ") and "unknown cost key 'nope'" in lines[0], lines
+    assert bad.stdout == ""

@@ -161,8 +161,16 @@ def test_every_chart_present_and_non_empty() -> None:
     assert "repair-corrections" in page
     # windows are drawn where they sit in their partitions
     assert sum(1 for m in p.charts["variance-by-window"] if "window" in m["class"]) == 2
-    # before/after: two bars per metric with diff-after present
-    assert sum(1 for m in p.charts["before-after-repair"] if m["tag"] == "rect") >= 6
+    # before/after: two bars per metric with diff-after present (the fixtures: 6 → 1 mismatched,
+    # 1 → 0 missing in target, 0 → 0 missing in source), then one bar per class the repair corrected
+    fig = page[page.index('data-chart="before-after-repair"'):]
+    fig = fig[:fig.index("</figure>")]
+    assert re.findall(r'<rect class="mark[^"]*"[^>]*><title>([^<]*)</title>', fig) == [
+        "mismatched before repair: 6", "mismatched after repair: 1",
+        "missing in target before repair: 1", "missing in target after repair: 0",
+        "missing in source before repair: 0", "missing in source after repair: 0",
+        "duplicate_inflation: 4", "missing_events: 1", "missing_in_warehouse: 1"]
+    assert sum(1 for m in p.charts["before-after-repair"] if m["tag"] == "rect") == 9
 
 
 def test_self_contained_no_external_references() -> None:
