@@ -257,3 +257,14 @@ def test_owner_names_are_one_query_of_valid_user_ids(monkeypatch: pytest.MonkeyP
     want = f"SELECT Id, Name FROM User WHERE Id IN ({', '.join(repr(u) for u in sorted(users))})"  # noqa: S608
     assert queries == [want]
     assert source.user_names(config_mod.load(None), ["not an id"]) == {} and len(queries) == 1
+
+
+def test_position_in_partition_is_readable() -> None:
+    """Each window's tick is at least 4 px wide (a 20-offset window in a 1,000-offset partition would
+    be 2.5 px) and the column says what it shows, at full contrast."""
+    from tests.unit.test_report_html import parse
+
+    page = rh.build_html(full_inputs())
+    ticks = [m for m in parse(page).charts["variance-by-window"] if "window" in m["class"]]
+    assert len(ticks) == 2 and all(float(m["width"]) >= 4 for m in ticks), ticks
+    assert 'class="colhead">position in partition</text>' in page
