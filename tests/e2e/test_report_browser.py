@@ -215,7 +215,7 @@ CONTENT_JS = r"""
   const head = {};
   for (const td of document.querySelectorAll('#header td[data-field]')) head[td.dataset.field] = td.innerText.trim();
   // a line break inside a word: two letters on different lines (a break after "_" or "-" or at a space is fine)
-  const midWord = [];
+  const midWord = [], overflow = [];
   for (const span of document.querySelectorAll('.kpi span')) {
     const chars = [];
     const walk = document.createTreeWalker(span, NodeFilter.SHOW_TEXT);
@@ -223,7 +223,7 @@ CONTENT_JS = r"""
       for (let i = 0; i < n.length; i++) {
         const r = document.createRange(); r.setStart(n, i); r.setEnd(n, i + 1);
         const b = r.getBoundingClientRect();
-        chars.push([n.data[i], b.top, b.width > 0]);
+        chars.push([n.data[i], b.top, b.width > 0, b.right]);
       }
     }
     let lines = 1, prev = -1;
@@ -237,12 +237,15 @@ CONTENT_JS = r"""
       prev = i;
     }
     span.dataset.lines = lines;
+    // a label must not run out of its card either (what a label with no break opportunity does)
+    const card = span.parentElement.getBoundingClientRect();
+    if (chars.some(c => c[2] && c[3] > card.right + 0.5)) overflow.push(span.innerText);
   }
   const eq = document.querySelector('#sec-equation');
   const eqBox = eq ? eq.getBoundingClientRect() : null;
   return JSON.stringify({
     head, kpis: text('.kpi'), owners: text('#exposure-by-owner svg text'), classes: text('#classes dd'),
-    classTitles: text('#classes dt'), midWord,
+    classTitles: text('#classes dt'), midWord, overflow,
     labelLines: Object.fromEntries([...document.querySelectorAll('.kpi span')].map(s => [s.innerText, +s.dataset.lines])),
     equation: eq ? {text: eq.innerText, affected: +eq.dataset.affected, addsUp: eq.dataset.addsUp,
                     parts: Object.fromEntries([...eq.querySelectorAll('[data-count]')].map(p => [p.dataset.part, +p.dataset.count])),
@@ -319,4 +322,4 @@ def test_report_content_for_a_controller_in_headless_chromium(tmp_path: Path) ->
     # the long API name wraps (the page is narrow), but only at its underscores
     label = "abs Customer_Lifetime_Value__c variance"
     assert got["labelLines"][label] > 1, got["labelLines"]
-    assert got["midWord"] == []
+    assert got["midWord"] == [] and got["overflow"] == []
