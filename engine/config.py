@@ -65,6 +65,14 @@ class Mapping:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """``[report]``: the currency amounts are shown in, and rates into it (:meth:`Config.report`)."""
+
+    currency: str = "USD"
+    rates: dict[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     raw: dict[str, Any]
@@ -131,6 +139,33 @@ class Config:
                                  "(a letter, then letters, digits or _, at most 80), e.g. \"OwnerId\"")
             values[role] = v
         return Roles(**values)
+
+    def report(self) -> ReportSettings:
+        """``[report]``: ``currency`` (ISO 4217, default USD) and ``rates``, a table of conversion
+        rates into it for an org whose records carry their own currency (``CurrencyIsoCode``): units
+        of the report currency per unit of each, as decimal strings, e.g. ``[report.rates]`` with
+        ``EUR = "1.08"``."""
+        from engine.core import currency as cur
+
+        sect = self.section("report")
+        unknown = sorted(set(sect) - {"currency", "rates"})
+        if unknown:
+            raise UsageError(f"{self.where}: [report] unknown key(s) {', '.join(unknown)} (known: currency, rates)")
+        code = sect.get("currency", cur.DEFAULT)
+        if not cur.is_code(code):
+            raise UsageError(f"{self.where}: [report] currency = {code!r} is not an ISO 4217 currency code: "
+                             "use three capitals, e.g. currency = \"EUR\"")
+        raw = sect.get("rates", {})
+        if not isinstance(raw, dict):
+            raise UsageError(f"{self.where}: [report] rates must be a table like {{ EUR = \"1.08\" }}")
+        rates: dict[str, Decimal] = {}
+        for k, v in raw.items():
+            r = cur.rate(v)
+            if not cur.is_code(k) or r is None:
+                raise UsageError(f"{self.where}: [report] rates.{k} = {v!r}: a rate is an ISO 4217 code and a "
+                                 f"positive decimal string, units of {code} per unit of it, e.g. EUR = \"1.08\"")
+            rates[k] = r
+        return ReportSettings(code, rates)
 
     def pg_passfile(self) -> Path | None:
         """The password file to give each PostgreSQL connection (libpq's ``passfile`` parameter):

@@ -111,6 +111,10 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
     # field → the neutral name forensics reads it under (a field playing two roles is read once)
     by_role = {"owner": roles.owner, "commission_rate": roles.commission_rate, "rank_by": roles.rank_by,
                "modstamp": roles.modstamp, "amount": column}
+    # a multi-currency org: each record's amounts are in its own currency; the report converts or refuses
+    multi_currency = CURRENCY_FIELD in sf_extract.describe_columns(ref, config)
+    if multi_currency:
+        by_role["currency"] = CURRENCY_FIELD
     cols = list(dict.fromkeys(["Id", *by_role.values()]))
     sf_meta: dict[str, Any] = {"system": "salesforce", "object": ref.sobject, "org_id": conn.org_id,
                                "instance_url": conn.instance_url, "api_version": conn.api_version, "rows": 0}
@@ -123,6 +127,12 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
     sec = set(sf_extract.top_ids(ref, config, roles.rank_by, frac))
     scale = _scale(diff_summary, column)
     exp = forensics.triangulate(differences, column, stream, attrs, sec_ids=sec, default_rate=rate, scale=scale)
+    if multi_currency:
+        exp = with_currency(exp, attrs)
+    owners = owner_ids(exp.findings)
+    if owners:
+        say(f"fetching the names of {len(owners):,} owners from Salesforce")
+    owner_names = sf_extract.user_names(config, owners) if owners else {}
     exp.summary.update({
         "diff": str(req.diff_dir),
         "mapping": diff_summary.get("mapping"),
@@ -135,7 +145,12 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
                   "duplicate_records": audit.duplicate_records, "conflicts": audit.conflicts, "windows": audit.windows,
                   "partitions": {str(k): v for k, v in sorted(audit.partitions.items())}},
         "salesforce": {"org_id": conn.org_id, "instance_url": conn.instance_url, "api_version": conn.api_version},
+        # owner Id → User Name, fetched here once so that the report (which reads only verified
+        # artefacts, offline) can name them; an owner missing here is shown by Id
+        "owners": owner_names,
     })
+    if multi_currency:
+        exp.summary["currency_field"] = CURRENCY_FIELD
     window = {"from": req.window.start.isoformat() if req.window.start else None,
               "to": req.window.end.isoformat() if req.window.end else None}
     read = [("diff", {"system": "parquet", "path": str(diffs_path)}),
@@ -143,6 +158,24 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
                         "events": audit.events, **window}),
             ("source", {"system": "salesforce", **sf_meta})]
     return exp, audit, read
+
+
+#: the field of a multi-currency Salesforce org that holds each record's currency
+CURRENCY_FIELD = "CurrencyIsoCode"
+
+
+def with_currency(exp: forensics.Explanation, attrs: pl.DataFrame) -> forensics.Explanation:
+    """The findings with each record's currency (``currency``, from ``attrs``' column of that name),
+    which findings.parquet then carries for the report."""
+    cur = attrs.select("Id", pl.col("currency").cast(pl.Utf8)).unique("Id", keep="first")
+    return forensics.Explanation(findings=exp.findings.join(cur, on="Id", how="left"), summary=exp.summary)
+
+
+def owner_ids(findings: pl.DataFrame) -> list[str]:
+    """The distinct owners of the findings (nulls left out), sorted."""
+    if "owner_id" not in findings.columns:
+        return []
+    return sorted(str(o) for o in findings["owner_id"].drop_nulls().unique().to_list())
 
 
 #: the kinds of difference whose key is a Salesforce record (read from Salesforce by the diff)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from engine import workspace
 from engine.app import cost as cost_mod
 from engine.app.trust import TrustOptions, overall, verify
+from engine.config import ReportSettings
 from engine.core import cost as cost_model
+from engine.core import currency
 from engine.core.errors import UsageError, VerificationError
-from engine.report import html
+from engine.report import html, sections
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -29,7 +32,8 @@ def _load_json(p: Path) -> dict[str, Any] | None:
     return doc
 
 
-FINDING_COLUMNS = ("Id", "class", "owner_id", "salesforce_value", "warehouse_value", "copy_offsets", "overpayment")
+FINDING_COLUMNS = ("Id", "class", "owner_id", "salesforce_value", "warehouse_value", "copy_offsets", "overpayment",
+                   "sec_critical", "currency")
 
 
 def _load_findings(p: Path) -> list[dict[str, Any]]:
@@ -130,6 +134,9 @@ def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: P
             note = f"cost model not computed: {exc}"
     elif cost_doc is None:
         note = "no explain output, so no measured exposure: run `recon explain`, then `recon cost --json > cost.json`"
+    settings = config.report() if config is not None else ReportSettings()
+    currencies = _currencies(explain, findings, settings, getattr(config, "where", "configuration"))
+    action_list = _load_json(workspace.RepairOutput(run.repair_dir).dir / workspace.ACTION_LIST_JSON) or {}
     ex = exclude.resolve() if exclude else None
     arts = []
     for p in sorted(from_dir.rglob("*")):
@@ -138,12 +145,41 @@ def collect(from_dir: Path, config: Any = None, top_owners: int = 15, exclude: P
     return html.ReportInputs(source_dir=str(from_dir), diff=diff, diff_after=_load_json(run.diff_after.summary_path),
                         explain=explain, findings=findings, repair=repair, repair_path=repair_path, cost=cost_doc,
                         cost_note=note, artefacts=arts[:500], top_owners=top_owners, version=__version__,
-                        verification=verification)
+                        verification=verification, currency=settings.currency,
+                        owners={str(k): str(v) for k, v in ((explain or {}).get("owners") or {}).items()},
+                        generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                        action_list=[r for r in action_list.get("records") or [] if isinstance(r, dict)],
+                        currencies=currencies)
+
+
+def _currencies(explain: dict[str, Any] | None, findings: list[dict[str, Any]], settings: ReportSettings,
+                where: str) -> list[sections.CurrencyRow] | None:
+    """Per-currency amounts for an org whose records carry a currency (explain recorded its
+    ``currency_field``); refused (exit 2, naming ``[report] rates``) when a currency in use has no
+    rate into the report currency. None for a single-currency org."""
+    field = (explain or {}).get("currency_field")
+    if not field:
+        return None
+    used = {str(f.get("currency") or settings.currency) for f in findings}
+    missing = currency.missing_rates(used, settings.currency, settings.rates)
+    if missing:
+        example = ", ".join(f'{c} = "…"' for c in missing)
+        raise UsageError(f"{where}: [report] rates: the org records amounts in {', '.join(sorted(used))} ({field}) and "
+                         f"there is no rate into {settings.currency} for {', '.join(missing)}: add [report.rates] "
+                         f"with {example} (units of {settings.currency} per unit, as decimal strings)")
+    return sections.currency_rows(findings, settings.currency, settings.rates)
 
 
 def write_report(from_dir: Path, out: Path | None = None, config: Any = None, top_owners: int = 15,
                  trust: TrustOptions | None = None, checkpoint: Path | None = None) -> Path:
-    """Build the report of `from_dir` into `out` (default `from_dir/report.html`), atomically.
+    """Build the report of `from_dir` into `out` (default `from_dir/report.html`), atomically."""
+    return make_report(from_dir, out, config, top_owners, trust, checkpoint)[0]
+
+
+def make_report(from_dir: Path, out: Path | None = None, config: Any = None, top_owners: int = 15,
+                trust: TrustOptions | None = None, checkpoint: Path | None = None
+                ) -> tuple[Path, html.ReportInputs]:
+    """:func:`write_report`, and the inputs the page was built from (the demo prints its headline).
 
     Its Proof section is :func:`engine.app.proof.report_proof` (signatures, subjects, Merkle roots,
     ledger chain up to ``checkpoint``). When verification fails (exit 4) the page is still written,
@@ -170,7 +206,7 @@ def write_report(from_dir: Path, out: Path | None = None, config: Any = None, to
         first = next(c for c in proof["checks"] if c["status"] == "failed")
         raise VerificationError(f"verification failed: {first['subject']} {first['check']}: {first['detail']} "
                                 f"(see the Proof section of {target})")
-    return target
+    return target, inp
 
 
 def _proof(from_dir: Path, trust: TrustOptions, checkpoint: Path | None) -> dict[str, Any]:

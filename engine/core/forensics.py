@@ -425,5 +425,7 @@ def findings_for_parquet(f: pl.DataFrame) -> pl.DataFrame:
         pl.col("delivered").fill_null(0), pl.col("duplicate_copies").fill_null(0),
         _json_list("copy_offsets"),
         _json_list("duplicated_event_ids"),
+        # a multi-currency org's record currency (explain adds it when the object has one)
+        *([pl.col("currency").cast(pl.Utf8)] if "currency" in f.columns else []),
     )
     return out

@@ -260,11 +260,15 @@ def _cost_line(r: dict[str, Any]) -> str:
             f"break-even {g('break_even_days')} days, 12-month risk-adjusted ROI {g('roi_12_months', 'roi_12_month')}")
 
 
-def _report(config_file: Path, out_dir: Path) -> Path:
+def _report(config_file: Path, out_dir: Path) -> tuple[Path, list[tuple[str, str]]]:
+    """The report, and its headline numbers for the terminal."""
     from engine import config as config_mod
-    from engine.app.report import write_report
+    from engine.app.report import make_report
+    from engine.report.html import headline
 
-    return write_report(out_dir, trust=_trust(config_mod.load(config_file)))
+    cfg = config_mod.load(config_file)
+    path, inputs = make_report(out_dir, config=cfg, trust=_trust(cfg))
+    return path, headline(inputs)
 
 
 def _keys(key_dir: Path, out_dir: Path) -> tuple[Path, Path]:
@@ -364,8 +368,12 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
         outcome.proven = True
         steps.say(f"ledger: {proof['ledger_rows']:,} rows verified against checkpoint size {proof['checkpoint_size']:,}; "
                   f"{len(manifests)} manifests: signatures, subjects and Merkle roots verified")
-        report = steps.run("Write the HTML report (self-contained, charts inline)", lambda: _report(config_file, out_dir))
+        report, numbers = steps.run("Write the HTML report (self-contained, charts inline)",
+                                    lambda: _report(config_file, out_dir))
         steps.say(f"report: {report}")
+        from engine.report.terminal import render_headline
+
+        render_headline(console, numbers)
     finally:
         if not keep_services:
             steps.run("Stop the embedded stack (use --keep-services to keep it)", lambda: stack.down(paths))

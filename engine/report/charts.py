@@ -127,7 +127,7 @@ def hbar_chart(chart: str, title: str, bars: Sequence[Bar], color: str, *, label
     for i, b in enumerate(bars):
         y = 8 + i * ROW
         w = _bar_width(float(b.value), vmax, span)
-        parts.append(_text(label_w, y + 14, _clip(b.label, 40), anchor="end"))
+        parts.append(_text(label_w, y + 14, _clip(b.label, max(40, int(label_w / 6.4))), anchor="end"))
         parts.append(_rect(x0, y + 3, w, ROW - 8, color, b.tip or f"{b.label}: {b.text}"))
         parts.append(_text(x0 + w + 6, y + 14, b.text, cls="val"))
     return _svg(chart, title, h, "".join(parts))
@@ -301,18 +301,22 @@ def chart_variance_by_window(inp: ReportInputs) -> tuple[str, str]:
     if have_variance and no_copy:
         rows.append(("records with no re-delivered copy", None, no_copy, fmt_money(no_copy)))
     vmax = float(max((r[2] for r in rows), default=Decimal(0)))
-    head = 22
-    parts = [_text(sx0, 14, "position in partition", cls="axis"),
-             _text(bx0, 14, "abs CLV variance" if have_variance else "re-delivered copies", cls="axis")]
+    head = 34
+    parts = [_text(sx0 + sw / 2, 13, "position in partition", anchor="middle", cls="colhead"),
+             _text(sx0, 28, "first offset", cls="axis"), _text(sx0 + sw, 28, "end", anchor="end", cls="axis"),
+             _text(bx0, 14, f"abs CLV variance ({inp.currency})" if have_variance else "re-delivered copies",
+                   cls="colhead")]
     for i, (lbl, w, v, txt) in enumerate(rows):
         y = head + i * ROW
         parts.append(_text(label_w, y + 14, lbl, anchor="end"))
         if w is not None:
             lo, hi = extent(int(w.get("partition", 0)))
-            parts.append(f'<rect class="track" x="{sx0}" y="{y + 7}" width="{sw}" height="8" fill="{C_TRACK}"/>')
+            parts.append(f'<rect class="track" x="{sx0}" y="{y + 6}" width="{sw}" height="10" fill="{C_TRACK}" '
+                         f'stroke="{C_AXIS}" stroke-width="0.5"/>')
             a = sx0 + sw * (int(w.get("first_offset", lo)) - lo) / (hi - lo)
             b = sx0 + sw * (int(w.get("last_offset", lo)) + 1 - lo) / (hi - lo)
-            parts.append(_rect(a, y + 5, max(b - a, 2.0), 12, C_WINDOW,
+            a = min(a, sx0 + sw - 4.0)  # a window at the very end stays inside the track, and visible
+            parts.append(_rect(a, y + 3, max(b - a, 4.0), 16, C_WINDOW,
                                f"partition {w.get('partition')}: offsets {w.get('first_offset')}–{w.get('last_offset')} "
                                f"of {lo}–{hi}, {w.get('events')} copies, {w.get('first_ts')} … {w.get('last_ts')}",
                                cls="mark window"))
@@ -320,12 +324,13 @@ def chart_variance_by_window(inp: ReportInputs) -> tuple[str, str]:
         parts.append(_rect(bx0, y + 3, bw, ROW - 8, C_BAR if w is not None else C_BEFORE, f"{lbl}: {txt}"))
         parts.append(_text(bx0 + bw + 6, y + 14, txt, cls="val"))
     svg = _svg(chart, title, head + ROW * len(rows) + 6, "".join(parts))
-    table = _table(("window", "first ts", "last ts", "copies", "abs CLV variance"),
+    table = _table(("window", "first ts", "last ts", "copies", f"abs CLV variance ({inp.currency})"),
                    [(f"partition {w.get('partition')}, offsets {w.get('first_offset')}–{w.get('last_offset')}",
                      w.get("first_ts") or "", w.get("last_ts") or "", fmt_int(w.get("events")),
                      fmt_money(v) if have_variance else "") for w, v in zip(windows, per, strict=True)]
                    + ([("copies outside these windows", "", "", "", fmt_money(outside))] if have_variance and outside else [])
-                   + ([("records with no re-delivered copy", "", "", "", fmt_money(no_copy))] if have_variance and no_copy else []))
+                   + ([("records with no re-delivered copy", "", "", "", fmt_money(no_copy))] if have_variance and no_copy else []),
+                   "variance by window")
     return svg, table
 
 
@@ -335,11 +340,17 @@ def chart_classes(inp: ReportInputs) -> tuple[str, str]:
     if not counts or not any(int(v or 0) for v in counts.values()):
         return _placeholder("mismatches-by-class", title, "no explained differences in this directory"), ""
     order = classes.ordered(counts)
-    bars = [Bar(c, dec(counts[c]), fmt_int(counts[c]), f"{c}: {counts[c]} records — {classes.label(c)}")
+    bars = [Bar(classes.label(c) or c, dec(counts[c]), fmt_int(counts[c]), f"{classes.label(c) or c}: {counts[c]} records")
             for c in order]
-    svg = hbar_chart("mismatches-by-class", title, bars, C_BAR, label_w=200)
-    table = _table(("class", "records", "meaning"), [(c, fmt_int(counts[c]), classes.label(c)) for c in order])
+    svg = hbar_chart("mismatches-by-class", title, bars, C_BAR, label_w=300)
+    table = _table(("class", "records", "what happened", "name in the outputs"),
+                   [(classes.label(c) or c, fmt_int(counts[c]), _description(c), c) for c in order], "records by class")
     return svg, table
+
+
+def _description(name: str) -> str:
+    c = classes.get(name)
+    return c.description if c is not None else ""
 
 
 def chart_owners(inp: ReportInputs) -> tuple[str, str]:
@@ -350,15 +361,19 @@ def chart_owners(inp: ReportInputs) -> tuple[str, str]:
     if not ranked:
         return _placeholder("exposure-by-owner", title, "no commission overpayment in this directory"), ""
     top = ranked[: inp.top_owners]
-    bars = [Bar(k, v, fmt_money(v), f"owner {k}: overpaid {fmt_money(v)}") for k, v in top]
+    def name(k: str) -> str:  # explain fetched the owners' names; an owner without one stays an Id
+        return str(inp.owners.get(k) or k)
+
+    bars = [Bar(name(k), v, fmt_money(v), f"{name(k)} ({k}): overpaid {inp.currency} {fmt_money(v)}") for k, v in top]
     rest = ranked[inp.top_owners:]
     total = sum((v for _, v in ranked), Decimal(0))
     svg = hbar_chart("exposure-by-owner", title, bars, C_EXPOSURE, label_w=200)
     shown = sum((v for _, v in top), Decimal(0))
     svg += (f'<p class="sub">{len(top):,} of {len(ranked):,} overpaid owners shown, {fmt_money(shown)} of '
-            f"{fmt_money(total)}" + (f"; the other {len(rest):,} owners account for {fmt_money(total - shown)}." if rest else ".")
+            f"{fmt_money(total)} {esc(inp.currency)}" + (f"; the other {len(rest):,} owners account for {fmt_money(total - shown)}." if rest else ".")
             + "</p>")
-    table = _table(("owner", "overpayment"), [(k, fmt_money(v)) for k, v in ranked[:200]])
+    table = _table(("owner", "owner id", f"overpayment ({inp.currency})"),
+                   [(name(k), k, fmt_money(v)) for k, v in ranked[:200]], "overpayment by owner")
     return svg, table
 
 
@@ -400,17 +415,17 @@ def chart_before_after(inp: ReportInputs) -> tuple[str, str]:
         ab = ((before.get("columns") or {}).get(col) or {}).get("abs_variance")
         aa = ((after or {}).get("columns") or {}).get(col, {}).get("abs_variance") if after else None
         rows.append((f"abs variance of {col}", fmt_money(ab), "" if after is None else fmt_money(aa)))
-    table = _table(("", "before repair", "after repair"), rows)
+    table = _table(("", "before repair", "after repair"), rows, "before and after")
     rc = repair_counts(inp.repair)
     if rc:
-        path, counts = rc
+        _, counts = rc
         order = classes.ordered(counts)
-        bars = [Bar(c, Decimal(counts[c]), fmt_int(counts[c])) for c in order]
+        bars = [Bar(classes.label(c) or c, Decimal(counts[c]), fmt_int(counts[c])) for c in order]
         if any(counts.values()):
-            svg += ('<p class="sub">Corrections by class (from '
-                    f'<code>{esc(inp.repair_path or "repair")}</code> {esc(path)}):</p>'
-                    + hbar_chart("repair-corrections", "Corrections by class", bars, C_AFTER, label_w=200))
-        table += _table(("class", "corrections"), [(c, fmt_int(counts[c])) for c in order])
+            svg += ('<p class="sub">Corrections by class (records the repair corrected):</p>'
+                    + hbar_chart("repair-corrections", "Corrections by class", bars, C_AFTER, label_w=300))
+        table += _table(("class", "corrections"), [(classes.label(c) or c, fmt_int(counts[c])) for c in order],
+                        "corrections by class")
     phases = repair_phases(inp.repair)
     if phases:
         svg += f'<p class="sub">{esc(phases)}</p>'
@@ -489,11 +504,14 @@ def chart_break_even(inp: ReportInputs) -> tuple[str, str]:
     svg = _svg(chart, title, B + 40, "".join(parts))
     res = inp.cost.get("results") or {}
     rows = [(k, str(v)) for k, v in res.items()]
-    table = _table(("result", "value"), rows)
+    table = _table(("result", "value"), rows, "the results")
     return svg, table
 
 
-def _table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], what: str = "the data") -> str:
+    """The chart's data under a toggle named for what it holds (two toggles of one chart must not
+    read the same)."""
     h = "".join(f"<th>{esc(x)}</th>" for x in head)
     b = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<details><summary>data</summary><table class="data"><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table></details>'
+    return (f'<details><summary>{esc(what)}, as a table</summary><table class="data"><thead><tr>{h}</tr></thead>'
+            f"<tbody>{b}</tbody></table></details>")

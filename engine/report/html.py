@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.report import sections
 from engine.report.charts import (
     _gated_column,
     _table,
@@ -32,7 +33,6 @@ from engine.report.charts import (
     dec,
     esc,
     fmt_int,
-    fmt_money,
 )
 
 # re-exported: part of this module's interface (``html.repair_counts``, …)
@@ -64,6 +64,16 @@ class ReportInputs:
     verification: dict[str, Any] | None = None
     #: the Proof section's checks (``engine.app.proof.report_proof``); None: no section
     proof: dict[str, Any] | None = None
+    #: ``[report] currency`` (ISO 4217), the unit of every amount on the page
+    currency: str = "USD"
+    #: owner Id → name, from explain.json (explain fetched them from Salesforce)
+    owners: dict[str, str] = field(default_factory=dict)
+    #: when the report was made (ISO 8601, UTC); given, so that the same inputs give the same page
+    generated_at: str = ""
+    #: repair/action_list.json's records (the owners' action list)
+    action_list: list[dict[str, Any]] = field(default_factory=list)
+    #: per record currency, for an org with ``CurrencyIsoCode`` (None: every amount is in ``currency``)
+    currencies: list[sections.CurrencyRow] | None = None
 
 
 # -- page ----------------------------------------------------------------------------------------
@@ -79,10 +89,10 @@ figure.chart{margin-left:0;margin-right:0}
 figcaption{color:var(--mut);margin:0 0 8px}
 .kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:10px;margin:16px 0}
 .kpi{background:#fff;border:1px solid var(--bd);border-radius:8px;padding:10px 12px}
-.kpi b{display:block;font-size:1.25rem} .kpi span{color:var(--mut);font-size:.85rem;overflow-wrap:anywhere}
+.kpi b{display:block;font-size:1.25rem} .kpi span{color:var(--mut);font-size:.85rem;overflow-wrap:normal;word-break:normal;hyphens:manual}
 svg.chart-svg{display:block;max-width:100%;height:auto}
 svg text{font-family:inherit;fill:#111827;font-size:12px} svg text.axis{fill:#6b7280;font-size:11px}
-svg text.val{font-size:11px;font-weight:600} svg text.empty{fill:#6b7280;font-style:italic}
+svg text.val{font-size:11px;font-weight:600} svg text.colhead{fill:#374151;font-size:12px;font-weight:600} svg text.empty{fill:#6b7280;font-style:italic}
 svg .grid{stroke:#eef0f3} svg .axisline{stroke:#9ca3af} svg .be{stroke:#111827;stroke-dasharray:4 3}
 details{margin-top:8px} summary{cursor:pointer;color:var(--mut)}
 table.data{border-collapse:collapse;margin-top:6px;font-size:.85rem}
@@ -125,7 +135,9 @@ section,figure.chart{border-color:#d1d5db}
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 
 
-def _kpis(inp: ReportInputs) -> str:
+def headline(inp: ReportInputs) -> list[tuple[str, str]]:
+    """The report's headline numbers as (value, label), plain text: the cards at the top of the page
+    and the demo's terminal summary show the same figures."""
     d, e = inp.diff or {}, inp.explain or {}
     items: list[tuple[str, str]] = []
     if d:
@@ -133,9 +145,9 @@ def _kpis(inp: ReportInputs) -> str:
                       "of accounts differ"))
         col = _gated_column(d)
         if col:
-            items.append((fmt_money(d["columns"][col].get("abs_variance")), f"abs {col} variance"))
+            items.append((sections.money(inp, d["columns"][col].get("abs_variance")), f"abs {col} variance"))
     if e:
-        items.append((fmt_money((e.get("exposure") or {}).get("total")), "commission overpayment at risk"))
+        items.append((sections.money(inp, _exposure_total(inp)), "commission overpayment at risk"))
         items.append((fmt_int((e.get("kafka") or {}).get("duplicates", 0)), "re-delivered Kafka copies"))
         items.append((fmt_int((e.get("sec_critical") or {}).get("records", 0)), "SEC-critical accounts affected"))
     if inp.diff_after is not None:
@@ -148,8 +160,21 @@ def _kpis(inp: ReportInputs) -> str:
         items.append(("never" if be == "never" else f"{be} days", "to break even"))
         roi = r.get("roi_12_months")
         items.append((f"{dec(roi) * 100:.0f}%" if roi is not None else "n/a", "12-month risk-adjusted ROI"))
-    return '<div class="kpis">' + "".join(f'<div class="kpi"><b>{esc(v)}</b><span>{esc(k)}</span></div>'
-                                          for v, k in items) + "</div>"
+    return items
+
+
+def _kpis(inp: ReportInputs) -> str:
+    items = headline(inp)
+    return '<div class="kpis">' + "".join(f'<div class="kpi"><b>{esc(v)}</b>'
+                                          f"<span>{sections.breakable(k)}</span></div>" for v, k in items) + "</div>"
+
+
+def _exposure_total(inp: ReportInputs) -> Any:
+    """The commission overpayment in the report currency: explain's total, or, for a multi-currency
+    org, the sum of the per-currency amounts converted at the configured rates."""
+    if inp.currencies is not None:
+        return sum((r.converted for r in inp.currencies), dec(0))
+    return ((inp.explain or {}).get("exposure") or {}).get("total")
 
 
 def _summary(inp: ReportInputs) -> str:
@@ -165,18 +190,20 @@ def _summary(inp: ReportInputs) -> str:
             f"{esc(tgt.get('object', ''))} ({fmt_int((d.get('target') or {}).get('rows', 0))} rows): "
             f"{fmt_int(d.get('mismatched', 0))} mismatched, {fmt_int(d.get('missing_in_target', 0))} missing in the target, "
             f"{fmt_int(d.get('missing_in_source', 0))} missing in the source"
-            + (f"; {esc(col)} off by {fmt_money(d['columns'][col].get('abs_variance'))} in absolute terms." if col else "."))
+            + (f"; {esc(col)} off by {esc(sections.money(inp, d['columns'][col].get('abs_variance')))} in absolute terms."
+               if col else "."))
     if e:
         k = e.get("kafka") or {}
-        cls = ", ".join(f"{fmt_int(v)} {esc(c)}" for c, v in (e.get("classes") or {}).items() if v)
+        cls = ", ".join(f"{fmt_int(v)} {esc(sections.class_label(c))}" for c, v in (e.get("classes") or {}).items() if v)
         lines.append(f"The Kafka topic {esc(k.get('topic', ''))} holds {fmt_int(k.get('duplicates', 0))} re-delivered copies "
                      f"of {fmt_int(k.get('duplicate_records', 0))} accounts' events in {len(k.get('windows') or [])} "
                      f"window(s). Explanations of the differences: {cls or 'none'}.")
         x = e.get("exposure") or {}
         sec = e.get("sec_critical") or {}
-        lines.append(f"Commission overpaid on inflated values: {fmt_money(x.get('total'))} across "
-                     f"{len(x.get('by_owner') or {}):,} account owners (underpaid: {fmt_money(x.get('underpayment_total'))}); "
-                     f"{fmt_int(sec.get('records', 0))} SEC-critical accounts carry {fmt_money(sec.get('overpayment'))}.")
+        lines.append(f"Commission overpaid on inflated values: {esc(sections.money(inp, _exposure_total(inp)))} across "
+                     f"{len(x.get('by_owner') or {}):,} account owners (underpaid: "
+                     f"{esc(sections.money(inp, x.get('underpayment_total')))}); {fmt_int(sec.get('records', 0))} SEC-critical "
+                     f"accounts carry {esc(sections.money(inp, sec.get('overpayment')))}.")
     if inp.diff_after is not None:
         a = inp.diff_after
         lines.append(f"After repair: {fmt_int(a.get('mismatched', 0))} mismatched, {fmt_int(a.get('missing_in_target', 0))} "
@@ -185,9 +212,12 @@ def _summary(inp: ReportInputs) -> str:
         r = inp.cost.get("results") or {}
         be = r.get("break_even_days")
         roi = r.get("roi_12_months")
-        lines.append(f"Cost model: {fmt_money(r.get('cost_per_incident'))} per incident, expected loss "
-                     f"{fmt_money(r.get('expected_monthly_loss'))} per month; preventing it costs "
-                     f"{fmt_money(r.get('one_time_prevention'))} once plus running cost, "
+        def m(x: Any) -> str:
+            return esc(sections.money(inp, x))
+
+        lines.append(f"Cost model: {m(r.get('cost_per_incident'))} per incident, expected loss "
+                     f"{m(r.get('expected_monthly_loss'))} per month; preventing it costs "
+                     f"{m(r.get('one_time_prevention'))} once plus running cost, "
                      + ("and never breaks even with these inputs" if be == "never" else f"and breaks even after {esc(be)} days")
                      + (f"; 12-month risk-adjusted ROI {dec(roi) * 100:.1f}%." if roi is not None else "."))
     body = "".join(f"<li>{x}</li>" for x in lines) or "<li>No recon outputs found.</li>"
@@ -197,14 +227,15 @@ def _summary(inp: ReportInputs) -> str:
 def _cost_section(inp: ReportInputs) -> str:
     if not inp.cost:
         return ""
-    rows = [(k, v.get("value", ""), v.get("unit", ""), v.get("source", ""), v.get("meaning", ""))
+    rows = [(k, v.get("value", ""), str(v.get("unit", "")).replace("money", inp.currency), v.get("source", ""),
+             v.get("meaning", ""))
             for k, v in (inp.cost.get("inputs") or {}).items() if isinstance(v, dict)]
     note = f'<p class="note">{esc(inp.cost_note)}</p>' if inp.cost_note else ""
     formulas = "".join(f"<li><b>{esc(k)}</b> = {esc(v)}</li>" for k, v in (inp.cost.get("formulas") or {}).items())
     return ("<section><h2>Cost model inputs</h2>"
             '<p class="sub">Measured values come from recon; the defaults are examples — set yours in <code>[cost]</code> '
             "of recon.toml or with <code>recon cost --set key=value</code>.</p>" + note
-            + _table(("input", "value", "unit", "source", "meaning"), rows).replace("<details>", "<details open>")
+            + _table(("input", "value", "unit", "source", "meaning"), rows, "the inputs").replace("<details>", "<details open>")
             + f'<details><summary>formulas</summary><ul>{formulas}</ul></details></section>')
 
 
@@ -350,11 +381,12 @@ def build_html(inp: ReportInputs) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'
         "<title>recon incident report</title>"
-        f"<style>{CSS}{PROOF_CSS}{PRINT_CSS}</style></head><body><main>"
+        f"<style>{CSS}{sections.CSS}{PROOF_CSS}{PRINT_CSS}</style></head><body><main>"
         "<h1>recon incident report</h1>"
         f'<p class="sub">{sub}from <code>{esc(inp.source_dir)}</code></p>'
-        + _verification(inp) + _proof_alert(inp) + _kpis(inp) + _summary(inp) + figs + _cost_section(inp)
-        + _proof(inp) + _artefacts(inp)
+        + sections.header(inp) + _verification(inp) + _proof_alert(inp) + _kpis(inp) + _summary(inp)
+        + sections.classes_legend(inp) + sections.sec_section(inp) + sections.currency_section(inp) + figs
+        + _cost_section(inp) + _proof(inp) + _artefacts(inp)
         + f"<footer>Generated by recon {esc(inp.version)}. Self-contained: no scripts, no network access; "
           "charts are inline SVG.</footer></main></body></html>\n"
     )

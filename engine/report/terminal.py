@@ -76,11 +76,30 @@ def render_explain(console: Console, s: dict[str, Any], out_dir: Path | None) ->
         o = Table(title="top owners by overpayment", header_style="bold")
         o.add_column("owner")
         o.add_column("overpayment", justify="right")
+        names = s.get("owners") or {}
         for k, v in top:
-            o.add_row(k, v)
+            o.add_row(f"{names[k]} ({k})" if names.get(k) else k, v)
         console.print(o)
     for w in s["kafka"]["windows"][:10]:
         console.print(f"re-delivered: partition {w['partition']} offsets {w['first_offset']:,}–{w['last_offset']:,} "
                       f"({w['events']:,} copies, {w['first_ts']} … {w['last_ts']})")
     if out_dir:
         console.print(f"written: {out_dir / 'explain.json'}, {out_dir / 'findings.parquet'}")
+
+
+def render_headline(console: Console, rows: list[tuple[str, str]], title: str = "the report's headline") -> None:
+    """The report's headline numbers (:func:`engine.report.html.headline`) as a table. Never wrapped
+    or cut: where the output is no terminal (a pipe, a log file) the table is printed at its natural
+    width, whatever width rich assumes for such a file."""
+    from rich.measure import Measurement
+
+    t = Table(title=title, header_style="bold")
+    t.add_column("", no_wrap=True)
+    t.add_column("value", justify="right", no_wrap=True)
+    for value, label in rows:
+        t.add_row(label, value)
+    if not console.is_terminal:  # rich never prints wider than its console: one as wide as the table
+        width = Measurement.get(console, console.options.update(width=10_000), t).maximum
+        console = Console(file=console.file, width=max(console.width, width), highlight=False,
+                          no_color=console.no_color, force_terminal=False)
+    console.print(t, crop=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,8 @@ def test_demo_finds_fixes_proves_and_its_artefacts_verify() -> None:
             assert (out / f).exists(), f
         assert not (out / "recon.key").exists()  # the private key stays in the state directory
         _matches_the_ground_truth(out, json.loads((work / ".recon" / "scenario" / "ground_truth.json").read_text()))
+        _report_reconciles_the_sec_critical_accounts(out)
+        _headline_table_in_one_line_per_figure(res.stdout)
         assert list((out / "openlineage").glob("*.json"))
         for m in ("diff", "repair", "diff-after"):
             v = recon("manifest", "verify", str(out / m / "manifest.json"), "--key", str(out / "recon.pub"),
@@ -96,3 +99,47 @@ def _matches_the_ground_truth(out: Path, truth: dict) -> None:
     assert (after["mismatched"] + after["missing_in_target"], after["missing_in_source"]) == (len(left), 0)
     assert set(pl.read_parquet(out / "diff-after" / "differences.parquet")["key"].to_list()) == left
 
+
+
+def _report_reconciles_the_sec_critical_accounts(out: Path) -> None:
+    """Issue 21: on the scenario, the report's SEC-critical equation adds up, and each part holds
+    exactly the SEC-critical findings that the repair's own files put there (repair.json's
+    corrected statuses, action_list.json, the fallback class); the owners are named."""
+    import re
+
+    import polars as pl
+
+    from engine.core import classes
+    from engine.report.charts import CORRECTED_STATUSES
+
+    page = (out / "report.html").read_text()
+    eq = re.search(r'id="sec-equation" data-adds-up="(\w+)" data-affected="(\d+)">(.*?)</p>', page)
+    assert eq is not None and eq.group(1) == "true", page[page.find('id="sec-critical"'):][:2000]
+    parts = {k: int(v) for k, v in re.findall(r'data-part="(\w+)" data-count="(\d+)"', eq.group(3))}
+    explain = json.loads((out / "explain" / "explain.json").read_text())
+    sec = pl.read_parquet(out / "explain" / "findings.parquet").filter(pl.col("sec_critical"))
+    assert int(eq.group(2)) == explain["sec_critical"]["records"] == sec.height > 0
+    assert sum(parts.values()) == sec.height
+    repaired = json.loads((out / "repair" / "repair.json").read_text())["records"]
+    corrected = {r["Id"] for r in repaired if r["status"] in CORRECTED_STATUSES}
+    listed = {r["Id"] for r in json.loads((out / "repair" / "action_list.json").read_text())["records"]}
+    ids = set(sec["Id"].to_list())
+    assert parts["corrected"] == len(ids & corrected)
+    assert parts["action_list"] == len((ids - corrected) & listed)
+    unexplained = set(sec.filter(pl.col("class") == classes.fallback().name)["Id"].to_list())
+    assert parts["unexplained"] == len(unexplained - corrected - listed)
+    assert len(re.findall(r'<tr data-part="\w+"><td><code>', page)) == sec.height  # every record listed
+    name = explain["owners"][sec["owner_id"][0]]
+    assert name.startswith("Account Executive") and f"<td>{name}</td>" in page
+
+
+def _headline_table_in_one_line_per_figure(stdout: str) -> None:
+    """The demo's last step prints the report's headline as a table; piped (as here), no row wraps."""
+    lines = stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if "the report's headline" in line), None)
+    assert start is not None, stdout[-3000:]
+    lines = lines[start:]
+    for label in ("of accounts differ", "commission overpayment at risk", "SEC-critical accounts affected",
+                  "differences left after repair"):
+        row = next((line for line in lines if label in line), None)
+        assert row is not None and re.search(r"│ *[A-Z]{0,3} ?[\d,.]+%? *│$", row.rstrip()), (label, row)

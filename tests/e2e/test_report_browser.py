@@ -211,3 +211,120 @@ def test_harness_catches_requests_and_console_errors(tmp_path: Path) -> None:
         open_page(page, url)
         assert "http://127.0.0.1:9/pixel.png" in requests_other_than(page, url)
         assert any("boom" in e for e in console_errors(page))
+
+
+# -- issue 21: what a finance reader looks for first, as the browser lays it out ------------------------
+CONTENT_JS = r"""
+(() => {
+  const text = s => [...document.querySelectorAll(s)].map(e => (e.innerText ?? e.textContent).trim());
+  const head = {};
+  for (const td of document.querySelectorAll('#header td[data-field]')) head[td.dataset.field] = td.innerText.trim();
+  // a line break inside a word: two letters on different lines (a break after "_" or "-" or at a space is fine)
+  const midWord = [], overflow = [];
+  for (const span of document.querySelectorAll('.kpi span')) {
+    const chars = [];
+    const walk = document.createTreeWalker(span, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      for (let i = 0; i < n.length; i++) {
+        const r = document.createRange(); r.setStart(n, i); r.setEnd(n, i + 1);
+        const b = r.getBoundingClientRect();
+        chars.push([n.data[i], b.top, b.width > 0, b.right]);
+      }
+    }
+    let lines = 1, prev = -1;
+    for (let i = 0; i < chars.length; i++) {
+      if (!chars[i][2]) continue;  // a space collapsed at a line end has no box
+      if (prev >= 0 && chars[i][1] > chars[prev][1] + 2) {
+        lines++;
+        const between = chars.slice(prev, i).map(c => c[0]).join('');
+        if (!/[_\s-]/.test(between)) midWord.push(span.innerText);
+      }
+      prev = i;
+    }
+    span.dataset.lines = lines;
+    // a label must not run out of its card either (what a label with no break opportunity does)
+    const card = span.parentElement.getBoundingClientRect();
+    if (chars.some(c => c[2] && c[3] > card.right + 0.5)) overflow.push(span.innerText);
+  }
+  const eq = document.querySelector('#sec-equation');
+  const eqBox = eq ? eq.getBoundingClientRect() : null;
+  return JSON.stringify({
+    head, kpis: text('.kpi'), owners: text('#exposure-by-owner svg text'), classes: text('#classes dd'),
+    classTitles: text('#classes dt'), midWord, overflow,
+    labelLines: Object.fromEntries([...document.querySelectorAll('.kpi span')].map(s => [s.innerText, +s.dataset.lines])),
+    equation: eq ? {text: eq.innerText, affected: +eq.dataset.affected, addsUp: eq.dataset.addsUp,
+                    parts: Object.fromEntries([...eq.querySelectorAll('[data-count]')].map(p => [p.dataset.part, +p.dataset.count])),
+                    visible: eqBox.width > 0 && eqBox.height > 0} : null,
+    secRows: [...document.querySelectorAll('#sec-critical tbody tr')].map(r => r.dataset.part),
+  });
+})()
+"""
+
+
+def write_content_fixture(root: Path) -> tuple[Path, Path]:
+    """The fixture directory with what issue 21 adds: a long API name as the compared column, owner
+    names in explain.json, SEC-critical findings of every outcome, an action list; and a config
+    whose report currency is EUR."""
+    import polars as pl
+
+    from tests.unit.test_report_html import diff_summary
+
+    d = write_fixture_dir(root)
+    col = "Customer_Lifetime_Value__c"
+    s = diff_summary()
+    s["columns"] = {col: s["columns"]["clv"]}
+    s["source"]["extract"]["extracted_at"] = "2026-09-04T01:02:03+00:00"
+    s["target"]["extract"]["server_time"] = "2026-09-04T01:02:04+00:00"
+    s["request"] = {"as_of": "2026-09-03T23:00:00+00:00"}
+    (d / "diff" / "summary.json").write_text(json.dumps(s))
+    ex = json.loads((d / "explain" / "explain.json").read_text())
+    ex["owners"] = {"005A": "Ada Lovelace", "005C": "Grace Hopper"}
+    ex["sec_critical"] = {"records": 3, "overpayment": "2.00"}
+    (d / "explain" / "explain.json").write_text(json.dumps(ex))
+    f = pl.read_parquet(d / "explain" / "findings.parquet")
+    # a (duplicate_inflation, corrected), d (missing_events, no repair record: other), e (missing_in_warehouse, listed)
+    f.with_columns(pl.col("Id").is_in(["a", "d", "e"]).alias("sec_critical")).write_parquet(d / "explain" / "findings.parquet")
+    (d / "repair" / "repair.json").write_text(json.dumps({"records": [{"Id": "a", "class": "duplicate_inflation",
+                                                                       "status": "applied"}]}))
+    (d / "repair" / "action_list.json").write_text(json.dumps({"records": [{"Id": "e", "sec_critical": True}]}))
+    cfg = root.parent / "recon.toml"
+    cfg.write_text('[report]\ncurrency = "EUR"\n')
+    return d, cfg
+
+
+def test_report_content_for_a_controller_in_headless_chromium(tmp_path: Path) -> None:
+    """Issue 21's acceptance, as rendered: the header, the currency, owner names, each class's
+    description and the SEC-critical equation, on a narrow page where card labels must wrap."""
+    from engine.core import classes
+
+    d, cfg = write_content_fixture(tmp_path / "recon-out")
+    r = subprocess.run([sys.executable, "-m", "engine.cli.main", "report", "--from", str(d), "-C", str(cfg)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    url = (d / "report.html").resolve().as_uri()
+    with chromium(tmp_path) as page:
+        page.send("Emulation.setDeviceMetricsOverride", width=420, height=900, deviceScaleFactor=1, mobile=False)
+        open_page(page, url)
+        res = page.send("Runtime.evaluate", expression=CONTENT_JS, returnByValue=True)
+        assert "value" in res["result"], res
+        got = json.loads(res["result"]["value"])
+    head = got["head"]
+    assert head["mapping"] == "clv" and head["as of"] == "2026-09-03 23:00:00 UTC"
+    assert head["salesforce extracted at"] == "2026-09-04 01:02:03 UTC"
+    assert head["postgresql extracted at"] == "2026-09-04 01:02:04 UTC"
+    assert head["report made at"].endswith(" UTC") and head["recon version"] and head["currency"] == "EUR"
+    assert head["run ids"].startswith("none verified")  # no ledger, no key: no run id is claimed
+    assert any(k.startswith("EUR 1,500.00") for k in got["kpis"]), got["kpis"]
+    assert "Ada Lovelace" in got["owners"] and "Grace Hopper" in got["owners"]
+    assert got["classes"] == [c.description for c in classes.CLASSES]
+    assert [t.split(" (")[0] for t in got["classTitles"]] == [c.label for c in classes.CLASSES]
+    eq = got["equation"]
+    assert eq["visible"] and eq["addsUp"] == "true" and eq["affected"] == 3
+    assert eq["parts"] == {"corrected": 1, "action_list": 1, "unexplained": 0, "other": 1}
+    assert eq["text"].startswith("3 SEC-critical accounts affected = 1 corrected + 1 on the action list + "
+                                 "0 unexplained + 1 other")
+    assert sorted(got["secRows"]) == ["action_list", "corrected", "other"]
+    # the long API name wraps (the page is narrow), but only at its underscores
+    label = "abs Customer_Lifetime_Value__c variance"
+    assert got["labelLines"][label] > 1, got["labelLines"]
+    assert got["midWord"] == [] and got["overflow"] == []

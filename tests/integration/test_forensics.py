@@ -330,3 +330,16 @@ def test_worker_scan_equals_single_process_scan_with_mixed_headers(scenario_stac
     assert [(r["partition"], r["offset"], r["previous_sequence"], r["sequence"])
             for r in a1["sequence"]["gap_samples"] + a1["sequence"]["regression_samples"]] == [
         (0, 3, 2, 5), (2, 2, 10, 12), (0, 5, 6, 3)]
+
+
+def test_explain_names_every_owner_from_salesforce_user(explained) -> None:
+    """Issue 21: explain fetches the owners' names once, from Salesforce User, into explain.json (signed
+    with the findings), so that the report can name them offline. Held against the scenario's own
+    list of owners (the generator names owner i "Account Executive i")."""
+    from engine.core.sfid import make_ids
+    from engine.local import scenario
+
+    want = {oid: f"Account Executive {i:03d}" for i, oid in enumerate(make_ids("005", 1000, scenario.N_OWNERS))}
+    owners = set(explained["findings"]["owner_id"].drop_nulls().to_list())
+    assert owners, "the scenario's findings have owners"
+    assert explained["explain"]["owners"] == {o: want[o] for o in owners}

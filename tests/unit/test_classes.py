@@ -6,6 +6,7 @@ without one is refused loudly, never silently not found)."""
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import replace
 from decimal import Decimal
@@ -173,19 +174,23 @@ def test_repair_routes_every_class_by_the_list(tmp_path: Path) -> None:
 
 # -- the report -------------------------------------------------------------------------------------
 def _report_rows(counts: dict[str, int]) -> list[tuple[str, str]]:
-    """(class, meaning) per row of the report's class table."""
+    """(class, label) per row of the report's class table, checking that each row's description is
+    the class's (the report's words come from the one class list)."""
     inp = rh.ReportInputs(source_dir="x", explain={"classes": counts})
     _, table = charts.chart_classes(inp)
     import re
 
-    cells = re.findall(r"<tr><td>(.*?)</td><td[^>]*>.*?</td><td>(.*?)</td></tr>", table)
-    return [(c, m) for c, m in cells]
+    cells = re.findall(r"<tr><td>(.*?)</td><td[^>]*>.*?</td><td>(.*?)</td><td>(.*?)</td></tr>", table)
+    for _label, desc, name in cells:
+        c = classes.get(name)
+        assert desc == html.escape(c.description if c is not None else "", quote=True), (name, desc)
+    return [(name, label) for label, _, name in cells]
 
 
 def test_report_labels_and_orders_every_class() -> None:
     rows = _report_rows({n: 1 for n in reversed(classes.names())})
     assert [c for c, _ in rows] == list(classes.names())
-    assert all(m == classes.get(c).label and m for c, m in rows)  # type: ignore[union-attr]
+    assert all(m == html.escape(classes.get(c).label) and m for c, m in rows)  # type: ignore[union-attr]
     assert charts.class_counts({"x": {n: 2 for n in classes.names()}}) == [("x", {n: 2 for n in classes.names()})]
     assert charts.CLASS_ORDER == classes.names()
     assert charts.CLASS_MEANING == {c.name: c.label for c in classes.CLASSES}

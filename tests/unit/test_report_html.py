@@ -15,7 +15,7 @@ import polars as pl
 from typer.testing import CliRunner
 
 from engine.app import report as app_report
-from engine.core import cost
+from engine.core import classes, cost
 from engine.report import html as rh
 
 EVIL = "<script>alert('x')</script>"
@@ -169,7 +169,8 @@ def test_every_chart_present_and_non_empty() -> None:
         "mismatched before repair: 6", "mismatched after repair: 1",
         "missing in target before repair: 1", "missing in target after repair: 0",
         "missing in source before repair: 0", "missing in source after repair: 0",
-        "duplicate_inflation: 4", "missing_events: 1", "missing_in_warehouse: 1"]
+        f"{classes.label('duplicate_inflation')}: 4", f"{classes.label('missing_events')}: 1",
+        f"{classes.label('missing_in_warehouse')}: 1"]
     assert sum(1 for m in p.charts["before-after-repair"] if m["tag"] == "rect") == 9
 
 
