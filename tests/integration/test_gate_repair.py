@@ -113,19 +113,22 @@ def _kill_at_random_points(stack: Stack, args: tuple[str, ...], *, kills: int, s
     """Start the repair ``kills`` times and SIGKILL it once the copy holds a random number of repair
     versions (then a random few ms more), as the consumer's crash test does: the kills land between
     or inside chunk transactions, ledger appends and re-extractions, not only at the hook's point.
-    Returns, per start, its exit code and (repairs, ledger rows) afterwards."""
+    Returns, per start, its exit code, the repair versions at its start, every count seen while it
+    ran, and (repairs, ledger rows) afterwards."""
     rng = random.Random(seed)
     start = _progress(stack, "b")[0]
     thresholds = sorted(rng.uniform(start + 1, 0.9 * planned) for _ in range(kills))
     out = []
     with _db(stack) as c:
         for threshold in thresholds:
+            at_start, seen = _repairs(c, "b"), set()
             p = subprocess.Popen([sys.executable, "-m", "engine.cli.main", *args], text=True,
                                  env={**stack.env, "RECON_REPAIR_CHUNK_ROWS": "10"},
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
                 deadline = time.monotonic() + 120
-                while p.poll() is None and _repairs(c, "b") < threshold:
+                while p.poll() is None and (done := _repairs(c, "b")) < threshold:
+                    seen.add(done)
                     assert time.monotonic() < deadline, "the repair made no progress"
                     time.sleep(0.005)
                 if p.poll() is None:
@@ -136,8 +139,8 @@ def _kill_at_random_points(stack: Stack, args: tuple[str, ...], *, kills: int, s
                 if p.poll() is None:
                     p.kill()
                     p.wait()
-            out.append({"threshold": threshold, "returncode": p.returncode, "stderr": err,
-                        "after": _progress(stack, "b")})
+            out.append({"threshold": threshold, "returncode": p.returncode, "stderr": err, "start": at_start,
+                        "seen": sorted(seen), "after": _progress(stack, "b")})
     return out
 
 
@@ -386,10 +389,11 @@ def test_killed_repair_resumes_to_the_state_of_an_uninterrupted_one(stack: Stack
     progress = [(committed, committed - sizes[2])] + [k["after"] for k in kills]
     for k in kills:
         assert k["returncode"] in (-9, 0), k["stderr"][-2000:]
+        if k["start"] >= sec:  # the rest, in chunks of ten from the first pending one: a reader sees whole
+            # chunks only, while the repair runs (sampled every few ms) and after the kill
+            assert all((x - k["start"]) % 10 == 0 or x == n for x in [*k["seen"], k["after"][0]]), k
     for (before, _), (later, later_ledger) in zip(progress, progress[1:], strict=False):
         assert later >= before  # nothing committed is undone
-        if before >= sec:  # the rest, in chunks of ten from the first pending one: whole chunks only
-            assert (later - before) % 10 == 0 or later == n, progress
         assert later_ledger <= later  # the ledger never records a correction the warehouse lacks
     repairs, ledger = flow["b_before_resume"]
     assert (repairs, ledger) == progress[-1]

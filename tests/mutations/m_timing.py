@@ -80,8 +80,8 @@ MUTATIONS = [
              '    with conn.transaction():\n        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))"',
              '    if True:\n        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))"',
              (_KILLED,),
-             "a chunk's statements commit one by one: a kill inside a chunk leaves part of it (only random kills "
-             "land there)"),
+             "a chunk's statements commit one by one: a reader sampling the copy while the repair runs sees part "
+             "of a chunk, and a kill inside a chunk leaves part of it"),
     Mutation("repair-conflict-check-skipped", "engine/store/versions.py",
              '    if _same(current, c.old_value):\n        return "pending"\n    return "conflict"\n',
              '    return "pending"\n',
