@@ -511,11 +511,19 @@ def _one_line_error(res: subprocess.CompletedProcess[str], code: int, *needles: 
 
 def test_database_unreachable_past_the_deadline_exits_5(embedded_pg: PgHandle, apache_kafka: BrokerHandle,
                                                          plan: TopicPlan) -> None:
+    """An outage, not a user error: retried with backoff until the deadline, one notice per retry,
+    then one line that names the deadline and counts the attempts (no clock is read here)."""
+    import re
+
     port = _free_port()
     res = consume(embedded_pg, apache_kafka.bootstrap, plan.name, _table(), None, "--deadline", "2",
                   dsn=f"postgresql://recon@127.0.0.1:{port}/recon", timeout=30)
-    _one_line_error(res, 5, f"PostgreSQL at 127.0.0.1:{port}/recon unreachable", "--deadline", notices=True)
-    assert "retrying" in res.stderr  # it retried (an outage), then gave up at the deadline it names
+    last = _one_line_error(res, 5, f"PostgreSQL at 127.0.0.1:{port}/recon unreachable for 2 s", "--deadline",
+                           notices=True)
+    attempts = re.search(r"\((\d+) attempts?\)", last)
+    assert attempts, last
+    retries = [ln for ln in res.stderr.splitlines() if ln.startswith("consume: ") and ", retrying in " in ln]
+    assert int(attempts.group(1)) >= 2 and len(retries) == int(attempts.group(1)) - 1, res.stderr
 
 
 def test_broker_unreachable_past_the_deadline_exits_5(embedded_pg: PgHandle, plan: TopicPlan) -> None:

@@ -10,13 +10,20 @@ diff → explain → gate (open, exit 3; the SQL guard raises) → repair dry ru
 repair --apply (SEC first; Salesforce records served = records corrected) → repair --apply again
 (nothing changes) → diff (only the stale_salesforce remainder) → gate with the exclusion policy
 (exit 0; the guard passes) → ledger verify → manifest verify; and the same repair on a copy of the
-warehouse, SIGKILLed after three committed chunks and resumed, ends in the same state.
+warehouse, SIGKILLed after three committed chunks (the hook), then at seeded random points while it
+writes, and resumed, ends in the same state. Two more copies hold what repair must not write over:
+values another writer changed after the explain (conflicts, exit 1) and a value the warehouse does
+not keep as written (verification fails, exit 4).
 """
 
 from __future__ import annotations
 
 import json
+import random
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +87,63 @@ def _json(res: Any) -> dict[str, Any]:
     return json.loads(res.stdout)
 
 
+def _target(stack: Stack, copy: str) -> str:
+    """The target reference of one copy of the warehouse table (``warehouse_<copy>.customer_clv``)."""
+    port = stack.endpoints["postgres_dsn"].rsplit(":", 1)[1].split("/")[0]
+    return f"postgresql://recon@127.0.0.1:{port}/recon#warehouse_{copy}.customer_clv"
+
+
+def _repairs(c: psycopg.Connection, copy: str) -> int:
+    """Repair versions committed to one copy (0 before it is versioned)."""
+    if c.execute("SELECT to_regclass(%s)", (f"warehouse_{copy}.customer_clv_versions",)).fetchone()[0] is None:
+        return 0
+    return int(c.execute(f"SELECT count(*) FROM warehouse_{copy}.customer_clv_versions "
+                         "WHERE source = 'repair'").fetchone()[0])
+
+
+def _progress(stack: Stack, copy: str) -> tuple[int, int]:
+    """(repair versions in the copy, ledger rows about it)."""
+    with _db(stack) as c:
+        done = _repairs(c, copy)
+    return done, len(_ledger_corrections(stack, f"#warehouse_{copy}.customer_clv"))
+
+
+def _kill_at_random_points(stack: Stack, args: tuple[str, ...], *, kills: int, seed: int, planned: int
+                           ) -> list[dict[str, Any]]:
+    """Start the repair ``kills`` times and SIGKILL it once the copy holds a random number of repair
+    versions (then a random few ms more), as the consumer's crash test does: the kills land between
+    or inside chunk transactions, ledger appends and re-extractions, not only at the hook's point.
+    Returns, per start, its exit code, the repair versions at its start, every count seen while it
+    ran, and (repairs, ledger rows) afterwards."""
+    rng = random.Random(seed)
+    start = _progress(stack, "b")[0]
+    thresholds = sorted(rng.uniform(start + 1, 0.9 * planned) for _ in range(kills))
+    out = []
+    with _db(stack) as c:
+        for threshold in thresholds:
+            at_start, seen = _repairs(c, "b"), set()
+            p = subprocess.Popen([sys.executable, "-m", "engine.cli.main", *args], text=True,
+                                 env={**stack.env, "RECON_REPAIR_CHUNK_ROWS": "10"},
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                deadline = time.monotonic() + 120
+                while p.poll() is None and (done := _repairs(c, "b")) < threshold:
+                    seen.add(done)
+                    assert time.monotonic() < deadline, "the repair made no progress"
+                    time.sleep(0.005)
+                if p.poll() is None:
+                    time.sleep(rng.uniform(0, 0.03))
+                    p.kill()
+                _, err = p.communicate(timeout=60)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            out.append({"threshold": threshold, "returncode": p.returncode, "stderr": err, "start": at_start,
+                        "seen": sorted(seen), "after": _progress(stack, "b")})
+    return out
+
+
 @pytest.fixture(scope="module")
 def flow(stack: Stack) -> dict[str, Any]:
     w = stack.config.parent / "flow"
@@ -98,11 +162,13 @@ def flow(stack: Stack) -> dict[str, Any]:
     r["guard_open"] = _guard(stack)
     r["status_open"] = stack.run("gate", "--status", "--mapping", "clv", "-C", cfg)
 
-    # an untouched copy of the warehouse, for the interrupted repair later
+    # untouched copies of the warehouse: for the interrupted repair later (b), conflicts (c) and a
+    # failed verification (d)
     with _db(stack) as c:
-        c.execute("CREATE SCHEMA warehouse_b")
-        c.execute("CREATE TABLE warehouse_b.customer_clv (LIKE warehouse.customer_clv INCLUDING ALL)")
-        c.execute("INSERT INTO warehouse_b.customer_clv SELECT * FROM warehouse.customer_clv")
+        for copy in ("warehouse_b", "warehouse_c", "warehouse_d"):
+            c.execute(f"CREATE SCHEMA {copy}")
+            c.execute(f"CREATE TABLE {copy}.customer_clv (LIKE warehouse.customer_clv INCLUDING ALL)")
+            c.execute(f"INSERT INTO {copy}.customer_clv SELECT * FROM warehouse.customer_clv")
 
     r["dry"] = stack.run("repair", "--from-explain", str(w / "explain"), "-C", cfg, "--out", str(w / "dry"))
     r["dry_json"] = stack.run("repair", "--from-explain", str(w / "explain"), "-C", cfg, "--json")
@@ -153,16 +219,15 @@ def flow(stack: Stack) -> dict[str, Any]:
                                 str(keys / "recon.key"), "--json")
     r["guard_final"] = _guard(stack)
 
-    # the same repair on the copy: killed after three committed chunks of ten, then resumed
-    port = stack.endpoints["postgres_dsn"].rsplit(":", 1)[1].split("/")[0]
-    target_b = f"postgresql://recon@127.0.0.1:{port}/recon#warehouse_b.customer_clv"
-    args = ("repair", "--from-explain", str(w / "explain"), "-C", cfg, "--apply", "--target", target_b,
+    # the same repair on the copy: killed by the hook after three committed chunks of ten (before the
+    # third chunk's ledger rows), then at seeded random points, then resumed
+    args = ("repair", "--from-explain", str(w / "explain"), "-C", cfg, "--apply", "--target", _target(stack, "b"),
             "--out", str(w / "repB"), "--json")
     r["killed"] = stack.run(*args, env={"RECON_REPAIR_CHUNK_ROWS": "10", "RECON_REPAIR_TEST_KILL_AFTER_CHUNKS": "3"})
-    with _db(stack) as c:
-        r["b_repairs_after_kill"] = c.execute(
-            "SELECT count(*) FROM warehouse_b.customer_clv_versions WHERE source = 'repair'").fetchone()[0]
-    r["b_ledger_after_kill"] = len(_ledger_corrections(stack, "#warehouse_b.customer_clv"))
+    r["b_repairs_after_kill"], r["b_ledger_after_kill"] = _progress(stack, "b")
+    r["random_kills"] = _kill_at_random_points(stack, args, kills=2, seed=22,
+                                               planned=len(r["findings"].filter(pl.col("class").is_in(CORRECTED))))
+    r["b_before_resume"] = _progress(stack, "b")
     r["resumed"] = stack.run(*args, env={"RECON_REPAIR_CHUNK_ROWS": "10"})
     r["state_b"] = _state(stack, "warehouse_b")
     r["ledger_b"] = _ledger_corrections(stack, "#warehouse_b.customer_clv")
@@ -319,11 +384,24 @@ def test_killed_repair_resumes_to_the_state_of_an_uninterrupted_one(stack: Stack
     committed = sum(sizes[:3])
     assert flow["b_repairs_after_kill"] == committed  # three chunks committed before the kill
     assert flow["b_ledger_after_kill"] == committed - sizes[2]  # the third chunk's ledger rows died with it
+    kills = flow["random_kills"]
+    assert sum(k["returncode"] == -9 for k in kills) >= len(kills) - 1, kills  # at most the last one finished
+    progress = [(committed, committed - sizes[2])] + [k["after"] for k in kills]
+    for k in kills:
+        assert k["returncode"] in (-9, 0), k["stderr"][-2000:]
+        if k["start"] >= sec:  # the rest, in chunks of ten from the first pending one: a reader sees whole
+            # chunks only, while the repair runs (sampled every few ms) and after the kill
+            assert all((x - k["start"]) % 10 == 0 or x == n for x in [*k["seen"], k["after"][0]]), k
+    for (before, _), (later, later_ledger) in zip(progress, progress[1:], strict=False):
+        assert later >= before  # nothing committed is undone
+        assert later_ledger <= later  # the ledger never records a correction the warehouse lacks
+    repairs, ledger = flow["b_before_resume"]
+    assert (repairs, ledger) == progress[-1]
     res = flow["resumed"]
     assert res.returncode == 0, res.stderr
     out = _json(res)
-    assert out["corrections"]["already_applied"] == committed and out["corrections"]["applied"] == n - committed
-    assert out["ledger"]["backfilled"] == sizes[2]
+    assert out["corrections"]["already_applied"] == repairs and out["corrections"]["applied"] == n - repairs
+    assert out["ledger"]["backfilled"] == repairs - ledger
     assert flow["state_b"] == flow["state_a"]
     ids = [b["correction_id"] for b in flow["ledger_b"]]
     assert len(ids) == len(set(ids)) == n  # every correction in the ledger exactly once
@@ -379,3 +457,123 @@ def test_versioned_warehouse_keeps_history_and_the_guard_serves_granted_roles(st
         hist = c.execute("SELECT source, valid_to IS NULL FROM warehouse.customer_clv_versions "
                          "WHERE account_id = %s ORDER BY version_id", (acc,)).fetchall()
     assert hist == [("original", False), ("repair", False), ("load", True)]
+
+
+# -- what repair must not write over -----------------------------------------------------------------
+def _pick(flow: dict[str, Any], *conds: pl.Expr) -> str:
+    """The first record (by Id) of the explain's findings matching ``conds``."""
+    return str(flow["findings"].filter(*conds).sort("Id")["Id"][0])
+
+
+def _finding(flow: dict[str, Any], rid: str) -> dict[str, Any]:
+    return dict(flow["findings"].filter(pl.col("Id") == rid).row(0, named=True))
+
+
+@pytest.fixture(scope="module")
+def conflicts(stack: Stack, flow: dict[str, Any]) -> dict[str, Any]:
+    """Copy c, changed by another writer after the explain: one value moved on (``changed``), a row
+    appeared for a record the warehouse lacked (``appeared``), one value already set to Salesforce's
+    (``settled``); then ``repair --apply`` on it."""
+    w, cfg = flow["dir"], str(stack.config)
+    r: dict[str, Any] = {
+        "changed": _pick(flow, pl.col("class") == "duplicate_inflation"),
+        "appeared": _pick(flow, pl.col("class") == "missing_in_warehouse"),
+        "settled": _pick(flow, pl.col("class") == "warehouse_only_drift")}
+    with _db(stack) as c:
+        c.execute("UPDATE warehouse_c.customer_clv SET clv = clv + 7 WHERE account_id = %s", (r["changed"],))
+        c.execute("INSERT INTO warehouse_c.customer_clv VALUES (%s, 1.23, 1, now())", (r["appeared"],))
+        c.execute("UPDATE warehouse_c.customer_clv SET clv = %s WHERE account_id = %s",
+                  (_finding(flow, r["settled"])["salesforce_value"], r["settled"]))
+        r["before"] = dict(c.execute("SELECT account_id, clv::text FROM warehouse_c.customer_clv WHERE account_id = "
+                                     "ANY(%s)", ([r["changed"], r["appeared"], r["settled"]],)).fetchall())
+    sf = _sf(stack)
+    sf.control("POST", "/stats/reset")
+    r["res"] = stack.run("repair", "--from-explain", str(w / "explain"), "-C", cfg, "--apply", "--target",
+                         _target(stack, "c"), "--out", str(w / "repC"), "--json")
+    r["stats"] = sf.control("GET", "/stats")
+    r["state"] = _state(stack, "warehouse_c")
+    return r
+
+
+def test_values_changed_since_the_explain_are_conflicts_left_as_they_are(stack: Stack, flow: dict[str, Any],
+                                                                          conflicts: dict[str, Any]) -> None:
+    res = conflicts["res"]
+    assert res.returncode == 1, res.stderr  # applied what it could; the conflicts are left to act on
+    out = _json(res)
+    n = len(_expected_corrected(stack))
+    changed, appeared, settled = conflicts["changed"], conflicts["appeared"], conflicts["settled"]
+    assert {k: out["corrections"][k] for k in ("applied", "conflicts", "in_sync", "not_in_salesforce", "pending",
+                                               "verified")} == {"applied": n - 3, "conflicts": 2, "in_sync": 1,
+                                                                "not_in_salesforce": 0, "pending": 0,
+                                                                "verified": n - 3}
+    rec = {x["Id"]: x for x in out["records"]}
+    assert rec[changed]["old_value"] == _finding(flow, changed)["warehouse_value"]
+    assert (rec[changed]["status"], rec[changed]["detail"]) == (
+        "conflict", f"the warehouse holds {conflicts['before'][changed]}; the plan expected {rec[changed]['old_value']}")
+    assert (rec[appeared]["status"], rec[appeared]["detail"]) == (
+        "conflict", "the warehouse holds 1.23; the plan expected no row")
+    assert (rec[settled]["status"], rec[settled]["detail"]) == ("in_sync", None)
+    # the other writer's values stand, with no repair version written over them
+    current = {a: v for a, v, _ in conflicts["state"]["current"]}
+    assert {a: current[a] for a in (changed, appeared, settled)} == conflicts["before"]
+    repaired = {a for a, _, rep, _ in conflicts["state"]["history"] if rep}
+    assert repaired == _expected_corrected(stack) - {changed, appeared, settled}
+    # every other record as on the copy repaired without interference; the three not even re-extracted
+    assert [row for row in conflicts["state"]["current"] if row[0] not in (changed, appeared, settled)] == \
+        [row for row in flow["state_a"]["current"] if row[0] not in (changed, appeared, settled)]
+    assert conflicts["stats"]["records_by_object"].get("Account", 0) == out["salesforce"]["records_reextracted"] \
+        == n - 3
+
+
+@pytest.fixture(scope="module")
+def unverified(stack: Stack, flow: dict[str, Any]) -> dict[str, Any]:
+    """Copy d, versioned as repair does it first, with a trigger that stores one SEC-critical
+    record's repaired value plus one: the warehouse does not hold what repair wrote. Then
+    ``repair --apply`` on it."""
+    from psycopg import sql
+
+    from engine.connectors.base import PostgresRef
+    from engine.store.versions import Target, inspect, migrate
+
+    w, cfg = flow["dir"], str(stack.config)
+    skewed = _pick(flow, pl.col("sec_critical"), pl.col("class") == "duplicate_inflation")
+    tgt = Target(ref=PostgresRef(stack.endpoints["postgres_socket_dsn"], "warehouse_d", "customer_clv"),
+                 mapping="clv", sobject="Account", source_column="Customer_Lifetime_Value__c", key="account_id",
+                 value="clv", updated_at="updated_at", count_column="event_count")
+    with _db(stack) as c:
+        migrate(c, tgt, inspect(c, tgt))
+        c.execute("CREATE FUNCTION warehouse_d.skew() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$f$ BEGIN NEW.clv := NEW.clv + 1; RETURN NEW; END $f$")
+        c.execute(sql.SQL("CREATE TRIGGER skew BEFORE INSERT ON warehouse_d.customer_clv_versions "
+                                  "FOR EACH ROW WHEN (NEW.source = 'repair' AND NEW.account_id = {}) "
+                                  "EXECUTE FUNCTION warehouse_d.skew()").format(sql.Literal(skewed)))
+    sf = _sf(stack)
+    sf.control("POST", "/stats/reset")
+    res = stack.run("repair", "--from-explain", str(w / "explain"), "-C", cfg, "--apply", "--target",
+                    _target(stack, "d"), "--out", str(w / "repD"), "--json")
+    with _db(stack) as c:
+        repaired = dict(c.execute("SELECT (evidence ->> 'sec_critical')::boolean, count(*) FROM "
+                                  "warehouse_d.customer_clv_versions WHERE source = 'repair' GROUP BY 1").fetchall())
+        held = c.execute("SELECT clv::text FROM warehouse_d.customer_clv WHERE account_id = %s", (skewed,)).fetchone()[0]
+    return {"skewed": skewed, "res": res, "stats": sf.control("GET", "/stats"), "repaired": repaired, "held": held,
+            "ledger": _ledger_corrections(stack, "#warehouse_d.customer_clv")}
+
+
+def test_a_value_the_warehouse_does_not_keep_fails_verification_with_exit_4(stack: Stack, flow: dict[str, Any],
+                                                                              unverified: dict[str, Any]) -> None:
+    """The SEC subset is applied and verified before the rest is even re-extracted: the failed
+    verification stops the repair there, exit 4, one line naming the record and both values."""
+    from decimal import Decimal
+
+    res, skewed = unverified["res"], unverified["skewed"]
+    assert res.returncode == 4, res.stderr
+    sf_value = _finding(flow, skewed)["salesforce_value"]
+    assert Decimal(unverified["held"]) == Decimal(sf_value) + 1
+    assert res.stderr.splitlines() == [
+        f"recon: error: after repair, 1 record(s) of {_target(stack, 'd')} do not hold Salesforce's value "
+        f"(first: {skewed}: warehouse {unverified['held']}, Salesforce {sf_value})"], res.stderr
+    f = flow["findings"]
+    sec = f.filter(pl.col("sec_critical") & pl.col("class").is_in(list(CORRECTED))).height
+    assert unverified["repaired"] == {True: sec}  # the SEC subset written, nothing of the rest
+    assert unverified["stats"]["records_by_object"].get("Account", 0) == sec  # the rest was never re-extracted
+    assert len(unverified["ledger"]) == sec  # what was committed is recorded, the skewed record too

@@ -247,19 +247,32 @@ def test_an_early_read_reports_bad_credentials_like_a_regular_one(embedded_pg, t
 
 def test_a_copy_child_drain_holds_a_bounded_amount_while_nobody_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """The drain keeps the server streaming before the parser starts, but a parser slower than the
-    server must not let it buffer the whole table: it stops at DRAIN_LIMIT and resumes on reads."""
+    server must not let it buffer the whole table: it stops at DRAIN_LIMIT and resumes on reads.
+
+    No window is timed: the test waits until the drain pauses for room (or the child's output is
+    all read, which only a drain ignoring its limit gets to), then checks what it holds."""
     import time
 
-    monkeypatch.setattr(copy_stream, "DRAIN_LIMIT", 2 << 20)  # read where _Child is defined
+    limit = 2 << 20
+    monkeypatch.setattr(copy_stream, "DRAIN_LIMIT", limit)  # read where _Child is defined
     child = copy_stream._Child(["head", "-c", str(40 << 20), "/dev/zero"], dict(os.environ))
-    deadline = time.monotonic() + 30
-    while child._held < (2 << 20) and time.monotonic() < deadline:  # the drain fills up to the limit…
-        time.sleep(0.01)
-    assert child._held >= 2 << 20, "the drain never reached its limit"
-    for _ in range(20):  # …and stays there while nobody reads (40 MiB were on offer)
-        time.sleep(0.01)
-        assert child._held <= (2 << 20) + (1 << 20)  # the limit plus the one read in flight
-    total = 0
+
+    def wait_paused_or_eof() -> int:
+        deadline = time.monotonic() + 30
+        while True:
+            with child._cond:
+                if child.paused or child._eof:
+                    return child._held if child.paused else -child._held
+            assert time.monotonic() < deadline, f"the drain neither paused nor finished ({child._held} bytes held)"
+            time.sleep(0.01)
+
+    held = wait_paused_or_eof()
+    assert limit <= held <= limit + (1 << 20), f"the drain did not stop at its limit: {held} bytes"  # 40 MiB on offer
+    first = child.read(1 << 20)  # a read makes room: the drain resumes, and pauses at the limit again
+    assert first == bytes(1 << 20)
+    held = wait_paused_or_eof()
+    assert limit <= held <= limit + (1 << 20), f"the drain did not stop at its limit again: {held} bytes"
+    total = len(first)
     while block := child.read(1 << 22):
         total += len(block)
     rc, _ = child.finish()

@@ -248,26 +248,40 @@ def test_bulk_job_lifecycle_over_raw_http(org: Org) -> None:
     assert gone.status_code == 404 and gone.json()[0]["errorCode"] == "NOT_FOUND"
 
 
+def _jobs_until(org: Org, done: Any, what: str) -> dict[str, Any]:
+    """The control API's job counters, polled until ``done(counters)`` (a condition, not a delay)."""
+    deadline = time.monotonic() + 30
+    while not done(st := org.stack.control("GET", "jobs")):
+        assert time.monotonic() < deadline, f"{what}: {st}"
+        time.sleep(0.01)
+    return dict(st)
+
+
 def test_bulk_job_states_abort_and_null_style(org: Org) -> None:
+    """The job is held InProgress through the control API (no delay to race): aborted while held,
+    it stays Aborted after its worker is released and has returned, with no results to fetch."""
     conn, stack = org.conn, org.stack
-    stack.configure(bulk_create_wait=0, bulk_job_delay=1.0)
+    stack.configure(bulk_create_wait=0)
+    assert stack.control("POST", "jobs", {"hold": True})["hold"] is True
     try:
         job = conn.request("POST", "jobs/query", json={"operation": "query", "query": "SELECT Id FROM Account"}).json()
         assert job["state"] == "UploadComplete"
-        time.sleep(0.2)
+        _jobs_until(org, lambda st: st["held"] == 1, "the job never reached the hold")
         assert conn.request("GET", f"jobs/query/{job['id']}").json()["state"] == "InProgress"
         early = conn.request("GET", f"jobs/query/{job['id']}/results")
         assert early.status_code == 412 and early.json()[0]["errorCode"] == "JOB_NOT_COMPLETE"
         assert conn.request("DELETE", f"jobs/query/{job['id']}").status_code == 400  # not while running
         aborted = conn.request("PATCH", f"jobs/query/{job['id']}", json={"state": "Aborted"})
         assert aborted.status_code == 200 and aborted.json()["state"] == "Aborted"
-        time.sleep(1.0)
+        assert stack.control("POST", "jobs", {"hold": False})["hold"] is False
+        _jobs_until(org, lambda st: st["running"] == 0, "the released job's worker never returned")
         assert conn.request("GET", f"jobs/query/{job['id']}").json()["state"] == "Aborted"
         results = conn.request("GET", f"jobs/query/{job['id']}/results")
         assert results.status_code == 400 and results.json()[0]["errorCode"] == "INVALIDJOBSTATE"
         assert conn.request("DELETE", f"jobs/query/{job['id']}").status_code == 204
     finally:
-        stack.configure(bulk_create_wait=10, bulk_job_delay=0)
+        stack.control("POST", "jobs", {"hold": False})
+        stack.configure(bulk_create_wait=10)
     null_row = next(r for r in org.table.to_pylist() if r["Industry"] is None)
     soql = f"SELECT Id, Industry FROM Account WHERE Id = '{null_row['Id']}'"
     assert next(iter(org.sf.bulk2.Account.query(soql, wait=0))) == f'"Id","Industry"\n"{null_row["Id"]}",""\n'

@@ -93,6 +93,7 @@ class _Child:
             fcntl.fcntl(self._fd, F_SETPIPE_SZ, 1 << 20)
         self._chunks: collections.deque[bytes] = collections.deque()
         self._held = 0  # bytes in _chunks
+        self.paused = False  # the drain waits for room (DRAIN_LIMIT reached): what back-pressure looks like
         self._pos = 0
         self._eof = False
         self._cond = threading.Condition()
@@ -105,7 +106,9 @@ class _Child:
             while True:
                 with self._cond:  # backpressure: a parser slower than the server holds at most this much
                     while self._held >= DRAIN_LIMIT and not self.closed:
+                        self.paused = True
                         self._cond.wait()
+                    self.paused = False
                 data = os.read(self._fd, 1 << 20)
                 with self._cond:
                     if data and not self.closed:  # after close(), output is read and dropped
@@ -147,6 +150,7 @@ class _Child:
                     self._chunks.popleft()
                     self._held -= len(chunk)
                     self._pos = 0
+                    self.paused = False  # until the drain, woken, finds itself at the limit again
                     self._cond.notify_all()  # the drain may be waiting for room
         return b"".join(out)
 

@@ -20,7 +20,11 @@ Control endpoints (not Salesforce; header `X-Recon-Control: <token>`, the token 
   "bulk_create_wait": S}`: how Bulk CSV writes nulls (`""`, the default, or an unquoted empty field),
   the page size without maxRecords, and how long a job-create request waits for the job to finish
   (default 10 s; 0 makes every job visibly UploadComplete → InProgress → JobComplete to pollers), and
-  `"bulk_job_delay": S` keeps every job InProgress for S seconds first (to test polling and abort).
+  `"bulk_job_delay": S` keeps every job InProgress for S seconds first (to test polling);
+* `GET|POST /__recon/jobs` — `{"hold": true}` keeps every Bulk query job InProgress (it starts, then
+  waits) until `{"hold": false}` releases them; the answer, `{"hold", "held", "running"}`, counts the
+  jobs waiting in the hold and the jobs whose worker has not returned yet. How a test holds a job
+  open to abort it without racing a delay: abort while held, release, wait for `running` to be 0.
 
 Request kinds: versions, resources, limits, login, userinfo, identity, describe, query, queryAll,
 query_more, sobject_get, sobject_create, sobject_update, sobject_delete, sobject_changed, bulk_create,
@@ -222,6 +226,11 @@ class Org:
         self.default_max_records = DEFAULT_MAX_RECORDS
         self.bulk_create_wait = DEFAULT_BULK_CREATE_WAIT
         self.bulk_job_delay = 0.0
+        #: cleared while jobs are held InProgress (`/__recon/jobs`); set again to release them
+        self.jobs_released = threading.Event()
+        self.jobs_released.set()
+        self.jobs_held = 0
+        self.jobs_running = 0
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-job")
 
     @property
@@ -295,16 +304,33 @@ class Org:
     def run_job(self, job: Job) -> None:
         """Materialise a query job's results (in a worker thread; jobs complete when this returns)."""
         with self.lock:
+            self.jobs_running += 1
+        try:
+            self._run_job(job)
+        finally:
+            with self.lock:
+                self.jobs_running -= 1
+
+    def _run_job(self, job: Job) -> None:
+        with self.lock:
             if job.state != "UploadComplete":
                 return
             job.state = "InProgress"
             job.modstamp = now_ms()
         t0 = time.monotonic()
+        if not self.jobs_released.is_set():  # test knob: held InProgress until the control API releases it
+            with self.lock:
+                self.jobs_held += 1
+            try:
+                self.jobs_released.wait()
+            finally:
+                with self.lock:
+                    self.jobs_held -= 1
         if self.bulk_job_delay > 0:  # test knob: keep the job visibly InProgress for a while
             time.sleep(self.bulk_job_delay)
-            with self.lock:
-                if job.state == "Aborted":
-                    return
+        with self.lock:
+            if job.state == "Aborted":
+                return
         try:
             n = self.db.materialize_csv(job.id, job.query, include_deleted=job.operation == "queryAll",
                                         null_as_quoted=self.csv_null_quoted)
@@ -894,6 +920,17 @@ class Api:
                         retry_after=int(body["retry_after"]) if body.get("retry_after") is not None else None,
                         after=max(0, int(body.get("after") or 0))))
             return JSONResponse({"ok": True, "pending": sum(f.count for f in org.failures)})
+        if path == "jobs":
+            if request.method == "POST" and "hold" in body:
+                if body["hold"] is True:
+                    org.jobs_released.clear()
+                elif body["hold"] is False:
+                    org.jobs_released.set()
+                else:
+                    return JSONResponse({"error": "hold must be true or false"}, status_code=400)
+            with org.lock:
+                return JSONResponse({"hold": not org.jobs_released.is_set(), "held": org.jobs_held,
+                                     "running": org.jobs_running})
         if path == "sessions/expire" and request.method == "POST":
             org.sessions.expire_all()
             return JSONResponse({"ok": True})
@@ -950,6 +987,7 @@ def build_app(cfg: ServerConfig, ensure: Callable[[], str] | None = None) -> Sta
             yield
         finally:
             task.cancel()
+            org.jobs_released.set()  # a held job must not keep the worker thread (and the process) alive
             org.executor.shutdown(wait=False, cancel_futures=True)
             org.db.close()
 
