@@ -24,7 +24,10 @@ WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "· installing recon and its dependencies into .venv" >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[local,dev,bench]" >&2
+  # setuptools warns about every editable install ("Editable installation. … folders with the same
+  # name as your package …", a 10-line block newer pips show): expected here, so not shown
+  PYTHONWARNINGS="ignore:Editable installation" \
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[local,dev,bench]" >&2
   echo "$WANT" > "$STAMP"
 fi
 # bytecode for the package, as a regular (non-editable) install would have: with

@@ -8,10 +8,25 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+#: The width output is laid out at when its stream is not a terminal: wide enough that no line of
+#: recon's (a command printed for copying, a table row with a long value) is ever folded, so a log
+#: file or a pipe keeps each number on its label's line and each command on one line.
+PIPE_WIDTH = 10_000
+
+
+def is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
 
 class LazyConsole:
     """A rich ``Console`` made on first use: importing rich costs ~20 ms at every start, and a
-    run that prints only JSON (schedulers, CI) never needs it."""
+    run that prints only JSON (schedulers, CI) never needs it.
+
+    When its stream is not a terminal, nothing wraps: rich would otherwise fold every line at 80
+    columns, splitting a printed command across two lines and a table value from its label."""
 
     def __init__(self, **kwargs: Any) -> None:
         self._kwargs = kwargs
@@ -21,7 +36,11 @@ class LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(**self._kwargs)
+            kwargs = dict(self._kwargs)
+            if not is_tty(sys.stderr if kwargs.get("stderr") else sys.stdout):
+                kwargs.setdefault("width", PIPE_WIDTH)
+                kwargs.setdefault("soft_wrap", True)
+            self._console = Console(**kwargs)
         return getattr(self._console, name)
 
 
@@ -52,6 +71,13 @@ def parse_time(text: str | None, opt: str) -> Any:
 
 def progress(msg: str) -> None:
     err.print(f"[dim]·[/dim] {msg}")
+
+
+def retry_progress(notice: Any) -> None:
+    """The CLI's reporter of :mod:`engine.core.notices`: one line on stderr per retry (what, why,
+    how long is left), above a live status line on a terminal, whole in a log. The option
+    ``--progress json`` the issue mentions does not exist yet: the line is plain text."""
+    err.print(f"recon: waiting: {notice.line()}", markup=False, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

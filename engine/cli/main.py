@@ -8,6 +8,7 @@ Exit codes (the contract): 0 success, 1 success with findings, 2 usage/config/cr
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from engine.cli._shared import emit_json, err, naming_options, out
+from engine.cli._shared import PIPE_WIDTH, emit_json, err, is_tty, naming_options, out, retry_progress
 from engine.cli.options import ConfigOpt, JsonFlag, LedgerOpt, ManifestOpt, SigningKeyOpt
 from engine.core.errors import Exit, ReconError
 
@@ -201,13 +202,60 @@ def _fast_exit(code: int) -> NoReturn:
     os._exit(code)
 
 
+#: rich help markup: ``[name]`` with a leading letter, ``#``, ``/`` or ``@`` is a style tag
+#: (rich.markup.escape's pattern, kept here so a start does not import rich)
+_MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+
+def _escape_markup(text: str) -> str:
+    return _MARKUP_TAG.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", text)
+
+
+def command(*, tty: bool) -> Any:
+    """The click command tree of ``app``, its help laid out for where it goes.
+
+    A terminal gets rich's help panels, with every help text's brackets escaped: rich took
+    ``[mapping.NAME]`` for a style tag and printed "A  of the config". A pipe or a file gets
+    click's plain help, unwrapped (a log keeps each option on one line) and with no markup at all."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    if not tty:
+        root.context_settings = {**root.context_settings, "terminal_width": PIPE_WIDTH,
+                                 "max_content_width": PIPE_WIDTH}
+    todo = [root]
+    while todo:
+        cmd = todo.pop()
+        todo.extend(getattr(cmd, "commands", {}).values())
+        if not tty:
+            cmd.rich_markup_mode = None  # type: ignore[attr-defined]
+            continue
+        if cmd.help:
+            cmd.help = _escape_markup(cmd.help)
+        for p in cmd.params:
+            if getattr(p, "help", None):
+                p.help = _escape_markup(p.help)  # type: ignore[attr-defined]
+    return root
+
+
+def _usage_line(exc: Any) -> str:
+    """Click's one-line complaint, pointing to the help of the command it was about."""
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "recon"
+    msg = exc.format_message().rstrip()
+    return f"recon: error: {msg}{'' if msg.endswith(('.', '?', '!')) else '.'} See `{where} --help`."
+
+
 def main() -> None:
     """Console entry point: map recon's errors to one line and an exit code, never a traceback."""
+    from engine.core.notices import set_retry_reporter
     from engine.runtime import tune_process
 
     tune_process()
+    set_retry_reporter(retry_progress)
     try:
-        rc = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
+        # click returns typer.Exit's code instead of raising it here
+        rc = command(tty=is_tty(sys.stdout))(prog_name="recon", standalone_mode=False)
         _fast_exit(rc if isinstance(rc, int) else 0)
     except ReconError as exc:
         _say_error(f"recon: error: {exc}")
@@ -221,7 +269,7 @@ def main() -> None:
         if _is_cli_usage_error(exc):
             if type(exc).__name__ == "NoArgsIsHelpError":
                 sys.exit(int(Exit.USAGE))
-            _say_error(f"recon: error: {exc.format_message()}")  # type: ignore[attr-defined]
+            _say_error(_usage_line(exc))
             sys.exit(int(Exit.USAGE))
         if os.environ.get("RECON_DEBUG") != "0":
             traceback.print_exc()

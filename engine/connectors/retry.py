@@ -56,6 +56,7 @@ from typing import TypeVar
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from engine.core.errors import ReconError, ServiceUnreachable, UsageError
+from engine.core.notices import RetryNotice, report_retry
 
 T = TypeVar("T")
 
@@ -129,7 +130,9 @@ class RetryPolicy:
         was being done, with its preposition ("while writing a batch", "during the SOAP login"),
         ``hint`` the fix; they make the one-line messages.
         ``sleep`` may return False to give up at once (a stop request); ``notice`` receives a line
-        per retry; ``unreachable`` is the error raised past the deadline (a subclass of
+        per retry (without it, the front end's reporter of :mod:`engine.core.notices` gets a
+        :class:`~engine.core.notices.RetryNotice`: what, why, and how long is left); ``unreachable``
+        is the error raised past the deadline (a subclass of
         ServiceUnreachable for a system with its own, e.g. Salesforce's).
         """
         start = since
@@ -166,10 +169,13 @@ class RetryPolicy:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, Outage):
                 last[:] = [exc]
+                pause = state.next_action.sleep if state.next_action else 0.0
+                said = RetryNotice(service=service, doing=doing, reason=exc.detail, attempt=state.attempt_number + 1,
+                                   retry_in_s=pause, left_s=max(0.0, self.deadline_s - elapsed()))
                 if notice is not None:
-                    pause = state.next_action.sleep if state.next_action else 0.0
-                    during = f" {doing}" if doing else ""
-                    notice(f"{service} unreachable{during}, retrying in {pause:.1f} s: {exc.detail}")
+                    notice(said.line())
+                else:
+                    report_retry(said)
 
         def do_sleep(seconds: float) -> None:
             if sleep(seconds) is False:

@@ -279,6 +279,43 @@ def _keys(key_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     return key, out_dir / "recon.pub"
 
 
+#: Set by scripts/demo to the directory it was started from (it works in the checkout's root):
+#: the commands the demo prints name paths as seen from there, so they work pasted into that shell.
+CALLER_CWD_ENV = "RECON_DEMO_CALLER_CWD"
+
+
+def _shown(path: Path | str) -> str:
+    """A path as the user's shell sees it: relative to the directory the demo was started from
+    when inside it (as given, e.g. ``recon-out/diff``), else absolute."""
+    import os
+
+    caller = Path(os.environ.get(CALLER_CWD_ENV) or Path.cwd()).resolve()
+    full = Path(path).resolve()
+    try:
+        return str(full.relative_to(caller)) or "."
+    except ValueError:
+        return str(full)
+
+
+def shell_line(*words: Path | str) -> str:
+    """One shell command for copying: paths as the caller's shell sees them, every word quoted."""
+    import shlex
+
+    return " ".join(shlex.quote(_shown(w) if isinstance(w, Path) else w) for w in words)
+
+
+def activation_line() -> str | None:
+    """``source …/bin/activate`` for the virtualenv recon runs from (None outside one): the demo's
+    commands need ``recon`` on PATH, and scripts/demo installs it into .venv only."""
+    import shlex
+    import sys
+
+    script = Path(sys.prefix) / "bin" / "activate"
+    if sys.prefix == sys.base_prefix or not script.is_file():
+        return None
+    return f"source {shlex.quote(_shown(script))}"
+
+
 def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out_dir: Path, paths: StackPaths,
         console: Console) -> Exit:
     from engine.local import scenario, stack
@@ -380,7 +417,14 @@ def run(*, accounts: int, seed: int, kafka: str | None, keep_services: bool, out
     console.print(f"\n[bold]demo finished in {steps.elapsed:.1f}s[/bold]")
     console.print(f"found:  {'yes' if outcome.found else 'no'} — see {out_dir / 'diff'} and {out_dir / 'explain'}")
     console.print(f"fixed:  {'yes' if outcome.fixed else 'no'} — see {out_dir / 'repair'} and {out_dir / 'diff-after'}")
-    console.print(f"proven: {'yes' if outcome.proven else 'no'} — verify with `recon manifest verify "
-                  f"{out_dir / 'diff' / 'manifest.json'} --key {out_dir / 'recon.pub'} --data {out_dir / 'diff'}`")
-    console.print(f"artefacts: {out_dir.resolve()}")
+    verify = shell_line("recon", "manifest", "verify", out_dir / "diff" / "manifest.json", "--key",
+                        out_dir / "recon.pub", "--data", out_dir / "diff")
+    # commands are printed whole on one line (soft_wrap): copied from a narrow terminal or a log,
+    # they paste as one command
+    console.print(f"proven: {'yes' if outcome.proven else 'no'} — verify with `{verify}`", soft_wrap=True,
+                  markup=False)
+    console.print(f"artefacts: {out_dir.resolve()}", soft_wrap=True, markup=False)
+    activate = activation_line()
+    if activate:
+        console.print(f"recon on your PATH, for the commands above: {activate}", soft_wrap=True, markup=False)
     return Exit.OK if outcome.found and outcome.fixed and outcome.proven else Exit.FINDINGS

@@ -7,6 +7,7 @@ tests/integration/test_salesforce_api.py."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,12 +32,31 @@ def recon(*args: str, env: dict[str, str] | None = None, timeout: float = 60) ->
 def one_line(res: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
     assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
     assert "Traceback" not in res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    # before an exit 5, one progress line per retry (tests/e2e/test_first_hour.py checks them)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("recon: waiting: ")]
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("recon: error: "), lines[0]
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
+
+
+WAIT = re.compile(r"^recon: waiting: (?P<what>.+) unreachable(?P<doing> [^:]+)?: (?P<why>.+); "
+                  r"attempt (?P<n>\d+) in (?P<pause>\d+\.\d) s, giving up in (?P<left>\d+\.\d) s$")
+
+
+def waits(res: subprocess.CompletedProcess[str], deadline: float) -> list[re.Match[str]]:
+    """The progress lines before an exit 5's error line (issue 21: a refused port was silent for
+    20 s): one per attempt after the first, numbered from 2, each saying what, why, and how long is
+    left (never more than the deadline, less each time)."""
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("recon: error: "), res.stderr
+    found = [WAIT.match(ln) for ln in lines[:-1]]
+    assert found and all(found), res.stderr
+    assert [int(m["n"]) for m in found] == list(range(2, len(found) + 2)), res.stderr  # type: ignore[index]
+    left = [float(m["left"]) for m in found]  # type: ignore[index]
+    assert left == sorted(left, reverse=True) and left[0] <= deadline, res.stderr
+    return found  # type: ignore[return-value]
 
 
 def free_port() -> int:
@@ -78,10 +98,14 @@ def test_verification_error_is_exit_4_naming_the_manifest(tmp_path: Path) -> Non
 def test_service_unreachable_is_exit_5_naming_the_host_at_the_deadline(accounts: Path) -> None:
     port = free_port()
     t = time.monotonic()
-    res = recon("diff", f"postgresql://recon@127.0.0.1:{port}/recon#public.accounts", f"parquet:{accounts}",
-                "-k", "id", env={"RECON_CONNECT_DEADLINE": "1"})
+    res = recon("diff", f"postgresql://recon:pw-n0t-shown@127.0.0.1:{port}/recon#public.accounts",
+                f"parquet:{accounts}", "-k", "id", env={"RECON_CONNECT_DEADLINE": "1"})
     assert time.monotonic() - t < 15
     one_line(res, 5, f"127.0.0.1:{port}/recon unreachable for 1 s (RECON_CONNECT_DEADLINE)")
+    found = waits(res, 1.0)  # the server without the DSN's password, refused, how long is left
+    assert {m["what"] for m in found} == {f"PostgreSQL at postgresql://recon@127.0.0.1:{port}/recon"}, res.stderr
+    assert all("refused" in m["why"] for m in found), res.stderr
+    assert "pw-n0t-shown" not in res.stderr + res.stdout
 
 
 def test_a_bad_deadline_knob_is_exit_2_naming_it(accounts: Path) -> None:
@@ -121,4 +145,7 @@ def test_salesforce_unreachable_is_exit_5_naming_the_host(accounts: Path) -> Non
                      "SF_PASSWORD": "pw-not-shown", "RECON_SF_RETRY_DEADLINE": "1"})
     assert time.monotonic() - t < 15  # RECON_SF_RETRY_DEADLINE bounds the login too
     one_line(res, 5, f"Salesforce at https://127.0.0.1:{port} unreachable for 1 s", "connection refused")
+    found = waits(res, 1.0)
+    assert {m["what"] for m in found} == {f"Salesforce at https://127.0.0.1:{port}"}, res.stderr
+    assert all(m["doing"] and "refused" in m["why"] for m in found), res.stderr  # which call, why
     assert "pw-not-shown" not in res.stderr + res.stdout

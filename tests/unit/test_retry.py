@@ -107,7 +107,7 @@ def test_retry_after_is_honoured_and_notices_say_how_long() -> None:
     lines: list[str] = []
     slept: list[float] = []
     RetryPolicy(10.0).run(fn, outage, service="X at h", sleep=slept.append, notice=lines.append)
-    assert slept == [0.2] and lines == ["X at h unreachable, retrying in 0.2 s: HTTP 429"]
+    assert slept == [0.2] and lines == ["X at h unreachable: HTTP 429; attempt 2 in 0.2 s, giving up in 10.0 s"]
 
 
 def test_a_stop_request_while_waiting_gives_up_at_once() -> None:
@@ -202,7 +202,7 @@ def test_a_closed_port_via_the_cli_is_exit_5_at_the_deadline(tmp_path: Path) -> 
                          capture_output=True, text=True, env=env, timeout=60)
     took = time.monotonic() - t
     assert res.returncode == 5, res.stderr
-    lines = res.stderr.strip().splitlines()
+    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("recon: waiting: ")]
     assert len(lines) == 1 and "Traceback" not in res.stderr
     assert f"127.0.0.1:{port}/recon unreachable for 1 s" in lines[0]
     assert took < 10  # the early read and the regular read share one outage: no double wait beyond it

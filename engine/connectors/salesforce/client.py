@@ -344,6 +344,15 @@ class SalesforceConnection:
         self.http = session
         self._settings = settings
 
+    @property
+    def user(self) -> str:
+        """Who the session acts as, for messages (field-level security is per user): the username
+        and the user id as far as the login told them, never a credential."""
+        name = self._settings.username
+        if name and self.user_id:
+            return f"{name} ({self.user_id})"
+        return name or self.user_id or "(unknown)"
+
     def __repr__(self) -> str:
         return (f"SalesforceConnection(instance_url={self.instance_url!r}, org_id={self.org_id!r}, "
                 f"user_id={self.user_id!r}, api_version={self.api_version!r}, auth_method={self.auth_method!r})")

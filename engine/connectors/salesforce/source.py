@@ -191,6 +191,15 @@ def describe(ref: SalesforceRef, config: Config) -> dict[str, Any]:
     return _DESCRIBE_CACHE[key]
 
 
+def not_described(name: str, ref: SalesforceRef, conn: Any, fix: str, *, field: str | None = None) -> UsageError:
+    """A field the describe does not list. In a real org the usual cause is not a typo but
+    field-level security: describe omits every field the integration user's profile cannot read,
+    so the message names that user and the grant, then the fix for a misspelt name."""
+    return UsageError(f"unknown column {name!r} on Salesforce {ref.sobject}: describe does not list it for the "
+                      f"integration user {conn.user}; if the field exists, field-level security may hide it from "
+                      f"that user (grant read access in its profile or a permission set), else {fix}", field=field)
+
+
 def describe_columns(ref: SalesforceRef, config: Config) -> dict[str, SourceColumn]:
     d = describe(ref, config)
     out = {}
@@ -298,8 +307,7 @@ def extract(
             raise UsageError(f"invalid Salesforce field name {c!r}")
         n = c if c in declared else lower.get(c.lower())
         if n is None:
-            raise UsageError(f"unknown column {c!r} on Salesforce {ref.sobject}: fix the key or compared columns",
-                             field="columns")
+            raise not_described(c, ref, conn, "fix the key or compared columns", field="columns")
         names.append(n)
     conds = []
     if where:
@@ -412,10 +420,9 @@ def top_ids(ref: SalesforceRef, config: Config, field: str, fraction: float) -> 
     query, not a full extraction."""
     declared = describe_columns(ref, config)
     name = field if field in declared else {n.lower(): n for n in declared}.get(field.lower())
-    if name is None or not FIELD_RE.match(name):
-        raise UsageError(f"unknown column {field!r} on Salesforce {ref.sobject}: fix [mapping.NAME.roles] rank_by "
-                         "(or [commission] revenue_field)")
     conn = connection(config)
+    if name is None or not FIELD_RE.match(name):
+        raise not_described(field, ref, conn, "fix [mapping.NAME.roles] rank_by (or [commission] revenue_field)")
     total = int(_call(conn, lambda: conn.sf.query(f"SELECT COUNT() FROM {ref.sobject}"), "a COUNT() query")["totalSize"])
     k = max(1, int(-(-total * fraction // 1))) if total else 0
     if not k:

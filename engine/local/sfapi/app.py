@@ -15,6 +15,9 @@ Control endpoints (not Salesforce; header `X-Recon-Control: <token>`, the token 
   "retry_after": 1}` makes the next `count` matching requests fail (kinds as in stats; omitted = any);
   `"after": N` lets the first N matching requests through before that (the second job of a chunked
   read fails, not the first); `{"count": 0}` clears;
+* `POST /__recon/fls` — `{"sobject": "Account", "hidden": ["Field__c"], "user": "005…"}` hides those
+  fields from that user (default: the integration user) as field-level security does: describe omits
+  them and a query naming them is refused with INVALID_FIELD; `"hidden": []` shows them again;
 * `POST /__recon/sessions/expire` — revokes every session (next call: 401 INVALID_SESSION_ID);
 * `POST /__recon/config` — `{"csv_null": "quoted"|"empty", "default_max_records": N,
   "bulk_create_wait": S}`: how Bulk CSV writes nulls (`""`, the default, or an unquoted empty field),
@@ -231,6 +234,8 @@ class Org:
         self.jobs_released.set()
         self.jobs_held = 0
         self.jobs_running = 0
+        #: field-level security: user id → sObject name (lower case) → hidden field names (lower case)
+        self.hidden: dict[str, dict[str, frozenset[str]]] = {}
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-job")
 
     @property
@@ -239,6 +244,33 @@ class Org:
         return self.store
 
     # -- limits and injected failures --------------------------------------------------------------
+    def hidden_fields(self, user: str, sobject: str) -> frozenset[str]:
+        with self.lock:
+            return self.hidden.get(user, {}).get(sobject.lower(), frozenset())
+
+    def check_visible(self, q: soql.Query, user: str) -> None:
+        """Refuse a query naming a field hidden from ``user``, with the error Salesforce gives for a
+        field the user's profile cannot read (the same as for a field that does not exist)."""
+        hidden = self.hidden_fields(user, q.sobject.name)
+        if not hidden:
+            return
+        named: list[schema.FieldDef] = []
+
+        def walk(node: Any) -> None:
+            if isinstance(node, schema.FieldDef):
+                named.append(node)
+            elif isinstance(node, (tuple, list)):
+                for item in node:
+                    walk(item)
+
+        walk((q.fields, q.where, q.order_by))
+        for f in named:
+            if f.name.lower() in hidden:
+                raise soql.SoqlError(
+                    "INVALID_FIELD", f"No such column '{f.name}' on entity '{q.sobject.name}'. If you are attempting "
+                    "to use a custom field, be sure to append the '__c' after the custom field name. Please reference "
+                    "your WSDL or the describe call for the appropriate names.")
+
     def consume_api(self) -> bool:
         """Count one API request against the daily budget (usage resets at midnight UTC)."""
         with self.lock:
@@ -267,9 +299,11 @@ class Org:
         return None
 
     # -- REST queries --------------------------------------------------------------------------------
-    def run_query(self, text: str, version: str, include_deleted: bool, batch: int) -> tuple[str, str, int]:
+    def run_query(self, text: str, version: str, include_deleted: bool, batch: int,
+                  user: str = USER_ID) -> tuple[str, str, int]:
         """First page of a REST query: (JSON body, sObject, rows in the page)."""
         q = soql.compile_query(text)
+        self.check_visible(q, user)
         obj = q.sobject.name
         if q.is_count:
             n = self.db.count(q, include_deleted=include_deleted)
@@ -538,7 +572,11 @@ class Api:
                              "sobjects": [o.describe_global_entry(version) for o in schema.SOBJECTS.values()]})
 
     async def h_describe(self, request: Request, version: str, user: str, name: str) -> Response:
-        return JSONResponse(self._sobject(name).describe(version))
+        out = self._sobject(name).describe(version)
+        hidden = self.org.hidden_fields(user, name)
+        if hidden:
+            out["fields"] = [f for f in out["fields"] if f["name"].lower() not in hidden]
+        return JSONResponse(out)
 
     async def h_sobject_info(self, request: Request, version: str, user: str, name: str) -> Response:
         return JSONResponse({"objectDescribe": self._sobject(name).describe_global_entry(version),
@@ -593,20 +631,20 @@ class Api:
         return Response(status_code=204)
 
     # -- REST query ----------------------------------------------------------------------------------
-    async def _query(self, request: Request, version: str, include_deleted: bool) -> Response:
+    async def _query(self, request: Request, version: str, include_deleted: bool, user: str) -> Response:
         text = request.query_params.get("q")
         if text is None:
             raise soql.SoqlError("MALFORMED_QUERY", "A query string must be specified with the q parameter")
         batch = _query_batch_size(request) or DEFAULT_BATCH
-        body, obj, n = await run_in_threadpool(self.org.run_query, text, version, include_deleted, batch)
+        body, obj, n = await run_in_threadpool(self.org.run_query, text, version, include_deleted, batch, user)
         self.org.stats.served("queryAll" if include_deleted else "query", obj, n)
         return json_text(body)
 
     async def h_query(self, request: Request, version: str, user: str) -> Response:
-        return await self._query(request, version, False)
+        return await self._query(request, version, False, user)
 
     async def h_query_all(self, request: Request, version: str, user: str) -> Response:
-        return await self._query(request, version, True)
+        return await self._query(request, version, True, user)
 
     async def h_query_more(self, request: Request, version: str, user: str, endpoint: str, loc: str,
                            offset: str) -> Response:
@@ -644,6 +682,7 @@ class Api:
         if not isinstance(text, str) or not text.strip():
             raise StoreError("INVALIDJOB", "A query is required for query jobs", 400)
         q = soql.compile_query(text, bulk=True)
+        self.org.check_visible(q, user)
         job = Job(id=_random_id("750"), operation=op, object=q.sobject.name, query=q, created_by=user,
                   created=now_ms(), api_version=version, column_delimiter=delim, line_ending=ending)
         with self.org.lock:
@@ -931,6 +970,15 @@ class Api:
             with org.lock:
                 return JSONResponse({"hold": not org.jobs_released.is_set(), "held": org.jobs_held,
                                      "running": org.jobs_running})
+        if path == "fls" and request.method == "POST":
+            obj = schema.sobject(str(body.get("sobject", "")))
+            hidden = body.get("hidden", [])
+            if obj is None or not isinstance(hidden, list):
+                return JSONResponse({"error": "give a known sobject and a list of field names to hide"}, status_code=400)
+            who = str(body.get("user") or USER_ID)
+            with org.lock:
+                org.hidden.setdefault(who, {})[obj.name.lower()] = frozenset(str(h).lower() for h in hidden)
+            return JSONResponse({"user": who, "sobject": obj.name, "hidden": sorted(str(h) for h in hidden)})
         if path == "sessions/expire" and request.method == "POST":
             org.sessions.expire_all()
             return JSONResponse({"ok": True})

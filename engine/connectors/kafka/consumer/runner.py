@@ -279,7 +279,7 @@ class _Runner:
 
         md = RetryPolicy(self.s.deadline_s, field="deadline_s").run(
             probe, lambda exc: kafka_errors.classify(exc, self.s.bootstrap), service=f"Kafka at {self.s.bootstrap}",
-            hint="check the bootstrap address and that the broker runs", sleep=self.stop.sleep)
+            hint="check the bootstrap address and that the broker runs", sleep=self.stop.sleep, notice=self._notice)
         if self.callback_error is not None:
             raise self.callback_error
         existing_partitions(md, self.s.topic, self.s.bootstrap)
