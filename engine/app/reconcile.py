@@ -179,8 +179,8 @@ def _run_diff(req: DiffRequest, config: Config, progress: Any = None) -> DiffRun
         t_lower = {n.lower(): n for n in t_cols}
         keyset = {k.lower() for k, _ in req.keys}
         pairs = [(n, t_lower[n.lower()]) for n in s_cols if n.lower() in t_lower and n.lower() not in keyset]
-    s_find = _finder(s_cols, str(sref), "key/column")
-    t_find = _finder(t_cols, str(tref), "key/column")
+    s_find = _finder(s_cols, str(sref), "key/column", ssrc)
+    t_find = _finder(t_cols, str(tref), "key/column", tsrc)
     key_pairs = [(s_find(a), t_find(b)) for a, b in req.keys]
     col_pairs = [(s_find(a), t_find(b)) for a, b in pairs]
     precision = _coarsest_precision(ssrc, tsrc)
@@ -268,13 +268,15 @@ def _take_frame(e: Extract) -> pl.DataFrame:
     return frame
 
 
-def _finder(cols: dict[str, SourceColumn], where: str, what: str):  # noqa: ANN202
+def _finder(cols: dict[str, SourceColumn], where: str, what: str, src: Any):  # noqa: ANN202
     lower = {n.lower(): n for n in cols}
 
     def find(name: str) -> str:
         n = name if name in cols else lower.get(name.lower())
         if n is None:
-            raise UsageError(f"unknown column {name!r} in {where} (columns: {', '.join(cols)}): fix the {what} option")
+            hint = src.missing_column_hint()  # e.g. a Salesforce field hidden from the integration user
+            raise UsageError(f"unknown column {name!r} in {where} (columns: {', '.join(cols)}): "
+                             + (f"{hint}; else fix the {what} option" if hint else f"fix the {what} option"))
         return n
 
     return find
@@ -312,7 +314,7 @@ def snapshot(ref_text: str, out: Path, config: Config, *, keys: list[str], colum
     ref = parse_reference(ref_text)
     src = source_for(ref, config)
     cols = src.describe()
-    find = _finder(cols, str(ref), "-k/-c")
+    find = _finder(cols, str(ref), "-k/-c", src)
     key_cols = [find(k) for k in keys]
     if not key_cols:
         raise UsageError("no key: pass -k/--key (the Merkle segments are key ranges)")

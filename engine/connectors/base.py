@@ -107,6 +107,12 @@ class Source(Connector, Protocol):
         catalog), else None: lets another side start reading before this one is described."""
         ...
 
+    def missing_column_hint(self) -> str:
+        """Why a column :meth:`describe` does not list may exist all the same, for the error that
+        names it ('' when the listing is the whole truth): Salesforce's describe omits the fields
+        the integration user may not read, which otherwise reads like a typo."""
+        ...
+
     def read(self, req: ReadRequest) -> Extract:
         """The rows (as Arrow-backed Polars), their declared types and the extraction metadata."""
         ...

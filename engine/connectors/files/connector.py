@@ -40,6 +40,9 @@ class FileSource:
     def quick_columns(self) -> list[str] | None:
         return None
 
+    def missing_column_hint(self) -> str:
+        return ""
+
     def read(self, req: ReadRequest) -> Extract:
         from engine.connectors.files import source
 

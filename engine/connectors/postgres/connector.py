@@ -39,6 +39,9 @@ class PostgresSource:
 
         return [c.name for c in source.list_columns(self.ref, passfile=self.passfile)]
 
+    def missing_column_hint(self) -> str:
+        return ""
+
     def read(self, req: ReadRequest) -> Extract:
         """Takes the read :mod:`engine.connectors.postgres.early` started for this table and
         condition when it covers the wanted columns, else reads now."""

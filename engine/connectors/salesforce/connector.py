@@ -33,6 +33,11 @@ class SalesforceSource:
     def quick_columns(self) -> list[str] | None:
         return None  # describe is an API call: not worth spending before the diff needs it
 
+    def missing_column_hint(self) -> str:
+        from engine.connectors.salesforce import source
+
+        return source.fls_hint(source.connection(self.config))
+
     def read(self, req: ReadRequest) -> Extract:
         from engine.connectors.salesforce import source
 

@@ -191,13 +191,17 @@ def describe(ref: SalesforceRef, config: Config) -> dict[str, Any]:
     return _DESCRIBE_CACHE[key]
 
 
+def fls_hint(conn: Any) -> str:
+    """Why a field the describe does not list may exist all the same. In a real org the usual cause
+    is not a typo but field-level security: describe omits every field the integration user's
+    profile cannot read, so the message names that user and the grant."""
+    return (f"describe does not list it for the integration user {conn.user}: if the field exists, field-level "
+            "security may hide it from that user (grant read access in its profile or a permission set)")
+
+
 def not_described(name: str, ref: SalesforceRef, conn: Any, fix: str, *, field: str | None = None) -> UsageError:
-    """A field the describe does not list. In a real org the usual cause is not a typo but
-    field-level security: describe omits every field the integration user's profile cannot read,
-    so the message names that user and the grant, then the fix for a misspelt name."""
-    return UsageError(f"unknown column {name!r} on Salesforce {ref.sobject}: describe does not list it for the "
-                      f"integration user {conn.user}; if the field exists, field-level security may hide it from "
-                      f"that user (grant read access in its profile or a permission set), else {fix}", field=field)
+    return UsageError(f"unknown column {name!r} on Salesforce {ref.sobject}: {fls_hint(conn)}; else {fix}",
+                      field=field)
 
 
 def describe_columns(ref: SalesforceRef, config: Config) -> dict[str, SourceColumn]:
