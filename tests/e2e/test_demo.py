@@ -33,6 +33,7 @@ def test_demo_finds_fixes_proves_and_its_artefacts_verify() -> None:
         assert any(line.startswith("fixed:  yes") for line in tail)
         assert any(line.startswith("proven: yes") for line in tail)
         prereqs.assert_apache(json.loads((work / ".recon" / "services.json").read_text())["kafka_backend"], "the demo")
+        _printed_commands_work_after_the_activation_line(res.stdout, work, env)
         out = work / "recon-out"
         for f in ("recon.pub", "ledger-checkpoint.txt", "report.html", "cost.json", "diff/summary.json",
                   "diff/differences.parquet", "explain/findings.parquet", "repair/action_list.csv"):
@@ -69,9 +70,61 @@ def test_demo_finds_fixes_proves_and_its_artefacts_verify() -> None:
         assert v.returncode == 4 and "summary.json" in v.stderr
         page = (work / "tampered.html").read_text()  # the failure, for whoever signs; no figure from the edited files
         assert 'id="verification" data-status="failed"' in page and "data-chart" not in page
+        _readme_commands_work(work, env)
     finally:
         recon("services", "down", cwd=work, env=env)
         shutil.rmtree(work, ignore_errors=True)
+
+
+ACTIVATION = "recon on your PATH, for the commands above: "
+
+
+def _shell(script: str, work: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh bash whose PATH holds no ``recon``: only the activation line puts it there."""
+    path = ":".join(p for p in env.get("PATH", "").split(":") if p and not (Path(p) / "recon").exists())
+    return subprocess.run(["bash", "-c", script], cwd=work, env={**env, "PATH": path}, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _printed_commands_work_after_the_activation_line(stdout: str, work: Path, env: dict[str, str]) -> None:
+    """Issue 21: pasting the demo's verify command failed with `recon: command not found`. The
+    demo's last line is the activation line; the verify command, pasted after it exactly as printed
+    (one line, also in this pipe), verifies; and it is the one README shows."""
+    lines = stdout.splitlines()
+    assert lines[-1].startswith(ACTIVATION), lines[-3:]
+    activate = lines[-1][len(ACTIVATION):]
+    proven = next(ln for ln in lines if ln.startswith("proven: yes — verify with `"))
+    assert proven.endswith("`"), proven  # the whole command on this one line
+    verify = proven.split("`")[1]
+    from tests.e2e.readme_commands import section
+
+    assert proven in section("## Two commands"), "README shows another verify command than the demo prints"
+    assert _shell("command -v recon", work, env).returncode == 1  # not on PATH before the activation line
+    run = _shell(f"{activate}\n{verify}", work, env)
+    assert run.returncode == 0, (activate, verify, run.stderr)
+
+
+def _readme_commands_work(work: Path, env: dict[str, str]) -> None:
+    """The commands of README's "Two commands" and "From the demo to your own org" sections that
+    need only the local stack, pasted as written into a shell in the demo's directory (its own stack
+    and state directory, never the suite's), on a freshly loaded incident, with each "# exit N" the
+    README states. The others are accounted for: the demo ran above, the suite and benchmarks are
+    never run from inside the suite, and some name the reader's own warehouse or broker. Nine CLI
+    runs (~3–7 s each on a loaded 2-core machine): the smallest incident that trips the breaker."""
+    from tests.e2e.readme_commands import commands
+
+    cmds = commands()
+    kinds = {c.kind for c in cmds}
+    assert kinds <= {"run", "demo", "suite", "install", "activation", "your systems", "mention"}, kinds
+    runnable = [c for c in cmds if c.kind == "run"]
+    assert len(runnable) >= 9 and any(c.exit_code == 3 for c in runnable), runnable  # keygen + the protocol
+    load = recon("scenario", "load", "--accounts", "50", "--config-out", "recon.toml", "--json", cwd=work, env=env)
+    assert load.returncode == 0, load.stderr
+    activate = f"source {Path(sys.prefix) / 'bin' / 'activate'}"
+    for c in runnable:
+        run = _shell(f"{activate}\n{c.line}", work, env)
+        want = (c.exit_code,) if c.exit_code is not None else (0, 1)
+        assert run.returncode in want, (c.line, run.returncode, run.stderr[-2000:])
 
 
 def _matches_the_ground_truth(out: Path, truth: dict) -> None:
