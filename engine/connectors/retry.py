@@ -24,6 +24,13 @@ Kafka          metadata: 15 s, or the consumer's           :func:`engine.connect
                ``deadline_s`` (``--deadline``)
 =============  ==========================================  =========================================
 
+Each retry is said before its wait (what, how long is left, why: :class:`engine.core.notices.RetryNotice`;
+the CLI prints it on stderr). A refused connection is retried like any outage, although it is
+refused at once: in production it is mostly a server restarting or failing over, which the wait
+cures, and a scheduler must get the same exit code for it whatever the timing; a user who mistyped
+the port sees the refusal on the first line, 0.2 s in, and the time left, and can stop there
+(``RECON_CONNECT_DEADLINE=0`` for one attempt).
+
 The classification, one function per system (each returns :class:`Outage` to retry, a
 :class:`~engine.core.errors.ReconError` to raise at once, or None for "not a system failure": the
 original exception propagates):

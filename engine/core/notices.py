@@ -32,10 +32,10 @@ class RetryNotice:
     left_s: float
 
     def line(self) -> str:
-        """What, why, and how long is left, in one line."""
+        """What, how long is left, and why, in one line (it begins as the notices always did)."""
         during = f" {self.doing}" if self.doing else ""
-        return (f"{self.service} unreachable{during}: {self.reason}; attempt {self.attempt} in "
-                f"{self.retry_in_s:.1f} s, giving up in {self.left_s:.1f} s")
+        return (f"{self.service} unreachable{during}, retrying in {self.retry_in_s:.1f} s (attempt {self.attempt}, "
+                f"giving up in {self.left_s:.1f} s): {self.reason}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"event": "retry", "service": self.service, "doing": self.doing, "reason": self.reason,

@@ -41,8 +41,8 @@ def one_line(res: subprocess.CompletedProcess[str], code: int, *needles: str) ->
     return lines[0]
 
 
-WAIT = re.compile(r"^recon: waiting: (?P<what>.+) unreachable(?P<doing> [^:]+)?: (?P<why>.+); "
-                  r"attempt (?P<n>\d+) in (?P<pause>\d+\.\d) s, giving up in (?P<left>\d+\.\d) s$")
+WAIT = re.compile(r"^recon: waiting: (?P<what>.+?) unreachable(?P<doing> [^,]+)?, retrying in (?P<pause>\d+\.\d) s "
+                  r"\(attempt (?P<n>\d+), giving up in (?P<left>\d+\.\d) s\): (?P<why>.+)$")
 
 
 def waits(res: subprocess.CompletedProcess[str], deadline: float) -> list[re.Match[str]]:

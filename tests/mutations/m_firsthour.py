@@ -35,7 +35,7 @@ MUTATIONS = [
               f"{_ERR}::test_salesforce_unreachable_is_exit_5_naming_the_host"),
              "retries are silent again until the exit-5 line"),
     Mutation("retry-no-time-left", "engine/core/notices.py",
-             'f"{self.retry_in_s:.1f} s, giving up in {self.left_s:.1f} s")', 'f"{self.retry_in_s:.1f} s")',
+             'f"giving up in {self.left_s:.1f} s): {self.reason}")', 'f"): {self.reason}")',
              (f"{_ERR}::test_service_unreachable_is_exit_5_naming_the_host_at_the_deadline",),
              "a retry line no longer says how long is left"),
     Mutation("retry-shows-the-password", "engine/connectors/postgres/connection.py",

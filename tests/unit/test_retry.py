@@ -107,7 +107,7 @@ def test_retry_after_is_honoured_and_notices_say_how_long() -> None:
     lines: list[str] = []
     slept: list[float] = []
     RetryPolicy(10.0).run(fn, outage, service="X at h", sleep=slept.append, notice=lines.append)
-    assert slept == [0.2] and lines == ["X at h unreachable: HTTP 429; attempt 2 in 0.2 s, giving up in 10.0 s"]
+    assert slept == [0.2] and lines == ["X at h unreachable, retrying in 0.2 s (attempt 2, giving up in 10.0 s): HTTP 429"]
 
 
 def test_a_stop_request_while_waiting_gives_up_at_once() -> None:
