@@ -228,7 +228,7 @@ def test_unreachable_broker_is_one_line_exit_5(scenario_stack) -> None:
     assert res.returncode == 5
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     waits, lines = lines[:-1], lines[-1:]  # one progress line per retry, then the error
-    assert waits and all(w.startswith("recon: waiting: Kafka at 127.0.0.1:9 unreachable: ") for w in waits), res.stderr
+    assert waits and all(w.startswith("recon: waiting: Kafka at 127.0.0.1:9 unreachable, retrying in ") for w in waits), res.stderr
     assert len(lines) == 1 and "did not answer" in lines[0] and "127.0.0.1:9" in lines[0], res.stderr
 
 
