@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +267,10 @@ def _report(config_file: Path, out_dir: Path) -> tuple[Path, list[tuple[str, str
     from engine.report.html import headline
 
     cfg = config_mod.load(config_file)
-    path, inputs = make_report(out_dir, config=cfg, trust=_trust(cfg))
+    # the report a controller signs: artefacts verified by their signed manifests, and a Proof section
+    # that also walks the ledger chain up to the checkpoint the previous step exported
+    trust = replace(_trust(cfg), pubkey=out_dir / "recon.pub")
+    path, inputs = make_report(out_dir, config=cfg, trust=trust, checkpoint=out_dir / "ledger-checkpoint.txt")
     return path, headline(inputs)
 
 

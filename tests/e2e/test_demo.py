@@ -51,8 +51,14 @@ def test_demo_finds_fixes_proves_and_its_artefacts_verify() -> None:
         v = recon("ledger", "verify", "--dsn", cfg_dsn, "--checkpoint", str(out / "ledger-checkpoint.txt"),
                   "--key", str(out / "recon.pub"), cwd=work, env=env)
         assert v.returncode == 0, v.stderr
-        # every step verified what it read against the ledger, and so did the report
-        assert 'data-status="ledger"' in (out / "report.html").read_text()
+        # the demo's own report: its artefacts verified by their signed manifests, and its Proof section
+        # checked every signature and the ledger chain up to the exported checkpoint
+        page = (out / "report.html").read_text()
+        assert 'id="verification" data-status="manifest"' in page
+        assert '<section id="proof" class="proof " data-status="passed">' in page
+        proof = page[page.index('<section id="proof"'):]
+        proof = proof[:proof.index("</section>")]
+        assert 'data-status="failed"' not in proof and "ledger-checkpoint.txt" in proof, proof[:3000]
         r = recon("report", "--from", str(out), "--out", str(work / "by-key.html"), "--key", str(out / "recon.pub"),
                   cwd=work, env=env)
         assert r.returncode == 0, r.stderr
