@@ -330,18 +330,22 @@ def _proof_alert(inp: ReportInputs) -> str:
             "the figures below may not be the ones that were signed.</p>")
 
 
+def _head(css: str) -> str:
+    """Every page's head: the policy that forbids scripts and network access, and its one style block."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<link rel="icon" href="data:,">'
+            f"<title>recon incident report</title><style>{css}</style></head><body><main>")
+
+
 def build_refused_html(source_dir: str, reason: str, proof: dict[str, Any] | None, version: str) -> str:
     """The page `recon report` writes when an artefact it would show does not verify (it exits 4):
     the reason and the Proof section in red, and none of the figures, which may have been edited."""
     inp = ReportInputs(source_dir=source_dir, proof=proof, version=version)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<link rel="icon" href="data:,">'
-        "<title>recon incident report</title>"
-        f"<style>{CSS}{PROOF_CSS}{PRINT_CSS}</style></head><body><main>"
-        "<h1>recon incident report</h1>"
+        _head(f"{CSS}{PROOF_CSS}{PRINT_CSS}")
+        + "<h1>recon incident report</h1>"
         f'<p class="sub">from <code>{esc(source_dir)}</code></p>'
         f'<p class="verify bad" id="verification" data-status="failed">verification failed: {esc(reason)}. '
         "No figures are shown: they would come from artefacts that did not verify.</p>"
@@ -376,13 +380,8 @@ def build_html(inp: ReportInputs) -> str:
         m = inp.diff.get("mapping")
         sub = f"mapping <code>{esc(m)}</code> · " if m else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<link rel="icon" href="data:,">'
-        "<title>recon incident report</title>"
-        f"<style>{CSS}{sections.CSS}{PROOF_CSS}{PRINT_CSS}</style></head><body><main>"
-        "<h1>recon incident report</h1>"
+        _head(f"{CSS}{sections.CSS}{PROOF_CSS}{PRINT_CSS}")
+        + "<h1>recon incident report</h1>"
         f'<p class="sub">{sub}from <code>{esc(inp.source_dir)}</code></p>'
         + sections.header(inp) + _verification(inp) + _proof_alert(inp) + _kpis(inp) + _summary(inp)
         + sections.classes_legend(inp) + sections.sec_section(inp) + sections.currency_section(inp) + figs
