@@ -300,6 +300,9 @@ def extract(
     t0 = time.perf_counter()
     if ids is not None:
         ids = check_ids(ids)
+    # every size setting is checked before any call, whichever path this extraction takes: a bad
+    # value in recon.toml or the environment is refused now, not on the first larger org
+    per_job, rest_limit, chunk_size = id_chunk(config), rest_max_rows(config), chunk_rows(config)
     conn = connection(config)
     declared = describe_columns(ref, config)
     if where is not None:
@@ -346,7 +349,6 @@ def extract(
         return _cast_strings(tbl, types)
 
     if ids is not None:
-        per_job = id_chunk(config)
         parts = []
         for ch in (ids[i: i + per_job] for i in range(0, len(ids), per_job)):
             c = conds + [f"Id IN ({id_list(ch)})"]
@@ -357,12 +359,12 @@ def extract(
     else:
         count_soql = f"SELECT COUNT() FROM {ref.sobject}" + (" WHERE " + " AND ".join(conds) if conds else "")
         total = int(_call(conn, lambda: conn.sf.query(count_soql), "a COUNT() query")["totalSize"])
-        if total <= rest_max_rows(config):
+        if total <= rest_limit:
             soql = base + (" WHERE " + " AND ".join(conds) if conds else "")
             soqls.append(soql)
             table = run_rest(soql)
         else:
-            chunks = max(1, -(-total // chunk_rows(config)))
+            chunks = max(1, -(-total // chunk_size))
             ranges: list[tuple[str | None, str | None]] = [(None, None)]
             if chunks > 1:
                 lo = _call(conn, lambda: conn.sf.query(f"SELECT Id FROM {ref.sobject} ORDER BY Id ASC LIMIT 1"),
