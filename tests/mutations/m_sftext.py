@@ -7,10 +7,11 @@ from tests.mutations import Mutation
 
 T = "tests/unit/test_sf_text_values.py::"
 MUTATIONS = [
-    Mutation("sf-newlines-not-in-values", "engine/connectors/salesforce/source.py",
-             "pacsv.ParseOptions(newlines_in_values=True)", "pacsv.ParseOptions(newlines_in_values=False)",
+    Mutation("sf-rest-page-in-default-blocks", "engine/connectors/salesforce/source.py",
+             "return pacsv.read_csv(buf, read_options=_one_block(size), parse_options=_QUOTED_NEWLINES,",
+             "return pacsv.read_csv(buf,",
              (T + "test_a_rest_page_with_line_ends_in_values_survives_the_csv_round_trip",),
-             "quoted line ends in Salesforce values are not expected by the parser"),
+             "a REST page is parsed in Arrow's default blocks, without quoted line ends, again"),
     Mutation("sf-pages-in-16-mib-blocks", "engine/connectors/salesforce/source.py",
              "return pacsv.ReadOptions(block_size=max(1, min(size + 1, (1 << 31) - 1)))",
              "return pacsv.ReadOptions(block_size=1 << 24)",

@@ -32,12 +32,12 @@ def test_a_bulk_page_with_a_quoted_line_end_across_16_mib_parses_exactly() -> No
     pacsv.write_csv(pa.table({"Id": ids, "Description": vals}), buf)
     head, body = buf.getvalue().split(b"\n", 1)
     row = b'"001000000000000","' + b"x" * 100 + b'\r\ny"\n'
-    # pad with whole rows so that the CR LF inside a quoted value sits on byte 2**24
-    n = ((1 << 24) - len(head) - 1 - len(b'"001000000000000","') - 100) // len(row)
+    # pad with whole rows so that a quoted CR LF straddles byte 2**24: CR last of one block, LF first of the next
+    n = ((1 << 24) - len(head) - 2 - len(b'"001000000000000","') - 100) // len(row)
     filler = row * n
-    cut = b'"001999999999999","' + b"z" * ((1 << 24) - len(head) - 1 - len(filler) - len(b'"001999999999999","'))
+    cut = b'"001999999999999","' + b"z" * ((1 << 24) - len(head) - 2 - len(filler) - len(b'"001999999999999","'))
     data = head + b"\n" + filler + cut + b'\r\nend"\n' + body
-    assert data.index(b'\r\nend') == 1 << 24
+    assert data.index(b'\r\nend') == (1 << 24) - 1
     tbl = _parse_pages([data.decode()], ["Id", "Description"], TYPES)
     got = tbl.column("Description").to_pylist()
     assert got[n] == cut.split(b'","')[1].decode() + "\r\nend"
