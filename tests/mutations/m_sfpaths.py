@@ -14,10 +14,10 @@ _DENSE = _SF + "test_id_range_chunks_read_every_row_once[dense-40]"
 MUTATIONS = [
     # -- item 1: Id-range chunking ---------------------------------------------------------------
     Mutation("chunking-disabled", "engine/connectors/salesforce/source.py",
-             "chunks = max(1, -(-total // chunk_rows(config)))", "chunks = 1",
+             "chunks = max(1, -(-total // chunk_size))", "chunks = 1",
              (_DENSE,), "a large extraction is one Bulk job, never split into Id ranges"),
     Mutation("chunk-threshold-off-by-one", "engine/connectors/salesforce/source.py",
-             "chunks = max(1, -(-total // chunk_rows(config)))", "chunks = max(1, total // chunk_rows(config) + 1)",
+             "chunks = max(1, -(-total // chunk_size))", "chunks = max(1, total // chunk_size + 1)",
              (_SF + "test_chunking_starts_just_above_the_threshold[60-1]",),
              "exactly chunk_rows rows are split in two"),
     Mutation("range-start-exclusive", "engine/connectors/salesforce/source.py",
