@@ -19,7 +19,8 @@ from engine.connectors.refs import (  # noqa: F401  (re-exported: the references
     parse_reference,
     redact_dsn,
 )
-from engine.core.normalize import ColumnType, SideOptions
+from engine.core.normalize import ColumnType, FieldSpec, SideOptions
+from engine.core.plan import KeyRange
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,40 @@ class ReadRequest:
     as_of: Any = None  # datetime | None
     updated_at: str | None = None
     key_columns: list[str] = field(default_factory=list)
+    #: only the rows whose canonical key lies in this range are needed (a range task): a connector
+    #: turns it into a native predicate where its order allows, and may return a superset (the task
+    #: filters exactly); ``key_fields`` types the key columns so the predicate can be built
+    key_range: KeyRange | None = None
+    key_fields: tuple[FieldSpec, ...] = ()
+    #: the run's snapshot token from :meth:`Source.open_snapshot` (PostgreSQL: an exported
+    #: snapshot id), so every task of a run reads the same state
+    snapshot: str | None = None
+
+
+class RunSnapshot(Protocol):
+    """The state a whole run reads, held open by the coordinator until every task has finished."""
+
+    #: what a task passes back in :attr:`ReadRequest.snapshot` (None: the system has no snapshots)
+    token: str | None
+
+    def check(self) -> None:
+        """Raise :class:`~engine.core.errors.ServiceUnreachable` when the snapshot was lost (its
+        session ended): the run's tasks could no longer read one state."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class NoSnapshot:
+    """Systems without a shareable snapshot (files are checked by digest, Salesforce has none)."""
+
+    token: str | None = None
+
+    def check(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 class Connector(Protocol):
