@@ -124,7 +124,7 @@ def range_rows_for(memory_limit: int, *, workers: int, bytes_per_row: int = DEFA
     coordinator's key cut, the readers' buffers).
 
     >>> range_rows_for(3 * 2**30, workers=2, bytes_per_row=520)
-    1548726
+    1548666
     """
     per_task = memory_limit // 2 // max(1, workers)
     return max(MIN_RANGE_ROWS, per_task // max(1, bytes_per_row))
