@@ -131,3 +131,42 @@ def test_salesforce_pg_and_parquet_pg_give_the_one_pass_answer(scenario_stack: A
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_a_range_run_manifest_verifies_from_the_data(pg_pair: dict[str, Any], tmp_path: Path) -> None:
+    """The manifest records the plan (executor, ranges, each range's roots); `manifest verify
+    --data` recomputes both roots from the snapshot files the ranges wrote, and a changed value in
+    them is caught (exit 4)."""
+    import json
+    import os
+
+    from tests.stack_fixtures import recon
+
+    env = {**os.environ, "PGPASSFILE": pg_pair["pgpass"]}
+    s, t = pg_pair["text"]
+    assert recon("keygen", "--out", str(tmp_path / "keys"), env=env).returncode == 0
+    out = tmp_path / "out"
+    r = recon("diff", s, t, "-k", "k", "--segment-rows", "64", "--range-rows", "700", "--out", str(out),
+              "--manifest", str(out / "manifest.json"), "--signing-key", str(tmp_path / "keys" / "recon.key"),
+              "--json", env=env)
+    assert r.returncode == 1, r.stderr
+    summary = json.loads(r.stdout)
+    plan = summary["plan"]
+    assert plan["executor"] == "local" and plan["ranges"] == len(plan["ranges_detail"]) > 1
+    import base64
+
+    statement = json.loads(base64.b64decode(json.loads((out / "manifest.json").read_text())["payload"]))
+    signed_plan = statement["predicate"]["results"]["plan"]
+    assert signed_plan["ranges_detail"] == plan["ranges_detail"]
+    assert all(len(r["source_root"]) == 64 and r["rows_read"]["source"] >= r["source_rows"]
+               for r in signed_plan["ranges_detail"])
+    v = recon("manifest", "verify", str(out / "manifest.json"), "--key", str(tmp_path / "keys" / "recon.pub"),
+              "--data", str(out), "--json", env=env)
+    assert v.returncode == 0, v.stdout + v.stderr
+    snap = out / "snapshot-target.parquet"
+    frame = pl.read_parquet(snap)
+    frame.with_columns(pl.when(pl.int_range(pl.len()) == frame.height // 2).then(pl.col("n") + 1)
+                       .otherwise(pl.col("n")).alias("n")).write_parquet(snap)
+    v = recon("manifest", "verify", str(out / "manifest.json"), "--key", str(tmp_path / "keys" / "recon.pub"),
+              "--data", str(out), env=env)
+    assert v.returncode == 4, v.stdout + v.stderr
