@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from engine.app import audit as audit_app
 from engine import config as config_mod
+from engine.app import audit as audit_app
 from engine.core import offsets_log
 from tests.kafka_fixtures import BrokerHandle, TopicFactory
 from tests.stack_fixtures import recon
