@@ -145,7 +145,7 @@ def test_a_rebalance_of_two_classic_consumers_and_the_audit_is_read_only(apache_
 
 
 def test_a_kip848_group_is_skipped_not_unparsable_and_its_commits_decode(apache_kafka: BrokerHandle,
-                                                                        kafka_topic: TopicFactory) -> None:
+                                                                        kafka_topic: TopicFactory, tmp_path) -> None:
     bs = apache_kafka.bootstrap
     topic = kafka_topic(apache_kafka, partitions=2)
     _fill(bs, topic)
@@ -158,7 +158,14 @@ def test_a_kip848_group_is_skipped_not_unparsable_and_its_commits_decode(apache_
         _commit(c, topic, {0: 5})
     finally:
         c.close()
-    g = _audit(bs, topic, group).summary()
+    # the group named by [kafka] group in the config (-C), which is recon's key, not a librdkafka property
+    cfg_file = tmp_path / "recon.toml"
+    cfg_file.write_text(f'[kafka]\nbootstrap = "{bs}"\ntopic = "{topic}"\ngroup = "{group}"\n')
+    cfg = config_mod.load(cfg_file)
+    ga = audit_app.run_group_audit(audit_app.AuditRequest(), cfg)
+    assert ga is not None
+    g = ga.summary()
+    assert g["group"] == group and audit_app.run_audit(audit_app.AuditRequest(), cfg).unparsable == 2 * PER_PARTITION
     assert g["offsets_records"]["unparsable"] == 0 and g["offsets_records"]["skipped_types"] >= 4
     assert [(r["partition"], r["from_offset"], r["to_offset"]) for r in g["rewinds"]] == [(0, 30, 5)]
     assert sorted(g["history_coverage"]) == ["0", "1"] and g["rebalances"] == []
