@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 
 from engine.core.events import iso_ms
@@ -34,10 +35,12 @@ from engine.core.offsets_log import GroupRecords
 
 
 @dataclass(frozen=True)
-class _Commit:
-    log_offset: int
-    offset: int | None  # None: deleted (tombstone)
-    ts: int
+class _Commits:
+    """One partition's surviving commits (deletions left out), in log order, as columns."""
+
+    log_offset: np.ndarray
+    offset: np.ndarray
+    ts: np.ndarray
 
 
 @dataclass
@@ -54,33 +57,34 @@ class GroupAudit:
                 "history_coverage": self.history_coverage, "offsets_records": self.offsets_records}
 
 
-def _commits_by_partition(records: GroupRecords, topic: str) -> dict[int, list[_Commit]]:
+def _commits_by_partition(records: GroupRecords, topic: str) -> dict[int, _Commits]:
     t = records.commits
-    out: dict[int, list[_Commit]] = {}
-    for row in t.filter(pc.equal(t["topic"], topic)).to_pylist():
-        ts = row["commit_ts"] if row["commit_ts"] is not None else row["record_ts"]
-        out.setdefault(row["partition"], []).append(_Commit(row["log_offset"], row["offset"], ts))
-    for commits in out.values():
-        commits.sort(key=lambda c: c.log_offset)
-    return dict(sorted(out.items()))
+    t = t.filter(pc.and_(pc.equal(t["topic"], topic), pc.is_valid(t["offset"])))
+    if t.num_rows == 0:
+        return {}
+    parts = t["partition"].to_numpy()
+    log_offset = t["log_offset"].to_numpy()
+    offset = t["offset"].to_numpy()
+    ts = pc.coalesce(t["commit_ts"], t["record_ts"]).to_numpy()
+    order = np.lexsort((log_offset, parts))
+    parts, log_offset, offset, ts = parts[order], log_offset[order], offset[order], ts[order]
+    uniq, starts = np.unique(parts, return_index=True)
+    ends = [*starts[1:], len(parts)]
+    return {int(p): _Commits(log_offset[a:b], offset[a:b], ts[a:b]) for p, a, b in zip(uniq, starts, ends, strict=True)}
 
 
-def rewinds(by_part: dict[int, list[_Commit]]) -> list[dict[str, Any]]:
+def rewinds(by_part: dict[int, _Commits]) -> list[dict[str, Any]]:
     out = []
-    for p, commits in by_part.items():
-        prev: int | None = None
-        for c in commits:
-            if c.offset is None:
-                continue
-            if prev is not None and c.offset < prev:
-                out.append({"partition": p, "from_offset": prev, "to_offset": c.offset,
-                            "committed_at": iso_ms(c.ts), "events_redelivered": prev - c.offset,
-                            "log_offset": c.log_offset})
-            prev = c.offset
+    for p, c in by_part.items():
+        for i in np.flatnonzero(c.offset[1:] < c.offset[:-1]) + 1:
+            prev, now = int(c.offset[i - 1]), int(c.offset[i])
+            out.append({"partition": p, "from_offset": prev, "to_offset": now,
+                        "committed_at": iso_ms(int(c.ts[i])), "events_redelivered": prev - now,
+                        "log_offset": int(c.log_offset[i])})
     return out
 
 
-def rebalances(records: GroupRecords, by_part: dict[int, list[_Commit]]) -> list[dict[str, Any]]:
+def rebalances(records: GroupRecords, by_part: dict[int, _Commits]) -> list[dict[str, Any]]:
     changes: list[tuple[int, int, int, int | None, list[str]]] = []  # log offset, time, gen, prev gen, members
     prev_gen: int | None = None
     prev_members = 0
@@ -96,33 +100,27 @@ def rebalances(records: GroupRecords, by_part: dict[int, list[_Commit]]) -> list
     attributed: set[tuple[int, int | None]] = set()  # (partition, log offset of the last commit before)
     for log_offset, when, gen, prev, members in changes:
         uncommitted = []
-        for p, commits in by_part.items():
-            live = [c for c in commits if c.offset is not None]
-            before = next((c for c in reversed(live) if c.log_offset < log_offset), None)
-            after = next((c for c in live if c.log_offset > log_offset), None)
-            if after is None or after.offset is None:
-                continue
-            start = before.offset if before is not None else None
-            if start is not None and after.offset <= start:
+        for p, c in by_part.items():
+            i = int(np.searchsorted(c.log_offset, log_offset))  # commits before the change: [:i]
+            if i >= len(c.offset):
+                continue  # not committed again after the change
+            start = int(c.offset[i - 1]) if i > 0 else None
+            end = int(c.offset[i])
+            if start is not None and end <= start:
                 continue  # nothing re-read (or a rewind, reported as such)
-            mark = (p, before.log_offset if before is not None else None)
+            mark = (p, int(c.log_offset[i - 1]) if i > 0 else None)
             if mark in attributed:
                 continue
             attributed.add(mark)
-            uncommitted.append({"partition": p, "from_offset": start, "to_offset": after.offset})
+            uncommitted.append({"partition": p, "from_offset": start, "to_offset": end})
         out.append({"generation": gen, "previous_generation": prev, "time": iso_ms(when), "log_offset": log_offset,
                     "members": members, "uncommitted": uncommitted})
     return out
 
 
-def coverage(by_part: dict[int, list[_Commit]]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for p, commits in by_part.items():
-        times = [c.ts for c in commits if c.offset is not None]
-        if times:
-            out[str(p)] = {"first_commit": iso_ms(min(times)), "last_commit": iso_ms(max(times)),
-                           "commits": len(times)}
-    return out
+def coverage(by_part: dict[int, _Commits]) -> dict[str, dict[str, Any]]:
+    return {str(p): {"first_commit": iso_ms(int(c.ts.min())), "last_commit": iso_ms(int(c.ts.max())),
+                     "commits": len(c.ts)} for p, c in by_part.items()}
 
 
 def audit(records: GroupRecords, topic: str, offsets_partition: int | None = None) -> GroupAudit:
