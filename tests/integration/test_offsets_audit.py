@@ -10,14 +10,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from engine import config as config_mod
 from engine.app import audit as audit_app
-from engine.core import offsets_log
-from tests.kafka_fixtures import BrokerHandle, TopicFactory
+from engine.connectors.kafka.offsets_topic import read_group
+from engine.core import group_audit, offsets_log
+from tests.kafka_fixtures import BrokerHandle, TopicFactory, read_to_eof
 from tests.stack_fixtures import recon
 
 PER_PARTITION = 60
@@ -72,8 +75,6 @@ def _group_state(bootstrap: str, group: str) -> tuple[Any, ...]:
     members = sorted((m.member_id, m.client_id, tuple(sorted((tp.topic, tp.partition)
                                                              for tp in m.assignment.topic_partitions)))
                      for m in desc.members)
-    from engine.connectors.kafka.offsets_topic import read_group
-
     recs, _ = read_group(bootstrap, group)
     meta = [(lo, g.generation if g else None, len(g.members) if g else None) for lo, _, g in recs.metadata]
     return (sorted((tp.topic, tp.partition, tp.offset) for tp in offs.topic_partitions), str(desc.state),
@@ -178,3 +179,71 @@ def test_tansu_has_no_group_log_exit_2_one_line(tansu_kafka: BrokerHandle, kafka
     assert res.returncode == 2 and res.stdout == ""
     assert len(res.stderr.strip().splitlines()) == 1 and "__consumer_offsets" in res.stderr
     assert "Apache Kafka" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_aborted_transactional_offset_commit_is_not_a_commit(apache_kafka: BrokerHandle,
+                                                                kafka_topic: TopicFactory) -> None:
+    bs = apache_kafka.bootstrap
+    topic = kafka_topic(apache_kafka, partitions=1)
+    group = f"txn-{uuid.uuid4().hex[:8]}"
+    c = _consumer(bs, group)
+    _commit(c, topic, {0: 100})
+    p = Producer({"bootstrap.servers": bs, "transactional.id": f"recon-test-{group}"})
+    p.init_transactions(60)
+    p.begin_transaction()
+    p.send_offsets_to_transaction([TopicPartition(topic, 0, 10)], c.consumer_group_metadata(), 60)
+    p.abort_transaction(60)
+    c.close()
+    # the aborted commit of 10 is in the log: a read_uncommitted read of the partition decodes it
+    msgs, _ = read_to_eof(bs, "__consumer_offsets", [offsets_log.coordinator_partition(group, 50)],
+                          {"isolation.level": "read_uncommitted"})
+    uncommitted = offsets_log.decode(pa.array([m.key() for m in msgs], pa.binary()),
+                                     pa.array([m.value() for m in msgs], pa.binary()),
+                                     np.array([m.offset() for m in msgs]), np.zeros(len(msgs), np.int64), group)
+    assert uncommitted.commits["offset"].to_pylist() == [100, 10]
+    g = _audit(bs, topic, group).summary()  # read_committed: no commit of 10, hence no rewind
+    assert g["rewinds"] == [] and g["history_coverage"]["0"]["commits"] == 1
+
+
+def test_compaction_leaves_only_the_surviving_commits_in_the_coverage(apache_kafka: BrokerHandle,
+                                                                      kafka_topic: TopicFactory) -> None:
+    """Fast compaction of __consumer_offsets on the session broker (restored afterwards): a rewind whose
+    commits were compacted away is not reported, and the coverage starts at the surviving commit."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    bs = apache_kafka.bootstrap
+    admin = AdminClient({"bootstrap.servers": bs})
+    fast = [(ResourceType.TOPIC, "__consumer_offsets", {"segment.ms": "100", "min.cleanable.dirty.ratio": "0.01"}),
+            (ResourceType.BROKER, "1", {"log.cleaner.backoff.ms": "200"})]
+
+    def alter(op: AlterConfigOpType) -> None:
+        for rtype, name, entries in fast:
+            res = ConfigResource(rtype, name, incremental_configs=[
+                ConfigEntry(k, v if op == AlterConfigOpType.SET else None, incremental_operation=op)
+                for k, v in entries.items()])
+            for f in admin.incremental_alter_configs([res]).values():
+                f.result()
+
+    topic = kafka_topic(apache_kafka, partitions=1)
+    group = f"compacted-{uuid.uuid4().hex[:8]}"
+    c = _consumer(bs, group)
+    alter(AlterConfigOpType.SET)
+    try:
+        _commit(c, topic, {0: 100})
+        _commit(c, topic, {0: 40})  # a rewind ...
+        rewound = int(time.time() * 1000)
+        deadline = time.monotonic() + 60
+        while True:  # ... whose records the cleaner removes once a later commit rolls their segment
+            _commit(c, topic, {0: 50})
+            recs = read_group(bs, group)[0]  # the cleaner goes on: one read for both the check and the audit
+            surviving = recs.commits["offset"].to_pylist()
+            if 100 not in surviving and 40 not in surviving:
+                break
+            assert time.monotonic() < deadline, f"__consumer_offsets was not compacted: {surviving}"
+        g = group_audit.audit(recs, topic).summary()
+    finally:
+        alter(AlterConfigOpType.DELETE)
+        c.close()
+    assert g["rewinds"] == []
+    assert _ms(g["history_coverage"]["0"]["first_commit"]) >= rewound
+    assert g["history_coverage"]["0"]["commits"] == len(surviving) and set(surviving) == {50}
