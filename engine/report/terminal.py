@@ -61,6 +61,22 @@ def render_audit(console: Console, s: dict[str, Any]) -> None:
         console.print(f"producer sequences: {seq['regressions']:,} regression(s), {seq['gaps']:,} gap(s)")
 
 
+def render_group_audit(console: Console, g: dict[str, Any]) -> None:
+    """The --group part of kafka-audit: one line per rewind and per rebalance, then the coverage."""
+    r = g["offsets_records"]
+    console.print(f"group {g['group']}: {r['read']:,} __consumer_offsets records read, {r['unparsable']:,} unparsable, "
+                  f"{r['skipped_types']:,} of newer types skipped")
+    for w in g["rewinds"]:
+        console.print(f"rewind: partition {w['partition']} {w['from_offset']:,} -> {w['to_offset']:,} at "
+                      f"{w['committed_at']} ({w['events_redelivered']:,} events delivered again)")
+    for b in g["rebalances"]:
+        spans = ", ".join(f"p{u['partition']} {u['from_offset'] if u['from_offset'] is not None else 'reset'}"
+                          f"-{u['to_offset']}" for u in b["uncommitted"]) or "no re-read range"
+        console.print(f"rebalance: generation {b['previous_generation']} -> {b['generation']} at {b['time']}: {spans}")
+    for p, c in g["history_coverage"].items():
+        console.print(f"history: partition {p} commits {c['first_commit']} .. {c['last_commit']} ({c['commits']:,})")
+
+
 def render_explain(console: Console, s: dict[str, Any], out_dir: Path | None) -> None:
     t = Table(title="recon explain", header_style="bold")
     t.add_column("class")
