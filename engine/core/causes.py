@@ -232,7 +232,7 @@ def _copies(frame: pl.DataFrame) -> pl.DataFrame:
 def _covered(ev: Evidence, partition: int, first_ts: str | None, last_ts: str | None) -> str | None:
     """None when the group's commit history covers the window's times on ``partition``; else why not."""
     if ev.history_coverage is None:
-        return "no consumer group history was read (give --group or [kafka] group)"
+        return "no commit history of the warehouse's consumer group was read (--group, [kafka] group)"
     cov = ev.history_coverage.get(str(partition))
     if not cov or not cov.get("first_commit") or not cov.get("last_commit"):
         return f"the group's commit history has no commit for partition {partition}"

@@ -102,7 +102,7 @@ def test_the_same_producer_is_no_replay_and_without_history_the_cause_is_unknown
     runs = [{**PRODUCERS[0], "to_offset": 5}]
     (w,) = _attr(REPLAYED, producers=runs).windows
     assert _causes(w) == [("unknown", 2, 1.0)]
-    assert "no consumer group history" in w["causes"][0]["reason"]
+    assert "no commit history" in w["causes"][0]["reason"]
 
 
 def test_header_producer_ids_are_evidence_marked_as_headers() -> None:
@@ -218,3 +218,67 @@ def test_a_redelivery_explains_a_mismatch_amount_exactly() -> None:
     assert (after[A]["r"], after[A]["d"], after[B]["r"]) == (Decimal("70.00"), Decimal("40.00"), Decimal("40.00"))
     assert (after[A]["overpayment"], after[B]["overpayment"]) == (Decimal("3.00"), Decimal("1.00"))
     assert sorted(after[A]["copy_offsets"]) == ["0:2"] and after[A]["duplicate_copies"] == 1
+
+
+# -- the report's "What happened" and the manifest ----------------------------------------------
+def _report(at: causes.Attribution) -> str:
+    from dataclasses import replace
+
+    from engine.report import html as rh
+    from tests.unit.test_report_html import full_inputs
+
+    inp = full_inputs()
+    kafka = {**(inp.explain or {}).get("kafka", {}), "windows": at.windows, "redelivery_windows": at.redelivery_windows}
+    return rh.build_html(replace(inp, explain={**(inp.explain or {}), "kafka": kafka}))
+
+
+def _paragraphs(page: str) -> dict[str, str]:
+    import html
+    import re
+
+    happened = page[page.index("<h2>What happened</h2>"):]
+    happened = happened[:happened.index("</section>")]
+    return {m.group(1): html.unescape(re.sub(r"<[^>]+>", "", m.group(2)))
+            for m in re.finditer(r'<p class="cause" data-cause="([^"]+)"[^>]*>(.*?)</p>', happened)}
+
+
+def test_what_happened_states_each_cause_in_one_paragraph_with_counts_offsets_and_times() -> None:
+    rw = [{"partition": 0, "from_offset": 4, "to_offset": 1, "committed_at": "2026-05-28T21:00:00Z"}]
+    runs = [*PRODUCERS[:1], {**PRODUCERS[1], "producer_id": -1}]
+    paras = _paragraphs(_report(_attr([*REPLAYED, _ev(6, C, 9, "5.00", partition=1, ts=9)] + [
+        _ev(7, C, 9, "5.00", partition=1, ts=10)], producers=runs, rewinds=rw, history_coverage={})))
+    assert list(paras) == ["offset_rewind", "producer_replay", "unknown"]  # in the causes' order, once each
+    rewind, replay, unknown = paras["offset_rewind"], paras["producer_replay"], paras["unknown"]
+    assert causes.get("offset_rewind").description in rewind  # type: ignore[union-attr]
+    assert "3 deliveries in 1 window(s): partition 0 offsets 1–3 (2026-05-28 20:26:40 UTC to 2026-05-28 20:26:40 UTC)" \
+        in rewind
+    assert "the group's commit on partition 0 went from offset 4 back to 1 at 2026-05-28 21:00:00 UTC" in rewind
+    assert causes.get("producer_replay").description in replay  # type: ignore[union-attr]
+    assert "2 deliveries in 1 window(s): partition 0 offsets 4–5" in replay
+    assert ("producer id -1 wrote partition 0 offsets 4–5, copies of partition 0 offsets 1–2 written by producer "
+            "id 1000 (as far as can be read") in replay
+    assert "1 delivery in 1 window(s): partition 1 offset 7" in unknown
+    assert "Why unknown: the group's commit history has no commit for partition 1." in unknown
+
+
+def test_what_happened_has_no_cause_paragraph_without_causes_and_escapes_what_it_shows() -> None:
+    assert _paragraphs(_report(causes.Attribution([], [], {}, pl.DataFrame(), []))) == {}
+    w = {"partition": 0, "first_offset": 1, "last_offset": 1, "first_ts": None, "last_ts": None, "events": 1,
+         "causes": [{"cause": "unknown", "events": 1, "share": 1.0, "evidence": [], "reason": "<script>x</script>"}]}
+    page = _report(causes.Attribution([w], [], {}, pl.DataFrame(), []))
+    assert "<script>x" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+
+
+def test_the_manifest_input_records_where_the_evidence_lies_and_nothing_else() -> None:
+    from engine.evidence import manifest as mf
+
+    rw = [{"partition": 0, "from_offset": 4, "to_offset": 1, "committed_at": "2026-05-28T21:00:00Z"}]
+    at = _attr(REPLAYED, producers=PRODUCERS, rewinds=rw)
+    leaky = [{**p, "events": 9, "producer_id": 7, "payload": '{"amount": "1.00"}', "original": {"x": 1}}
+             for p in at.ranges]
+    inp = mf.describe_input("stream", {"system": "kafka", "bootstrap": "b:9092", "topic": TOPIC, "events": 6,
+                                       "group": "warehouse", "root_cause": leaky, "sasl.password": "pw"})
+    assert inp == {"side": "stream", "system": "kafka", "bootstrap": "b:9092", "topic": TOPIC, "events": 6,
+                   "group": "warehouse", "root_cause": at.ranges}
+    assert sorted((r["kind"], r["partition"], r["from_offset"], r["to_offset"]) for r in inp["root_cause"]) == \
+        [("commit_record", 0, 4, 1), ("producer_ids", 0, 1, 2), ("producer_ids", 0, 4, 5)]
