@@ -88,3 +88,9 @@ MUTATIONS = [
              '"root_cause": attribution.ranges}', '"root_cause": []}',
              (MANIFEST,), "the explain manifest does not record where the evidence lies"),
 ]
+
+MUTATIONS.append(
+    Mutation("terminal-causes-hidden", "engine/report/terminal.py",
+             '+ (f"; causes: {why}" if why else "")', "",
+             (U + "test_explain_in_the_terminal_names_each_windows_causes",),
+             "explain's terminal output no longer names each window's causes"))

@@ -282,3 +282,24 @@ def test_the_manifest_input_records_where_the_evidence_lies_and_nothing_else() -
                    "group": "warehouse", "root_cause": at.ranges}
     assert sorted((r["kind"], r["partition"], r["from_offset"], r["to_offset"]) for r in inp["root_cause"]) == \
         [("commit_record", 0, 4, 1), ("producer_ids", 0, 1, 2), ("producer_ids", 0, 4, 5)]
+
+
+def test_explain_in_the_terminal_names_each_windows_causes() -> None:
+    import io
+
+    from rich.console import Console
+
+    from engine.report.terminal import render_explain
+
+    rw = [{"partition": 0, "from_offset": 3, "to_offset": 1, "committed_at": "2026-05-28T21:00:00Z"}]
+    at = _attr(REPLAYED, producers=PRODUCERS, rewinds=rw)
+    buf = io.StringIO()
+    render_explain(Console(file=buf, width=300), {
+        "classes": {}, "exposure": {"total": "0.00", "underpayment_total": "0.00", "by_owner": {}},
+        "sec_critical": {"records": 0, "overpayment": "0.00"},
+        "kafka": {"windows": at.windows, "redelivery_windows": at.redelivery_windows}}, None)
+    lines = buf.getvalue().splitlines()
+    assert "re-delivered: partition 0 offsets 4–5 (2 copies, 2026-05-28T20:26:40.004Z … 2026-05-28T20:26:40.005Z); " \
+           "causes: producer_replay 2" in lines
+    assert any(x.startswith("re-read by the warehouse: partition 0 offsets 1–2 (2 copies") and
+               x.endswith("causes: offset_rewind 2") for x in lines)
