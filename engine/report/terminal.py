@@ -96,9 +96,12 @@ def render_explain(console: Console, s: dict[str, Any], out_dir: Path | None) ->
         for k, v in top:
             o.add_row(f"{names[k]} ({k})" if names.get(k) else k, v)
         console.print(o)
-    for w in s["kafka"]["windows"][:10]:
-        console.print(f"re-delivered: partition {w['partition']} offsets {w['first_offset']:,}–{w['last_offset']:,} "
-                      f"({w['events']:,} copies, {w['first_ts']} … {w['last_ts']})")
+    for kind, key in (("re-delivered", "windows"), ("re-read by the warehouse", "redelivery_windows")):
+        for w in (s["kafka"].get(key) or [])[:10]:
+            why = ", ".join(f"{c['cause']} {c['events']:,}" for c in w.get("causes") or [])
+            console.print(f"{kind}: partition {w['partition']} offsets {w['first_offset']:,}–{w['last_offset']:,} "
+                          f"({w['events']:,} copies, {w['first_ts']} … {w['last_ts']})" + (f"; causes: {why}" if why else ""),
+                          markup=False, highlight=False)
     if out_dir:
         console.print(f"written: {out_dir / 'explain.json'}, {out_dir / 'findings.parquet'}")
 

@@ -93,6 +93,9 @@ def register(app: typer.Typer) -> None:
         manifest: ManifestOpt = None,
         signing_key: KeyOpt = None,
         as_json: Annotated[bool, typer.Option("--json")] = False,
+        group: Annotated[str | None, typer.Option(
+            "--group", help="The warehouse's consumer group, whose commits give each window's causes "
+                            "(default [kafka] group).")] = None,
     ) -> None:
         """Explain each difference from the Kafka stream and price commission exposure (exit 1 with findings).
 
@@ -106,7 +109,7 @@ def register(app: typer.Typer) -> None:
         req = explain_mod.ExplainRequest(
             diff_dir=diff, bootstrap=bootstrap, topic=topic, column=column, kafka_config_file=kafka_config,
             fields=EventFields(record_field, type_field, time_field, amount_field, org_field), out_dir=out_dir,
-            evidence=EvidenceOptions(ledger, manifest, signing_key), pubkey=pubkey)
+            evidence=EvidenceOptions(ledger, manifest, signing_key), pubkey=pubkey, group=group)
         req.check()
         res = explain_mod.run(req, config_mod.load(config), progress=None if as_json else progress)
         if (res.document.get("verification") or {}).get("status") == "unverified":
