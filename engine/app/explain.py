@@ -179,17 +179,25 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
 def _root_cause_evidence(bootstrap: str, topic: str, group: str | None, audit: forensics.Audit,
                          kafka_config: dict[str, str]) -> dict[str, Any]:
     """The root-cause evidence in the shapes of `recon kafka-audit --group G --json`: ``rewinds``,
-    ``rebalances`` and ``history_coverage`` from the group's records in ``__consumer_offsets``,
-    ``aborted`` from a read_committed vs read_uncommitted read, ``producers`` from the record
-    batches. The one place explain asks Kafka for them, so that the readers plug in here.
+    ``rebalances`` and ``history_coverage`` from the group's records in ``__consumer_offsets``
+    (read read_committed, never joining the group), ``aborted`` from a read_committed vs
+    read_uncommitted read, ``producers`` from the record batches. The one place explain asks Kafka
+    for them.
 
-    Until they do, only the producer ids the scan already holds are given: the events'
-    ``producer-id`` headers (marked ``source: "header"``: the producer's own claim, not the
-    broker's record); ``history_coverage`` is None (no commit history read), so every delivery
-    those ids do not explain is ``unknown``."""
-    del bootstrap, topic, kafka_config  # the readers will need them
-    return {"group": group, "rewinds": [], "rebalances": [], "history_coverage": None, "aborted": [],
-            "producers": causes.producers_from_headers(audit.frame)}
+    Without a group, no commit history is read (``history_coverage`` None), so every delivery the
+    topic's own evidence does not explain is ``unknown``. Producer ids come from the events'
+    ``producer-id`` headers (marked ``source: "header"``: the producer's own claim) where the
+    record batches were not read."""
+    ev: dict[str, Any] = {"group": group, "rewinds": [], "rebalances": [], "history_coverage": None,
+                          "aborted": [], "producers": causes.producers_from_headers(audit.frame)}
+    if group:
+        from engine.connectors.kafka import offsets_topic
+        from engine.core import group_audit
+
+        records, part = offsets_topic.read_group(bootstrap, group, kafka_config)
+        g = group_audit.audit(records, topic, offsets_partition=part)
+        ev.update(rewinds=g.rewinds, rebalances=g.rebalances, history_coverage=g.history_coverage)
+    return ev
 
 
 #: the field of a multi-currency Salesforce org that holds each record's currency
