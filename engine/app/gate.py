@@ -4,9 +4,13 @@ Why this shape:
 
 * **A decision log, not a flag.** Every decision is a row of the append-only, hash-chained ledger
   table ``recon_audit.gate_decisions`` (mapping, state, ratios, thresholds, the digest of the diff it
-  was made from, the reason, the operator of an override, the run id). The breaker's state is the
-  *latest* decision for the mapping; nothing is ever updated, so "who closed it, when, from which
-  evidence" is always answerable and cannot be rewritten without breaking the chain.
+  was made from, the reason, the operator of an override, the run id). Nothing is ever updated, so
+  "who closed it, when, from which evidence" is always answerable and cannot be rewritten without
+  breaking the chain.
+* **A state per reason.** ``variance`` (diffs, overrides) and ``lag`` (``--lag``, :mod:`engine.app.lag`):
+  each decision names the reasons it decides, a reason's state is its *latest* decision, and the
+  breaker is open while any reason is (:mod:`engine.store.breaker`). Catching up closes ``lag``
+  and nothing else; the exit code and the JSON ``state`` are the whole breaker's.
 * **Either ratio trips it.** A diff's ``variance_ratio`` (differing records / source records) and
   the gated column's ``amount_variance_ratio`` (Σ|target − source| / Σ|source|) are compared with
   thresholds (default 0.5 % each; per mapping in ``[gate]``); a ratio strictly *above* its threshold

@@ -34,7 +34,8 @@ ACCOUNTS = [to18(f"001000000000{i:03d}") for i in range(1, 4)]
 class Lag:
     stack: Stack
     config: Path
-    ledger_dsn: str
+    ledger_dsn: str  # the administrator's
+    writer_dsn: str  # the application role's, which appends
     schema: str
     tag: str
 
@@ -99,7 +100,7 @@ columns = ["amount"]
                                  f'lag_postgres = {{ lag_amount = "100.00", lag_offsets = "postgres", '
                                  f'lag_table = "{schema}.events_postgres" }}\n')) + mappings
     cfg.write_text(text)
-    state = Lag(scenario_stack, cfg, ledger_dsn, schema, tag)
+    state = Lag(scenario_stack, cfg, ledger_dsn, writer_dsn, schema, tag)
     init = state.recon("ledger", "init", "-C", str(cfg), "--dsn", ledger_dsn, "--writer", "recon_app")
     assert init.returncode == 0, init.stderr
     yield state
@@ -237,3 +238,26 @@ def test_lag_from_the_offsets_recon_consume_stores(lag: Lag) -> None:
         (0, {"lag": "closed"}, 2), res.stderr
     assert _guard(lag, m) is None
     assert _decisions(lag, m) == [("lag", {"lag": "open"}), ("lag", {"lag": "closed"})]
+
+
+def test_decisions_from_before_reasons_count_as_variance(lag: Lag) -> None:
+    """A ledger written before reasons existed: its decisions (no ``reasons`` key) decide
+    ``variance`` with their state, for the guard and `recon gate --status` alike, and a lag
+    decision after them neither reopens nor closes that state."""
+    from engine.store import breaker
+    from engine.store.ledger import Ledger
+
+    m = "legacy"
+    old = {"run_id": "r", "mapping": m, "kind": "diff", "reason": "within thresholds"}
+    with Ledger(lag.writer_dsn) as led:
+        led.append("gate_decisions", {**old, "state": "open"})
+    message = _guard(lag, m)
+    assert message is not None and "reasons: variance (" in message, message
+    with Ledger(lag.writer_dsn) as led:
+        led.append("gate_decisions", {**old, "state": "closed"})
+        led.append("gate_decisions", {**old, "kind": "lag", "state": "open", "reasons": {"lag": "open"}})
+    states = breaker.reason_states(lag.ledger_dsn, m)
+    assert {r: v["state"] for r, v in states.items()} == {"variance": "closed", "lag": "open"}
+    assert "reasons: lag (" in (_guard(lag, m) or "")
+    res = lag.recon("gate", "-C", str(lag.config), "--json", "--status", "--mapping", m)
+    assert (res.returncode, json.loads(res.stdout)["open_reasons"]) == (3, ["lag"]), res.stderr
