@@ -46,7 +46,7 @@ def run_audit(req: AuditRequest, config: Config, *,
         raise UsageError("give either --from/--to or --offsets, not both")
     window = Window(start=req.start, end=req.end, offsets=ks.parse_offsets(req.offsets) if req.offsets else None,
                     lookback_s=req.lookback_s)
-    extra = {kk: str(v) for kk, v in k.items() if kk not in ("bootstrap", "topic", "group")}
+    extra = {kk: str(v) for kk, v in k.items() if kk not in ("bootstrap", "topic")}
     extra.update(load_kafka_config(req.kafka_config_file))
     scan = ks.scan(bootstrap, topic, window, req.fields, kafka_config=extra, progress=progress)
     return forensics.audit(scan, org_id=req.org_id)
