@@ -21,7 +21,7 @@ import pytest
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 
-from engine.connectors.salesforce.changes import Changes, FullPullNeeded, poll_changes
+from engine.connectors.salesforce.changes import Changes, FullPullNeeded, org_time, poll_changes
 from engine.local.sfapi.store import store_dsn
 from tests.salesforce_fixtures import SalesforceStack
 
@@ -182,9 +182,17 @@ def test_poll_lists_updates_and_deletions_and_returns_latest_date_covered(org: O
     assert got.updated == tuple(sorted([changed[0], before[0]])) and got.deleted == (before[1],)
     assert got.start == since.replace(second=0, microsecond=0) - MINUTE  # the overlap, whole minutes
     assert got.watermark == now.replace(second=0, microsecond=0) and got.calls == 2
-    nothing = poll_changes(org.conn, "Account", got.watermark, end=now + timedelta(hours=1), overlap=timedelta(0))
+    org.advance(60)
+    nothing = poll_changes(org.conn, "Account", got.watermark, overlap=timedelta(0))  # up to the org's time
     assert isinstance(nothing, Changes) and (nothing.updated, nothing.deleted) == ((), ())
-    assert nothing.watermark == got.watermark
+    assert nothing.watermark == got.watermark + MINUTE and nothing.calls == 2
+
+
+def test_the_org_clock_is_the_date_header(org: Org) -> None:
+    """The poll's default end is the org's time, read from the Date header of the versions list."""
+    now = org.advance(7 * 24 * 3600)
+    told = org_time(org.conn)
+    assert abs((told - now).total_seconds()) < 5
 
 
 def test_the_overlap_reports_a_change_just_before_the_watermark(org: Org) -> None:
@@ -200,8 +208,8 @@ def test_the_overlap_reports_a_change_just_before_the_watermark(org: Org) -> Non
 def test_past_the_30_day_window_the_poll_says_a_full_pull_is_needed(org: Org) -> None:
     org.create(1)
     since = org.advance(60)
-    now = org.advance(31 * 24 * 3600)
-    got = poll_changes(org.conn, "Account", since, end=now)
+    org.advance(31 * 24 * 3600)
+    got = poll_changes(org.conn, "Account", since)  # the window ends at the org's clock (its Date header)
     assert isinstance(got, FullPullNeeded)
     assert got.code == "INVALID_REPLICATION_DATE" and got.since == since and "full read" in got.reason
 

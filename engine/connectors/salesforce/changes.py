@@ -20,6 +20,8 @@ The rules this client relies on, and why it does what it does:
 * **The id cap.** More than 600,000 ids in one call is EXCEEDED_ID_LIMIT: the window is halved (in
   whole minutes) and walked forward, each part starting at the previous part's latestDateCovered;
   when one minute alone is over the cap, the result is :class:`FullPullNeeded`.
+* **Whose clock.** The window ends at the org's time (the `Date` header Salesforce sends), not
+  this machine's: a skewed local clock would otherwise stall the watermark or ask too far.
 * **Ids.** Every id returned is checked with the one id rule (:mod:`engine.core.sfid`) and given its
   18-character form; a malformed one stops the poll (exit 2).
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import polars as pl
@@ -101,14 +104,27 @@ def _ids(values: list[Any], sobject: str, kind: str) -> list[str]:
     return list(sfid.with_suffixes(col).to_list())
 
 
+def org_time(conn: Any) -> datetime:
+    """The org's clock, from the `Date` header of `GET /services/data/` (the versions list: no
+    session needed, no API call counted); this machine's clock when the header is missing. The
+    poll asks Salesforce up to its own time, so a skew between this machine and the org neither
+    stalls the watermark nor asks about times the org has not reached."""
+    resp = conn.request("GET", "/services/data/", what="the org's clock (Date header of the versions list)")
+    try:
+        t = parsedate_to_datetime(resp.headers["Date"])
+    except (KeyError, TypeError, ValueError):
+        return datetime.now(UTC)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
 def poll_changes(conn: Any, sobject: str, since: datetime, *, end: datetime | None = None,
                  overlap: timedelta = DEFAULT_OVERLAP) -> Changes | FullPullNeeded:
     """The ids of ``sobject`` created, changed or deleted since the watermark ``since``.
 
     ``conn``: a :class:`~engine.connectors.salesforce.client.SalesforceConnection`. ``end``: the
-    latest time asked about (default: this machine's clock; Salesforce never covers past its own
-    clock). Calls run under recon's retry policy; refusals other than the two replication codes
-    raise as for any Salesforce call.
+    latest time asked about (default: the org's clock, :func:`org_time`; Salesforce never covers
+    past it anyway). Calls run under recon's retry policy; refusals other than the two
+    replication codes raise as for any Salesforce call.
     """
     if not _SOBJECT.match(sobject):
         raise UsageError(f"{sobject!r} is not an sObject name")
@@ -116,7 +132,7 @@ def poll_changes(conn: Any, sobject: str, since: datetime, *, end: datetime | No
         raise UsageError("the change poll's overlap cannot be negative")
     since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
     start = floor_minute(since - overlap)
-    stop = floor_minute(end if end is not None else datetime.now(UTC))
+    stop = floor_minute(end if end is not None else org_time(conn))
     calls = 0
     found: dict[str, list[str]] = {}
     covered: list[datetime] = []

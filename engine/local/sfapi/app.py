@@ -34,7 +34,8 @@ Control endpoints (not Salesforce; header `X-Recon-Control: <token>`, the token 
   is `{"now", "offset_seconds", "id_cap", "delete_log_horizon"}`. Every use of "now" by the org follows
   it: SystemModstamp/CreatedDate of new writes (the column defaults of loads too), getUpdated/getDeleted's
   30-day window and latestDateCovered. Bulk job and session times stay on real time. Kept in the store
-  database (`recon_internal.replication`), so `reset_store` sets it back;
+  database (`recon_internal.replication`), so `reset_store` sets it back. Every response's `Date`
+  header is the org's clock (Salesforce's is its servers' time);
 * `GET|POST /__recon/replication` — `{"id_cap": N}` (ids one getUpdated/getDeleted call may return,
   default 600,000; more is EXCEEDED_ID_LIMIT), `{"delete_log_horizon": ISO}` (getDeleted's
   `earliestDateAvailable`: an earlier start is INVALID_REPLICATION_DATE);
@@ -54,6 +55,7 @@ import base64
 import collections
 import contextlib
 import datetime as dt
+import email.utils
 import hmac
 import json
 import logging
@@ -75,6 +77,7 @@ from urllib.parse import parse_qs
 import psycopg
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -249,6 +252,21 @@ class Org:
         #: field-level security: user id → sObject name (lower case) → hidden field names (lower case)
         self.hidden: dict[str, dict[str, frozenset[str]]] = {}
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-job")
+        #: the org's clock offset (seconds), as last read from the store, and when (monotonic)
+        self.offset_s = 0.0
+        self.offset_read = -1e9
+
+    async def clock_offset(self) -> float:
+        """The org's clock offset for the `Date` header, re-read from the store at most once a
+        second (`reset_store` in another process sets it back; a stale value can only make a
+        client ask for a little more or less than the org covers, never make it skip changes)."""
+        if time.monotonic() - self.offset_read > 1.0 and self.store is not None:
+            try:
+                self.offset_s = await run_in_threadpool(self.db.clock_offset)
+            except psycopg.Error:
+                pass  # keep the last value; the request itself will report the store's trouble
+            self.offset_read = time.monotonic()
+        return self.offset_s
 
     @property
     def db(self) -> Store:
@@ -1003,9 +1021,11 @@ class Api:
                 return JSONResponse({"error": f"unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}"},
                                     status_code=400)
             try:
-                return JSONResponse(await run_in_threadpool(org.db.replication, body))
+                out = await run_in_threadpool(org.db.replication, body)
             except (TypeError, ValueError) as exc:
                 return JSONResponse({"error": f"bad value: {exc}"}, status_code=400)
+            org.offset_s, org.offset_read = out["offset_seconds"], time.monotonic()
+            return JSONResponse(out)
         if path == "hard_delete" and request.method == "POST":
             obj = schema.sobject(str(body.get("sobject", "")))
             ids = body.get("ids")
@@ -1046,6 +1066,31 @@ def _soap_fault(code: str, message: str) -> str:
         f"<sf:exceptionMessage>{escape(message)}</sf:exceptionMessage></sf:LoginFault></detail>"
         "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
     )
+
+
+class DateHeader:
+    """ASGI middleware: every response's `Date` is the org's clock (Salesforce's servers send
+    theirs), so a client can ask the org what time it is (`GET /services/data/`) without an API
+    call; uvicorn's own Date header is turned off (`date_header=False`)."""
+
+    def __init__(self, app: Any, org: Org) -> None:
+        self.app = app
+        self.org = org
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        offset = await self.org.clock_offset()
+
+        async def send_dated(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                headers.append((b"date", email.utils.formatdate(time.time() + offset, usegmt=True).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_dated)
 
 
 def build_app(cfg: ServerConfig, ensure: Callable[[], str] | None = None) -> Starlette:
@@ -1089,6 +1134,6 @@ def build_app(cfg: ServerConfig, ensure: Callable[[], str] | None = None) -> Sta
         Route("/id/{org}/{user}", api.identity, methods=["GET"]),
         Route("/__recon/{rest:path}", api.control, methods=["GET", "POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(DateHeader, org=org)])
     app.state.org = org
     return app

@@ -601,6 +601,13 @@ class Store:
         return {"now": _iso(row[0]), "offset_seconds": float(row[1]), "id_cap": int(row[2]),
                 "delete_log_horizon": _iso(row[3])}
 
+    def clock_offset(self) -> float:
+        """Seconds the org's clock is ahead of real time."""
+        with self.pool.connection() as conn:
+            row = conn.execute(sql.SQL("SELECT extract(epoch FROM clock_offset) FROM {}.replication").format(
+                sql.Identifier(INTERNAL))).fetchone()
+        return float(row[0]) if row else 0.0
+
     def hard_delete(self, obj: SObject, ids: Sequence[str]) -> int:
         """Remove records physically (Bulk API hardDelete, or a purged Recycle Bin): no IsDeleted row
         stays for queryAll and no entry for getDeleted, as with Salesforce's hard deletes; only a
