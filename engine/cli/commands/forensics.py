@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
         amount_field: AmountField = "amount", org_field: OrgField = "org_id",
         kafka_config: KafkaCfg = None,
         config: Cfg = None,
+        isolation_check: Annotated[bool, typer.Option(
+            "--isolation-check", help="Also read the window read_uncommitted vs read_committed and its record-batch "
+                                      "headers: aborted[], open_transaction[], producers[].")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     ) -> None:
         """Find re-delivered events, conflicts and the windows they came from (exit 1 when duplicates)."""
@@ -56,7 +59,7 @@ def register(app: typer.Typer) -> None:
 
         req = use_case.AuditRequest(
             bootstrap=bootstrap, topic=topic, start=_time(start, "--from"), end=_time(end, "--to"), offsets=offsets,
-            lookback_s=lookback, org_id=org_id, kafka_config_file=kafka_config,
+            lookback_s=lookback, org_id=org_id, kafka_config_file=kafka_config, isolation_check=isolation_check,
             fields=EventFields(record_field, type_field, time_field, amount_field, org_field))
         a = use_case.run_audit(req, config_mod.load(config),
                                progress=None if as_json else (lambda n: progress(f"{n:,} messages read")))
