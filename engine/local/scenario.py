@@ -440,6 +440,17 @@ def ground_truth(sc: Scenario, delivered: pl.DataFrame) -> dict[str, Any]:
     }
 
 
+def check_cause(cause: str, backend: str | None) -> None:
+    """Usage errors before anything is written: an unknown cause, or one that needs what only the
+    Apache broker does (consumer groups whose offsets can be reset, transactions) on another."""
+    if cause not in CAUSES:
+        raise UsageError(f"--cause must be one of {', '.join(CAUSES)}")
+    if cause != "replay" and backend != "apache":
+        raise UsageError(f"--cause {cause} needs the Apache Kafka broker (consumer groups, offset resets and "
+                         f"transactions), not {backend}: run `recon services down` then "
+                         "`recon services up --kafka apache`")
+
+
 @dataclass(frozen=True)
 class LoadResult:
     truth_file: Path
@@ -462,12 +473,7 @@ def load(
 
     paths = StackPaths.at(state_dir)
     endpoints = stack.require_running(paths)
-    if spec.cause not in CAUSES:
-        raise UsageError(f"--cause must be one of {', '.join(CAUSES)}")
-    if spec.cause != "replay" and endpoints.get("kafka_backend") != "apache":
-        raise UsageError(f"--cause {spec.cause} needs the Apache Kafka broker (consumer groups, offset resets and "
-                         f"transactions), not {endpoints.get('kafka_backend')}: "
-                         "run `recon services down` then `recon services up --kafka apache`")
+    check_cause(spec.cause, endpoints.get("kafka_backend"))
     if spec.cause == "mixed" and spec.partitions < len(MIXED):
         spec = replace(spec, partitions=len(MIXED))  # one partition per cause
     creds = load_credentials(paths)
