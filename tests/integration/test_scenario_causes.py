@@ -162,6 +162,23 @@ def test_isolation_check_shows_the_replayed_copies_under_another_producer(loaded
         assert _producer_at(ev["producers"], w["partition"], w["first_offset"])["from_offset"] == w["first_offset"]
 
 
+def test_the_default_replay_keeps_its_offsets_and_sends_the_copies_from_a_second_producer(
+        apache_kafka: Any, kafka_topic: Any) -> None:
+    """`scenario load` without --cause (scenario.produce): the offsets of a single producer (the
+    demo's numbers), the copies and everything after them under the restarted producer's id."""
+    topic = kafka_topic(apache_kafka, partitions=3)
+    sc = scenario.generate(scenario.ScenarioSpec(accounts=ACCOUNTS, seed=SEED, topic=topic), ORG_ID)
+    delivered = scenario.produce(sc, apache_kafka.bootstrap)
+    assert delivered["offset"].to_list() == delivered["position"].to_list()
+    ev = isolation_evidence(apache_kafka.bootstrap, topic, Window(), {})
+    for p, g in delivered.group_by("partition"):
+        runs = [r for r in ev["producers"] if r["partition"] == p[0]]
+        first_copy = g.filter(pl.col("phase") > 0)["offset"].min()
+        assert [(r["from_offset"], r["to_offset"]) for r in runs] == [(0, first_copy - 1),
+                                                                      (first_copy, g["offset"].max())]
+        assert runs[0]["producer_id"] != runs[1]["producer_id"]
+
+
 def test_mixed_gives_each_partition_its_cause_and_kafka_audit_reports_them(loaded: _Causes) -> None:
     ld = loaded["mixed"]
     _check_copies(ld)

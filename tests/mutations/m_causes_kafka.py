@@ -32,7 +32,7 @@ MUTATIONS = [
     Mutation("producers-from-one-session", "engine/local/scenario.py",
              "        producer = Producer(conf)\n        for i, (acc",
              "        producer = producer if session else Producer(conf)\n        for i, (acc",
-             (f"{_CAUSES}::test_isolation_check_shows_the_replayed_copies_under_another_producer",),
+             (f"{_CAUSES}::test_the_default_replay_keeps_its_offsets_and_sends_the_copies_from_a_second_producer",),
              "the replayed copies come from the first producer session (the replay leaves no producer evidence)"),
     Mutation("rewind-not-reset", "engine/local/causes.py",
              "        if rewind:\n            say(",
