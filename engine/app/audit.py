@@ -50,7 +50,8 @@ def run_audit(req: AuditRequest, config: Config, *,
         raise UsageError("give either --from/--to or --offsets, not both")
     window = Window(start=req.start, end=req.end, offsets=ks.parse_offsets(req.offsets) if req.offsets else None,
                     lookback_s=req.lookback_s)
-    extra = {kk: str(v) for kk, v in k.items() if kk not in ("bootstrap", "topic")}
+    # [kafka] group names the warehouse's consumer group (recon's key, not a librdkafka property)
+    extra = {kk: str(v) for kk, v in k.items() if kk not in ("bootstrap", "topic", "group")}
     extra.update(load_kafka_config(req.kafka_config_file))
     scan = ks.scan(bootstrap, topic, window, req.fields, kafka_config=extra, progress=progress)
     audit = forensics.audit(scan, org_id=req.org_id)

@@ -91,7 +91,7 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
     topic = req.topic or kcfg.get("topic")
     if not bootstrap or not topic:
         raise UsageError("no Kafka topic: pass --bootstrap and --topic, or set [kafka] bootstrap and topic in the config")
-    extra = {k: str(v) for k, v in kcfg.items() if k not in ("bootstrap", "topic")}
+    extra = {k: str(v) for k, v in kcfg.items() if k not in ("bootstrap", "topic", "group")}
     extra.update(req.kafka_config or {})
     extra.update(file_props)
     src_ref = diff_summary.get("source", {}).get("ref", "")

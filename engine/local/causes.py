@@ -350,8 +350,22 @@ def delete_group(bootstrap: str, group: str) -> None:
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    try:
-        admin.delete_consumer_groups([group], request_timeout=30)[group].result()
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-            raise
+    listed = admin.list_consumer_groups(request_timeout=30).result()
+    if group not in {g.group_id for g in listed.valid}:
+        return  # (a fresh broker has no group, nor yet the coordinator a deletion would need)
+    # a fresh broker creates __consumer_offsets on first use: its coordinator answers "not
+    # coordinator" or "loading" for a while
+    transient = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                 KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT)
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            admin.delete_consumer_groups([group], request_timeout=30)[group].result()
+            return
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code == KafkaError.GROUP_ID_NOT_FOUND:
+                return
+            if code not in transient or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)  # the coordinator is still loading: ask again
