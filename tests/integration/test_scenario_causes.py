@@ -197,6 +197,20 @@ def test_mixed_gives_each_partition_its_cause_and_kafka_audit_reports_them(loade
         {k: v for k, v in p.items() if k != "elapsed_s"}
 
 
+def test_the_config_group_is_not_a_librdkafka_property(loaded: _Causes, tmp_path: Any) -> None:
+    """The scenario's recon.toml names the warehouse's group in [kafka]; the audit reads the config
+    without handing that key to librdkafka (which refuses unknown properties)."""
+    from engine import config as config_mod
+    from engine.app.audit import AuditRequest, run_audit
+
+    ld = loaded["aborted"]
+    cfg = tmp_path / "recon.toml"
+    cfg.write_text(f'[kafka]\nbootstrap = "{ld.bootstrap}"\ntopic = "{ld.topic}"\n'
+                   f'group = "{causes.group_name(ld.topic)}"\n')
+    a = run_audit(AuditRequest(isolation_check=True), config_mod.load(cfg))
+    assert a.events == len(ld.committed) and a.summary()["aborted"] == _runs(ld.truth["copies"])
+
+
 def test_an_open_transaction_is_reported_not_guessed(apache_kafka: Any, kafka_topic: Any) -> None:
     from confluent_kafka import Producer
 

@@ -56,7 +56,7 @@ MUTATIONS = [
              "every warehouse row is delivery 1: a re-delivered offset collides with its first row"),
     Mutation("kafka-group-passed-to-librdkafka", "engine/app/audit.py",
              'if kk not in ("bootstrap", "topic", "group")}', 'if kk not in ("bootstrap", "topic")}',
-             ("tests/integration/test_scenario_causes_cli.py::test_scenario_load_cause_mixed_end_to_end",),
+             (f"{_CAUSES}::test_the_config_group_is_not_a_librdkafka_property",),
              "kafka-audit -C recon.toml hands [kafka] group to librdkafka, which refuses it"),
     Mutation("tansu-accepts-every-cause", "engine/local/scenario.py",
              '    if cause != "replay" and backend != "apache":',
