@@ -76,7 +76,7 @@ def run(messages: pl.DataFrame, topic: str, org_id: str, bootstrap: str, causes:
     from engine.local.scenario import message_value
 
     m = messages.with_row_index("_row")
-    seg = _segments(m, causes)
+    seg = _Segments(m, causes)
     log = _Log(np.full(len(m), -1, dtype=np.int64), np.full(len(m), -1, dtype=np.int64))
     cols = {c: m[c].to_list() for c in ("account_id", "event_type", "event_ts", "cents", "partition", "ts_ms",
                                        "producer_id", "sequence")}
@@ -181,10 +181,6 @@ class _Segments:
     def first(self, stage: str, p: int) -> int | None:
         rows = self._rows.get((stage, p))
         return rows[0] if rows else None
-
-
-def _segments(m: pl.DataFrame, causes: dict[int, str]) -> _Segments:
-    return _Segments(m, causes)
 
 
 def _producer(bootstrap: str, transactional_id: str | None = None) -> Any:

@@ -11,6 +11,10 @@ Deterministic by seed. What happens, per partition of `clv-events`:
   (the sequence regresses: the replay is visible), then carries on with the rest of the stream;
 * a few accounts lose their window events instead (never delivered: `missing_events`).
 
+That is the default cause, ``replay``; ``--cause`` makes the same window's duplicates another way
+(an offset rewind, a redelivery before commit, an aborted transaction read uncommitted, or a mix),
+with a real consumer group feeding the warehouse: :mod:`engine.local.causes`.
+
 The warehouse summed what was delivered (`warehouse.clv_events`, `warehouse.customer_clv`), so it
 is inflated for the duplicated accounts. A few accounts of every other class are planted too: a
 stale Salesforce value (`stale_salesforce`), a manual warehouse patch (`warehouse_only_drift`) and
