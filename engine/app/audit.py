@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from engine.config import Config
 from engine.connectors.kafka import scan as ks
@@ -33,6 +34,9 @@ class AuditRequest:
     fields: EventFields = EventFields()
     kafka_config_file: Path | None = None
     group: str | None = None
+    #: also read the window read_uncommitted vs read_committed (aborted[], open_transaction[]) and
+    #: its record-batch headers (producers[]): two more reads of the window, so only when asked
+    isolation_check: bool = False
 
 
 #: [kafka] keys that are recon's, not librdkafka properties
@@ -54,7 +58,10 @@ def run_audit(req: AuditRequest, config: Config, *,
     extra = {kk: str(v) for kk, v in k.items() if kk not in _OWN_KEYS}
     extra.update(load_kafka_config(req.kafka_config_file))
     scan = ks.scan(bootstrap, topic, window, req.fields, kafka_config=extra, progress=progress)
-    return forensics.audit(scan, org_id=req.org_id)
+    audit = forensics.audit(scan, org_id=req.org_id)
+    if req.isolation_check:
+        audit.evidence.update(isolation_evidence(bootstrap, topic, window, extra))
+    return audit
 
 
 def run_group_audit(req: AuditRequest, config: Config) -> group_audit.GroupAudit | None:
@@ -76,3 +83,19 @@ def run_group_audit(req: AuditRequest, config: Config) -> group_audit.GroupAudit
     extra.update(load_kafka_config(req.kafka_config_file))
     records, part = offsets_topic.read_group(bootstrap, group, extra)
     return group_audit.audit(records, topic, offsets_partition=part)
+
+
+def isolation_evidence(bootstrap: str, topic: str, window: Window, extra: dict[str, str]) -> dict[str, Any]:
+    """``aborted[]``, ``open_transaction[]`` and ``producers[]`` of the window: the offsets a
+    read_uncommitted read returns and a read_committed read does not, and the producer of every
+    run of record batches in the offsets the read_uncommitted read returned."""
+    from engine.connectors.kafka import batches, isolation
+    from engine.core.isolation import producer_runs
+
+    parts = ks.topic_partitions(bootstrap, topic, extra)
+    if window.offsets is not None:
+        parts = [p for p in parts if p in window.offsets]
+    reads = isolation.read_twice(bootstrap, topic, parts, window, extra)
+    ranges = {r.partition: (r.uncommitted[0], r.uncommitted[-1]) for r in reads if r.uncommitted}
+    return {**isolation.summary(reads),
+            "producers": producer_runs(batches.read_batches(bootstrap, topic, ranges, extra), ranges)}

@@ -61,6 +61,9 @@ class Audit:
     partitions: dict[int, dict[str, int | None]]
     frame: pl.DataFrame = field(repr=False)
     elapsed_s: float = 0.0
+    #: root-cause evidence read on request (kafka-audit --isolation-check: aborted, open_transaction,
+    #: producers); its keys are added to the summary, none when nothing was asked
+    evidence: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class Audit:
             "unparsable_samples": self.samples,
             "partitions": {str(k): v for k, v in sorted(self.partitions.items())},
             "elapsed_s": round(self.elapsed_s, 3),
+            **self.evidence,
         }
 
 

@@ -59,6 +59,14 @@ def render_audit(console: Console, s: dict[str, Any]) -> None:
     seq = s["sequence"]
     if seq["regressions"] or seq["gaps"]:
         console.print(f"producer sequences: {seq['regressions']:,} regression(s), {seq['gaps']:,} gap(s)")
+    if "aborted" in s:  # --isolation-check
+        for r in s["aborted"][:50]:
+            console.print(f"aborted: partition {r['partition']} offsets {r['from_offset']:,}-{r['to_offset']:,} "
+                          f"({r['events']:,} records)")
+        for r in s["open_transaction"]:
+            console.print(f"open transaction: partition {r['partition']} from offset {r['last_stable_offset']:,} "
+                          f"({r['undecided']:,} records undecided)")
+        console.print(f"producer runs: {len(s['producers']):,} (--json lists them)")
 
 
 def render_group_audit(console: Console, g: dict[str, Any]) -> None:

@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
         amount_field: AmountField = "amount", org_field: OrgField = "org_id",
         kafka_config: KafkaCfg = None,
         config: Cfg = None,
+        isolation_check: Annotated[bool, typer.Option(
+            "--isolation-check", help="Also read the window read_uncommitted vs read_committed and its record-batch "
+                                      "headers: aborted[], open_transaction[], producers[].")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
         group: Annotated[str | None, typer.Option("--group", help="Also read this consumer group's commits and "
                                                   "generations from __consumer_offsets (read-only; default [kafka] "
@@ -59,7 +62,7 @@ def register(app: typer.Typer) -> None:
 
         req = use_case.AuditRequest(
             bootstrap=bootstrap, topic=topic, start=_time(start, "--from"), end=_time(end, "--to"), offsets=offsets,
-            lookback_s=lookback, org_id=org_id, kafka_config_file=kafka_config,
+            lookback_s=lookback, org_id=org_id, kafka_config_file=kafka_config, isolation_check=isolation_check,
             fields=EventFields(record_field, type_field, time_field, amount_field, org_field), group=group)
         cfg = config_mod.load(config)
         g = use_case.run_group_audit(req, cfg)  # first: a broker without __consumer_offsets fails fast
