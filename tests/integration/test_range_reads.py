@@ -278,15 +278,21 @@ def test_range_reads_see_the_run_snapshot(pg: str, reader: str, monkeypatch: pyt
         snap.close()
 
 
-def test_the_snapshot_session_turns_the_idle_timeout_off(pg: str) -> None:
-    """A server-wide idle_in_transaction_session_timeout would end the exporting session between
-    tasks; the session sets it to 0 for itself."""
-    src = PostgresSource(parse_reference(f"{pg}#public.rr_snap"), None)
-    with src.open_snapshot() as snap, psycopg.connect(pg) as c:
-        row = c.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (snap.backend_pid,)).fetchone()
-        assert row is not None and row[0] == "idle in transaction"
-        assert snap._conn is not None
-        assert snap._conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("0",)
+def test_the_snapshot_session_turns_the_idle_timeout_off(pg: str, embedded_pg) -> None:
+    """An idle_in_transaction_session_timeout set for the user would end the exporting session
+    between tasks; the session sets it to 0 for itself."""
+    role = psycopg.conninfo.conninfo_to_dict(pg)["user"]
+    _sql(embedded_pg.superuser_dsn, f"ALTER ROLE {role} SET idle_in_transaction_session_timeout = '5min'")
+    try:
+        src = PostgresSource(parse_reference(f"{pg}#public.rr_snap"), None)
+        with src.open_snapshot() as snap, psycopg.connect(pg) as c:
+            assert c.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("5min",)  # the user's
+            row = c.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (snap.backend_pid,)).fetchone()
+            assert row is not None and row[0] == "idle in transaction"
+            assert snap._conn is not None
+            assert snap._conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("0",)
+    finally:
+        _sql(embedded_pg.superuser_dsn, f"ALTER ROLE {role} RESET idle_in_transaction_session_timeout")
 
 
 # -- files ----------------------------------------------------------------------------------------
