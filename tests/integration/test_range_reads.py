@@ -235,7 +235,8 @@ def test_date_and_compound_keys_read_each_range(pg: str, linguistic: str) -> Non
          "INSERT INTO rr_date SELECT DATE '2023-12-25' + (g % 97), 'p' || (g % 13), g, g FROM generate_series(1, 400) g")
     dfields = _fields(("d", "date"))
     keys = _keys(_pg_frame(pg, "rr_date", ["d", "v"]), dfields)
-    _read_all(_pg_reader(pg, "rr_date", dfields, ["d", "v"]), _plan(keys, 9, 40), dfields, keys, exact=True)
+    metas = _read_all(_pg_reader(pg, "rr_date", dfields, ["d", "v"]), _plan(keys, 9, 40), dfields, keys, exact=True)
+    assert {(m["key_predicate"], m["key_index"]) for m in metas if "key_index" in m} == {("d as a date range", False)}
     cfields = _fields(("a", "text"), ("n", "int"))
     keys = _keys(_pg_frame(pg, "rr_date", ["a", "n", "v"]), cfields)
     metas = _read_all(_pg_reader(pg, "rr_date", cfields, ["a", "n", "v"]), _plan(keys, 45, 60), cfields, keys,

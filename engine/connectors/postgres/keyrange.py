@@ -259,3 +259,14 @@ def text_key_facts(conn: object, schema: str, table: str, column: str) -> TextKe
     if any(op.endswith("_pattern_ops") for *_, op in indexes):
         return TextKeyFacts("pattern", True)
     return TextKeyFacts("collate", False)
+
+
+def column_indexed(conn: object, schema: str, table: str, column: str) -> bool:
+    """Whether a valid, non-partial btree index has ``column`` as its first column (an integer or
+    date key's predicate is a set of ranges of the column's own order, which any such index serves)."""
+    from psycopg import Connection
+
+    assert isinstance(conn, Connection)
+    rel = sql.Identifier(schema, table).as_string(conn)
+    row = conn.execute(_COLUMN_SQL, {"rel": rel, "col": column}).fetchone()
+    return row is not None and bool(conn.execute(_INDEXES_SQL, {"rel": rel, "attnum": row[0]}).fetchall())

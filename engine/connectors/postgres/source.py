@@ -397,7 +397,10 @@ def _key_predicate(conn: psycopg.Connection, ref: PostgresRef, available: list[P
     facts = None
     if keys[0].ctype.kind in ("text", "id") and found[0].base in keyrange.STRING_TYPES:
         facts = keyrange.text_key_facts(conn, ref.schema, ref.table, found[0].name)
-    return keyrange.key_predicate(keys, bases, rng, table=(ref.schema, ref.table), text_facts=facts)
+    pred = keyrange.key_predicate(keys, bases, rng, table=(ref.schema, ref.table), text_facts=facts)
+    if pred.pushdown and facts is None:  # integer and date ranges: any btree on the column serves them
+        pred = replace(pred, indexed=keyrange.column_indexed(conn, ref.schema, ref.table, found[0].name))
+    return pred
 
 
 def _strip_padding(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
