@@ -4,6 +4,9 @@ PostgreSQL in tests/integration/test_range_reads.py)."""
 
 from __future__ import annotations
 
+from datetime import date
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,3 +95,55 @@ def test_date_key_and_compound_keys() -> None:
     none = key_predicate([_key("decimal")], {"k": "numeric"}, KeyRange("1", "2"))
     assert none.condition is None and not none.pushdown
     assert key_predicate([_key("text")], {"k": "text"}, KeyRange()).condition is None
+
+
+# -- Parquet row-group pruning: never fewer rows than the range holds ---------------------------------
+_KIND_VALUES = {
+    "text": st.text(alphabet="aAbB0é_-~", min_size=0, max_size=4),
+    "int": EDGY,
+    # mostly a few weeks (bounds then share their first characters with a group's min and max),
+    # sometimes any date, years below 1000 included (their text is not 10 characters)
+    "date": st.one_of(st.dates(min_value=date(2024, 1, 1), max_value=date(2024, 1, 20)),
+                      st.dates(min_value=date(900, 1, 1))),
+}
+
+
+@pytest.mark.parametrize("kind", ["text", "int", "date", "compound"])
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), sort=st.booleans())
+def test_parquet_pruning_keeps_every_group_holding_a_key_of_the_range(kind: str, data: st.DataObject,
+                                                                       sort: bool) -> None:
+    """Random keys (sorted by canonical key or not) in row groups of 3, a random range between two
+    keys (or open, or a bound that is no key): every row whose canonical key lies in the range is in
+    a group that is read."""
+    import io
+
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from engine.connectors.files.source import row_groups_in_range
+    from engine.core.normalize import SideOptions, canonicalize
+
+    first = "text" if kind == "compound" else kind
+    a = data.draw(st.lists(_KIND_VALUES[first], min_size=4, max_size=25))
+    cols = {"a": a}
+    fields = [FieldSpec("a", "a", ColumnType(first), is_key=True)]  # type: ignore[arg-type]
+    if kind == "compound":
+        cols["b"] = data.draw(st.lists(st.integers(-50, 50), min_size=len(a), max_size=len(a)))
+        fields.append(FieldSpec("b", "b", ColumnType("int"), is_key=True))
+    frame = pl.DataFrame(cols)
+    keys = canonicalize(frame, tuple(fields), SideOptions()).frame["__key"]  # sorted
+    frame = frame.with_columns(pl.Series("__k", canonicalize(frame.with_row_index("i"), tuple(
+        [*fields, FieldSpec("i", "i", ColumnType("int"))]), SideOptions()).frame.sort("i")["__key"]))
+    if sort:
+        frame = frame.sort("__k")
+    on_key = st.sampled_from(keys.to_list())  # mostly on a key: a group's min or max is often a bound
+    bound = st.one_of(st.none(), on_key, on_key, on_key, st.text(alphabet="-09aA\x00é", max_size=5))
+    rng = KeyRange(data.draw(bound), data.draw(bound))
+    buf = io.BytesIO()
+    pq.write_table(frame.drop("__k").to_arrow(), buf, row_group_size=3)
+    meta = pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata
+    groups, how = row_groups_in_range(meta, tuple(fields), rng)
+    assert (how is None) is rng.whole
+    inside = frame.with_row_index("row").filter(rng.expr("__k"))["row"].to_list()
+    assert {r // 3 for r in inside} <= set(groups), (rng, groups)

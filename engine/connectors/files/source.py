@@ -196,7 +196,9 @@ def row_groups_in_range(meta: pq.FileMetaData, key_fields: tuple[FieldSpec, ...]
     if compound:  # the first field's text lies between the bounds' first parts, both included
         lo = lo.split(KEY_SEPARATOR, 1)[0] if lo is not None else None
         hi = hi.split(KEY_SEPARATOR, 1)[0] + KEY_SEPARATOR if hi is not None else None
-    if kind in ("text", "id") and (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)):
+    is_text = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or \
+        (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(arrow_type))
+    if kind in ("text", "id") and is_text:
         test = "text"
         if kind == "id" and lo is not None:
             lo = lo[:15]
