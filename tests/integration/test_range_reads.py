@@ -179,6 +179,21 @@ def test_text_key_in_a_c_collation_uses_its_own_index(pg: str) -> None:
         {("k in byte order (the column's collation)", True)}
 
 
+def test_id_key_stored_with_15_characters_reads_each_range(pg: str) -> None:
+    """Salesforce ids stored in their 15-character form: the canonical key appends the suffix, so
+    a 15-character id sorts before its own 18-character form and the lower bound is cut to 15."""
+    bodies = [f"001CASE000{c}{d}{e}00" for c in "0aA" for d in "9AZaz" for e in "bB"]
+    raw = [b if i % 2 else to18(b) for i, b in enumerate(bodies)]  # half 15, half 18 characters
+    _sql(pg, "DROP TABLE IF EXISTS rr_id", "CREATE TABLE rr_id (k varchar(18) PRIMARY KEY, v int)")
+    with psycopg.connect(pg, autocommit=True) as c:
+        c.cursor().executemany("INSERT INTO rr_id VALUES (%s, %s)", [(k, i) for i, k in enumerate(raw)])
+    fields = _fields(("k", "id"))
+    keys = _keys(_pg_frame(pg, "rr_id", ["k", "v"]), fields)
+    plan = _plan(keys, 5, 6)
+    assert any(b[:15] in bodies[1::2] for b in plan.boundaries)  # a bound whose record is stored with 15
+    _read_all(_pg_reader(pg, "rr_id", fields, ["k", "v"]), plan, fields, keys, exact=False)
+
+
 #: integers whose texts share prefixes across signs and lengths, with int8's ends
 INT_KEYS = sorted({0, 1, -1, 2, 9, 10, 11, 19, 20, 99, 100, 101, 999, 1000, -9, -10, -11, -100, 12345,
                    2**63 - 1, -(2**63), 10**18, -(10**18), 9 * 10**17, *range(-40, 260, 3)})
