@@ -175,7 +175,9 @@ def row_groups_in_range(meta: pq.FileMetaData, key_fields: tuple[FieldSpec, ...]
     canonical order does; an ``id`` key's 15-character form sorts before its 18-character one, so
     the lower bound is its first 15 characters), an integer key (its texts between min and max, by
     :func:`engine.core.keyorder.int_intervals`) or a date key (4-digit years). For a compound key,
-    the first field, between the range's first parts. This prunes only in a file sorted by its key:
+    the first field, between the range's first parts. Text keys are compared as stored, so they are
+    assumed in Unicode NFC, as canonical text is (an ASCII key always is). This prunes only in a
+    file sorted by its key:
     in an unsorted file every group's min and max span nearly every range, so each task reads the
     whole file.
     """
