@@ -14,7 +14,7 @@ from pathlib import Path
 from engine.config import Config
 from engine.connectors.kafka import scan as ks
 from engine.connectors.kafka.client import load_kafka_config
-from engine.core import forensics
+from engine.core import forensics, group_audit
 from engine.core.errors import UsageError
 from engine.core.events import EventFields, Window
 
@@ -32,6 +32,11 @@ class AuditRequest:
     org_id: str | None = None
     fields: EventFields = EventFields()
     kafka_config_file: Path | None = None
+    group: str | None = None
+
+
+#: [kafka] keys that are recon's, not librdkafka properties
+_OWN_KEYS = ("bootstrap", "topic", "group")
 
 
 def run_audit(req: AuditRequest, config: Config, *,
@@ -46,7 +51,28 @@ def run_audit(req: AuditRequest, config: Config, *,
         raise UsageError("give either --from/--to or --offsets, not both")
     window = Window(start=req.start, end=req.end, offsets=ks.parse_offsets(req.offsets) if req.offsets else None,
                     lookback_s=req.lookback_s)
-    extra = {kk: str(v) for kk, v in k.items() if kk not in ("bootstrap", "topic")}
+    extra = {kk: str(v) for kk, v in k.items() if kk not in _OWN_KEYS}
     extra.update(load_kafka_config(req.kafka_config_file))
     scan = ks.scan(bootstrap, topic, window, req.fields, kafka_config=extra, progress=progress)
     return forensics.audit(scan, org_id=req.org_id)
+
+
+def run_group_audit(req: AuditRequest, config: Config) -> group_audit.GroupAudit | None:
+    """The group's rewinds, rebalances and surviving commit history for the audited topic, from
+    ``__consumer_offsets`` (None when neither --group nor [kafka] group names a group)."""
+    from engine.connectors.kafka import offsets_topic
+
+    k = config.section("kafka")
+    group = req.group if req.group is not None else k.get("group")
+    if group is None:
+        return None
+    bootstrap = req.bootstrap or k.get("bootstrap")
+    topic = req.topic or k.get("topic")
+    if not bootstrap or not topic:
+        raise UsageError("pass --bootstrap and --topic (or -C recon.toml with [kafka] bootstrap and topic)")
+    if not isinstance(group, str) or not group:
+        raise UsageError("the consumer group is empty: pass --group NAME (or [kafka] group in the config)")
+    extra = {kk: str(v) for kk, v in k.items() if kk not in _OWN_KEYS}
+    extra.update(load_kafka_config(req.kafka_config_file))
+    records, part = offsets_topic.read_group(bootstrap, group, extra)
+    return group_audit.audit(records, topic, offsets_partition=part)
