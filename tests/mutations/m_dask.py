@@ -1,0 +1,71 @@
+"""Issue 18's Dask executor: each mutation breaks one promise of engine/executors/dask.py (or the
+factory, or the import rule), and the named tests must fail."""
+
+from __future__ import annotations
+
+from tests.mutations import Mutation
+
+_IT = "tests/integration/test_dask_executor.py"
+_UNIT = "tests/unit/test_executors.py"
+_EX = "engine/executors/dask.py"
+
+MUTATIONS = [
+    Mutation("dask-results-in-completion-order", _EX,
+             "return [results[i] for i in range(len(specs))]", "return list(results.values())",
+             (f"{_IT}::test_results_come_in_spec_order_and_on_done_once_per_task",),
+             "results come back in the order tasks completed, not in spec order"),
+    Mutation("dask-on-done-twice", _EX,
+             "                on_done(i, results[i])\n",
+             "                on_done(i, results[i])\n                on_done(i, results[i])\n",
+             (f"{_IT}::test_results_come_in_spec_order_and_on_done_once_per_task",),
+             "the caller is told of a finished task twice"),
+    Mutation("dask-no-retries", _EX, "pure=False, retries=RETRIES)", "pure=False, retries=0)",
+             (f"{_IT}::test_a_task_failing_once_is_retried_and_counted",),
+             "a task that raises is not retried by Dask"),
+    Mutation("dask-usage-error-retried", _EX, "        return _Refused(exc)\n", "        raise\n",
+             (f"{_IT}::test_a_usage_error_is_not_retried",),
+             "a usage error (missing column) is retried as if the next attempt could succeed"),
+    Mutation("dask-unreachable-not-retried", _EX, "        if isinstance(exc, ServiceUnreachable):\n",
+             "        if False:\n",
+             (f"{_IT}::test_an_unreachable_service_is_retried",),
+             "a service that was unreachable is refused at once instead of retried"),
+    Mutation("dask-worker-death-not-counted", _EX,
+             "            for n, a in enumerate(attempts[task][:-1], start=1):\n",
+             "            for n, a in enumerate([a for a in attempts[task][:-1] if a['error']], start=1):\n",
+             (f"{_IT}::test_a_worker_killed_mid_task_is_a_retry_and_the_result_is_the_same",),
+             "an attempt whose worker died is not counted as a retry"),
+    Mutation("dask-failed-attempts-counted-as-retried", _EX,
+             "enumerate(attempts[task][:-1], start=1)", "enumerate(attempts[task], start=1)",
+             (f"{_IT}::test_a_task_failing_every_attempt_raises_its_error_after_the_retries",),
+             "a task's last attempt is counted as retried"),
+    Mutation("dask-cluster-logs", _EX, "silence_logs=logging.CRITICAL,", "silence_logs=False,",
+             (f"{_IT}::test_a_worker_killed_mid_task_is_a_retry_and_the_result_is_the_same",),
+             "the LocalCluster's workers log to the user's terminal"),
+    Mutation("dask-default-allowed-failures", _EX, 'scheduler_kwargs={"allowed_failures": RETRIES}',
+             "scheduler_kwargs={}",
+             (f"{_IT}::test_a_task_whose_workers_keep_dying_is_exit_5_after_as_many_retries",),
+             "a range that kills its worker is tried Dask's default 4 times, not RETRIES + 1"),
+    Mutation("dask-killed-worker-raw", _EX, "        except KilledWorker as exc:\n",
+             "        except ZeroDivisionError as exc:\n",
+             (f"{_IT}::test_a_task_whose_workers_keep_dying_is_exit_5_after_as_many_retries",),
+             "KilledWorker reaches the CLI as an internal error instead of exit 5"),
+    Mutation("dask-secret-in-graph", _EX, 'topic = f"recon-attempts-{token}"',
+             'topic = f"recon-attempts-{token}-{__import__(\'os\').environ.get(\'SF_PASSWORD\')}"',
+             (f"{_IT}::test_the_task_graph_holds_no_secret_of_the_environment",),
+             "a secret of the client's environment travels in the task graph"),
+    Mutation("dask-missing-extra-traceback", "engine/executors/__init__.py",
+             'if (exc.name or "").split(".")[0] not in ("dask", "distributed"):', "if True:",
+             (f"{_UNIT}::test_without_the_extra_dask_is_exit_2_naming_it",),
+             "without dask installed, --executor dask is an ImportError, not exit 2 naming the extra"),
+    Mutation("dask-address-query-accepted", _EX, "or u.query or u.fragment or u.username", "or u.fragment",
+             (f"{_UNIT}::test_anything_else_is_a_usage_error_naming_the_accepted_forms",),
+             "dask://HOST:PORT?x and dask://user:pw@HOST:PORT are accepted"),
+    Mutation("dask-unreachable-scheduler-raw", _EX, "        except (OSError, TimeoutError) as exc:\n",
+             "        except ZeroDivisionError as exc:\n",
+             (f"{_UNIT}::test_an_unreachable_scheduler_is_exit_5",),
+             "an unreachable scheduler is a traceback, not exit 5"),
+    Mutation("dask-import-rule-dropped", "pyproject.toml", 'forbidden_modules = ["dask", "distributed"]',
+             'forbidden_modules = ["dask"]',
+             ("tests/unit/test_import_contract.py::test_a_module_breaking_a_rule_fails_the_check",),
+             "a module outside engine.executors.dask may import distributed"),
+]
