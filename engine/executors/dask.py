@@ -123,12 +123,15 @@ class DaskExecutor:
         self._cluster: LocalCluster | None = None
         if address is None:
             self.workers = max(1, workers)
-            # no dashboard (a port per run, and a web server nobody asked for); the scheduler and
-            # workers log only what is fatal: a worker killed and restarted is a retry, reported
-            # in the stats, not a page of warnings on the user's terminal
+            # no dashboard (a web server nobody asked for), and the scheduler's remaining HTTP
+            # endpoints on a free port of localhost, not Dask's default 8787 (taken by any other
+            # cluster on the machine: a warning on stderr); the scheduler and workers log only what
+            # is fatal: a worker killed and restarted is a retry, reported in the stats, not a page
+            # of warnings on the user's terminal
             self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                          dashboard_address=None, silence_logs=logging.CRITICAL,
-                                         scheduler_kwargs={"allowed_failures": RETRIES})
+                                         scheduler_kwargs={"allowed_failures": RETRIES,
+                                                           "dashboard_address": "127.0.0.1:0"})
             self.client = Client(self._cluster, set_as_default=False)
         else:
             tcp = scheduler_address(address)

@@ -79,3 +79,23 @@ def test_without_the_extra_dask_is_exit_2_naming_it() -> None:
     assert run.returncode == 0, run.stderr
     need = "2 the dask executor needs the optional extra recon[dask]: pip install 'recon[dask]'"
     assert run.stdout.splitlines() == ["LocalExecutor", need, need]
+
+
+HIDE_DASK_CLI = """
+import sys
+sys.modules["dask"] = None
+sys.modules["distributed"] = None
+sys.argv = ["recon", "diff", "parquet:/nonexistent/a.parquet", "parquet:/nonexistent/b.parquet", "-k", "id",
+            "--executor", "dask"]
+from engine.cli.main import main
+main()
+"""
+
+
+def test_recon_diff_executor_dask_without_the_extra_is_one_line_exit_2_before_reading() -> None:
+    """The files do not exist: the executor is checked first (DiffOptions.check), nothing is read."""
+    run = subprocess.run([sys.executable, "-c", HIDE_DASK_CLI], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines() == [
+        "recon: error: the dask executor needs the optional extra recon[dask]: pip install 'recon[dask]'"]
