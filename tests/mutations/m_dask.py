@@ -8,6 +8,7 @@ from tests.mutations import Mutation
 _IT = "tests/integration/test_dask_executor.py"
 _UNIT = "tests/unit/test_executors.py"
 _EX = "engine/executors/dask.py"
+_RANGES = "tests/integration/test_dask_ranges.py"
 
 MUTATIONS = [
     Mutation("dask-results-in-completion-order", _EX,
@@ -68,4 +69,21 @@ MUTATIONS = [
              'forbidden_modules = ["dask"]',
              ("tests/unit/test_import_contract.py::test_a_module_breaking_a_rule_fails_the_check",),
              "a module outside engine.executors.dask may import distributed"),
+    Mutation("dask-http-on-default-port", _EX, ',\n                                                           "dashboard_address": "127.0.0.1:0"}',
+             "}",
+             (f"{_RANGES}::test_recon_diff_on_a_dask_local_cluster_gives_the_local_answer",),
+             "the LocalCluster's scheduler takes Dask's port 8787, and warns on stderr when it is taken"),
+    Mutation("range-spec-carries-the-password", "engine/app/reconcile.py",
+             "sspec = ranges.SideSpec(req.source, fields_s,",
+             "sspec = ranges.SideSpec(req.source.replace('@', ':' + __import__('os').environ.get('PGPASSWORD', '')"
+             " + '@', 1), fields_s,",
+             (f"{_RANGES}::test_the_range_tasks_submitted_hold_no_secret",),
+             "the coordinator makes the DSN self-sufficient for the workers: the password travels in every task"),
+    Mutation("dsn-password-shipped-to-workers", "engine/app/scale.py", "        if keys:\n", "        if False:\n",
+             (f"{_RANGES}::test_a_password_in_a_dsn_is_refused_for_dask_workers",),
+             "a password in a DSN is shipped to the Dask workers instead of refused"),
+    Mutation("executor-checked-after-reading", "engine/app/diff.py", "        check_executor(self.scale.executor)\n",
+             "",
+             (f"{_UNIT}::test_recon_diff_executor_dask_without_the_extra_is_one_line_exit_2_before_reading",),
+             "a bad --executor or a missing extra is found only after the sources were opened"),
 ]
