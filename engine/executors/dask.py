@@ -30,6 +30,7 @@ a task that lost too many workers becomes a :class:`ServiceUnreachable` (exit 5)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
@@ -146,7 +147,7 @@ class DaskExecutor:
             except (OSError, TimeoutError):
                 self.client.close()
                 raise ServiceUnreachable(f"Dask scheduler {where} has no worker after {CONNECT_TIMEOUT_S} s: "
-                                         "start workers with `dask worker` (README \"Running on a cluster\")") from None
+                                         f"start some with `dask worker {tcp}` where recon[dask] is installed") from None
             self.workers = len(self.client.scheduler_info(n_workers=-1)["workers"])
         self._stats = RunStats(executor=self.name, workers=self.workers)
 
@@ -181,12 +182,14 @@ class DaskExecutor:
                 on_done(i, results[i])
                 f.release()
         except BaseException:
-            if pending:
-                self.client.cancel(list(pending), force=True)
+            if pending:  # no further task starts; a lost scheduler must not hide the run's own error
+                with contextlib.suppress(Exception):
+                    self.client.cancel(list(pending), force=True)
             raise
         finally:
             pending.clear()
-            self.client.unsubscribe_topic(topic)
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(topic)
             with lock:
                 self._count_retries(events)
         return [results[i] for i in range(len(specs))]

@@ -255,3 +255,19 @@ def test_a_task_whose_workers_keep_dying_is_exit_5_after_as_many_retries(cluster
         cluster._result(_DeadFuture(), 7)
     assert err.value.exit_code == 5
     assert str(err.value) == "range task 7 failed: the Dask workers running it died 3 times (out of memory?)"
+
+
+def test_a_scheduler_without_workers_is_exit_5(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Joined, but nothing would ever run the tasks: one line naming the scheduler and the fix,
+    after the (here shortened) deadline, instead of a run waiting forever."""
+    from distributed import LocalCluster
+
+    monkeypatch.setattr("engine.executors.dask.CONNECT_TIMEOUT_S", 1)
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as empty:
+        where = empty.scheduler_address.removeprefix("tcp://")
+        with pytest.raises(ServiceUnreachable) as err:
+            DaskExecutor(f"dask://{where}", 2)
+    assert err.value.exit_code == 5
+    assert str(err.value) == (f"Dask scheduler {where} has no worker after 1 s: start some with "
+                              f"`dask worker tcp://{where}` where recon[dask] is installed")

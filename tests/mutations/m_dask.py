@@ -86,4 +86,8 @@ MUTATIONS = [
              "",
              (f"{_UNIT}::test_recon_diff_executor_dask_without_the_extra_is_one_line_exit_2_before_reading",),
              "a bad --executor or a missing extra is found only after the sources were opened"),
+    Mutation("dask-joins-a-scheduler-without-workers", _EX,
+             "                self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)\n", "                pass\n",
+             (f"{_IT}::test_a_scheduler_without_workers_is_exit_5",),
+             "a scheduler without workers is joined, and the run would wait forever"),
 ]
