@@ -56,16 +56,36 @@ def _sorted(path: Path) -> pl.DataFrame:
     return d.sort(d.columns)
 
 
+DASK_HTTP_PORT = 8787  # where a Dask scheduler serves HTTP unless told otherwise
+
+
+@contextlib.contextmanager
+def _holding(port: int) -> Iterator[None]:
+    """The port taken for the block, as by any other Dask cluster on the machine. Another process
+    holding it already could let it go mid-test: wait until it is ours, or (past a deadline) go on
+    with that process holding it."""
+    import time
+
+    with socket.socket() as s:
+        end = time.monotonic() + 30
+        while True:
+            try:
+                s.bind(("127.0.0.1", port))
+                s.listen()
+                break
+            except OSError:
+                if time.monotonic() > end:
+                    break
+                time.sleep(0.2)
+        yield
+
+
 def test_recon_diff_on_a_dask_local_cluster_gives_the_local_answer(tables: dict[str, str], tmp_path: Path) -> None:
     env = {**os.environ, "PGPASSFILE": tables["pgpass"]}
     common = ("diff", tables["source"], tables["target"], "-k", "k", "--segment-rows", "64", "--range-rows", "500")
     outs = {}
     with contextlib.ExitStack() as stack:
-        # Dask's default HTTP port taken, as by any other cluster on the machine (if it is not already)
-        busy = stack.enter_context(socket.socket())
-        with contextlib.suppress(OSError):
-            busy.bind(("127.0.0.1", 8787))
-            busy.listen()
+        stack.enter_context(_holding(DASK_HTTP_PORT))
         for executor in ("local", "dask"):
             out = tmp_path / executor
             r = recon(*common, "--executor", executor, "--workers", "2", "--out", str(out), env=env)
