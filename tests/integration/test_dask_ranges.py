@@ -67,7 +67,7 @@ def _holding(port: int) -> Iterator[None]:
     import time
 
     with socket.socket() as s:
-        end = time.monotonic() + 30
+        end = time.monotonic() + 10
         while True:
             try:
                 s.bind(("127.0.0.1", port))
