@@ -4,8 +4,6 @@ every range size, with duplicate keys, keys on range edges, integer keys and an 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -70,12 +68,17 @@ def _files(tmp: Path, *, int_key: bool, empty_source: bool = False) -> tuple[str
     return f"parquet:{s}", f"parquet:{t}"
 
 
-def _diff(tmp: Path, s: str, t: str, name: str, *extra: str) -> tuple[dict, pl.DataFrame]:
+def _diff(tmp: Path, s: str, t: str, name: str, range_rows: int | None = None) -> tuple[dict, pl.DataFrame]:
+    """In process (the CLI's own use case): the range path's options as `--range-rows` gives them."""
+    from engine.app.diff import DiffOptions, run
+    from engine.app.scale import ScaleOptions
+    from engine.config import load
+
     out = tmp / name
-    r = subprocess.run([sys.executable, "-m", "engine.cli.main", "diff", s, t, "-k", "id", "--segment-rows", "50",
-                        "--json", "--out", str(out), *extra], capture_output=True, text=True)
-    assert r.returncode == 1, r.stderr
-    summary = json.loads(r.stdout)
+    res = run(DiffOptions(source=s, target=t, keys=(("id", "id"),), segment_rows=50, out_dir=out,
+                          scale=ScaleOptions(range_rows=range_rows)), load(None))
+    assert int(res.exit_code) == 1
+    summary = json.loads(json.dumps(res.summary, default=str))
     d = pl.read_parquet(out / "differences.parquet")
     return summary, d.sort(d.columns)
 
@@ -94,7 +97,7 @@ def test_every_range_size_gives_the_one_pass_answer(tmp_path: Path, int_key: boo
     assert "plan" not in one  # small: the one-pass path
     assert one["duplicate_keys"]["source"] > 0 and one["missing_in_source"] >= 2 and one["mismatched"] > 0
     for rows in ("1", "120", "777"):
-        got, d = _diff(tmp_path, s, t, f"r{rows}", "--range-rows", rows)
+        got, d = _diff(tmp_path, s, t, f"r{rows}", int(rows))
         assert got["plan"]["ranges"] > 1 and got["plan"]["range_rows"] == int(rows)
         assert _comparable(got) == _comparable(one), rows
         assert d.equals(d_one), rows
@@ -103,6 +106,6 @@ def test_every_range_size_gives_the_one_pass_answer(tmp_path: Path, int_key: boo
 def test_an_empty_source_side(tmp_path: Path) -> None:
     s, t = _files(tmp_path, int_key=False, empty_source=True)
     one, d_one = _diff(tmp_path, s, t, "one")
-    got, d = _diff(tmp_path, s, t, "r", "--range-rows", "10")
+    got, d = _diff(tmp_path, s, t, "r", 10)
     assert got["plan"]["ranges"] == 1 and one["missing_in_source"] == got["missing_in_source"] > 0
     assert _comparable(got) == _comparable(one) and d.equals(d_one)
