@@ -1,5 +1,5 @@
 """The check of issue 20's acceptance, shared by the default-suite test (causes made by
-``engine.local.causes`` on the session broker, explain's Kafka half in process) and the slow one
+``engine.local.causes`` on the session broker, test_scenario_causes.py, explain's Kafka half in process) and the slow one
 (``recon scenario load --cause X`` → ``recon diff`` → ``recon explain``): every duplicated delivery
 of the ground truth gets the cause the scenario gave it, and the evidence is what the scenario did."""
 

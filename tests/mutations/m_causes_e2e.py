@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tests.mutations import Mutation
 
-MIXED = "tests/integration/test_causes_explain.py::test_explain_gives_every_copy_of_the_mixed_scenario_its_cause"
+MIXED = "tests/integration/test_scenario_causes.py::test_explain_gives_every_copy_of_the_mixed_scenario_its_cause"
 UNIT = "tests/unit/test_causes.py"
 
 MUTATIONS = [
