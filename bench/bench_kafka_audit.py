@@ -76,6 +76,54 @@ def whole_process(bootstrap: str, org_id: str, repeat: int, duplicates: int) -> 
             "cli_peak_rss_mb": max(peaks)}
 
 
+EVIDENCE_COMMITS = 3000
+
+
+def evidence_costs(bootstrap: str, topic: str, repeat: int) -> dict[str, object]:
+    """Wall seconds (median of ``repeat``) of the two evidence reads kafka-audit adds on request:
+    ``--group`` (read the group's ``__consumer_offsets`` partition, decode, audit) and
+    ``--isolation-check`` (the window read_uncommitted and read_committed, then the batch headers)."""
+    from confluent_kafka.admin import AdminClient
+
+    from engine.app.audit import isolation_evidence
+    from engine.connectors.kafka import isolation, offsets_topic
+    from engine.connectors.kafka.batches import read_batches
+    from engine.core import group_audit
+    from engine.core.events import Window
+
+    group = f"bench-wh-{uuid.uuid4().hex[:8]}"
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    hw = {p: c.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in range(3)}
+    for i in range(EVIDENCE_COMMITS):  # a warehouse committing as it goes: one commit per partition per step
+        p = i % 3
+        c.commit(offsets=[TopicPartition(topic, p, hw[p] * (i // 3 + 1) // (EVIDENCE_COMMITS // 3))],
+                 asynchronous=False)
+    c.close()
+    groups, isos, twice, headers, commits, batches = [], [], [], [], 0, 0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        records, part = offsets_topic.read_group(bootstrap, group, {})
+        g = group_audit.audit(records, topic, offsets_partition=part)
+        groups.append(time.perf_counter() - t)
+        commits = sum(v["commits"] for v in g.history_coverage.values())
+        t = time.perf_counter()
+        ev = isolation_evidence(bootstrap, topic, Window(), {})
+        isos.append(time.perf_counter() - t)
+        batches = sum(r["batches"] for r in ev["producers"])
+        t = time.perf_counter()  # its parts, once more: the two librdkafka reads, then the batch headers
+        reads = isolation.read_twice(bootstrap, topic, list(range(3)), Window(), {})
+        twice.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        read_batches(bootstrap, topic, {r.partition: (r.uncommitted[0], r.uncommitted[-1]) for r in reads}, {})
+        headers.append(time.perf_counter() - t)
+    AdminClient({"bootstrap.servers": bootstrap}).delete_consumer_groups([group])
+    return {"group_s": round(statistics.median(groups), 3), "group_runs_s": [round(x, 2) for x in groups],
+            "group_commits_read": commits, "isolation_check_s": round(statistics.median(isos), 3),
+            "isolation_runs_s": [round(x, 2) for x in isos], "producer_batches_read": batches,
+            "isolation_two_reads_s": round(statistics.median(twice), 3),
+            "isolation_batch_headers_s": round(statistics.median(headers), 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -85,6 +133,10 @@ def main() -> None:
                     help="recon's scan loop: the C loop (default) or the pure-Python one")
     ap.add_argument("--cli", action="store_true",
                     help="also time the whole `recon kafka-audit` process (start-up included) and its peak RSS")
+    ap.add_argument("--evidence", action="store_true",
+                    help="also time what --group (one __consumer_offsets partition read and audited, a "
+                         "group with EVIDENCE_COMMITS commits) and --isolation-check (two more reads, the "
+                         "record-batch headers) add to the audit")
     a = ap.parse_args()
     os.environ["RECON_KAFKA_NATIVE"] = "1" if a.loop == "native" else "0"
     from engine.connectors.kafka import scan as ks
@@ -121,6 +173,8 @@ def main() -> None:
                 del au
                 gc.collect()
             cli: dict[str, object] = {}
+            if a.evidence:
+                cli.update(evidence_costs(bs, "bench-clv", a.repeat))
             if a.cli:
                 cli = whole_process(bs, sc.org_id, a.repeat, dups)
             n = len(delivered)

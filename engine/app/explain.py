@@ -106,10 +106,8 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
 
     conn = sf_extract.connection(config)
     say(f"scanning {topic}")
-    scan = kafka_source.scan(bootstrap, topic, req.window, req.fields, kafka_config=extra)
-    audit = forensics.audit(scan, org_id=conn.org_id)
-    evidence = causes.Evidence.from_dict(_root_cause_evidence(bootstrap, topic, group, audit, extra))
-    attribution = causes.attribute(audit.frame, audit.windows, evidence, topic)
+    rc = stream_causes(bootstrap, topic, group, req.window, req.fields, extra, org_id=conn.org_id)
+    audit, attribution, evidence, raw, isolation = rc.audit, rc.attribution, rc.evidence, rc.raw, rc.isolation
     stream = forensics.recompute(audit, attribution.redelivered)
     rate, frac = _commission(config)
     keys = salesforce_keys(differences)
@@ -157,6 +155,10 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
                   "redelivery_windows": attribution.redelivery_windows,
                   "causes": attribution.totals,
                   "group": group,
+                  # how the scan read the topic: as the warehouse's consumer reads it (see scan_isolation)
+                  "isolation_level": isolation,
+                  # a read_committed read stops at an open transaction: its offsets are undecided, not aborted
+                  "open_transaction": raw["open_transaction"],
                   "history_coverage": evidence.history_coverage},
         "salesforce": {"org_id": conn.org_id, "instance_url": conn.instance_url, "api_version": conn.api_version},
         # owner Id → User Name, fetched here once so that the report (which reads only verified
@@ -176,27 +178,76 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
     return exp, audit, read
 
 
-def _root_cause_evidence(bootstrap: str, topic: str, group: str | None, audit: forensics.Audit,
-                         kafka_config: dict[str, str]) -> dict[str, Any]:
-    """The root-cause evidence in the shapes of `recon kafka-audit --group G --json`: ``rewinds``,
-    ``rebalances`` and ``history_coverage`` from the group's records in ``__consumer_offsets``
-    (read read_committed, never joining the group), ``aborted`` from a read_committed vs
-    read_uncommitted read, ``producers`` from the record batches. The one place explain asks Kafka
-    for them.
+@dataclass(frozen=True)
+class StreamCauses:
+    """The topic's audit and every excess delivery's causes: what explain reads from Kafka."""
 
-    Without a group, no commit history is read (``history_coverage`` None), so every delivery the
-    topic's own evidence does not explain is ``unknown``. Producer ids come from the events'
-    ``producer-id`` headers (marked ``source: "header"``: the producer's own claim) where the
-    record batches were not read."""
+    audit: forensics.Audit
+    attribution: causes.Attribution
+    evidence: causes.Evidence
+    #: the evidence as read (``open_transaction`` included), in kafka-audit's JSON shapes
+    raw: dict[str, Any]
+    #: the isolation level of the scan (:func:`scan_isolation`)
+    isolation: str
+
+
+def stream_causes(bootstrap: str, topic: str, group: str | None, window: kafka_source.Window,
+                  fields: kafka_source.EventFields, kafka_config: dict[str, str], *, org_id: str | None
+                  ) -> StreamCauses:
+    """Scan the topic (as :func:`scan_isolation` says), audit it, read the root-cause evidence and
+    attribute each excess delivery: the Kafka half of explain, apart from Salesforce and the diff."""
+    isolation = scan_isolation(group, kafka_config)
+    scan = kafka_source.scan(bootstrap, topic, window, fields, kafka_config={**kafka_config, "isolation.level": isolation})
+    audit = forensics.audit(scan, org_id=org_id)
+    raw = _root_cause_evidence(bootstrap, topic, group, audit, kafka_config, window)
+    evidence = causes.Evidence.from_dict(raw)
+    return StreamCauses(audit, causes.attribute(audit.frame, audit.windows, evidence, topic), evidence, raw, isolation)
+
+
+def scan_isolation(group: str | None, kafka_config: dict[str, str]) -> str:
+    """The isolation level explain scans the topic with: the user's ``isolation.level`` when set,
+    else ``read_uncommitted`` when a group is given, else librdkafka's default ``read_committed``.
+
+    With a group, explain looks for why the warehouse's consumer applied events twice, so it reads
+    the topic as that consumer may have: a ``read_committed`` scan never sees an aborted
+    transaction's messages, and the copies a ``read_uncommitted`` warehouse consumer applied from
+    one would be invisible (their retry would look like the only copy). A topic without aborted
+    transactions reads the same either way, so the numbers of such a topic do not change. A
+    warehouse that reads ``read_committed`` never applied aborted messages: set
+    ``isolation.level = "read_committed"`` in [kafka] (or --kafka-config) and explain reads so."""
+    if "isolation.level" in kafka_config:
+        return str(kafka_config["isolation.level"])
+    return "read_uncommitted" if group else "read_committed"
+
+
+def _root_cause_evidence(bootstrap: str, topic: str, group: str | None, audit: forensics.Audit,
+                         kafka_config: dict[str, str], window: kafka_source.Window | None = None) -> dict[str, Any]:
+    """The root-cause evidence in the shapes of `recon kafka-audit --group G --isolation-check
+    --json`: ``rewinds``, ``rebalances`` and ``history_coverage`` from the group's records in
+    ``__consumer_offsets`` (read read_committed, never joining the group), ``aborted`` and
+    ``open_transaction`` from a read_committed vs read_uncommitted read of the window, ``producers``
+    from the record batches. The one place explain asks Kafka for them.
+
+    Without a group, none of this is read (``history_coverage`` None: every delivery the topic's
+    own evidence does not explain is ``unknown``), and producer ids come from the events'
+    ``producer-id`` headers (marked ``source: "header"``: the producer's own claim). With a group,
+    the record batches' producer ids replace the headers; a partition whose batches gave none
+    (message format v0/v1 carries no producer id) keeps its header runs, so marked."""
+    headers = causes.producers_from_headers(audit.frame)
     ev: dict[str, Any] = {"group": group, "rewinds": [], "rebalances": [], "history_coverage": None,
-                          "aborted": [], "producers": causes.producers_from_headers(audit.frame)}
+                          "aborted": [], "open_transaction": [], "producers": headers}
     if group:
+        from engine.app.audit import isolation_evidence
         from engine.connectors.kafka import offsets_topic
         from engine.core import group_audit
 
         records, part = offsets_topic.read_group(bootstrap, group, kafka_config)
         g = group_audit.audit(records, topic, offsets_partition=part)
         ev.update(rewinds=g.rewinds, rebalances=g.rebalances, history_coverage=g.history_coverage)
+        iso = isolation_evidence(bootstrap, topic, window or kafka_source.Window(), kafka_config)
+        from_batches = {int(r["partition"]) for r in iso["producers"]}
+        ev.update(aborted=iso["aborted"], open_transaction=iso["open_transaction"],
+                  producers=[*iso["producers"], *(r for r in headers if int(r["partition"]) not in from_batches)])
     return ev
 
 

@@ -137,6 +137,8 @@ class Evidence:
                                          "from_offset": hi, "to_offset": lo, "committed_at": r.get("committed_at")}})
         for b in self.rebalances:
             for u in b.get("uncommitted") or []:
+                if u.get("from_offset") is None:
+                    continue  # never committed before: where the old owner started is not known
                 lo, hi = int(u["from_offset"]), int(u["to_offset"])
                 if hi > lo:
                     out.append({"cause": "redelivery_before_commit", "partition": int(u["partition"]), "lo": lo,

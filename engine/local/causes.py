@@ -131,12 +131,16 @@ def run(messages: pl.DataFrame, topic: str, org_id: str, bootstrap: str, causes:
                            {p: int(log.offsets[seg.first("win", p)]) for p in rewind if seg.first("win", p) is not None})
 
         say("after the window: the next group member carries on from the committed offsets")
+        wh.join()
+        wh.consume_until(_last(log.offsets, m, seg.rows("win", only=("rewind", "redelivery"))), assigned=True)
+        # the re-read committed before anything new arrives, every partition (as a Java consumer's
+        # auto-commit does): the group's next commit after the rebalance closes exactly the range
+        # the next member re-read, which is what __consumer_offsets can show of it
+        wh.commit_assigned()
         _send(restarted, topic, records(seg.rows("post", exclude=("replay", "aborted"))), log)
         if tx is not None:
             _send_tx(tx, topic, records(seg.rows("post", only=("aborted",))), log, commit=True)
-        wh.join()
-        wh.consume_until(_last(log.offsets, m, seg.rows("win", only=("rewind", "redelivery"))
-                               + seg.rows("post", exclude=("replay",))))
+        wh.consume_until(_last(log.offsets, m, seg.rows("post", exclude=("replay",))))
         wh.commit()
         wh.close()
     finally:
@@ -260,11 +264,12 @@ class _Warehouse:
         self.c.subscribe([self.topic])
         self.position = {}
 
-    def consume_until(self, targets: dict[int, int]) -> None:
-        """Apply messages until every partition of ``targets`` handed over its target offset."""
+    def consume_until(self, targets: dict[int, int], *, assigned: bool = False) -> None:
+        """Apply messages until every partition of ``targets`` handed over its target offset (and,
+        ``assigned``, until the member holds its partitions)."""
         todo = {p: o for p, o in targets.items() if self.position.get(p, 0) <= o}
         deadline = time.monotonic() + DEADLINE_S
-        while todo:
+        while todo or (assigned and not self.c.assignment()):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the warehouse consumer did not receive offsets {todo} of {self.topic!r}")
             for msg in self.c.consume(1000, 0.2):
@@ -282,6 +287,17 @@ class _Warehouse:
         parts = sorted(self.position) if partitions is None else [p for p in partitions if p in self.position]
         if parts:
             self.c.commit(offsets=[TopicPartition(self.topic, p, self.position[p]) for p in parts], asynchronous=False)
+
+    def commit_assigned(self) -> None:
+        """Commit every assigned partition: where it was handed messages, its position; else the
+        offset the group had committed (unchanged)."""
+        from confluent_kafka import TopicPartition
+
+        tps = self.c.committed(self.c.assignment(), timeout=DEADLINE_S)
+        offs = [TopicPartition(self.topic, tp.partition, self.position.get(tp.partition, tp.offset)) for tp in tps]
+        offs = [tp for tp in offs if tp.offset >= 0]
+        if offs:
+            self.c.commit(offsets=offs, asynchronous=False)
 
     def close(self) -> None:
         if self.c is not None:

@@ -20,12 +20,14 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from engine.app import explain
 from engine.app.audit import isolation_evidence
 from engine.core.errors import UsageError
-from engine.core.events import Window
+from engine.core.events import EventFields, Window
 from engine.core.ids import event_id
 from engine.local import causes, scenario
 from engine.local.salesforce import ORG_ID
+from tests.causes_checks import check_causes
 from tests.kafka_fixtures import read_to_eof
 
 ACCOUNTS = 150
@@ -261,3 +263,48 @@ def test_a_cause_other_than_replay_needs_the_apache_broker() -> None:
     scenario.check_cause("replay", "tansu")
     with pytest.raises(UsageError, match="--cause must be one of"):
         scenario.check_cause("bogus", "apache")
+
+
+# -- issue 20's last mile: explain's Kafka half (explain.stream_causes: the scan, the group's
+# __consumer_offsets history, the isolation reads, the record batches, the attribution) on the same
+# mixed load gives every copy of the ground truth its cause, with the evidence the scenario left.
+# The whole CLI path (scenario load -> diff -> explain) is test_causes_e2e.py (slow).
+
+
+def test_explain_gives_every_copy_of_the_mixed_scenario_its_cause(loaded: _Causes) -> None:
+    ld = loaded["mixed"]
+    rc = explain.stream_causes(ld.bootstrap, ld.topic, causes.group_name(ld.topic), Window(), EventFields(), {},
+                               org_id=ORG_ID)
+    assert rc.isolation == "read_uncommitted"
+    exp = {"kafka": {"windows": rc.attribution.windows, "redelivery_windows": rc.attribution.redelivery_windows,
+                     "causes": rc.attribution.totals}}
+    check_causes(ld.truth, exp)
+    # the group's history and the isolation reads hold what the scenario did, and nothing else
+    part = {cause: p for p, cause in ld.causes.items()}
+    copies = ld.truth["copies"]
+
+    def offsets(cause: str) -> list[int]:
+        return sorted(c["offset"] for c in copies if c["cause"] == causes.CAUSE_NAMES[cause])
+
+    rw, rd, ab = offsets("rewind"), offsets("redelivery"), offsets("aborted")
+    assert [(r["partition"], r["from_offset"], r["to_offset"]) for r in rc.raw["rewinds"]] == [
+        (part["rewind"], rw[-1] + 1, rw[0])]
+    ranges = [(u["partition"], u["from_offset"], u["to_offset"]) for b in rc.raw["rebalances"]
+              for u in b["uncommitted"]]
+    assert ranges == [(part["redelivery"], rd[0], rd[-1] + 1)]
+    assert rc.raw["aborted"] == [{"partition": part["aborted"], "from_offset": ab[0], "to_offset": ab[-1],
+                                  "events": len(ab)}]
+    assert rc.raw["open_transaction"] == []
+    assert {r.get("source", "record_batch") for r in rc.raw["producers"]} == {"record_batch"}
+    assert set(rc.raw["history_coverage"]) == {str(p) for p in range(4)}
+
+
+def test_without_a_group_explain_reads_committed_and_cannot_tell_the_group_causes(loaded: _Causes) -> None:
+    """Without a group explain scans read_committed, as before issue 20's evidence: the aborted
+    copies are invisible, no rewind or rebalance is read, and only the replay partition's copies
+    get a cause, from the producer-id headers."""
+    ld = loaded["mixed"]
+    rc = explain.stream_causes(ld.bootstrap, ld.topic, None, Window(), EventFields(), {}, org_id=ORG_ID)
+    assert rc.isolation == "read_committed" and rc.raw["history_coverage"] is None
+    assert rc.attribution.totals == {"producer_replay": ld.planned_copies(causes.MIXED.index("replay"))}
+    assert {e["source"] for w in rc.attribution.windows for c in w["causes"] for e in c["evidence"]} == {"header"}

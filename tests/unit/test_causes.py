@@ -303,3 +303,22 @@ def test_explain_in_the_terminal_names_each_windows_causes() -> None:
            "causes: producer_replay 2" in lines
     assert any(x.startswith("re-read by the warehouse: partition 0 offsets 1–2 (2 copies") and
                x.endswith("causes: offset_rewind 2") for x in lines)
+
+
+def test_a_rebalance_range_the_group_never_committed_before_is_no_redelivery() -> None:
+    """kafka-audit --group lists a partition the group had never committed with from_offset null
+    (the next owner started at auto.offset.reset): where the old owner started is unknown, so it
+    proves nothing re-read (it crashed the attribution before)."""
+    ev = causes.Evidence(rebalances=[{"generation": 2, "time": "2026-08-01T10:00:00.000Z",
+                                      "uncommitted": [{"partition": 0, "from_offset": None, "to_offset": 4},
+                                                      {"partition": 1, "from_offset": 2, "to_offset": 4}]}])
+    assert [(r["partition"], r["lo"], r["hi"]) for r in ev.redelivery_ranges()] == [(1, 2, 4)]
+
+
+def test_explain_scans_as_the_warehouse_reads_with_a_group_unless_told() -> None:
+    from engine.app.explain import scan_isolation
+
+    assert scan_isolation(None, {}) == "read_committed"  # librdkafka's default: no change without a group
+    assert scan_isolation("wh", {}) == "read_uncommitted"
+    assert scan_isolation("wh", {"isolation.level": "read_committed"}) == "read_committed"
+    assert scan_isolation(None, {"isolation.level": "read_uncommitted"}) == "read_uncommitted"
