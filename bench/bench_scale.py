@@ -7,7 +7,7 @@ Usage (from the repository root, opt-in, not part of the test suite):
 
 What it does, in order:
   tables  two tables built inside the server with generate_series (no client round trip, a few
-          minutes at 30M): ``bench_scale_src`` of N rows and ``bench_scale_dst`` with ``--mismatch``
+          minutes at 30M): ``bench_scale_N_src`` of N rows and ``bench_scale_N_dst`` with ``--mismatch``
           of the rows' CLV and event count changed, 0.1% of rows missing and 0.1% extra; both
           UNLOGGED (no WAL to write, nothing else changes for a reader) with ``id char(18) COLLATE
           "C"`` as primary key, as ``../shared/bench/make_accounts.py`` lays them out. Resources
@@ -16,7 +16,7 @@ What it does, in order:
   floor   ``../shared/bench/floor_pg_pg.py DSN src dst --json`` as a subprocess: both tables read
           whole into Arrow at once (COPY CSV + pyarrow, and ADBC), the fastest method is the floor.
           ``--floor skip`` leaves it out (its memory is the tables' CSV and Arrow, ≈12 GB at 30M).
-  recon   ``recon diff DSN#public.bench_scale_src DSN#public.bench_scale_dst -k id --json`` as a
+  recon   ``recon diff DSN#public.bench_scale_N_src DSN#public.bench_scale_N_dst -k id --json`` as a
           subprocess, once per run in ``--runs``: ``local`` adds ``--executor local --memory-limit
           3G``, ``dask`` adds ``--executor dask --workers 2 --memory-limit 3G``, ``plain`` adds
           nothing (the default path); ``--progress json`` is added to both range runs.
@@ -46,7 +46,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RECON_SHARED", ROOT.parent / "shared")) / "bench"
-SRC, DST = "bench_scale_src", "bench_scale_dst"
+
+
+def tables_for(rows: int) -> tuple[str, str]:
+    """The source and target tables of a size: sizes coexist, so one built stays reusable."""
+    return f"bench_scale_{rows}_src", f"bench_scale_{rows}_dst"
+
 GIB = 2**30
 
 RUN_ARGS: dict[str, list[str]] = {
@@ -243,7 +248,7 @@ def build_sql(rows: int, mismatch: float) -> dict[str, list[str]]:
            f"UNION ALL {_row_sql('0015h', 'false')} FROM generate_series(1::bigint, {rows}::bigint) g "
            "WHERE g % 1000 = 2")
     out = {}
-    for name, select in ((SRC, src), (DST, dst)):
+    for name, select in zip(tables_for(rows), (src, dst), strict=True):
         out[name] = [f"DROP TABLE IF EXISTS {name}",
                      f"CREATE UNLOGGED TABLE {name} AS {select}",
                      f"ALTER TABLE {name} ADD PRIMARY KEY (id)",
@@ -268,7 +273,7 @@ def build_tables(dsn: str, rows: int, mismatch: float, reuse: bool) -> dict[str,
     want = json.dumps({"rows": rows, "mismatch": mismatch, "v": 1})
     with psycopg.connect(dsn, autocommit=True) as c:
         have = [c.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (t,)).fetchone()[0]
-                for t in (SRC, DST)]
+                for t in tables_for(rows)]
     if reuse and have == [want, want]:
         return {"built": False, "reused": want}
     t0 = time.perf_counter()
@@ -294,12 +299,12 @@ def build_tables(dsn: str, rows: int, mismatch: float, reuse: bool) -> dict[str,
     return {"built": True, "build_s": round(time.perf_counter() - t0, 1)}
 
 
-def table_sizes(dsn: str) -> dict[str, Any]:
+def table_sizes(dsn: str, names: tuple[str, str]) -> dict[str, Any]:
     import psycopg
 
     out: dict[str, Any] = {}
     with psycopg.connect(dsn, autocommit=True) as c:
-        for t in (SRC, DST):
+        for t in names:
             rows, heap, total = c.execute(
                 "SELECT reltuples::bigint, pg_relation_size(oid), pg_total_relation_size(oid) FROM pg_class "
                 "WHERE oid = to_regclass(%s)", (t,)).fetchone()  # type: ignore[misc]
@@ -329,19 +334,19 @@ def check_resources(rows: int, floor: bool) -> dict[str, Any]:
     return out
 
 
-def drop_tables(dsn: str) -> None:
+def drop_tables(dsn: str, names: tuple[str, str]) -> None:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as c:
-        for t in (SRC, DST):
+        for t in names:
             c.execute(f"DROP TABLE IF EXISTS {t}")  # type: ignore[arg-type]
 
 
 # -- the runs ------------------------------------------------------------------------------------------
 
 
-def run_floor(dsn: str, env: dict[str, str], server_pid: int | None, repeat: int) -> dict[str, Any]:
-    cmd = [sys.executable, str(SHARED / "floor_pg_pg.py"), dsn, SRC, DST, "--repeat", str(repeat), "--json"]
+def run_floor(dsn: str, names: tuple[str, str], env: dict[str, str], server_pid: int | None, repeat: int) -> dict[str, Any]:
+    cmd = [sys.executable, str(SHARED / "floor_pg_pg.py"), dsn, *names, "--repeat", str(repeat), "--json"]
     res, sample = run_sampled(cmd, env, server_pid)
     if res.returncode != 0:
         raise SystemExit(f"floor failed: {res.stderr.strip()[-500:]}")
@@ -361,9 +366,9 @@ def progress_stats(lines: list[str]) -> dict[str, Any]:
     return {"lines": len(objs), "last": objs[-1] if objs else None, "first": objs[0] if objs else None}
 
 
-def run_recon(dsn: str, env: dict[str, str], server_pid: int | None, extra: list[str],
+def run_recon(dsn: str, names: tuple[str, str], env: dict[str, str], server_pid: int | None, extra: list[str],
               python: str = sys.executable) -> dict[str, Any]:
-    cmd = [python, "-m", "engine.cli.main", "diff", f"{dsn}#public.{SRC}", f"{dsn}#public.{DST}", "-k", "id",
+    cmd = [python, "-m", "engine.cli.main", "diff", f"{dsn}#public.{names[0]}", f"{dsn}#public.{names[1]}", "-k", "id",
            "--json", *extra]
     lines: list[str] = []
     res, sample = run_sampled(cmd, env, server_pid, lines)
@@ -411,8 +416,9 @@ def main() -> None:
     env = {**os.environ, "PGPASSFILE": str(paths.pgpass_file), "PYTHONPATH": str(ROOT)}
     os.environ["PGPASSFILE"] = env["PGPASSFILE"]
     dsn = info.dsn
+    names = tables_for(a.rows)
     if a.drop_only:
-        drop_tables(dsn)
+        drop_tables(dsn, names)
         return
     out: dict[str, Any] = {"rows": a.rows, "mismatch": a.mismatch, "cores": os.cpu_count(),
                            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -421,15 +427,15 @@ def main() -> None:
     out["resources"] = check_resources(a.rows, a.floor == "run")
     try:
         out["tables"] = build_tables(dsn, a.rows, a.mismatch, a.reuse)
-        out["sizes"] = table_sizes(dsn)
+        out["sizes"] = table_sizes(dsn, names)
         out["expected"] = expected(dsn, a.rows, a.mismatch)
         if a.floor == "run":
-            out["floor"] = run_floor(dsn, env, info.pid, a.floor_repeat)
+            out["floor"] = run_floor(dsn, names, env, info.pid, a.floor_repeat)
         extra = a.extra.split()
         res: dict[str, list[dict[str, Any]]] = {r: [] for r in runs}
         for _ in range(a.repeat):
             for r in runs:
-                one = run_recon(dsn, env, info.pid, RUN_ARGS[r] + extra)
+                one = run_recon(dsn, names, env, info.pid, RUN_ARGS[r] + extra)
                 res[r].append(one)
                 print(json.dumps({r: {k: one.get(k) for k in ("exit", "wall_s", "peak_rss_mb", "others_cpu_share")}}),
                       file=sys.stderr)
@@ -440,7 +446,7 @@ def main() -> None:
                     one["vs_floor"] = round(one["wall_s"] / out["floor"]["floor"], 2)
     finally:
         if not a.keep:
-            drop_tables(dsn)
+            drop_tables(dsn, names)
     text = json.dumps(out, indent=2)
     print(text)
     if a.out:
@@ -449,7 +455,7 @@ def main() -> None:
         fl = out.get("floor", {})
         for r, rs in out["recon"].items():
             for one in rs:
-                print(f"| {a.rows:,} | {r} | {fl.get('floor', '–')} ({fl.get('method', '')}) | {one['wall_s']} | "
+                print(f"| {a.rows:,} | {r} | {round(fl['floor'], 3) if fl else '–'} ({fl.get('method', '')}) | {one['wall_s']} | "
                       f"{one.get('vs_floor', '–')}x | {one['peak_rss_mb']} MB | {one['peak_procs']} | "
                       f"{one['others_cpu_share']} |")
 
