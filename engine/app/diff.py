@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.app.evidence import EvidenceOptions
+from engine.app.scale import ScaleOptions, decide
 from engine.config import Config
 from engine.core.errors import Exit, UsageError
 
@@ -40,10 +41,14 @@ class DiffOptions:
     segment_rows: int | None = None
     out_dir: Path | None = None
     evidence: EvidenceOptions = EvidenceOptions()
+    scale: ScaleOptions = ScaleOptions()
 
     def check(self) -> None:
         """Usage errors that need no config (before any extraction)."""
         self.evidence.check()
+        if self.scale.executor.startswith("dask://") and self.out_dir is None:
+            raise UsageError("--executor dask://… runs tasks on other machines: give --out DIR on storage every "
+                             "worker can reach (a shared path), where they write their parts")
 
     def resolve(self, config: Config) -> dict[str, Any]:
         """The fields of the run's :class:`~engine.app.reconcile.DiffRequest`: each given option over
@@ -80,21 +85,31 @@ class DiffOutcome:
         return Exit.FINDINGS if self.run.result.has_differences else Exit.OK
 
 
-def run(opts: DiffOptions, config: Config, *, progress: Callable[[str], None] | None = None) -> DiffOutcome:
-    """Diff, write ``--out``, record the evidence; the PostgreSQL reads start first."""
+def run(opts: DiffOptions, config: Config, *, progress: Callable[[str], None] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None) -> DiffOutcome:
+    """Diff, write ``--out``, record the evidence; the PostgreSQL reads start first (one pass), or
+    the key-range plan runs (a diff larger than ``--memory-limit``, or ``--executor``/``--range-rows``).
+    ``on_progress`` gets the key-range progress objects (``--progress json``)."""
+    import shutil
+
     from engine.app import evidence
     from engine.connectors.postgres import early
 
     opts.check()
     ledger_dsn = opts.evidence.ledger_dsn(config)
     fields = opts.resolve(config)
-    early.start_for_diff(fields["source"], fields["target"], keys=fields["keys"], columns=fields.get("columns", ()),
-                         source_where=fields.get("source_where"), target_where=fields.get("target_where"),
-                         config=config)
+    scale = decide(fields["source"], fields["target"], config, opts.scale)
+    if not scale.ranges:
+        early.start_for_diff(fields["source"], fields["target"], keys=fields["keys"],
+                             columns=fields.get("columns", ()), source_where=fields.get("source_where"),
+                             target_where=fields.get("target_where"), config=config)
+    work_dir = opts.out_dir / ".recon-ranges" if (scale.ranges and opts.out_dir) else None
     try:
         from engine.app import reconcile
 
-        d = reconcile.run_diff(reconcile.DiffRequest(**fields), config, progress=progress)
+        d = reconcile.run_diff(reconcile.DiffRequest(**fields), config, progress=progress, scale=scale,
+                               on_progress=on_progress, work_dir=work_dir,
+                               snapshots=opts.evidence.manifest is not None)
         outputs = reconcile.write_outputs(d, opts.out_dir) if opts.out_dir else None
         summary = d.summary()
         if ledger_dsn or opts.evidence.manifest:
@@ -104,3 +119,5 @@ def run(opts: DiffOptions, config: Config, *, progress: Callable[[str], None] | 
         return DiffOutcome(d, summary)
     finally:
         early.discard()
+        if work_dir is not None:  # the tasks' parts: merged into the outputs, or of a failed run
+            shutil.rmtree(work_dir, ignore_errors=True)

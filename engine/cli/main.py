@@ -58,6 +58,11 @@ def diff_cmd(
     ledger: LedgerOpt = None,
     manifest: ManifestOpt = None,
     signing_key: SigningKeyOpt = None,
+    executor: Annotated[str, typer.Option("--executor", help="Where key-range tasks run: local, dask (a LocalCluster) or dask://HOST:PORT.")] = "local",
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Key-range tasks at once (default: the cores).")] = None,
+    range_rows: Annotated[int | None, typer.Option("--range-rows", min=1, help="Source rows per key-range task (default: from --memory-limit).")] = None,
+    memory_limit: Annotated[str | None, typer.Option("--memory-limit", help="Memory the diff may use, e.g. 3G (default: half the machine's); a larger diff runs as key ranges.")] = None,
+    progress: Annotated[str | None, typer.Option("--progress", help="json: one progress object per line on stderr (key-range runs).")] = None,
 ) -> None:
     """Compare two datasets; exit 1 when they differ."""
     from engine import config as config_mod
@@ -71,15 +76,26 @@ def diff_cmd(
         if not sep:
             raise _usage(f"malformed --tolerance {t!r}: use COL=ABS, e.g. --tolerance amount=0.01")
         tol[name] = _tolerance(val)
+    from engine.app.scale import ScaleOptions, parse_size
+
+    if progress not in (None, "json"):
+        raise _usage(f"--progress {progress!r}: the only form is --progress json (a terminal shows a live line by itself)")
+    scale = ScaleOptions(executor=executor, workers=workers, range_rows=range_rows,
+                         memory_limit=parse_size(memory_limit) if memory_limit is not None else None)
     opts = use_case.DiffOptions(
         source=source, target=target, mapping=mapping, keys=tuple(parse_pair(k) for k in key or []),
         columns=tuple(parse_pair(c) for c in column or []), tolerance=tol, source_where=source_where,
         target_where=target_where, as_of=_as_of(as_of), unique_key=unique_key, segment_rows=segment_rows,
-        out_dir=out_dir, evidence=EvidenceOptions(ledger, manifest, signing_key))
+        out_dir=out_dir, evidence=EvidenceOptions(ledger, manifest, signing_key), scale=scale)
     opts.check()  # exit 2 before any extraction
     cfg = config_mod.load(config)
+    live = not as_json and progress is None
+
+    def run(say: Any) -> Any:
+        return use_case.run(opts, cfg, progress=say, on_progress=_progress_sink(progress, say))
+
     with naming_options(columns="-k/-c or the mapping's key/columns", where="--source-where/--target-where"):
-        res = _with_status(lambda say: use_case.run(opts, cfg, progress=say), enabled=not as_json)
+        res = _with_status(run, enabled=live)
     if as_json:
         emit_json(res.summary)
     else:
@@ -102,6 +118,25 @@ def _as_of(text: str | None) -> Any:
     from engine.cli._shared import parse_time
 
     return parse_time(text, "--as-of")
+
+
+def _progress_sink(form: str | None, say: Any) -> Any:
+    """Key-range progress: one JSON object per line on stderr (``--progress json``), else the live
+    status line (a terminal only: ``say`` does nothing elsewhere)."""
+    if form == "json":
+        import json
+
+        def emit(p: dict[str, Any]) -> None:
+            sys.stderr.write(json.dumps(p, sort_keys=True) + "\n")
+            sys.stderr.flush()
+
+        return emit
+
+    def line(p: dict[str, Any]) -> None:
+        eta = f", ETA {p['eta_s']:.0f}s" if p.get("eta_s") is not None else ""
+        say(f"ranges {p['ranges_done']}/{p['ranges_total']}, {p['rows_per_s']:,} rows/s{eta}")
+
+    return line
 
 
 def _with_status(work: Any, *, enabled: bool) -> Any:

@@ -145,12 +145,12 @@ def spec_from_diff(run: DiffRun, inputs: list[dict[str, Any]], outputs: list[Pat
     src, tgt = dataset_for_input(inputs[0]), dataset_for_input(inputs[1])
     pairs = {a.lower(): b for a, b in (*run.request.keys, *run.request.columns)}
     s_fields = list(run.fields)
-    for ds, canon, name_of in ((src, run.source_canonical, lambda f: f.column),
-                               (tgt, run.target_canonical, lambda f: pairs.get(f.column.lower(), f.column))):
+    for ds, side, name_of in ((src, "source", lambda f: f.column),
+                              (tgt, "target", lambda f: pairs.get(f.column.lower(), f.column))):
         ds.fields = [(name_of(f), f.ctype.describe()) for f in s_fields]
-        ds.row_count = canon.frame.height
-        ds.null_counts = {name_of(f): int(canon.frame[f.name].null_count()) for f in s_fields
-                          if f.name in canon.frame.columns}
+        rows, nulls = run.profile(side)
+        ds.row_count = rows
+        ds.null_counts = {name_of(f): nulls[f.name] for f in s_fields if f.name in nulls}
     checks = [("no_missing_in_target", summary["missing_in_target"] == 0, None),
               ("no_missing_in_source", summary["missing_in_source"] == 0, None),
               ("no_mismatched_rows", summary["mismatched"] == 0, None),

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -276,12 +278,20 @@ def write_snapshots(run: DiffRun, out_dir: Path) -> list[Path]:
     for side, canon, root in (("source", run.source_canonical, m["source_root"]),
                               ("target", run.target_canonical, m["target_root"])):
         p = out / f"snapshot-{side}.parquet"
-        decimal_view(canon.frame, canon.fields).write_parquet(p)  # decimals as values, whatever their form
+        if canon is not None:
+            decimal_view(canon.frame, canon.fields).write_parquet(p)  # decimals as values, whatever their form
+            fields, rows = canon.fields, canon.frame.height
+        else:  # a key-range run: its parts, concatenated in key order by the run (see concat_snapshot_parts)
+            part = run.snapshot_parts[side]
+            shutil.move(str(part), p)
+            with contextlib.suppress(OSError):
+                part.parent.rmdir()
+            fields, rows = run.fields if side == "source" else _target_fields(run), run.profile(side)[0]
         paths.append(p)
         sides[side] = {
-            "file": p.name, "rows": canon.frame.height, "merkle_root": root,
+            "file": p.name, "rows": rows, "merkle_root": root,
             "fields": [{"name": f.name, "column": f.column, "kind": f.ctype.kind, "scale": f.ctype.scale,
-                        "precision": f.ctype.precision, "key": f.is_key} for f in canon.fields],
+                        "precision": f.ctype.precision, "key": f.is_key} for f in fields],
         }
     sidecar = out / SNAPSHOT_SIDECAR
     sidecar.write_text(json.dumps({
@@ -289,6 +299,39 @@ def write_snapshots(run: DiffRun, out_dir: Path) -> list[Path]:
         "boundaries_digest": seg.digest, "sides": sides}, indent=2, sort_keys=True) + "\n")
     paths.append(sidecar)
     return paths
+
+
+def _target_fields(run: DiffRun) -> tuple[Any, ...]:
+    """The target's field specs: the source's, with the target's column names (as the diff built them)."""
+    from dataclasses import replace
+
+    pairs = {a.lower(): b for a, b in (*run.request.keys, *run.request.columns)}
+    return tuple(replace(f, column=pairs.get(f.column.lower(), f.column)) for f in run.fields)
+
+
+def concat_snapshot_parts(parts_dir: Path, out: Path) -> Path:
+    """One snapshot file from a key-range run's parts (``part-NNNNN.parquet``, in key order),
+    streamed row group by row group: the whole side is never in memory."""
+    import pyarrow.parquet as pq
+
+    parts = sorted(Path(parts_dir).glob("part-*.parquet"))
+    if not parts:
+        raise RuntimeError(f"no snapshot parts in {parts_dir}")
+    writer = None
+    try:
+        for p in parts:
+            f = pq.ParquetFile(p)
+            for i in range(f.num_row_groups):
+                t = f.read_row_group(i)
+                if writer is None:
+                    writer = pq.ParquetWriter(out, t.schema)
+                writer.write_table(t.cast(writer.schema))
+            if f.num_row_groups == 0 and writer is None:
+                writer = pq.ParquetWriter(out, f.schema_arrow)
+    finally:
+        if writer is not None:
+            writer.close()
+    return out
 
 
 def _recompute_roots(sidecar_path: Path, base: Path, inputs: list[dict[str, Any]]) -> dict[str, str]:

@@ -73,6 +73,18 @@ class ParquetSource(FileSource):
 
         return list(pq.read_schema(self.ref.path).names)
 
+    def estimate(self) -> tuple[int, int] | None:
+        """(rows, bytes per row) from the footer: no data is read."""
+        import pyarrow.parquet as pq
+
+        try:
+            md = pq.ParquetFile(self.ref.path).metadata
+        except (OSError, ValueError):
+            return None
+        rows = md.num_rows
+        size = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+        return rows, (size // rows if rows else 0)
+
 
 class CsvSource(FileSource):
     system: ClassVar[str] = "csv"

@@ -42,6 +42,26 @@ class PostgresSource:
     def missing_column_hint(self) -> str:
         return ""
 
+    def estimate(self) -> tuple[int, int] | None:
+        """(rows, bytes per row on disk) from the catalog, without a scan: the planner's row
+        estimate, or the table's size over a narrow row when it was never analysed. None for views
+        (their size is unknown until read)."""
+        from psycopg import sql
+
+        from engine.connectors.postgres.connection import connect
+
+        with connect(self.ref.dsn, passfile=self.passfile) as conn:
+            conn.read_only = True
+            name = sql.Identifier(self.ref.schema, self.ref.table).as_string(conn)
+            row = conn.execute(
+                "SELECT c.relkind, c.reltuples::bigint, pg_relation_size(c.oid) FROM pg_class c "
+                "WHERE c.oid = to_regclass(%s)", (name,)).fetchone()
+        if row is None or row[0] not in ("r", "m", "p"):
+            return None
+        size = int(row[2] or 0)
+        rows = int(row[1]) if row[1] is not None and int(row[1]) >= 0 else size // 64
+        return rows, (size // rows if rows else 0)
+
     def read(self, req: ReadRequest) -> Extract:
         """Takes the read :mod:`engine.connectors.postgres.early` started for this table and
         condition when it covers the wanted columns, else reads now."""
