@@ -119,12 +119,17 @@ def main() -> None:
     for k, rs in runs.items():
         res_out[k] = {"median_s": round(statistics.median(r["wall_s"] for r in rs), 3),
                       "runs_s": [r["wall_s"] for r in rs],
+                      # CPU-s of the recon process tree (and of the server for it): on a shared
+                      # machine, wall time measures the neighbours as much as the code; CPU less so
+                      "cpu_median_s": round(statistics.median(r["tree_cpu_s"] for r in rs), 2),
+                      "server_cpu_median_s": round(statistics.median(r["server_cpu_s"] for r in rs), 2),
                       "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                       "others_cpu_share": [r["others_cpu_share"] for r in rs],
                       "found": sorted(found[k])}
     out["results"] = res_out
     out["same_differences"] = found["before"] == found["after"] and len(found["after"]) == 1
     out["after_over_before"] = round(res_out["after"]["median_s"] / res_out["before"]["median_s"], 3)
+    out["cpu_after_over_before"] = round(res_out["after"]["cpu_median_s"] / res_out["before"]["cpu_median_s"], 3)
     out["loadavg_after"] = os.getloadavg()
     print(json.dumps(out, indent=2))
     if a.markdown:
@@ -133,6 +138,7 @@ def main() -> None:
         print(f"| {a.rows:,} | {a.pair} | {out['commits']['before']} {b['median_s']} s ({min(b['runs_s'])}–"
               f"{max(b['runs_s'])}), {b['peak_rss_mb']} MB | {out['commits']['after']} {f['median_s']} s "
               f"({min(f['runs_s'])}–{max(f['runs_s'])}), {f['peak_rss_mb']} MB | **{out['after_over_before']}** | "
+              f"{b['cpu_median_s']} / {f['cpu_median_s']} s, **{out['cpu_after_over_before']}** | "
               f"{share} | {'yes' if out['same_differences'] else 'NO'} |")
 
 
