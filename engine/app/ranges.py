@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, localcontext
@@ -120,8 +121,11 @@ def run_task(spec: TaskSpec) -> TaskResult:
     """Diff one key range; the unit of work an executor runs (module-level: picklable by name)."""
     t0 = time.perf_counter()
     t = spec.task
-    cs, es, s_read, s_flight = _read_side(spec.source, spec.config, t.key_range, spec.as_of)
-    ct, et, t_read, t_flight = _read_side(spec.target, spec.config, t.key_range, spec.as_of)
+    with ThreadPoolExecutor(2, thread_name_prefix="recon-side") as pool:  # both sides at once, as one pass does
+        fs = pool.submit(_read_side, spec.source, spec.config, t.key_range, spec.as_of)
+        ft = pool.submit(_read_side, spec.target, spec.config, t.key_range, spec.as_of)
+        cs, es, s_read, s_flight = fs.result()
+        ct, et, t_read, t_flight = ft.result()
     r = compare(cs, ct, boundaries=list(t.boundaries), in_flight_keys=s_flight | t_flight)
     if len(r.source_tree.digests) != t.segments:  # the plan and the task disagree: never merge it
         raise RuntimeError(f"range {t.index} hashed {len(r.source_tree.digests)} segments, planned {t.segments}")

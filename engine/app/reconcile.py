@@ -116,7 +116,7 @@ class DiffRun:
     def summary(self) -> dict[str, Any]:
         s = self.result.summary()
         if self.plan is not None:
-            s["plan"] = {k: v for k, v in self.plan.items() if k != "ranges_detail"}
+            s["plan"] = dict(self.plan)
             s["retries"] = self.plan.get("retries", 0)
         s["source"].update({"ref": _safe_ref(self.request.source), "extract": self.source_meta})
         s["target"].update({"ref": _safe_ref(self.request.target), "extract": self.target_meta})
