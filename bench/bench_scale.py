@@ -363,7 +363,15 @@ def progress_stats(lines: list[str]) -> dict[str, Any]:
                 objs.append(json.loads(ln))
             except ValueError:
                 pass
-    return {"lines": len(objs), "last": objs[-1] if objs else None, "first": objs[0] if objs else None}
+    out: dict[str, Any] = {"lines": len(objs), "last": objs[-1] if objs else None}
+    done = [o for o in objs if o.get("ranges_done")]
+    if len(done) >= 2:  # rows/s between the first and the last finished range: the steady state
+        a, b = done[0], done[-1]
+        dt = float(b["elapsed_s"]) - float(a["elapsed_s"])
+        if dt > 0:
+            out["steady_rows_per_s"] = round((int(b["rows_done"]) - int(a["rows_done"])) / dt)
+        out["first_range_done_s"] = a["elapsed_s"]
+    return out
 
 
 def run_recon(dsn: str, names: tuple[str, str], env: dict[str, str], server_pid: int | None, extra: list[str],
@@ -378,11 +386,19 @@ def run_recon(dsn: str, names: tuple[str, str], env: dict[str, str], server_pid:
         return out
     summary = json.loads(res.stdout)
     out["found"] = {k: summary.get(k) for k in ("mismatched", "missing_in_target", "missing_in_source", "unchanged")}
-    for k in ("plan", "retries"):
-        if k in summary:
-            out[k] = summary[k] if k != "plan" else {kk: v for kk, v in summary[k].items() if kk != "ranges"}
-            if k == "plan" and isinstance(summary[k].get("ranges"), list):
-                out[k]["ranges"] = len(summary[k]["ranges"])
+    if "retries" in summary:
+        out["retries"] = summary["retries"]
+    plan = summary.get("plan")
+    if isinstance(plan, dict):
+        detail = plan.get("ranges_detail") or []
+        out["plan"] = {k: v for k, v in plan.items() if k != "ranges_detail"}
+        if detail:  # rows read per task: a task that reads only its range reads about its source rows
+            rr = [r.get("rows_read", {}) for r in detail]
+            out["plan"]["source_rows_per_range_max"] = max(r.get("source_rows", 0) for r in detail)
+            for side in ("source", "target"):
+                got = [int(x.get(side, 0)) for x in rr]
+                out["plan"][f"rows_read_{side}_total"] = sum(got)
+                out["plan"][f"rows_read_{side}_max"] = max(got)
     out["progress"] = progress_stats(lines)
     return out
 
