@@ -79,6 +79,11 @@ class TreeSample:
     machine_busy_cpu_s: float = 0.0
     samples: int = 0
     load1: tuple[float, float] = (0.0, 0.0)
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, summed RSS) per sample
+
+    def peak_between(self, a: float, b: float) -> float:
+        """Peak summed RSS (MB) of the samples taken between ``a`` and ``b`` seconds."""
+        return round(max((r for t, r in self.timeline if a <= t <= b), default=0) / 2**20, 1)
 
     def as_json(self) -> dict[str, Any]:
         cores = os.cpu_count() or 1
@@ -166,6 +171,7 @@ class TreeSampler:
             parts[f"{name}[{p.pid}]"] = r
             self._tree_cpu[p.pid] = t.user + t.system  # children_* would count reaped children twice
         self.result.max_procs = max(self.result.max_procs, n)
+        self.result.timeline.append((time.perf_counter() - self._t0, rss))
         if rss > self.result.peak_rss:
             self.result.peak_rss, self.result.peak_parts, self.result.peak_procs = rss, parts, n
             self.result.peak_at_s = time.perf_counter() - self._t0
@@ -400,6 +406,14 @@ def run_recon(dsn: str, names: tuple[str, str], env: dict[str, str], server_pid:
                 out["plan"][f"rows_read_{side}_total"] = sum(got)
                 out["plan"][f"rows_read_{side}_max"] = max(got)
     out["progress"] = progress_stats(lines)
+    arrivals = [float(ln.split("\t", 1)[0]) for ln in lines if ln.split("\t", 1)[-1].startswith('{"')]
+    if arrivals:  # which phase the memory peak belongs to: the key cut ends with the first progress
+        # line (no range done yet), the tasks with the last; then merge, output and exit
+        first, last = arrivals[0], arrivals[-1]
+        out["peak_rss_mb_by_phase"] = {"cut": sample.peak_between(0, first), "tasks": sample.peak_between(first, last),
+                                       "merge_and_output": sample.peak_between(last, sample.wall_s + 1)}
+        out["phase_s"] = {"cut": round(first, 1), "tasks": round(last - first, 1),
+                          "merge_and_output": round(sample.wall_s - last, 1)}
     return out
 
 
