@@ -19,8 +19,8 @@ the connector reads key ranges, else (before the range path) through the same co
 range as a row condition, which is said in the output (``via``). For every reader and every
 ``--workers`` value (ranges read that many at a time, as ``--executor local --workers N`` runs
 tasks), the wall time of reading all ranges, alternating the readers round by round, median of
-``--repeat``; rows per second per task, and CPU-s of this process and its children (the server's
-not included). The first range is also read by both readers and compared frame to frame.
+``--repeat``; rows per second per task, CPU-s of this process and its children, of the server
+(its backends sampled every ~100 ms), and the CPU share others took meanwhile. The first range is also read by both readers and compared frame to frame.
 
 Prints one JSON object.
 """
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import ROOT, build_tables, drop_tables, tables_for  # noqa: E402
+from bench_scale import ROOT, TreeSampler, build_tables, drop_tables, tables_for  # noqa: E402
 
 COLUMNS = ["id", "name", "owner_id", "annual_revenue", "clv", "event_count", "last_modified"]
 
@@ -104,7 +104,8 @@ class Reads:
         self.conn.close()
 
 
-def read_all(reads: Reads, ranges: list[tuple[str | None, str | None]], reader: str, workers: int) -> dict[str, Any]:
+def read_all(reads: Reads, ranges: list[tuple[str | None, str | None]], reader: str, workers: int,
+             server_pid: int | None = None) -> dict[str, Any]:
     os.environ["RECON_PG_READER"] = reader
     per_task: list[float] = []
     rows = 0
@@ -115,6 +116,7 @@ def read_all(reads: Reads, ranges: list[tuple[str | None, str | None]], reader: 
         ex = reads.read(*r)
         return ex.frame.height, time.perf_counter() - t, str(ex.meta.get("reader"))
 
+    sampler = TreeSampler(os.getpid(), server_pid).start()  # the server's CPU, psql children included
     c0, t0 = cpu_s(), time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         for n, s, rd in pool.map(one, ranges):
@@ -122,7 +124,9 @@ def read_all(reads: Reads, ranges: list[tuple[str | None, str | None]], reader: 
             per_task.append(s)
             used.add(rd)
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "cpu_s": cpu_s() - c0, "rows": rows, "task_s": per_task, "readers": sorted(used),
+    sample = sampler.stop().as_json()
+    return {"wall_s": wall, "cpu_s": cpu_s() - c0, "server_cpu_s": sample["server_cpu_s"],
+            "others_cpu_share": sample["others_cpu_share"], "rows": rows, "task_s": per_task, "readers": sorted(used),
             "load1": os.getloadavg()[0]}
 
 
@@ -172,7 +176,7 @@ def main() -> None:
             for _ in range(a.repeat):
                 for w in workers:
                     for r in readers:  # alternating, so others' load falls on every reader alike
-                        runs[r][w].append(read_all(reads, ranges, r, w))
+                        runs[r][w].append(read_all(reads, ranges, r, w, info.pid))
         finally:
             reads.close()
         res: dict[str, Any] = {}
@@ -185,6 +189,8 @@ def main() -> None:
                 res[f"{r} workers={w}"] = {
                     "reader": rs[0]["readers"], "wall_s": round(med, 3), "wall_runs_s": [round(x["wall_s"], 3) for x in rs],
                     "cpu_s": round(statistics.median(x["cpu_s"] for x in rs), 2),
+                    "server_cpu_s": round(statistics.median(x["server_cpu_s"] for x in rs), 2),
+                    "others_cpu_share": [x["others_cpu_share"] for x in rs],
                     "rows_per_s": round(rows / med), "task_s_median": round(statistics.median(tasks), 3),
                     "rows_per_s_per_task": round(rows / len(ranges) / statistics.median(tasks)),
                     "load1_runs": [round(x["load1"], 2) for x in rs]}

@@ -121,6 +121,7 @@ class TreeSampler:
         self.interval = interval
         self.result = TreeSample()
         self._tree_cpu: dict[int, float] = {}
+        self._tree_cpu0: dict[int, float] = {}
         self._server_cpu: dict[int, float] = {}
         self._server_cpu0: dict[int, float] = {}
         self._stop = threading.Event()
@@ -133,10 +134,13 @@ class TreeSampler:
             return []
 
     def _server_snapshot(self) -> dict[int, float]:
+        return self._cpu_of(self.server)
+
+    def _cpu_of(self, top: Any) -> dict[int, float]:
         out: dict[int, float] = {}
-        if self.server is None:
+        if top is None:
             return out
-        for p in self._procs(self.server):
+        for p in self._procs(top):
             try:
                 t = p.cpu_times()
                 out[p.pid] = t.user + t.system
@@ -148,6 +152,7 @@ class TreeSampler:
         self._t0 = time.perf_counter()
         self._machine0 = self._busy()
         self._server_cpu0 = self._server_snapshot()
+        self._tree_cpu0 = self._cpu_of(self.root)  # a root already running (this process) has spent some
         self.result.load1 = (os.getloadavg()[0], 0.0)
         self._thread.start()
         return self
@@ -191,7 +196,7 @@ class TreeSampler:
         r = self.result
         r.wall_s = time.perf_counter() - self._t0
         r.machine_busy_cpu_s = self._busy() - self._machine0
-        r.tree_cpu_s = sum(self._tree_cpu.values())
+        r.tree_cpu_s = sum(c - self._tree_cpu0.get(pid, 0.0) for pid, c in self._tree_cpu.items())
         r.server_cpu_s = sum(c - self._server_cpu0.get(pid, 0.0) for pid, c in self._server_cpu.items())
         r.load1 = (r.load1[0], os.getloadavg()[0])
         return r
