@@ -13,10 +13,13 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.core.errors import UsageError
 from engine.core.tolerance import parse_tolerance
+
+if TYPE_CHECKING:
+    from engine.core.gate import LagThresholds
 
 #: a Salesforce field's API name (what describe declares; checked again against describe before SOQL)
 FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
@@ -166,6 +169,46 @@ class Config:
                                  f"positive decimal string, units of {code} per unit of it, e.g. EUR = \"1.08\"")
             rates[k] = r
         return ReportSettings(code, rates)
+
+    def lag(self, mapping: str) -> LagThresholds:
+        """``[gate] NAME.lag_amount`` / ``lag_seconds`` / ``lag_offsets`` / ``lag_table`` (scalars of
+        ``[gate]`` are defaults for every mapping, as for the ratios). ``lag_amount`` is a decimal
+        string: a TOML float is binary, and a money limit is exact or it is not a limit."""
+        from decimal import InvalidOperation
+
+        from engine.core.gate import LagThresholds
+
+        sect = self.section("gate")
+        per = sect.get(mapping, {})
+        merged = {**{k: v for k, v in sect.items() if not isinstance(v, dict)}, **(per if isinstance(per, dict) else {})}
+        at = f"{self.where}: [gate] {mapping}"
+        amount = merged.get("lag_amount")
+        if amount is not None:
+            try:
+                parsed = Decimal(amount.strip()) if isinstance(amount, str) and amount.strip() else None
+            except InvalidOperation:
+                parsed = None
+            if parsed is None or not parsed.is_finite() or parsed < 0:
+                raise UsageError(f"{at}.lag_amount = {amount!r} must be a decimal string >= 0, e.g. "
+                                 "lag_amount = \"10000.00\" (quoted: a TOML number is not exact)")
+            amount = parsed
+        seconds = merged.get("lag_seconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                    or not 0 <= seconds < float("inf")):
+            raise UsageError(f"{at}.lag_seconds = {seconds!r} must be a number of seconds >= 0, e.g. lag_seconds = 300")
+        offsets = merged.get("lag_offsets", "kafka")
+        if offsets not in ("kafka", "postgres"):
+            raise UsageError(f"{at}.lag_offsets = {offsets!r} must be \"kafka\" (the group's committed offsets) "
+                             "or \"postgres\" (the offsets `recon consume` stores)")
+        table = merged.get("lag_table")
+        if table is not None and (not isinstance(table, str) or not table):
+            raise UsageError(f"{at}.lag_table = {table!r} must be the events table of `recon consume --table`, "
+                             "e.g. lag_table = \"warehouse.clv_events\"")
+        if offsets == "postgres" and table is None:
+            raise UsageError(f"{at}: lag_offsets = \"postgres\" needs lag_table, the events table of "
+                             "`recon consume --table` (its _offsets table holds the stored offsets)")
+        return LagThresholds(amount=amount, seconds=None if seconds is None else float(seconds), offsets=offsets,
+                             table=table)
 
     def pg_passfile(self) -> Path | None:
         """The password file to give each PostgreSQL connection (libpq's ``passfile`` parameter):

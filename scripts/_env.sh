@@ -1,5 +1,6 @@
 # Shared by scripts/test, scripts/demo and scripts/bench: make sure .venv exists and holds this
-# project with its dev extras. Idempotent and fast when nothing changed (keyed on pyproject.toml).
+# project with its dev extras (and dask: the tests cover the Dask executor). Idempotent and fast
+# when nothing changed (keyed on pyproject.toml).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -27,7 +28,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   # setuptools warns about every editable install ("Editable installation. … folders with the same
   # name as your package …", a 10-line block newer pips show): expected here, so not shown
   PYTHONWARNINGS="ignore:Editable installation" \
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[local,dev,bench]" >&2
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[local,dev,bench,dask]" >&2
   echo "$WANT" > "$STAMP"
 fi
 # bytecode for the package, as a regular (non-editable) install would have: with

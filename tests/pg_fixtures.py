@@ -46,3 +46,25 @@ def embedded_pg() -> Iterator[PgHandle]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def linguistic(embedded_pg: PgHandle) -> str:
+    """A collation that is not byte order: libc's en_US.UTF-8 (the embedded server has no ICU,
+    and its database is initialised with ``--locale=C``, which hides the problem). The locale is
+    compiled from the system's sources when the machine lacks it (once, a few seconds)."""
+    import subprocess
+
+    import psycopg
+
+    have = subprocess.run(["locale", "-a"], capture_output=True, text=True, check=False).stdout.split()
+    if "en_US.utf8" not in have:
+        tool = shutil.which("localedef")
+        made = subprocess.run([tool, "-i", "en_US", "-f", "UTF-8", "en_US.UTF-8"], capture_output=True,
+                              check=False) if tool else None
+        if made is None or made.returncode not in (0, 1):  # 1: written, with warnings
+            pytest.skip("no en_US.UTF-8 locale and localedef cannot make one (install the locales package)")
+    with psycopg.connect(embedded_pg.info.superuser_socket_dsn(), autocommit=True) as c:
+        c.execute("CREATE COLLATION IF NOT EXISTS public.recon_en (provider = libc, locale = 'en_US.utf8')")
+        assert c.execute("SELECT 'a' < 'B' COLLATE public.recon_en").fetchone() == (True,)  # not byte order
+    return "public.recon_en"

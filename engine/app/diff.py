@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.app.evidence import EvidenceOptions
-from engine.app.scale import ScaleOptions, decide
+from engine.app.scale import ScaleOptions, decide, refuse_secrets_for_workers
 from engine.config import Config
 from engine.core.errors import Exit, UsageError
 
@@ -46,6 +46,9 @@ class DiffOptions:
     def check(self) -> None:
         """Usage errors that need no config (before any extraction)."""
         self.evidence.check()
+        from engine.executors import check_executor
+
+        check_executor(self.scale.executor)
         if self.scale.executor.startswith("dask://") and self.out_dir is None:
             raise UsageError("--executor dask://… runs tasks on other machines: give --out DIR on storage every "
                              "worker can reach (a shared path), where they write their parts")
@@ -98,6 +101,7 @@ def run(opts: DiffOptions, config: Config, *, progress: Callable[[str], None] | 
     opts.check()
     ledger_dsn = opts.evidence.ledger_dsn(config)
     fields = opts.resolve(config)
+    refuse_secrets_for_workers(opts.scale, fields["source"], fields["target"])
     scale = decide(fields["source"], fields["target"], config, opts.scale)
     if not scale.ranges:
         early.start_for_diff(fields["source"], fields["target"], keys=fields["keys"],

@@ -23,7 +23,7 @@ from engine.config import Config
 from engine.connectors.base import SalesforceRef, parse_reference
 from engine.connectors.kafka import scan as kafka_source
 from engine.connectors.kafka.client import load_kafka_config
-from engine.core import forensics
+from engine.core import causes, forensics
 from engine.core.errors import Exit, UsageError
 
 
@@ -46,6 +46,9 @@ class ExplainRequest:
     evidence: EvidenceOptions = EvidenceOptions()
     #: ``--key PUB``: verify the diff directory by the manifest signed in it (else the ledger)
     pubkey: Path | None = None
+    #: the warehouse's consumer group (``--group``, else ``[kafka] group``): whose commit history
+    #: gives the root-cause evidence of rewinds and rebalances
+    group: str | None = None
 
     def check(self) -> None:
         """Usage errors, before the config is read or anything is scanned."""
@@ -91,7 +94,8 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
     topic = req.topic or kcfg.get("topic")
     if not bootstrap or not topic:
         raise UsageError("no Kafka topic: pass --bootstrap and --topic, or set [kafka] bootstrap and topic in the config")
-    extra = {k: str(v) for k, v in kcfg.items() if k not in ("bootstrap", "topic")}
+    group = req.group or (str(kcfg["group"]) if kcfg.get("group") else None)
+    extra = {k: str(v) for k, v in kcfg.items() if k not in ("bootstrap", "topic", "group")}
     extra.update(req.kafka_config or {})
     extra.update(file_props)
     src_ref = diff_summary.get("source", {}).get("ref", "")
@@ -104,7 +108,9 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
     say(f"scanning {topic}")
     scan = kafka_source.scan(bootstrap, topic, req.window, req.fields, kafka_config=extra)
     audit = forensics.audit(scan, org_id=conn.org_id)
-    stream = forensics.recompute(audit)
+    evidence = causes.Evidence.from_dict(_root_cause_evidence(bootstrap, topic, group, audit, extra))
+    attribution = causes.attribute(audit.frame, audit.windows, evidence, topic)
+    stream = forensics.recompute(audit, attribution.redelivered)
     rate, frac = _commission(config)
     keys = salesforce_keys(differences)
     say(f"fetching owners and commission rates of {len(keys):,} records from Salesforce")
@@ -142,8 +148,16 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
         "sec_top_fraction": frac,
         "sec_critical_accounts": len(sec),
         "kafka": {"bootstrap": bootstrap, "topic": topic, "events": audit.events, "duplicates": audit.duplicates,
-                  "duplicate_records": audit.duplicate_records, "conflicts": audit.conflicts, "windows": audit.windows,
-                  "partitions": {str(k): v for k, v in sorted(audit.partitions.items())}},
+                  "duplicate_records": audit.duplicate_records, "conflicts": audit.conflicts,
+                  "windows": attribution.windows,
+                  "partitions": {str(k): v for k, v in sorted(audit.partitions.items())},
+                  # root cause: events the warehouse's group read twice although the topic holds them
+                  # once (rewinds, rebalances), deliveries per cause, and what the evidence covers
+                  "redeliveries": attribution.redelivered.height,
+                  "redelivery_windows": attribution.redelivery_windows,
+                  "causes": attribution.totals,
+                  "group": group,
+                  "history_coverage": evidence.history_coverage},
         "salesforce": {"org_id": conn.org_id, "instance_url": conn.instance_url, "api_version": conn.api_version},
         # owner Id → User Name, fetched here once so that the report (which reads only verified
         # artefacts, offline) can name them; an owner missing here is shown by Id
@@ -155,9 +169,35 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
               "to": req.window.end.isoformat() if req.window.end else None}
     read = [("diff", {"system": "parquet", "path": str(diffs_path)}),
             ("stream", {"system": "kafka", "bootstrap": bootstrap, "topic": topic, "partitions": len(audit.partitions),
-                        "events": audit.events, **window}),
+                        "events": audit.events, **window, "group": group,
+                        # where the root-cause evidence lies in Kafka (kind, topic, partition, offsets)
+                        "root_cause": attribution.ranges}),
             ("source", {"system": "salesforce", **sf_meta})]
     return exp, audit, read
+
+
+def _root_cause_evidence(bootstrap: str, topic: str, group: str | None, audit: forensics.Audit,
+                         kafka_config: dict[str, str]) -> dict[str, Any]:
+    """The root-cause evidence in the shapes of `recon kafka-audit --group G --json`: ``rewinds``,
+    ``rebalances`` and ``history_coverage`` from the group's records in ``__consumer_offsets``
+    (read read_committed, never joining the group), ``aborted`` from a read_committed vs
+    read_uncommitted read, ``producers`` from the record batches. The one place explain asks Kafka
+    for them.
+
+    Without a group, no commit history is read (``history_coverage`` None), so every delivery the
+    topic's own evidence does not explain is ``unknown``. Producer ids come from the events'
+    ``producer-id`` headers (marked ``source: "header"``: the producer's own claim) where the
+    record batches were not read."""
+    ev: dict[str, Any] = {"group": group, "rewinds": [], "rebalances": [], "history_coverage": None,
+                          "aborted": [], "producers": causes.producers_from_headers(audit.frame)}
+    if group:
+        from engine.connectors.kafka import offsets_topic
+        from engine.core import group_audit
+
+        records, part = offsets_topic.read_group(bootstrap, group, kafka_config)
+        g = group_audit.audit(records, topic, offsets_partition=part)
+        ev.update(rewinds=g.rewinds, rebalances=g.rebalances, history_coverage=g.history_coverage)
+    return ev
 
 
 #: the field of a multi-currency Salesforce org that holds each record's currency

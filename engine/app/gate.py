@@ -4,9 +4,13 @@ Why this shape:
 
 * **A decision log, not a flag.** Every decision is a row of the append-only, hash-chained ledger
   table ``recon_audit.gate_decisions`` (mapping, state, ratios, thresholds, the digest of the diff it
-  was made from, the reason, the operator of an override, the run id). The breaker's state is the
-  *latest* decision for the mapping; nothing is ever updated, so "who closed it, when, from which
-  evidence" is always answerable and cannot be rewritten without breaking the chain.
+  was made from, the reason, the operator of an override, the run id). Nothing is ever updated, so
+  "who closed it, when, from which evidence" is always answerable and cannot be rewritten without
+  breaking the chain.
+* **A state per reason.** ``variance`` (diffs, overrides) and ``lag`` (``--lag``, :mod:`engine.app.lag`):
+  each decision names the reasons it decides, a reason's state is its *latest* decision, and the
+  breaker is open while any reason is (:mod:`engine.store.breaker`). Catching up closes ``lag``
+  and nothing else; the exit code and the JSON ``state`` are the whole breaker's.
 * **Either ratio trips it.** A diff's ``variance_ratio`` (differing records / source records) and
   the gated column's ``amount_variance_ratio`` (Σ|target − source| / Σ|source|) are compared with
   thresholds (default 0.5 % each; per mapping in ``[gate]``); a ratio strictly *above* its threshold
@@ -71,6 +75,7 @@ from engine.core.gate import (  # noqa: F401  (the policy's names, used by calle
     EXCLUDABLE_CLASSES,
     MAX_LISTED,
     POLICY_VERSION,
+    REASONS,
     REPAIRED_CLASSES,
     STATES,
     Decision,
@@ -92,8 +97,13 @@ from engine.store.breaker import (  # noqa: F401
     guard_installed,
     install_guard,
     latest_decision,
+    open_reasons,
+    reason_states,
     record_decision,
 )
+
+#: the lag keys of ``[gate] NAME`` (validated by :meth:`engine.config.Config.lag`)
+LAG_KEYS = ("lag_amount", "lag_seconds", "lag_offsets", "lag_table")
 
 
 # -- thresholds from the config -------------------------------------------------------------------
@@ -118,10 +128,11 @@ def thresholds_for(config: Config, mapping: str) -> Thresholds:
         raise UsageError(f"{config.where}: [gate] {mapping} must be a table like "
                          "{ variance_ratio = 0.005, amount_variance_ratio = 0.005 }")
     merged = {**base, **per}
-    unknown = set(merged) - {"variance_ratio", "amount_variance_ratio", "column"}
+    known = ("variance_ratio", "amount_variance_ratio", "column", *LAG_KEYS)
+    unknown = set(merged) - set(known)
     if unknown:
         raise UsageError(f"{config.where}: [gate] {mapping}: unknown key(s) {', '.join(sorted(unknown))} "
-                         "(known: variance_ratio, amount_variance_ratio, column)")
+                         f"(known: {', '.join(known)})")
     col = merged.get("column")
     if col is not None and (not isinstance(col, str) or not col):
         raise UsageError(f"{config.where}: [gate] {mapping}.column must be a column name")
@@ -488,19 +499,23 @@ def override(mapping: str, state: str, *, reason: str | None, operator: str | No
         raise UsageError("--override needs --reason TEXT (why the breaker is overridden)")
     if not (operator or "").strip():
         raise UsageError("--override needs --operator NAME (who overrides the breaker)")
+    # closing is the operator's word for the whole breaker; opening is an operator's finding about the
+    # data, which a passing diff may close (as before reasons existed): it opens ``variance``
+    reasons = dict.fromkeys(REASONS, "closed") if state == "closed" else {"variance": "open"}
     return Decision(mapping=mapping, state=state, kind="override", reason=str(reason).strip(), run_id=run_id,
-                    operator=str(operator).strip())
+                    operator=str(operator).strip(), reasons=reasons)
 
 
 # -- committing ---------------------------------------------------------------------------------------
 def commit(dsn: str, decision: Decision, *, passfile: str | Path | None = None) -> tuple[dict[str, Any], str, str | None]:
-    """Record a decision as the breaker's new state: refuse a stale diff, append it to the ledger,
+    """Record a decision as its reasons' new state: refuse a stale diff, append it to the ledger,
     then make sure the SQL guard exists. The decision is recorded first: a scheduler relies on it
     even if the guard cannot be installed. Returns the ledger entry, the guard's status and, when the
     guard could not be installed, the reason (a warning for the caller to show). ``passfile``: the
     libpq password file of the ledger connections."""
+    if decision.kind == "diff":  # a diff is stale against the decision that opened ``variance``
+        check_not_stale(decision, reason_states(dsn, decision.mapping, passfile=passfile).get("variance"))
     latest = latest_decision(dsn, decision.mapping, passfile=passfile)
-    check_not_stale(decision, latest)
     entry = record_decision(dsn, decision, latest, passfile=passfile)
     try:
         return entry, ("installed now" if ensure_guard(dsn, passfile=passfile) else "installed"), None
@@ -508,8 +523,13 @@ def commit(dsn: str, decision: Decision, *, passfile: str | Path | None = None) 
         return entry, f"not installed: {exc}", str(exc)
 
 
+def breaker_state(reasons: dict[str, str]) -> str:
+    """The breaker as a whole: open while any reason is."""
+    return "open" if any(v != "closed" for v in reasons.values()) else "closed"
+
+
 # -- the use case: `recon gate` -------------------------------------------------------------------
-MODES = ("--diff", "--override", "--status", "--install-guard")
+MODES = ("--diff", "--override", "--status", "--install-guard", "--lag")
 
 
 @dataclass(frozen=True)
@@ -531,6 +551,8 @@ class GateRequest:
     evidence: EvidenceOptions = EvidenceOptions()
     #: ``--key PUB``: verify the diff (and --exclude-from) by the manifest signed in its directory
     pubkey: Path | None = None
+    #: ``--lag``: decide the ``lag`` reason from what the warehouse's consumer has not applied yet
+    lag: bool = False
 
     def check(self) -> None:
         """Usage errors, before the config is read or anything is connected."""
@@ -538,10 +560,12 @@ class GateRequest:
         if self.pubkey is not None and self.diff is None:
             raise UsageError("--key PUB verifies the directory of --diff (and --exclude-from): it goes with --diff DIR")
         modes = [m for m, on in zip(MODES, (self.diff is not None, self.override is not None, self.status,
-                                            self.install_guard), strict=True) if on]
+                                            self.install_guard, self.lag), strict=True) if on]
         if len(modes) != 1:
-            raise UsageError("pass exactly one of --diff DIR, --override close|open, --status, --install-guard"
+            raise UsageError("pass exactly one of --diff DIR, --override close|open, --status, --install-guard, --lag"
                              + (f" (got {', '.join(modes)})" if modes else ""))
+        if self.lag and not self.mapping:
+            raise UsageError("--lag needs --mapping NAME (its [gate] NAME.lag_amount / lag_seconds)")
         if (self.exclude_from or self.accept_classes) and self.diff is None:
             raise UsageError("--exclude-from and --accept-classes apply to --diff DIR")
         if self.guard_roles and not self.install_guard:
@@ -585,11 +609,14 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     if req.status:
         if not req.mapping:
             raise UsageError("--status needs --mapping NAME")
-        latest = latest_decision(_need_ledger(ledger_dsn, "--status"), req.mapping, passfile=passfile)
-        state = (latest or {}).get("state") or "no decision"
-        is_open = latest is not None and state != "closed"
+        dsn = _need_ledger(ledger_dsn, "--status")
+        latest = latest_decision(dsn, req.mapping, passfile=passfile)
+        per = reason_states(dsn, req.mapping, passfile=passfile)
+        is_open = bool(open_reasons(per))
+        state = "no decision" if latest is None else ("open" if is_open else "closed")
         return GateOutcome("status", Exit.BREAKER_OPEN if is_open else Exit.OK,
-                           {"mapping": req.mapping, "state": state, "latest": latest})
+                           {"mapping": req.mapping, "state": state, "latest": latest,
+                            "reasons": {r: v["state"] for r, v in per.items()}, "open_reasons": open_reasons(per)})
 
     run_id = new_run_id()
     inputs: list[dict[str, Any]] = []
@@ -601,6 +628,14 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
             raise UsageError(f"--override {req.override!r}: use close or open")
         decision = override(req.mapping, state_word, reason=req.reason, operator=req.operator, run_id=run_id)
         _need_ledger(ledger_dsn, "--override (it is written to the ledger)")
+    elif req.lag:
+        from engine.app.lag import decide_lag
+
+        assert req.mapping is not None
+        decision = decide_lag(config, req.mapping, run_id=run_id)
+        lag = decision.lag or {}
+        inputs.append(describe_input("stream", {"system": "kafka", "bootstrap": lag.get("bootstrap"),
+                                                "topic": lag.get("topic")}))
     else:
         assert req.diff is not None
         accepted = parse_accept_classes(req.accept_classes) if req.accept_classes else None
@@ -619,22 +654,29 @@ def run_gate(req: GateRequest, config: Config, *, record_evidence: bool = True) 
     entry = None
     guard: str | None = None
     warning: str | None = None
+    reasons = dict(decision.reasons)  # without a ledger, the breaker is what this decision says
     if ledger_dsn:
         entry, guard, warning = commit(ledger_dsn, decision, passfile=passfile)
+        reasons = {r: v["state"] for r, v in reason_states(ledger_dsn, decision.mapping, passfile=passfile).items()}
+    state = breaker_state(reasons)
+    exit_code = Exit.BREAKER_OPEN if state == "open" else Exit.OK
     body = decision.body()
     outputs: list[Path] = []
     manifest = req.evidence.manifest
     target_dir = req.out_dir or (manifest.parent if manifest is not None else None)
     if target_dir is not None:
         outputs.append(workspace.write_json(workspace.gate_decision_path(target_dir), {**body, "ledger_entry": entry}))
-    doc: dict[str, Any] = {"mapping": decision.mapping, "state": decision.state,
-                           "exit_code": int(_exit(decision)), "decision": body,
+    # ``state``: the breaker as a whole after this decision (open while any reason is), ``reasons``:
+    # each reason's state; the decision's own state is ``decision.state``
+    doc: dict[str, Any] = {"mapping": decision.mapping, "state": state,
+                           "exit_code": int(exit_code), "decision": body, "reasons": reasons,
+                           "open_reasons": [r for r in REASONS if reasons.get(r, "closed") != "closed"],
                            "ledger_entry": entry, "recorded": entry is not None, "sql_guard": guard}
     if record_evidence and (ledger_dsn or manifest):
         doc["evidence"] = ev.record_evidence(
             "gate", body, inputs, outputs, ledger_dsn=ledger_dsn, manifest_path=manifest,
             signing_key=req.evidence.signing_key, config_digest=config.digest, run_id=run_id, passfile=passfile)
-    return GateOutcome("decision", _exit(decision), doc, decision, entry, warning)
+    return GateOutcome("decision", exit_code, doc, decision, entry, warning)
 
 
 def verify_inputs(diff_dir: Path, exclude_from: Path | None, trust: TrustOptions) -> dict[str, dict[str, Any]]:
@@ -652,8 +694,3 @@ def verify_inputs(diff_dir: Path, exclude_from: Path | None, trust: TrustOptions
         elif exp.exists():
             out["exclude_from"] = verify(exclude_from, exp.files(), command="explain", trust=trust).to_dict()
     return out
-
-
-def _exit(decision: Decision) -> Exit:
-    """The gate's exit code: 3 while the breaker is open (the downstream task halts), else 0."""
-    return Exit.BREAKER_OPEN if decision.is_open else Exit.OK

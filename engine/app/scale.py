@@ -54,6 +54,22 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
 
 
+def refuse_secrets_for_workers(scale: ScaleOptions, source: str, target: str) -> None:
+    """A DSN may carry its password when the tasks run in this process, but Dask ships each range
+    task's references to its workers (perhaps other machines): a secret there is refused (exit 2)
+    before anything connects. The workers read the password from their own environment."""
+    from engine.connectors.refs import PostgresRef, secret_keys
+
+    if scale.executor == "local":
+        return
+    for side, text in (("source", source), ("target", target)):
+        ref = parse_reference(text)
+        keys = secret_keys(ref.dsn) if isinstance(ref, PostgresRef) else []
+        if keys:
+            raise UsageError(f"the {side} DSN holds a secret ({', '.join(keys)}), which range tasks would carry "
+                             "to the Dask workers: leave it out of the DSN and set PGPASSWORD or PGPASSFILE "
+                             "on every worker")
+
 def estimate(ref_text: str, config: Config) -> tuple[int, int] | None:
     """(rows, bytes per row on disk) of a side when its system can say so cheaply, else None."""
     from engine.connectors.registry import source_for

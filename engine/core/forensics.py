@@ -61,6 +61,9 @@ class Audit:
     partitions: dict[int, dict[str, int | None]]
     frame: pl.DataFrame = field(repr=False)
     elapsed_s: float = 0.0
+    #: root-cause evidence read on request (kafka-audit --isolation-check: aborted, open_transaction,
+    #: producers); its keys are added to the summary, none when nothing was asked
+    evidence: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class Audit:
             "unparsable_samples": self.samples,
             "partitions": {str(k): v for k, v in sorted(self.partitions.items())},
             "elapsed_s": round(self.elapsed_s, 3),
+            **self.evidence,
         }
 
 
@@ -248,10 +252,19 @@ def _sequences(win: pl.DataFrame) -> dict[str, Any]:
 # recomputation and triangulation
 
 
-def recompute(a: Audit) -> pl.DataFrame:
+def recompute(a: Audit, redelivered: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per record: raw and deduplicated stream sums, counts, last event time, and the evidence of its
-    duplicate copies (offsets and event ids)."""
+    duplicate copies (offsets and event ids).
+
+    redelivered: events the warehouse's consumer read twice although the topic holds them once (a
+    rewind, a rebalance before commit: :func:`engine.core.causes.redeliveries`), one row per extra
+    read. Each counts as one more delivered copy, so it inflates the raw sum exactly as a copy in
+    the topic does and the same classes explain the record."""
     v = a.frame.filter(pl.col("status") == "ok")
+    if redelivered is not None and len(redelivered):
+        extra = redelivered.select(v.columns).with_columns(pl.lit(1, v.schema["occurrence"]).alias("occurrence"),
+                                                           pl.lit(True).alias("is_duplicate"))
+        v = pl.concat([v, extra])
     per = v.group_by("record_id").agg(
         pl.col("amount_d").sum().alias("raw"),
         pl.col("amount_d").filter(pl.col("occurrence") == 0).sum().alias("dedup"),

@@ -26,6 +26,11 @@ EXCLUDABLE_CLASSES = classes.excludable()
 DEFAULT_ACCEPTED = classes.accepted_by_default()
 REPAIRED_CLASSES = classes.with_repair(Repair.CORRECT)
 STATES = ("open", "closed")
+#: why the breaker can be open; each reason has its own state (its latest decision), and the breaker
+#: is closed only when every reason is. ``variance``: a diff's ratios (and operators' overrides);
+#: ``lag``: money in events the warehouse's consumer has not applied yet. The SQL guard lists the
+#: same names (:mod:`engine.store.breaker`).
+REASONS = ("variance", "lag")
 MAX_LISTED = 10_000  # keys listed per decision; beyond that the decision says how many were left out
 
 
@@ -114,6 +119,15 @@ class Decision:
     exclusion: dict[str, Any] | None = None
     operator: str | None = None
     previous: dict[str, Any] | None = None
+    #: the reasons this decision decides, each with its new state (``state`` is theirs): a diff
+    #: decides ``variance``, a lag check ``lag``; the other reasons keep their latest decision
+    reasons: dict[str, str] = field(default_factory=dict)
+    #: kind "lag": what was in flight (offsets per partition, amount, oldest event)
+    lag: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.reasons:  # a diff or an override decides variance unless told otherwise
+            self.reasons = {"variance": self.state}
 
     @property
     def is_open(self) -> bool:
@@ -124,6 +138,27 @@ class Decision:
         d = asdict(self)
         d["policy_version"] = POLICY_VERSION if self.exclusion else None
         return d
+
+
+@dataclass(frozen=True)
+class LagThresholds:
+    """``[gate] NAME.lag_amount`` (exact decimal) and ``lag_seconds``; None: that limit is not set."""
+
+    amount: Decimal | None = None
+    seconds: float | None = None
+    offsets: str = "kafka"  # whose offsets say what is applied: "kafka" (the group's commits) or "postgres"
+    table: str | None = None  # lag_offsets = "postgres": the events table `recon consume --table` writes
+
+
+def evaluate_lag(amount: Decimal, seconds: float | None, limits: LagThresholds) -> tuple[str, list[str]]:
+    """The ``lag`` reason's state: ("open"|"closed", the limits exceeded). Strictly above opens, as
+    for the ratios; the amount is compared exactly (Decimal against Decimal, never a float)."""
+    tripped = []
+    if limits.amount is not None and amount > limits.amount:
+        tripped.append("lag_amount")
+    if limits.seconds is not None and seconds is not None and exact(seconds) > exact(limits.seconds):
+        tripped.append("lag_seconds")
+    return ("open" if tripped else "closed"), tripped
 
 
 def _parse_time(text: Any) -> datetime | None:

@@ -104,6 +104,11 @@ def scenario_load(
     accounts: Annotated[int, typer.Option("--accounts", min=50, help="Number of Salesforce Accounts.")] = 20_000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same data.")] = 7,
     config_out: Annotated[Path, typer.Option("--config-out", help="Where to write the scenario's recon.toml.")] = Path("recon.toml"),
+    cause: Annotated[str, typer.Option(
+        "--cause", help="How the window's events reach the warehouse twice: replay (a second producer, the default), "
+                        "rewind (the group's offsets reset backwards), redelivery (a member leaves before "
+                        "committing), aborted (a transaction aborted under a read_uncommitted consumer, then "
+                        "retried) or mixed (one per partition). All but replay need the Apache broker.")] = "replay",
     state_dir: StateDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -112,7 +117,10 @@ def scenario_load(
     from engine.local import scenario
     from engine.local.state import StackPaths
 
-    res = scenario.load(scenario.ScenarioSpec(accounts=accounts, seed=seed), state_dir=StackPaths.at(state_dir).root,
+    if cause not in scenario.CAUSES:
+        raise UsageError(f"--cause must be one of {', '.join(scenario.CAUSES)}")
+    res = scenario.load(scenario.ScenarioSpec(accounts=accounts, seed=seed, cause=cause),
+                        state_dir=StackPaths.at(state_dir).root,
                         config_out=config_out, progress=None if as_json else progress)
     if as_json:
         emit_json({"ground_truth": str(res.truth_file), "config": str(res.config_file), "counts": res.counts})

@@ -249,7 +249,8 @@ def serve(state_dir: Path, port: int, pg_fields: dict[str, Any], api_budget: int
     logging.getLogger("recon.salesforce").info("serving %s (pid %d)", cfg.base_url, os.getpid())
     uvicorn.run(app, host="127.0.0.1", port=port, ssl_certfile=str(files.server_cert),
                 ssl_keyfile=str(files.server_key), log_level="warning", access_log=False, lifespan="on",
-                timeout_keep_alive=75, timeout_graceful_shutdown=1, http="h11", loop="asyncio")
+                timeout_keep_alive=75, timeout_graceful_shutdown=1, http="h11", loop="asyncio",
+                date_header=False)  # the app sends the org's clock as Date
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,10 @@ Deterministic by seed. What happens, per partition of `clv-events`:
   (the sequence regresses: the replay is visible), then carries on with the rest of the stream;
 * a few accounts lose their window events instead (never delivered: `missing_events`).
 
+That is the default cause, ``replay``; ``--cause`` makes the same window's duplicates another way
+(an offset rewind, a redelivery before commit, an aborted transaction read uncommitted, or a mix),
+with a real consumer group feeding the warehouse: :mod:`engine.local.causes`.
+
 The warehouse summed what was delivered (`warehouse.clv_events`, `warehouse.customer_clv`), so it
 is inflated for the duplicated accounts. A few accounts of every other class are planted too: a
 stale Salesforce value (`stale_salesforce`), a manual warehouse patch (`warehouse_only_drift`) and
@@ -27,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -39,7 +43,9 @@ import psycopg
 from psycopg import sql
 
 from engine.core.classes import explained as explained_classes
+from engine.core.errors import UsageError
 from engine.core.ids import event_ids
+from engine.local.causes import CAUSE_NAMES, CAUSES, MIXED, group_name, partition_causes
 
 TOPIC = "clv-events"
 PARTITIONS = 3
@@ -70,6 +76,8 @@ class ScenarioSpec:
     duplicate_fraction: float = DUPLICATE_FRACTION
     special_per_class: int | None = None
     topic: str = TOPIC
+    #: how the window's duplicates come about (engine.local.causes); "replay" is the original incident
+    cause: str = "replay"
 
     @property
     def n_special(self) -> int:
@@ -254,15 +262,26 @@ def _plan_messages(ev: pl.DataFrame, t1: int) -> pl.DataFrame:
 # writing the scenario into the three systems
 
 
+def message_value(org: str, acc: str, typ: str, ts: str, cents: int) -> bytes:
+    """The event as the producers write it (JSON, amount as a decimal string)."""
+    sign = "-" if cents < 0 else ""
+    return json.dumps({"org_id": org, "account_id": acc, "event_type": typ, "event_ts": ts,
+                       "amount": f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"}, separators=(",", ":")).encode()
+
+
 def produce(sc: Scenario, bootstrap: str, kafka_config: dict[str, str] | None = None) -> pl.DataFrame:
-    """Produce every planned message and return the plan with the broker-assigned offsets."""
+    """Produce every planned message and return the plan with the broker-assigned offsets.
+
+    Two producer sessions, as in the story: the first sends everything up to the window's end and
+    is flushed; the restarted one (a new producer id in the record batches) sends the replayed
+    copies and the rest. Each partition's messages keep their planned order, so the offsets are
+    those of a single producer."""
     from confluent_kafka import Producer
 
     m = sc.messages
     conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20, "log_level": 3,
             "compression.type": "lz4", "batch.num.messages": 10_000, "queue.buffering.max.messages": 1_000_000}
     conf.update(kafka_config or {})
-    producer = Producer(conf)
     offsets = np.full(len(m), -1, dtype=np.int64)
     errors: list[str] = []
 
@@ -275,25 +294,28 @@ def produce(sc: Scenario, bootstrap: str, kafka_config: dict[str, str] | None = 
         return cb
 
     cols = [m[c].to_list() for c in ("account_id", "event_type", "event_ts", "cents", "partition", "ts_ms",
-                                     "producer_id", "sequence")]
+                                     "producer_id", "sequence", "phase")]
     org = sc.org_id
     org_b = org.encode()
-    for i, (acc, typ, ts, cents, part, ts_ms, pid, seq) in enumerate(zip(*cols, strict=True)):
-        sign = "-" if cents < 0 else ""
-        value = json.dumps({"org_id": org, "account_id": acc, "event_type": typ, "event_ts": ts,
-                            "amount": f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"}, separators=(",", ":"))
-        while True:
-            try:
-                producer.produce(sc.spec.topic, value=value.encode(), key=f"{org}:{acc}".encode(), partition=part,
-                                 timestamp=ts_ms, on_delivery=make_cb(i),
-                                 headers=[("org-id", org_b), ("producer-id", pid.encode()),
-                                          ("sequence", str(seq).encode())])
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if i % 5000 == 0:
-            producer.poll(0)
-    remaining = producer.flush(120)
+    remaining = 0
+    for session in (0, 1):  # phase 0 by the first producer, phases 1 and 2 by the restarted one
+        producer = Producer(conf)
+        for i, (acc, typ, ts, cents, part, ts_ms, pid, seq, phase) in enumerate(zip(*cols, strict=True)):
+            if (phase > 0) != bool(session):
+                continue
+            value = message_value(org, acc, typ, ts, cents)
+            while True:
+                try:
+                    producer.produce(sc.spec.topic, value=value, key=f"{org}:{acc}".encode(), partition=part,
+                                     timestamp=ts_ms, on_delivery=make_cb(i),
+                                     headers=[("org-id", org_b), ("producer-id", pid.encode()),
+                                              ("sequence", str(seq).encode())])
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            if i % 5000 == 0:
+                producer.poll(0)
+        remaining += producer.flush(120)
     if remaining or errors or (offsets < 0).any():
         raise RuntimeError(f"producing the scenario failed: {remaining} undelivered, errors: {errors[:3]}")
     return m.with_columns(pl.Series("offset", offsets))
@@ -315,16 +337,19 @@ def write_warehouse(conn: psycopg.Connection, sc: Scenario, delivered: pl.DataFr
                 org_id text NOT NULL, account_id text COLLATE "C" NOT NULL, event_type text NOT NULL,
                 event_ts timestamptz NOT NULL, amount numeric(18,2) NOT NULL, producer_id text,
                 loaded_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset))""")
+                delivery int NOT NULL DEFAULT 1,  -- the times the consumer applied this offset (a rewind: 2)
+                PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset, delivery))""")
         conn.execute("""
             CREATE TABLE warehouse.customer_clv (
                 account_id text COLLATE "C" PRIMARY KEY, clv numeric(18,2) NOT NULL,
                 event_count integer NOT NULL, updated_at timestamptz NOT NULL)""")
         ev = delivered.select(
             pl.lit(sc.spec.topic).alias("kafka_topic"), "partition", "offset", pl.lit(sc.org_id).alias("org_id"),
-            "account_id", "event_type", "event_ts", amount_str(pl.col("cents")).alias("amount"), "producer_id")
+            "account_id", "event_type", "event_ts", amount_str(pl.col("cents")).alias("amount"), "producer_id",
+            pl.col("delivery") if "delivery" in delivered.columns else pl.lit(1).alias("delivery"))
         with conn.cursor().copy("COPY warehouse.clv_events (kafka_topic, kafka_partition, kafka_offset, org_id, "
-                                "account_id, event_type, event_ts, amount, producer_id) FROM STDIN (FORMAT csv)") as cp:
+                                "account_id, event_type, event_ts, amount, producer_id, delivery) "
+                                "FROM STDIN (FORMAT csv)") as cp:
             cp.write(ev.write_csv(include_header=False))
         a = sc.accounts.filter(pl.col("wh_cents").is_not_null())
         drift_time = datetime.fromtimestamp(sc.window[1] / 1000, UTC).isoformat()
@@ -364,9 +389,11 @@ def salesforce_accounts(sc: Scenario) -> pl.DataFrame:
 def ground_truth(sc: Scenario, delivered: pl.DataFrame) -> dict[str, Any]:
     """What was injected, from the generator's own bookkeeping and the broker's delivery reports."""
     a = sc.accounts
+    if "cause" not in delivered.columns:  # the replay: every copy is a message of the restarted producer
+        delivered = delivered.with_columns(pl.lit(CAUSE_NAMES["replay"]).alias("cause"), pl.lit(1).alias("delivery"))
     copies = delivered.filter(pl.col("is_copy"))
     originals = delivered.filter(~pl.col("is_copy")).select("event_id", pl.col("offset").alias("original_offset"))
-    copies = copies.join(originals, on="event_id", how="left")
+    copies = copies.join(originals, on="event_id", how="left").sort("partition", "offset", "delivery")
     windows = copies.group_by("partition").agg(
         pl.col("offset").min().alias("first_offset"), pl.col("offset").max().alias("last_offset"),
         pl.col("ts_ms").min().alias("first_ts_ms"), pl.col("ts_ms").max().alias("last_ts_ms"),
@@ -389,8 +416,15 @@ def ground_truth(sc: Scenario, delivered: pl.DataFrame) -> dict[str, Any]:
         "partitions": sc.spec.partitions,
         "events_generated": len(sc.events),
         "events_lost": int(sc.events["lost"].sum()),
-        "messages_produced": len(delivered),
+        "messages_produced": delivered.filter(pl.col("delivery") == 1).height,
+        "warehouse_deliveries": len(delivered),
+        "cause": sc.spec.cause,
         "duplicate_copies": len(copies),
+        # every extra delivery the warehouse applied: the offset it came from (a second delivery of
+        # the same offset, the aborted copy, or the replayed message), the committed offset of the
+        # same event, and why
+        "copies": copies.select("partition", "offset", "delivery", "original_offset", "cause", "event_id",
+                                "account_id").to_dicts(),
         "duplicate_records": copies["account_id"].n_unique(),
         "maintenance_window_event_time": [
             datetime.fromtimestamp(sc.window[0] / 1000, UTC).isoformat(),
@@ -408,6 +442,17 @@ def ground_truth(sc: Scenario, delivered: pl.DataFrame) -> dict[str, Any]:
             "underpayment_total": str(under_total),
         },
     }
+
+
+def check_cause(cause: str, backend: str | None) -> None:
+    """Usage errors before anything is written: an unknown cause, or one that needs what only the
+    Apache broker does (consumer groups whose offsets can be reset, transactions) on another."""
+    if cause not in CAUSES:
+        raise UsageError(f"--cause must be one of {', '.join(CAUSES)}")
+    if cause != "replay" and backend != "apache":
+        raise UsageError(f"--cause {cause} needs the Apache Kafka broker (consumer groups, offset resets and "
+                         f"transactions), not {backend}: run `recon services down` then "
+                         "`recon services up --kafka apache`")
 
 
 @dataclass(frozen=True)
@@ -432,6 +477,9 @@ def load(
 
     paths = StackPaths.at(state_dir)
     endpoints = stack.require_running(paths)
+    check_cause(spec.cause, endpoints.get("kafka_backend"))
+    if spec.cause == "mixed" and spec.partitions < len(MIXED):
+        spec = replace(spec, partitions=len(MIXED))  # one partition per cause
     creds = load_credentials(paths)
     say = progress or (lambda _msg: None)
 
@@ -442,7 +490,14 @@ def load(
     say(f"producing {len(sc.messages):,} messages to {spec.topic} ({spec.partitions} partitions)")
     delete_topic(endpoints["kafka_bootstrap"], spec.topic)
     create_topic(endpoints["kafka_bootstrap"], spec.topic, partitions=spec.partitions)
-    delivered = produce(sc, endpoints["kafka_bootstrap"])
+    if spec.cause == "replay":
+        delivered = produce(sc, endpoints["kafka_bootstrap"])
+    else:
+        from engine.local import causes
+
+        causes.delete_group(endpoints["kafka_bootstrap"], group_name(spec.topic))
+        delivered = causes.run(sc.messages, spec.topic, sc.org_id, endpoints["kafka_bootstrap"],
+                               partition_causes(spec.cause, spec.partitions), say)
 
     say("loading the warehouse (warehouse.clv_events, warehouse.customer_clv)")
     with psycopg.connect(pg.socket_dsn) as conn:
@@ -468,11 +523,12 @@ def load(
     sc.accounts.drop("acc").write_parquet(out / "accounts.parquet")
     delivered.filter(pl.col("is_copy")).select("partition", "offset", "ts_ms", "account_id", "event_id") \
         .write_parquet(out / "copies.parquet")
-    config_file = write_config(Path(config_out), endpoints, paths, spec, ledger_dsn=pg.app_dsn)
+    config_file = write_config(Path(config_out), endpoints, paths, spec, ledger_dsn=pg.app_dsn,
+                               group=None if spec.cause == "replay" else group_name(spec.topic))
     counts = {
         "salesforce_accounts": len(sc.accounts),
         "salesforce_users": len(sc.users),
-        "kafka_messages": len(delivered),
+        "kafka_messages": truth["messages_produced"],
         "kafka_duplicate_copies": truth["duplicate_copies"],
         "warehouse_events": len(delivered),
         "warehouse_accounts": int(sc.accounts["wh_cents"].is_not_null().sum()),
@@ -483,9 +539,11 @@ def load(
 
 
 def write_config(path: Path, endpoints: dict[str, Any], paths: Any, spec: ScenarioSpec, *,
-                 ledger_dsn: str | None = None) -> Path:
+                 ledger_dsn: str | None = None, group: str | None = None) -> Path:
     """The scenario's `recon.toml`: endpoints and file references only, never a secret. ``ledger_dsn``:
-    the ledger's writer (the application role; its password is in the same pgpass file)."""
+    the ledger's writer (the application role; its password is in the same pgpass file); ``group``:
+    the warehouse's consumer group, when the cause made one (``kafka-audit --group`` reads it)."""
+    group_line = f'group = "{group}"\n' if group else ""
     text = f"""# recon configuration for the local incident scenario (written by `recon scenario load`).
 # Secrets are not in this file: they come from the files named below or from the environment.
 
@@ -502,7 +560,7 @@ passfile = "{paths.pgpass_file}"
 [kafka]
 bootstrap = "{endpoints['kafka_bootstrap']}"
 topic = "{spec.topic}"
-
+{group_line}
 [ledger]
 dsn = "{ledger_dsn or endpoints['postgres_dsn']}"
 

@@ -221,7 +221,8 @@ def _summary(inp: ReportInputs) -> str:
                      + ("and never breaks even with these inputs" if be == "never" else f"and breaks even after {esc(be)} days")
                      + (f"; 12-month risk-adjusted ROI {dec(roi) * 100:.1f}%." if roi is not None else "."))
     body = "".join(f"<li>{x}</li>" for x in lines) or "<li>No recon outputs found.</li>"
-    return f"<section><h2>What happened</h2><ul>{body}</ul></section>"
+    why = "".join(sections.cause_paragraphs(inp))  # each root cause of the re-deliveries, one paragraph
+    return f"<section><h2>What happened</h2><ul>{body}</ul>{why}</section>"
 
 
 def _cost_section(inp: ReportInputs) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from engine.core import classes, currency
+from engine.core import causes, classes, currency
 from engine.report.charts import CORRECTED_STATUSES, dec, esc, fmt_int, fmt_money
 
 if TYPE_CHECKING:
@@ -102,6 +102,81 @@ def classes_legend(inp: ReportInputs) -> str:
                      f'<span class="sub">({fmt_int(counts[name])} records; <code>{breakable(name)}</code>)</span></dt>'
                      f"<dd>{esc(desc)}</dd>")
     return f'<section id="classes"><h2>What each class means</h2><dl class="classes">{"".join(items)}</dl></section>'
+
+
+# -- root causes ------------------------------------------------------------------------------------
+#: windows named per cause in its paragraph before "and N more"
+CAUSE_WINDOWS_SHOWN = 5
+
+
+def _offsets(a: Any, b: Any) -> str:
+    return f"offset {a}" if a == b else f"offsets {a}–{b}"
+
+
+def _cause_evidence(name: str, items: list[dict[str, Any]]) -> list[str]:
+    """Each evidence item of a cause in words (plain text), duplicates dropped."""
+    out: list[str] = []
+    for e in items:
+        p = e.get("partition")
+        if name == "offset_rewind":
+            t = (f"the group's commit on partition {p} went from offset {e.get('from_offset')} back to "
+                 f"{e.get('to_offset')}" + (f" at {when(e['committed_at'])}" if e.get("committed_at") else ""))
+        elif name == "redelivery_before_commit":
+            t = (f"generation {e.get('generation')}" + (f" at {when(e['time'])}" if e.get("time") else "")
+                 + f" left partition {p} {_offsets(e.get('from_offset'), e.get('to_offset'))} uncommitted")
+        elif name == "aborted_read_uncommitted":
+            t = (f"partition {p} {_offsets(e.get('from_offset'), e.get('to_offset'))} were aborted "
+                 f"({e.get('events')} events)")
+        elif name == "producer_replay":
+            o = e.get("original") or {}
+            t = (f"producer id {e.get('producer_id')} wrote partition {p} "
+                 f"{_offsets(e.get('from_offset'), e.get('to_offset'))}, copies of partition {o.get('partition')} "
+                 f"{_offsets(o.get('from_offset'), o.get('to_offset'))} written by producer id {o.get('producer_id')}"
+                 + (" (as far as can be read: a producer id of -1 means idempotence was off)"
+                    if e.get("as_far_as_can_be_read") else "")
+                 + (" (ids from the events' producer-id headers, not from the record batches)"
+                    if e.get("source") == "header" else ""))
+        else:
+            t = str(e)
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def _listed(items: list[str]) -> str:
+    more = len(items) - CAUSE_WINDOWS_SHOWN
+    return "; ".join(items[:CAUSE_WINDOWS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+
+
+def cause_paragraphs(inp: ReportInputs) -> list[str]:
+    """One paragraph (HTML) per cause present in explain.json's windows: the cause's description
+    from :data:`engine.core.causes.CAUSES`, its deliveries, the windows (partition, offsets, times)
+    and the evidence Kafka holds for it."""
+    k = (inp.explain or {}).get("kafka") or {}
+    windows = [*(k.get("windows") or []), *(k.get("redelivery_windows") or [])]
+    per: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for w in windows:
+        for c in w.get("causes") or []:
+            per.setdefault(str(c.get("cause")), []).append((w, c))
+    out = []
+    for name in [n for n in causes.names() if n in per] + sorted(n for n in per if causes.get(n) is None):
+        rows = per[name]
+        cause = causes.get(name)
+        n = sum(int(dec(c.get("events"))) for _, c in rows)
+        places = [f"partition {w.get('partition')} {_offsets(w.get('first_offset'), w.get('last_offset'))} "
+                  f"({when(w.get('first_ts'))} to {when(w.get('last_ts'))})" for w, _ in rows]
+        evidence = _cause_evidence(name, [e for _, c in rows for e in c.get("evidence") or []])
+        reasons = list(dict.fromkeys(str(c["reason"]) for _, c in rows if c.get("reason")))
+        parts = [cause.description if cause is not None else "Not a cause this recon knows.",
+                 f"{fmt_int(n)} deliver{'y' if n == 1 else 'ies'} in {fmt_int(len(rows))} window(s): {_listed(places)}."]
+        if evidence:
+            parts.append(f"Evidence: {_listed(evidence)}.")
+        if reasons:
+            parts.append(f"Why unknown: {'; '.join(reasons)}.")
+        text = " ".join(parts)
+        out.append(f'<p class="cause" data-cause="{esc(name)}" data-events="{n}"><b>{esc(causes.label(name) or name)}'
+                   f"</b> (<code>{breakable(name)}</code>). {esc(text)}</p>")
+    return out
 
 
 # -- SEC-critical reconciliation ---------------------------------------------------------------------

@@ -59,6 +59,30 @@ def render_audit(console: Console, s: dict[str, Any]) -> None:
     seq = s["sequence"]
     if seq["regressions"] or seq["gaps"]:
         console.print(f"producer sequences: {seq['regressions']:,} regression(s), {seq['gaps']:,} gap(s)")
+    if "aborted" in s:  # --isolation-check
+        for r in s["aborted"][:50]:
+            console.print(f"aborted: partition {r['partition']} offsets {r['from_offset']:,}-{r['to_offset']:,} "
+                          f"({r['events']:,} records)")
+        for r in s["open_transaction"]:
+            console.print(f"open transaction: partition {r['partition']} from offset {r['last_stable_offset']:,} "
+                          f"({r['undecided']:,} records undecided)")
+        console.print(f"producer runs: {len(s['producers']):,} (--json lists them)")
+
+
+def render_group_audit(console: Console, g: dict[str, Any]) -> None:
+    """The --group part of kafka-audit: one line per rewind and per rebalance, then the coverage."""
+    r = g["offsets_records"]
+    console.print(f"group {g['group']}: {r['read']:,} __consumer_offsets records read, {r['unparsable']:,} unparsable, "
+                  f"{r['skipped_types']:,} of newer types skipped")
+    for w in g["rewinds"]:
+        console.print(f"rewind: partition {w['partition']} {w['from_offset']:,} -> {w['to_offset']:,} at "
+                      f"{w['committed_at']} ({w['events_redelivered']:,} events delivered again)")
+    for b in g["rebalances"]:
+        spans = ", ".join(f"p{u['partition']} {u['from_offset'] if u['from_offset'] is not None else 'reset'}"
+                          f"-{u['to_offset']}" for u in b["uncommitted"]) or "no re-read range"
+        console.print(f"rebalance: generation {b['previous_generation']} -> {b['generation']} at {b['time']}: {spans}")
+    for p, c in g["history_coverage"].items():
+        console.print(f"history: partition {p} commits {c['first_commit']} .. {c['last_commit']} ({c['commits']:,})")
 
 
 def render_explain(console: Console, s: dict[str, Any], out_dir: Path | None) -> None:
@@ -80,9 +104,12 @@ def render_explain(console: Console, s: dict[str, Any], out_dir: Path | None) ->
         for k, v in top:
             o.add_row(f"{names[k]} ({k})" if names.get(k) else k, v)
         console.print(o)
-    for w in s["kafka"]["windows"][:10]:
-        console.print(f"re-delivered: partition {w['partition']} offsets {w['first_offset']:,}–{w['last_offset']:,} "
-                      f"({w['events']:,} copies, {w['first_ts']} … {w['last_ts']})")
+    for kind, key in (("re-delivered", "windows"), ("re-read by the warehouse", "redelivery_windows")):
+        for w in (s["kafka"].get(key) or [])[:10]:
+            why = ", ".join(f"{c['cause']} {c['events']:,}" for c in w.get("causes") or [])
+            console.print(f"{kind}: partition {w['partition']} offsets {w['first_offset']:,}–{w['last_offset']:,} "
+                          f"({w['events']:,} copies, {w['first_ts']} … {w['last_ts']})" + (f"; causes: {why}" if why else ""),
+                          markup=False, highlight=False)
     if out_dir:
         console.print(f"written: {out_dir / 'explain.json'}, {out_dir / 'findings.parquet'}")
 

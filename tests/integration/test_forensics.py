@@ -72,6 +72,47 @@ def test_every_mismatched_account_in_its_injected_class(scenario_stack, explaine
     assert explained["explain"]["classes"]["unexplained"] == 0
 
 
+def test_every_duplicate_window_is_a_producer_replay_named_by_the_scenarios_producer_ids(scenario_stack,
+                                                                                      explained) -> None:
+    """The scenario's replay (a restarted producer re-sending a window's block) is explain's
+    ``producer_replay`` for every copy of every window, with the producer ids and the originals'
+    offsets the generator recorded in the warehouse's event table (one row per delivered message),
+    not recon's reading of them. Until the record batches' ids are read, they are the headers'."""
+    import psycopg
+
+    from engine.local.scenario import PRODUCER_ORIGINAL, PRODUCER_REPLAY
+
+    copies = {(r["partition"], r["offset"]) for r in explained["copies"].iter_rows(named=True)}
+    with psycopg.connect(scenario_stack.endpoints["postgres_socket_dsn"]) as c:
+        pairs = c.execute("""
+            SELECT c.kafka_partition, c.kafka_offset, c.producer_id, o.kafka_partition, o.kafka_offset, o.producer_id
+            FROM warehouse.clv_events c JOIN warehouse.clv_events o
+              ON (o.account_id, o.event_type, o.event_ts) = (c.account_id, c.event_type, c.event_ts)
+             AND (o.kafka_partition, o.kafka_offset) <> (c.kafka_partition, c.kafka_offset)""").fetchall()
+    original = {(p, o): (pid, op, oo, opid) for p, o, pid, op, oo, opid in pairs if (p, o) in copies}
+    assert set(original) == copies
+    assert {(v[0], v[3]) for v in original.values()} == {(PRODUCER_REPLAY, PRODUCER_ORIGINAL)}
+    kafka = explained["explain"]["kafka"]
+    windows = kafka["windows"]
+    assert [(w["partition"], w["first_offset"], w["last_offset"]) for w in windows] == \
+        [(w["partition"], w["first_offset"], w["last_offset"]) for w in scenario_stack.truth["windows"]]
+    for w in windows:
+        assert [(c["cause"], c["events"], c["share"]) for c in w["causes"]] == [("producer_replay", w["events"], 1.0)]
+        (e,) = w["causes"][0]["evidence"]
+        orig = [original[(w["partition"], o)] for o in range(w["first_offset"], w["last_offset"] + 1)
+                if (w["partition"], o) in copies]
+        assert len(orig) == w["events"]
+        assert (e["kind"], e["topic"], e["partition"], e["from_offset"], e["to_offset"], e["producer_id"],
+                e["source"], e["as_far_as_can_be_read"]) == (
+            "producer_ids", explained["audit"]["topic"], w["partition"], w["first_offset"], w["last_offset"], int(PRODUCER_REPLAY),
+            "header", False)
+        assert e["original"] == {"partition": w["partition"], "from_offset": min(v[2] for v in orig),
+                                 "to_offset": max(v[2] for v in orig), "producer_id": int(PRODUCER_ORIGINAL),
+                                 "producer_epoch": None}
+    assert kafka["causes"] == {"producer_replay": scenario_stack.truth["duplicate_copies"]}
+    assert (kafka["redeliveries"], kafka["redelivery_windows"], kafka["history_coverage"]) == (0, [], None)
+
+
 def test_exposure_equals_the_injected_truth(scenario_stack, explained) -> None:
     e = explained["explain"]["exposure"]
     assert e["total"] == scenario_stack.truth["exposure"]["overpayment_total"]
@@ -128,6 +169,21 @@ def test_explain_records_its_run_in_the_ledger_and_a_manifest_that_verifies(scen
     assert {o["name"] for o in run["outputs"]} == {"explain.json", "findings.parquet"}
     assert [(i["side"], i["system"]) for i in inputs] == [("diff", "parquet"), ("stream", "kafka"),
                                                           ("source", "salesforce")]
+    # where the root-cause evidence lies, in the ledger and in the signed manifest: each window's
+    # copies and their originals (topic, partition, offsets), nothing of the events themselves
+    places = sorted((e["kind"], e["topic"], e["partition"], a, b)
+                    for w in doc["kafka"]["windows"] for c in w["causes"] for e in c["evidence"]
+                    for a, b in ((e["from_offset"], e["to_offset"]),
+                                 (e["original"]["from_offset"], e["original"]["to_offset"])))
+    assert len(places) == 2 * len(scenario_stack.truth["windows"])
+    fields = ("kind", "topic", "partition", "from_offset", "to_offset")
+    assert sorted(tuple(r[k] for k in fields) for r in inputs[1]["root_cause"]) == places
+    assert all(set(r) == set(fields) for r in inputs[1]["root_cause"])
+    import base64
+
+    statement = json.loads(base64.b64decode(json.loads(manifest.read_text())["payload"]))
+    (stream,) = [i for i in statement["predicate"]["inputs"] if i["side"] == "stream"]
+    assert sorted(tuple(r[k] for k in fields) for r in stream["root_cause"]) == places
     pub = str(tmp_path / "keys" / "recon.pub")
     v = scenario_stack.run("manifest", "verify", str(manifest), "--key", pub)
     assert v.returncode == 0, v.stderr + v.stdout

@@ -555,7 +555,11 @@ def test_delete_is_visible_through_query_all_only(org: Org) -> None:
     assert _rows(pages[0])[1:] == [[aid, "true"]]
     assert _rows(next(iter(sf.bulk2.Account.query(f"SELECT Id FROM Account WHERE Id = '{aid}'", wait=0))))[1:] == []
     start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    deleted = sf.Account.deleted(start, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))
+    org.stack.control("POST", "clock", {"advance_seconds": 60})  # getDeleted lists whole minutes only
+    try:
+        deleted = sf.Account.deleted(start, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2))
+    finally:
+        org.stack.control("POST", "clock", {"offset_seconds": 0})
     assert aid in [d["id"] for d in deleted["deletedRecords"]]
 
 

@@ -46,6 +46,7 @@ def test_the_package_as_it_is_keeps_every_contract(tmp_path: Path, lint_availabl
     ("engine/app/_violation.py", "from engine.local import stack\n", "optional extra"),
     ("engine/connectors/_violation.py", "import engine.app.reconcile\n", "Layers"),
     ("engine/cli/_violation.py", "from engine.store import ledger\n", "through app"),
+    ("engine/executors/_violation.py", "from distributed import Client\n", "Dask is an optional extra"),
 ])
 def test_a_module_breaking_a_rule_fails_the_check(tmp_path: Path, lint_available: None,
                                                   module: str, statement: str, contract: str) -> None:

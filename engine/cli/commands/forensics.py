@@ -47,7 +47,13 @@ def register(app: typer.Typer) -> None:
         amount_field: AmountField = "amount", org_field: OrgField = "org_id",
         kafka_config: KafkaCfg = None,
         config: Cfg = None,
+        isolation_check: Annotated[bool, typer.Option(
+            "--isolation-check", help="Also read the window read_uncommitted vs read_committed and its record-batch "
+                                      "headers: aborted[], open_transaction[], producers[].")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        group: Annotated[str | None, typer.Option("--group", help="Also read this consumer group's commits and "
+                                                  "generations from __consumer_offsets (read-only; default [kafka] "
+                                                  "group): rewinds, rebalances, history coverage.")] = None,
     ) -> None:
         """Find re-delivered events, conflicts and the windows they came from (exit 1 when duplicates)."""
         from engine import config as config_mod
@@ -56,17 +62,22 @@ def register(app: typer.Typer) -> None:
 
         req = use_case.AuditRequest(
             bootstrap=bootstrap, topic=topic, start=_time(start, "--from"), end=_time(end, "--to"), offsets=offsets,
-            lookback_s=lookback, org_id=org_id, kafka_config_file=kafka_config,
-            fields=EventFields(record_field, type_field, time_field, amount_field, org_field))
-        a = use_case.run_audit(req, config_mod.load(config),
-                               progress=None if as_json else (lambda n: progress(f"{n:,} messages read")))
+            lookback_s=lookback, org_id=org_id, kafka_config_file=kafka_config, isolation_check=isolation_check,
+            fields=EventFields(record_field, type_field, time_field, amount_field, org_field), group=group)
+        cfg = config_mod.load(config)
+        g = use_case.run_group_audit(req, cfg)  # first: a broker without __consumer_offsets fails fast
+        a = use_case.run_audit(req, cfg, progress=None if as_json else (lambda n: progress(f"{n:,} messages read")))
         s = a.summary()
+        if g is not None:
+            s.update(g.summary())
         if as_json:
             emit_json(s)
         else:
-            from engine.report.terminal import render_audit
+            from engine.report.terminal import render_audit, render_group_audit
 
             render_audit(out, s)
+            if g is not None:
+                render_group_audit(out, g.summary())
         raise typer.Exit(int(Exit.FINDINGS if a.duplicates or a.conflicts else Exit.OK))
 
     @app.command("explain")
@@ -85,6 +96,9 @@ def register(app: typer.Typer) -> None:
         manifest: ManifestOpt = None,
         signing_key: KeyOpt = None,
         as_json: Annotated[bool, typer.Option("--json")] = False,
+        group: Annotated[str | None, typer.Option(
+            "--group", help="The warehouse's consumer group, whose commits give each window's causes "
+                            "(default [kafka] group).")] = None,
     ) -> None:
         """Explain each difference from the Kafka stream and price commission exposure (exit 1 with findings).
 
@@ -98,7 +112,7 @@ def register(app: typer.Typer) -> None:
         req = explain_mod.ExplainRequest(
             diff_dir=diff, bootstrap=bootstrap, topic=topic, column=column, kafka_config_file=kafka_config,
             fields=EventFields(record_field, type_field, time_field, amount_field, org_field), out_dir=out_dir,
-            evidence=EvidenceOptions(ledger, manifest, signing_key), pubkey=pubkey)
+            evidence=EvidenceOptions(ledger, manifest, signing_key), pubkey=pubkey, group=group)
         req.check()
         res = explain_mod.run(req, config_mod.load(config), progress=None if as_json else progress)
         if (res.document.get("verification") or {}).get("status") == "unverified":

@@ -60,6 +60,9 @@ def register(app: typer.Typer) -> None:
         guard_role: Annotated[list[str] | None, typer.Option(
             "--guard-role", help="With --install-guard: a role that will call the guard (gets recon_audit_reader, "
             "i.e. USAGE on the schema); repeatable.")] = None,
+        lag: Annotated[bool, typer.Option("--lag", help="Decide the breaker's lag reason: the amount and age of "
+                                          "the events the warehouse's consumer has not applied yet, against [gate] "
+                                          "NAME.lag_amount / lag_seconds (needs --mapping).")] = False,
         out_dir: Annotated[Path | None, typer.Option("--out", help="Write gate_decision.json here.")] = None,
         config: Cfg = None,
         ledger: LedgerOpt = None,
@@ -69,6 +72,9 @@ def register(app: typer.Typer) -> None:
         as_json: JsonFlag = False,
     ) -> None:
         """Open or close the circuit breaker from a verified diff (exit 0 closed, 3 open, 4 not verified).
+
+        The breaker keeps a state per reason (variance: diffs and overrides; lag: --lag) and is open
+        while any reason is.
 
         The diff (and --exclude-from) must be a run's output exactly as recorded in the ledger (--ledger)
         or signed in DIR/manifest.json (--key PUB), and a diff of the mapping as configured."""
@@ -81,7 +87,7 @@ def register(app: typer.Typer) -> None:
             diff=diff, mapping=mapping, exclude_from=exclude_from, accept_classes=accept_classes, override=override,
             reason=reason, operator=operator, status=status, install_guard=install_guard,
             guard_roles=tuple(guard_role or ()), out_dir=out_dir,
-            evidence=EvidenceOptions(ledger, manifest, signing_key), pubkey=pubkey)
+            evidence=EvidenceOptions(ledger, manifest, signing_key), pubkey=pubkey, lag=lag)
         req.check()
         res = gate_mod.run_gate(req, config_mod.load(config))
         if res.warning:
@@ -98,9 +104,11 @@ def register(app: typer.Typer) -> None:
             latest, state = res.document["latest"], res.document["state"]
             when = f" since {latest['recorded_at']} (decision seq {latest['seq']}): {latest['body'].get('reason')}" \
                 if latest else ""
-            _say(f"circuit breaker for {mapping}: {state}{when}")
+            _say(f"circuit breaker for {mapping}: {state}{when}{_open_reasons(res.document)}")
         else:
             _render_gate(res.decision, res.entry)
+            _say(f"circuit breaker for {res.document['mapping']}: {res.document['state']}"
+                 f"{_open_reasons(res.document)}")
         raise typer.Exit(int(res.exit_code))
 
     @app.command("repair")
@@ -152,9 +160,14 @@ def register(app: typer.Typer) -> None:
 
 
 # -- rendering -------------------------------------------------------------------------------------
+def _open_reasons(doc: dict[str, Any]) -> str:
+    names = doc.get("open_reasons") or []
+    return f" (open reasons: {', '.join(names)})" if names else ""
+
+
 def _render_gate(decision: Any, entry: dict[str, Any] | None) -> None:
     word = "OPEN" if decision.is_open else "closed"
-    _say(f"circuit breaker for {decision.mapping}: {word} ({decision.kind})")
+    _say(f"{', '.join(decision.reasons)} for {decision.mapping}: {word} ({decision.kind})")
     _say(f"reason: {decision.reason}")
     if decision.operator:
         _say(f"operator: {decision.operator}")

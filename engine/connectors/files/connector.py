@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine.connectors.base import Extract, FileRef, ReadRequest, SourceColumn
+from engine.connectors.base import Extract, FileRef, NoSnapshot, ReadRequest, SourceColumn
 from engine.core.errors import UsageError
 from engine.core.normalize import SideOptions
 
@@ -48,7 +48,11 @@ class FileSource:
 
         if req.where:
             raise UsageError(f"a condition cannot filter a {self.ref.format} file ({self.ref.path})", field="where")
-        return source.extract(self.ref, req.columns)
+        return source.extract(self.ref, req.columns, key_range=req.key_range, key_fields=req.key_fields)
+
+    def open_snapshot(self) -> NoSnapshot:
+        """A file is its own snapshot: its digest in the manifest pins what every task read."""
+        return NoSnapshot()
 
     @classmethod
     def provenance(cls, meta: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ import pyarrow.parquet as pq
 from engine.connectors.base import Extract, FileRef, SourceColumn
 from engine.connectors.files import sidecar
 from engine.core.errors import UsageError
+from engine.core.keyorder import int_intervals
+from engine.core.normalize import KEY_SEPARATOR, FieldSpec
+from engine.core.plan import KeyRange
 
 #: Arrow's largest block. A file up to this size is parsed as one block: Arrow (26) loses the LF of a
 #: quoted CR LF that straddles a block boundary, even with ``newlines_in_values``
@@ -72,27 +75,48 @@ def columns_of(ref: FileRef) -> dict[str, SourceColumn]:
     return _csv_columns(path, _csv_header(path))
 
 
-def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
+def extract(ref: FileRef, columns: list[str] | None = None, *, key_range: KeyRange | None = None,
+            key_fields: tuple[FieldSpec, ...] = ()) -> Extract:
+    """The file's rows. ``key_range``: a range task's keys; Parquet row groups whose key statistics
+    lie wholly outside it are skipped (see :func:`row_groups_in_range`: that prunes only in a file
+    sorted by its key); a CSV file is read whole."""
     t0 = time.perf_counter()
     path = Path(ref.path)
     if not path.exists():
         raise UsageError(f"file not found: {path} (check the {ref.format}: reference)")
+    ranged = key_range is not None and not key_range.whole
+    pruning: dict[str, object] = {}
     if ref.format == "parquet":
         every = columns_of(ref)
         names = list(every)
         if columns:
             columns = _resolve(names, columns, str(path))
         declared = {name: every[name] for name in columns or names}
-        try:  # Polars' own reader builds its columns directly: no Arrow table to convert and free
-            frame = pl.read_parquet(path, columns=columns)
-        except (pl.exceptions.PolarsError, OSError):  # types Polars cannot read natively go through Arrow
+        frame = None
+        if ranged:
+            assert key_range is not None
             try:
-                loaded = pl.from_arrow(pq.read_table(path, columns=columns))
+                pf = pq.ParquetFile(path)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise UsageError(f"cannot read Parquet {path}: {exc}") from None
-            assert isinstance(loaded, pl.DataFrame)
-            frame = loaded
+            groups, how = row_groups_in_range(pf.metadata, key_fields, key_range)
+            total = pf.metadata.num_row_groups
+            pruning = {"key_pushdown": how is not None, "key_predicate": how or "no pruning: whole file",
+                       "row_groups": total, "row_groups_read": len(groups)}
+            if len(groups) < total:
+                try:
+                    table = pf.read_row_groups(groups, columns=columns) if groups else \
+                        pf.schema_arrow.empty_table().select(columns or names)
+                except (pa.ArrowInvalid, OSError) as exc:
+                    raise UsageError(f"cannot read Parquet {path}: {exc}") from None
+                loaded = pl.from_arrow(table)
+                assert isinstance(loaded, pl.DataFrame)
+                frame = loaded
+        if frame is None:
+            frame = _read_parquet(path, columns)
     else:
+        if ranged:
+            pruning = {"key_pushdown": False, "key_predicate": "no pruning: a CSV file is read whole"}
         names = _csv_header(path)
         _quotes_pair_up(path)
         try:  # every column as text: nothing is typed by guessing (a 20-digit amount stays exact)
@@ -120,13 +144,94 @@ def extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
         assert isinstance(loaded, pl.DataFrame)
         frame = loaded
     meta = {"system": ref.format, "path": str(path.resolve()), "rows": frame.height,
-            "extract_s": round(time.perf_counter() - t0, 3)}
+            "extract_s": round(time.perf_counter() - t0, 3), **pruning}
     from engine.connectors.files import sidecar
 
     read_at = sidecar.read_extracted_at(path)
     if read_at is not None:  # a snapshot says when its source was read; a hand-made file cannot
         meta["extracted_at"] = read_at
     return Extract(frame=frame, columns=declared, meta=meta)
+
+
+def _read_parquet(path: Path, columns: list[str] | None) -> pl.DataFrame:
+    try:  # Polars' own reader builds its columns directly: no Arrow table to convert and free
+        return pl.read_parquet(path, columns=columns)
+    except (pl.exceptions.PolarsError, OSError):  # types Polars cannot read natively go through Arrow
+        try:
+            loaded = pl.from_arrow(pq.read_table(path, columns=columns))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UsageError(f"cannot read Parquet {path}: {exc}") from None
+        assert isinstance(loaded, pl.DataFrame)
+        return loaded
+
+
+def row_groups_in_range(meta: pq.FileMetaData, key_fields: tuple[FieldSpec, ...],
+                        rng: KeyRange) -> tuple[list[int], str | None]:
+    """The row groups that may hold a key of ``rng``, and how that was decided (None: it could not
+    be, every group is read).
+
+    A group is skipped only when its key column's min/max statistics prove that no key in it has
+    a canonical text in the range: a text key (Parquet orders UTF-8 statistics by bytes, as
+    canonical order does; an ``id`` key's 15-character form sorts before its 18-character one, so
+    the lower bound is its first 15 characters), an integer key (its texts between min and max, by
+    :func:`engine.core.keyorder.int_intervals`) or a date key (4-digit years). For a compound key,
+    the first field, between the range's first parts. Text keys are compared as stored, so they are
+    assumed in Unicode NFC, as canonical text is (an ASCII key always is). This prunes only in a
+    file sorted by its key:
+    in an unsorted file every group's min and max span nearly every range, so each task reads the
+    whole file.
+    """
+    keys = [f for f in key_fields if f.is_key] or list(key_fields)
+    every = list(range(meta.num_row_groups))
+    if not keys or rng.whole:
+        return every, None
+    first = keys[0]
+    schema = meta.schema.to_arrow_schema()
+    name = first.column if first.column in schema.names else \
+        {n.lower(): n for n in schema.names}.get(first.column.lower())
+    paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if name is None or name not in paths:  # absent, or nested: no statistics to go by
+        return every, None
+    col, arrow_type = paths.index(name), schema.field(name).type
+    kind, compound = first.ctype.kind, len(keys) > 1
+    lo, hi = rng.lo, rng.hi
+    if compound:  # the first field's text lies between the bounds' first parts, both included
+        lo = lo.split(KEY_SEPARATOR, 1)[0] if lo is not None else None
+        hi = hi.split(KEY_SEPARATOR, 1)[0] + KEY_SEPARATOR if hi is not None else None
+    is_text = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or \
+        (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(arrow_type))
+    if kind in ("text", "id") and is_text:
+        test = "text"
+        if kind == "id" and lo is not None:
+            lo = lo[:15]
+    elif kind == "int" and pa.types.is_integer(arrow_type):
+        test = "int"
+    elif kind == "date" and pa.types.is_date(arrow_type) and not compound:
+        test = "date"
+    else:
+        return every, None
+    blo = lo.encode() if lo is not None else None
+    bhi = hi.encode() if hi is not None else None
+    keep = []
+    for g in every:
+        stats = meta.row_group(g).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            keep.append(g)
+            continue
+        mn, mx = stats.min, stats.max
+        if test == "text":
+            bmn = mn.encode() if isinstance(mn, str) else bytes(mn)
+            bmx = mx.encode() if isinstance(mx, str) else bytes(mx)
+            outside = (blo is not None and bmx < blo) or (bhi is not None and bmn >= bhi)
+        elif test == "int":
+            outside = not int_intervals(lo, hi, int(mn), int(mx))
+        elif 1000 <= mn.year and mx.year <= 9999:  # 4-digit years: the text orders as the date
+            outside = (lo is not None and mx.isoformat() < lo) or (hi is not None and mn.isoformat() >= hi)
+        else:
+            outside = False
+        if not outside:
+            keep.append(g)
+    return keep, f"row-group statistics of {name}"
 
 
 def _csv_header(path: Path) -> list[str]:

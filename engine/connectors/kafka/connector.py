@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-_PROVENANCE = ("topic", "partitions", "bootstrap", "from", "to", "events")
+from engine.core.causes import RANGE_FIELDS
+
+_PROVENANCE = ("topic", "partitions", "bootstrap", "from", "to", "events", "group")
 
 
 class KafkaTopic:
@@ -15,7 +17,13 @@ class KafkaTopic:
 
     @classmethod
     def provenance(cls, meta: dict[str, Any]) -> dict[str, Any]:
-        return {k: meta[k] for k in _PROVENANCE if meta.get(k) is not None}
+        """The allow-listed facts, and where explain's root-cause evidence lies (``root_cause``: kind,
+        topic, partition and offset range of each item; never the events, times or producer ids)."""
+        out = {k: meta[k] for k in _PROVENANCE if meta.get(k) is not None}
+        places = meta.get("root_cause")
+        if isinstance(places, list) and places:
+            out["root_cause"] = [{k: p[k] for k in RANGE_FIELDS if k in p} for p in places if isinstance(p, dict)]
+        return out
 
     @classmethod
     def lineage_dataset(cls, inp: dict[str, Any]) -> tuple[str, str]:

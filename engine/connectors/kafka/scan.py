@@ -59,6 +59,10 @@ whenever its local queue exceeds ``queued.min.messages``, so a consumer faster t
 second idles most of the time (measured on 5M events: a bare loop 13.0 s by default, 5.6 s at 10 ms)."""
 
 
+LAST_OFFSET = (1 << 62) - 1
+"""The last offset of a window open at the top: the partition is read to its end (found by EOF)."""
+
+
 def parse_offsets(text: str) -> dict[int, tuple[int, int]]:
     """`P:A-B,…` → {P: (A, B)}."""
     out: dict[int, tuple[int, int]] = {}

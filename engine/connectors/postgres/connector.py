@@ -3,11 +3,14 @@ READ snapshot (see :mod:`engine.connectors.postgres.source`)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine.connectors.base import Extract, PostgresRef, ReadRequest, SourceColumn
 from engine.connectors.postgres.connection import statement_timeout_ms
 from engine.core.normalize import SideOptions
+
+if TYPE_CHECKING:
+    from engine.connectors.postgres.snapshot import PgRunSnapshot
 
 _PROVENANCE = ("object", "snapshot_id", "server_time", "rows", "where")
 
@@ -64,13 +67,28 @@ class PostgresSource:
 
     def read(self, req: ReadRequest) -> Extract:
         """Takes the read :mod:`engine.connectors.postgres.early` started for this table and
-        condition when it covers the wanted columns, else reads now."""
+        condition when it covers the wanted columns, else reads now. A range task (``key_range``)
+        or a read in the run's snapshot never takes it: an early read is the whole table in a
+        snapshot of its own."""
         from engine.connectors.postgres import early, source
 
+        ranged = req.key_range is not None and not req.key_range.whole
         started = early.take(self.ref, req.where, req.columns)
+        if started is not None and (ranged or req.snapshot is not None):
+            started.close()
+            started = None
         return source.extract(self.ref, req.columns, req.where, updated_at=req.updated_at, as_of=req.as_of,
                               key_columns=req.key_columns, started=started, passfile=self.passfile,
-                              statement_timeout_ms=self.statement_timeout_ms)
+                              statement_timeout_ms=self.statement_timeout_ms, snapshot=req.snapshot,
+                              key_range=req.key_range if ranged else None, key_fields=req.key_fields)
+
+    def open_snapshot(self) -> PgRunSnapshot:
+        """The run's snapshot, exported by a session of its own that the coordinator holds open
+        until every task has finished (see :mod:`engine.connectors.postgres.snapshot`: it holds
+        back VACUUM's horizon for the run's duration)."""
+        from engine.connectors.postgres.snapshot import PgRunSnapshot
+
+        return PgRunSnapshot(self.ref, passfile=self.passfile)
 
     @classmethod
     def provenance(cls, meta: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
+from engine.connectors.postgres import keyrange
 from engine.connectors.postgres.condition import check_condition
 from engine.connectors.postgres.connection import (
     DEFAULT_STATEMENT_TIMEOUT_MS,
@@ -48,6 +49,7 @@ from engine.connectors.postgres.copy_stream import (
     _read_via_adbc,
     _start_children,
 )
+from engine.connectors.postgres.keyrange import KeyPredicate
 from engine.connectors.refs import PostgresRef, redact_dsn, secret_keys
 from engine.core.errors import QueryRejected, UsageError
 
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from engine.connectors.base import Extract
+    from engine.core.normalize import FieldSpec
+    from engine.core.plan import KeyRange
 
 @dataclass(frozen=True)
 class PgColumn:
@@ -164,16 +168,23 @@ def extract(
     started: PgRead | None = None,
     passfile: str | Path | None = None,
     statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
+    snapshot: str | None = None,
+    key_range: KeyRange | None = None,
+    key_fields: tuple[FieldSpec, ...] = (),
 ) -> Extract:
     """Read the wanted columns in one snapshot; rows changed after ``as_of`` (by ``updated_at``) are
     reported as in-flight keys. ``started``: a read already under way for the same table and
     condition that covers the wanted columns (see :mod:`engine.connectors.postgres.early`);
-    ``passfile``: the libpq password file for the connections (see :func:`connect`)."""
+    ``passfile``: the libpq password file for the connections (see :func:`connect`);
+    ``snapshot``: the run's exported snapshot, read instead of a new one; ``key_range`` and
+    ``key_fields``: a range task's keys, read through the predicate of
+    :mod:`engine.connectors.postgres.keyrange` (a superset of the range)."""
     import polars as pl
 
     from engine.connectors.base import Extract, SourceColumn
     read = started if started is not None else PgRead(ref, columns, where, passfile=passfile,
-                                                               statement_timeout_ms=statement_timeout_ms)
+                                                      statement_timeout_ms=statement_timeout_ms, snapshot=snapshot,
+                                                      key_range=key_range, key_fields=key_fields)
     with read:
         cols = resolve_columns(read.available, columns, read.where_text) if columns else read.cols
         frame, reader = read.collect()
@@ -208,6 +219,17 @@ def extract(
         "started_early": read.early,
         "extract_s": round(time.perf_counter() - read.t0, 3),
     }
+    if snapshot is not None:
+        meta["snapshot_imported"] = True
+    if key_range is not None and not key_range.whole:
+        pred = read.key_pred
+        meta["key_pushdown"] = bool(pred and pred.pushdown)
+        meta["key_predicate"] = pred.description if pred else "whole table"
+        if pred is not None and pred.pushdown:
+            meta["key_index"] = bool(pred.indexed)
+            if pred.hint:
+                meta["hint"] = (f"no index serves the key's byte order, so every range task scans the whole "
+                                f"table: {pred.hint}")
     return Extract(frame=frame, columns=declared, meta=meta, in_flight=in_flight)
 
 
@@ -240,8 +262,11 @@ class PgRead:
 
     def __init__(self, ref: PostgresRef, columns: list[str] | None, where: str | None, *,
                  lenient: bool = False, passfile: str | Path | None = None,
-                 statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS) -> None:
+                 statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS, snapshot: str | None = None,
+                 key_range: KeyRange | None = None, key_fields: tuple[FieldSpec, ...] = ()) -> None:
         self.ref, self.where = ref, where
+        #: the key predicate of a range read (see :mod:`engine.connectors.postgres.keyrange`)
+        self.key_pred: KeyPredicate | None = None
         self.passfile = str(passfile) if passfile is not None else None
         self.where_text = f"{ref.schema}.{ref.table}"
         if where is not None:  # before any connection: the text never reaches a server unchecked
@@ -259,9 +284,14 @@ class PgRead:
             self.conn.autocommit = False
             self.conn.read_only = True
             self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            # the transaction starts with this statement and stays open until close()
-            self.snapshot, self.server_time = self.conn.execute(
-                "SELECT pg_export_snapshot(), now()").fetchone()  # type: ignore[misc]
+            # the transaction starts with this statement and stays open until close(); a range
+            # task of a run reads the run's snapshot instead of exporting its own
+            if snapshot is not None:
+                self.conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                self.snapshot, self.server_time = snapshot, self.conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+            else:
+                self.snapshot, self.server_time = self.conn.execute(
+                    "SELECT pg_export_snapshot(), now()").fetchone()  # type: ignore[misc]
             self.available = describe(self.conn, ref)
             if columns and lenient:
                 want = {c.lower() for c in columns}
@@ -270,24 +300,33 @@ class PgRead:
                 self.cols = resolve_columns(self.available, columns, self.where_text)
             else:
                 self.cols = self.available
-            query = sql.SQL("SELECT {} FROM {}").format(
-                sql.SQL(", ").join(_select_expr(c) for c in self.cols), sql.Identifier(ref.schema, ref.table))
+            conds: list[sql.Composable] = []
             if where:
-                query = sql.SQL("{} WHERE ({})").format(query, sql.SQL(where))  # the user's own condition
+                conds.append(sql.SQL("({})").format(sql.SQL(where)))  # the user's own condition
+            if key_range is not None and not key_range.whole:
+                self.key_pred = _key_predicate(self.conn, ref, self.available, key_range, key_fields)
+                if self.key_pred.condition is not None:
+                    conds.append(self.key_pred.condition)
+            cond = sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(conds)) if conds else sql.SQL("")
+            query = sql.SQL("SELECT {} FROM {}{}").format(
+                sql.SQL(", ").join(_select_expr(c) for c in self.cols), sql.Identifier(ref.schema, ref.table), cond)
             self.copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
             # ADBC reads binary COPY, where the driver decodes NUMERIC slowly: the server formats it
-            self.adbc_sql = sql.SQL("SELECT {} FROM {}").format(
-                sql.SQL(", ").join(_adbc_select_expr(c) for c in self.cols), sql.Identifier(ref.schema, ref.table))
+            self.adbc_sql = sql.SQL("SELECT {} FROM {}{}").format(
+                sql.SQL(", ").join(_adbc_select_expr(c) for c in self.cols), sql.Identifier(ref.schema, ref.table),
+                cond)
             if where:
-                self.adbc_sql = sql.SQL("{} WHERE ({})").format(self.adbc_sql, sql.SQL(where))
                 server_check(self.conn, query, self.where_text)
             # a secret other than the password (sslpassword, an OAuth client secret) has no
             # environment variable, so it would sit on the children's command lines: read in-process
             psql = _psql_binary() if not set(secret_keys(ref.dsn)) - {"password"} else None
             if psql is not None:
+                # page ranges split a scan of the whole table; a range an index serves is read by
+                # one COPY (each page range would walk the same index part again)
+                split = not (self.key_pred is not None and self.key_pred.indexed)
                 copies = [sql.SQL("COPY ({} {} {}) TO STDOUT (FORMAT csv)").format(
-                    query, sql.SQL("AND" if where else "WHERE"), part).as_string(self.conn)
-                    for part in _ctid_ranges(self.conn, ref)] or [self.copy_sql.as_string(self.conn)]
+                    query, sql.SQL("AND" if conds else "WHERE"), part).as_string(self.conn)
+                    for part in (_ctid_ranges(self.conn, ref) if split else [])] or [self.copy_sql.as_string(self.conn)]
                 self.children = _start_children(psql, self.conn, ref, copies, self.snapshot, self.passfile,
                                                 statement_timeout_ms)
         except psycopg.errors.Error as exc:
@@ -343,6 +382,25 @@ class PgRead:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _key_predicate(conn: psycopg.Connection, ref: PostgresRef, available: list[PgColumn], rng: KeyRange,
+                   key_fields: tuple[FieldSpec, ...]) -> KeyPredicate:
+    """The range's predicate over the key columns as this table declares them (the catalog says
+    whether a text key can be compared in byte order through an index)."""
+    keys = [f for f in key_fields if f.is_key] or list(key_fields)
+    if not keys:
+        return KeyPredicate(None, "no predicate: the key fields were not given")
+    found = resolve_columns(available, [k.column for k in keys], f"{ref.schema}.{ref.table}")
+    keys = [replace(k, column=c.name) for k, c in zip(keys, found, strict=True)]
+    bases = {c.name: c.base for c in found}
+    facts = None
+    if keys[0].ctype.kind in ("text", "id") and found[0].base in keyrange.STRING_TYPES:
+        facts = keyrange.text_key_facts(conn, ref.schema, ref.table, found[0].name)
+    pred = keyrange.key_predicate(keys, bases, rng, table=(ref.schema, ref.table), text_facts=facts)
+    if pred.pushdown and facts is None:  # integer and date ranges: any btree on the column serves them
+        pred = replace(pred, indexed=keyrange.column_indexed(conn, ref.schema, ref.table, found[0].name))
+    return pred
 
 
 def _strip_padding(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-from engine.connectors.base import Extract, ReadRequest, SalesforceRef, SourceColumn
+from engine.connectors.base import Extract, NoSnapshot, ReadRequest, SalesforceRef, SourceColumn
 from engine.core.normalize import SALESFORCE_SIDE
 
 _PROVENANCE = ("object", "org_id", "instance_url", "api_version", "user_id", "username", "profile", "soql",
@@ -41,8 +41,17 @@ class SalesforceSource:
     def read(self, req: ReadRequest) -> Extract:
         from engine.connectors.salesforce import source
 
-        return source.extract(self.ref, self.config, req.columns, req.where, as_of=req.as_of,
-                              key_columns=req.key_columns)
+        bounds = _id_range(req)
+        out = source.extract(self.ref, self.config, req.columns, req.where, as_of=req.as_of,
+                             key_columns=req.key_columns, id_range=bounds)
+        if bounds is None and req.key_range is not None and not req.key_range.whole:
+            out.meta.update(key_pushdown=False, key_predicate="no predicate: the key is not the record Id")
+        return out
+
+    def open_snapshot(self) -> NoSnapshot:
+        """Salesforce has no snapshot a query can share: each range task reads the org as it is
+        (``--as-of`` and the in-flight keys say which records changed meanwhile)."""
+        return NoSnapshot()
 
     @classmethod
     def provenance(cls, meta: dict[str, Any]) -> dict[str, Any]:
@@ -52,3 +61,15 @@ class SalesforceSource:
     def lineage_dataset(cls, inp: dict[str, Any]) -> tuple[str, str]:
         host = urlparse(str(inp.get("instance_url") or "")).hostname or "salesforce"
         return f"salesforce://{host}", str(inp.get("object", ""))
+
+
+def _id_range(req: ReadRequest) -> tuple[str | None, str | None] | None:
+    """A range task's bounds when its key is the record Id alone (ids compare in canonical order
+    in SOQL); None otherwise: any other key is read whole and filtered by the task."""
+    rng = req.key_range
+    if rng is None or rng.whole:
+        return None
+    keys = [f for f in req.key_fields if f.is_key] or list(req.key_fields)
+    if len(keys) != 1 or keys[0].column.lower() != "id" or keys[0].ctype.kind not in ("id", "text"):
+        return None
+    return rng.lo, rng.hi

@@ -290,13 +290,15 @@ def extract(
     as_of: datetime | None = None,
     key_columns: list[str] | None = None,
     ids: list[str] | None = None,
+    id_range: tuple[str | None, str | None] | None = None,
 ) -> Extract:
     """Extract the named fields (validated against describe). ``ids`` restricts to a list of records
     (repair's surgical re-extraction), in chunks sized under SOQL's length limit.
 
     ``where`` and ``ids`` are checked before any query is sent (:mod:`.soql`): the condition must
     parse as one SOQL condition over fields of the describe, and is sent as re-written from its
-    parse tree; every id must be a Salesforce id."""
+    parse tree; every id must be a Salesforce id. ``id_range``: a range task's ``[lo, hi)`` of
+    record Ids (see :func:`id_range_conditions`)."""
     t0 = time.perf_counter()
     if ids is not None:
         ids = check_ids(ids)
@@ -321,6 +323,8 @@ def extract(
         conds.append(f"({where})")
     if as_of is not None:
         conds.append(f"SystemModstamp <= {_soql_time(as_of)}")
+    range_conds = id_range_conditions(*id_range) if id_range is not None else []
+    conds += range_conds
     base = f"SELECT {', '.join(names)} FROM {ref.sobject}"
     types = {n: _arrow_type(declared[n]) for n in names}
     soqls: list[str] = []
@@ -367,9 +371,10 @@ def extract(
             chunks = max(1, -(-total // chunk_size))
             ranges: list[tuple[str | None, str | None]] = [(None, None)]
             if chunks > 1:
-                lo = _call(conn, lambda: conn.sf.query(f"SELECT Id FROM {ref.sobject} ORDER BY Id ASC LIMIT 1"),
+                within = " WHERE " + " AND ".join(range_conds) if range_conds else ""  # a range task's own Ids
+                lo = _call(conn, lambda: conn.sf.query(f"SELECT Id FROM {ref.sobject}{within} ORDER BY Id ASC LIMIT 1"),
                            "the first-Id query")["records"][0]["Id"]
-                hi = _call(conn, lambda: conn.sf.query(f"SELECT Id FROM {ref.sobject} ORDER BY Id DESC LIMIT 1"),
+                hi = _call(conn, lambda: conn.sf.query(f"SELECT Id FROM {ref.sobject}{within} ORDER BY Id DESC LIMIT 1"),
                            "the last-Id query")["records"][0]["Id"]
                 ranges = id_ranges(lo, hi, chunks)
             for a, b in ranges:
@@ -400,10 +405,31 @@ def extract(
         "soql": soqls,
         "bulk_job_ids": [jobs_by_soql[i] for i in sorted(jobs_by_soql)],
         "rows": frame.height,
+        **({"key_pushdown": bool(range_conds), "key_predicate": "Id range" if range_conds else
+            "no predicate: a range bound is not a record Id"} if id_range is not None else {}),
         "extracted_at": datetime.now(UTC).isoformat(),
         "extract_s": round(time.perf_counter() - t0, 3),
     }
     return Extract(frame=frame, columns={n: declared[n] for n in names}, meta=meta, in_flight=in_flight)
+
+
+def id_range_conditions(lo: str | None, hi: str | None) -> list[str]:
+    """SOQL conditions for the record Ids of a range task, ``lo <= Id < hi`` in canonical order.
+
+    Salesforce orders Ids by their 15-character case-sensitive prefix, in base-62 order
+    (0-9 < A-Z < a-z, which is ASCII order), and the 18-character form only appends a suffix, so
+    canonical byte order of 18-character Ids is Salesforce's order. A bound goes into the SOQL only
+    when :func:`engine.core.sfid.is_valid` accepts it (15 or 18 letters and digits: no quote can
+    pass); any other bound is left out, which reads more than the range, never less (the task
+    filters exactly)."""
+    from engine.core import sfid
+
+    out = []
+    if lo is not None and sfid.is_valid(lo):
+        out.append(f"Id >= '{lo}'")
+    if hi is not None and sfid.is_valid(hi):
+        out.append(f"Id < '{hi}'")
+    return out
 
 
 def _cast_strings(tbl: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:

@@ -29,10 +29,23 @@ Control endpoints (not Salesforce; header `X-Recon-Control: <token>`, the token 
   jobs waiting in the hold and the jobs whose worker has not returned yet. How a test holds a job
   open to abort it without racing a delay: abort while held, release, wait for `running` to be 0.
 
+* `GET|POST /__recon/clock` — the org's clock: `{"now": ISO}` sets it (it then runs on from there),
+  `{"offset_seconds": N}` sets its offset from real time, `{"advance_seconds": N}` moves it; the answer
+  is `{"now", "offset_seconds", "id_cap", "delete_log_horizon"}`. Every use of "now" by the org follows
+  it: SystemModstamp/CreatedDate of new writes (the column defaults of loads too), getUpdated/getDeleted's
+  30-day window and latestDateCovered. Bulk job and session times stay on real time. Kept in the store
+  database (`recon_internal.replication`), so `reset_store` sets it back. Every response's `Date`
+  header is the org's clock (Salesforce's is its servers' time);
+* `GET|POST /__recon/replication` — `{"id_cap": N}` (ids one getUpdated/getDeleted call may return,
+  default 600,000; more is EXCEEDED_ID_LIMIT), `{"delete_log_horizon": ISO}` (getDeleted's
+  `earliestDateAvailable`: an earlier start is INVALID_REPLICATION_DATE);
+* `POST /__recon/hard_delete` — `{"sobject": "Account", "ids": […]}` removes records physically (Bulk
+  hardDelete): neither queryAll nor getDeleted will show them.
+
 Request kinds: versions, resources, limits, login, userinfo, identity, describe, query, queryAll,
 query_more, sobject_get, sobject_create, sobject_update, sobject_delete, sobject_changed, bulk_create,
 bulk_list, bulk_poll, bulk_results, bulk_abort, bulk_delete. Records kinds: query, queryAll,
-query_more, bulk_results.
+query_more, bulk_results, sobject_changed (ids returned by getUpdated/getDeleted).
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import base64
 import collections
 import contextlib
 import datetime as dt
+import email.utils
 import hmac
 import json
 import logging
@@ -63,6 +77,7 @@ from urllib.parse import parse_qs
 import psycopg
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -237,6 +252,21 @@ class Org:
         #: field-level security: user id → sObject name (lower case) → hidden field names (lower case)
         self.hidden: dict[str, dict[str, frozenset[str]]] = {}
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-job")
+        #: the org's clock offset (seconds), as last read from the store, and when (monotonic)
+        self.offset_s = 0.0
+        self.offset_read = -1e9
+
+    async def clock_offset(self) -> float:
+        """The org's clock offset for the `Date` header, re-read from the store at most once a
+        second (`reset_store` in another process sets it back; a stale value can only make a
+        client ask for a little more or less than the org covers, never make it skip changes)."""
+        if time.monotonic() - self.offset_read > 1.0 and self.store is not None:
+            try:
+                self.offset_s = await run_in_threadpool(self.db.clock_offset)
+            except psycopg.Error:
+                pass  # keep the last value; the request itself will report the store's trouble
+            self.offset_read = time.monotonic()
+        return self.offset_s
 
     @property
     def db(self) -> Store:
@@ -583,19 +613,23 @@ class Api:
                              "recentItems": []})
 
     async def h_changed(self, request: Request, version: str, user: str, name: str, which: str) -> Response:
+        """getUpdated/getDeleted (`sobjects/X/updated|deleted/?start=…&end=…`); the rules are the
+        store's (:meth:`Store.changed`)."""
         obj = self._sobject(name)
+        if "start" not in request.query_params or "end" not in request.query_params:
+            raise StoreError("MISSING_ARGUMENT", "start and end are required", 400)
         try:
             start = parse_datetime(request.query_params["start"])
             end = parse_datetime(request.query_params["end"])
-        except (KeyError, ValueError):
-            raise StoreError("INVALID_REPLICATION_DATE", "start and end must be valid dateTimes", 400) from None
+        except ValueError:
+            raise StoreError("MALFORMED_QUERY", "start and end must be dateTimes such as 2026-01-02T03:04:00+00:00",
+                             400) from None
         if which == "deleted" and not obj.has_is_deleted:
             raise StoreError("INVALID_TYPE", f"{obj.name} is not replicateable for deletes", 400)
-        rows = await run_in_threadpool(self.org.db.changed_ids, obj, start, end, deleted=which == "deleted")
-        if which == "deleted":
-            return JSONResponse({"deletedRecords": rows, "earliestDateAvailable": sf_datetime(start),
-                                 "latestDateCovered": sf_datetime(end)})
-        return JSONResponse({"ids": [r["id"] for r in rows], "latestDateCovered": sf_datetime(end)})
+        body = await run_in_threadpool(self.org.db.changed, obj, start, end, deleted=which == "deleted")
+        self.org.stats.served("sobject_changed", obj.name,
+                              len(body["deletedRecords"] if which == "deleted" else body["ids"]))
+        return JSONResponse(body)
 
     async def _json_body(self, request: Request) -> Any:
         raw = await request.body()
@@ -979,6 +1013,29 @@ class Api:
             with org.lock:
                 org.hidden.setdefault(who, {})[obj.name.lower()] = frozenset(str(h).lower() for h in hidden)
             return JSONResponse({"user": who, "sobject": obj.name, "hidden": sorted(str(h) for h in hidden)})
+        if path in ("clock", "replication"):
+            allowed = ({"now", "offset_seconds", "advance_seconds"} if path == "clock"
+                       else {"id_cap", "delete_log_horizon"})
+            unknown = set(body) - allowed
+            if unknown:
+                return JSONResponse({"error": f"unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}"},
+                                    status_code=400)
+            try:
+                out = await run_in_threadpool(org.db.replication, body)
+            except (TypeError, ValueError) as exc:
+                return JSONResponse({"error": f"bad value: {exc}"}, status_code=400)
+            org.offset_s, org.offset_read = out["offset_seconds"], time.monotonic()
+            return JSONResponse(out)
+        if path == "hard_delete" and request.method == "POST":
+            obj = schema.sobject(str(body.get("sobject", "")))
+            ids = body.get("ids")
+            if obj is None or not isinstance(ids, list):
+                return JSONResponse({"error": "give a known sobject and a list of ids"}, status_code=400)
+            try:
+                n = await run_in_threadpool(org.db.hard_delete, obj, [str(i) for i in ids])
+            except StoreError as exc:
+                return JSONResponse({"error": exc.message}, status_code=400)
+            return JSONResponse({"deleted": n})
         if path == "sessions/expire" and request.method == "POST":
             org.sessions.expire_all()
             return JSONResponse({"ok": True})
@@ -1009,6 +1066,31 @@ def _soap_fault(code: str, message: str) -> str:
         f"<sf:exceptionMessage>{escape(message)}</sf:exceptionMessage></sf:LoginFault></detail>"
         "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
     )
+
+
+class DateHeader:
+    """ASGI middleware: every response's `Date` is the org's clock (Salesforce's servers send
+    theirs), so a client can ask the org what time it is (`GET /services/data/`) without an API
+    call; uvicorn's own Date header is turned off (`date_header=False`)."""
+
+    def __init__(self, app: Any, org: Org) -> None:
+        self.app = app
+        self.org = org
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        offset = await self.org.clock_offset()
+
+        async def send_dated(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                headers.append((b"date", email.utils.formatdate(time.time() + offset, usegmt=True).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_dated)
 
 
 def build_app(cfg: ServerConfig, ensure: Callable[[], str] | None = None) -> Starlette:
@@ -1052,6 +1134,6 @@ def build_app(cfg: ServerConfig, ensure: Callable[[], str] | None = None) -> Sta
         Route("/id/{org}/{user}", api.identity, methods=["GET"]),
         Route("/__recon/{rest:path}", api.control, methods=["GET", "POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(DateHeader, org=org)])
     app.state.org = org
     return app

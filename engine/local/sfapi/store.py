@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from engine.local.postgres import PostgresInfo
 
 DATABASE = "salesforce"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 RESULTS = "recon_results"
 INTERNAL = "recon_internal"
 POD = "5g0000"  # the pod part of generated ids (sfid.make_ids' default)
@@ -61,6 +61,16 @@ class StoreError(Exception):
 def store_dsn(pg: PostgresInfo) -> str:
     """DSN of the store database: superuser over the Unix socket (trust auth, local processes only)."""
     return pg.superuser_socket_dsn(DATABASE)
+
+
+#: the org's clock in SQL, at Salesforce's millisecond precision: the transaction's start time (so a
+#: write's SystemModstamp is never earlier than the start of the transaction that made it, which
+#: `latestDateCovered` relies on) moved by the control API's offset (`/__recon/clock`)
+ORG_NOW = f"date_trunc('milliseconds', {INTERNAL}.org_now())"
+#: Salesforce's cap on the ids one getUpdated/getDeleted call returns (`/__recon/replication` lowers it)
+DEFAULT_ID_CAP = 600_000
+#: how far back getUpdated/getDeleted may start
+REPLICATION_WINDOW = dt.timedelta(days=30)
 
 
 def now_ms() -> dt.datetime:
@@ -90,7 +100,7 @@ def _column_default(f: FieldDef) -> sql.Composable | None:
     if f.type == "boolean":
         return sql.SQL("false")
     if f.name in ("CreatedDate", "LastModifiedDate", "SystemModstamp"):
-        return sql.SQL("date_trunc('milliseconds', now())")
+        return sql.SQL(ORG_NOW)
     if f.name in ("OwnerId", "CreatedById", "LastModifiedById"):
         return sql.Literal(USER_ID)
     return None
@@ -119,6 +129,8 @@ def ensure_store(pg: PostgresInfo) -> str:
                 sql.Identifier(INTERNAL))).fetchone()
             if row is None or row[0] != str(SCHEMA_VERSION):
                 with conn.transaction():
+                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.replication CASCADE").format(sql.Identifier(INTERNAL)))
+                    _replication_ddl(conn)
                     for obj in schema.SOBJECTS.values():
                         conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(obj.name)))
                         conn.execute(_table_ddl(obj))
@@ -137,6 +149,20 @@ def ensure_store(pg: PostgresInfo) -> str:
         finally:
             conn.execute("SELECT pg_advisory_unlock(7305001)")
     return dsn
+
+
+def _replication_ddl(conn: psycopg.Connection[Any]) -> None:
+    """The org's clock and replication settings (one row), and `org_now()`, which the audit columns'
+    defaults call: kept in the database so that the server and every loader see one clock."""
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.replication (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+                         "clock_offset interval NOT NULL DEFAULT '0', id_cap integer NOT NULL DEFAULT {}, "
+                         "delete_log_horizon timestamptz NOT NULL DEFAULT {})").format(
+        sql.Identifier(INTERNAL), sql.Literal(DEFAULT_ID_CAP), sql.Literal(_EPOCH)))
+    conn.execute(sql.SQL("INSERT INTO {}.replication DEFAULT VALUES ON CONFLICT DO NOTHING").format(
+        sql.Identifier(INTERNAL)))
+    conn.execute(sql.SQL("CREATE OR REPLACE FUNCTION {}.org_now() RETURNS timestamptz LANGUAGE sql STABLE AS "
+                         "$$ SELECT now() + (SELECT clock_offset FROM {}.replication) $$").format(
+        sql.Identifier(INTERNAL), sql.Identifier(INTERNAL)))
 
 
 def _seed(conn: psycopg.Connection[Any]) -> None:
@@ -164,6 +190,8 @@ def reset_store(pg: PostgresInfo) -> None:
         conn.execute(sql.SQL("TRUNCATE {}").format(
             sql.SQL(", ").join(sql.Identifier(o.name) for o in schema.SOBJECTS.values())))
         conn.execute(sql.SQL("TRUNCATE {}.id_counters").format(sql.Identifier(INTERNAL)))
+        conn.execute(sql.SQL("DELETE FROM {}.replication").format(sql.Identifier(INTERNAL)))
+        conn.execute(sql.SQL("INSERT INTO {}.replication DEFAULT VALUES").format(sql.Identifier(INTERNAL)))
         _seed(conn)
 
 
@@ -498,18 +526,104 @@ class Store:
             raise StoreError("NOT_FOUND", "The requested resource does not exist", 404)
         return lines[0]
 
-    def changed_ids(self, obj: SObject, start: dt.datetime, end: dt.datetime, *, deleted: bool) -> list[dict[str, str]]:
-        """Ids deleted (or updated) in [start, end] — the `sobjects/X/deleted|updated` resources."""
-        if deleted:
-            stmt = sql.SQL('SELECT "Id", to_char("SystemModstamp" AT TIME ZONE \'UTC\', {}) FROM {} '
-                           'WHERE "IsDeleted" AND "SystemModstamp" >= %s AND "SystemModstamp" <= %s ORDER BY "Id"')
-        else:
-            stmt = sql.SQL('SELECT "Id", to_char("SystemModstamp" AT TIME ZONE \'UTC\', {}) FROM {} '
-                           'WHERE NOT "IsDeleted" AND "SystemModstamp" >= %s AND "SystemModstamp" <= %s ORDER BY "Id"')
-        stmt = stmt.format(sql.Literal('YYYY-MM-DD"T"HH24:MI:SS.MS"+0000"'), sql.Identifier(obj.name))
+    def changed(self, obj: SObject, start: dt.datetime, end: dt.datetime, *, deleted: bool) -> dict[str, Any]:
+        """The body of `sobjects/X/updated` (or `deleted`) for [start, end], with Salesforce's rules.
+
+        * start and end are truncated to the minute (the seconds are ignored);
+        * `latestDateCovered` is the end, but never later than the org's clock nor than the start of
+          the oldest transaction still open in the org (its writes, committed later, carry that
+          transaction's start as SystemModstamp), truncated to the minute: a client that starts
+          its next call there misses nothing;
+        * the ids are those whose SystemModstamp lies in [start, latestDateCovered): consecutive
+          calls chained on latestDateCovered see every change once;
+        * a start more than 30 days before the org's clock, or (deleted) before the delete log's
+          horizon (`earliestDateAvailable`), or an end before the start: 400 INVALID_REPLICATION_DATE;
+        * more ids than the cap (600,000; `/__recon/replication`): 400 EXCEEDED_ID_LIMIT.
+
+        A deletion's `deletedDate` is the SystemModstamp the delete wrote (a deleted record cannot be
+        changed again). Hard-deleted records are gone from the table, so they appear in neither list.
+        """
+        start, end = _minute(start), _minute(end)
         with self.pool.connection() as conn:
-            return [{"id": r[0], "deletedDate": r[1]} if deleted else {"id": r[0]}
-                    for r in conn.execute(stmt, (start, end))]
+            row = conn.execute(sql.SQL(
+                "SELECT clock_timestamp() + r.clock_offset, r.id_cap, r.delete_log_horizon, "
+                "(SELECT min(a.xact_start) FROM pg_stat_activity a WHERE a.datname = current_database() "
+                "AND a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL) "
+                "+ r.clock_offset "
+                "FROM {}.replication r").format(sql.Identifier(INTERNAL))).fetchone()
+            assert row is not None
+            now, cap, horizon, oldest_open = row
+            if end < start:
+                raise StoreError("INVALID_REPLICATION_DATE", "endDate must not be before startDate", 400)
+            if start < now - REPLICATION_WINDOW:
+                raise StoreError("INVALID_REPLICATION_DATE", "startDate cannot be more than 30 days ago "
+                                 f"(org time {_iso(now)})", 400)
+            if deleted and start < horizon:
+                raise StoreError("INVALID_REPLICATION_DATE", f"startDate is before earliestDateAvailable "
+                                 f"{_iso(horizon)}", 400)
+            covered = _minute(min(x for x in (end, now, oldest_open) if x is not None))
+            stmt = sql.SQL('SELECT "Id", "SystemModstamp" FROM {} WHERE {} "IsDeleted" AND "SystemModstamp" >= %s '
+                           'AND "SystemModstamp" < %s ORDER BY "Id" LIMIT %s').format(
+                sql.Identifier(obj.name), sql.SQL("" if deleted else "NOT"))
+            rows = conn.execute(stmt, (start, covered, cap + 1)).fetchall() if covered > start else []
+        if len(rows) > cap:
+            raise StoreError("EXCEEDED_ID_LIMIT", f"The number of records in the time range exceeds the limit of "
+                             f"{cap} ids: choose start and end dates closer together", 400)
+        if deleted:
+            return {"deletedRecords": [{"id": r[0], "deletedDate": _iso(r[1])} for r in rows],
+                    "earliestDateAvailable": _iso(_minute(horizon)), "latestDateCovered": _iso(covered)}
+        return {"ids": [r[0] for r in rows], "latestDateCovered": _iso(covered)}
+
+    def replication(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Read and set the org's clock and replication settings (the control API's `clock` and
+        `replication`): `now` (ISO: the clock then runs on from there), `offset_seconds` (from real
+        time), `advance_seconds` (added to the offset), `id_cap`, `delete_log_horizon` (ISO)."""
+        with self.pool.connection() as conn, conn.transaction():
+            internal = sql.Identifier(INTERNAL)
+            if "now" in changes:
+                conn.execute(sql.SQL("UPDATE {}.replication SET clock_offset = %s::timestamptz - clock_timestamp()")
+                             .format(internal), (parse_datetime(str(changes["now"])),))
+            if "offset_seconds" in changes:
+                conn.execute(sql.SQL("UPDATE {}.replication SET clock_offset = make_interval(secs => %s)")
+                             .format(internal), (float(changes["offset_seconds"]),))
+            if "advance_seconds" in changes:
+                conn.execute(sql.SQL("UPDATE {}.replication SET clock_offset = clock_offset + make_interval(secs => %s)")
+                             .format(internal), (float(changes["advance_seconds"]),))
+            if "id_cap" in changes:
+                conn.execute(sql.SQL("UPDATE {}.replication SET id_cap = %s").format(internal),
+                             (max(1, int(changes["id_cap"])),))
+            if "delete_log_horizon" in changes:
+                conn.execute(sql.SQL("UPDATE {}.replication SET delete_log_horizon = %s").format(internal),
+                             (parse_datetime(str(changes["delete_log_horizon"])),))
+            row = conn.execute(sql.SQL("SELECT clock_timestamp() + clock_offset, extract(epoch FROM clock_offset), "
+                                       "id_cap, delete_log_horizon FROM {}.replication").format(internal)).fetchone()
+        assert row is not None
+        return {"now": _iso(row[0]), "offset_seconds": float(row[1]), "id_cap": int(row[2]),
+                "delete_log_horizon": _iso(row[3])}
+
+    def clock_offset(self) -> float:
+        """Seconds the org's clock is ahead of real time."""
+        with self.pool.connection() as conn:
+            row = conn.execute(sql.SQL("SELECT extract(epoch FROM clock_offset) FROM {}.replication").format(
+                sql.Identifier(INTERNAL))).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def hard_delete(self, obj: SObject, ids: Sequence[str]) -> int:
+        """Remove records physically (Bulk API hardDelete, or a purged Recycle Bin): no IsDeleted row
+        stays for queryAll and no entry for getDeleted, as with Salesforce's hard deletes; only a
+        comparison of Id sets can notice them."""
+        norm = [soql.normalize_id(i) for i in ids]
+        if any(n is None or not n.startswith(obj.key_prefix) for n in norm):
+            raise StoreError("MALFORMED_ID", f"ids must be {obj.name} ids", 400)
+        with self.pool.connection() as conn, conn.transaction():
+            if obj.name == "Account":
+                conn.execute('DELETE FROM "Opportunity" WHERE "AccountId" = ANY(%s)', (norm,))
+            if obj.history_object:
+                hobj = schema.SOBJECTS[obj.history_object]
+                conn.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(
+                    sql.Identifier(hobj.name), sql.Identifier(hobj.history_parent_field or "ParentId")), (norm,))
+            cur = conn.execute(sql.SQL('DELETE FROM {} WHERE "Id" = ANY(%s)').format(sql.Identifier(obj.name)), (norm,))
+            return int(cur.rowcount)
 
     def create_record(self, obj: SObject, data: dict[str, Any], user_id: str) -> str:
         """Insert one record (REST `POST sobjects/X/`), writing a `created` history row when tracked."""
@@ -526,16 +640,16 @@ class Store:
         if missing:
             raise StoreError("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]",
                              400, missing)
-        now = now_ms()
-        for name in ("CreatedDate", "LastModifiedDate", "SystemModstamp"):
-            if obj.field(name) is not None:
-                values[name] = now
         for name in ("CreatedById", "LastModifiedById"):
             if obj.field(name) is not None:
                 values[name] = user_id
         if obj.field("OwnerId") is not None:
             values.setdefault("OwnerId", user_id)
         with self.pool.connection() as conn, conn.transaction():
+            now = self._now(conn)
+            for name in ("CreatedDate", "LastModifiedDate", "SystemModstamp"):
+                if obj.field(name) is not None:
+                    values[name] = now
             self._check_references(conn, obj, values)
             rid = _ids(conn, obj, 1)[0]
             values["Id"] = rid
@@ -556,7 +670,7 @@ class Store:
         with self.pool.connection() as conn, conn.transaction():
             old = self._lock_row(conn, obj, rid)
             self._check_references(conn, obj, values)
-            now = max(now_ms(), old["SystemModstamp"] + dt.timedelta(milliseconds=1))
+            now = max(self._now(conn), old["SystemModstamp"] + dt.timedelta(milliseconds=1))
             sets = dict(values)
             sets.update({"LastModifiedDate": now, "SystemModstamp": now, "LastModifiedById": user_id})
             conn.execute(sql.SQL("UPDATE {} SET {} WHERE {} = %s").format(
@@ -572,13 +686,14 @@ class Store:
                     self._history(conn, obj, rid, changes, user_id, now)
 
     def delete_record(self, obj: SObject, record_id: str, user_id: str) -> None:
-        """Soft-delete (IsDeleted, visible through queryAll); an Account's Opportunities go with it."""
+        """Soft-delete into the Recycle Bin: IsDeleted, visible through queryAll, and in getDeleted with
+        the SystemModstamp written here as its deletedDate; an Account's Opportunities go with it."""
         if not obj.deletable or not obj.has_is_deleted:
             raise StoreError("INVALID_TYPE", f"sObject type '{obj.name}' is not supported for delete", 400)
         rid = self._record_id(obj, record_id)
         with self.pool.connection() as conn, conn.transaction():
             old = self._lock_row(conn, obj, rid)
-            now = max(now_ms(), old["SystemModstamp"] + dt.timedelta(milliseconds=1))
+            now = max(self._now(conn), old["SystemModstamp"] + dt.timedelta(milliseconds=1))
             conn.execute(sql.SQL('UPDATE {} SET "IsDeleted" = true, "SystemModstamp" = %s, "LastModifiedDate" = %s, '
                                  '"LastModifiedById" = %s WHERE "Id" = %s').format(sql.Identifier(obj.name)),
                          (now, now, user_id, rid))
@@ -588,6 +703,13 @@ class Store:
                              'WHERE "AccountId" = %s AND NOT "IsDeleted"', (now, now, user_id, rid))
 
     # -- DML helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _now(conn: psycopg.Connection[Any]) -> dt.datetime:
+        """The org's clock at the start of the open transaction (see ORG_NOW)."""
+        row = conn.execute(sql.SQL("SELECT " + ORG_NOW)).fetchone()
+        assert row is not None
+        return row[0]  # type: ignore[no-any-return]
 
     def _record_id(self, obj: SObject, record_id: str) -> str:
         rid = soql.normalize_id(record_id)
@@ -746,6 +868,17 @@ def _coerce_value(f: FieldDef, value: Any) -> Any:
         except ValueError:
             raise bad() from None
     raise bad()
+
+
+def _minute(t: dt.datetime) -> dt.datetime:
+    """Truncated to the minute: the granularity of getUpdated/getDeleted."""
+    return t.replace(second=0, microsecond=0)
+
+
+def _iso(t: dt.datetime) -> str:
+    """`2026-01-02T03:04:05.000+0000`, the REST API's datetime format."""
+    t = t.astimezone(dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}+0000"
 
 
 def parse_datetime(text: str) -> dt.datetime:
