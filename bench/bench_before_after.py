@@ -122,6 +122,7 @@ def main() -> None:
                       # CPU-s of the recon process tree (and of the server for it): on a shared
                       # machine, wall time measures the neighbours as much as the code; CPU less so
                       "cpu_median_s": round(statistics.median(r["tree_cpu_s"] for r in rs), 2),
+                      "cpu_runs_s": [r["tree_cpu_s"] for r in rs],
                       "server_cpu_median_s": round(statistics.median(r["server_cpu_s"] for r in rs), 2),
                       "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                       "others_cpu_share": [r["others_cpu_share"] for r in rs],
