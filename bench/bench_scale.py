@@ -22,7 +22,8 @@ What it does, in order:
           nothing (the default path); ``--progress json`` is added to both range runs.
 
 Every process is sampled every ~100 ms with psutil: the peak of the summed RSS of the process and
-all its descendants (recon, its psql children, Dask's nanny and worker processes), the CPU seconds
+all its descendants (recon, its psql children, Dask's nanny and worker processes; a child caught
+between fork and exec, whose RSS is its parent's own pages, is left out), the CPU seconds
 of that tree, of the PostgreSQL server (postmaster and backends), and of the whole machine, so the
 CPU the other users of this shared machine took during the run is recorded next to the figures
 (``others_cpu_share``: busy CPU-s not ours nor the server's, per second of wall, out of the cores).
@@ -33,6 +34,7 @@ Prints one JSON object (and writes it to ``--out``); ``--markdown`` adds table r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -74,6 +76,7 @@ class TreeSample:
     peak_parts: dict[str, int] = field(default_factory=dict)  # process name -> RSS at the peak
     peak_procs: int = 0
     max_procs: int = 0  # the most processes of the tree seen at once (psql children, Dask workers)
+    forks_skipped: int = 0  # samples of a child not yet exec'd, left out of the sum (see _sample)
     tree_cpu_s: float = 0.0
     server_cpu_s: float = 0.0
     machine_busy_cpu_s: float = 0.0
@@ -94,6 +97,7 @@ class TreeSample:
             "peak_at_s": round(self.peak_at_s, 1),
             "peak_procs": self.peak_procs,
             "max_procs": self.max_procs,
+            "forks_skipped": self.forks_skipped,
             "peak_parts_mb": {k: round(v / 2**20, 1) for k, v in sorted(self.peak_parts.items(), key=lambda kv: -kv[1])},
             "tree_cpu_s": round(self.tree_cpu_s, 2),
             "server_cpu_s": round(self.server_cpu_s, 2),
@@ -163,13 +167,24 @@ class TreeSampler:
 
     def _sample(self) -> None:
         rss, parts, n = 0, {}, 0
-        for p in self._procs(self.root):
+        procs = self._procs(self.root)
+        cmd: dict[int, list[str]] = {}
+        for p in procs:
+            with contextlib.suppress(self._psutil.Error):
+                cmd[p.pid] = p.cmdline()
+        for p in procs:
             try:
                 with p.oneshot():
                     r = p.memory_info().rss
                     t = p.cpu_times()
                     name = p.name()
+                    parent = p.ppid()
             except self._psutil.Error:
+                continue
+            if parent in cmd and cmd.get(p.pid) == cmd[parent]:
+                # a child between fork and exec (subprocess starting psql): it maps its parent's
+                # pages (vfork: the very same memory), so its RSS would count them twice
+                self.result.forks_skipped += 1
                 continue
             n += 1
             rss += r
