@@ -180,3 +180,46 @@ def test_a_password_in_a_dsn_is_refused_for_dask_workers(tables: dict[str, str],
     assert str(err.value) == ("the source DSN holds a secret (password), which range tasks would carry to the "
                               "Dask workers: leave it out of the DSN and set PGPASSWORD or PGPASSFILE on every worker")
     assert password not in str(err.value) and started == []
+
+
+def test_a_worker_killed_mid_diff_is_retried_and_the_answer_is_the_same(tables: dict[str, str], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Dask worker is SIGKILLed while it is reading a range (caught with its psql child running,
+    after the first range finished): the nanny brings a worker back, the range runs again, the run
+    reports the retry, and the answer is the local executor's."""
+    import time
+
+    import psutil
+
+    monkeypatch.setenv("PGPASSFILE", tables["pgpass"])
+    opts = DiffOptions(source=tables["source"], target=tables["target"], keys=(("k", "k"),), segment_rows=64)
+    from dataclasses import replace
+
+    local = run(replace(opts, out_dir=tmp_path / "local", scale=ScaleOptions(range_rows=200, workers=2)), load(None))
+    killed: list[int] = []
+
+    def kill_a_reading_worker(p: dict[str, Any]) -> None:
+        if p["ranges_done"] != 1 or killed:
+            return
+        me = psutil.Process()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not killed:
+            for proc in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if proc.pid != me.pid and any(c.name() == "psql" for c in proc.children()):
+                        proc.kill()
+                        killed.append(proc.pid)
+                        break
+            time.sleep(0.001)
+
+    with _holding(DASK_HTTP_PORT):
+        res = run(replace(opts, out_dir=tmp_path / "dask", scale=ScaleOptions(executor="dask", range_rows=200,
+                                                                              workers=2)),
+                  load(None), on_progress=kill_a_reading_worker)
+    assert killed, "no worker was caught reading a range"
+    plan = res.summary["plan"]
+    assert plan["retries"] >= 1 and res.summary["retries"] == plan["retries"]
+    assert any("lost" in r["error"] for r in plan["retried"])
+    assert plan["ranges"] == local.summary["plan"]["ranges"] > 10
+    assert _comparable(res.summary) == _comparable(local.summary)
+    assert _sorted(tmp_path / "dask" / "differences.parquet").equals(_sorted(tmp_path / "local" / "differences.parquet"))

@@ -103,6 +103,11 @@ def test_salesforce_pg_and_parquet_pg_give_the_one_pass_answer(scenario_stack: A
         assert got["plan"]["ranges"] >= 4
         assert comparable(got) == comparable(one) and d.equals(d_one)
         assert one["mismatched"] > 0
+        # the same ranges on a 2-process LocalCluster: each worker runs its own Bulk API jobs with the
+        # Salesforce settings of its own environment
+        dgot, dd = diff(opts, cfg, tmp_path / "rd", ScaleOptions(executor="dask", workers=2, range_rows=450))
+        assert dgot["plan"]["executor"] == "dask" and dgot["plan"]["ranges"] == got["plan"]["ranges"]
+        assert comparable(dgot) == comparable(one) and dd.equals(d_one)
 
         snap = scenario_stack.run("snapshot", "salesforce:Account", "--out", str(tmp_path / "sf.parquet"),
                                   "-k", "Id", "-C", str(scenario_stack.config))
@@ -114,6 +119,8 @@ def test_salesforce_pg_and_parquet_pg_give_the_one_pass_answer(scenario_stack: A
         pgot, pd = diff(popts, cfg, tmp_path / "pr", ScaleOptions(range_rows=300))
         assert pgot["plan"]["ranges"] >= 6
         assert comparable(pgot) == comparable(pone) and pd.equals(pd_one)
+        pdg, pdd = diff(popts, cfg, tmp_path / "prd", ScaleOptions(executor="dask", workers=2, range_rows=300))
+        assert comparable(pdg) == comparable(pone) and pdd.equals(pd_one)
         assert pone["merkle"]["target_root"] == one["merkle"]["target_root"]
     finally:
         for k, v in old.items():
