@@ -99,11 +99,12 @@ def _read_side(spec: SideSpec, config: Config, key_range: KeyRange, as_of: datet
         raise UsageError(f"cannot normalize {spec.ref}: {exc}") from None
     if not key_range.whole:
         c = Canonical(frame=c.frame.filter(key_range.expr()), fields=c.fields, unique_keys=c.unique_keys)
-    flight = _in_flight(e, spec.fields, src.side, key_range)
+    flight = in_flight_keys(e, spec.fields, src.side, key_range)
     return c, e, read, flight
 
 
-def _in_flight(e: Extract, fields: tuple[FieldSpec, ...], opts: SideOptions, key_range: KeyRange) -> set[str]:
+def in_flight_keys(e: Extract, fields: tuple[FieldSpec, ...], opts: SideOptions, key_range: KeyRange) -> set[str]:
+    """The canonical keys of the rows the side reports changed after ``--as-of``, in the range."""
     from engine.core.normalize import key_expr
 
     if e.in_flight is None or e.in_flight.height == 0:

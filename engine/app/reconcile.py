@@ -31,8 +31,6 @@ from engine.core.normalize import (
     FieldSpec,
     SideOptions,
     canonicalize,
-    key_expr,
-    typed,
 )
 
 
@@ -412,14 +410,10 @@ def _finder(cols: dict[str, SourceColumn], where: str, what: str, src: Any):  # 
 
 
 def _in_flight_keys(e: Extract, fields: list[FieldSpec], opts: SideOptions) -> set[str]:
-    if e.in_flight is None or e.in_flight.height == 0:
-        return set()
-    keys = [f for f in fields if f.is_key]
-    try:
-        df = pl.DataFrame([typed(e.in_flight[f.column], f.ctype, opts).alias(f.name) for f in keys])
-    except ValueError as exc:
-        raise UsageError(f"cannot normalize the keys changed after --as-of: {exc}") from None
-    return set(df.select(key_expr(keys).alias("k"))["k"].to_list())
+    from engine.app.ranges import in_flight_keys
+    from engine.core.plan import KeyRange
+
+    return in_flight_keys(e, tuple(fields), opts, KeyRange())
 
 
 def read_outputs(diff_dir: Path) -> tuple[dict[str, Any], Path, Path]:
