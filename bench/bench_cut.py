@@ -55,10 +55,13 @@ def build(dsn: str, rows: int) -> tuple[str, str]:
     text, integer = f"bench_cut_{rows}_text", f"bench_cut_{rows}_int"
     with psycopg.connect(dsn, autocommit=True) as c:
         if c.execute("SELECT to_regclass(%s)", (integer,)).fetchone()[0] is None:  # type: ignore[index]
+            c.execute(f"DROP TABLE IF EXISTS {text}")  # left by an older version of this script
+            c.execute("BEGIN")  # one transaction: a failed insert leaves neither table
             c.execute(f"CREATE UNLOGGED TABLE {text} (k text NOT NULL)")
             c.execute(f"INSERT INTO {text} SELECT md5(i::text) FROM generate_series(1, {rows}) i")  # noqa: S608
             c.execute(f"CREATE UNLOGGED TABLE {integer} (k bigint NOT NULL)")
-            c.execute(f"INSERT INTO {integer} SELECT (i - {rows // 2}) * (1 + i % 1000) FROM generate_series(1, {rows}) i")  # noqa: S608
+            c.execute(f"INSERT INTO {integer} SELECT (i - {rows // 2}) * (1 + i % 1000) FROM generate_series(1::bigint, {rows}) i")  # noqa: S608
+            c.execute("COMMIT")
             c.execute(f"ANALYZE {text}; ANALYZE {integer}")
     return text, integer
 
