@@ -168,6 +168,9 @@ def cut(source: SideSpec, config: Config, segment_rows: int, as_of: datetime | N
     canonical order, as a one-pass diff chooses them) and the source rows per segment."""
     src: Source = source_for(parse_reference(source.ref), config)
     keys = tuple(f for f in source.fields if f.is_key)
+    streamed = _stream_cut(src, source, keys, segment_rows, as_of)
+    if streamed is not None:
+        return streamed
     e = src.read(source.request(None, as_of, keys_only=True))
     frame, e.frame = e.frame, e.frame.clear()
     try:
@@ -184,7 +187,34 @@ def cut(source: SideSpec, config: Config, segment_rows: int, as_of: datetime | N
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
-    return boundaries, counts, e.meta
+    return boundaries, counts, {**e.meta, "cut": "memory"}
+
+
+def _stream_cut(src: Source, source: SideSpec, keys: tuple[FieldSpec, ...], segment_rows: int,
+                as_of: datetime | None) -> tuple[list[str], np.ndarray, dict[str, Any]] | None:
+    """The cut from keys the source streams in canonical order (a single text, id or int key of a
+    source that can sort it: PostgreSQL), holding one batch and the boundaries instead of every
+    key. None when the source cannot, or when a batch's canonical keys break the order (a key not
+    stored in NFC, a server order that is not byte order): the caller then cuts in memory."""
+    from engine.core.normalize import key_expr
+
+    opener = getattr(src, "sorted_keys", None)
+    if opener is None or len(keys) != 1 or keys[0].ctype.kind not in ("text", "id", "int"):
+        return None
+    (key,) = keys
+    picker = merkle.StreamingCut(segment_rows)
+    with opener(source.request(None, as_of, keys_only=True)) as stream:
+        if not stream.supported:
+            return None
+        for batch in stream:
+            try:
+                k = pl.DataFrame([typed(batch[batch.columns[0]], key.ctype, src.side).alias(key.name)]
+                                 ).select(key_expr(keys).alias("__key"))["__key"]
+            except ValueError:
+                return None  # the in-memory cut reports it
+            if not picker.feed(k):
+                return None
+    return picker.boundaries, picker.counts(), {"rows": picker.rows, "cut": "stream"}
 
 
 def merge(plan: Plan, results: list[TaskResult]) -> DiffResult:

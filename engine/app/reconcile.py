@@ -304,7 +304,7 @@ def _run_ranges(req: DiffRequest, config: Config, say: Callable[[str], None], ss
         sspec = ranges.SideSpec(req.source, fields_s, req.source_where, None, tok[0])
         tspec = ranges.SideSpec(req.target, fields_t, req.target_where, req.target_updated_at, tok[1])
         say("cutting segment boundaries from the source's keys")
-        boundaries, counts, _ = ranges.cut(sspec, config, req.segment_rows, req.as_of)
+        boundaries, counts, cut_meta = ranges.cut(sspec, config, req.segment_rows, req.as_of)
         range_rows = scale.range_rows or range_rows_for(scale.resolved_memory(), workers=workers)
         plan = plan_ranges(boundaries, counts.tolist(), range_rows)
         if work_dir is None:
@@ -343,7 +343,7 @@ def _run_ranges(req: DiffRequest, config: Config, say: Callable[[str], None], ss
                     nulls[k] = nulls.get(k, 0) + v
             profiles[side] = (result.source_rows if side == "source" else result.target_rows, nulls)
         plan_json = {
-            "executor": scale.executor, "workers": executor.workers, "range_rows": range_rows,
+            "executor": scale.executor, "cut": cut_meta.get("cut", "memory"), "workers": executor.workers, "range_rows": range_rows,
             "ranges": len(plan.tasks), "segments": plan.segments, "retries": stats.retries,
             "ranges_detail": [
                 {**t.as_json(), "source_root": merkle.build_tree(r.source_digests, r.source_rows).root_hex,

@@ -107,6 +107,60 @@ def segment_counts(sorted_keys: pl.Series, seg: Segmentation) -> np.ndarray:
     return counts
 
 
+class StreamingCut:
+    """:func:`choose_boundaries` and :func:`segment_counts` over a key column that arrives sorted,
+    batch by batch, holding one batch and the boundaries: the coordinator's cut of a billion keys
+    need not hold a billion keys (bench/RESULTS.md "Key ranges at scale").
+
+    :meth:`feed` refuses (returns False) a batch that is not sorted or does not continue from the
+    previous batch's last key, or holds a NULL: the caller then cuts in memory, which sorts.
+    """
+
+    def __init__(self, segment_rows: int = DEFAULT_SEGMENT_ROWS) -> None:
+        if segment_rows < 1:
+            raise ValueError("segment_rows must be positive")
+        self.segment_rows = segment_rows
+        self.rows = 0
+        self._first: str | None = None
+        self._last: str | None = None
+        self._last_start = 0  # the row where the run of ``_last`` begins (its first occurrence)
+        self.boundaries: list[str] = []
+        self._starts: list[int] = []  # the row where each boundary's segment begins
+
+    def feed(self, keys: pl.Series) -> bool:
+        """Take the next batch of keys; False when it breaks the order (nothing is taken then)."""
+        m = len(keys)
+        if m == 0:
+            return True
+        if keys.null_count() or (m > 1 and (keys.slice(1) < keys.slice(0, m - 1)).any()):
+            return False
+        first, last = keys[0], keys[m - 1]
+        if self._last is not None and first < self._last:
+            return False
+        if self._first is None:
+            self._first = first
+        s = self.segment_rows
+        pick_at = max(s, -(-self.rows // s) * s) - self.rows  # the batch's first row at a multiple of s
+        if pick_at < m:
+            picks = keys.gather_every(s, offset=pick_at)
+            # a boundary's segment starts at its key's first row (search_sorted "left")
+            where = keys.search_sorted(picks, side="left").to_list()
+            for v, i in zip(picks.to_list(), where, strict=True):
+                if v == self._first or (self.boundaries and v == self.boundaries[-1]):
+                    continue  # the first key is no boundary; one pick per run of a repeated key
+                self.boundaries.append(v)
+                self._starts.append(self._last_start if i == 0 and v == self._last else self.rows + i)
+        i = int(keys.search_sorted(last, side="left"))
+        self._last_start = self._last_start if i == 0 and last == self._last else self.rows + i
+        self._last = last
+        self.rows += m
+        return True
+
+    def counts(self) -> np.ndarray:
+        """Rows per segment, as :func:`segment_counts` gives them for :attr:`boundaries`."""
+        return np.diff(np.array([0, *self._starts, self.rows], dtype=np.int64))
+
+
 def segment_ids(sorted_keys: pl.Series, seg: Segmentation) -> np.ndarray:
     """Segment index of each row (keys sorted); segment 0 is below the first boundary."""
     counts = segment_counts(sorted_keys, seg)

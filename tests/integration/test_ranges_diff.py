@@ -82,9 +82,67 @@ def test_pg_pg_every_range_size_gives_the_one_pass_answer(pg_pair: dict[str, Any
     for rows in (1, 700):
         got, d = diff(opts, cfg, tmp_path / f"r{rows}", ScaleOptions(range_rows=rows, workers=2))
         assert got["plan"]["ranges"] > 1
+        assert got["plan"]["cut"] == "stream"  # the server sorted the keys: no key held in memory
         assert comparable(got) == comparable(one), rows
         assert d.equals(d_one), rows
         assert got["source"]["extract"]["rows"] == one["source"]["rows"]
+
+
+@pytest.mark.parametrize("kind", ["text", "int"])
+def test_streamed_cut_equals_the_in_memory_cut_over_many_batches(pg_pair: dict[str, Any], kind: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server-sorted keys, parsed in batches of a few hundred bytes (batch edges inside runs of
+    duplicates), give the boundaries and counts the in-memory cut gives."""
+    import engine.connectors.postgres.keystream as ks
+    from engine.app import ranges
+    from engine.connectors.postgres.connector import PostgresSource
+    from engine.core.normalize import ColumnType, FieldSpec
+
+    monkeypatch.setenv("PGPASSFILE", pg_pair["pgpass"])
+    real = ks._csv_options
+
+    def small(names: list[str], types: dict[str, Any], *, threads: bool = True) -> tuple[Any, Any]:
+        ro, co = real(names, types, threads=threads)
+        ro.block_size = 256
+        return ro, co
+
+    monkeypatch.setattr(ks, "_csv_options", small)
+    fields = (FieldSpec("k", "k", ColumnType(kind), is_key=True),)
+    spec = ranges.SideSpec(pg_pair[kind][0], fields)
+    cfg = load(None)
+    b, n, meta = ranges.cut(spec, cfg, 7, None)
+    assert meta["cut"] == "stream"
+    batches = 0
+    with PostgresSource.sorted_keys(ranges.source_for(ranges.parse_reference(spec.ref), cfg),
+                                    spec.request(None, None, keys_only=True)) as stream:
+        batches = sum(1 for _ in stream)
+    assert batches > 10
+    monkeypatch.delattr(PostgresSource, "sorted_keys")
+    mb, mn, mmeta = ranges.cut(spec, cfg, 7, None)
+    assert mmeta["cut"] == "memory"
+    assert len(b) > 100 and b == mb and n.tolist() == mn.tolist()
+
+
+def test_keys_not_in_nfc_fall_back_to_the_in_memory_cut(embedded_pg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key stored decomposed ("e" + U+0301) sorts on the server where its NFC form ("é") does not:
+    the order check fails and the cut is made in memory, with the same boundaries it always had."""
+    from engine.app import ranges
+    from engine.core import merkle
+    from engine.core.normalize import ColumnType, FieldSpec
+
+    monkeypatch.setenv("PGPASSFILE", str(embedded_pg.paths.pgpass_file))
+    with psycopg.connect(embedded_pg.info.dsn, autocommit=True, passfile=str(embedded_pg.paths.pgpass_file)) as c:
+        c.execute("DROP TABLE IF EXISTS public.nfc_s")
+        c.execute("CREATE TABLE public.nfc_s (k text NOT NULL, v int)")
+        c.execute("INSERT INTO public.nfc_s SELECT 'k' || i, i FROM generate_series(1, 300) i")
+        c.execute("INSERT INTO public.nfc_s VALUES (%s, 1), ('f', 2), ('z', 3)", ("e\u0301x",))
+        keys = sorted(r[0] for r in c.execute("SELECT normalize(k, NFC) FROM public.nfc_s"))
+    spec = ranges.SideSpec(f"{embedded_pg.info.dsn}#public.nfc_s", (FieldSpec("k", "k", ColumnType("text"), is_key=True),))
+    b, n, meta = ranges.cut(spec, load(None), 16, None)
+    assert meta["cut"] == "memory"
+    sk = pl.Series(keys)
+    assert keys[-1] == "\u00e9x" and b == merkle.choose_boundaries(sk, 16)
+    assert n.tolist() == merkle.segment_counts(sk, merkle.Segmentation(tuple(b))).tolist()
 
 
 def test_salesforce_pg_and_parquet_pg_give_the_one_pass_answer(scenario_stack: Any, tmp_path: Path) -> None:

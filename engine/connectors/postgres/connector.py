@@ -10,6 +10,7 @@ from engine.connectors.postgres.connection import statement_timeout_ms
 from engine.core.normalize import SideOptions
 
 if TYPE_CHECKING:
+    from engine.connectors.postgres.keystream import SortedKeys
     from engine.connectors.postgres.snapshot import PgRunSnapshot
 
 _PROVENANCE = ("object", "snapshot_id", "server_time", "rows", "where")
@@ -83,6 +84,15 @@ class PostgresSource:
                               key_columns=req.key_columns, started=started, passfile=self.passfile,
                               statement_timeout_ms=self.statement_timeout_ms, snapshot=req.snapshot,
                               key_range=req.key_range if ranged else None, key_fields=req.key_fields)
+
+    def sorted_keys(self, req: ReadRequest) -> SortedKeys:
+        """The request's single key column in canonical order, streamed by the server (see
+        :mod:`engine.connectors.postgres.keystream`; ``supported`` is False when it cannot be)."""
+        from engine.connectors.postgres.keystream import SortedKeys
+
+        (key,) = req.key_fields
+        return SortedKeys(self.ref, key, req.where, snapshot=req.snapshot, passfile=self.passfile,
+                          statement_timeout_ms=self.statement_timeout_ms)
 
     def open_snapshot(self) -> PgRunSnapshot:
         """The run's snapshot, exported by a session of its own that the coordinator holds open
