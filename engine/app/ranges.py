@@ -48,12 +48,16 @@ class SideSpec:
     where: str | None = None
     updated_at: str | None = None
     snapshot: str | None = None
+    #: whether the system may filter by the key range (false: its stored keys do not all sort as
+    #: their canonical form, so each task reads the side whole and filters it itself)
+    pushdown: bool = True
 
     def request(self, key_range: KeyRange | None, as_of: datetime | None, *, keys_only: bool = False) -> ReadRequest:
         fields = [f for f in self.fields if f.is_key] if keys_only else list(self.fields)
+        keys = tuple(f for f in self.fields if f.is_key)
         return ReadRequest([f.column for f in fields], self.where, as_of=as_of, updated_at=self.updated_at,
-                           key_columns=[f.column for f in self.fields if f.is_key], key_range=key_range,
-                           key_fields=tuple(f for f in self.fields if f.is_key), snapshot=self.snapshot)
+                           key_columns=[f.column for f in keys], key_range=key_range,
+                           key_fields=keys if self.pushdown or key_range is None else (), snapshot=self.snapshot)
 
 
 @dataclass(frozen=True)
@@ -288,3 +292,15 @@ class Progress:
         return {"ranges_done": self.done, "ranges_total": self.total, "rows_done": self.rows_done,
                 "rows_total": self.rows_total, "rows_per_s": round(rate), "elapsed_s": round(el, 1), "eta_s": eta}
 
+
+
+def with_pushdown(spec: SideSpec, src: Source) -> SideSpec:
+    """``spec`` without key-range pushdown when the side's stored keys do not all sort as their
+    canonical form (a text key not in Unicode NFC): the server would send such a row to the range
+    of its stored spelling, and the task that holds it canonically would never see it."""
+    from dataclasses import replace
+
+    check = getattr(src, "keys_as_canonical", None)
+    if check is None or check(spec.fields, spec.snapshot):
+        return spec
+    return replace(spec, pushdown=False)

@@ -303,6 +303,7 @@ def _run_ranges(req: DiffRequest, config: Config, say: Callable[[str], None], ss
         tok = [s.token if s is not None else None for s in snaps]
         sspec = ranges.SideSpec(req.source, fields_s, req.source_where, None, tok[0])
         tspec = ranges.SideSpec(req.target, fields_t, req.target_where, req.target_updated_at, tok[1])
+        sspec, tspec = (ranges.with_pushdown(spec, src) for spec, src in ((sspec, ssrc), (tspec, tsrc)))
         say("cutting segment boundaries from the source's keys")
         boundaries, counts, cut_meta = ranges.cut(sspec, config, req.segment_rows, req.as_of)
         range_rows = scale.range_rows or range_rows_for(scale.resolved_memory(), workers=workers)

@@ -94,6 +94,38 @@ class PostgresSource:
         return SortedKeys(self.ref, key, req.where, snapshot=req.snapshot, passfile=self.passfile,
                           statement_timeout_ms=self.statement_timeout_ms)
 
+    def keys_as_canonical(self, key_fields: tuple[Any, ...], snapshot: str | None) -> bool:
+        """Whether a key range can be pushed down as a comparison of the stored text: false when a
+        text key holds a value not in Unicode NFC (its canonical form sorts elsewhere, so the range
+        that holds it canonically would never be sent it by the server). One scan of the key
+        column, in the run's snapshot, once per run; other keys compare as stored."""
+        import psycopg
+        from psycopg import sql
+
+        from engine.connectors.postgres.connection import connect, session_settings
+        from engine.connectors.postgres.keyrange import STRING_TYPES
+        from engine.connectors.postgres.source import describe
+
+        keys = [f for f in key_fields if f.is_key]
+        if not keys or keys[0].ctype.kind not in ("text", "id"):
+            return True
+        with connect(self.ref.dsn, passfile=self.passfile) as conn:
+            conn.autocommit = True
+            conn.execute(session_settings(self.statement_timeout_ms))
+            conn.autocommit = False
+            conn.read_only = True
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            if snapshot is not None:
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            cols = {c.name.lower(): c for c in describe(conn, self.ref)}
+            col = cols.get(keys[0].column.lower())
+            if col is None or col.base not in STRING_TYPES:
+                return True
+            row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NFC NORMALIZED)").format(
+                sql.Identifier(self.ref.schema, self.ref.table), sql.Identifier(col.name))).fetchone()
+            conn.rollback()
+        return not (row and row[0])
+
     def open_snapshot(self) -> PgRunSnapshot:
         """The run's snapshot, exported by a session of its own that the coordinator holds open
         until every task has finished (see :mod:`engine.connectors.postgres.snapshot`: it holds
