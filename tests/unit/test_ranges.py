@@ -109,3 +109,20 @@ def test_an_empty_source_side(tmp_path: Path) -> None:
     got, d = _diff(tmp_path, s, t, "r", 10)
     assert got["plan"]["ranges"] == 1 and one["missing_in_source"] == got["missing_in_source"] > 0
     assert _comparable(got) == _comparable(one) and d.equals(d_one)
+
+
+def test_a_parquet_key_not_in_nfc_is_never_lost(tmp_path: Path) -> None:
+    """A sorted Parquet file whose text key holds a decomposed value: its row group's statistics
+    would place it by its stored spelling, so pruning is off for that file and the range run equals
+    one pass (before the guard the range run lost the row)."""
+    keys = sorted([f"k{i:04d}" for i in range(600)] + ["e\u0301x", "f", "z"])
+    src = pl.DataFrame({"id": keys, "v": list(range(len(keys)))})
+    tgt = src.with_columns(pl.when(pl.col("id") == "z").then(pl.col("v") + 1).otherwise(pl.col("v")).alias("v"))
+    s, t = tmp_path / "s.parquet", tmp_path / "t.parquet"
+    src.write_parquet(s, row_group_size=50)
+    tgt.write_parquet(t, row_group_size=50)
+    one, d_one = _diff(tmp_path, f"parquet:{s}", f"parquet:{t}", "one")
+    got, d = _diff(tmp_path, f"parquet:{s}", f"parquet:{t}", "r", 100)
+    assert one["source"]["rows"] == 603 and one["mismatched"] == 1 and one["missing_in_target"] == 0
+    assert got["plan"]["ranges"] > 3
+    assert _comparable(got) == _comparable(one) and d.equals(d_one)

@@ -77,6 +77,26 @@ class ParquetSource(FileSource):
 
         return list(pq.read_schema(self.ref.path).names)
 
+    def keys_as_canonical(self, key_fields: tuple[Any, ...], snapshot: str | None = None) -> bool:
+        """Whether row groups may be pruned by the stored key statistics: false when a text key
+        holds a value not in Unicode NFC (its canonical form sorts elsewhere than its statistics
+        say). Reads the key column once per run."""
+        import polars as pl
+        import pyarrow.parquet as pq
+
+        del snapshot  # a file is checked by its digest, not a snapshot
+        keys = [f for f in key_fields if f.is_key]
+        if not keys or keys[0].ctype.kind not in ("text", "id"):
+            return True
+        names = {n.lower(): n for n in pq.read_schema(self.ref.path).names}
+        name = names.get(keys[0].column.lower())
+        if name is None:
+            return True
+        col = pl.from_arrow(pq.read_table(self.ref.path, columns=[name]).column(0))
+        if not isinstance(col, pl.Series) or col.dtype != pl.Utf8:
+            return True
+        return bool((col.str.normalize("NFC") == col).fill_null(True).all())
+
     def estimate(self) -> tuple[int, int] | None:
         """(rows, bytes per row) from the footer: no data is read."""
         import pyarrow.parquet as pq
