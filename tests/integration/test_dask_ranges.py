@@ -184,9 +184,10 @@ def test_a_password_in_a_dsn_is_refused_for_dask_workers(tables: dict[str, str],
 
 def test_a_worker_killed_mid_diff_is_retried_and_the_answer_is_the_same(tables: dict[str, str], tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Dask worker is SIGKILLed while it is reading a range (caught with its psql child running,
-    after the first range finished): the nanny brings a worker back, the range runs again, the run
-    reports the retry, and the answer is the local executor's."""
+    """A Dask worker is SIGKILLed while it is reading a range: once the first range is done the test
+    locks the target table, so the next ranges' COPYs wait with their psql children running; one
+    such worker is killed, the lock released. The nanny brings a worker back, the range runs again,
+    the run reports the retry, and the answer is the local executor's."""
     import time
 
     import psutil
@@ -197,20 +198,25 @@ def test_a_worker_killed_mid_diff_is_retried_and_the_answer_is_the_same(tables: 
 
     local = run(replace(opts, out_dir=tmp_path / "local", scale=ScaleOptions(range_rows=200, workers=2)), load(None))
     killed: list[int] = []
+    dsn = tables["source"].split("#", 1)[0]
 
     def kill_a_reading_worker(p: dict[str, Any]) -> None:
         if p["ranges_done"] != 1 or killed:
             return
-        me = psutil.Process()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not killed:
-            for proc in me.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    if proc.pid != me.pid and any(c.name() == "psql" for c in proc.children()):
-                        proc.kill()
-                        killed.append(proc.pid)
-                        break
-            time.sleep(0.001)
+        with psycopg.connect(dsn, passfile=tables["pgpass"]) as lock:
+            lock.execute("SET lock_timeout = '20s'")
+            lock.execute("LOCK TABLE dask_ranges.t IN ACCESS EXCLUSIVE MODE")  # the next COPYs wait
+            me = psutil.Process()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not killed:
+                for proc in me.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        if any(c.name() == "psql" and c.status() != psutil.STATUS_ZOMBIE for c in proc.children()):
+                            proc.kill()
+                            killed.append(proc.pid)
+                            break
+                time.sleep(0.01)
+        # leaving the block commits: the lock is released and the other reads go on
 
     with _holding(DASK_HTTP_PORT):
         res = run(replace(opts, out_dir=tmp_path / "dask", scale=ScaleOptions(executor="dask", range_rows=200,
