@@ -278,6 +278,7 @@ def test_topic_that_does_not_exist_is_exit_2(scenario_stack) -> None:
     assert len(lines) == 1 and "does not exist" in lines[0] and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # waits out the 15 s metadata deadline; test_consumer checks a broker past its deadline by default
 def test_unreachable_broker_is_one_line_exit_5(scenario_stack) -> None:
     """librdkafka logs a refused connection every 50 ms; none of that reaches the user's terminal."""
     res = scenario_stack.run("kafka-audit", "--bootstrap", "127.0.0.1:9", "--topic", "clv-events", "--json", timeout=60)

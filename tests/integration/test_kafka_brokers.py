@@ -190,6 +190,7 @@ def test_choose_backend() -> None:
     assert kafka_version().startswith("4.")
 
 
+@pytest.mark.slow  # ~22 s (a broker restart); the default suite keeps under its 10-minute budget
 def test_apache_restart_keeps_topics_and_stop_leaves_no_process(
         apache_kafka: BrokerHandle, tmp_path_factory: pytest.TempPathFactory) -> None:
     """A broker of its own (the session one stays up): start, reuse, stop, restart, stop."""

@@ -127,6 +127,7 @@ def _committed_offsets(bootstrap: str, group: str, topic: str, parts: int) -> di
     return {tp.partition: tp.offset for tp in res.topic_partitions}
 
 
+@pytest.mark.slow  # each cause alone (~14 s); the default suite checks them together in `mixed`
 @pytest.mark.parametrize("cause", ["replay", "rewind", "redelivery", "aborted"])
 def test_each_cause_makes_the_copies_the_ground_truth_lists(loaded: _Causes, cause: str) -> None:
     ld = loaded[cause]

@@ -174,7 +174,7 @@ def test_the_reported_cases(guard: str | None, shape_path: str, consumer_path: b
     assert a["status"].to_list() == ["ok", "ok", "unparsable"]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(vals=st.lists(values(), min_size=1, max_size=12), guard=st.sampled_from([ORG, None]))
 @example(vals=ISSUE, guard=ORG)
 def test_audit_and_consumer_agree_on_every_event(vals: list[bytes | None], guard: str | None, shape_path: str,
