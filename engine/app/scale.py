@@ -48,7 +48,7 @@ def parse_size(text: str) -> int:
     """``3G``, ``512M``, ``2GiB``, ``1500000000``: bytes (binary units). Refuses anything else."""
     import re
 
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
+    m = re.fullmatch(r"\s*([0-9]+)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE | re.ASCII)
     if not m or int(m.group(1)) == 0:
         raise UsageError(f"--memory-limit {text!r} is not a size: give bytes or a number with K, M, G or T (e.g. 3G)")
     return int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())

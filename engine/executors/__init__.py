@@ -4,9 +4,8 @@ scheduler's address; the optional extra ``recon[dask]``). See :mod:`engine.execu
 from __future__ import annotations
 
 from engine.core.errors import UsageError
-from engine.executors.base import Executor
+from engine.executors.base import Executor, unknown_executor
 
-ACCEPTED = "local, dask or dask://HOST:PORT"
 DASK_EXTRA = "pip install 'recon[dask]'"
 
 
@@ -23,7 +22,7 @@ def check_executor(spec: str) -> None:
     if spec == "local":
         return
     if spec != "dask" and not spec.startswith("dask://"):
-        raise UsageError(f"unknown executor {spec!r}: use {ACCEPTED}", field="executor")
+        raise unknown_executor(spec)
     if any(importlib.util.find_spec(m) is None for m in ("dask", "distributed")):
         raise _no_dask()
     if spec != "dask":
@@ -43,7 +42,7 @@ def make_executor(spec: str, workers: int) -> Executor:
 
         return LocalExecutor(workers)
     if spec != "dask" and not spec.startswith("dask://"):
-        raise UsageError(f"unknown executor {spec!r}: use {ACCEPTED}", field="executor")
+        raise unknown_executor(spec)
     try:
         from engine.executors.dask import DaskExecutor
     except ImportError as exc:

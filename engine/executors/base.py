@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from engine.core.errors import UsageError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -24,6 +26,15 @@ class RunStats:
     workers: int
     retries: int = 0
     retried: list[dict[str, Any]] = field(default_factory=list)  # {task, attempt, error} per retried attempt
+
+
+#: the forms ``--executor`` takes
+ACCEPTED = "local, dask or dask://HOST:PORT"
+
+
+def unknown_executor(spec: str) -> UsageError:
+    """The one error for an ``--executor`` value that names no executor."""
+    return UsageError(f"--executor {spec!r} is not an executor: use {ACCEPTED}", field="executor")
 
 
 class Executor(Protocol):

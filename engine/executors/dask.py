@@ -49,8 +49,8 @@ from distributed import (
     get_worker,
 )
 
-from engine.core.errors import ReconError, ServiceUnreachable, UsageError
-from engine.executors.base import RunStats
+from engine.core.errors import ReconError, ServiceUnreachable
+from engine.executors.base import RunStats, unknown_executor
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,7 +60,6 @@ RETRIES = 2
 #: How long to wait for a scheduler to answer, and for it to have a worker, before exit 5.
 CONNECT_TIMEOUT_S = 30
 DEFAULT_PORT = 8786
-ACCEPTED = "local, dask or dask://HOST:PORT"
 
 
 def scheduler_address(spec: str) -> str:
@@ -69,7 +68,7 @@ def scheduler_address(spec: str) -> str:
     >>> scheduler_address("dask://10.0.0.5:8786"), scheduler_address("dask://[::1]")
     ('tcp://10.0.0.5:8786', 'tcp://[::1]:8786')
     """
-    bad = UsageError(f"unknown executor {spec!r}: use {ACCEPTED}", field="executor")
+    bad = unknown_executor(spec)
     try:
         u = urlsplit(spec)
         port = u.port or DEFAULT_PORT

@@ -29,7 +29,7 @@ def test_anything_else_is_a_usage_error_naming_the_accepted_forms(spec: str) -> 
     with pytest.raises(UsageError) as err:
         make_executor(spec, 2)
     assert err.value.exit_code == Exit.USAGE
-    assert str(err.value) == f"unknown executor {spec!r}: use local, dask or dask://HOST:PORT"
+    assert str(err.value) == f"--executor {spec!r} is not an executor: use local, dask or dask://HOST:PORT"
     assert err.value.field == "executor"
 
 

@@ -126,3 +126,34 @@ def test_a_parquet_key_not_in_nfc_is_never_lost(tmp_path: Path) -> None:
     assert one["source"]["rows"] == 603 and one["mismatched"] == 1 and one["missing_in_target"] == 0
     assert got["plan"]["ranges"] > 3
     assert _comparable(got) == _comparable(one) and d.equals(d_one)
+
+
+@pytest.mark.parametrize("text, expected", [("3G", 3 * 2**30), ("512m", 512 * 2**20), ("2GiB", 2 * 2**30),
+                                            ("1500000000", 1_500_000_000), (" 64K ", 64 * 2**10)])
+def test_memory_limit_sizes(text: str, expected: int) -> None:
+    from engine.app.scale import parse_size
+
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "3X", "-1G", "1.5G", "", "3G;", "1e9", "G", "3 GG", "９G"])
+def test_a_hostile_memory_limit_is_one_usage_error(text: str) -> None:
+    from engine.app.scale import parse_size
+    from engine.core.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        parse_size(text)
+    assert err.value.exit_code == 2 and "--memory-limit" in str(err.value) and "e.g. 3G" in str(err.value)
+
+
+def test_bad_scale_options_exit_2_on_one_line_before_any_read(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for extra, needle in ((["--memory-limit", "3X"], "--memory-limit"), (["--progress", "bar"], "--progress"),
+                          (["--executor", "spark"], "--executor"), (["--range-rows", "0"], "--range-rows")):
+        r = subprocess.run([sys.executable, "-m", "engine.cli.main", "diff", f"parquet:{tmp_path}/none.parquet",
+                            f"parquet:{tmp_path}/none2.parquet", "-k", "id", *extra], capture_output=True, text=True)
+        assert r.returncode == 2, (extra, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, (extra, r.stderr)
