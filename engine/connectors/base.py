@@ -75,6 +75,38 @@ class ReadRequest:
     snapshot: str | None = None
 
 
+@dataclass
+class SideChanges:
+    """What one side says changed since its watermark, for an incremental run
+    (:mod:`engine.app.incremental`); returned by a source's optional ``changes(req, since)``.
+
+    mode: ``changes`` (``frame`` holds the rows created or changed since the watermark, possibly
+    more: an overlap re-reads some) or ``whole`` (``frame`` holds every row: a first run, a window
+    the system cannot list, a changed file; ``reason`` says why, for the run's output).
+    deleted: the key columns of rows known to be gone (Salesforce's getDeleted); None when the system
+    cannot list deletions.
+    rows_now: how many rows the side holds now, counted by the system in the same state as ``frame``
+    (None when it cannot say): the engine compares it with the state's count to notice deletions
+    nobody listed, and then reads the side's keys.
+    watermark: JSON-able; passed back as ``since`` on the next run.
+    meta: extraction facts for the summary (rows read, API calls, the query's lower bound, ...).
+
+    The source method is ``changes(req: ReadRequest, since: dict | None, *, overlap: timedelta |
+    None = None) -> SideChanges``: ``req`` as for :meth:`Source.read` (``req.updated_at`` names the
+    column that says when a row last changed, where the system needs one), ``since`` the previous
+    run's ``watermark`` (None: first run, so ``whole``).
+    """
+
+    mode: str
+    frame: pl.DataFrame
+    columns: dict[str, SourceColumn]
+    watermark: dict[str, Any]
+    deleted: pl.DataFrame | None = None
+    rows_now: int | None = None
+    reason: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
 class RunSnapshot(Protocol):
     """The state a whole run reads, held open by the coordinator until every task has finished."""
 
