@@ -65,6 +65,9 @@ class Mapping:
     target_updated_at: str | None = None
     types: dict[str, str] = field(default_factory=dict)
     roles: Roles = field(default_factory=Roles)
+    source_updated_at: str | None = None
+    #: the incremental state directory of ``recon diff``/``recon watch`` (``--state`` wins)
+    state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,8 @@ class Config:
             columns=tuple(parse_pair(x) for x in _list(m, "columns", where)),
             tolerance=tol, source_where=m.get("source_where"), target_where=m.get("target_where"),
             target_updated_at=m.get("target_updated_at"), types=dict(m.get("types") or {}),
-            roles=self.roles(name),
+            roles=self.roles(name), source_updated_at=_opt_str(m, "source_updated_at", where),
+            state=_opt_str(m, "state", where),
         )
 
     def roles(self, name: str | None) -> Roles:
@@ -331,3 +335,12 @@ def _flat_keys(table: dict[str, Any], prefix: str = "") -> list[str]:
         name = f"{prefix}{k}"
         out += _flat_keys(v, name + ".") if isinstance(v, dict) else [name]
     return out
+
+
+def _opt_str(m: dict, k: str, where: str) -> str | None:
+    v = m.get(k)
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v or "\x00" in v:
+        raise UsageError(f"{where}: '{k}' must be a non-empty string")
+    return v

@@ -14,7 +14,11 @@ Layouts:
   (after ``--apply``); by default ``EXPLAIN_DIR/repair``;
 * a gate directory: ``gate_decision.json``;
 * a run directory (what the demo writes and ``recon report --from`` reads): ``diff/``,
-  ``explain/``, ``repair/``, ``diff-after/``, ``cost.json``, ``report.html``.
+  ``explain/``, ``repair/``, ``diff-after/``, ``cost.json``, ``report.html``;
+* an incremental state (``recon diff --state DIR``, :class:`StateDirectory`): ``state.json`` (the
+  index: boundaries, per side the segments' files, digests and row counts, the watermarks, the
+  totals), ``lock``, ``segments/{source,target}/G-NNNNNN.arrow`` (one side's canonical rows of one
+  segment, Arrow IPC), ``differences/G.parquet`` (the differences of every segment).
 """
 
 from __future__ import annotations
@@ -288,3 +292,96 @@ class RunDirectory:
     def sibling_diff(explain_dir: Path) -> DiffOutput:
         """The diff next to an explain directory in a run directory (``../diff``)."""
         return DiffOutput(Path(explain_dir).parent / "diff")
+
+
+# -- incremental state -------------------------------------------------------------------------------
+STATE_INDEX = "state.json"
+STATE_LOCK = "lock"
+
+
+@dataclass(frozen=True)
+class StateDirectory:
+    """The state an incremental diff keeps between runs (``recon diff --state DIR``).
+
+    Files are immutable once written: a run writes the segments it touched and the differences
+    under a new generation's names, then replaces ``state.json`` atomically, then removes the files
+    the index no longer names. A run killed at any point leaves the previous index and every file it
+    names intact (the next run removes the orphans), so a restart always starts from one whole state.
+    ``state.json`` records each file's BLAKE3 digest; a file is checked before its rows are used.
+    """
+
+    dir: Path
+
+    @property
+    def index_path(self) -> Path:
+        return self.dir / STATE_INDEX
+
+    def exists(self) -> bool:
+        return self.index_path.is_file()
+
+    def segment_path(self, side: str, generation: int, segment: int) -> Path:
+        return self.dir / "segments" / side / f"{generation:06d}-{segment:06d}.arrow"
+
+    def differences_path(self, generation: int) -> Path:
+        return self.dir / "differences" / f"{generation:06d}.parquet"
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.dir).as_posix()
+
+    def resolve(self, name: str) -> Path:
+        """A file named by the index, refusing a name that would leave the directory (a tampered index)."""
+        p = (self.dir / name).resolve()
+        if self.dir.resolve() not in p.parents:
+            raise VerificationError(f"{self.index_path} names {name!r}, outside the state directory: "
+                                    "it was tampered with; rebuild it with --full")
+        return p
+
+    def lock(self) -> Any:
+        """An exclusive lock on the state for this process's run (released when the process ends,
+        even by SIGKILL): a second run on the same state is a one-line error, not a race."""
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.dir / STATE_LOCK, "a+")  # noqa: SIM115  (held for the run)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise UsageError(f"{self.dir} is in use by another run (its lock is held): wait for it, or give "
+                             "each concurrent run its own --state") from None
+        return f
+
+    def load_index(self) -> dict[str, Any] | None:
+        if not self.exists():
+            return None
+        return read_json(self.index_path, what="an incremental state",
+                         fix="remove the directory or rerun with --full to rebuild it")
+
+    def write_index(self, index: dict[str, Any]) -> None:
+        """Atomically, and durably before the old files go (``fsync``): the new index is the commit."""
+        tmp = self.index_path.with_name(STATE_INDEX + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(index, sort_keys=True, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.index_path)
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def collect_garbage(self, keep: Iterable[str]) -> int:
+        """Remove every segment and differences file the index does not name (a killed run's
+        orphans, the files a run replaced); returns how many."""
+        keep_set = {self.resolve(k) for k in keep}
+        n = 0
+        for sub in ("segments", "differences"):
+            root = self.dir / sub
+            if not root.is_dir():
+                continue
+            for f in root.rglob("*"):
+                if f.is_file() and f.resolve() not in keep_set:
+                    f.unlink()
+                    n += 1
+        return n

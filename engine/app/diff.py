@@ -42,10 +42,20 @@ class DiffOptions:
     out_dir: Path | None = None
     evidence: EvidenceOptions = EvidenceOptions()
     scale: ScaleOptions = ScaleOptions()
+    #: ``--state DIR`` (incremental runs; the mapping's ``state`` when not given) and its checks
+    state: Path | None = None
+    full: bool = False
+    verify_full: bool = False
+    full_every: int | None = None
 
     def check(self) -> None:
         """Usage errors that need no config (before any extraction)."""
         self.evidence.check()
+        if self.full_every is not None and not 1 <= self.full_every <= 1_000_000:
+            raise UsageError(f"--full-every must be a whole number of runs from 1 to 1000000 (got {self.full_every})")
+        if self.full and self.verify_full:
+            raise UsageError("--full and --verify-full exclude each other: --full rebuilds the state, "
+                             "--verify-full checks it")
         from engine.executors import check_executor
 
         check_executor(self.scale.executor)
@@ -75,7 +85,28 @@ class DiffOptions:
             if where is not None:
                 origin = f"--{side}-where" if given[f"{side}_where"] is not None else f"[mapping.{m.name}] {side}_where"  # type: ignore[union-attr]
                 fields[f"{side}_where"] = check_condition(fields[side], where, origin)
+        if m is not None and m.source_updated_at:
+            fields["source_updated_at"] = m.source_updated_at
         return fields
+
+    def state_options(self, config: Config) -> Any:
+        """The run's :class:`~engine.app.incremental.StateOptions`, or None (no ``--state`` and no
+        mapping ``state``). A relative mapping path is relative to the config file."""
+        m = config.mapping(self.mapping) if self.mapping else None
+        where = self.state
+        if where is None and m is not None and m.state:
+            where = Path(m.state)
+            if not where.is_absolute() and config.path is not None:
+                where = config.path.parent / where
+        if where is None:
+            if self.full or self.verify_full or self.full_every is not None:
+                raise UsageError("--full, --verify-full and --full-every apply to an incremental state: "
+                                 "give --state DIR (or state = \"…\" in the mapping)")
+            return None
+        from engine.app.incremental import DEFAULT_FULL_EVERY, StateOptions
+
+        return StateOptions(Path(where), full=self.full, verify_full=self.verify_full,
+                            full_every=self.full_every or DEFAULT_FULL_EVERY)
 
 
 @dataclass
@@ -101,9 +132,13 @@ def run(opts: DiffOptions, config: Config, *, progress: Callable[[str], None] | 
     opts.check()
     ledger_dsn = opts.evidence.ledger_dsn(config)
     fields = opts.resolve(config)
+    state = opts.state_options(config)
     refuse_secrets_for_workers(opts.scale, fields["source"], fields["target"])
     scale = decide(fields["source"], fields["target"], config, opts.scale)
-    if not scale.ranges:
+    if state is not None and scale.ranges:
+        raise UsageError("--state runs in one pass over what changed: drop --executor/--range-rows (or raise "
+                         "--memory-limit) for an incremental run")
+    if not scale.ranges and state is None:
         early.start_for_diff(fields["source"], fields["target"], keys=fields["keys"],
                              columns=fields.get("columns", ()), source_where=fields.get("source_where"),
                              target_where=fields.get("target_where"), config=config)
@@ -113,7 +148,7 @@ def run(opts: DiffOptions, config: Config, *, progress: Callable[[str], None] | 
 
         d = reconcile.run_diff(reconcile.DiffRequest(**fields), config, progress=progress, scale=scale,
                                on_progress=on_progress, work_dir=work_dir,
-                               snapshots=opts.evidence.manifest is not None)
+                               snapshots=opts.evidence.manifest is not None, state=state)
         outputs = reconcile.write_outputs(d, opts.out_dir) if opts.out_dir else None
         summary = d.summary()
         if ledger_dsn or opts.evidence.manifest:

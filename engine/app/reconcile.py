@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from engine import workspace
+from engine.app.incremental import StateOptions
 from engine.app.scale import ScaleOptions, decide
 from engine.config import Config, Mapping
 from engine.connectors.base import Extract, FileRef, ReadRequest, Source, SourceColumn, parse_reference
@@ -53,6 +54,7 @@ class DiffRequest:
     target_where: str | None = None
     as_of: datetime | None = None
     target_updated_at: str | None = None
+    source_updated_at: str | None = None
     unique_key: bool = False
     segment_rows: int = merkle.DEFAULT_SEGMENT_ROWS
     types: dict[str, str] = field(default_factory=dict)
@@ -62,7 +64,8 @@ class DiffRequest:
     def from_mapping(cls, m: Mapping, **overrides: Any) -> DiffRequest:
         base = dict(source=m.source, target=m.target, keys=m.key, columns=m.columns, tolerance=m.tolerance,
                     source_where=m.source_where, target_where=m.target_where,
-                    target_updated_at=m.target_updated_at, types=m.types, mapping=m.name)
+                    target_updated_at=m.target_updated_at, source_updated_at=m.source_updated_at,
+                    types=m.types, mapping=m.name)
         base.update({k: v for k, v in overrides.items() if v not in (None, (), {})})
         return cls(**base)
 
@@ -102,6 +105,11 @@ class DiffRun:
     snapshot_parts: dict[str, Path] = field(default_factory=dict)
     #: the key-range plan, executor, workers, per-range digests and retries (key-range runs)
     plan: dict[str, Any] | None = None
+    #: an incremental run's facts (``--state``): mode, why, watermarks, the state's digests
+    incremental: dict[str, Any] | None = None
+    #: ``ok``, or ``state_drift`` when a full check found the incremental state wrong (a run
+    #: status, not a finding: the results are the full read's)
+    status: str = "ok"
 
     def profile(self, side: str) -> tuple[int, dict[str, int]]:
         """(rows, NULLs per field) of one side's canonical form."""
@@ -113,6 +121,9 @@ class DiffRun:
 
     def summary(self) -> dict[str, Any]:
         s = self.result.summary()
+        if self.incremental is not None:
+            s["incremental"] = dict(self.incremental)
+            s["status"] = self.status
         if self.plan is not None:
             s["plan"] = dict(self.plan)
             s["retries"] = self.plan.get("retries", 0)
@@ -169,7 +180,7 @@ def resolve_type(a: SourceColumn, b: SourceColumn, *, precision: str, override: 
 
 def run_diff(req: DiffRequest, config: Config, progress: Any = None, *, scale: ScaleOptions | None = None,
              on_progress: Callable[[dict[str, Any]], None] | None = None, work_dir: Path | None = None,
-             snapshots: bool = False) -> DiffRun:
+             snapshots: bool = False, state: StateOptions | None = None) -> DiffRun:
     """Run one diff. The cyclic garbage collector is paused meanwhile: the data lives in Arrow and
     Polars buffers, the few Python objects made form no cycles, and each collection would walk
     every object the imports left behind (perf: ~1% of a diff's CPU)."""
@@ -179,7 +190,7 @@ def run_diff(req: DiffRequest, config: Config, progress: Any = None, *, scale: S
     gc.disable()
     try:
         return _run_diff(req, config, progress, scale=scale or ScaleOptions(), on_progress=on_progress,
-                         work_dir=work_dir, snapshots=snapshots)
+                         work_dir=work_dir, snapshots=snapshots, state=state)
     finally:
         if was_enabled:
             gc.enable()
@@ -187,7 +198,7 @@ def run_diff(req: DiffRequest, config: Config, progress: Any = None, *, scale: S
 
 def _run_diff(req: DiffRequest, config: Config, progress: Any = None, *, scale: ScaleOptions,
               on_progress: Callable[[dict[str, Any]], None] | None, work_dir: Path | None,
-              snapshots: bool) -> DiffRun:
+              snapshots: bool, state: StateOptions | None = None) -> DiffRun:
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     sref, tref = parse_reference(req.source), parse_reference(req.target)
@@ -221,6 +232,11 @@ def _run_diff(req: DiffRequest, config: Config, progress: Any = None, *, scale: 
         fields_s.append(FieldSpec(a, a, ctype, tol, is_key))
         fields_t.append(FieldSpec(b, a, ctype, tol, is_key))
     s_opts, t_opts = ssrc.side, tsrc.side
+    if state is not None:  # incremental (engine.app.incremental): one pass over what changed
+        from engine.app.incremental import run_state
+
+        return run_state(req, state, say=say, ssrc=ssrc, tsrc=tsrc, fields_s=tuple(fields_s),
+                         fields_t=tuple(fields_t), t0=t0)
     if decide(req.source, req.target, config, scale).ranges:
         return _run_ranges(req, config, say, ssrc, tsrc, tuple(fields_s), tuple(fields_t), scale=scale,
                            on_progress=on_progress, work_dir=work_dir, snapshots=snapshots, t0=t0)

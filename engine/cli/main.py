@@ -63,6 +63,10 @@ def diff_cmd(
     range_rows: Annotated[int | None, typer.Option("--range-rows", min=1, help="Source rows per key-range task (default: from --memory-limit).")] = None,
     memory_limit: Annotated[str | None, typer.Option("--memory-limit", help="Memory the diff may use, e.g. 3G (default: half the machine's); a larger diff runs as key ranges.")] = None,
     progress: Annotated[str | None, typer.Option("--progress", help="json: one progress object per line on stderr (key-range runs).")] = None,
+    state: Annotated[Path | None, typer.Option("--state", help="Incremental: keep the state here and re-read only what changed since the last run.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="With --state: read both sides whole, re-cut the segments and rebuild the state.")] = False,
+    verify_full: Annotated[bool, typer.Option("--verify-full", help="With --state: also read both sides whole and check the state (status state_drift when it was wrong).")] = False,
+    full_every: Annotated[int | None, typer.Option("--full-every", help="With --state: every N-th run checks the state with a full read (default 24).")] = None,
 ) -> None:
     """Compare two datasets; exit 1 when they differ."""
     from engine import config as config_mod
@@ -86,7 +90,8 @@ def diff_cmd(
         source=source, target=target, mapping=mapping, keys=tuple(parse_pair(k) for k in key or []),
         columns=tuple(parse_pair(c) for c in column or []), tolerance=tol, source_where=source_where,
         target_where=target_where, as_of=_as_of(as_of), unique_key=unique_key, segment_rows=segment_rows,
-        out_dir=out_dir, evidence=EvidenceOptions(ledger, manifest, signing_key), scale=scale)
+        out_dir=out_dir, evidence=EvidenceOptions(ledger, manifest, signing_key), scale=scale,
+        state=state, full=full, verify_full=verify_full, full_every=full_every)
     opts.check()  # exit 2 before any extraction
     cfg = config_mod.load(config)
     live = not as_json and progress is None

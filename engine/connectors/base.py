@@ -73,6 +73,9 @@ class ReadRequest:
     #: the run's snapshot token from :meth:`Source.open_snapshot` (PostgreSQL: an exported
     #: snapshot id), so every task of a run reads the same state
     snapshot: str | None = None
+    #: only the rows changed at or after this time (by ``updated_at``): an incremental run's changed
+    #: rows (PostgreSQL; see :class:`SideChanges`)
+    changed_since: Any = None  # datetime | None
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from engine.connectors.base import Extract, PostgresRef, ReadRequest, SourceColumn
+from engine.connectors.base import Extract, PostgresRef, ReadRequest, SideChanges, SourceColumn
 from engine.connectors.postgres.connection import statement_timeout_ms
 from engine.core.normalize import SideOptions
 
@@ -77,13 +77,21 @@ class PostgresSource:
 
         ranged = req.key_range is not None and not req.key_range.whole
         started = early.take(self.ref, req.where, req.columns)
-        if started is not None and (ranged or req.snapshot is not None):
+        if started is not None and (ranged or req.snapshot is not None or req.changed_since is not None):
             started.close()
             started = None
         return source.extract(self.ref, req.columns, req.where, updated_at=req.updated_at, as_of=req.as_of,
                               key_columns=req.key_columns, started=started, passfile=self.passfile,
                               statement_timeout_ms=self.statement_timeout_ms, snapshot=req.snapshot,
-                              key_range=req.key_range if ranged else None, key_fields=req.key_fields)
+                              key_range=req.key_range if ranged else None, key_fields=req.key_fields,
+                              changed_since=req.changed_since)
+
+    def changes(self, req: ReadRequest, since: dict[str, Any] | None, *,
+                overlap: Any = None) -> SideChanges:
+        """What changed since ``since`` (see :mod:`engine.connectors.postgres.changes`)."""
+        from engine.connectors.postgres.changes import changes
+
+        return changes(self, req, since, overlap=overlap)
 
     def sorted_keys(self, req: ReadRequest) -> SortedKeys:
         """The request's single key column in canonical order, streamed by the server (see

@@ -171,6 +171,7 @@ def extract(
     snapshot: str | None = None,
     key_range: KeyRange | None = None,
     key_fields: tuple[FieldSpec, ...] = (),
+    changed_since: datetime | None = None,
 ) -> Extract:
     """Read the wanted columns in one snapshot; rows changed after ``as_of`` (by ``updated_at``) are
     reported as in-flight keys. ``started``: a read already under way for the same table and
@@ -178,13 +179,17 @@ def extract(
     ``passfile``: the libpq password file for the connections (see :func:`connect`);
     ``snapshot``: the run's exported snapshot, read instead of a new one; ``key_range`` and
     ``key_fields``: a range task's keys, read through the predicate of
-    :mod:`engine.connectors.postgres.keyrange` (a superset of the range)."""
+    :mod:`engine.connectors.postgres.keyrange` (a superset of the range); ``changed_since``: only
+    the rows whose ``updated_at`` is at or after it, and the count of every row under the condition
+    in the same snapshot (``meta["rows_now"]``: an incremental run's deletion check)."""
     import polars as pl
 
     from engine.connectors.base import Extract, SourceColumn
     read = started if started is not None else PgRead(ref, columns, where, passfile=passfile,
                                                       statement_timeout_ms=statement_timeout_ms, snapshot=snapshot,
-                                                      key_range=key_range, key_fields=key_fields)
+                                                      key_range=key_range, key_fields=key_fields,
+                                                      changed=(updated_at, changed_since) if changed_since else None)
+    rows_now = None
     with read:
         cols = resolve_columns(read.available, columns, read.where_text) if columns else read.cols
         frame, reader = read.collect()
@@ -199,6 +204,11 @@ def extract(
                 sql.Identifier(ref.schema, ref.table), sql.Identifier(uc.name))
             rows = read.conn.execute(q, (_as_of_param(uc, as_of, read.where_text),)).fetchall()
             in_flight = pl.DataFrame(rows, schema=[c.name for c in kc], orient="row")
+        if changed_since is not None:  # the read's own transaction: the same snapshot as its rows
+            q = sql.SQL("SELECT count(*) FROM {}{}").format(
+                sql.Identifier(ref.schema, ref.table),
+                sql.SQL(" WHERE ({})").format(sql.SQL(where)) if where else sql.SQL(""))
+            rows_now = int(read.conn.execute(q).fetchone()[0])  # type: ignore[index]
     aware = [c.name for c in cols if c.base == "timestamptz"]
     if aware:
         frame = frame.with_columns(pl.col(n).dt.replace_time_zone("UTC") for n in aware)
@@ -221,6 +231,10 @@ def extract(
     }
     if snapshot is not None:
         meta["snapshot_imported"] = True
+    if changed_since is not None:
+        meta["changed_since"] = changed_since.isoformat()
+    if rows_now is not None:
+        meta["rows_now"] = rows_now
     if key_range is not None and not key_range.whole:
         pred = read.key_pred
         meta["key_pushdown"] = bool(pred and pred.pushdown)
@@ -263,7 +277,8 @@ class PgRead:
     def __init__(self, ref: PostgresRef, columns: list[str] | None, where: str | None, *,
                  lenient: bool = False, passfile: str | Path | None = None,
                  statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS, snapshot: str | None = None,
-                 key_range: KeyRange | None = None, key_fields: tuple[FieldSpec, ...] = ()) -> None:
+                 key_range: KeyRange | None = None, key_fields: tuple[FieldSpec, ...] = (),
+                 changed: tuple[str | None, datetime] | None = None) -> None:
         self.ref, self.where = ref, where
         #: the key predicate of a range read (see :mod:`engine.connectors.postgres.keyrange`)
         self.key_pred: KeyPredicate | None = None
@@ -307,6 +322,17 @@ class PgRead:
                 self.key_pred = _key_predicate(self.conn, ref, self.available, key_range, key_fields)
                 if self.key_pred.condition is not None:
                     conds.append(self.key_pred.condition)
+            if changed is not None:  # an incremental run's changed rows (engine.connectors.postgres.changes)
+                column, since = changed
+                if not column:
+                    raise UsageError(f"{self.where_text}: an incremental read needs the column that says when a "
+                                     "row last changed (the mapping's source_updated_at / target_updated_at)")
+                (uc,) = resolve_columns(self.available, [column], self.where_text)
+                if uc.base not in ("timestamptz", "timestamp"):
+                    raise UsageError(f"{self.where_text}: {uc.name!r} is {uc.type_name}: an incremental read needs "
+                                     "a timestamptz (or timestamp) column set by now() on every write")
+                conds.append(sql.SQL("{} >= {}").format(sql.Identifier(uc.name),
+                                                        sql.Literal(_as_of_param(uc, since, self.where_text))))
             cond = sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(conds)) if conds else sql.SQL("")
             query = sql.SQL("SELECT {} FROM {}{}").format(
                 sql.SQL(", ").join(_select_expr(c) for c in self.cols), sql.Identifier(ref.schema, ref.table), cond)

@@ -1,0 +1,658 @@
+"""Incremental diffs (`recon diff … --state DIR`): a run that costs what changed.
+
+An incremental run is a key-range plan in which most ranges are reused. The state
+(:class:`engine.workspace.StateDirectory`) keeps, per side, the canonical rows of every segment,
+their digests and row counts, and a watermark; and the run's totals and differences. A run asks
+each side what changed since its watermark (a source's ``changes()``, returning
+:class:`~engine.connectors.base.SideChanges`), maps the changed and deleted keys to the segments
+they fall in (the *touched* segments), and recomputes only those:
+
+* the touched segments' previous rows are loaded from the state (each file's BLAKE3 checked first)
+  and diffed once more as they were, which gives exactly their share of the previous totals;
+* the changes are applied (a changed key's rows replaced, a deleted key's removed), the touched
+  segments are hashed and diffed again;
+* totals = previous totals − the touched segments' old share + their new share, exactly (counts
+  and ``Decimal`` variances); the differences of untouched segments are kept, the touched ones'
+  replaced; the roots are rebuilt from every segment's digest.
+
+**Boundaries are fixed between full runs.** Incremental runs and their full checks use the
+state's boundaries; only ``--full`` (or a first run, or a changed mapping) cuts them anew. A
+segment whose source rows grow past twice ``--segment-rows`` is split at the keys a full cut would
+choose inside it: one boundary list changes, the other segments' digests do not (their leaves move
+along in the tree, which is rebuilt from the digests).
+
+**What an incremental run trusts**, and how it is checked: that each side reports every change
+after its watermark (PostgreSQL: ``updated_at`` set by ``now()`` on every write; Salesforce:
+getUpdated / getDeleted; files: their digest). A row count in the same snapshot catches deletions
+nobody listed (the side's keys are then read to find them). Every ``--full-every`` runs, or with
+``--verify-full``, a full read with the state's boundaries checks the state: different roots are
+``status: state_drift`` (a run status, not a finding): the state is rebuilt from the full read,
+whose results the run reports.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, localcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import blake3
+import numpy as np
+import polars as pl
+
+from engine.connectors.base import ReadRequest, SideChanges, Source
+from engine.core import merkle
+from engine.core.diff import EXACT, ColumnStats, DiffResult, compare
+from engine.core.errors import UsageError, VerificationError
+from engine.core.normalize import (
+    ENCODING_VERSION,
+    Canonical,
+    FieldSpec,
+    canonicalize,
+    is_scaled,
+    key_expr,
+    to_decimal,
+    typed,
+)
+from engine.workspace import StateDirectory
+
+if TYPE_CHECKING:
+    from engine.app.reconcile import DiffRequest, DiffRun
+
+STATE_VERSION = 1
+DEFAULT_FULL_EVERY = 24
+SIDES = ("source", "target")
+_COUNTS = ("source_rows", "target_rows", "source_keys", "union_keys", "missing_in_target", "missing_in_source",
+           "mismatched", "unchanged", "in_flight", "duplicate_keys_source", "duplicate_keys_target")
+
+
+@dataclass(frozen=True)
+class StateOptions:
+    """``--state DIR`` and how it is checked.
+
+    full: ``--full`` (re-cut the boundaries, rebuild the state from a full read).
+    verify_full: ``--verify-full`` (this run also reads both sides whole with the state's boundaries
+    and compares roots). full_every: every N-th run does that check (``--full-every``, default 24).
+    """
+
+    dir: Path
+    full: bool = False
+    verify_full: bool = False
+    full_every: int = DEFAULT_FULL_EVERY
+
+    def check(self) -> None:
+        if self.full and self.verify_full:
+            raise UsageError("--full and --verify-full exclude each other: --full rebuilds the state, "
+                             "--verify-full checks it")
+        if not 1 <= self.full_every <= 1_000_000:
+            raise UsageError(f"--full-every must be a whole number of runs from 1 to 1000000 (got {self.full_every})")
+
+
+# -- the state's index ---------------------------------------------------------------------------------
+def _fields_json(fields: tuple[FieldSpec, ...]) -> list[dict[str, Any]]:
+    return [{"column": f.column, "name": f.name, "kind": f.ctype.kind, "scale": f.ctype.scale,
+             "precision": f.ctype.precision, "tolerance": None if f.tolerance is None else str(f.tolerance),
+             "key": f.is_key} for f in fields]
+
+
+def _identity_digest(req: DiffRequest, fields: tuple[tuple[FieldSpec, ...], tuple[FieldSpec, ...]],
+                     segment_rows: int) -> str:
+    doc = {"request": req.identity(), "fields": [_fields_json(f) for f in fields], "segment_rows": segment_rows,
+           "encoding_version": ENCODING_VERSION, "state_version": STATE_VERSION}
+    return blake3.blake3(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    return blake3.blake3(path.read_bytes()).hexdigest()
+
+
+def _totals_json(r: DiffResult) -> dict[str, Any]:
+    out: dict[str, Any] = {k: int(getattr(r, k)) for k in _COUNTS}
+    out["columns"] = {n: [c.mismatched, *(None if v is None else str(v)
+                                          for v in (c.abs_variance, c.net_variance, c.source_abs_total))]
+                      for n, c in r.columns.items()}
+    return out
+
+
+def _add(a: Decimal | None, b: Decimal | None, sign: int = 1) -> Decimal | None:
+    if b is None:
+        return a
+    with localcontext(EXACT):
+        return (a or Decimal(0)) + sign * b
+
+
+# -- reading the state -----------------------------------------------------------------------------------
+def _load_segments(state: StateDirectory, entries: list[dict[str, Any]], schema: dict[str, pl.DataType] | None
+                   ) -> list[pl.DataFrame]:
+    """The rows of these segments, each file checked against the index's digest first."""
+    def one(e: dict[str, Any]) -> pl.DataFrame:
+        p = state.resolve(e["file"])
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            raise VerificationError(f"{p} is missing from the incremental state: rebuild it with --full") from None
+        if blake3.blake3(data).hexdigest() != e["blake3"]:
+            raise VerificationError(f"{p} does not match the state's index (it changed after it was written): "
+                                    "rebuild the state with --full")
+        return pl.read_ipc(io.BytesIO(data))
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, entries))
+
+
+def _write_segment(state: StateDirectory, side: str, generation: int, index: int, frame: pl.DataFrame
+                   ) -> dict[str, Any]:
+    p = state.segment_path(side, generation, index)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    frame.write_ipc(buf, compression="uncompressed")
+    data = buf.getvalue()
+    p.write_bytes(data)
+    return {"file": state.relative(p), "blake3": blake3.blake3(data).hexdigest()}
+
+
+def _write_side(state: StateDirectory, side: str, generation: int, frame: pl.DataFrame, counts: np.ndarray,
+                indices: list[int]) -> list[dict[str, Any]]:
+    """Write ``frame`` (sorted by key) as the segments ``indices``, ``counts`` rows each."""
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def one(j: int) -> dict[str, Any]:
+        return _write_segment(state, side, generation, indices[j], frame.slice(int(starts[j]), int(counts[j])))
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, range(len(indices))))
+
+
+# -- the run ------------------------------------------------------------------------------------------
+@dataclass
+class _Side:
+    name: str
+    src: Source
+    fields: tuple[FieldSpec, ...]
+    where: str | None
+    updated_at: str | None
+
+
+def run_state(req: DiffRequest, opts: StateOptions, *, say: Callable[[str], None], ssrc: Source, tsrc: Source,
+              fields_s: tuple[FieldSpec, ...], fields_t: tuple[FieldSpec, ...], t0: float) -> DiffRun:
+    """One run against the state in ``opts.dir`` (locked for the run): incremental when the state
+    allows, else full, saying why; a full check when due."""
+    from engine.app.reconcile import DiffRun
+
+    opts.check()
+    if req.as_of is not None:
+        raise UsageError("--as-of cannot be combined with --state: an incremental run is always of now")
+    state = StateDirectory(Path(opts.dir))
+    lock = state.lock()
+    try:
+        index = state.load_index()
+        before = _file_digest(state.index_path) if index is not None else None
+        sides = (_Side("source", ssrc, fields_s, req.source_where, getattr(req, "source_updated_at", None)),
+                 _Side("target", tsrc, fields_t, req.target_where, req.target_updated_at))
+        ident = _identity_digest(req, (fields_s, fields_t), req.segment_rows)
+        reason = _why_full(opts, index, ident)
+        runs = int(index.get("runs", 0)) if index else 0
+        since_full = int(index.get("runs_since_full", 0)) if index else 0
+        check_due = reason is None and (opts.verify_full or since_full + 1 >= opts.full_every)
+        info: dict[str, Any] = {"state": str(state.dir), "state_before": before, "run": runs + 1}
+        if reason is not None:
+            say(f"full run: {reason}")
+            result, written, marks, fmeta = _full(req, state, index, sides, None, say)
+            info.update(mode="full", reason=reason, runs_since_full=0)
+            status = "ok"
+        else:
+            assert index is not None
+            say("incremental run: asking each side what changed")
+            try:
+                result, written, marks, fmeta, inc = _incremental(req, state, index, sides, say)
+            except _NeedFull as exc:
+                say(f"full run: {exc}")
+                result, written, marks, fmeta = _full(req, state, index, sides, None, say)
+                info.update(mode="full", reason=str(exc), runs_since_full=0)
+                check_due = False
+            else:
+                info.update(mode="incremental", runs_since_full=since_full + 1, **inc)
+            status = "ok"
+            if check_due:
+                why = "--verify-full" if opts.verify_full else f"every {opts.full_every} runs (--full-every)"
+                say(f"full check ({why}): reading both sides whole with the state's boundaries")
+                full_result, _, marks, fmeta = _full(req, state, index, sides, list(result.segmentation.boundaries), say,
+                                                     write=False)
+                same = (full_result.source_tree.root == result.source_tree.root
+                        and full_result.target_tree.root == result.target_tree.root)
+                info["full_check"] = {"why": why, "equal": same,
+                                      "incremental_roots": [result.source_tree.root_hex, result.target_tree.root_hex],
+                                      "full_roots": [full_result.source_tree.root_hex,
+                                                     full_result.target_tree.root_hex]}
+                if not same:
+                    status = "state_drift"
+                    say("state drift: the full read's roots differ from the incremental state's; rebuilding the state")
+                result = full_result
+                _commit_full(state, index, req, ident, result, fmeta, marks, runs)
+                info["runs_since_full"] = 0
+        info["watermarks"] = {s: marks.get(s) for s in SIDES}
+        info["state_after"] = _file_digest(state.index_path)
+        result.elapsed_s = time.perf_counter() - t0
+        run_ = DiffRun(req, result, fmeta["source"], fmeta["target"], fields_s, None, None,
+                       profiles=_profiles(result, fmeta))
+        run_.incremental = info  # type: ignore[attr-defined]
+        run_.status = status  # type: ignore[attr-defined]
+        return run_
+    finally:
+        lock.close()
+
+
+def _why_full(opts: StateOptions, index: dict[str, Any] | None, ident: str) -> str | None:
+    if opts.full:
+        return "--full"
+    if index is None:
+        return "first run: no state yet"
+    if index.get("version") != STATE_VERSION or index.get("encoding_version") != ENCODING_VERSION:
+        return "the state was written by another version of recon (its format or encoding differs)"
+    if index.get("identity") != ident:
+        return "the mapping changed since the state was written (sides, key, columns, types, tolerances or conditions)"
+    totals = index.get("totals") or {}
+    if totals.get("duplicate_keys_source") or totals.get("duplicate_keys_target"):
+        return "the key is not unique on a side: incremental runs need a unique key"
+    return None
+
+
+def _profiles(result: DiffResult, fmeta: dict[str, Any]) -> dict[str, tuple[int, dict[str, int]]]:
+    return {"source": (result.source_rows, fmeta.get("nulls", {}).get("source", {})),
+            "target": (result.target_rows, fmeta.get("nulls", {}).get("target", {}))}
+
+
+def _request(side: _Side, *, keys_only: bool = False) -> ReadRequest:
+    fields = [f for f in side.fields if f.is_key] if keys_only else list(side.fields)
+    return ReadRequest([f.column for f in fields], side.where, updated_at=side.updated_at,
+                       key_columns=[f.column for f in side.fields if f.is_key])
+
+
+def _ask(side: _Side, since: dict[str, Any] | None) -> SideChanges:
+    """The side's changes since ``since``; a source that cannot list changes is read whole."""
+    changes = getattr(side.src, "changes", None)
+    if changes is None:
+        e = side.src.read(_request(side))
+        return SideChanges(mode="whole", frame=e.frame, columns=e.columns, watermark={}, rows_now=e.frame.height,
+                           reason=f"{side.src.ref} cannot list its changes: read whole every run", meta=e.meta)
+    return changes(_request(side), since)
+
+
+def _canon(side: _Side, frame: pl.DataFrame) -> Canonical:
+    try:
+        return canonicalize(frame, side.fields, side.src.side)
+    except ValueError as exc:
+        raise UsageError(f"cannot normalize {side.src.ref}: {exc}") from None
+
+
+def _canon_keys(side: _Side, frame: pl.DataFrame | None) -> pl.Series:
+    keys = tuple(f for f in side.fields if f.is_key)
+    if frame is None or frame.height == 0:
+        return pl.Series("__key", [], dtype=pl.Utf8)
+    try:
+        df = pl.DataFrame([typed(frame[f.column], f.ctype, side.src.side).alias(f.name) for f in keys])
+    except (ValueError, pl.exceptions.PolarsError) as exc:
+        raise UsageError(f"cannot normalize the deleted keys of {side.src.ref}: {exc}") from None
+    return df.select(key_expr(keys).alias("__key"))["__key"]
+
+
+def _nulls(c: Canonical) -> dict[str, int]:
+    return {f.name: int(c.frame[f.name].null_count()) for f in c.fields}
+
+
+# -- full -----------------------------------------------------------------------------------------------
+def _full(req: DiffRequest, state: StateDirectory, index: dict[str, Any] | None, sides: tuple[_Side, _Side],
+          boundaries: list[str] | None, say: Callable[[str], None], *, write: bool = True
+          ) -> tuple[DiffResult, dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
+    """Both sides read whole (each side's own ``changes(since=None)``: its read and its watermark),
+    diffed in one pass; the state is written from the result unless ``write`` is False."""
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda s: _ask(s, None), sides))
+    canon = [_canon(s, g.frame) for s, g in zip(sides, got, strict=True)]
+    for g in got:
+        g.frame = g.frame.clear()
+    if boundaries is None:
+        boundaries = merkle.choose_boundaries(canon[0].frame["__key"], req.segment_rows)
+    say(f"hashing and comparing {len(boundaries) + 1:,} segments")
+    result = compare(canon[0], canon[1], boundaries=boundaries)
+    fmeta = {"source": dict(got[0].meta), "target": dict(got[1].meta),
+             "nulls": {"source": _nulls(canon[0]), "target": _nulls(canon[1])}, "canon": canon}
+    marks = {s.name: g.watermark for s, g in zip(sides, got, strict=True)}
+    written = None
+    if write:
+        runs = int(index.get("runs", 0)) if index else 0
+        ident = _identity_digest(req, (sides[0].fields, sides[1].fields), req.segment_rows)
+        written = _commit_full(state, index, req, ident, result, fmeta, marks, runs)
+    return result, written, marks, fmeta
+
+
+def _commit_full(state: StateDirectory, index: dict[str, Any] | None, req: DiffRequest, ident: str,
+                 result: DiffResult, fmeta: dict[str, Any], marks: dict[str, Any], runs: int) -> dict[str, Any]:
+    canon: list[Canonical] = fmeta.pop("canon")
+    gen = int(index.get("generation", 0)) + 1 if index else 1
+    seg_entries = {}
+    n_seg = len(result.segmentation.boundaries) + 1
+    for side, c, tree in zip(SIDES, canon, (result.source_tree, result.target_tree), strict=True):
+        counts = np.asarray(tree.rows, dtype=np.int64)
+        files = _write_side(state, side, gen, c.frame, counts, list(range(n_seg)))
+        seg_entries[side] = [{**f, "rows": int(n), "digest": d.hex()}
+                             for f, n, d in zip(files, counts, tree.digests, strict=True)]
+    diffs = _write_differences(state, gen, result.differences)
+    new_index = {
+        "version": STATE_VERSION, "encoding_version": ENCODING_VERSION, "identity": ident,
+        "segment_rows": req.segment_rows, "boundaries": list(result.segmentation.boundaries), "generation": gen,
+        "runs": runs + 1, "runs_since_full": 0, "written_at": datetime.now(UTC).isoformat(),
+        "sides": {s: {"segments": seg_entries[s], "watermark": marks.get(s)} for s in SIDES},
+        "totals": _totals_json(result), "differences": diffs,
+    }
+    _commit(state, new_index)
+    return new_index
+
+
+def _write_differences(state: StateDirectory, gen: int, diffs: pl.DataFrame) -> dict[str, Any]:
+    p = state.differences_path(gen)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    diffs.write_parquet(p)
+    return {"file": state.relative(p), "blake3": _file_digest(p), "rows": diffs.height}
+
+
+def _commit(state: StateDirectory, index: dict[str, Any]) -> None:
+    state.write_index(index)
+    keep = [e["file"] for s in SIDES for e in index["sides"][s]["segments"]] + [index["differences"]["file"]]
+    state.collect_garbage(keep)
+
+
+# -- incremental ---------------------------------------------------------------------------------------------
+def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _Side],
+                 say: Callable[[str], None]
+                 ) -> tuple[DiffResult, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    bounds = list(index["boundaries"])
+    seg = merkle.Segmentation(tuple(bounds))
+    entries = {s: list(index["sides"][s]["segments"]) for s in SIDES}
+    n_seg = len(bounds) + 1
+    for s in SIDES:
+        if len(entries[s]) != n_seg:
+            raise VerificationError(f"{state.index_path}: {len(entries[s])} {s} segments for {n_seg} key ranges: "
+                                    "rebuild the state with --full")
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda s: _ask(s, index["sides"][s.name].get("watermark")), sides))
+    b_arr = pl.Series("b", bounds, dtype=pl.Utf8)
+
+    def seg_of(keys: pl.Series) -> np.ndarray:
+        return b_arr.search_sorted(keys, side="right").to_numpy().astype(np.int64) if len(keys) else \
+            np.zeros(0, dtype=np.int64)
+
+    # what each side changed: canonical rows (changes) or the whole side, and deleted keys
+    plans: list[dict[str, Any]] = []
+    touched: set[int] = set()
+    for side, g in zip(sides, got, strict=True):
+        p: dict[str, Any] = {"mode": g.mode, "reason": g.reason, "rows_now": g.rows_now}
+        c = _canon(side, g.frame)
+        g.frame = g.frame.clear()
+        if g.mode == "whole":
+            counts = merkle.segment_counts(c.frame["__key"], seg)
+            digests, _ = merkle.hash_segments(c.frame, c.fields, counts)
+            p["whole"] = c
+            p["counts"] = counts
+            for i in range(n_seg):
+                e = entries[side.name][i]
+                if digests[i].hex() != e["digest"] or int(counts[i]) != int(e["rows"]):
+                    touched.add(i)
+        else:
+            if not c.unique_keys:
+                raise _NeedFull(f"the changed rows of {side.src.ref} repeat a key: incremental runs need a unique key")
+            deleted = _canon_keys(side, g.deleted)
+            p["changed"] = c
+            p["deleted"] = deleted
+            touched.update(seg_of(c.frame["__key"]).tolist())
+            touched.update(seg_of(deleted).tolist())
+        plans.append(p)
+    return _apply(req, state, index, sides, got, plans, touched, bounds, entries, seg_of, say)
+
+
+class _NeedFull(Exception):
+    """An incremental run found it cannot be exact (the run goes full and says why)."""
+
+
+def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _Side],
+           got: list[SideChanges], plans: list[dict[str, Any]], touched: set[int], bounds: list[str],
+           entries: dict[str, list[dict[str, Any]]], seg_of: Callable[[pl.Series], np.ndarray],
+           say: Callable[[str], None]
+           ) -> tuple[DiffResult, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    n_seg = len(bounds) + 1
+    T = sorted(touched)
+    say(f"{len(T):,} of {n_seg:,} segments touched")
+    t_bounds = [bounds[i - 1] for i in T[1:]]
+    old: list[pl.DataFrame] = []
+    new: list[pl.DataFrame] = []
+    deletions: dict[str, Any] = {}
+    for side, _g, p in zip(sides, got, plans, strict=True):
+        prev = _concat(_load_segments(state, [entries[side.name][i] for i in T], None), side.fields) if T else None
+        if prev is None:
+            prev = _empty_like(p, side)
+        old.append(prev)
+        if p["mode"] == "whole":
+            c: Canonical = p["whole"]
+            ids = seg_of(c.frame["__key"])
+            mask = np.isin(ids, np.asarray(T, dtype=np.int64))
+            fresh = c.frame.filter(pl.Series(mask)) if len(T) else c.frame.clear()
+        else:
+            ch: Canonical = p["changed"]
+            gone = pl.concat([ch.frame["__key"], p["deleted"]]) if len(p["deleted"]) else ch.frame["__key"]
+            kept = prev.filter(~pl.col("__key").is_in(gone.implode()))
+            fresh = _sort(_concat([kept, ch.frame.select(prev.columns)], side.fields))
+            # deletions nobody listed: the side's own count, in the snapshot of its changes
+            state_rows = sum(int(entries[side.name][i]["rows"]) for i in range(n_seg))
+            predicted = state_rows - prev.height + fresh.height
+            if p["rows_now"] is not None and p["rows_now"] != predicted:
+                say(f"{side.name}: {side.src.ref} holds {p['rows_now']:,} rows, the state predicts {predicted:,}: "
+                    "reading its keys to find the rows deleted")
+                gone_keys = _find_deleted(side, state, entries[side.name], T, fresh)
+                found = {**p.get("deletions", {}), "counted": p["rows_now"], "predicted": predicted,
+                         "found": len(gone_keys)}
+                # start again with the deleted keys listed (their segments touched, the count accounted for)
+                return _apply(req, state, index, sides, got, _with_deleted(plans, sides, side, gone_keys, found),
+                              touched | set(seg_of(gone_keys).tolist()), bounds, entries, seg_of, say)
+            if "deletions" in p:
+                deletions[side.name] = p["deletions"]
+        new.append(fresh)
+    # split a segment whose source rows grew past twice the segment size (only its subtree changes)
+    seg_new_s = _counts_in(new[0]["__key"], t_bounds, len(T))
+    split_at: list[str] = []
+    starts = np.concatenate([[0], np.cumsum(seg_new_s)]).astype(np.int64)
+    for j, n in enumerate(seg_new_s):
+        if n > 2 * req.segment_rows:
+            keys = new[0]["__key"].slice(int(starts[j]), int(n))
+            split_at.extend(merkle.choose_boundaries(keys, req.segment_rows))
+    new_bounds = sorted(set(bounds) | set(split_at))
+    fields = sides[0].fields
+    # the touched segments as they were (their stored digests: no re-hash) and as they are
+    old_trees = []
+    for s, prev in zip(SIDES, old, strict=True):
+        digs = [bytes.fromhex(entries[s][i]["digest"]) for i in T]
+        rows = [int(entries[s][i]["rows"]) for i in T]
+        if _counts_in(prev["__key"], t_bounds, len(T)).tolist() != rows:
+            raise VerificationError(f"{state.dir}: a {s} segment's rows differ from its index entry: rebuild the "
+                                    "state with --full")
+        old_trees.append((merkle.build_tree(digs, rows), np.asarray(rows, dtype=np.int64)))
+    if T:
+        before = compare(Canonical(old[0], fields), Canonical(old[1], sides[1].fields), boundaries=t_bounds,
+                         hashed=(old_trees[0], old_trees[1]))
+        # the touched key ranges after any split
+        T2_bounds_all = [b for b in new_bounds if _in_touched(b, T, bounds)]
+        after = compare(Canonical(new[0], fields), Canonical(new[1], sides[1].fields), boundaries=T2_bounds_all)
+    else:
+        before = after = None
+    # rebuild the segment list: untouched entries kept, touched ones replaced (split ones expand)
+    gen = int(index["generation"]) + 1
+    seg_entries: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
+    pieces = _pieces(T, bounds, new_bounds)  # touched old index -> its new segment indices (in the new list)
+    after_counts = {}
+    if after is not None:
+        after_counts = {"source": np.asarray(after.source_tree.rows, dtype=np.int64),
+                        "target": np.asarray(after.target_tree.rows, dtype=np.int64)}
+    written: dict[str, list[dict[str, Any]]] = {}
+    new_index_of_piece = [k for i in T for k in pieces[i]]
+    for s, frame in zip(SIDES, new, strict=True):
+        if T:
+            written[s] = _write_side(state, s, gen, frame, after_counts[s], new_index_of_piece)
+    piece_pos = 0
+    digests_after = {"source": after.source_tree.digests if after else (), "target": after.target_tree.digests if after else ()}
+    for i in range(n_seg):
+        if i in pieces:
+            for _k in pieces[i]:
+                for s in SIDES:
+                    seg_entries[s].append({**written[s][piece_pos], "rows": int(after_counts[s][piece_pos]),
+                                           "digest": digests_after[s][piece_pos].hex()})
+                piece_pos += 1
+        else:
+            for s in SIDES:
+                seg_entries[s].append(entries[s][i])
+    # totals: previous − the touched segments' old share + their new share
+    totals = index["totals"]
+    counts = {k: int(totals[k]) for k in _COUNTS}
+    columns = {n: ColumnStats(int(v[0]), *(None if x is None else Decimal(x) for x in v[1:]))
+               for n, v in totals["columns"].items()}
+    if before is not None and after is not None:
+        for k in _COUNTS:
+            counts[k] += int(getattr(after, k)) - int(getattr(before, k))
+        for n in columns:
+            a, b = after.columns[n], before.columns[n]
+            c0 = columns[n]
+            columns[n] = ColumnStats(c0.mismatched + a.mismatched - b.mismatched,
+                                     _add(_add(c0.abs_variance, a.abs_variance), b.abs_variance, -1),
+                                     _add(_add(c0.net_variance, a.net_variance), b.net_variance, -1),
+                                     _add(_add(c0.source_abs_total, a.source_abs_total), b.source_abs_total, -1))
+    # differences: the untouched segments' kept, the touched ones' replaced
+    de = index["differences"]
+    dp = state.resolve(de["file"])
+    if not dp.is_file() or _file_digest(dp) != de["blake3"]:
+        raise VerificationError(f"{dp} does not match the state's index: rebuild the state with --full")
+    prev_diffs = pl.read_parquet(dp)
+    if T and prev_diffs.height:
+        ids = seg_of(prev_diffs["key"])
+        prev_diffs = prev_diffs.filter(pl.Series(~np.isin(ids, np.asarray(T, dtype=np.int64))))
+    diffs = prev_diffs if after is None else pl.concat([prev_diffs, after.differences]).sort("key", maintain_order=True)
+    # the whole result, on the (possibly split) boundaries
+    sd = [bytes.fromhex(e["digest"]) for e in seg_entries["source"]]
+    td = [bytes.fromhex(e["digest"]) for e in seg_entries["target"]]
+    sr = [int(e["rows"]) for e in seg_entries["source"]]
+    tr = [int(e["rows"]) for e in seg_entries["target"]]
+    s_tree, t_tree = merkle.build_tree(sd, sr), merkle.build_tree(td, tr)
+    result = DiffResult(**counts, columns=columns, segmentation=merkle.Segmentation(tuple(new_bounds)),
+                        source_tree=s_tree, target_tree=t_tree, divergent=merkle.divergent_segments(s_tree, t_tree),
+                        differences_plan=diffs.lazy(), _differences=diffs)
+    marks = {s.name: g.watermark for s, g in zip(sides, got, strict=True)}
+    new_index = dict(index)
+    new_index.update({
+        "boundaries": new_bounds, "generation": gen, "runs": int(index.get("runs", 0)) + 1,
+        "runs_since_full": int(index.get("runs_since_full", 0)) + 1, "written_at": datetime.now(UTC).isoformat(),
+        "sides": {s: {"segments": seg_entries[s], "watermark": marks[s]} for s in SIDES},
+        "totals": _totals_json(result), "differences": _write_differences(state, gen, diffs),
+    })
+    _commit(state, new_index)
+    fmeta = {s.name: {**g.meta, "rows": int(result.source_rows if s.name == "source" else result.target_rows)}
+             for s, g in zip(sides, got, strict=True)}
+    fmeta["nulls"] = {}
+    inc = {"segments": len(new_bounds) + 1, "touched_segments": len(T), "split_segments": len(split_at),
+           "sides": {s.name: {"mode": p["mode"], "reason": p["reason"], "rows_reread": int(g.meta.get("rows_read", 0)),
+                              **({"deletions": deletions[s.name]} if s.name in deletions else {})}
+                     for s, g, p in zip(sides, got, plans, strict=True)}}
+    return result, new_index, marks, fmeta, inc
+
+
+def _in_touched(b: str, T: list[int], bounds: list[str]) -> bool:
+    """Whether boundary ``b`` (of the new list) starts a piece of a touched segment after the first
+    touched one: the boundaries the touched segments are compared on."""
+    import bisect
+
+    if b in bounds:
+        i = bounds.index(b) + 1  # the segment b starts
+        return i in T and i != T[0]
+    i = bisect.bisect_right(bounds, b)  # a split point inside segment i
+    return i in T
+
+
+def _pieces(T: list[int], bounds: list[str], new_bounds: list[str]) -> dict[int, list[int]]:
+    import bisect
+
+    out: dict[int, list[int]] = {}
+    pos = 0
+    extra = sorted(set(new_bounds) - set(bounds))
+    for i in T:
+        n_inside = sum(1 for b in extra if bisect.bisect_right(bounds, b) == i)
+        out[i] = list(range(pos, pos + n_inside + 1))
+        pos += n_inside + 1
+    return out
+
+
+def _counts_in(keys: pl.Series, boundaries: list[str], n: int) -> np.ndarray:
+    counts = merkle.segment_counts(keys, merkle.Segmentation(tuple(boundaries)))
+    if len(counts) != n:
+        raise RuntimeError("segment count mismatch")
+    return counts
+
+
+def _concat(frames: list[pl.DataFrame], fields: tuple[FieldSpec, ...]) -> pl.DataFrame:
+    """One frame from several; a decimal column that is scaled in one and wide in another is wide in all."""
+    frames = [f for f in frames if f.width]
+    if not frames:
+        return pl.DataFrame()
+    if len(frames) > 1 and any(f.height for f in frames):  # an empty part's dtypes say nothing
+        frames = [f for f in frames if f.height]
+    for f in fields:
+        if f.ctype.kind == "decimal" and not f.is_key:
+            forms = {is_scaled(fr[f.name]) for fr in frames if fr.height}
+            if len(forms) > 1:
+                frames = [fr.with_columns(to_decimal(fr[f.name], f.ctype.scale or 0)) for fr in frames]
+    return pl.concat(frames, how="vertical")
+
+
+def _sort(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame if frame["__key"].is_sorted() else frame.sort("__key")
+
+
+def _empty_like(p: dict[str, Any], side: _Side) -> pl.DataFrame:
+    c = p.get("whole") or p.get("changed")
+    return c.frame.clear()
+
+
+def _find_deleted(side: _Side, state: StateDirectory, entries: list[dict[str, Any]], T: list[int],
+                  fresh: pl.DataFrame) -> pl.Series:
+    """The keys the state holds (after this run's changes) that the side no longer does: one
+    key-only read of the side, against the touched segments' rows and the other segments' stored keys."""
+    e = side.src.read(_request(side, keys_only=True))
+    now = _canon_keys(side, e.frame).implode()
+    others = [entries[i] for i in range(len(entries)) if i not in set(T)]
+    held = pl.concat([fresh["__key"], _load_keys(state, others)])
+    return held.filter(~held.is_in(now))
+
+
+def _load_keys(state: StateDirectory, entries: list[dict[str, Any]]) -> pl.Series:
+    if not entries:
+        return pl.Series("__key", [], dtype=pl.Utf8)
+    frames = _load_segments(state, entries, None)
+    return pl.concat([f["__key"] for f in frames]) if frames else pl.Series("__key", [], dtype=pl.Utf8)
+
+
+def _with_deleted(plans: list[dict[str, Any]], sides: tuple[_Side, _Side], side: _Side, gone: pl.Series,
+                  found: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for s, p in zip(sides, plans, strict=True):
+        if s is side:
+            p = dict(p)
+            p["deleted"] = pl.concat([p["deleted"], gone]) if len(p["deleted"]) else gone
+            p["rows_now"] = None  # the keys were read: the count is accounted for
+            p["deletions"] = found
+        out.append(p)
+    return out
+
+
+__all__ = ["DEFAULT_FULL_EVERY", "StateOptions", "run_state"]
