@@ -181,7 +181,8 @@ class _Side:
 
 
 def run_state(req: DiffRequest, opts: StateOptions, *, say: Callable[[str], None], ssrc: Source, tsrc: Source,
-              fields_s: tuple[FieldSpec, ...], fields_t: tuple[FieldSpec, ...], t0: float) -> DiffRun:
+              fields_s: tuple[FieldSpec, ...], fields_t: tuple[FieldSpec, ...], t0: float,
+              snapshots: bool = False) -> DiffRun:
     """One run against the state in ``opts.dir`` (locked for the run): incremental when the state
     allows, else full, saying why; a full check when due."""
     from engine.app.reconcile import DiffRun
@@ -241,12 +242,34 @@ def run_state(req: DiffRequest, opts: StateOptions, *, say: Callable[[str], None
         info["state_after"] = _file_digest(state.index_path)
         result.elapsed_s = time.perf_counter() - t0
         run_ = DiffRun(req, result, fmeta["source"], fmeta["target"], fields_s, None, None,
-                       profiles=_profiles(result, fmeta))
+                       profiles=_profiles(result, fmeta),
+                       snapshot_parts=_snapshot_parts(state, (fields_s, fields_t)) if snapshots else {})
         run_.incremental = info  # type: ignore[attr-defined]
         run_.status = status  # type: ignore[attr-defined]
         return run_
     finally:
         lock.close()
+
+
+def _snapshot_parts(state: StateDirectory, fields: tuple[tuple[FieldSpec, ...], tuple[FieldSpec, ...]]
+                    ) -> dict[str, Path]:
+    """Each side's canonical snapshot for a manifest (``manifest verify --data``): the state's
+    segments as the index now names them, checked and concatenated in key order."""
+    import tempfile
+
+    from engine.core.normalize import decimal_view
+
+    index = state.load_index()
+    assert index is not None
+    keep = Path(tempfile.mkdtemp(prefix="recon-snap-"))  # moved into place by write_snapshots
+    out = {}
+    for side, fs in zip(SIDES, fields, strict=True):
+        frames = _load_segments(state, index["sides"][side]["segments"], None)
+        frame = _concat(frames, fs) if frames else pl.DataFrame()
+        p = keep / f"{side}.parquet"
+        decimal_view(frame, fs).write_parquet(p)
+        out[side] = p
+    return out
 
 
 def _why_full(opts: StateOptions, index: dict[str, Any] | None, ident: str) -> str | None:

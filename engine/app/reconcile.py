@@ -236,7 +236,7 @@ def _run_diff(req: DiffRequest, config: Config, progress: Any = None, *, scale: 
         from engine.app.incremental import run_state
 
         return run_state(req, state, say=say, ssrc=ssrc, tsrc=tsrc, fields_s=tuple(fields_s),
-                         fields_t=tuple(fields_t), t0=t0)
+                         fields_t=tuple(fields_t), t0=t0, snapshots=snapshots)
     if decide(req.source, req.target, config, scale).ranges:
         return _run_ranges(req, config, say, ssrc, tsrc, tuple(fields_s), tuple(fields_t), scale=scale,
                            on_progress=on_progress, work_dir=work_dir, snapshots=snapshots, t0=t0)

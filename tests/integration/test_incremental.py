@@ -156,3 +156,44 @@ def test_two_runs_on_one_state_and_bad_options(tables: dict[str, Any], tmp_path:
         _opts(tables, state, full=True, verify_full=True).check()
     with pytest.raises(UsageError, match="--full-every"):
         _opts(tables, state, full_every=0).check()
+
+
+def test_cli_state_run_is_signed_with_its_watermarks_and_verifies(tables: dict[str, Any], tmp_path: Path) -> None:
+    """From the command line with a mapping's ``state``: the second run is incremental, its JSON and
+    the signed manifest carry the mode, the watermarks and the digest of the state it started from,
+    and `manifest verify --data` recomputes both roots from the state's segments."""
+    import base64
+    import json
+    import os
+
+    from tests.stack_fixtures import recon
+
+    pg = tables["pg"]
+    env = {**os.environ, "PGPASSFILE": str(pg.paths.pgpass_file)}
+    cfg = tmp_path / "recon.toml"
+    cfg.write_text(f'[mapping.inc]\nsource = "{tables["source"]}"\ntarget = "{tables["target"]}"\nkey = ["k"]\n'
+                   'columns = ["v", "n"]\nsource_updated_at = "updated_at"\ntarget_updated_at = "updated_at"\n'
+                   'state = "inc-state"\n')
+    assert recon("keygen", "--out", str(tmp_path / "keys"), env=env).returncode == 0
+    first = recon("diff", "-C", str(cfg), "--mapping", "inc", "--json", env=env)
+    assert first.returncode == 1, first.stderr
+    assert json.loads(first.stdout)["incremental"]["mode"] == "full"
+    with _conn(pg) as c:
+        c.execute("UPDATE inc.s SET v = v + 3 WHERE k = 'k00005'")
+    out = tmp_path / "out"
+    r = recon("diff", "-C", str(cfg), "--mapping", "inc", "--out", str(out), "--manifest", str(out / "manifest.json"),
+              "--signing-key", str(tmp_path / "keys" / "recon.key"), "--json", env=env)
+    assert r.returncode == 1, r.stderr
+    s = json.loads(r.stdout)
+    assert s["incremental"]["mode"] == "incremental" and s["status"] == "ok"
+    assert s["incremental"]["state_before"] == json.loads(first.stdout)["incremental"]["state_after"]
+    statement = json.loads(base64.b64decode(json.loads((out / "manifest.json").read_text())["payload"]))
+    signed = statement["predicate"]["results"]["incremental"]
+    assert signed["watermarks"] == s["incremental"]["watermarks"] and signed["state_before"] == s["incremental"]["state_before"]
+    v = recon("manifest", "verify", str(out / "manifest.json"), "--key", str(tmp_path / "keys" / "recon.pub"),
+              "--data", str(out), "--json", env=env)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert (tmp_path / "inc-state" / "state.json").is_file()  # relative to the config file
+    for bad, what in ((["--full-every", "0"], "--full-every"), (["--full", "--verify-full"], "exclude each other")):
+        b = recon("diff", "-C", str(cfg), "--mapping", "inc", *bad, env=env)
+        assert b.returncode == 2 and what in b.stderr and len(b.stderr.strip().splitlines()) == 1, b.stderr
