@@ -1,0 +1,56 @@
+"""Issue 19, incremental diffs: each mutation breaks one rule of `recon diff --state`, and the named
+tests must fail."""
+
+from __future__ import annotations
+
+from tests.mutations import Mutation
+
+_T = "tests/integration/test_incremental.py"
+_PROP = f"{_T}::test_incremental_runs_equal_a_full_read_with_the_same_boundaries"
+_LATE = f"{_T}::test_a_transaction_committing_after_the_watermark_is_not_lost"
+_TAMPER = f"{_T}::test_a_tampered_segment_file_is_refused_and_full_rebuilds"
+_LOCK = f"{_T}::test_two_runs_on_one_state_and_bad_options"
+_CLI = f"{_T}::test_cli_state_run_is_signed_with_its_watermarks_and_verifies"
+
+MUTATIONS = [
+    Mutation("watermark-ignores-open-transactions", "engine/connectors/postgres/changes.py",
+             "lower = min(clock, oldest) if oldest is not None else clock",
+             "lower = clock",
+             (_LATE,),
+             "the next lower bound is the snapshot's clock: a transaction open across the run is lost"),
+    Mutation("totals-keep-the-old-share", "engine/app/incremental.py",
+             "counts[k] += int(getattr(after, k)) - int(getattr(before, k))",
+             "counts[k] += int(getattr(after, k))",
+             (_PROP,),
+             "the touched segments' previous share is not subtracted from the totals"),
+    Mutation("deletions-not-counted", "engine/app/incremental.py",
+             'if p["rows_now"] is not None and p["rows_now"] != predicted:',
+             "if False:",
+             (_PROP,),
+             "a row deleted in PostgreSQL (which lists no deletions) stays in the state"),
+    Mutation("segment-digest-not-checked", "engine/app/incremental.py",
+             'if blake3.blake3(data).hexdigest() != e["blake3"]:',
+             "if False:",
+             (_TAMPER,),
+             "a segment file changed after it was written is trusted"),
+    Mutation("no-lock", "engine/workspace.py",
+             "fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)",
+             "pass",
+             (_LOCK,),
+             "two runs can share one state"),
+    Mutation("never-split", "engine/app/incremental.py",
+             "if n > 2 * req.segment_rows:",
+             "if n > 2000 * req.segment_rows:",
+             (_PROP,),
+             "a segment that grew past twice the segment size is not split"),
+    Mutation("changed-rows-by-the-previous-clock", "engine/connectors/postgres/changes.py",
+             'text = since.get("lower_next") if isinstance(since, dict) else None',
+             'text = since.get("at") if isinstance(since, dict) else None',
+             (_LATE,),
+             "the watermark's clock is used, not the floor the open transactions set"),
+    Mutation("state-digest-not-recorded", "engine/app/incremental.py",
+             'info: dict[str, Any] = {"state": str(state.dir), "state_before": before, "run": runs + 1}',
+             'info: dict[str, Any] = {"state": str(state.dir), "state_before": None, "run": runs + 1}',
+             (_CLI,),
+             "the manifest does not say which state the run started from"),
+]
