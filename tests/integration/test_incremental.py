@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,14 @@ def test_a_transaction_committing_after_the_watermark_is_not_lost(tables: dict[s
     with _conn(tables["pg"]) as c, _conn(tables["pg"]) as late:
         late.autocommit = False
         late.execute("UPDATE inc.t SET v = v + 100 WHERE k = 'k00010'")  # updated_at: this transaction's start
+        pid = late.info.backend_pid
+        # the condition the rule is about: the open transaction began longer ago than the overlap
+        # (1 s), so only the recorded xact_start can bring the next run's bound back to it
+        deadline = time.monotonic() + 30
+        while c.execute("SELECT clock_timestamp() - xact_start > interval '2.5 seconds' FROM pg_stat_activity "
+                        "WHERE pid = %s", (pid,)).fetchone()[0] is not True:  # type: ignore[index]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
         c.execute("UPDATE inc.t SET v = v + 1 WHERE k = 'k00020'")
         mid = _run_req(_opts(tables, state), load(None))  # the late transaction is still open
         assert mid["incremental"]["watermarks"]["target"]["oldest_open_xact"] is not None
