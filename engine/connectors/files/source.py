@@ -153,6 +153,25 @@ def extract(ref: FileRef, columns: list[str] | None = None, *, key_range: KeyRan
     return Extract(frame=frame, columns=declared, meta=meta)
 
 
+def empty_extract(ref: FileRef, columns: list[str] | None = None) -> Extract:
+    """No rows, with the columns, declared types and frame dtypes :func:`extract` gives (the same
+    readers, asked for no rows): what an incremental run gets from a file whose digest is unchanged."""
+    path = Path(ref.path)
+    every = columns_of(ref)
+    names = list(every)
+    if columns:
+        names = _resolve(names, columns, str(path))
+    if ref.format == "parquet":
+        try:
+            frame = pl.read_parquet(path, columns=names, n_rows=0)
+        except (pl.exceptions.PolarsError, OSError):
+            frame = _read_parquet(path, names).head(0)
+    else:
+        frame = pl.DataFrame(schema={n: pl.Utf8 for n in names})
+    meta = {"system": ref.format, "path": str(path.resolve()), "rows": 0}
+    return Extract(frame=frame, columns={n: every[n] for n in names}, meta=meta)
+
+
 def _read_parquet(path: Path, columns: list[str] | None) -> pl.DataFrame:
     try:  # Polars' own reader builds its columns directly: no Arrow table to convert and free
         return pl.read_parquet(path, columns=columns)

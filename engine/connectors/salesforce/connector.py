@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-from engine.connectors.base import Extract, NoSnapshot, ReadRequest, SalesforceRef, SourceColumn
+from engine.connectors.base import Extract, NoSnapshot, ReadRequest, SalesforceRef, SideChanges, SourceColumn
 from engine.core.normalize import SALESFORCE_SIDE
 
 _PROVENANCE = ("object", "org_id", "instance_url", "api_version", "user_id", "username", "profile", "soql",
@@ -47,6 +48,14 @@ class SalesforceSource:
         if bounds is None and req.key_range is not None and not req.key_range.whole:
             out.meta.update(key_pushdown=False, key_predicate="no predicate: the key is not the record Id")
         return out
+
+    def changes(self, req: ReadRequest, since: dict[str, Any] | None, *,
+                overlap: timedelta | None = None) -> SideChanges:
+        """What changed since the watermark ``since``: getUpdated/getDeleted, then a re-read of the
+        changed records (see :mod:`engine.connectors.salesforce.incremental` for the choices)."""
+        from engine.connectors.salesforce import incremental
+
+        return incremental.side_changes(self, req, since, overlap=overlap)
 
     def open_snapshot(self) -> NoSnapshot:
         """Salesforce has no snapshot a query can share: each range task reads the org as it is

@@ -291,6 +291,8 @@ def extract(
     key_columns: list[str] | None = None,
     ids: list[str] | None = None,
     id_range: tuple[str | None, str | None] | None = None,
+    modified_since: datetime | None = None,
+    expected_rows: int | None = None,
 ) -> Extract:
     """Extract the named fields (validated against describe). ``ids`` restricts to a list of records
     (repair's surgical re-extraction), in chunks sized under SOQL's length limit.
@@ -298,7 +300,10 @@ def extract(
     ``where`` and ``ids`` are checked before any query is sent (:mod:`.soql`): the condition must
     parse as one SOQL condition over fields of the describe, and is sent as re-written from its
     parse tree; every id must be a Salesforce id. ``id_range``: a range task's ``[lo, hi)`` of
-    record Ids (see :func:`id_range_conditions`)."""
+    record Ids (see :func:`id_range_conditions`). ``modified_since``: only records whose
+    SystemModstamp is at or after it (an incremental run's re-read); ``expected_rows``: how many
+    rows the caller already knows to expect (getUpdated's count), which picks REST or Bulk without
+    the COUNT() call."""
     t0 = time.perf_counter()
     if ids is not None:
         ids = check_ids(ids)
@@ -323,6 +328,8 @@ def extract(
         conds.append(f"({where})")
     if as_of is not None:
         conds.append(f"SystemModstamp <= {_soql_time(as_of)}")
+    if modified_since is not None:
+        conds.append(f"SystemModstamp >= {_soql_time(modified_since)}")
     range_conds = id_range_conditions(*id_range) if id_range is not None else []
     conds += range_conds
     base = f"SELECT {', '.join(names)} FROM {ref.sobject}"
@@ -362,7 +369,8 @@ def extract(
         table = pa.concat_tables(parts) if parts else pa.table({n: pa.array([], type=types[n]) for n in names})
     else:
         count_soql = f"SELECT COUNT() FROM {ref.sobject}" + (" WHERE " + " AND ".join(conds) if conds else "")
-        total = int(_call(conn, lambda: conn.sf.query(count_soql), "a COUNT() query")["totalSize"])
+        total = expected_rows if expected_rows is not None else \
+            int(_call(conn, lambda: conn.sf.query(count_soql), "a COUNT() query")["totalSize"])
         if total <= rest_limit:
             soql = base + (" WHERE " + " AND ".join(conds) if conds else "")
             soqls.append(soql)

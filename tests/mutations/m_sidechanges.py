@@ -1,0 +1,95 @@
+"""Issue 19, what a side says changed since its watermark (``changes()``): Salesforce
+(engine/connectors/salesforce/incremental.py, against the local org) and Parquet/CSV files
+(engine/connectors/files/connector.py). Each mutation breaks one rule that
+tests/integration/test_side_changes.py or tests/unit/test_side_changes.py asserts."""
+
+from __future__ import annotations
+
+from tests.mutations import Mutation
+
+_IT = "tests/integration/test_side_changes.py::"
+_UT = "tests/unit/test_side_changes.py::"
+_SF = "engine/connectors/salesforce/incremental.py"
+_FILES = "engine/connectors/files/connector.py"
+
+MUTATIONS = [
+    # -- Salesforce ----------------------------------------------------------------------------------
+    Mutation("reread-without-window", _SF,
+             "modified_since=got.start,", "modified_since=None,",
+             (_IT + "test_first_run_whole_then_exactly_the_insert_update_and_delete",),
+             "the re-read has no SystemModstamp bound: every record is re-read"),
+    Mutation("reread-ignores-where", _SF,
+             "source.extract(src.ref, src.config, cols, req.where,", "source.extract(src.ref, src.config, cols, None,",
+             (_IT + "test_a_record_that_stops_matching_the_condition_is_gone_and_not_counted",),
+             "the user's condition does not apply to the re-read"),
+    Mutation("gone-from-condition-kept", _SF,
+             "gone = sorted((set(got.updated) | set(got.deleted)) - read_ids)",
+             "gone = sorted(set(got.deleted) - read_ids)",
+             (_IT + "test_a_record_that_stops_matching_the_condition_is_gone_and_not_counted",),
+             "a record that stops matching the condition is not reported gone"),
+    Mutation("deletions-dropped", _SF,
+             "deleted = _deleted_keys(src, conn, gone, keys, declared)",
+             "deleted = _deleted_keys(src, conn, [], keys, declared)",
+             (_IT + "test_first_run_whole_then_exactly_the_insert_update_and_delete",),
+             "getDeleted's ids never reach `deleted`"),
+    Mutation("deleted-key-is-the-id", _SF,
+             'if keys == ["Id"] or not ids:', "if True:",
+             (_IT + "test_with_a_key_other_than_the_id_deleted_records_carry_their_key",),
+             "with a key other than the Id, deleted records carry no key (no queryAll)"),
+    Mutation("count-ignores-where", _SF,
+             'count_soql = f"SELECT COUNT() FROM {sobject}" + (f" WHERE ({where})" if where else "")',
+             'count_soql = f"SELECT COUNT() FROM {sobject}"',
+             (_IT + "test_a_record_that_stops_matching_the_condition_is_gone_and_not_counted",),
+             "rows_now counts records outside the condition"),
+    Mutation("rows-now-is-the-reread", _SF,
+             "rows_now=rows_now,", "rows_now=frame.height,",
+             (_IT + "test_first_run_whole_then_exactly_the_insert_update_and_delete",
+              _IT + "test_a_hard_delete_is_in_no_list_but_the_count_shows_it"),
+             "rows_now is the rows re-read, not the org's count"),
+    Mutation("watermark-is-the-clock", _SF,
+             "watermark=_watermark(got.watermark, sobject, req.where)", "watermark=_watermark(now, sobject, req.where)",
+             (_IT + "test_first_run_whole_then_exactly_the_insert_update_and_delete",),
+             "the next watermark is the org's clock, not latestDateCovered"),
+    Mutation("full-pull-ignored", _SF,
+             "if isinstance(got, FullPullNeeded):", "if False:",
+             (_IT + "test_past_the_30_day_window_the_side_is_read_whole_and_says_why",),
+             "past the 30-day window the run does not read whole"),
+    Mutation("future-watermark-polled", _SF,
+             "if w > now:", "if False:",
+             (_IT + "test_a_hostile_watermark_reads_the_side_whole_and_says_why",
+              _UT + "test_an_unusable_salesforce_watermark_says_why"),
+             "a watermark after the org's clock is polled from"),
+    Mutation("where-change-unnoticed", _SF,
+             'if since.get("where") != where:', "if False:",
+             (_IT + "test_a_record_that_stops_matching_the_condition_is_gone_and_not_counted",
+              _UT + "test_an_unusable_salesforce_watermark_says_why"),
+             "a watermark taken under another condition is used"),
+    Mutation("api-calls-uncounted", _SF,
+             "out[0] += 1", "out[0] += 0",
+             (_IT + "test_first_run_whole_then_exactly_the_insert_update_and_delete",),
+             "meta.api_calls does not count the calls"),
+    Mutation("as-of-allowed", _SF,
+             "if req.as_of is not None:", "if False:",
+             (_UT + "test_as_of_is_refused_with_an_incremental_salesforce_side",),
+             "--as-of is accepted with an incremental Salesforce side"),
+    # -- files ---------------------------------------------------------------------------------------
+    Mutation("digest-ignored", _FILES,
+             'if since.get("digest") != now["digest"] or since.get("size") != now["size"]:',
+             'if since.get("size") != now["size"]:',
+             (_UT + "test_one_byte_changed_reads_the_file_whole",),
+             "a file of the same size is reused whatever its bytes"),
+    Mutation("sidecar-not-digested", _FILES,
+             '"sidecar": blake3_digest(side) if side.is_file() else None}', '"sidecar": None}',
+             (_UT + "test_a_csv_file_and_its_sidecar",),
+             "a changed sidecar (the column types) does not re-read the file"),
+    Mutation("rows-not-validated", _FILES,
+             "if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:",
+             "if not isinstance(rows, int):",
+             (_UT + "test_a_hostile_file_watermark_reads_the_file_whole",),
+             "a stored row count that is a bool or negative is trusted"),
+    Mutation("empty-frame-untyped", "engine/connectors/files/source.py",
+             "frame = pl.read_parquet(path, columns=names, n_rows=0)",
+             "frame = pl.DataFrame(schema={n: pl.Utf8 for n in names})",
+             (_UT + "test_an_unchanged_parquet_file_gives_no_rows_typed_as_read_and_its_count",),
+             "an unchanged Parquet file's empty frame is not typed as read() types it"),
+]
