@@ -416,7 +416,8 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
     plans: list[dict[str, Any]] = []
     touched: set[int] = set()
     for side, g in zip(sides, got, strict=True):
-        p: dict[str, Any] = {"mode": g.mode, "reason": g.reason, "rows_now": g.rows_now}
+        p: dict[str, Any] = {"mode": g.mode, "reason": g.reason, "rows_now": g.rows_now,
+                             "rows_reread": g.frame.height}
         c = _canon(side, g.frame)
         g.frame = g.frame.clear()
         if g.mode == "whole":
@@ -585,7 +586,7 @@ def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides
              for s, g in zip(sides, got, strict=True)}
     fmeta["nulls"] = {}
     inc = {"segments": len(new_bounds) + 1, "touched_segments": len(T), "split_segments": len(split_at),
-           "sides": {s.name: {"mode": p["mode"], "reason": p["reason"], "rows_reread": int(g.meta.get("rows_read", 0)),
+           "sides": {s.name: {"mode": p["mode"], "reason": p["reason"], "rows_reread": p["rows_reread"],
                               **({"deletions": deletions[s.name]} if s.name in deletions else {})}
                      for s, g, p in zip(sides, got, plans, strict=True)}}
     return result, new_index, marks, fmeta, inc
