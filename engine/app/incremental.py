@@ -587,6 +587,7 @@ def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides
     fmeta["nulls"] = {}
     inc = {"segments": len(new_bounds) + 1, "touched_segments": len(T), "split_segments": len(split_at),
            "sides": {s.name: {"mode": p["mode"], "reason": p["reason"], "rows_reread": p["rows_reread"],
+                              "deleted_listed": len(p["deleted"]) if "deleted" in p else 0,
                               **({"deletions": deletions[s.name]} if s.name in deletions else {})}
                      for s, g, p in zip(sides, got, plans, strict=True)}}
     return result, new_index, marks, fmeta, inc

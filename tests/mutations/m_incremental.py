@@ -11,6 +11,7 @@ _LATE = f"{_T}::test_a_transaction_committing_after_the_watermark_is_not_lost"
 _TAMPER = f"{_T}::test_a_tampered_segment_file_is_refused_and_full_rebuilds"
 _LOCK = f"{_T}::test_two_runs_on_one_state_and_bad_options"
 _CLI = f"{_T}::test_cli_state_run_is_signed_with_its_watermarks_and_verifies"
+_SF = "tests/integration/test_incremental_sf.py::test_sf_pg_incremental_runs_equal_a_full_read_with_the_same_boundaries"
 
 MUTATIONS = [
     Mutation("watermark-ignores-open-transactions", "engine/connectors/postgres/changes.py",
@@ -53,4 +54,14 @@ MUTATIONS = [
              'info: dict[str, Any] = {"state": str(state.dir), "state_before": None, "run": runs + 1}',
              (_CLI,),
              "the manifest does not say which state the run started from"),
+    Mutation("getdeleted-ignored", "engine/app/incremental.py",
+             "deleted = _canon_keys(side, g.deleted)",
+             "deleted = _canon_keys(side, None)",
+             (_SF,),
+             "the deletions Salesforce lists are dropped (only the count would find them, with a key read)"),
+    Mutation("sf-totals-keep-the-old-share", "engine/app/incremental.py",
+             "a.mismatched - b.mismatched,",
+             "a.mismatched,",
+             (_SF,),
+             "a column's mismatch count keeps the touched segments' previous share"),
 ]
