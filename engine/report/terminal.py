@@ -37,6 +37,19 @@ def render_diff(console: Console, s: dict[str, Any], out_dir: Path | None) -> No
     console.print(f"Merkle: {m['divergent_segments']:,} of {m['segments']:,} segments diverge "
                   f"(encoding v{m['encoding_version']}, source root {m['source_root'][:16]}…, "
                   f"target root {m['target_root'][:16]}…) in {s['elapsed_s']:.2f}s")
+    inc = s.get("incremental")
+    if inc:
+        if inc.get("mode") == "incremental":
+            rr = inc.get("sides", {})
+            console.print(f"incremental: {inc['touched_segments']:,} of {inc['segments']:,} segments touched; rows "
+                          f"re-read: source {rr.get('source', {}).get('rows_reread', 0):,}, target "
+                          f"{rr.get('target', {}).get('rows_reread', 0):,}")
+        else:
+            console.print(f"full run ({inc.get('reason')}); the state is rebuilt")
+        check = inc.get("full_check")
+        if check:
+            console.print(f"full check ({check['why']}): " + ("the state's roots hold" if check["equal"] else
+                          "[bold red]state drift[/]: the state's roots were wrong; rebuilt from the full read"))
     if out_dir:
         console.print(f"written: {out_dir / 'summary.json'}, {out_dir / 'differences.parquet'}")
 
