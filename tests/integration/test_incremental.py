@@ -206,3 +206,15 @@ def test_cli_state_run_is_signed_with_its_watermarks_and_verifies(tables: dict[s
     for bad, what in ((["--full-every", "0"], "--full-every"), (["--full", "--verify-full"], "exclude each other")):
         b = recon("diff", "-C", str(cfg), "--mapping", "inc", *bad, env=env)
         assert b.returncode == 2 and what in b.stderr and len(b.stderr.strip().splitlines()) == 1, b.stderr
+
+
+def test_a_run_with_nothing_changed_touches_no_segment(tables: dict[str, Any], tmp_path: Path) -> None:
+    """A cron run when nothing changed (the commonest run of all) stayed incremental and touched no
+    segment; it used to fail with an internal error (no touched segment to count rows in)."""
+    state = tmp_path / "state"
+    first = _run_req(_opts(tables, state), load(None))
+    again = _run_req(_opts(tables, state), load(None))
+    assert again["incremental"]["mode"] == "incremental" and again["status"] == "ok"
+    assert again["incremental"]["touched_segments"] == 0
+    assert again["incremental"]["sides"]["source"]["rows_reread"] == 0
+    _same(again, first)
