@@ -218,3 +218,34 @@ def test_a_run_with_nothing_changed_touches_no_segment(tables: dict[str, Any], t
     assert again["incremental"]["touched_segments"] == 0
     assert again["incremental"]["sides"]["source"]["rows_reread"] == 0
     _same(again, first)
+
+
+def test_a_change_the_watermark_cannot_see_is_state_drift_and_the_state_is_rebuilt(tables: dict[str, Any],
+                                                                                 tmp_path: Path) -> None:
+    """A write that breaks the rule (the trigger disabled, an old updated_at) is invisible to an
+    incremental run; the full check finds different roots, reports ``state_drift`` with the full
+    read's results, and rebuilds the state, which the next check finds whole."""
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state), load(None))
+    with _conn(tables["pg"]) as c:
+        c.execute("ALTER TABLE inc.t DISABLE TRIGGER touch")
+        c.execute("UPDATE inc.t SET v = v + 5, updated_at = now() - interval '2 hours' WHERE k = 'k00030'")
+        c.execute("ALTER TABLE inc.t ENABLE TRIGGER touch")
+    blind = _run_req(_opts(tables, state), load(None))
+    assert "k00030" not in set(blind["_differences"]["key"].to_list())  # the incremental run cannot see it
+    drift = _run_req(_opts(tables, state, verify_full=True), load(None))
+    assert drift["status"] == "state_drift" and not drift["incremental"]["full_check"]["equal"]
+    assert "k00030" in set(drift["_differences"]["key"].to_list())  # the full read's results are reported
+    again = _run_req(_opts(tables, state, verify_full=True), load(None))
+    assert again["status"] == "ok" and again["incremental"]["full_check"]["equal"]
+    assert again["incremental"]["runs_since_full"] == 0
+
+
+def test_full_every_n_runs_checks_the_state(tables: dict[str, Any], tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state, full_every=2), load(None))
+    one = _run_req(_opts(tables, state, full_every=2), load(None))
+    assert "full_check" not in one["incremental"] and one["incremental"]["runs_since_full"] == 1
+    two = _run_req(_opts(tables, state, full_every=2), load(None))
+    assert two["incremental"]["full_check"]["why"] == "every 2 runs (--full-every)"
+    assert two["incremental"]["full_check"]["equal"] and two["incremental"]["runs_since_full"] == 0

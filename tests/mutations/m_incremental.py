@@ -11,6 +11,8 @@ _LATE = f"{_T}::test_a_transaction_committing_after_the_watermark_is_not_lost"
 _TAMPER = f"{_T}::test_a_tampered_segment_file_is_refused_and_full_rebuilds"
 _LOCK = f"{_T}::test_two_runs_on_one_state_and_bad_options"
 _CLI = f"{_T}::test_cli_state_run_is_signed_with_its_watermarks_and_verifies"
+_DRIFT = f"{_T}::test_a_change_the_watermark_cannot_see_is_state_drift_and_the_state_is_rebuilt"
+_EVERY = f"{_T}::test_full_every_n_runs_checks_the_state"
 _SF = "tests/integration/test_incremental_sf.py::test_sf_pg_incremental_runs_equal_a_full_read_with_the_same_boundaries"
 
 MUTATIONS = [
@@ -64,4 +66,14 @@ MUTATIONS = [
              "a.mismatched,",
              (_SF,),
              "a column's mismatch count keeps the touched segments' previous share"),
+    Mutation("drift-not-reported", "engine/app/incremental.py",
+             '                    status = "state_drift"',
+             '                    status = "ok"',
+             (_DRIFT,),
+             "a full check that finds other roots reports the run as ok"),
+    Mutation("full-every-off-by-one", "engine/app/incremental.py",
+             "since_full + 1 >= opts.full_every",
+             "since_full >= opts.full_every",
+             (_EVERY,),
+             "the full check runs one run late"),
 ]
