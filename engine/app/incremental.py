@@ -594,6 +594,8 @@ def _pieces(T: list[int], bounds: list[str], new_bounds: list[str]) -> dict[int,
 
 
 def _counts_in(keys: pl.Series, boundaries: list[str], n: int) -> np.ndarray:
+    if n == 0 and len(keys) == 0:  # no segment touched (nothing changed since the last run)
+        return np.zeros(0, dtype=np.int64)
     counts = merkle.segment_counts(keys, merkle.Segmentation(tuple(boundaries)))
     if len(counts) != n:
         raise RuntimeError("segment count mismatch")

@@ -156,3 +156,15 @@ def test_two_runs_on_one_state_and_bad_options(tables: dict[str, Any], tmp_path:
         _opts(tables, state, full=True, verify_full=True).check()
     with pytest.raises(UsageError, match="--full-every"):
         _opts(tables, state, full_every=0).check()
+
+
+def test_a_run_with_nothing_changed_touches_no_segment(tables: dict[str, Any], tmp_path: Path) -> None:
+    """A cron run when nothing changed (the commonest run of all) stayed incremental and touched no
+    segment; it used to fail with an internal error (no touched segment to count rows in)."""
+    state = tmp_path / "state"
+    first = _run_req(_opts(tables, state), load(None))
+    again = _run_req(_opts(tables, state), load(None))
+    assert again["incremental"]["mode"] == "incremental" and again["status"] == "ok"
+    assert again["incremental"]["touched_segments"] == 0
+    assert again["incremental"]["sides"]["source"]["rows_reread"] == 0
+    _same(again, first)

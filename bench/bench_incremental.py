@@ -1,0 +1,349 @@
+"""Incremental `recon diff --state` at scale (issue 19): 10M rows PostgreSQL↔PostgreSQL, 0.1% changed
+since the last run, as a whole process, next to the I/O floor measured in the same run.
+
+Usage (from the repository root, opt-in, not part of the test suite):
+
+    python bench/bench_incremental.py --rows 10000000 [--runs 3] [--index no|yes|both] [--reuse] [--keep]
+
+What it does, in order:
+  tables   ``bench_inc_N_src`` / ``bench_inc_N_dst``, built in the server like bench/bench_scale.py's
+           (same row function, ``--mismatch`` of the target's rows different, 0.1% missing, 0.1%
+           extra; UNLOGGED, ``id char(18) COLLATE "C"`` primary key) plus ``updated_at timestamptz``
+           set to 2026-01-01 (well before any run: a first run's overlap does not reach it),
+           ``DEFAULT now()`` and a ``BEFORE UPDATE`` trigger that sets it to ``now()``. ``--reuse``
+           keeps tables built with the same parameters (recorded in a table comment; earlier
+           changes stay in them, which is harmless: every series starts with a full run).
+  floor    ``../shared/bench/floor_pg_pg.py DSN src dst --json`` (both tables read whole into
+           Arrow, the fastest method), as a sampled subprocess.
+  full     ``recon diff -C recon.toml --mapping inc --state DIR --full --json``, sampled.
+  changes  before each incremental run, a fresh change of ``--change`` of the rows (default 0.1%),
+           in one transaction per side: 80% of it updates of existing rows (half of those on the
+           same keys on both sides, so that some differences are resolved or moved and some made),
+           10% inserts (new keys, on both sides, 1 in 10 only on the source), 10% deletes (random
+           existing keys, each side its own).
+  incr     ``recon diff -C recon.toml --mapping inc --state DIR --json``, sampled, ``--runs`` times;
+           the run's own ``incremental`` block (touched segments, rows re-read, deletions) is kept.
+           ``--index both`` runs the series without an index on ``updated_at``, then creates one
+           (``CREATE INDEX … (updated_at)`` on both tables) and runs the series again.
+  deletions  how deletions nobody listed are found, both timed against the same snapshot:
+           ``count+keys``: what recon does (a ``count(*)`` in the changes' snapshot; when it
+           disagrees with the state, one key-only read of the side); ``segment-counts``: one
+           ``GROUP BY`` over the state's segment numbering computed in the database
+           (``width_bucket(id, ARRAY[boundaries])``), compared with the state's per-segment row
+           counts, then a key-only read of only the segments whose count moved.
+
+Every process is sampled by bench/bench_scale.py's sampler (whole-process wall, peak RSS of the
+tree, CPU of the tree, of the server and of the others on this shared machine).
+
+Prints one JSON object (and writes it to ``--out``); ``--markdown`` adds table rows for RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import ROOT, SHARED, _changed, _row_sql, run_sampled  # noqa: E402
+
+LOADED_AT = "2026-01-01 00:00:00+00"
+COLUMNS = ("name", "owner_id", "annual_revenue", "clv", "event_count", "last_modified")
+
+
+def tables_for(rows: int) -> tuple[str, str]:
+    return f"bench_inc_{rows}_src", f"bench_inc_{rows}_dst"
+
+
+def build_sql(rows: int, mismatch: float) -> dict[str, list[str]]:
+    changed = _changed(mismatch)
+    ts = f", timestamptz '{LOADED_AT}' AS updated_at"
+    src = f"{_row_sql('0015g', 'false')}{ts} FROM generate_series(1::bigint, {rows}::bigint) g"
+    dst = (f"{_row_sql('0015g', changed)}{ts} FROM generate_series(1::bigint, {rows}::bigint) g WHERE g % 1000 <> 1 "
+           f"UNION ALL {_row_sql('0015h', 'false')}{ts} FROM generate_series(1::bigint, {rows}::bigint) g "
+           "WHERE g % 1000 = 2")
+    out = {}
+    for name, select in zip(tables_for(rows), (src, dst), strict=True):
+        out[name] = [f"DROP TABLE IF EXISTS {name}",
+                     f"CREATE UNLOGGED TABLE {name} AS {select}",
+                     f"ALTER TABLE {name} ADD PRIMARY KEY (id)",
+                     f"ALTER TABLE {name} ALTER COLUMN updated_at SET NOT NULL, "
+                     "ALTER COLUMN updated_at SET DEFAULT now()",
+                     f"CREATE TRIGGER touch BEFORE UPDATE ON {name} FOR EACH ROW EXECUTE FUNCTION bench_inc_touch()",
+                     f"VACUUM (ANALYZE) {name}"]
+    return out
+
+
+def build_tables(dsn: str, rows: int, mismatch: float, reuse: bool) -> dict[str, Any]:
+    import threading
+
+    import psycopg
+
+    want = json.dumps({"rows": rows, "mismatch": mismatch, "v": 1})
+    with psycopg.connect(dsn, autocommit=True) as c:
+        have = [c.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (t,)).fetchone()[0]  # type: ignore[index]
+                for t in tables_for(rows)]
+        if reuse and have == [want, want]:
+            return {"built": False, "reused": want}
+        c.execute("CREATE OR REPLACE FUNCTION bench_inc_touch() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$$ BEGIN NEW.updated_at := now(); RETURN NEW; END $$")
+    t0 = time.perf_counter()
+    errors: list[BaseException] = []
+
+    def one(name: str, stmts: list[str]) -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute("SET maintenance_work_mem = '512MB'")
+                for s in stmts:
+                    c.execute(s)  # type: ignore[arg-type]
+                c.execute(f"COMMENT ON TABLE {name} IS {psycopg.sql.quote(want)}")  # type: ignore[arg-type]
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=kv) for kv in build_sql(rows, mismatch).items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return {"built": True, "build_s": round(time.perf_counter() - t0, 1)}
+
+
+def set_index(dsn: str, names: tuple[str, str], on: bool) -> float:
+    import psycopg
+
+    t0 = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for t in names:
+            if on:
+                c.execute(f"CREATE INDEX IF NOT EXISTS {t}_updated_at ON {t} (updated_at)")  # type: ignore[arg-type]
+                c.execute(f"ANALYZE {t}")  # type: ignore[arg-type]
+            else:
+                c.execute(f"DROP INDEX IF EXISTS {t}_updated_at")  # type: ignore[arg-type]
+    return round(time.perf_counter() - t0, 1)
+
+
+def write_config(work: Path, dsn: str, names: tuple[str, str]) -> Path:
+    cfg = work / "recon.toml"
+    cols = ", ".join(f'"{c}"' for c in COLUMNS)
+    cfg.write_text(f"""[mapping.inc]
+source = "{dsn}#public.{names[0]}"
+target = "{dsn}#public.{names[1]}"
+key = ["id"]
+columns = [{cols}]
+source_updated_at = "updated_at"
+target_updated_at = "updated_at"
+""")
+    return cfg
+
+
+def change(dsn: str, names: tuple[str, str], rows: int, share: float, rng: random.Random, step: int
+           ) -> dict[str, int]:
+    """A fresh ``share`` of the rows changed: 80% updates (half on the same keys on both sides),
+    10% inserts (9 in 10 on both sides), 10% deletes (each side its own keys)."""
+    import psycopg
+
+    n = max(10, int(rows * share))
+    n_upd, n_ins, n_del = n * 8 // 10, n // 10, n // 10
+    ids = lambda gs: [f"0015g{g:013d}" for g in gs]  # noqa: E731
+    common = ids(rng.sample(range(1, rows + 1), n_upd // 2))
+    out = {"updates_per_side": n_upd, "inserts_source": n_ins, "inserts_target": n_ins - n_ins // 10,
+           "deletes_per_side": n_del}
+    new = [f"0015i{step:04d}{i:09d}" for i in range(n_ins)]
+    with psycopg.connect(dsn, autocommit=False) as c:
+        for side, t in enumerate(names):
+            own = ids(rng.sample(range(1, rows + 1), n_upd - n_upd // 2))
+            # the same change on both sides for the common keys (a difference stays as it was), a
+            # one-sided change for the others (a difference made, or resolved)
+            c.execute(f"UPDATE {t} SET clv = clv + 1.25 WHERE id = ANY(%s)", (common,))  # type: ignore[arg-type]  # noqa: S608
+            c.execute(f"UPDATE {t} SET event_count = event_count + 1 WHERE id = ANY(%s)", (own,))  # type: ignore[arg-type]  # noqa: S608
+            c.execute(f"DELETE FROM {t} WHERE id = ANY(%s)",  # type: ignore[arg-type]  # noqa: S608
+                      (ids(rng.sample(range(1, rows + 1), n_del)),))
+            keys = new if side == 0 else new[: n_ins - n_ins // 10]
+            c.execute(f"INSERT INTO {t} (id, name, owner_id, annual_revenue, clv, event_count, last_modified) "  # type: ignore[arg-type]  # noqa: S608
+                      "SELECT k, 'Account ' || k, '005000000000000001', 1000.00, 12.34, 1, timestamp '2026-11-01' "
+                      "FROM unnest(%s::text[]) k ON CONFLICT (id) DO NOTHING", (keys,))
+            c.commit()
+    return out
+
+
+def deletions(dsn: str, names: tuple[str, str], state_dir: Path) -> dict[str, Any]:
+    """The two ways of finding deleted rows, on each side against the state just written."""
+    import psycopg
+    import pyarrow.csv as pacsv
+
+    index = json.loads((state_dir / "state.json").read_text())
+    bounds: list[str] = index["boundaries"]
+    out: dict[str, Any] = {"segments": len(bounds) + 1}
+    for side, t in zip(("source", "target"), names, strict=True):
+        held = [int(e["rows"]) for e in index["sides"][side]["segments"]]
+        r: dict[str, Any] = {}
+        with psycopg.connect(dsn, autocommit=False) as c:
+            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            t0 = time.perf_counter()
+            n = c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[arg-type,index]  # noqa: S608
+            r["count_s"] = round(time.perf_counter() - t0, 3)
+            t0 = time.perf_counter()
+            buf = bytearray()
+            with c.cursor().copy(f"COPY (SELECT id FROM {t}) TO STDOUT (FORMAT csv)") as cp:  # type: ignore[arg-type]  # noqa: S608
+                for chunk in cp:
+                    buf += chunk
+            import io
+
+            keys = pacsv.read_csv(io.BytesIO(bytes(buf)), read_options=pacsv.ReadOptions(column_names=["id"]))
+            r["key_read_s"] = round(time.perf_counter() - t0, 3)
+            r["count_plus_keys_s"] = round(r["count_s"] + r["key_read_s"], 3)
+            r["keys"] = keys.num_rows
+            r["rows"] = int(n)
+            t0 = time.perf_counter()
+            got = c.execute(f"SELECT width_bucket(id::text COLLATE \"C\", %s::text[]) AS s, count(*) FROM {t} "  # type: ignore[arg-type]  # noqa: S608
+                            "GROUP BY 1 ORDER BY 1", (bounds,)).fetchall()
+            r["segment_counts_s"] = round(time.perf_counter() - t0, 3)
+            per = [0] * (len(bounds) + 1)
+            for s, k in got:
+                per[int(s)] = int(k)
+            moved = [i for i, (a, b) in enumerate(zip(per, held, strict=True)) if a != b]
+            r["segments_counted_differently"] = len(moved)
+            # the keys of only those segments (what the counts buy: a read of their ranges)
+            t0 = time.perf_counter()
+            nk = 0
+            for i in moved:
+                lo = bounds[i - 1] if i > 0 else None
+                hi = bounds[i] if i < len(bounds) else None
+                cond = " AND ".join(x for x in (f"id >= {psycopg.sql.quote(lo)}" if lo else "",
+                                                f"id < {psycopg.sql.quote(hi)}" if hi else "") if x) or "true"
+                nk += len(c.execute(f"SELECT id FROM {t} WHERE {cond}").fetchall())  # type: ignore[arg-type]  # noqa: S608
+            r["moved_segments_key_read_s"] = round(time.perf_counter() - t0, 3)
+            r["moved_segments_keys"] = nk
+            r["segment_counts_plus_keys_s"] = round(r["segment_counts_s"] + r["moved_segments_key_read_s"], 3)
+            c.rollback()
+        out[side] = r
+    return out
+
+
+def run(cmd_tail: list[str], env: dict[str, str], server: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "engine.cli.main", "diff", *cmd_tail]
+    res, sample = run_sampled(cmd, env, server)
+    out: dict[str, Any] = {"command": " ".join(["recon", *cmd[3:]]), "exit": res.returncode, **sample.as_json()}
+    if res.returncode not in (0, 1):
+        raise SystemExit(f"recon diff exited {res.returncode}: {res.stderr.strip()[-1500:]}")
+    s = json.loads(res.stdout)
+    out["found"] = {k: s.get(k) for k in ("mismatched", "missing_in_target", "missing_in_source", "unchanged")}
+    inc = s.get("incremental") or {}
+    out["incremental"] = {k: inc.get(k) for k in ("mode", "reason", "segments", "touched_segments", "sides")}
+    out["status"] = s.get("status")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--mismatch", type=float, default=0.001)
+    ap.add_argument("--change", type=float, default=0.001, help="share of rows changed before each incremental run")
+    ap.add_argument("--runs", type=int, default=3, help="incremental runs per series")
+    ap.add_argument("--index", choices=["no", "yes", "both"], default="no", help="an index on updated_at")
+    ap.add_argument("--floor-repeat", type=int, default=1)
+    ap.add_argument("--no-deletions", action="store_true", help="leave the deletion-detection comparison out")
+    ap.add_argument("--verify", action="store_true", help="end each series with --verify-full (must be equal)")
+    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--seed", type=int, default=19)
+    ap.add_argument("--state-dir", default=str(ROOT / ".recon-bench"))
+    ap.add_argument("--out")
+    ap.add_argument("--markdown", action="store_true")
+    a = ap.parse_args()
+
+    from engine.local.postgres import EmbeddedPostgres
+    from engine.local.state import StackPaths
+
+    paths = StackPaths.at(a.state_dir)
+    info = EmbeddedPostgres(paths).start()
+    env = {**os.environ, "PGPASSFILE": str(paths.pgpass_file), "PYTHONPATH": str(ROOT)}
+    os.environ["PGPASSFILE"] = env["PGPASSFILE"]
+    dsn = info.dsn
+    names = tables_for(a.rows)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(ROOT / "engine")], check=False,
+                   capture_output=True)
+    rng = random.Random(a.seed)
+    out: dict[str, Any] = {"rows": a.rows, "mismatch": a.mismatch, "change": a.change, "cores": os.cpu_count(),
+                           "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                    capture_output=True, text=True).stdout.strip()}
+    work = Path(tempfile.mkdtemp(prefix="bench-inc-", dir=ROOT / ".recon-bench" if (ROOT / ".recon-bench").is_dir()
+                                 else None))
+    try:
+        out["tables"] = build_tables(dsn, a.rows, a.mismatch, a.reuse)
+        print(json.dumps({"tables": out["tables"]}), file=sys.stderr)
+        cfg = write_config(work, dsn, names)
+        state = work / "state"
+        base = ["-C", str(cfg), "--mapping", "inc", "--state", str(state), "--json"]
+        fl = run_sampled([sys.executable, str(SHARED / "floor_pg_pg.py"), dsn, *names, "--repeat",
+                          str(a.floor_repeat), "--json"], env, info.pid)
+        out["floor"] = {**json.loads(fl[0].stdout), "process": fl[1].as_json()}
+        floor = float(out["floor"]["floor"])
+        print(json.dumps({"floor": floor}), file=sys.stderr)
+        series = {"no": [False], "yes": [True], "both": [False, True]}[a.index]
+        out["series"] = []
+        for with_index in series:
+            ser: dict[str, Any] = {"updated_at_index": with_index,
+                                   "index_s": set_index(dsn, names, with_index)}
+            ser["full"] = run([*base, "--full"], env, info.pid)
+            ser["full"]["vs_floor"] = round(ser["full"]["wall_s"] / floor, 3)
+            print(json.dumps({"full": ser["full"]["wall_s"]}), file=sys.stderr)
+            if not a.no_deletions and not with_index:
+                out["deletions"] = deletions(dsn, names, state)
+            ser["incremental"] = []
+            for i in range(a.runs):
+                t0 = time.perf_counter()
+                ch = change(dsn, names, a.rows, a.change, rng, len(out["series"]) * 1000 + i)
+                one = run(base, env, info.pid)
+                one["change"] = {**ch, "change_s": round(time.perf_counter() - t0 - one["wall_s"], 1)}
+                one["vs_floor"] = round(one["wall_s"] / floor, 3)
+                ser["incremental"].append(one)
+                print(json.dumps({"incremental": one["wall_s"], "vs_floor": one["vs_floor"],
+                                  "mode": one["incremental"]["mode"], "others": one["others_cpu_share"]}),
+                      file=sys.stderr)
+            if a.verify:
+                ser["verify"] = run([*base, "--verify-full"], env, info.pid)
+            walls = [r["wall_s"] for r in ser["incremental"]]
+            ser["incremental_median_s"] = round(statistics.median(walls), 3)
+            ser["incremental_median_vs_floor"] = round(statistics.median(walls) / floor, 3)
+            out["series"].append(ser)
+    finally:
+        if a.index != "no":
+            set_index(dsn, names, False)
+        if not a.keep:
+            import psycopg
+
+            with psycopg.connect(dsn, autocommit=True) as c:
+                for t in names:
+                    c.execute(f"DROP TABLE IF EXISTS {t}")  # type: ignore[arg-type]
+        shutil.rmtree(work, ignore_errors=True)
+    out["loadavg_end"] = os.getloadavg()
+    text = json.dumps(out, indent=2)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    if a.markdown:
+        for ser in out["series"]:
+            idx = "yes" if ser["updated_at_index"] else "no"
+            f = ser["full"]
+            print(f"| {a.rows:,} | {idx} | {floor:.2f} | full {f['wall_s']} s ({f['vs_floor']}x), {f['peak_rss_mb']} MB | "
+                  + ", ".join(f"{r['wall_s']} s" for r in ser["incremental"])
+                  + f" | **{ser['incremental_median_vs_floor']}x** | "
+                  + f"{max(r['peak_rss_mb'] for r in ser['incremental'])} MB | "
+                  + ", ".join(str(r["others_cpu_share"]) for r in ser["incremental"]) + " |")
+
+
+if __name__ == "__main__":
+    main()
