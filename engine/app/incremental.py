@@ -424,42 +424,55 @@ class _NeedFull(Exception):
 def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _Side],
            got: list[SideChanges], plans: list[dict[str, Any]], touched: set[int], bounds: list[str],
            entries: dict[str, list[dict[str, Any]]], seg_of: Callable[[pl.Series], np.ndarray],
-           say: Callable[[str], None]
+           say: Callable[[str], None], loaded: dict[tuple[str, int], pl.DataFrame] | None = None
            ) -> tuple[DiffResult, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     n_seg = len(bounds) + 1
     T = sorted(touched)
     say(f"{len(T):,} of {n_seg:,} segments touched")
     t_bounds = [bounds[i - 1] for i in T[1:]]
+    # the touched segments' stored rows, loaded once (a second pass, after deletions were found, reuses them)
+    loaded = {} if loaded is None else loaded
     old: list[pl.DataFrame] = []
+    for side, p in zip(sides, plans, strict=True):
+        want = [i for i in T if (side.name, i) not in loaded]
+        for i, f in zip(want, _load_segments(state, [entries[side.name][i] for i in want], None), strict=True):
+            loaded[(side.name, i)] = f
+        prev = _concat([loaded[(side.name, i)] for i in T], side.fields) if T else None
+        old.append(_empty_like(p, side) if prev is None or not prev.width else prev)
+    # deletions nobody listed: each side's own count, in the snapshot of its changes, against what the
+    # state predicts; both sides are checked before one more pass with the deleted keys listed
+    kept: dict[str, pl.DataFrame] = {}
+    redo = plans
+    more: set[int] = set()
+    for side, p, prev in zip(sides, plans, old, strict=True):
+        if p["mode"] == "whole":
+            continue
+        ch: Canonical = p["changed"]
+        gone = pl.concat([ch.frame["__key"], p["deleted"]]) if len(p["deleted"]) else ch.frame["__key"]
+        kept[side.name] = prev.filter(~pl.col("__key").is_in(gone.implode()))
+        state_rows = sum(int(entries[side.name][i]["rows"]) for i in range(n_seg))
+        predicted = state_rows - prev.height + kept[side.name].height + ch.frame.height
+        if p["rows_now"] is not None and p["rows_now"] != predicted:
+            say(f"{side.name}: {side.src.ref} holds {p['rows_now']:,} rows, the state predicts {predicted:,}: "
+                "reading its keys to find the rows deleted")
+            gone_keys = _find_deleted(side, state, entries[side.name], T,
+                                      pl.concat([kept[side.name]["__key"], ch.frame["__key"]]))
+            found = {**p.get("deletions", {}), "counted": p["rows_now"], "predicted": predicted,
+                     "found": len(gone_keys)}
+            redo = _with_deleted(redo, sides, side, gone_keys, found)
+            more |= set(seg_of(gone_keys).tolist())
+    if redo is not plans:  # again with the deleted keys listed (their segments touched, the count accounted for)
+        return _apply(req, state, index, sides, got, redo, touched | more, bounds, entries, seg_of, say, loaded)
     new: list[pl.DataFrame] = []
     deletions: dict[str, Any] = {}
-    for side, _g, p in zip(sides, got, plans, strict=True):
-        prev = _concat(_load_segments(state, [entries[side.name][i] for i in T], None), side.fields) if T else None
-        if prev is None:
-            prev = _empty_like(p, side)
-        old.append(prev)
+    for side, p, prev in zip(sides, plans, old, strict=True):
         if p["mode"] == "whole":
             c: Canonical = p["whole"]
             ids = seg_of(c.frame["__key"])
             mask = np.isin(ids, np.asarray(T, dtype=np.int64))
             fresh = c.frame.filter(pl.Series(mask)) if len(T) else c.frame.clear()
         else:
-            ch: Canonical = p["changed"]
-            gone = pl.concat([ch.frame["__key"], p["deleted"]]) if len(p["deleted"]) else ch.frame["__key"]
-            kept = prev.filter(~pl.col("__key").is_in(gone.implode()))
-            fresh = _sort(_concat([kept, ch.frame.select(prev.columns)], side.fields))
-            # deletions nobody listed: the side's own count, in the snapshot of its changes
-            state_rows = sum(int(entries[side.name][i]["rows"]) for i in range(n_seg))
-            predicted = state_rows - prev.height + fresh.height
-            if p["rows_now"] is not None and p["rows_now"] != predicted:
-                say(f"{side.name}: {side.src.ref} holds {p['rows_now']:,} rows, the state predicts {predicted:,}: "
-                    "reading its keys to find the rows deleted")
-                gone_keys = _find_deleted(side, state, entries[side.name], T, fresh)
-                found = {**p.get("deletions", {}), "counted": p["rows_now"], "predicted": predicted,
-                         "found": len(gone_keys)}
-                # start again with the deleted keys listed (their segments touched, the count accounted for)
-                return _apply(req, state, index, sides, got, _with_deleted(plans, sides, side, gone_keys, found),
-                              touched | set(seg_of(gone_keys).tolist()), bounds, entries, seg_of, say)
+            fresh = _merge(kept[side.name], p["changed"].frame.select(prev.columns), side.fields)
             if "deletions" in p:
                 deletions[side.name] = p["deletions"]
         new.append(fresh)
@@ -604,9 +617,12 @@ def _counts_in(keys: pl.Series, boundaries: list[str], n: int) -> np.ndarray:
 
 def _concat(frames: list[pl.DataFrame], fields: tuple[FieldSpec, ...]) -> pl.DataFrame:
     """One frame from several; a decimal column that is scaled in one and wide in another is wide in all."""
+    frames = _unify(frames, fields)
+    return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
+
+
+def _unify(frames: list[pl.DataFrame], fields: tuple[FieldSpec, ...]) -> list[pl.DataFrame]:
     frames = [f for f in frames if f.width]
-    if not frames:
-        return pl.DataFrame()
     if len(frames) > 1 and any(f.height for f in frames):  # an empty part's dtypes say nothing
         frames = [f for f in frames if f.height]
     for f in fields:
@@ -614,7 +630,16 @@ def _concat(frames: list[pl.DataFrame], fields: tuple[FieldSpec, ...]) -> pl.Dat
             forms = {is_scaled(fr[f.name]) for fr in frames if fr.height}
             if len(forms) > 1:
                 frames = [fr.with_columns(to_decimal(fr[f.name], f.ctype.scale or 0)) for fr in frames]
-    return pl.concat(frames, how="vertical")
+    return frames
+
+
+def _merge(kept: pl.DataFrame, changed: pl.DataFrame, fields: tuple[FieldSpec, ...]) -> pl.DataFrame:
+    """The kept rows (sorted by key, none of the changed keys) and the changed rows, in key order: one
+    linear merge instead of a sort of the whole (the changes are a few rows among millions)."""
+    parts = _unify([kept, changed], fields)
+    if len(parts) == 2 and parts[0].schema == parts[1].schema:
+        return parts[0].merge_sorted(_sort(parts[1]), key="__key")
+    return _sort(_concat(parts, fields))
 
 
 def _sort(frame: pl.DataFrame) -> pl.DataFrame:
@@ -627,13 +652,13 @@ def _empty_like(p: dict[str, Any], side: _Side) -> pl.DataFrame:
 
 
 def _find_deleted(side: _Side, state: StateDirectory, entries: list[dict[str, Any]], T: list[int],
-                  fresh: pl.DataFrame) -> pl.Series:
+                  fresh: pl.Series) -> pl.Series:
     """The keys the state holds (after this run's changes) that the side no longer does: one
     key-only read of the side, against the touched segments' rows and the other segments' stored keys."""
     e = side.src.read(_request(side, keys_only=True))
     now = _canon_keys(side, e.frame).implode()
     others = [entries[i] for i in range(len(entries)) if i not in set(T)]
-    held = pl.concat([fresh["__key"], _load_keys(state, others)])
+    held = pl.concat([fresh, _load_keys(state, others)])
     return held.filter(~held.is_in(now))
 
 
