@@ -152,7 +152,7 @@ def _write_segment(state: StateDirectory, side: str, generation: int, index: int
     p = state.segment_path(side, generation, index)
     p.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    frame.write_ipc(buf, compression="uncompressed")
+    frame.write_ipc(buf, compression="lz4")
     data = buf.getvalue()
     p.write_bytes(data)
     return {"file": state.relative(p), "blake3": blake3.blake3(data).hexdigest()}
@@ -448,42 +448,63 @@ class _NeedFull(Exception):
 def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _Side],
            got: list[SideChanges], plans: list[dict[str, Any]], touched: set[int], bounds: list[str],
            entries: dict[str, list[dict[str, Any]]], seg_of: Callable[[pl.Series], np.ndarray],
-           say: Callable[[str], None]
+           say: Callable[[str], None], loaded: dict[tuple[str, int], pl.DataFrame] | None = None
            ) -> tuple[DiffResult, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     n_seg = len(bounds) + 1
     T = sorted(touched)
     say(f"{len(T):,} of {n_seg:,} segments touched")
     t_bounds = [bounds[i - 1] for i in T[1:]]
+    # the touched segments' stored rows, loaded once (a second pass, after deletions were found, reuses them)
+    loaded = {} if loaded is None else loaded
     old: list[pl.DataFrame] = []
+    for side, p in zip(sides, plans, strict=True):
+        want = [i for i in T if (side.name, i) not in loaded]
+        for i, f in zip(want, _load_segments(state, [entries[side.name][i] for i in want], None), strict=True):
+            loaded[(side.name, i)] = f
+        prev = _concat([loaded[(side.name, i)] for i in T], side.fields) if T else None
+        old.append(_empty_like(p, side) if prev is None or not prev.width else prev)
+    # deletions nobody listed: each side's own count, in the snapshot of its changes, against what the
+    # state predicts; both sides are checked before one more pass with the deleted keys listed
+    kept: dict[str, pl.DataFrame] = {}
+    short: list[tuple[_Side, dict[str, Any], int]] = []
+    for side, p, prev in zip(sides, plans, old, strict=True):
+        if p["mode"] == "whole":
+            continue
+        ch: Canonical = p["changed"]
+        gone = pl.concat([ch.frame["__key"], p["deleted"]]) if len(p["deleted"]) else ch.frame["__key"]
+        kept[side.name] = prev.filter(~pl.col("__key").is_in(gone.implode()))
+        state_rows = sum(int(entries[side.name][i]["rows"]) for i in range(n_seg))
+        predicted = state_rows - prev.height + kept[side.name].height + ch.frame.height
+        if p["rows_now"] is not None and p["rows_now"] != predicted:
+            say(f"{side.name}: {side.src.ref} holds {p['rows_now']:,} rows, the state predicts {predicted:,}: "
+                "reading its keys to find the rows deleted")
+            short.append((side, p, predicted))
+
+    def deleted_of(x: tuple[_Side, dict[str, Any], int]) -> pl.Series:
+        side = x[0]
+        return _find_deleted(side, state, entries[side.name], T,
+                             pl.concat([kept[side.name]["__key"], x[1]["changed"].frame["__key"]]))
+
+    with ThreadPoolExecutor(2) as pool:  # the two key reads at once: each mostly waits on its server
+        gone_of = list(pool.map(deleted_of, short))
+    redo = plans
+    more: set[int] = set()
+    for (side, p, predicted), gone_keys in zip(short, gone_of, strict=True):
+        found = {**p.get("deletions", {}), "counted": p["rows_now"], "predicted": predicted, "found": len(gone_keys)}
+        redo = _with_deleted(redo, sides, side, gone_keys, found)
+        more |= set(seg_of(gone_keys).tolist())
+    if redo is not plans:  # again with the deleted keys listed (their segments touched, the count accounted for)
+        return _apply(req, state, index, sides, got, redo, touched | more, bounds, entries, seg_of, say, loaded)
     new: list[pl.DataFrame] = []
     deletions: dict[str, Any] = {}
-    for side, _g, p in zip(sides, got, plans, strict=True):
-        prev = _concat(_load_segments(state, [entries[side.name][i] for i in T], None), side.fields) if T else None
-        if prev is None:
-            prev = _empty_like(p, side)
-        old.append(prev)
+    for side, p, prev in zip(sides, plans, old, strict=True):
         if p["mode"] == "whole":
             c: Canonical = p["whole"]
             ids = seg_of(c.frame["__key"])
             mask = np.isin(ids, np.asarray(T, dtype=np.int64))
             fresh = c.frame.filter(pl.Series(mask)) if len(T) else c.frame.clear()
         else:
-            ch: Canonical = p["changed"]
-            gone = pl.concat([ch.frame["__key"], p["deleted"]]) if len(p["deleted"]) else ch.frame["__key"]
-            kept = prev.filter(~pl.col("__key").is_in(gone.implode()))
-            fresh = _sort(_concat([kept, ch.frame.select(prev.columns)], side.fields))
-            # deletions nobody listed: the side's own count, in the snapshot of its changes
-            state_rows = sum(int(entries[side.name][i]["rows"]) for i in range(n_seg))
-            predicted = state_rows - prev.height + fresh.height
-            if p["rows_now"] is not None and p["rows_now"] != predicted:
-                say(f"{side.name}: {side.src.ref} holds {p['rows_now']:,} rows, the state predicts {predicted:,}: "
-                    "reading its keys to find the rows deleted")
-                gone_keys = _find_deleted(side, state, entries[side.name], T, fresh)
-                found = {**p.get("deletions", {}), "counted": p["rows_now"], "predicted": predicted,
-                         "found": len(gone_keys)}
-                # start again with the deleted keys listed (their segments touched, the count accounted for)
-                return _apply(req, state, index, sides, got, _with_deleted(plans, sides, side, gone_keys, found),
-                              touched | set(seg_of(gone_keys).tolist()), bounds, entries, seg_of, say)
+            fresh = _merge(kept[side.name], p["changed"].frame.select(prev.columns), side.fields)
             if "deletions" in p:
                 deletions[side.name] = p["deletions"]
         new.append(fresh)
@@ -506,29 +527,39 @@ def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides
             raise VerificationError(f"{state.dir}: a {s} segment's rows differ from its index entry: rebuild the "
                                     "state with --full")
         old_trees.append((merkle.build_tree(digs, rows), np.asarray(rows, dtype=np.int64)))
+    # the keys whose rows changed on either side: when both sides listed their changes, the totals and
+    # differences move by these keys' shares alone (every count and variance is a sum over keys), so
+    # only their rows are diffed, before and after; a side read whole says only which segments changed
+    affected = _affected_keys(plans)
+    before = after = None
+    after_trees: tuple[tuple[merkle.SideTree, np.ndarray], ...] = ()
     if T:
-        before = compare(Canonical(old[0], fields), Canonical(old[1], sides[1].fields), boundaries=t_bounds,
-                         hashed=(old_trees[0], old_trees[1]))
-        # the touched key ranges after any split
+        # the touched key ranges after any split, hashed as they are
         T2_bounds_all = [b for b in new_bounds if _in_touched(b, T, bounds)]
-        after = compare(Canonical(new[0], fields), Canonical(new[1], sides[1].fields), boundaries=T2_bounds_all)
-    else:
-        before = after = None
+        after_trees = _hash_sides(new, fields, T2_bounds_all)
+        if affected is not None:
+            pick = pl.col("__key").is_in(affected.implode())
+            before = compare(Canonical(old[0].filter(pick), fields), Canonical(old[1].filter(pick), sides[1].fields),
+                             boundaries=[])
+            after = compare(Canonical(new[0].filter(pick), fields), Canonical(new[1].filter(pick), sides[1].fields),
+                            boundaries=[])
+        else:
+            before = compare(Canonical(old[0], fields), Canonical(old[1], sides[1].fields), boundaries=t_bounds,
+                             hashed=(old_trees[0], old_trees[1]))
+            after = compare(Canonical(new[0], fields), Canonical(new[1], sides[1].fields), boundaries=T2_bounds_all,
+                            hashed=(after_trees[0], after_trees[1]))
     # rebuild the segment list: untouched entries kept, touched ones replaced (split ones expand)
     gen = int(index["generation"]) + 1
     seg_entries: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
     pieces = _pieces(T, bounds, new_bounds)  # touched old index -> its new segment indices (in the new list)
-    after_counts = {}
-    if after is not None:
-        after_counts = {"source": np.asarray(after.source_tree.rows, dtype=np.int64),
-                        "target": np.asarray(after.target_tree.rows, dtype=np.int64)}
+    after_counts = {s: np.asarray(tr[0].rows, dtype=np.int64) for s, tr in zip(SIDES, after_trees, strict=False)}
     written: dict[str, list[dict[str, Any]]] = {}
     new_index_of_piece = [k for i in T for k in pieces[i]]
     for s, frame in zip(SIDES, new, strict=True):
         if T:
             written[s] = _write_side(state, s, gen, frame, after_counts[s], new_index_of_piece)
     piece_pos = 0
-    digests_after = {"source": after.source_tree.digests if after else (), "target": after.target_tree.digests if after else ()}
+    digests_after = {s: tr[0].digests for s, tr in zip(SIDES, after_trees, strict=False)}  # none when T is empty
     for i in range(n_seg):
         if i in pieces:
             for _k in pieces[i]:
@@ -560,7 +591,9 @@ def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides
     if not dp.is_file() or _file_digest(dp) != de["blake3"]:
         raise VerificationError(f"{dp} does not match the state's index: rebuild the state with --full")
     prev_diffs = pl.read_parquet(dp)
-    if T and prev_diffs.height:
+    if T and prev_diffs.height and affected is not None:
+        prev_diffs = prev_diffs.filter(~pl.col("key").is_in(affected.implode()))
+    elif T and prev_diffs.height:
         ids = seg_of(prev_diffs["key"])
         prev_diffs = prev_diffs.filter(pl.Series(~np.isin(ids, np.asarray(T, dtype=np.int64))))
     diffs = prev_diffs if after is None else pl.concat([prev_diffs, after.differences]).sort("key", maintain_order=True)
@@ -591,6 +624,28 @@ def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides
                               **({"deletions": deletions[s.name]} if s.name in deletions else {})}
                      for s, g, p in zip(sides, got, plans, strict=True)}}
     return result, new_index, marks, fmeta, inc
+
+
+def _affected_keys(plans: list[dict[str, Any]]) -> pl.Series | None:
+    """Every key changed or deleted on either side, or None when a side was read whole."""
+    if any(p["mode"] == "whole" for p in plans):
+        return None
+    parts = [k for p in plans for k in (p["changed"].frame["__key"], p["deleted"]) if len(k)]
+    return pl.concat(parts).unique() if parts else pl.Series("__key", [], dtype=pl.Utf8)
+
+
+def _hash_sides(frames: list[pl.DataFrame], fields: tuple[FieldSpec, ...], boundaries: list[str]
+                ) -> tuple[tuple[merkle.SideTree, np.ndarray], ...]:
+    """Both sides' trees on ``boundaries``, as :func:`compare` hashes them (a decimal wide on one side is
+    wide on both; the source's fields for both)."""
+    s, t = frames
+    for f in fields:
+        if f.ctype.kind == "decimal" and is_scaled(s[f.name]) != is_scaled(t[f.name]):
+            s = s.with_columns(to_decimal(s[f.name], f.ctype.scale or 0))
+            t = t.with_columns(to_decimal(t[f.name], f.ctype.scale or 0))
+    seg = merkle.Segmentation(tuple(boundaries))
+    with ThreadPoolExecutor(2) as pool:
+        return tuple(pool.map(lambda fr: merkle.side_tree(fr, fields, seg), (s, t)))
 
 
 def _in_touched(b: str, T: list[int], bounds: list[str]) -> bool:
@@ -629,9 +684,12 @@ def _counts_in(keys: pl.Series, boundaries: list[str], n: int) -> np.ndarray:
 
 def _concat(frames: list[pl.DataFrame], fields: tuple[FieldSpec, ...]) -> pl.DataFrame:
     """One frame from several; a decimal column that is scaled in one and wide in another is wide in all."""
+    frames = _unify(frames, fields)
+    return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
+
+
+def _unify(frames: list[pl.DataFrame], fields: tuple[FieldSpec, ...]) -> list[pl.DataFrame]:
     frames = [f for f in frames if f.width]
-    if not frames:
-        return pl.DataFrame()
     if len(frames) > 1 and any(f.height for f in frames):  # an empty part's dtypes say nothing
         frames = [f for f in frames if f.height]
     for f in fields:
@@ -639,7 +697,16 @@ def _concat(frames: list[pl.DataFrame], fields: tuple[FieldSpec, ...]) -> pl.Dat
             forms = {is_scaled(fr[f.name]) for fr in frames if fr.height}
             if len(forms) > 1:
                 frames = [fr.with_columns(to_decimal(fr[f.name], f.ctype.scale or 0)) for fr in frames]
-    return pl.concat(frames, how="vertical")
+    return frames
+
+
+def _merge(kept: pl.DataFrame, changed: pl.DataFrame, fields: tuple[FieldSpec, ...]) -> pl.DataFrame:
+    """The kept rows (sorted by key, none of the changed keys) and the changed rows, in key order: one
+    linear merge instead of a sort of the whole (the changes are a few rows among millions)."""
+    parts = _unify([kept, changed], fields)
+    if len(parts) == 2 and parts[0].schema == parts[1].schema:
+        return parts[0].merge_sorted(_sort(parts[1]), key="__key")
+    return _sort(_concat(parts, fields))
 
 
 def _sort(frame: pl.DataFrame) -> pl.DataFrame:
@@ -652,14 +719,15 @@ def _empty_like(p: dict[str, Any], side: _Side) -> pl.DataFrame:
 
 
 def _find_deleted(side: _Side, state: StateDirectory, entries: list[dict[str, Any]], T: list[int],
-                  fresh: pl.DataFrame) -> pl.Series:
+                  fresh: pl.Series) -> pl.Series:
     """The keys the state holds (after this run's changes) that the side no longer does: one
     key-only read of the side, against the touched segments' rows and the other segments' stored keys."""
     e = side.src.read(_request(side, keys_only=True))
-    now = _canon_keys(side, e.frame).implode()
+    now = _canon_keys(side, e.frame)
     others = [entries[i] for i in range(len(entries)) if i not in set(T)]
-    held = pl.concat([fresh["__key"], _load_keys(state, others)])
-    return held.filter(~held.is_in(now))
+    held = pl.concat([fresh, _load_keys(state, others)])
+    # an anti join (hash) rather than is_in: 2.5x faster on a million keys
+    return held.to_frame("__key").join(now.to_frame("__key"), on="__key", how="anti")["__key"]
 
 
 def _load_keys(state: StateDirectory, entries: list[dict[str, Any]]) -> pl.Series:
