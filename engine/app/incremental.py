@@ -435,6 +435,7 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
             deleted = _canon_keys(side, g.deleted)
             p["changed"] = c
             p["deleted"] = deleted
+            p["deleted_listed"] = len(deleted)  # what the side itself listed (before any key read)
             touched.update(seg_of(c.frame["__key"]).tolist())
             touched.update(seg_of(deleted).tolist())
         plans.append(p)
@@ -620,7 +621,7 @@ def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides
     fmeta["nulls"] = {}
     inc = {"segments": len(new_bounds) + 1, "touched_segments": len(T), "split_segments": len(split_at),
            "sides": {s.name: {"mode": p["mode"], "reason": p["reason"], "rows_reread": p["rows_reread"],
-                              "deleted_listed": len(p["deleted"]) if "deleted" in p else 0,
+                              "deleted_listed": p.get("deleted_listed", 0),
                               **({"deletions": deletions[s.name]} if s.name in deletions else {})}
                      for s, g, p in zip(sides, got, plans, strict=True)}}
     return result, new_index, marks, fmeta, inc
