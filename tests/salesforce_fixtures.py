@@ -97,6 +97,17 @@ class SalesforceStack:
             r.raise_for_status()
             return str(r.json()["access_token"])
 
+    def use_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """This stack's credentials in the environment recon reads, without size overrides or a
+        session id left from elsewhere (the one place that knows those variables)."""
+        c = self.credentials
+        for k, v in {"SF_LOGIN_URL": self.login_url, "SF_CA_BUNDLE": self.ca_bundle,
+                     "SF_USERNAME": c["salesforce_username"], "SF_PASSWORD": c["salesforce_password"],
+                     "SF_SECURITY_TOKEN": c["salesforce_security_token"]}.items():
+            monkeypatch.setenv(k, v)
+        for k in ("SF_SESSION_ID", "RECON_SF_CHUNK_ROWS", "RECON_SF_REST_MAX_ROWS", "RECON_SF_ID_CHUNK"):
+            monkeypatch.delenv(k, raising=False)
+
     # -- data ----------------------------------------------------------------------------------------
     def reset_store(self) -> None:
         reset_store(self.pg)

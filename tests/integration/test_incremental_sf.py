@@ -64,14 +64,8 @@ class World:
 @pytest.fixture
 def world(sf_stack: SalesforceStack, embedded_pg: Any, monkeypatch: pytest.MonkeyPatch,
           tmp_path: Path) -> Iterator[World]:
-    c = sf_stack.credentials
-    for k, v in {"SF_LOGIN_URL": sf_stack.login_url, "SF_CA_BUNDLE": sf_stack.ca_bundle,
-                 "SF_USERNAME": c["salesforce_username"], "SF_PASSWORD": c["salesforce_password"],
-                 "SF_SECURITY_TOKEN": c["salesforce_security_token"],
-                 "PGPASSFILE": str(embedded_pg.paths.pgpass_file)}.items():
-        monkeypatch.setenv(k, v)
-    for k in ("SF_SESSION_ID", "RECON_SF_CHUNK_ROWS", "RECON_SF_REST_MAX_ROWS", "RECON_SF_ID_CHUNK"):
-        monkeypatch.delenv(k, raising=False)
+    sf_stack.use_env(monkeypatch)
+    monkeypatch.setenv("PGPASSFILE", str(embedded_pg.paths.pgpass_file))
     sf_stack.reset_store()
     sf_stack.clear_failures()
     sf_stack.control("POST", "clock", {"now": T0.isoformat()})
