@@ -9,7 +9,7 @@ def pytest_sessionfinish(session: object) -> None:
     from tests import prereqs
 
     target = os.environ.get(prereqs.REPORT_ENV)
-    if not target:
+    if not target or hasattr(session.config, "workerinput"):  # under xdist the controller sees every worker's skips
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")  # type: ignore[attr-defined]
     skips: list[tuple[str, str]] = []
