@@ -3,6 +3,11 @@ and which differences are new since the previous completed cycle."""
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
 import polars as pl
 import pytest
 
@@ -56,3 +61,59 @@ def test_a_mismatch_whose_values_moved_is_new() -> None:
     assert new_keys(prev, _d([("a", "mismatched", "v", "1", "3")])) == ["a"]
     assert new_keys(prev, _d([("a", "mismatched", "n", "1", "2")])) == ["a"]
     assert new_differences(prev, _d([])).height == 0
+
+
+# -- the loop of engine.app.watch, with a fake cycle and clock ---------------------------------------
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _loop(tmp_path: Path, durations: list[float], *, every: str = "1m", signals: dict[int, int] | None = None,
+          cycles: int | None = None) -> tuple[Any, list[float], list[dict[str, Any]]]:
+    """Run the watch loop over fake cycles lasting ``durations``; ``signals``: cycle → SIGTERMs sent in it."""
+    from engine.app import watch
+    from engine.config import load
+
+    cfg = tmp_path / "recon.toml"
+    cfg.write_text('[ledger]\ndsn = "postgresql://app@localhost/ledger"\n\n[mapping.m]\nsource = "csv:a.csv"\n'
+                   'target = "csv:b.csv"\nkey = ["k"]\nstate = "state"\n')
+    clock, starts, emitted = _Clock(), [], []
+    stopper = watch.Stopper()
+
+    def wait(seconds: float) -> bool:
+        clock.t += max(0.0, seconds)
+        return stopper.requested
+
+    stopper.wait = wait  # type: ignore[method-assign]
+
+    def cycle(_ctx: Any, n: int) -> dict[str, Any]:
+        starts.append(clock.t)
+        for _ in range((signals or {}).get(n, 0)):
+            os.kill(os.getpid(), signal.SIGTERM)
+        clock.t += durations[n - 1]
+        return {"cycle": n, "exit_code": 3}
+
+    req = watch.WatchRequest(mapping="m", every=every, cycles=cycles or len(durations))
+    res = watch.run(req, load(cfg), emit=emitted.append, stopper=stopper, clock=clock, cycle=cycle)
+    return res, starts, emitted
+
+
+def test_the_loop_never_overlaps_nor_piles_up_after_an_overrun(tmp_path: Path) -> None:
+    res, starts, emitted = _loop(tmp_path, [10, 200, 10, 10])
+    assert starts == [0.0, 60.0, 260.0, 320.0]
+    assert [d["next_start_in_s"] for d in emitted] == [50.0, 0.0, 50.0, None]
+    assert res.stopped_by == "cycles" and res.exit_code == 3  # the last gate's code
+    assert (tmp_path / "watch" / "m" / "watch.lock").is_file()  # the default --out: next to the config
+
+
+def test_sigterm_lets_the_cycle_finish_and_a_second_abandons_it(tmp_path: Path) -> None:
+    res, starts, emitted = _loop(tmp_path, [5, 5, 5, 5], signals={2: 1})
+    assert len(starts) == 2 and [d["cycle"] for d in emitted] == [1, 2] and emitted[-1]["next_start_in_s"] is None
+    assert res.stopped_by == "signal" and res.exit_code == 0
+    res, starts, emitted = _loop(tmp_path, [5, 5, 5, 5], signals={2: 2})
+    assert len(starts) == 2 and [d["cycle"] for d in emitted] == [1]
+    assert res.stopped_by == "signal" and res.exit_code == 0
