@@ -43,3 +43,9 @@ MUTATIONS = [
               f"{_IT}::test_sigkill_at_random_points_restarts_consistently"),
              "a (re)start leaves a gap in the cycle numbers instead of redoing the unfinished cycle"),
 ]
+MUTATIONS.append(
+    Mutation("watch-cycle-counts-without-cycle-json", "engine/workspace.py",
+             "if p.name.isascii() and p.name.isdigit() and (p / CYCLE).is_file())",
+             "if p.name.isascii() and p.name.isdigit())",
+             (f"{_UNIT}::test_a_cycle_counts_only_once_renamed_after_its_cycle_json",),
+             "a numbered cycle directory without its cycle.json (not committed) counts as completed"))

@@ -117,3 +117,18 @@ def test_sigterm_lets_the_cycle_finish_and_a_second_abandons_it(tmp_path: Path) 
     res, starts, emitted = _loop(tmp_path, [5, 5, 5, 5], signals={2: 2})
     assert len(starts) == 2 and [d["cycle"] for d in emitted] == [1]
     assert res.stopped_by == "signal" and res.exit_code == 0
+
+
+def test_a_cycle_counts_only_once_renamed_after_its_cycle_json(tmp_path: Path) -> None:
+    from engine.workspace import WatchDirectory
+
+    wd = WatchDirectory(tmp_path / "w")
+    for n in (1, 2, 3):
+        wd.complete(wd.begin(n), n, {"cycle": n})
+    killed = wd.begin(4)  # a cycle killed before its commit
+    (killed / "diff").mkdir()
+    (wd.cycles_dir / "000005").mkdir()  # a numbered directory without cycle.json is not a cycle
+    assert wd.completed() == [1, 2, 3] and wd.last_completed() == 3
+    assert wd.remove_partials() == 1 and not killed.exists()
+    assert wd.prune(2) == 1 and wd.completed() == [2, 3]
+    assert wd.load_cycle(3) == {"cycle": 3}
