@@ -18,7 +18,11 @@ Layouts:
 * an incremental state (``recon diff --state DIR``, :class:`StateDirectory`): ``state.json`` (the
   index: boundaries, per side the segments' files, digests and row counts, the watermarks, the
   totals), ``lock``, ``segments/{source,target}/G-NNNNNN.arrow`` (one side's canonical rows of one
-  segment, Arrow IPC), ``differences/G.parquet`` (the differences of every segment).
+  segment, Arrow IPC), ``differences/G.parquet`` (the differences of every segment);
+* a watch directory (``recon watch --out DIR``, :class:`WatchDirectory`): ``watch.lock``,
+  ``cycles/NNNNNN/`` per completed cycle (``diff/``, ``explain/`` when it ran, ``gate/``,
+  ``gate-lag/`` when lag is configured, ``openlineage/``, and ``cycle.json`` written last), and at
+  most one ``cycles/.partial-NNNNNN/`` of a cycle under way (or killed: removed at the next start).
 """
 
 from __future__ import annotations
@@ -385,3 +389,130 @@ class StateDirectory:
                     f.unlink()
                     n += 1
         return n
+
+
+# -- recon watch -----------------------------------------------------------------------------------
+WATCH_LOCK = "watch.lock"
+CYCLE = "cycle.json"
+_PARTIAL = ".partial-"
+
+
+@dataclass(frozen=True)
+class WatchDirectory:
+    """Where `recon watch` keeps its cycles: ``cycles/NNNNNN/`` per completed cycle.
+
+    A cycle is written under ``cycles/.partial-NNNNNN`` and renamed to its number only after its
+    ``cycle.json`` is written (and synced): a cycle killed at any point leaves no directory that
+    counts as completed, and the next start removes what it left. The next cycle's number is one
+    more than the last completed one's, so a restart redoes the killed cycle under its number."""
+
+    dir: Path
+
+    @property
+    def cycles_dir(self) -> Path:
+        return self.dir / "cycles"
+
+    def cycle_dir(self, n: int) -> Path:
+        return self.cycles_dir / f"{n:06d}"
+
+    def partial_dir(self, n: int) -> Path:
+        return self.cycles_dir / f"{_PARTIAL}{n:06d}"
+
+    @staticmethod
+    def diff(cycle: Path) -> DiffOutput:
+        return DiffOutput(cycle / "diff")
+
+    @staticmethod
+    def explain(cycle: Path) -> ExplainOutput:
+        return ExplainOutput(cycle / "explain")
+
+    @staticmethod
+    def gate_dir(cycle: Path, lag: bool = False) -> Path:
+        return cycle / ("gate-lag" if lag else "gate")
+
+    @staticmethod
+    def lineage_dir(cycle: Path) -> Path:
+        return cycle / "openlineage"
+
+    def lock(self) -> Any:
+        """An exclusive lock on the directory for this watcher's life (released when the process
+        ends, even by SIGKILL): a second watcher on one directory is a one-line error."""
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.dir / WATCH_LOCK, "a+")  # noqa: SIM115  (held while watching)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise UsageError(f"{self.dir} is in use by another `recon watch` (its {WATCH_LOCK} is held): stop "
+                             "it first, or give this one its own --out") from None
+        return f
+
+    def completed(self) -> list[int]:
+        """The numbers of the completed cycles, in order."""
+        if not self.cycles_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.cycles_dir.iterdir()
+                      if p.name.isascii() and p.name.isdigit() and (p / CYCLE).is_file())
+
+    def last_completed(self) -> int | None:
+        done = self.completed()
+        return done[-1] if done else None
+
+    def remove_partials(self) -> int:
+        """Remove what killed cycles left (under the lock: no live cycle writes there); returns how many."""
+        import shutil
+
+        if not self.cycles_dir.is_dir():
+            return 0
+        gone = [p for p in self.cycles_dir.iterdir() if p.name.startswith(_PARTIAL)]
+        for p in gone:
+            shutil.rmtree(p, ignore_errors=True)
+        return len(gone)
+
+    def begin(self, n: int) -> Path:
+        """A fresh, empty directory for cycle ``n`` under way."""
+        import shutil
+
+        p = self.partial_dir(n)
+        if p.exists():
+            shutil.rmtree(p)
+        p.mkdir(parents=True)
+        return p
+
+    def complete(self, partial: Path, n: int, cycle: dict[str, Any]) -> Path:
+        """Write ``cycle.json`` last, durably, then rename the cycle to its number: the commit."""
+        path = write_json(partial / CYCLE, cycle)
+        _fsync(path)
+        final = self.cycle_dir(n)
+        os.replace(partial, final)
+        _fsync_dir(self.cycles_dir)
+        return final
+
+    def load_cycle(self, n: int) -> dict[str, Any]:
+        return read_json(self.cycle_dir(n) / CYCLE, what="a watch cycle",
+                         fix=f"remove {self.cycle_dir(n)} (the next cycle then compares with the one before)")
+
+    def prune(self, keep: int) -> int:
+        """Remove all but the ``keep`` newest completed cycles (oldest first); returns how many."""
+        import shutil
+
+        done = self.completed()
+        old = done[:-keep] if keep > 0 else done
+        for n in old:
+            shutil.rmtree(self.cycle_dir(n), ignore_errors=True)
+        return len(old)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -49,6 +49,9 @@ class ExplainRequest:
     #: the warehouse's consumer group (``--group``, else ``[kafka] group``): whose commit history
     #: gives the root-cause evidence of rewinds and rebalances
     group: str | None = None
+    #: explain only these keys' differences (`recon watch`: the differences new since its previous
+    #: cycle, so a standing difference is not priced and fetched again every cycle); None: all
+    only_keys: tuple[str, ...] | None = None
 
     def check(self) -> None:
         """Usage errors, before the config is read or anything is scanned."""
@@ -87,6 +90,8 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
                       trust=TrustOptions(req.evidence.ledger_dsn(config), req.pubkey, config.pg_passfile()))
     diff_summary, _, diffs_path = read_outputs(req.diff_dir)
     differences = pl.read_parquet(diffs_path)
+    if req.only_keys is not None:
+        differences = differences.filter(pl.col("key").is_in(pl.Series(req.only_keys, dtype=pl.Utf8)))
     roles = config.roles(diff_summary.get("mapping"))
     column = req.column or roles.amount or _pick_column(diff_summary, config)
     kcfg = config.section("kafka")
@@ -143,6 +148,8 @@ def _explain(req: ExplainRequest, config: Config, progress: Any = None
         # how the diff this rests on was verified ("unverified": nothing to check it against)
         "verification": verified.to_dict(),
         "column": column,
+        # with only_keys: how many keys explain was restricted to (the rest were explained before)
+        "only_keys": None if req.only_keys is None else len(req.only_keys),
         "sec_top_fraction": frac,
         "sec_critical_accounts": len(sec),
         "kafka": {"bootstrap": bootstrap, "topic": topic, "events": audit.events, "duplicates": audit.duplicates,
