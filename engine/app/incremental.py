@@ -33,6 +33,7 @@ whose results the run reports.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -143,7 +144,29 @@ def _load_segments(state: StateDirectory, entries: list[dict[str, Any]], schema:
                                     "rebuild the state with --full")
         return pl.read_ipc(io.BytesIO(data))
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(2) as pool:  # two cores: more threads only contend
+        return list(pool.map(one, entries))
+
+
+def _load_key_columns(state: StateDirectory, entries: list[dict[str, Any]]
+                      ) -> list[tuple[pl.DataFrame, set[str]]]:
+    """Each segment's ``__key`` column (unchecked: see :func:`_apply_changes`) and the names of its
+    decimal columns in the wide form."""
+    def one(e: dict[str, Any]) -> tuple[pl.DataFrame, set[str]]:
+        p = state.resolve(e["file"])
+        try:
+            data = io.BytesIO(p.read_bytes())
+        except FileNotFoundError:
+            raise VerificationError(f"{p} is missing from the incremental state: rebuild it with --full") from None
+        try:
+            wide = {n for n, t in pl.read_ipc_schema(data).items() if isinstance(t, pl.Decimal)}
+            data.seek(0)
+            return pl.read_ipc(data, columns=["__key"]), wide
+        except (OSError, ValueError, pl.exceptions.PolarsError):  # the checked read says why
+            (frame,) = _load_segments(state, [e], None)
+            return frame.select("__key"), {n for n, t in frame.schema.items() if isinstance(t, pl.Decimal)}
+
+    with ThreadPoolExecutor(2) as pool:
         return list(pool.map(one, entries))
 
 
@@ -152,7 +175,9 @@ def _write_segment(state: StateDirectory, side: str, generation: int, index: int
     p = state.segment_path(side, generation, index)
     p.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    frame.write_ipc(buf, compression="lz4")
+    # uncompressed (LZ4 cost 5 s to write and 4 s to read per 10M rows), and in Arrow's classic
+    # large_string layout: smaller than string views here, and readable by any Arrow reader
+    frame.write_ipc(buf, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
     data = buf.getvalue()
     p.write_bytes(data)
     return {"file": state.relative(p), "blake3": blake3.blake3(data).hexdigest()}
@@ -439,6 +464,8 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
             touched.update(seg_of(c.frame["__key"]).tolist())
             touched.update(seg_of(deleted).tolist())
         plans.append(p)
+    if all(p["mode"] != "whole" for p in plans):
+        return _apply_changes(req, state, index, sides, got, plans, touched, bounds, entries, seg_of, say)
     return _apply(req, state, index, sides, got, plans, touched, bounds, entries, seg_of, say)
 
 
@@ -551,7 +578,6 @@ def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides
                             hashed=(after_trees[0], after_trees[1]))
     # rebuild the segment list: untouched entries kept, touched ones replaced (split ones expand)
     gen = int(index["generation"]) + 1
-    seg_entries: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
     pieces = _pieces(T, bounds, new_bounds)  # touched old index -> its new segment indices (in the new list)
     after_counts = {s: np.asarray(tr[0].rows, dtype=np.int64) for s, tr in zip(SIDES, after_trees, strict=False)}
     written: dict[str, list[dict[str, Any]]] = {}
@@ -559,8 +585,221 @@ def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides
     for s, frame in zip(SIDES, new, strict=True):
         if T:
             written[s] = _write_side(state, s, gen, frame, after_counts[s], new_index_of_piece)
+    digests_after = {s: list(tr[0].digests) for s, tr in zip(SIDES, after_trees, strict=False)}  # none when T is empty
+    return _finish(state, index, sides, got, plans, T, n_seg, new_bounds, pieces, entries, written, after_counts,
+                   digests_after, before, after, affected, seg_of, deletions, len(split_at), gen)
+
+
+def _apply_changes(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _Side],
+                   got: list[SideChanges], plans: list[dict[str, Any]], touched: set[int], bounds: list[str],
+                   entries: dict[str, list[dict[str, Any]]], seg_of: Callable[[pl.Series], np.ndarray],
+                   say: Callable[[str], None]
+                   ) -> tuple[DiffResult, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """:func:`_apply` when both sides listed their changes, one segment at a time.
+
+    Why not the whole-frame way: 0.1% of random changes touch every segment, and whole-frame
+    operations on millions of string keys (``is_in``, ``merge_sorted``, a sort) cost seconds each,
+    several times over (measured at 10M rows: 42 s against a 24 s floor). Per segment, the changed
+    and deleted keys are found by binary search in the segment's sorted keys, the few changed rows
+    merged into a frame of ``--segment-rows`` rows, hashed and written: small frames, threads over
+    segments, the same digests, shares and files as :func:`_apply`.
+    """
+    n_seg = len(bounds) + 1
+    fields = sides[0].fields
+    # pass 1, the stored keys only (what the deletion count and a key read need; unchecked here:
+    # pass 2 checks every file it rewrites before anything is committed)
+    loaded: dict[tuple[str, int], tuple[pl.DataFrame, set[str]]] = {}
+    plans = [dict(p) for p in plans]
+    while True:  # a second round only when a count says rows were deleted that nobody listed
+        T = sorted(touched)
+        say(f"{len(T):,} of {n_seg:,} segments touched")
+        want = [(s, i) for s in SIDES for i in T if (s, i) not in loaded]
+        for (s, i), f in zip(want, _load_key_columns(state, [entries[s][i] for s, i in want]), strict=True):
+            loaded[(s, i)] = f
+        cuts = [_by_segment(p, T, seg_of) for p in plans]
+        short: list[tuple[_Side, dict[str, Any], int]] = []
+        for side, p, cut in zip(sides, plans, cuts, strict=True):
+            if p["rows_now"] is None:
+                continue
+            existing = sum(len(_found(loaded[(side.name, i)][0], cut["removed"][i])) for i in T)
+            state_rows = sum(int(entries[side.name][i]["rows"]) for i in range(n_seg))
+            predicted = state_rows - existing + p["changed"].frame.height
+            if p["rows_now"] != predicted:
+                say(f"{side.name}: {side.src.ref} holds {p['rows_now']:,} rows, the state predicts {predicted:,}: "
+                    "reading its keys to find the rows deleted")
+                short.append((side, p, predicted))
+        if not short:
+            break
+
+        def deleted_of(x: tuple[_Side, dict[str, Any], int], T: list[int] = T) -> pl.Series:
+            side, p, predicted = x
+            held = pl.concat([*(loaded[(side.name, i)][0]["__key"] for i in T), p["changed"].frame["__key"]])
+            if len(p["deleted"]):  # listed already
+                held = held.filter(~held.is_in(p["deleted"].implode()))
+            return _find_deleted(side, state, entries[side.name], T, held, expect=predicted - p["rows_now"])
+
+        with ThreadPoolExecutor(2) as pool:  # the two key reads at once: each mostly waits on its server
+            gone_of = list(pool.map(deleted_of, short))
+        for (side, p, predicted), gone_keys in zip(short, gone_of, strict=True):
+            found = {**p.get("deletions", {}), "counted": p["rows_now"], "predicted": predicted,
+                     "found": len(gone_keys)}
+            plans = _with_deleted(plans, sides, side, gone_keys, found)
+            touched |= set(seg_of(gone_keys).tolist())
+    affected = _affected_keys(plans)
+    assert affected is not None
+    aff_cut = _by_segment({"changed": Canonical(affected.to_frame("__key")), "deleted": affected.clear()}, T, seg_of)
+
+    # the touched segments in batches of about HASH_CHUNK_ROWS stored rows (frames large enough that
+    # each operation's fixed cost is small, small enough to stay in cache): per batch and side, the
+    # stored rows less the removed keys (binary search), the changed rows merged in, and the rows of
+    # the affected keys before and after
+    batches: list[list[int]] = [[]]
+    size = 0
+    for i in T:
+        n = max(int(entries["source"][i]["rows"]), int(entries["target"][i]["rows"]))
+        if batches[-1] and size + n > merkle.HASH_CHUNK_ROWS:
+            batches.append([])
+            size = 0
+        batches[-1].append(i)
+        size += n
+    batches = [bt for bt in batches if bt]
+
+    def cat(parts: list[Any]) -> Any:
+        return parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True)
+
+    def apply_batch(bt: list[int]) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame]]:
+        news: list[pl.DataFrame] = []
+        olds: list[pl.DataFrame] = []
+        afters: list[pl.DataFrame] = []
+        aff = cat([aff_cut["removed"][i] for i in bt])
+        stored = _load_segments(state, [entries[side.name][i] for side in sides for i in bt], None)
+        for k, (side, cut) in enumerate(zip(sides, cuts, strict=True)):
+            mine = stored[k * len(bt):(k + 1) * len(bt)]
+            for i, f in zip(bt, mine, strict=True):
+                if f.height != int(entries[side.name][i]["rows"]):
+                    raise VerificationError(f"{state.dir}: a {side.name} segment's rows differ from its index "
+                                            "entry: rebuild the state with --full")
+            old = _concat(mine, side.fields)
+            if not old.width:  # no stored columns: the changed rows' schema
+                old = cat([cut["changed"][i] for i in bt]).clear()
+            gone = _found(old, cat([cut["removed"][i] for i in bt]))
+            kept = old
+            if len(gone):
+                keep = np.ones(old.height, dtype=bool)
+                keep[gone] = False
+                kept = old.filter(pl.Series(keep))
+            ch = cat([cut["changed"][i] for i in bt])
+            new = _merge(kept, ch.select(old.columns), side.fields) if ch.height else kept
+            news.append(new)
+            pick = pl.col("__key").is_in(aff.implode())
+            olds.append(old.filter(pick) if len(aff) else old.clear())
+            afters.append(new.filter(pick) if len(aff) else new.clear())
+        return news, olds, afters
+
+    gen = int(index["generation"]) + 1
+    file_no = itertools.count()  # a file's number in this generation (unique; its order is the index's business)
+
+    def run_batch(bt: list[int]) -> tuple[dict[int, list[str]], list[list[tuple[dict[str, Any], int, bytes]]],
+                                          list[pl.DataFrame]]:
+        """Apply, split, hash and write one batch; only the affected keys' rows are kept."""
+        news, olds, afters = apply_batch(bt)
+        if wide:
+            news, olds, afters = ([fr.with_columns(to_decimal(fr[n], scale[n]) for n in wide) for fr in part]
+                                  for part in (news, olds, afters))
+        # a segment whose source rows grew past twice the segment size is split (only its subtree changes)
+        inner = [bounds[i - 1] for i in bt[1:]]
+        counts = _counts_in(news[0]["__key"], inner, len(bt))
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        split: dict[int, list[str]] = {}
+        for j, i in enumerate(bt):
+            if counts[j] > 2 * req.segment_rows:
+                split[i] = merkle.choose_boundaries(news[0]["__key"].slice(int(starts[j]), int(counts[j])),
+                                                    req.segment_rows)
+        seg = merkle.Segmentation(tuple(sorted([*inner, *(b for v in split.values() for b in v)])))
+        n_pieces = len(seg.boundaries) + 1
+        out = []
+        for s, frame in zip(SIDES, news, strict=True):
+            per = _counts_in(frame["__key"], list(seg.boundaries), n_pieces)
+            digests, _ = merkle.hash_segments(frame, fields, per)
+            at = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
+            out.append([(_write_segment(state, s, gen, next(file_no), frame.slice(int(at[j]), int(per[j]))),
+                         int(per[j]), digests[j]) for j in range(n_pieces)])
+        return split, out, [*olds, *afters]
+
+    # a decimal wide anywhere (a stored touched segment or the changed rows) is wide everywhere, as in
+    # one frame of the touched rows
+    scale = {f.name: f.ctype.scale or 0 for f in fields}
+    decimals = {f.name for f in fields if f.ctype.kind == "decimal"}
+    wide = sorted({n for (_s, i), (_k, w) in loaded.items() if i in touched and int(entries[_s][i]["rows"])
+                   for n in w & decimals}
+                  | {f.name for p in plans for f in fields if f.ctype.kind == "decimal" and p["changed"].frame.height
+                     and f.name in p["changed"].frame.columns and not is_scaled(p["changed"].frame[f.name])})
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(run_batch, batches))
+    split = {i: v for d in done for i, v in d[0].items()}
+    new_bounds = sorted(set(bounds) | {b for v in split.values() for b in v})
+    pieces = _pieces(T, bounds, new_bounds)
+    written: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
+    after_counts: dict[str, list[int]] = {s: [] for s in SIDES}
+    digests_after: dict[str, list[bytes]] = {s: [] for s in SIDES}
+    for _split, per_side, _rows in done:
+        for s, rows in zip(SIDES, per_side, strict=True):
+            for f, n, d in rows:
+                written[s].append(f)
+                after_counts[s].append(n)
+                digests_after[s].append(d)
+    before = after = None
+    if T:
+        parts = [[d[2][k] for d in done] for k in range(4)]
+        before = compare(Canonical(_concat(parts[0], fields), fields),
+                         Canonical(_concat(parts[1], sides[1].fields), sides[1].fields), boundaries=[])
+        after = compare(Canonical(_concat(parts[2], fields), fields),
+                        Canonical(_concat(parts[3], sides[1].fields), sides[1].fields), boundaries=[])
+    deletions = {s.name: p["deletions"] for s, p in zip(sides, plans, strict=True) if "deletions" in p}
+    return _finish(state, index, sides, got, plans, T, n_seg, new_bounds, pieces, entries, written,
+                   {s: np.asarray(v, dtype=np.int64) for s, v in after_counts.items()}, digests_after, before, after,
+                   affected, seg_of, deletions, sum(len(v) for v in split.values()), gen)
+
+
+def _by_segment(p: dict[str, Any], T: list[int], seg_of: Callable[[pl.Series], np.ndarray]) -> dict[str, Any]:
+    """A side's changed rows and its removed keys (changed or deleted: their stored rows go), sorted
+    and cut by touched segment."""
+    ch: pl.DataFrame = _sort(p["changed"].frame)
+    removed = pl.concat([ch["__key"], p["deleted"]]).unique().sort() if len(p["deleted"]) else ch["__key"]
+    out: dict[str, Any] = {"changed": {}, "removed": {}}
+    for name, frame in (("changed", ch), ("removed", removed)):
+        ids = seg_of(frame["__key"] if isinstance(frame, pl.DataFrame) else frame)
+        lo = np.searchsorted(ids, T, side="left")
+        hi = np.searchsorted(ids, T, side="right")
+        for i, a, b in zip(T, lo.tolist(), hi.tolist(), strict=True):
+            out[name][i] = frame.slice(a, b - a)
+    return out
+
+
+def _found(frame: pl.DataFrame, keys: pl.Series) -> np.ndarray:
+    """The positions in ``frame`` (sorted by ``__key``, keys unique) of those of ``keys`` it holds."""
+    if not len(keys) or not frame.height:
+        return np.zeros(0, dtype=np.int64)
+    col = frame["__key"]
+    pos = col.search_sorted(keys, side="left").to_numpy().astype(np.int64)
+    inside = pos < frame.height
+    pos, keys = pos[inside], keys.filter(pl.Series(inside))
+    hit = (col.gather(pos) == keys).to_numpy()
+    return pos[hit]
+
+
+def _finish(state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _Side], got: list[SideChanges],
+            plans: list[dict[str, Any]], T: list[int], n_seg: int, new_bounds: list[str],
+            pieces: dict[int, list[int]], entries: dict[str, list[dict[str, Any]]],
+            written: dict[str, list[dict[str, Any]]], after_counts: dict[str, np.ndarray],
+            digests_after: dict[str, list[bytes]], before: DiffResult | None, after: DiffResult | None,
+            affected: pl.Series | None, seg_of: Callable[[pl.Series], np.ndarray], deletions: dict[str, Any],
+            n_split: int, gen: int
+            ) -> tuple[DiffResult, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The run's result and the state's new index from the touched segments' new files, digests and
+    shares (``before``/``after``): untouched entries kept, totals moved by the shares, committed."""
+    seg_entries: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
     piece_pos = 0
-    digests_after = {s: tr[0].digests for s, tr in zip(SIDES, after_trees, strict=False)}  # none when T is empty
     for i in range(n_seg):
         if i in pieces:
             for _k in pieces[i]:
@@ -619,7 +858,7 @@ def _apply(req: DiffRequest, state: StateDirectory, index: dict[str, Any], sides
     fmeta = {s.name: {**g.meta, "rows": int(result.source_rows if s.name == "source" else result.target_rows)}
              for s, g in zip(sides, got, strict=True)}
     fmeta["nulls"] = {}
-    inc = {"segments": len(new_bounds) + 1, "touched_segments": len(T), "split_segments": len(split_at),
+    inc = {"segments": len(new_bounds) + 1, "touched_segments": len(T), "split_segments": n_split,
            "sides": {s.name: {"mode": p["mode"], "reason": p["reason"], "rows_reread": p["rows_reread"],
                               "deleted_listed": p.get("deleted_listed", 0),
                               **({"deletions": deletions[s.name]} if s.name in deletions else {})}
@@ -720,14 +959,21 @@ def _empty_like(p: dict[str, Any], side: _Side) -> pl.DataFrame:
 
 
 def _find_deleted(side: _Side, state: StateDirectory, entries: list[dict[str, Any]], T: list[int],
-                  fresh: pl.Series) -> pl.Series:
+                  fresh: pl.Series, *, expect: int | None = None) -> pl.Series:
     """The keys the state holds (after this run's changes) that the side no longer does: one
     key-only read of the side, against the touched segments' rows and the other segments' stored keys."""
     e = side.src.read(_request(side, keys_only=True))
     now = _canon_keys(side, e.frame)
     others = [entries[i] for i in range(len(entries)) if i not in set(T)]
-    held = pl.concat([fresh, _load_keys(state, others)])
-    # an anti join (hash) rather than is_in: 2.5x faster on a million keys
+    held = pl.concat([fresh, _load_keys(state, others)], rechunk=True)
+    # a key whose 64-bit hash the side does not hold is gone (exact in that direction): a hash set of
+    # integers instead of a join on millions of strings (6.5 s at 10M keys). A gone key whose hash
+    # collides with a present one would be missed: when fewer are found than the count implies
+    # (``expect``), the exact anti join decides
+    if expect is not None:
+        gone = held.filter(~held.hash(seed=19).is_in(now.hash(seed=19).implode()))
+        if len(gone) >= expect:
+            return gone
     return held.to_frame("__key").join(now.to_frame("__key"), on="__key", how="anti")["__key"]
 
 
