@@ -37,8 +37,10 @@ MUTATIONS = [
              (_TAMPER,),
              "a segment file changed after it was written is trusted"),
     Mutation("no-lock", "engine/workspace.py",
-             "fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)",
-             "pass",
+             'open(self.dir / STATE_LOCK, "a+")  # noqa: SIM115  (held for the run)\n        try:\n'
+             "            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)",
+             'open(self.dir / STATE_LOCK, "a+")  # noqa: SIM115  (held for the run)\n        try:\n'
+             "            pass",
              (_LOCK,),
              "two runs can share one state"),
     Mutation("never-split", "engine/app/incremental.py",
