@@ -159,7 +159,9 @@ def change(dsn: str, names: tuple[str, str], rows: int, share: float, rng: rando
     common = ids(rng.sample(range(1, rows + 1), n_upd // 2))
     out: dict[str, Any] = {"updates_per_side": n_upd, "inserts_source": n_ins,
                            "inserts_target": n_ins - n_ins // 10, "deletes_per_side": n_del, "_inserted": []}
-    new = [f"0015i{step:04d}{i:09d}" for i in range(n_ins)]
+    # new keys unique to this series and step: `--reuse` keeps the tables of earlier runs, whose
+    # inserted keys would otherwise conflict (ON CONFLICT DO NOTHING: no insert at all)
+    new = [f"0015i{rng.randrange(10**4):04d}{step:04d}{i:05d}" for i in range(n_ins)]
     with psycopg.connect(dsn, autocommit=False) as c:
         for side, t in enumerate(names):
             own = ids(rng.sample(range(1, rows + 1), n_upd - n_upd // 2))
@@ -264,7 +266,9 @@ def main() -> None:
     ap.add_argument("--verify", action="store_true", help="end each series with --verify-full (must be equal)")
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--seed", type=int, default=19)
+    ap.add_argument("--seed", type=int, default=None,
+                    help="the changes' random seed (default: from the clock, recorded in the output; a fixed seed "
+                         "with --reuse deletes keys an earlier run deleted already, i.e. nothing)")
     ap.add_argument("--state-dir", default=str(ROOT / ".recon-bench"))
     ap.add_argument("--out")
     ap.add_argument("--markdown", action="store_true")
@@ -281,8 +285,9 @@ def main() -> None:
     names = tables_for(a.rows)
     subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(ROOT / "engine")], check=False,
                    capture_output=True)
-    rng = random.Random(a.seed)
-    out: dict[str, Any] = {"rows": a.rows, "mismatch": a.mismatch, "change": a.change, "cores": os.cpu_count(),
+    seed = a.seed if a.seed is not None else time.time_ns() % 2**32
+    rng = random.Random(seed)
+    out: dict[str, Any] = {"rows": a.rows, "seed": seed, "mismatch": a.mismatch, "change": a.change, "cores": os.cpu_count(),
                            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                                     capture_output=True, text=True).stdout.strip()}
