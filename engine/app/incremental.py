@@ -971,10 +971,15 @@ def _find_deleted(side: _Side, state: StateDirectory, entries: list[dict[str, An
     # collides with a present one would be missed: when fewer are found than the count implies
     # (``expect``), the exact anti join decides
     if expect is not None:
-        gone = held.filter(~held.hash(seed=19).is_in(now.hash(seed=19).implode()))
+        gone = held.filter(~_key_hash(held).is_in(_key_hash(now).implode()))
         if len(gone) >= expect:
             return gone
     return held.to_frame("__key").join(now.to_frame("__key"), on="__key", how="anti")["__key"]
+
+
+def _key_hash(keys: pl.Series) -> pl.Series:
+    """A key's 64-bit hash for the deletion check (fixed seed: the same key, the same hash, in one run)."""
+    return keys.hash(seed=19)
 
 
 def _load_keys(state: StateDirectory, entries: list[dict[str, Any]]) -> pl.Series:

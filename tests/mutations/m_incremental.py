@@ -78,4 +78,9 @@ MUTATIONS = [
              "since_full >= opts.full_every",
              (_EVERY,),
              "the full check runs one run late"),
+    Mutation("hashed-deletions-never-exact", "engine/app/incremental.py",
+             "        if len(gone) >= expect:\n            return gone",
+             "        if True:\n            return gone",
+             ("tests/unit/test_incremental_deleted.py::test_a_count_the_hashes_cannot_meet_falls_back_to_the_exact_join",),
+             "a deleted key whose hash collides with a present key's is missed (the exact join never runs)"),
 ]
