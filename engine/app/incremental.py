@@ -142,7 +142,7 @@ def _load_segments(state: StateDirectory, entries: list[dict[str, Any]], schema:
         if blake3.blake3(data).hexdigest() != e["blake3"]:
             raise VerificationError(f"{p} does not match the state's index (it changed after it was written): "
                                     "rebuild the state with --full")
-        return pl.read_ipc(io.BytesIO(data))
+        return pl.read_ipc(data)  # the checked bytes themselves
 
     with ThreadPoolExecutor(2) as pool:  # two cores: more threads only contend
         return list(pool.map(one, entries))
@@ -174,13 +174,14 @@ def _write_segment(state: StateDirectory, side: str, generation: int, index: int
                    ) -> dict[str, Any]:
     p = state.segment_path(side, generation, index)
     p.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    # uncompressed (LZ4 cost 5 s to write and 4 s to read per 10M rows), and in Arrow's classic
-    # large_string layout: smaller than string views here, and readable by any Arrow reader
-    frame.write_ipc(buf, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
-    data = buf.getvalue()
-    p.write_bytes(data)
-    return {"file": state.relative(p), "blake3": blake3.blake3(data).hexdigest()}
+    # uncompressed (LZ4 cost 5 s to write and 4 s to read per 10M rows), in Arrow's classic
+    # large_string layout (smaller than string views here, and readable by any Arrow reader), and
+    # straight to the file: through a BytesIO the write took 2.6x as long. The digest is of the
+    # bytes on disk (a new name, which no index names yet)
+    frame.write_ipc(p, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
+    digest = blake3.blake3()
+    digest.update_mmap(p)
+    return {"file": state.relative(p), "blake3": digest.hexdigest()}
 
 
 def _write_side(state: StateDirectory, side: str, generation: int, frame: pl.DataFrame, counts: np.ndarray,
