@@ -32,7 +32,6 @@ whose results the run reports.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import time
@@ -148,23 +147,19 @@ def _load_segments(state: StateDirectory, entries: list[dict[str, Any]], schema:
         return list(pool.map(one, entries))
 
 
-def _load_key_columns(state: StateDirectory, entries: list[dict[str, Any]]
-                      ) -> list[tuple[pl.DataFrame, set[str]]]:
-    """Each segment's ``__key`` column (unchecked: see :func:`_apply_changes`) and the names of its
-    decimal columns in the wide form."""
-    def one(e: dict[str, Any]) -> tuple[pl.DataFrame, set[str]]:
+def _load_key_columns(state: StateDirectory, entries: list[dict[str, Any]]) -> list[pl.DataFrame]:
+    """Each segment's ``__key`` column (unchecked: see :func:`_apply_changes`)."""
+    def one(e: dict[str, Any]) -> pl.DataFrame:
         p = state.resolve(e["file"])
         try:
-            data = io.BytesIO(p.read_bytes())
+            data = p.read_bytes()
         except FileNotFoundError:
             raise VerificationError(f"{p} is missing from the incremental state: rebuild it with --full") from None
         try:
-            wide = {n for n, t in pl.read_ipc_schema(data).items() if isinstance(t, pl.Decimal)}
-            data.seek(0)
-            return pl.read_ipc(data, columns=["__key"]), wide
+            return pl.read_ipc(data, columns=["__key"])
         except (OSError, ValueError, pl.exceptions.PolarsError):  # the checked read says why
             (frame,) = _load_segments(state, [e], None)
-            return frame.select("__key"), {n for n, t in frame.schema.items() if isinstance(t, pl.Decimal)}
+            return frame.select("__key")
 
     with ThreadPoolExecutor(2) as pool:
         return list(pool.map(one, entries))
@@ -609,7 +604,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, index: dict[str, Any
     fields = sides[0].fields
     # pass 1, the stored keys only (what the deletion count and a key read need; unchecked here:
     # pass 2 checks every file it rewrites before anything is committed)
-    loaded: dict[tuple[str, int], tuple[pl.DataFrame, set[str]]] = {}
+    loaded: dict[tuple[str, int], pl.DataFrame] = {}
     plans = [dict(p) for p in plans]
     while True:  # a second round only when a count says rows were deleted that nobody listed
         T = sorted(touched)
@@ -622,7 +617,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, index: dict[str, Any
         for side, p, cut in zip(sides, plans, cuts, strict=True):
             if p["rows_now"] is None:
                 continue
-            existing = sum(len(_found(loaded[(side.name, i)][0], cut["removed"][i])) for i in T)
+            existing = sum(len(_found(loaded[(side.name, i)], cut["removed"][i])) for i in T)
             state_rows = sum(int(entries[side.name][i]["rows"]) for i in range(n_seg))
             predicted = state_rows - existing + p["changed"].frame.height
             if p["rows_now"] != predicted:
@@ -634,7 +629,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, index: dict[str, Any
 
         def deleted_of(x: tuple[_Side, dict[str, Any], int], T: list[int] = T) -> pl.Series:
             side, p, predicted = x
-            held = pl.concat([*(loaded[(side.name, i)][0]["__key"] for i in T), p["changed"].frame["__key"]])
+            held = pl.concat([*(loaded[(side.name, i)]["__key"] for i in T), p["changed"].frame["__key"]])
             if len(p["deleted"]):  # listed already
                 held = held.filter(~held.is_in(p["deleted"].implode()))
             return _find_deleted(side, state, entries[side.name], T, held, expect=predicted - p["rows_now"])
@@ -703,10 +698,9 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, index: dict[str, Any
     def run_batch(bt: list[int]) -> tuple[dict[int, list[str]], list[list[tuple[dict[str, Any], int, bytes]]],
                                           list[pl.DataFrame]]:
         """Apply, split, hash and write one batch; only the affected keys' rows are kept."""
+        # a batch's decimals may be in the scaled form while another's are wide: the canonical bytes,
+        # hence the digests, are the same in both forms, and every concatenation unifies them
         news, olds, afters = apply_batch(bt)
-        if wide:
-            news, olds, afters = ([fr.with_columns(to_decimal(fr[n], scale[n]) for n in wide) for fr in part]
-                                  for part in (news, olds, afters))
         # a segment whose source rows grew past twice the segment size is split (only its subtree changes)
         inner = [bounds[i - 1] for i in bt[1:]]
         counts = _counts_in(news[0]["__key"], inner, len(bt))
@@ -727,14 +721,6 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, index: dict[str, Any
                          int(per[j]), digests[j]) for j in range(n_pieces)])
         return split, out, [*olds, *afters]
 
-    # a decimal wide anywhere (a stored touched segment or the changed rows) is wide everywhere, as in
-    # one frame of the touched rows
-    scale = {f.name: f.ctype.scale or 0 for f in fields}
-    decimals = {f.name for f in fields if f.ctype.kind == "decimal"}
-    wide = sorted({n for (_s, i), (_k, w) in loaded.items() if i in touched and int(entries[_s][i]["rows"])
-                   for n in w & decimals}
-                  | {f.name for p in plans for f in fields if f.ctype.kind == "decimal" and p["changed"].frame.height
-                     and f.name in p["changed"].frame.columns and not is_scaled(p["changed"].frame[f.name])})
     with ThreadPoolExecutor(2) as pool:
         done = list(pool.map(run_batch, batches))
     split = {i: v for d in done for i, v in d[0].items()}

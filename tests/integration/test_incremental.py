@@ -256,3 +256,28 @@ def test_full_every_n_runs_checks_the_state(tables: dict[str, Any], tmp_path: Pa
     two = _run_req(_opts(tables, state, full_every=2), load(None))
     assert two["incremental"]["full_check"]["why"] == "every 2 runs (--full-every)"
     assert two["incremental"]["full_check"]["equal"] and two["incremental"]["runs_since_full"] == 0
+
+
+def test_a_decimal_that_outgrows_64_bits_keeps_the_state_equal_to_a_full_read(tables: dict[str, Any],
+                                                                              tmp_path: Path) -> None:
+    """A value past int64's range (as scaled cents) turns a decimal column from its scaled form into
+    the wide one in the changed rows only: the touched segments mix both forms, and the run must
+    still hash, merge and diff them as one full read of both sides does."""
+    with _conn(tables["pg"]) as c:
+        for t in ("s", "t"):
+            c.execute(f"ALTER TABLE inc.{t} ALTER COLUMN v TYPE numeric(38,2)")  # noqa: S608
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state), load(None))
+    with _conn(tables["pg"]) as c:
+        c.execute("UPDATE inc.s SET v = 123456789012345678901.25 WHERE k IN ('k00010', 'k01200')")
+        c.execute("UPDATE inc.t SET v = 123456789012345678901.25 WHERE k = 'k00010'")
+        c.execute("DELETE FROM inc.t WHERE k = 'k00500'")
+    check = tmp_path / "check"
+    shutil.copytree(state, check)
+    inc = _run_req(_opts(tables, state), load(None))
+    assert inc["incremental"]["mode"] == "incremental", inc["incremental"]
+    full = _run_req(_opts(tables, check, verify_full=True), load(None))
+    assert full["incremental"]["full_check"]["equal"], full["incremental"]["full_check"]
+    _same(inc, full)
+    wide = inc["_differences"].filter(inc["_differences"]["key"] == "k01200")
+    assert wide.height == 1 and wide["kind"][0] == "mismatched"
