@@ -129,15 +129,20 @@ def _add(a: Decimal | None, b: Decimal | None, sign: int = 1) -> Decimal | None:
 
 
 # -- reading the state -----------------------------------------------------------------------------------
+def _read_state_file(state: StateDirectory, entry: dict[str, Any]) -> tuple[Path, bytes]:
+    """The bytes of a file the index names (inside the state directory, or a one-line refusal)."""
+    p = state.resolve(entry["file"])
+    try:
+        return p, p.read_bytes()
+    except FileNotFoundError:
+        raise VerificationError(f"{p} is missing from the incremental state: rebuild it with --full") from None
+
+
 def _load_segments(state: StateDirectory, entries: list[dict[str, Any]], schema: dict[str, pl.DataType] | None
                    ) -> list[pl.DataFrame]:
     """The rows of these segments, each file checked against the index's digest first."""
     def one(e: dict[str, Any]) -> pl.DataFrame:
-        p = state.resolve(e["file"])
-        try:
-            data = p.read_bytes()
-        except FileNotFoundError:
-            raise VerificationError(f"{p} is missing from the incremental state: rebuild it with --full") from None
+        p, data = _read_state_file(state, e)
         if blake3.blake3(data).hexdigest() != e["blake3"]:
             raise VerificationError(f"{p} does not match the state's index (it changed after it was written): "
                                     "rebuild the state with --full")
@@ -150,11 +155,7 @@ def _load_segments(state: StateDirectory, entries: list[dict[str, Any]], schema:
 def _load_key_columns(state: StateDirectory, entries: list[dict[str, Any]]) -> list[pl.DataFrame]:
     """Each segment's ``__key`` column (unchecked: see :func:`_apply_changes`)."""
     def one(e: dict[str, Any]) -> pl.DataFrame:
-        p = state.resolve(e["file"])
-        try:
-            data = p.read_bytes()
-        except FileNotFoundError:
-            raise VerificationError(f"{p} is missing from the incremental state: rebuild it with --full") from None
+        _, data = _read_state_file(state, e)
         try:
             return pl.read_ipc(data, columns=["__key"])
         except (OSError, ValueError, pl.exceptions.PolarsError):  # the checked read says why
