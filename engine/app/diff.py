@@ -87,6 +87,10 @@ class DiffOptions:
                 fields[f"{side}_where"] = check_condition(fields[side], where, origin)
         if m is not None and m.source_updated_at:
             fields["source_updated_at"] = m.source_updated_at
+        if self.segment_rows is None and self.state_options(config) is not None:
+            from engine.app.incremental import DEFAULT_STATE_SEGMENT_ROWS
+
+            fields["segment_rows"] = DEFAULT_STATE_SEGMENT_ROWS
         return fields
 
     def state_options(self, config: Config) -> Any:

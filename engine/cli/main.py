@@ -50,7 +50,8 @@ def diff_cmd(
     target_where: Annotated[str | None, typer.Option("--target-where", help="Condition on the target (SOQL or SQL).")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Compare as of this time (ISO-8601); later changes count as in_flight.")] = None,
     unique_key: Annotated[bool, typer.Option("--unique-key", help="Fail (exit 2) if a key is duplicated on either side.")] = False,
-    segment_rows: Annotated[int, typer.Option("--segment-rows", min=1, help="Rows per Merkle segment.")] = 16_384,
+    segment_rows: Annotated[int | None, typer.Option(
+        "--segment-rows", min=1, help="Rows per Merkle segment (default 16,384; 128 with --state).")] = None,
     config: ConfigOpt = None,
     mapping: Annotated[str | None, typer.Option("--mapping", help="A [mapping.NAME] of the config.")] = None,
     as_json: JsonFlag = False,

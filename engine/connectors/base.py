@@ -76,6 +76,10 @@ class ReadRequest:
     #: only the rows changed at or after this time (by ``updated_at``): an incremental run's changed
     #: rows (PostgreSQL; see :class:`SideChanges`)
     changed_since: Any = None  # datetime | None
+    #: the rows in canonical key order when the side can give it cheaply (PostgreSQL: a single text
+    #: or int key, sorted by the server, through its index when one serves it); a hint, not a
+    #: promise: the caller checks the order and sorts when it does not hold
+    key_order: bool = False
 
 
 @dataclass

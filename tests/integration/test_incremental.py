@@ -103,6 +103,9 @@ def test_incremental_runs_equal_a_full_read_with_the_same_boundaries(tables: dic
             assert inc["incremental"]["mode"] == "incremental", inc["incremental"]
             assert inc["status"] == "ok"
             assert 0 < inc["incremental"]["touched_segments"] <= inc["incremental"]["segments"]
+            for side in ("source", "target"):  # 3 unlisted deletions a side, found through the key's index
+                d = inc["incremental"]["sides"][side]["deletions"]
+                assert (d["found"], d["by"]) == (3, "range counts"), (step, side, d)
             full = _run_req(_opts(tables, check, verify_full=True), load(None))
             assert full["incremental"]["full_check"]["equal"], (step, full["incremental"]["full_check"])
             _same(inc, full)
@@ -116,6 +119,27 @@ def test_incremental_runs_equal_a_full_read_with_the_same_boundaries(tables: dic
             if step == 4:
                 assert inc["incremental"]["split_segments"] > 0
             shutil.rmtree(check)
+
+
+def test_a_key_no_index_serves_is_read_to_find_deletions(tables: dict[str, Any], tmp_path: Path) -> None:
+    """Counting rows per key range is exact and cheap only through an index on the key: without
+    one (here: copies of the tables without a primary key) the run reads the side's keys instead,
+    and the state still equals a full read."""
+    with _conn(tables["pg"]) as c:
+        for t in ("s", "t"):
+            c.execute(f"CREATE TABLE inc.{t}2 AS SELECT * FROM inc.{t}")  # noqa: S608
+    dsn = tables["pg"].info.dsn
+    bare = {**tables, "source": f"{dsn}#inc.s2", "target": f"{dsn}#inc.t2"}
+    state = tmp_path / "state"
+    _run_req(_opts(bare, state), load(None))
+    with _conn(tables["pg"]) as c:
+        c.execute("DELETE FROM inc.s2 WHERE k IN ('k00010', 'k01000')")
+        c.execute("UPDATE inc.t2 SET v = v + 1, updated_at = now() WHERE k = 'k00020'")
+    inc = _run_req(_opts(bare, state), load(None))
+    d = inc["incremental"]["sides"]["source"]["deletions"]
+    assert (d["found"], d["by"]) == (2, "key read"), d
+    full = _run_req(_opts(bare, state, verify_full=True), load(None))
+    assert full["incremental"]["full_check"]["equal"]
 
 
 def test_a_transaction_committing_after_the_watermark_is_not_lost(tables: dict[str, Any], tmp_path: Path) -> None:
@@ -144,14 +168,26 @@ def test_a_transaction_committing_after_the_watermark_is_not_lost(tables: dict[s
 
 
 def test_a_tampered_segment_file_is_refused_and_full_rebuilds(tables: dict[str, Any], tmp_path: Path) -> None:
+    """A careful attacker keeps the pack a valid Arrow file and changes one stored value of a
+    segment the next run touches: its rows no longer hash to the index's digest. A garbled pack is
+    refused too. Both name the fix, and ``--full`` rebuilds."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
     state = tmp_path / "state"
     _run_req(_opts(tables, state), load(None))
     with _conn(tables["pg"]) as c:
-        c.execute("UPDATE inc.s SET v = v + 1 WHERE k = 'k00001'")
-    seg = sorted((state / "segments" / "source").iterdir())[0]
-    data = bytearray(seg.read_bytes())
-    data[-20] ^= 1
-    seg.write_bytes(bytes(data))
+        c.execute("UPDATE inc.s SET v = v + 1 WHERE k = 'k00002'")
+    pack = sorted((state / "segments" / "source").iterdir())[0]
+    t = ipc.open_file(pa.BufferReader(pack.read_bytes())).read_all()  # in memory: the file is rewritten below
+    n = t.column("n").to_pylist()
+    n[0] = n[0] + 1  # k00001's row, in the segment k00002 is in
+    t = t.set_column(t.schema.get_field_index("n"), "n", pa.array(n, type=t.schema.field("n").type))
+    with pa.OSFile(str(pack), "wb") as out, ipc.new_file(out, t.schema) as w:
+        w.write_table(t)
+    with pytest.raises(VerificationError, match="does not match the state's index"):
+        _run_req(_opts(tables, state), load(None))
+    pack.write_bytes(b"not an arrow file")
     with pytest.raises(VerificationError, match="does not match the state's index"):
         _run_req(_opts(tables, state), load(None))
     rebuilt = _run_req(_opts(tables, state, full=True), load(None))

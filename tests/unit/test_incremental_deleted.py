@@ -1,26 +1,28 @@
 """How an incremental run finds the rows a side deleted without listing them (`_find_deleted`).
 
-The fast way compares 64-bit hashes of the keys; it can only miss a deleted key (one whose hash
-equals a present key's), never invent one. When it finds fewer than the side's count implies, the
-exact join of the key strings must decide. A real collision cannot be produced on demand, so one
-test replaces the hash by a constant: every key collides.
+The side's keys arrive in key order; its rows per segment are compared with the state's, and only
+the segments whose count moved are compared key by key. When those segments do not account for
+every row the side's count says went (a change behind the watermark keeps a count, say), every
+segment is compared: the answer is exact either way, which these tests hold it to.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
 from engine.app import incremental as inc
 from engine.connectors.base import Extract
 from engine.core.normalize import ColumnType, FieldSpec, SideOptions
-from engine.workspace import StateDirectory
 
 KEY = (FieldSpec("id", "id", ColumnType("text"), is_key=True),)
+#: three segments: [.., a3) [a3, a5) [a5, ..)
+BOUNDS = ["a3", "a5"]
+HELD = ["a1", "a2", "a3", "a4", "a5", "a6"]
 
 
 @dataclass
@@ -30,10 +32,10 @@ class _Keys:
     keys: list[str]
     ref: str = "test#side"
     side: SideOptions = field(default_factory=SideOptions)
-    reads: int = 0
+    reads: list[Any] = field(default_factory=list)
 
     def read(self, req: Any) -> Extract:
-        self.reads += 1
+        self.reads.append(req)
         assert req.columns == ["id"], "the deletion check reads the key columns only"
         return Extract(pl.DataFrame({"id": self.keys}, schema={"id": pl.Utf8}), {})
 
@@ -42,28 +44,53 @@ def _side(keys: list[str]) -> inc._Side:
     return inc._Side("target", _Keys(keys), KEY, None, "updated_at")  # type: ignore[arg-type]
 
 
-HELD = pl.Series("__key", ["a1", "a2", "a3", "a4", "a5", "a6"])
+class _Held:
+    """The state's keys per segment, recording which segments were asked for."""
+
+    def __init__(self, keys: list[str]) -> None:
+        s = pl.Series("__key", keys)
+        ids = np.searchsorted(np.array(BOUNDS), np.array(keys), side="right")
+        self.by = {i: s.filter(pl.Series(ids == i)) for i in range(len(BOUNDS) + 1)}
+        self.asked: list[list[int]] = []
+
+    def __call__(self, segs: list[int]) -> pl.Series:
+        self.asked.append(list(segs))
+        return pl.concat([self.by[i] for i in segs]) if segs else pl.Series("__key", [], dtype=pl.Utf8)
 
 
-@pytest.mark.parametrize("expect", [None, 0, 2])
-def test_the_deleted_keys_are_exactly_those_the_side_no_longer_holds(tmp_path: Path, expect: int | None) -> None:
-    side = _side(["a1", "a3", "a4", "a6", "z9"])  # a2 and a5 deleted; z9 is new (not the state's business)
-    gone = inc._find_deleted(side, StateDirectory(tmp_path), [], [], HELD, expect=expect)
+def _expected(keys: list[str]) -> np.ndarray:
+    return np.bincount(np.searchsorted(np.array(BOUNDS), np.array(keys), side="right"), minlength=len(BOUNDS) + 1)
+
+
+def test_only_the_segments_whose_count_moved_are_compared_key_by_key() -> None:
+    side = _side(["a6", "a1", "a3", "a4"])  # a2 and a5 deleted; the keys arrive unsorted: sorted here
+    held = _Held(HELD)
+    gone, how = inc._find_deleted(side, BOUNDS, held, _expected(HELD), expect=2)
+    assert how == "key read"
     assert sorted(gone.to_list()) == ["a2", "a5"]
-    assert side.src.reads == 1  # type: ignore[attr-defined]
+    assert held.asked == [[0, 2]]  # segment 1 kept its count: never compared
+    (req,) = side.src.reads  # type: ignore[attr-defined]
+    assert req.key_order and [f.name for f in req.key_fields] == ["id"]  # asks the side for key order
 
 
-def test_a_count_the_hashes_cannot_meet_falls_back_to_the_exact_join(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    # every key collides (a hash of one value): the hashes find no deleted key, the count says two
-    # went, so the exact join must decide
-    monkeypatch.setattr(inc, "_key_hash", lambda keys: pl.Series(keys.name, [7] * len(keys), dtype=pl.UInt64))
-    side = _side(["a1", "a3", "a4", "a6"])
-    gone = inc._find_deleted(side, StateDirectory(tmp_path), [], [], HELD, expect=2)
-    assert sorted(gone.to_list()) == ["a2", "a5"]
+def test_a_deletion_hidden_behind_an_unlisted_insert_falls_back_to_every_segment() -> None:
+    # a2 went and a2x came in segment 0 without being listed (written behind the watermark): the
+    # counts of every segment hold, the side's total says one row went, so every segment is compared
+    side = _side(["a1", "a2x", "a3", "a4", "a5", "a6"])
+    held = _Held(HELD)
+    gone, how = inc._find_deleted(side, BOUNDS, held, _expected(HELD), expect=1)
+    assert how == "key read, every segment"
+    assert gone.to_list() == ["a2"]
+    assert held.asked == [[], [0, 1, 2]]
 
 
-def test_nothing_deleted_finds_nothing(tmp_path: Path) -> None:
-    side = _side(HELD.to_list())
-    for expect in (None, 0, 1):
-        assert inc._find_deleted(side, StateDirectory(tmp_path), [], [], HELD, expect=expect).len() == 0
+@pytest.mark.parametrize("expect", [0, 1])
+def test_nothing_deleted_finds_nothing(expect: int) -> None:
+    held = _Held(HELD)
+    assert inc._find_deleted(_side(HELD), BOUNDS, held, _expected(HELD), expect=expect)[0].len() == 0
+
+
+def test_without_counts_every_segment_is_compared() -> None:
+    held = _Held(HELD)
+    gone, _ = inc._find_deleted(_side(["a1", "a3", "a4", "a6", "z9"]), BOUNDS, held)  # z9: new, not the state's business
+    assert sorted(gone.to_list()) == ["a2", "a5"] and held.asked == [[0, 1, 2]]

@@ -77,14 +77,15 @@ class PostgresSource:
 
         ranged = req.key_range is not None and not req.key_range.whole
         started = early.take(self.ref, req.where, req.columns)
-        if started is not None and (ranged or req.snapshot is not None or req.changed_since is not None):
+        if started is not None and (ranged or req.snapshot is not None or req.changed_since is not None
+                                    or req.key_order):
             started.close()
             started = None
         return source.extract(self.ref, req.columns, req.where, updated_at=req.updated_at, as_of=req.as_of,
                               key_columns=req.key_columns, started=started, passfile=self.passfile,
                               statement_timeout_ms=self.statement_timeout_ms, snapshot=req.snapshot,
                               key_range=req.key_range if ranged else None, key_fields=req.key_fields,
-                              changed_since=req.changed_since)
+                              changed_since=req.changed_since, key_order=req.key_order)
 
     def changes(self, req: ReadRequest, since: dict[str, Any] | None, *,
                 overlap: Any = None) -> SideChanges:
@@ -101,6 +102,14 @@ class PostgresSource:
         (key,) = req.key_fields
         return SortedKeys(self.ref, key, req.where, snapshot=req.snapshot, passfile=self.passfile,
                           statement_timeout_ms=self.statement_timeout_ms)
+
+    def key_ranges(self, req: ReadRequest) -> Any:
+        """Rows and keys per canonical key range, counted in the server (a context manager giving
+        None when that would not be exact: see :mod:`engine.connectors.postgres.rangecount`)."""
+        from engine.connectors.postgres.rangecount import open_ranges
+
+        return open_ranges(self.ref, req.key_fields, req.where, passfile=self.passfile,
+                           statement_timeout_ms=self.statement_timeout_ms)
 
     def keys_as_canonical(self, key_fields: tuple[Any, ...], snapshot: str | None) -> bool:
         """Whether a key range can be pushed down as a comparison of the stored text: false when a
