@@ -13,6 +13,7 @@ _LOCK = f"{_T}::test_two_runs_on_one_state_and_bad_options"
 _CLI = f"{_T}::test_cli_state_run_is_signed_with_its_watermarks_and_verifies"
 _DRIFT = f"{_T}::test_a_change_the_watermark_cannot_see_is_state_drift_and_the_state_is_rebuilt"
 _EVERY = f"{_T}::test_full_every_n_runs_checks_the_state"
+_UNIT = "tests/unit/test_incremental_deleted.py"
 _SF = "tests/integration/test_incremental_sf.py::test_sf_pg_incremental_runs_equal_a_full_read_with_the_same_boundaries"
 
 MUTATIONS = [
@@ -32,10 +33,10 @@ MUTATIONS = [
              (_PROP,),
              "a row deleted in PostgreSQL (which lists no deletions) stays in the state"),
     Mutation("segment-digest-not-checked", "engine/app/incremental.py",
-             'if blake3.blake3(data).hexdigest() != e["blake3"]:',
-             "if False:",
+             "            if d.hex() != e[\"digest\"]:",
+             "            if False:",
              (_TAMPER,),
-             "a segment file changed after it was written is trusted"),
+             "a segment whose stored rows changed after they were written is trusted"),
     Mutation("no-lock", "engine/workspace.py",
              'open(self.dir / STATE_LOCK, "a+")  # noqa: SIM115  (held for the run)\n        try:\n'
              "            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)",
@@ -78,9 +79,24 @@ MUTATIONS = [
              "since_full >= opts.full_every",
              (_EVERY,),
              "the full check runs one run late"),
-    Mutation("hashed-deletions-never-exact", "engine/app/incremental.py",
-             "        if len(gone) >= expect:\n            return gone",
-             "        if True:\n            return gone",
-             ("tests/unit/test_incremental_deleted.py::test_a_count_the_hashes_cannot_meet_falls_back_to_the_exact_join",),
-             "a deleted key whose hash collides with a present key's is missed (the exact join never runs)"),
+    Mutation("narrowed-deletions-never-exact", "engine/app/incremental.py",
+             "        if len(gone) == expect:\n            return gone, \"key read\"",
+             "        if True:\n            return gone, \"key read\"",
+             (f"{_UNIT}::test_a_deletion_hidden_behind_an_unlisted_insert_falls_back_to_every_segment",),
+             "a deletion the per-segment counts cannot see is missed (every segment is never compared)"),
+    Mutation("range-counts-trusted-blindly", "engine/app/incremental.py",
+             "            if gone is not None and len(gone) == expect:",
+             "            if gone is not None:",
+             (f"{_T}::test_counts_that_do_not_add_up_fall_back_to_reading_every_key",),
+             "the range counts' answer is taken even when it does not account for every deleted row"),
+    Mutation("range-counts-off", "engine/app/incremental.py",
+             '        opener = getattr(side.src, "key_ranges", None)',
+             "        opener = None",
+             (_PROP,),
+             "deletions are always found by reading every key (the range counts are never used)"),
+    Mutation("all-segments-compared", "engine/app/incremental.py",
+             "        spans = [sp for sp, g, w in zip(spans, got.tolist(), want.tolist(), strict=True) if g != w]",
+             "        spans = [sp for sp, g, w in zip(spans, got.tolist(), want.tolist(), strict=True)]",
+             (f"{_T}::test_the_range_counts_narrow_to_the_moved_segments",),
+             "the range counts narrow nothing: every segment's keys are read"),
 ]

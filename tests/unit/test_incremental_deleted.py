@@ -66,7 +66,7 @@ def test_only_the_segments_whose_count_moved_are_compared_key_by_key() -> None:
     side = _side(["a6", "a1", "a3", "a4"])  # a2 and a5 deleted; the keys arrive unsorted: sorted here
     held = _Held(HELD)
     gone, how = inc._find_deleted(side, BOUNDS, held, _expected(HELD), expect=2)
-    assert how == "key read"
+    assert how == {"by": "key read", "segments_compared": 2}
     assert sorted(gone.to_list()) == ["a2", "a5"]
     assert held.asked == [[0, 2]]  # segment 1 kept its count: never compared
     (req,) = side.src.reads  # type: ignore[attr-defined]
@@ -79,7 +79,7 @@ def test_a_deletion_hidden_behind_an_unlisted_insert_falls_back_to_every_segment
     side = _side(["a1", "a2x", "a3", "a4", "a5", "a6"])
     held = _Held(HELD)
     gone, how = inc._find_deleted(side, BOUNDS, held, _expected(HELD), expect=1)
-    assert how == "key read, every segment"
+    assert how == {"by": "key read, every segment", "segments_compared": 3}
     assert gone.to_list() == ["a2"]
     assert held.asked == [[], [0, 1, 2]]
 
