@@ -433,21 +433,26 @@ def _profiles(result: DiffResult, fmeta: dict[str, Any]) -> dict[str, tuple[int,
             "target": (result.target_rows, fmeta.get("nulls", {}).get("target", {}))}
 
 
-def _request(side: _Side, *, keys_only: bool = False, ordered: bool = False) -> ReadRequest:
+def _request(side: _Side, *, keys_only: bool = False, ordered: bool = False,
+             count_ranges: tuple[tuple[str | None, str | None], ...] = ()) -> ReadRequest:
     fields = [f for f in side.fields if f.is_key] if keys_only else list(side.fields)
     keys = tuple(f for f in side.fields if f.is_key)
     return ReadRequest([f.column for f in fields], side.where, updated_at=side.updated_at,
-                       key_columns=[f.column for f in keys], key_fields=keys if ordered else (), key_order=ordered)
+                       key_columns=[f.column for f in keys], key_fields=keys if ordered or count_ranges else (),
+                       key_order=ordered, count_ranges=count_ranges)
 
 
-def _ask(side: _Side, since: dict[str, Any] | None) -> SideChanges:
-    """The side's changes since ``since``; a source that cannot list changes is read whole."""
+def _ask(side: _Side, since: dict[str, Any] | None,
+         count_ranges: tuple[tuple[str | None, str | None], ...] = ()) -> SideChanges:
+    """The side's changes since ``since``; a source that cannot list changes is read whole.
+    ``count_ranges``: the first step of :func:`_narrow`, counted in the changes' own snapshot where
+    the side can (instead of a ``count(*)``: one pass over the key's index, not two)."""
     changes = getattr(side.src, "changes", None)
     if changes is None:
         e = side.src.read(_request(side))
         return SideChanges(mode="whole", frame=e.frame, columns=e.columns, watermark={}, rows_now=e.frame.height,
                            reason=f"{side.src.ref} cannot list its changes: read whole every run", meta=e.meta)
-    return changes(_request(side), since)
+    return changes(_request(side, count_ranges=count_ranges), since)
 
 
 def _canon(side: _Side, frame: pl.DataFrame) -> Canonical:
@@ -549,7 +554,8 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
             raise VerificationError(f"{state.index_path}: {len(entries[s])} {s} segments for {n_seg} key ranges: "
                                     "rebuild the state with --full")
     with ThreadPoolExecutor(2) as pool:
-        got = list(pool.map(lambda s: _ask(s, index["sides"][s.name].get("watermark")), sides))
+        first = tuple(_key_range(bounds, a, b) for a, b in _spans(0, n_seg, NARROW_STEPS[0]))
+        got = list(pool.map(lambda s: _ask(s, index["sides"][s.name].get("watermark"), first), sides))
     b_arr = pl.Series("b", bounds, dtype=pl.Utf8)
 
     def seg_of(keys: pl.Series) -> np.ndarray:
@@ -561,7 +567,7 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
     touched: set[int] = set()
     for side, g in zip(sides, got, strict=True):
         p: dict[str, Any] = {"mode": g.mode, "reason": g.reason, "rows_now": g.rows_now,
-                             "rows_reread": g.frame.height}
+                             "rows_reread": g.frame.height, "range_counts": g.range_counts}
         c = _canon(side, g.frame)
         g.frame = g.frame.clear()
         if g.mode == "whole":
@@ -780,7 +786,8 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
                     parts.append(ch.filter(pl.Series(np.isin(cut.ch_pos, jt))))
                 return pl.concat(parts, rechunk=True)
 
-            return _find_deleted(side, bounds, held_of, expected, expect=predicted - p["rows_now"])
+            return _find_deleted(side, bounds, held_of, expected, expect=predicted - p["rows_now"],
+                                 first=p.get("range_counts"))
 
         with ThreadPoolExecutor(2) as pool:  # the two key reads at once: each mostly waits on its server
             gone_of = list(pool.map(deleted_of, short))
@@ -1000,9 +1007,9 @@ def _finish(state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _S
     td = [bytes.fromhex(e["digest"]) for e in seg_entries["target"]]
     sr = [int(e["rows"]) for e in seg_entries["source"]]
     tr = [int(e["rows"]) for e in seg_entries["target"]]
-    s_tree, t_tree = merkle.build_tree(sd, sr), merkle.build_tree(td, tr)
+    s_tree, t_tree, divergent = merkle.trees_and_divergence(sd, sr, td, tr)
     result = DiffResult(**counts, columns=columns, segmentation=merkle.Segmentation(tuple(new_bounds)),
-                        source_tree=s_tree, target_tree=t_tree, divergent=merkle.divergent_segments(s_tree, t_tree),
+                        source_tree=s_tree, target_tree=t_tree, divergent=divergent,
                         differences_plan=diffs.lazy(), _differences=diffs)
     marks = {s.name: g.watermark for s, g in zip(sides, got, strict=True)}
     new_index = dict(index)
@@ -1117,8 +1124,8 @@ def _empty_like(p: dict[str, Any], side: _Side) -> pl.DataFrame:
 
 
 def _find_deleted(side: _Side, bounds: list[str], held_of: Callable[[list[int]], pl.Series],
-                  expected: np.ndarray | None = None, *, expect: int | None = None
-                  ) -> tuple[pl.Series, dict[str, Any]]:
+                  expected: np.ndarray | None = None, *, expect: int | None = None,
+                  first: list[int] | None = None) -> tuple[pl.Series, dict[str, Any]]:
     """The keys the state holds (after this run's listed changes) that the side no longer does,
     and how they were found (``by``, and the ranges counted and segments compared).
 
@@ -1144,7 +1151,7 @@ def _find_deleted(side: _Side, bounds: list[str], held_of: Callable[[list[int]],
         if opener is not None:
             info: dict[str, Any] = {}
             with opener(_request(side, keys_only=True, ordered=True)) as ranges:
-                gone = _narrow(side, ranges, bounds, held_of, expected, info) if ranges is not None else None
+                gone = _narrow(side, ranges, bounds, held_of, expected, info, first) if ranges is not None else None
             if gone is not None and len(gone) == expect:
                 return gone, {"by": "range counts", **info}
     e = side.src.read(_request(side, keys_only=True, ordered=True))
@@ -1167,7 +1174,7 @@ NARROW_STEPS = (8, 1)
 
 
 def _narrow(side: _Side, ranges: Any, bounds: list[str], held_of: Callable[[list[int]], pl.Series],
-            expected: np.ndarray, info: dict[str, Any]) -> pl.Series | None:
+            expected: np.ndarray, info: dict[str, Any], first: list[int] | None = None) -> pl.Series | None:
     """The deleted keys found by counting rows per key range in the side's server: ranges of
     NARROW_STEPS[0] segments first, then only the ranges whose count moved, cut finer, down to
     single segments, whose stored keys are then compared with the state's. None when the key
@@ -1176,30 +1183,39 @@ def _narrow(side: _Side, ranges: Any, bounds: list[str], held_of: Callable[[list
     moved ones (about one per deleted row) are then cut into single segments."""
     n = len(bounds) + 1
     cum = np.concatenate([[0], np.cumsum(expected)]).astype(np.int64)
-
-    def key_range(a: int, b: int) -> tuple[str | None, str | None]:
-        return (bounds[a - 1] if a > 0 else None, bounds[b - 1] if b < n else None)
-
     if ranges.null_keys:
         return None
-    step = NARROW_STEPS[0]
-    spans = [(a, min(a + step, n)) for a in range(0, n, step)]
+    spans = _spans(0, n, NARROW_STEPS[0])
     info["ranges_counted"] = 0
     while True:
-        got = np.asarray(ranges.counts([key_range(a, b) for a, b in spans]), dtype=np.int64)
+        if first is not None and len(first) == len(spans):  # counted with the changes already
+            got, first = np.asarray(first, dtype=np.int64), None
+            info["first_step"] = "in the changes' snapshot"
+        else:
+            got = np.asarray(ranges.counts([_key_range(bounds, a, b) for a, b in spans]), dtype=np.int64)
         info["ranges_counted"] += len(spans)
         want = np.asarray([cum[b] - cum[a] for a, b in spans], dtype=np.int64)
         spans = [sp for sp, g, w in zip(spans, got.tolist(), want.tolist(), strict=True) if g != w]
         if not spans or spans[0][1] - spans[0][0] == 1:
             break
         step = next(s for s in NARROW_STEPS if s < spans[0][1] - spans[0][0])
-        spans = [(a, min(a + step, b)) for a0, b in spans for a in range(a0, b, step)]
+        spans = [sp for a0, b in spans for sp in _spans(a0, b, step)]
     segs = [a for a, _ in spans]
     info["segments_compared"] = len(segs)
     (key,) = [f.column for f in side.fields if f.is_key]
-    now = _canon_keys(side, pl.DataFrame({key: ranges.keys([key_range(a, a + 1) for a in segs])},
+    now = _canon_keys(side, pl.DataFrame({key: ranges.keys([_key_range(bounds, a, a + 1) for a in segs])},
                                          schema={key: pl.Utf8}))
     return _anti(held_of(segs), now)
+
+
+def _spans(a: int, b: int, step: int) -> list[tuple[int, int]]:
+    """Segments ``a:b`` in runs of ``step``."""
+    return [(i, min(i + step, b)) for i in range(a, b, step)]
+
+
+def _key_range(bounds: list[str], a: int, b: int) -> tuple[str | None, str | None]:
+    """The canonical key range of segments ``a:b`` (None: open)."""
+    return (bounds[a - 1] if a > 0 else None, bounds[b - 1] if b < len(bounds) + 1 else None)
 
 
 def _anti(held: pl.Series, now: pl.Series) -> pl.Series:

@@ -80,6 +80,10 @@ class ReadRequest:
     #: or int key, sorted by the server, through its index when one serves it); a hint, not a
     #: promise: the caller checks the order and sorts when it does not hold
     key_order: bool = False
+    #: with ``changed_since``: canonical key ranges ``[lo, hi)`` (None: open) whose rows the side
+    #: counts in the same snapshot instead of ``count(*)`` where it can do so exactly through an index
+    #: (PostgreSQL: see :mod:`engine.connectors.postgres.rangecount`); ``key_fields`` types the key
+    count_ranges: tuple[tuple[str | None, str | None], ...] = ()
 
 
 @dataclass
@@ -112,6 +116,8 @@ class SideChanges:
     rows_now: int | None = None
     reason: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: rows per ``ReadRequest.count_ranges`` range in the same state as ``rows_now`` (their sum), or None
+    range_counts: list[int] | None = None
 
 
 class RunSnapshot(Protocol):

@@ -132,6 +132,7 @@ def test_the_range_counts_narrow_to_the_moved_segments(tables: dict[str, Any], t
     d = inc["incremental"]["sides"]["source"]["deletions"]
     segments = first["merkle"]["segments"]
     assert (d["found"], d["by"], d["segments_compared"]) == (2, "range counts", 2), d
+    assert d["first_step"] == "in the changes' snapshot"  # no count(*) of its own
     # ranges of 8 segments, then the two moved ones cut into single segments (k00010 and k01000 are
     # more than 8 segments of 64 rows apart)
     assert d["ranges_counted"] == -(-segments // 8) + 2 * 8 < segments, (segments, d)

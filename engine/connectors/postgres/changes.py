@@ -94,6 +94,7 @@ def changes(src: PostgresSource, req: ReadRequest, since: dict[str, Any] | None,
     e = src.read(replace(req, changed_since=lower)) if lower is not None else src.read(req)
     # the row count in the read's own snapshot
     rows_now = e.meta.get("rows_now")
+    range_counts = e.meta.pop("range_counts", None)
     if rows_now is None and lower is not None:  # pragma: no cover - extract counts when asked
         raise RuntimeError("the changed rows were read without a count")
     meta = {**e.meta, "rows_read": e.frame.height, "horizon": mark["horizon"]}
@@ -105,4 +106,4 @@ def changes(src: PostgresSource, req: ReadRequest, since: dict[str, Any] | None,
                         "past the watermark")
     return SideChanges(mode="changes" if lower is not None else "whole", frame=e.frame, columns=e.columns,
                        watermark=mark, rows_now=rows_now if lower is not None else e.frame.height,
-                       reason=reason, meta=meta)
+                       reason=reason, meta=meta, range_counts=range_counts)

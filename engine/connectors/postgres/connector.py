@@ -85,7 +85,8 @@ class PostgresSource:
                               key_columns=req.key_columns, started=started, passfile=self.passfile,
                               statement_timeout_ms=self.statement_timeout_ms, snapshot=req.snapshot,
                               key_range=req.key_range if ranged else None, key_fields=req.key_fields,
-                              changed_since=req.changed_since, key_order=req.key_order)
+                              changed_since=req.changed_since, key_order=req.key_order,
+                              count_ranges=req.count_ranges)
 
     def changes(self, req: ReadRequest, since: dict[str, Any] | None, *,
                 overlap: Any = None) -> SideChanges:

@@ -90,13 +90,29 @@ class KeyRanges:
         return out
 
 
+def key_ranges_on(conn: psycopg.Connection, ref: PostgresRef, keys: Sequence[FieldSpec], where: str | None
+                  ) -> KeyRanges | None:
+    """A :class:`KeyRanges` in ``conn``'s transaction, or None when counting by range would not be
+    exact or not be served by an index (see the module's docstring)."""
+    from engine.connectors.postgres.source import describe, resolve_columns
+
+    key = [k for k in keys if k.is_key] or list(keys)
+    if where is not None or len(key) != 1 or key[0].ctype.kind != "text":
+        return None
+    (col,) = resolve_columns(describe(conn, ref), [key[0].column], f"{ref.schema}.{ref.table}")
+    if col.base not in keyrange.STRING_TYPES:
+        return None
+    facts = keyrange.text_key_facts(conn, ref.schema, ref.table, col.name)
+    if not facts.indexed or facts.order == "pattern":
+        return None
+    ranges = KeyRanges(conn, ref, col.name, col.base, facts.order)
+    return None if ranges.null_keys else ranges
+
+
 @contextlib.contextmanager
 def open_ranges(ref: PostgresRef, keys: Sequence[FieldSpec], where: str | None, *,
                 passfile: str | Path | None, statement_timeout_ms: int) -> Iterator[KeyRanges | None]:
-    """A :class:`KeyRanges` in a fresh read-only snapshot, or None when counting by range would not
-    be exact or not be served by an index (see the module's docstring)."""
-    from engine.connectors.postgres.source import describe, resolve_columns
-
+    """:func:`key_ranges_on` in a fresh read-only snapshot of its own."""
     key = [k for k in keys if k.is_key] or list(keys)
     if where is not None or len(key) != 1 or key[0].ctype.kind != "text":
         yield None
@@ -108,14 +124,8 @@ def open_ranges(ref: PostgresRef, keys: Sequence[FieldSpec], where: str | None, 
         conn.autocommit = False
         conn.read_only = True
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        (col,) = resolve_columns(describe(conn, ref), [key[0].column], f"{ref.schema}.{ref.table}")
-        facts = keyrange.text_key_facts(conn, ref.schema, ref.table, col.name) \
-            if col.base in keyrange.STRING_TYPES else None
-        if facts is None or not facts.indexed or facts.order == "pattern":
-            yield None
-            return
         try:
-            yield KeyRanges(conn, ref, col.name, col.base, facts.order)
+            yield key_ranges_on(conn, ref, keys, where)
         except psycopg.errors.Error as exc:
             raise QueryRejected(f"PostgreSQL rejected a key range count on {ref.schema}.{ref.table}: "
                                 f"{str(exc).splitlines()[0]}") from None

@@ -173,6 +173,7 @@ def extract(
     key_fields: tuple[FieldSpec, ...] = (),
     changed_since: datetime | None = None,
     key_order: bool = False,
+    count_ranges: tuple[tuple[str | None, str | None], ...] = (),
 ) -> Extract:
     """Read the wanted columns in one snapshot; rows changed after ``as_of`` (by ``updated_at``) are
     reported as in-flight keys. ``started``: a read already under way for the same table and
@@ -206,11 +207,19 @@ def extract(
                 sql.Identifier(ref.schema, ref.table), sql.Identifier(uc.name))
             rows = read.conn.execute(q, (_as_of_param(uc, as_of, read.where_text),)).fetchall()
             in_flight = pl.DataFrame(rows, schema=[c.name for c in kc], orient="row")
+        range_counts = None
         if changed_since is not None:  # the read's own transaction: the same snapshot as its rows
-            q = sql.SQL("SELECT count(*) FROM {}{}").format(
-                sql.Identifier(ref.schema, ref.table),
-                sql.SQL(" WHERE ({})").format(sql.SQL(where)) if where else sql.SQL(""))
-            rows_now = int(read.conn.execute(q).fetchone()[0])  # type: ignore[index]
+            from engine.connectors.postgres.rangecount import key_ranges_on
+
+            ranges = key_ranges_on(read.conn, ref, key_fields, where) if count_ranges else None
+            if ranges is not None:  # the rows per range add up to the count, through the key's index
+                range_counts = ranges.counts(count_ranges)
+                rows_now = sum(range_counts)
+            else:
+                q = sql.SQL("SELECT count(*) FROM {}{}").format(
+                    sql.Identifier(ref.schema, ref.table),
+                    sql.SQL(" WHERE ({})").format(sql.SQL(where)) if where else sql.SQL(""))
+                rows_now = int(read.conn.execute(q).fetchone()[0])  # type: ignore[index]
     aware = [c.name for c in cols if c.base == "timestamptz"]
     if aware:
         frame = frame.with_columns(pl.col(n).dt.replace_time_zone("UTC") for n in aware)
@@ -237,6 +246,8 @@ def extract(
         meta["changed_since"] = changed_since.isoformat()
     if rows_now is not None:
         meta["rows_now"] = rows_now
+    if range_counts is not None:  # taken out by the caller (tens of thousands of numbers)
+        meta["range_counts"] = range_counts
     if key_range is not None and not key_range.whole:
         pred = read.key_pred
         meta["key_pushdown"] = bool(pred and pred.pushdown)
