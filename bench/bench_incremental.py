@@ -25,12 +25,9 @@ What it does, in order:
            the run's own ``incremental`` block (touched segments, rows re-read, deletions) is kept.
            ``--index both`` runs the series without an index on ``updated_at``, then creates one
            (``CREATE INDEX … (updated_at)`` on both tables) and runs the series again.
-  deletions  how deletions nobody listed are found, both timed against the same snapshot:
-           ``count+keys``: what recon does (a ``count(*)`` in the changes' snapshot; when it
-           disagrees with the state, one key-only read of the side); ``segment-counts``: one
-           ``GROUP BY`` over the state's segment numbering computed in the database
-           (``width_bucket(id, ARRAY[boundaries])``), compared with the state's per-segment row
-           counts, then a key-only read of only the segments whose count moved.
+  deletions  how deletions nobody listed are found, timed apart before the first incremental run:
+           an ordered key-only read of the side (recon's way when no index serves the key), and
+           recon's range counts through the key's index (see :func:`deletions`).
 
 Every process is sampled by bench/bench_scale.py's sampler (whole-process wall, peak RSS of the
 tree, CPU of the tree, of the server and of the others on this shared machine).
@@ -181,61 +178,56 @@ def change(dsn: str, names: tuple[str, str], rows: int, share: float, rng: rando
 
 
 def deletions(dsn: str, names: tuple[str, str], state_dir: Path, inserted: list[list[str]]) -> dict[str, Any]:
-    """The two ways of finding deleted rows, on each side, against the state of the last run after a
+    """The ways of finding deleted rows, on each side, against the state of the last run after a
     fresh change: a segment's expected count is its stored count plus the rows inserted into it (what
-    an incremental run knows from the changed rows it read)."""
+    an incremental run knows from the changed rows it read).
+
+    ``count+keys``: a ``count(*)``, then every key read in key order (ADBC, the index's order);
+    ``range counts``: what recon does (engine.connectors.postgres.rangecount): rows per range of
+    NARROW_STEPS[0] segments counted through the key's index, the moved ranges cut into single
+    segments and counted again, then the keys of the moved segments read."""
     import bisect
 
-    import psycopg
-    import pyarrow.csv as pacsv
+    import numpy as np
+
+    from engine.app.incremental import NARROW_STEPS, _key_range, _spans
+    from engine.connectors.base import ReadRequest
+    from engine.connectors.postgres.connector import PostgresSource
+    from engine.connectors.postgres.rangecount import open_ranges
+    from engine.connectors.refs import parse_reference
+    from engine.core.normalize import ColumnType, FieldSpec
 
     index = json.loads((state_dir / "state.json").read_text())
     bounds: list[str] = index["boundaries"]
-    out: dict[str, Any] = {"segments": len(bounds) + 1}
+    n_seg = len(bounds) + 1
+    key = (FieldSpec("id", "id", ColumnType("text"), is_key=True),)
+    out: dict[str, Any] = {"segments": n_seg}
     for side, t, ins in zip(("source", "target"), names, inserted, strict=True):
-        held = [int(e["rows"]) for e in index["sides"][side]["segments"]]
+        held = np.asarray(index["sides"][side]["segments"]["rows"], dtype=np.int64)
         for k in ins:
             held[bisect.bisect_right(bounds, k)] += 1
+        cum = np.concatenate([[0], np.cumsum(held)])
+        src = PostgresSource(parse_reference(f"{dsn}#public.{t}"), None)  # type: ignore[arg-type]
         r: dict[str, Any] = {}
-        with psycopg.connect(dsn, autocommit=False) as c:
-            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            t0 = time.perf_counter()
-            n = c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[arg-type,index]  # noqa: S608
-            r["count_s"] = round(time.perf_counter() - t0, 3)
-            t0 = time.perf_counter()
-            buf = bytearray()
-            with c.cursor().copy(f"COPY (SELECT id FROM {t}) TO STDOUT (FORMAT csv)") as cp:  # type: ignore[arg-type]  # noqa: S608
-                for chunk in cp:
-                    buf += chunk
-            import io
-
-            keys = pacsv.read_csv(io.BytesIO(bytes(buf)), read_options=pacsv.ReadOptions(column_names=["id"]))
-            r["key_read_s"] = round(time.perf_counter() - t0, 3)
-            r["count_plus_keys_s"] = round(r["count_s"] + r["key_read_s"], 3)
-            r["keys"] = keys.num_rows
-            r["rows"] = int(n)
-            t0 = time.perf_counter()
-            got = c.execute(f"SELECT width_bucket(id::text COLLATE \"C\", %s::text[]) AS s, count(*) FROM {t} "  # type: ignore[arg-type]  # noqa: S608
-                            "GROUP BY 1 ORDER BY 1", (bounds,)).fetchall()
-            r["segment_counts_s"] = round(time.perf_counter() - t0, 3)
-            per = [0] * (len(bounds) + 1)
-            for s, k in got:
-                per[int(s)] = int(k)
-            moved = [i for i, (a, b) in enumerate(zip(per, held, strict=True)) if a != b]
-            r["segments_counted_differently"] = len(moved)
-            # the keys of only those segments (what the counts buy: a read of their ranges)
-            t0 = time.perf_counter()
-            nk = 0
-            for i in moved:
-                lo = bounds[i - 1] if i > 0 else None
-                hi = bounds[i] if i < len(bounds) else None
-                cond = " AND ".join(x for x in (f"id >= {psycopg.sql.quote(lo)}" if lo else "",
-                                                f"id < {psycopg.sql.quote(hi)}" if hi else "") if x) or "true"
-                nk += len(c.execute(f"SELECT id FROM {t} WHERE {cond}").fetchall())  # type: ignore[arg-type]  # noqa: S608
-            r["moved_segments_key_read_s"] = round(time.perf_counter() - t0, 3)
-            r["moved_segments_keys"] = nk
-            r["segment_counts_plus_keys_s"] = round(r["segment_counts_s"] + r["moved_segments_key_read_s"], 3)
-            c.rollback()
+        t0 = time.perf_counter()
+        e = src.read(ReadRequest(["id"], key_columns=["id"], key_fields=key, key_order=True))
+        r["ordered_key_read_s"] = round(time.perf_counter() - t0, 3)
+        r["keys"] = e.frame.height
+        t0 = time.perf_counter()
+        with open_ranges(src.ref, key, None, passfile=None, statement_timeout_ms=0) as kr:
+            assert kr is not None, "the bench's key is a char(18) COLLATE \"C\" primary key"
+            spans = _spans(0, n_seg, NARROW_STEPS[0])
+            got = kr.counts([_key_range(bounds, a, b) for a, b in spans])
+            r["first_step_s"] = round(time.perf_counter() - t0, 3)
+            r["first_step_ranges"] = len(spans)
+            moved = [sp for sp, g in zip(spans, got, strict=True) if g != cum[sp[1]] - cum[sp[0]]]
+            fine = [sp for a, b in moved for sp in _spans(a, b, 1)]
+            got = kr.counts([_key_range(bounds, a, b) for a, b in fine])
+            segs = [a for (a, b), g in zip(fine, got, strict=True) if g != cum[b] - cum[a]]
+            r["second_step_ranges"] = len(fine)
+            r["moved_segments"] = len(segs)
+            r["moved_keys"] = len(kr.keys([_key_range(bounds, a, a + 1) for a in segs]))
+        r["range_counts_s"] = round(time.perf_counter() - t0, 3)
         out[side] = r
     return out
 
