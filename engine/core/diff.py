@@ -327,8 +327,12 @@ def _rows_in(frame: pl.DataFrame, starts: np.ndarray, segments: list[int]) -> pl
     lo, hi = int(starts[segments[0]]), int(starts[segments[-1] + 1])
     if segments[-1] - segments[0] + 1 == len(segments):  # one run
         return frame if (lo, hi) == (0, frame.height) else frame.slice(lo, hi - lo)
-    parts = [frame.slice(int(starts[i]), int(starts[i + 1] - starts[i])) for i in segments if starts[i + 1] > starts[i]]
-    return pl.concat(parts, rechunk=False) if parts else frame.clear()
+    # one gather, not a concatenation of a slice per segment: small segments (an incremental
+    # state's 128 rows) would leave thousands of chunks, which every later operation pays for
+    seg = np.asarray(segments, dtype=np.int64)
+    lo_, n = starts[seg].astype(np.int64), (starts[seg + 1] - starts[seg]).astype(np.int64)
+    idx = np.repeat(lo_ - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()), dtype=np.int64)
+    return frame[pl.Series(idx)] if len(idx) else frame.clear()
 
 
 def _merge_unique(us: pl.DataFrame, ut: pl.DataFrame, names: list[str]
