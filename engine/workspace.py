@@ -16,9 +16,10 @@ Layouts:
 * a run directory (what the demo writes and ``recon report --from`` reads): ``diff/``,
   ``explain/``, ``repair/``, ``diff-after/``, ``cost.json``, ``report.html``;
 * an incremental state (``recon diff --state DIR``, :class:`StateDirectory`): ``state.json`` (the
-  index: boundaries, per side the segments' files, digests and row counts, the watermarks, the
-  totals), ``lock``, ``segments/{source,target}/G-NNNNNN.arrow`` (one side's canonical rows of one
-  segment, Arrow IPC), ``differences/G.parquet`` (the differences of every segment);
+  index: boundaries, per side each segment's pack, offset, row count and digest, the watermarks,
+  the totals), ``lock``, ``segments/{source,target}/G-NNNNNN.arrow`` (packs: one side's canonical
+  rows of consecutive segments, uncompressed Arrow IPC), ``differences/G.parquet`` (the
+  differences of every segment);
 * a watch directory (``recon watch --out DIR``, :class:`WatchDirectory`): ``watch.lock``,
   ``cycles/NNNNNN/`` per completed cycle (``diff/``, ``explain/`` when it ran, ``gate/``,
   ``gate-lag/`` when lag is configured, ``openlineage/``, and ``cycle.json`` written last), and at
@@ -311,7 +312,8 @@ class StateDirectory:
     under a new generation's names, then replaces ``state.json`` atomically, then removes the files
     the index no longer names. A run killed at any point leaves the previous index and every file it
     names intact (the next run removes the orphans), so a restart always starts from one whole state.
-    ``state.json`` records each file's BLAKE3 digest; a file is checked before its rows are used.
+    ``state.json`` records each segment's pack, offset, rows and BLAKE3 Merkle digest; a segment's
+    rows are checked against that digest before they are used.
     """
 
     dir: Path

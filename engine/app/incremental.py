@@ -7,7 +7,8 @@ each side what changed since its watermark (a source's ``changes()``, returning
 :class:`~engine.connectors.base.SideChanges`), maps the changed and deleted keys to the segments
 they fall in (the *touched* segments), and recomputes only those:
 
-* the touched segments' previous rows are loaded from the state (each file's BLAKE3 checked first)
+* the touched segments' previous rows are loaded from the state's packs (each segment's rows
+  checked against its digest first)
   and diffed once more as they were, which gives exactly their share of the previous totals;
 * the changes are applied (a changed key's rows replaced, a deleted key's removed), the touched
   segments are hashed and diffed again;
