@@ -121,15 +121,21 @@ def test_incremental_runs_equal_a_full_read_with_the_same_boundaries(tables: dic
             shutil.rmtree(check)
 
 
+def _deletions_after(tables: dict[str, Any], state: Path, *statements: str
+                     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A first run, ``statements``, an incremental run: both summaries and the source's deletions."""
+    first = _run_req(_opts(tables, state), load(None))
+    with _conn(tables["pg"]) as c:
+        for q in statements:
+            c.execute(q)  # type: ignore[arg-type]
+    inc = _run_req(_opts(tables, state), load(None))
+    return first, inc, inc["incremental"]["sides"]["source"]["deletions"]
+
+
 def test_the_range_counts_narrow_to_the_moved_segments(tables: dict[str, Any], tmp_path: Path) -> None:
     """Two rows deleted in two segments: the server counts ranges, far fewer than the segments,
     and only those two segments' keys are compared (not the table's 1,500)."""
-    state = tmp_path / "state"
-    first = _run_req(_opts(tables, state), load(None))
-    with _conn(tables["pg"]) as c:
-        c.execute("DELETE FROM inc.s WHERE k IN ('k00010', 'k01000')")
-    inc = _run_req(_opts(tables, state), load(None))
-    d = inc["incremental"]["sides"]["source"]["deletions"]
+    first, inc, d = _deletions_after(tables, tmp_path / "state", "DELETE FROM inc.s WHERE k IN ('k00010', 'k01000')")
     segments = first["merkle"]["segments"]
     assert (d["found"], d["by"], d["segments_compared"]) == (2, "range counts", 2), d
     assert d["first_step"] == "in the changes' snapshot"  # no count(*) of its own
@@ -145,13 +151,10 @@ def test_counts_that_do_not_add_up_fall_back_to_reading_every_key(tables: dict[s
     one. The run does not take the counts' answer; it reads every key (and the full check reports
     the unlisted row as drift)."""
     state = tmp_path / "state"
-    _run_req(_opts(tables, state), load(None))
-    with _conn(tables["pg"]) as c:
-        c.execute("DELETE FROM inc.s WHERE k IN ('k00010', 'k01000')")
-        # in neither deleted row's range of 8 segments (one there would cancel its count: see _find_deleted)
-        c.execute("INSERT INTO inc.s (k, v, n, updated_at) VALUES ('k01200x', 1, 1, now() - interval '2 hours')")
-    inc = _run_req(_opts(tables, state), load(None))
-    d = inc["incremental"]["sides"]["source"]["deletions"]
+    # the insert is in neither deleted row's range of 8 segments (one there would cancel its count:
+    # see _find_deleted)
+    _, _, d = _deletions_after(tables, state, "DELETE FROM inc.s WHERE k IN ('k00010', 'k01000')",
+                               "INSERT INTO inc.s (k, v, n, updated_at) VALUES ('k01200x', 1, 1, now() - interval '2 hours')")
     assert (d["found"], d["by"]) == (2, "key read, every segment"), d
     check = _run_req(_opts(tables, state, verify_full=True), load(None))
     assert check["status"] == "state_drift"
@@ -167,12 +170,8 @@ def test_a_key_no_index_serves_is_read_to_find_deletions(tables: dict[str, Any],
     dsn = tables["pg"].info.dsn
     bare = {**tables, "source": f"{dsn}#inc.s2", "target": f"{dsn}#inc.t2"}
     state = tmp_path / "state"
-    _run_req(_opts(bare, state), load(None))
-    with _conn(tables["pg"]) as c:
-        c.execute("DELETE FROM inc.s2 WHERE k IN ('k00010', 'k01000')")
-        c.execute("UPDATE inc.t2 SET v = v + 1, updated_at = now() WHERE k = 'k00020'")
-    inc = _run_req(_opts(bare, state), load(None))
-    d = inc["incremental"]["sides"]["source"]["deletions"]
+    _, _, d = _deletions_after(bare, state, "DELETE FROM inc.s2 WHERE k IN ('k00010', 'k01000')",
+                               "UPDATE inc.t2 SET v = v + 1, updated_at = now() WHERE k = 'k00020'")
     assert (d["found"], d["by"]) == (2, "key read"), d
     full = _run_req(_opts(bare, state, verify_full=True), load(None))
     assert full["incremental"]["full_check"]["equal"]
