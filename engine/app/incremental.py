@@ -153,16 +153,21 @@ class _Packs:
     def __init__(self, state: StateDirectory) -> None:
         self.state = state
         self._open: dict[str, tuple[list[pa.RecordBatch], np.ndarray]] = {}
+        self._schema: dict[str, pa.Schema] = {}
 
     def table(self, name: str) -> tuple[list[pa.RecordBatch], np.ndarray]:
-        """The pack's record batches (memory-mapped) and the row each begins at, then its end."""
+        """The pack's record batches (memory-mapped, their buffers' sizes checked) and the row each
+        begins at, then its end."""
         t = self._open.get(name)
         if t is None:
             p = self.state.resolve(name)
             try:
                 reader = pa.ipc.open_file(pa.memory_map(str(p)))
                 batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+                for b in batches:
+                    b.validate()  # O(columns): buffers as large as their lengths say (not their values)
                 t = batches, np.concatenate([[0], np.cumsum([b.num_rows for b in batches])]).astype(np.int64)
+                self._schema[name] = reader.schema
             except FileNotFoundError:
                 raise VerificationError(f"{p} is missing from the incremental state: rebuild it with --full") from None
             except (OSError, pa.ArrowException) as exc:
@@ -199,17 +204,16 @@ class _Packs:
                     continue
                 if columns is not None:
                     batch = batch.select(columns)
+                _check_offsets(batch, part, self.state.resolve(name))
                 whole = len(part) == batch.num_rows  # ascending and unique: every row, in order
                 parts.append(pl.from_arrow(batch if whole else batch.take(pa.array(part))))  # type: ignore[arg-type]
             dest.append(_ranges(at[k], at[k] + m))
         # a decimal scaled in one pack and wide in another is made wide in all (never cast as is: the
         # scaled form is an integer count of the scale's units)
-        if not parts:  # every entry empty: the pack's columns, no rows
-            batches = self.table(entries[0]["file"])[0]
-            if not batches:
-                return pl.DataFrame()
-            first = batches[0].select(columns) if columns is not None else batches[0]
-            return pl.from_arrow(first.slice(0, 0))  # type: ignore[return-value]
+        if not parts:  # every entry empty: the pack's columns, no rows (an empty pack has no batch)
+            self.table(entries[0]["file"])
+            empty = self._schema[entries[0]["file"]].empty_table()
+            return pl.from_arrow(empty.select(columns) if columns is not None else empty)  # type: ignore[return-value]
         frame = parts[0] if len(parts) == 1 else _concat(parts, fields).rechunk()
         where = np.concatenate(dest)
         if len(where) > 1 and not (where[1:] > where[:-1]).all():  # back into the entries' order
@@ -256,6 +260,23 @@ class _Packs:
             out.append(keys.slice(at, int(e["rows"])))
             at += int(e["rows"])
         return out
+
+
+def _check_offsets(batch: pa.RecordBatch, rows: np.ndarray, path: Path) -> None:
+    """The value offsets of ``rows`` in every variable-width column lie inside its data buffer, before
+    a gather follows them: a pack whose offsets were changed after it was written is refused here,
+    not read out of bounds (its values are then checked by the segments' digests)."""
+    for col in batch.columns:
+        if col.type not in (pa.large_string(), pa.string(), pa.large_binary(), pa.binary()):
+            continue
+        wide = col.type in (pa.large_string(), pa.large_binary())
+        _, off_buf, data_buf = col.buffers()
+        offsets = np.frombuffer(off_buf, dtype=np.int64 if wide else np.int32)[col.offset: col.offset + len(col) + 1]
+        lo, hi = offsets[rows], offsets[rows + 1]
+        size = 0 if data_buf is None else data_buf.size
+        if len(rows) and ((lo > hi).any() or lo.min() < 0 or hi.max() > size):
+            raise VerificationError(f"{path} does not match the state's index (a value's offsets lie outside "
+                                    "its data): rebuild the state with --full")
 
 
 def _write_pack(state: StateDirectory, side: str, generation: int, number: int, frame: pl.DataFrame) -> str:
@@ -378,7 +399,9 @@ def run_state(req: DiffRequest, opts: StateOptions, *, say: Callable[[str], None
                     status = "state_drift"
                     say("state drift: the full read's roots differ from the incremental state's; rebuilding the state")
                 result = full_result
-                _commit_full(state, index, req, ident, result, fmeta, marks, runs)
+                # on the index this run committed: its generation is taken, and its packs are what a
+                # crash before the new commit must leave intact
+                _commit_full(state, written if written is not None else index, req, ident, result, fmeta, marks, runs)
                 info["runs_since_full"] = 0
         info["watermarks"] = {s: marks.get(s) for s in SIDES}
         info["state_after"] = _file_digest(state.index_path)
@@ -487,6 +510,7 @@ def _full(req: DiffRequest, state: StateDirectory, index: dict[str, Any] | None,
     with ThreadPoolExecutor(2) as pool:
         got = list(pool.map(lambda s: _ask(s, None), sides))
     canon = [_canon(s, g.frame) for s, g in zip(sides, got, strict=True)]
+    stored = {s.name: _keys_as_stored(s, g.frame) for s, g in zip(sides, got, strict=True)}
     for g in got:
         g.frame = g.frame.clear()
     if boundaries is None:
@@ -494,7 +518,8 @@ def _full(req: DiffRequest, state: StateDirectory, index: dict[str, Any] | None,
     say(f"hashing and comparing {len(boundaries) + 1:,} segments")
     result = compare(canon[0], canon[1], boundaries=boundaries)
     fmeta = {"source": dict(got[0].meta), "target": dict(got[1].meta),
-             "nulls": {"source": _nulls(canon[0]), "target": _nulls(canon[1])}, "canon": canon}
+             "nulls": {"source": _nulls(canon[0]), "target": _nulls(canon[1])}, "canon": canon,
+             "keys_as_stored": stored}
     marks = {s.name: g.watermark for s, g in zip(sides, got, strict=True)}
     written = None
     if write:
@@ -521,7 +546,8 @@ def _commit_full(state: StateDirectory, index: dict[str, Any] | None, req: DiffR
         "version": STATE_VERSION, "encoding_version": ENCODING_VERSION, "identity": ident,
         "segment_rows": req.segment_rows, "boundaries": list(result.segmentation.boundaries), "generation": gen,
         "runs": runs + 1, "runs_since_full": 0, "written_at": datetime.now(UTC).isoformat(),
-        "sides": {s: {"segments": _segments_json(seg_entries[s]), "watermark": marks.get(s)} for s in SIDES},
+        "sides": {s: {"segments": _segments_json(seg_entries[s]), "watermark": marks.get(s),
+                      "keys_as_stored": bool(fmeta.get("keys_as_stored", {}).get(s))} for s in SIDES},
         "totals": _totals_json(result), "differences": diffs,
     }
     _commit(state, new_index)
@@ -570,6 +596,8 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
         p: dict[str, Any] = {"mode": g.mode, "reason": g.reason, "rows_now": g.rows_now,
                              "rows_reread": g.frame.height, "range_counts": g.range_counts}
         c = _canon(side, g.frame)
+        p["keys_as_stored"] = _keys_as_stored(side, g.frame) and (
+            g.mode == "whole" or bool(index["sides"][side.name].get("keys_as_stored")))
         g.frame = g.frame.clear()
         if g.mode == "whole":
             counts = merkle.segment_counts(c.frame["__key"], seg)
@@ -788,7 +816,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
                 return pl.concat(parts, rechunk=True)
 
             return _find_deleted(side, bounds, held_of, expected, expect=predicted - p["rows_now"],
-                                 first=p.get("range_counts"))
+                                 first=p.get("range_counts"), ranges_ok=bool(p.get("keys_as_stored")))
 
         with ThreadPoolExecutor(2) as pool:  # the two key reads at once: each mostly waits on its server
             gone_of = list(pool.map(deleted_of, short))
@@ -1017,7 +1045,8 @@ def _finish(state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _S
     new_index.update({
         "boundaries": new_bounds, "generation": gen, "runs": int(index.get("runs", 0)) + 1,
         "runs_since_full": int(index.get("runs_since_full", 0)) + 1, "written_at": datetime.now(UTC).isoformat(),
-        "sides": {s: {"segments": _segments_json(seg_entries[s]), "watermark": marks[s]} for s in SIDES},
+        "sides": {s.name: {"segments": _segments_json(seg_entries[s.name]), "watermark": marks[s.name],
+                           "keys_as_stored": bool(p.get("keys_as_stored"))} for s, p in zip(sides, plans, strict=True)},
         "totals": _totals_json(result), "differences": _write_differences(state, gen, diffs),
     })
     _commit(state, new_index)
@@ -1126,7 +1155,7 @@ def _empty_like(p: dict[str, Any], side: _Side) -> pl.DataFrame:
 
 def _find_deleted(side: _Side, bounds: list[str], held_of: Callable[[list[int]], pl.Series],
                   expected: np.ndarray | None = None, *, expect: int | None = None,
-                  first: list[int] | None = None) -> tuple[pl.Series, dict[str, Any]]:
+                  first: list[int] | None = None, ranges_ok: bool = False) -> tuple[pl.Series, dict[str, Any]]:
     """The keys the state holds (after this run's listed changes) that the side no longer does,
     and how they were found (``by``, and the ranges counted and segments compared).
 
@@ -1147,7 +1176,7 @@ def _find_deleted(side: _Side, bounds: list[str], held_of: Callable[[list[int]],
     unlisted insert is then missing from the state as well, which the periodic full check reports
     (``state_drift``) and repairs.
     """
-    if expected is not None and expect is not None:
+    if expected is not None and expect is not None and ranges_ok:
         opener = getattr(side.src, "key_ranges", None)
         if opener is not None:
             info: dict[str, Any] = {}
@@ -1184,7 +1213,7 @@ def _narrow(side: _Side, ranges: Any, bounds: list[str], held_of: Callable[[list
     moved ones (about one per deleted row) are then cut into single segments."""
     n = len(bounds) + 1
     cum = np.concatenate([[0], np.cumsum(expected)]).astype(np.int64)
-    if ranges.null_keys:
+    if ranges.null_keys or not ranges.exact_for([_key_range(bounds, 0, n)] + [(b, None) for b in bounds]):
         return None
     spans = _spans(0, n, NARROW_STEPS[0])
     info["ranges_counted"] = 0
@@ -1206,7 +1235,11 @@ def _narrow(side: _Side, ranges: Any, bounds: list[str], held_of: Callable[[list
     (key,) = [f.column for f in side.fields if f.is_key]
     now = _canon_keys(side, pl.DataFrame({key: ranges.keys([_key_range(bounds, a, a + 1) for a in segs])},
                                          schema={key: pl.Utf8}))
-    return _anti(held_of(segs), now)
+    gone = _anti(held_of(segs), now)
+    # each key found gone is looked up by the index in this snapshot: the first step's counts came
+    # from the changes' snapshot, and a row written in between could have moved a count
+    still = ranges.present(gone.to_list())
+    return gone.filter(~gone.is_in(list(still))) if still else gone
 
 
 def _spans(a: int, b: int, step: int) -> list[tuple[int, int]]:
@@ -1217,6 +1250,22 @@ def _spans(a: int, b: int, step: int) -> list[tuple[int, int]]:
 def _key_range(bounds: list[str], a: int, b: int) -> tuple[str | None, str | None]:
     """The canonical key range of segments ``a:b`` (None: open)."""
     return (bounds[a - 1] if a > 0 else None, bounds[b - 1] if b < len(bounds) + 1 else None)
+
+
+def _keys_as_stored(side: _Side, frame: pl.DataFrame) -> bool:
+    """Whether every key of ``frame`` (as the side stores it) is its own canonical text: what lets
+    the server's byte order of stored keys stand for the canonical order (a text key stored
+    decomposed, not in NFC, sorts elsewhere than its canonical form). Checked on every row a full
+    run reads and on every changed row after it, so the state knows without a scan of the table."""
+    keys = [f for f in side.fields if f.is_key]
+    if len(keys) != 1 or keys[0].ctype.kind != "text" or keys[0].column not in frame.columns:
+        return False
+    raw = frame[keys[0].column].cast(pl.Utf8)
+    try:
+        canon = typed(raw, keys[0].ctype, side.src.side)
+    except (ValueError, pl.exceptions.PolarsError):
+        return False
+    return bool(raw.eq_missing(canon).all())
 
 
 def _anti(held: pl.Series, now: pl.Series) -> pl.Series:

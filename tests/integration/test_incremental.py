@@ -177,6 +177,63 @@ def test_a_key_no_index_serves_is_read_to_find_deletions(tables: dict[str, Any],
     assert full["incremental"]["full_check"]["equal"]
 
 
+def test_a_key_not_stored_in_nfc_turns_the_range_counts_off(tables: dict[str, Any], tmp_path: Path) -> None:
+    """The server orders stored text; a key stored decomposed sorts elsewhere than its canonical
+    (NFC) form, so once a changed row brings one, deletions are found by reading the keys."""
+    state = tmp_path / "state"
+    _, inc, d = _deletions_after(tables, state, "DELETE FROM inc.s WHERE k = 'k00010'",
+                                 "INSERT INTO inc.s (k, v, n) VALUES ('k00500e\u0301', 1, 1)")
+    assert d["found"] == 1 and d["by"].startswith("key read"), d
+    with _conn(tables["pg"]) as c:
+        c.execute("DELETE FROM inc.s WHERE k = 'k00020'")
+    again = _run_req(_opts(tables, state), load(None))["incremental"]["sides"]["source"]["deletions"]
+    assert again["found"] == 1 and again["by"].startswith("key read"), again  # remembered in the state
+    check = _run_req(_opts(tables, state, verify_full=True), load(None))
+    assert check["incremental"]["full_check"]["equal"]
+
+
+def test_an_empty_side_then_rows_runs_incrementally(tables: dict[str, Any], tmp_path: Path) -> None:
+    """A side empty at the full run (a warehouse table still being filled): its packs hold no
+    record batch, and the next runs read and extend them."""
+    with _conn(tables["pg"]) as c:
+        c.execute("DELETE FROM inc.t")
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state), load(None))
+    for step in range(2):
+        with _conn(tables["pg"]) as c:
+            c.execute("INSERT INTO inc.t (k, v, n) SELECT k, v, n FROM inc.s WHERE k LIKE %s", (f"k00{step}%",))
+            (rows,) = c.execute("SELECT count(*) FROM inc.t").fetchone()  # type: ignore[misc]
+        inc = _run_req(_opts(tables, state), load(None))
+        assert inc["incremental"]["mode"] == "incremental" and inc["target"]["rows"] == rows > 0
+    check = _run_req(_opts(tables, state, verify_full=True), load(None))
+    assert check["incremental"]["full_check"]["equal"]
+
+
+def test_a_pack_whose_offsets_point_outside_its_data_is_refused(tables: dict[str, Any], tmp_path: Path) -> None:
+    """Packs are memory-mapped: a value offset changed to point past the data must be refused before
+    a gather follows it (it would read out of bounds), with the same one-line fix."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state), load(None))
+    with _conn(tables["pg"]) as c:
+        c.execute("UPDATE inc.s SET v = v + 1 WHERE k = 'k00002'")
+    pack = sorted((state / "segments" / "source").iterdir())[0]
+    t = ipc.open_file(pa.BufferReader(pack.read_bytes())).read_all().combine_chunks()
+    i = t.schema.get_field_index("__key")
+    col = t.column(i).chunk(0)
+    _, off, data = col.buffers()
+    offsets = bytearray(off.to_pybytes())
+    offsets[8:16] = (10**9).to_bytes(8, "little")  # the second key's end (and the third's start)
+    bad = pa.Array.from_buffers(col.type, len(col), [None, pa.py_buffer(bytes(offsets)), data])
+    t = t.set_column(i, "__key", bad)
+    with pa.OSFile(str(pack), "wb") as out, ipc.new_file(out, t.schema) as w:
+        w.write_table(t)
+    with pytest.raises(VerificationError, match="does not match the state's index"):
+        _run_req(_opts(tables, state), load(None))
+
+
 def test_a_transaction_committing_after_the_watermark_is_not_lost(tables: dict[str, Any], tmp_path: Path) -> None:
     state = tmp_path / "state"
     _run_req(_opts(tables, state), load(None))

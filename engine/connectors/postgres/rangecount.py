@@ -47,6 +47,7 @@ class KeyRanges:
         # compare as the column's own type (a text parameter against a char(n) column would cast the
         # column, and no index serves that), in byte order
         self._cast = sql.SQL(base)
+        self._padded = base == "bpchar"
         self._cmp = self._col if order == "native" else sql.SQL('{} COLLATE "C"').format(self._col)
         #: a NULL key is in no range (the caller's counts would not add up): through the index too
         self.null_keys = bool(conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NULL)").format(
@@ -55,6 +56,20 @@ class KeyRanges:
     def _bounds(self, lo: sql.Composable, hi: sql.Composable | None) -> sql.Composable:
         cond = sql.SQL("{} >= {}::{}").format(self._cmp, lo, self._cast)
         return cond if hi is None else sql.SQL("{} AND {} < {}::{}").format(cond, self._cmp, hi, self._cast)
+
+    def exact_for(self, ranges: Sequence[tuple[str | None, str | None]]) -> bool:
+        """Whether the server's comparison is canonical byte order at these bounds: a char(n) column
+        compares without trailing blanks, so a bound ending in one (cut from a text key on the other
+        side) would put keys on the wrong side of it."""
+        return not self._padded or not any(b is not None and b.endswith(" ") for r in ranges for b in r)
+
+    def present(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the table holds (stored text, through the same index)."""
+        if not keys:
+            return set()
+        q = sql.SQL("SELECT {}::text FROM {} WHERE {} = ANY(%s::{}[])").format(
+            self._col, self._table, self._col, self._cast)
+        return {r[0] for r in self.conn.execute(q, (list(keys),)).fetchall()}
 
     def counts(self, ranges: Sequence[tuple[str | None, str | None]]) -> list[int]:
         """Rows per range, in order: one index descent and an index-only count per range."""

@@ -212,7 +212,7 @@ def extract(
             from engine.connectors.postgres.rangecount import key_ranges_on
 
             ranges = key_ranges_on(read.conn, ref, key_fields, where) if count_ranges else None
-            if ranges is not None:  # the rows per range add up to the count, through the key's index
+            if ranges is not None and ranges.exact_for(count_ranges):  # they add up to the count
                 range_counts = ranges.counts(count_ranges)
                 rows_now = sum(range_counts)
             else:
