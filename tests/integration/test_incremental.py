@@ -230,8 +230,26 @@ def test_a_pack_whose_offsets_point_outside_its_data_is_refused(tables: dict[str
     t = t.set_column(i, "__key", bad)
     with pa.OSFile(str(pack), "wb") as out, ipc.new_file(out, t.schema) as w:
         w.write_table(t)
-    with pytest.raises(VerificationError, match="does not match the state's index"):
-        _run_req(_opts(tables, state), load(None))
+    # in a child process: an out-of-bounds read would kill it (SIGSEGV/SIGBUS), not raise
+    child = (
+        "import sys\n"
+        "from tests.integration.test_incremental import _opts, _run_req\n"
+        "from engine.config import load\n"
+        "from engine.core.errors import VerificationError\n"
+        "try:\n"
+        f"    _run_req(_opts({{'source': {tables['source']!r}, 'target': {tables['target']!r}}}, "
+        f"__import__('pathlib').Path({str(state)!r})), load(None))\n"
+        "except VerificationError as exc:\n"
+        "    print(exc); sys.exit(4)\n"
+    )
+    import os
+    import subprocess
+    import sys
+
+    got = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2], env={**os.environ})
+    assert got.returncode == 4, (got.returncode, got.stderr[-2000:])
+    assert "does not match the state's index" in got.stdout
 
 
 def test_a_transaction_committing_after_the_watermark_is_not_lost(tables: dict[str, Any], tmp_path: Path) -> None:
