@@ -427,3 +427,25 @@ def test_a_decimal_that_outgrows_64_bits_keeps_the_state_equal_to_a_full_read(ta
     _same(inc, full)
     wide = inc["_differences"].filter(inc["_differences"]["key"] == "k01200")
     assert wide.height == 1 and wide["kind"][0] == "mismatched"
+
+
+def test_a_malformed_segment_list_in_the_index_is_refused(tables: dict[str, Any], tmp_path: Path) -> None:
+    """The index's segment columns are input too: columns of different lengths, or a pack named
+    outside the state directory, are one-line refusals (exit 4), never a crash or a read elsewhere."""
+    import json
+
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state), load(None))
+    index = json.loads((state / "state.json").read_text())
+    good = json.dumps(index)
+    index["sides"]["source"]["segments"]["rows"].pop()
+    (state / "state.json").write_text(json.dumps(index))
+    with pytest.raises(VerificationError, match="segment list is malformed"):
+        _run_req(_opts(tables, state), load(None))
+    index = json.loads(good)
+    index["sides"]["source"]["segments"]["files"][0] = "../../etc/passwd"
+    (state / "state.json").write_text(json.dumps(index))
+    with _conn(tables["pg"]) as c:
+        c.execute("UPDATE inc.s SET v = v + 1 WHERE k = 'k00002'")
+    with pytest.raises(VerificationError, match="outside the state directory"):
+        _run_req(_opts(tables, state), load(None))
