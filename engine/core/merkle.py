@@ -175,10 +175,10 @@ def _blake3(data: bytes | memoryview) -> bytes:
     return blake3.blake3(data, max_threads=blake3.blake3.AUTO if len(data) > 1 << 22 else 1).digest()
 
 
-def hash_segments(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[FieldSpec],
+def hash_segments(frame: pl.DataFrame | pa.Table, fields: tuple[FieldSpec, ...] | list[FieldSpec],
                   counts: np.ndarray) -> tuple[list[bytes], list[int]]:
     """One BLAKE3 call per segment over its contiguous version-2 bytes (rows sorted by key;
-    ``counts``: rows per segment)."""
+    ``counts``: rows per segment; ``frame`` in Polars or, as an incremental state stores it, Arrow)."""
     n_segments = len(counts)
     starts = _starts(counts)
     runs: list[tuple[int, int]] = []  # the column buffers are taken a slice of about HASH_CHUNK_ROWS rows at a time

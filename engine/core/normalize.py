@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import polars as pl
@@ -57,6 +57,9 @@ from engine.core.decimals import _float_to_scaled, _int128_le, _to_decimal, is_s
 from engine.core.decimals import parse_decimal as parse_decimal
 from engine.core.decimals import scaled_text as scaled_text
 from engine.core.sfid import with_suffixes
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 ENCODING_VERSION = 2
 SUPPORTED_ENCODINGS = (1, 2)
@@ -440,10 +443,35 @@ def column_bytes(s: pl.Series, ctype: ColumnType) -> ColumnBytes:
                        np.zeros((0, vals.dtype.itemsize), np.uint8))
 
 
-def frame_bytes(frame: pl.DataFrame, fields: tuple[FieldSpec, ...] | list[FieldSpec]) -> list[ColumnBytes]:
-    """Every field's buffers, in mapping order (keys first), for :func:`segment_bytes`."""
+def arrow_column_bytes(col: pa.Array | pa.ChunkedArray, ctype: ColumnType) -> ColumnBytes:
+    """:func:`column_bytes` of a canonical column already in Arrow (an incremental state's stored
+    rows): text without NULLs is hashed from its own buffers in place. Why: through Polars, every
+    string is copied twice (into a string view, then back to Arrow's layout), which was a third of
+    an incremental run's rewrite of its touched segments. Anything else takes the Polars path, so
+    the bytes are the same by construction."""
+    import pyarrow as pa
+
+    if isinstance(col, pa.ChunkedArray):  # one chunk is used as it is (combining would copy it)
+        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    else:
+        arr = col
+    if ctype.kind in ("text", "id") and arr.null_count == 0 and arr.type in (pa.large_string(), pa.string()):
+        _, off_buf, data_buf = arr.buffers()
+        width = np.int64 if arr.type == pa.large_string() else np.int32
+        offsets = np.frombuffer(off_buf, dtype=width)[arr.offset: arr.offset + len(arr) + 1].astype("<i8", copy=False)
+        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+        return ColumnBytes(np.ones(len(arr), dtype=np.uint8), lengths=np.diff(offsets).astype("<i8"),
+                           offsets=offsets, data=data)
+    return column_bytes(pl.Series(arr), ctype)
+
+
+def frame_bytes(frame: pl.DataFrame | pa.Table, fields: tuple[FieldSpec, ...] | list[FieldSpec]) -> list[ColumnBytes]:
+    """Every field's buffers, in mapping order (keys first), for :func:`segment_bytes`; ``frame`` is
+    a Polars frame or an Arrow table of the same canonical columns."""
     ordered = [f for f in fields if f.is_key] + [f for f in fields if not f.is_key]
-    return [column_bytes(frame[f.name], f.ctype) for f in ordered]
+    if isinstance(frame, pl.DataFrame):
+        return [column_bytes(frame[f.name], f.ctype) for f in ordered]
+    return [arrow_column_bytes(frame.column(f.name), f.ctype) for f in ordered]
 
 
 def segment_bytes(cols: list[ColumnBytes], lo: int, hi: int) -> bytes:
