@@ -176,6 +176,27 @@ class _Packs:
             self._open[name] = t
         return t
 
+    def _rows(self, name: str, o: np.ndarray, m: np.ndarray, columns: list[str] | None = None
+              ) -> list[tuple[pa.RecordBatch, np.ndarray]]:
+        """Each record batch of pack ``name`` with the positions in it of the segments ``(o, m)``
+        (offsets, rows; ascending), once their bounds and the value offsets they follow are checked."""
+        batches, starts = self.table(name)
+        idx = _ranges(o, o + m)
+        if (o < 0).any() or (m < 0).any() or (o + m > starts[-1]).any() or (np.diff(idx) <= 0).any():
+            raise VerificationError(f"{self.state.resolve(name)} does not hold the rows the state's index "
+                                    "says (short, or segments overlapping): rebuild the state with --full")
+        cut = np.searchsorted(idx, starts)
+        out = []
+        for b, batch in enumerate(batches):
+            part = idx[cut[b]:cut[b + 1]] - starts[b]
+            if not len(part):
+                continue
+            if columns is not None:
+                batch = batch.select(columns)
+            _check_offsets(batch, part, self.state.resolve(name))
+            out.append((batch, part))
+        return out
+
     def take(self, entries: list[dict[str, Any]], columns: list[str] | None = None,
              fields: tuple[FieldSpec, ...] = ()) -> pl.DataFrame:
         """The rows of ``entries``, in their order, as one frame (unchecked: see :meth:`load`)."""
@@ -190,24 +211,11 @@ class _Packs:
         parts: list[pl.DataFrame] = []
         dest: list[np.ndarray] = []
         for name, ks in by_file.items():  # one gather per batch of a pack, however its segments interleave
-            batches, starts = self.table(name)
             k = np.asarray(ks, dtype=np.int64)
-            o, m = off[k], n[k]
-            idx = _ranges(o, o + m)
-            if (o < 0).any() or (m < 0).any() or (o + m > starts[-1]).any() or (np.diff(idx) <= 0).any():
-                raise VerificationError(f"{self.state.resolve(name)} does not hold the rows the state's index "
-                                        "says (short, or segments overlapping): rebuild the state with --full")
-            cut = np.searchsorted(idx, starts)
-            for b, batch in enumerate(batches):
-                part = idx[cut[b]:cut[b + 1]] - starts[b]
-                if not len(part):
-                    continue
-                if columns is not None:
-                    batch = batch.select(columns)
-                _check_offsets(batch, part, self.state.resolve(name))
+            for batch, part in self._rows(name, off[k], n[k], columns):
                 whole = len(part) == batch.num_rows  # ascending and unique: every row, in order
                 parts.append(pl.from_arrow(batch if whole else batch.take(pa.array(part))))  # type: ignore[arg-type]
-            dest.append(_ranges(at[k], at[k] + m))
+            dest.append(_ranges(at[k], at[k] + n[k]))
         # a decimal scaled in one pack and wide in another is made wide in all (never cast as is: the
         # scaled form is an integer count of the scale's units)
         if not parts:  # every entry empty: the pack's columns, no rows (an empty pack has no batch)
@@ -222,13 +230,51 @@ class _Packs:
             frame = frame[pl.Series(order)]
         return frame
 
+    def gather(self, entries: list[dict[str, Any]]) -> pa.Table | None:
+        """:meth:`take` in Arrow: the rows of ``entries`` in their order, copied once (slices of the
+        memory-mapped batches joined); None when there are none, or when the packs' schemas differ (a
+        decimal scaled in one pack and wide in another: :meth:`take` unifies those)."""
+        off = np.fromiter((int(e["offset"]) for e in entries), dtype=np.int64, count=len(entries))
+        n = np.fromiter((int(e["rows"]) for e in entries), dtype=np.int64, count=len(entries))
+        by_file: dict[str, list[int]] = {}
+        for k, e in enumerate(entries):
+            by_file.setdefault(e["file"], []).append(k)
+        for name, ks in by_file.items():  # checked as :meth:`take` checks them, before any slice is read
+            k = np.asarray(ks, dtype=np.int64)
+            self._rows(name, off[k], n[k])
+        schemas = {self._schema[name] for name in by_file}
+        if len(schemas) != 1 or not int(n.sum()):
+            return None
+        slices: list[pa.RecordBatch] = []
+        for k, e in enumerate(entries):
+            batches, starts = self.table(e["file"])
+            o, m = int(off[k]), int(n[k])
+            b = int(np.searchsorted(starts, o, side="right")) - 1
+            while m > 0:  # a segment may run across a batch boundary
+                part = min(m, int(starts[b + 1]) - o)
+                slices.append(batches[b].slice(o - int(starts[b]), part))
+                o, m, b = o + part, m - part, b + 1
+        return pa.Table.from_batches(slices, schema=schemas.pop()).combine_chunks()
+
+    def load_arrow(self, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...]) -> pa.Table | None:
+        """:meth:`load` in Arrow (see :meth:`gather` for None), each segment checked against its digest."""
+        table = self.gather(entries)
+        if table is not None:
+            self._verify(table, entries, fields)
+        return table
+
     def load(self, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...]) -> pl.DataFrame:
         """The rows of ``entries`` (in order, one frame), each segment checked against its digest."""
         frame = self.take(entries, fields=fields)
         if not entries:
             return frame
+        self._verify(frame, entries, fields)
+        return frame
+
+    def _verify(self, frame: pl.DataFrame | pa.Table, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...]
+                ) -> None:
         counts = np.fromiter((int(e["rows"]) for e in entries), dtype=np.int64, count=len(entries))
-        if frame.height != int(counts.sum()):
+        if len(frame) != int(counts.sum()):
             raise VerificationError(f"{self.state.dir}: a segment's rows differ from its index entry: "
                                     "rebuild the state with --full")
         digests, _ = merkle.hash_segments(frame, fields, counts)
@@ -236,7 +282,6 @@ class _Packs:
             if d.hex() != e["digest"]:
                 raise VerificationError(f"{self.state.resolve(e['file'])} does not match the state's index (a "
                                         "segment's rows changed after they were written): rebuild the state with --full")
-        return frame
 
     def load_each(self, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...]) -> list[pl.DataFrame]:
         """:meth:`load`, one frame per entry (slices of one frame)."""
@@ -279,13 +324,18 @@ def _check_offsets(batch: pa.RecordBatch, rows: np.ndarray, path: Path) -> None:
                                     "its data): rebuild the state with --full")
 
 
-def _write_pack(state: StateDirectory, side: str, generation: int, number: int, frame: pl.DataFrame) -> str:
+def _write_pack(state: StateDirectory, side: str, generation: int, number: int, frame: pl.DataFrame | pa.Table
+                ) -> str:
     p = state.segment_path(side, generation, number)
     p.parent.mkdir(parents=True, exist_ok=True)
     # uncompressed (LZ4 cost 5 s to write and 4 s to read per 10M rows, and a compressed pack cannot
     # be memory-mapped), in Arrow's classic large_string layout (readable by any Arrow reader), and
     # straight to the file: through a BytesIO the write took 2.6x as long
-    frame.write_ipc(p, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
+    if isinstance(frame, pa.Table):  # rows that stayed in Arrow (see _Packs.gather): written as they are
+        with pa.OSFile(str(p), "wb") as sink, pa.ipc.new_file(sink, frame.schema) as writer:
+            writer.write_table(frame)
+    else:
+        frame.write_ipc(p, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
     return state.relative(p)
 
 
@@ -845,16 +895,25 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
         batches.append((j0, len(T)))
 
     def apply_batch(bt: list[int], j0: int, j1: int
-                    ) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame]]:
-        news: list[pl.DataFrame] = []
+                    ) -> tuple[list[pl.DataFrame | pa.Table], list[pl.Series], list[pl.DataFrame], list[pl.DataFrame]]:
+        news: list[pl.DataFrame | pa.Table] = []
+        new_keys: list[pl.Series] = []
         olds: list[pl.DataFrame] = []
         afters: list[pl.DataFrame] = []
         aff = aff_cut.removed(j0, j1)
         for side, cut in zip(sides, cuts, strict=True):
-            old = store.load([entries[side.name][i] for i in bt], side.fields)
+            ents = [entries[side.name][i] for i in bt]
+            done = _rewrite_arrow(store, ents, side.fields, cut.removed(j0, j1), cut.changed(j0, j1), aff)
+            if done is not None:
+                news.append(done[0])
+                new_keys.append(done[1])
+                olds.append(done[2])
+                afters.append(done[3])
+                continue
+            old = store.load(ents, side.fields)
             if not old.width:  # no stored columns: the changed rows' schema
                 old = cut.changed(j0, j1).clear()
-            gone = _found(old, cut.removed(j0, j1))
+            gone = _found(old["__key"], cut.removed(j0, j1))
             kept = old
             if len(gone):
                 keep = np.ones(old.height, dtype=bool)
@@ -863,10 +922,11 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
             ch = cut.changed(j0, j1)
             new = _merge(kept, ch.select(old.columns), side.fields) if ch.height else kept
             news.append(new)
+            new_keys.append(new["__key"])
             pick = pl.col("__key").is_in(aff.implode())
             olds.append(old.filter(pick) if len(aff) else old.clear())
             afters.append(new.filter(pick) if len(aff) else new.clear())
-        return news, olds, afters
+        return news, new_keys, olds, afters
 
     gen = int(index["generation"]) + 1
     file_no = itertools.count()  # a file's number in this generation (unique; its order is the index's business)
@@ -877,21 +937,21 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
         # a batch's decimals may be in the scaled form while another's are wide: the canonical bytes,
         # hence the digests, are the same in both forms, and every concatenation unifies them
         bt = T[span[0]:span[1]]
-        news, olds, afters = apply_batch(bt, *span)
+        news, new_keys, olds, afters = apply_batch(bt, *span)
         # a segment whose source rows grew past twice the segment size is split (only its subtree changes)
         inner = [bounds[i - 1] for i in bt[1:]]
-        counts = _counts_in(news[0]["__key"], inner, len(bt))
+        counts = _counts_in(new_keys[0], inner, len(bt))
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         split: dict[int, list[str]] = {}
         for j, i in enumerate(bt):
             if counts[j] > 2 * req.segment_rows:
-                split[i] = merkle.choose_boundaries(news[0]["__key"].slice(int(starts[j]), int(counts[j])),
+                split[i] = merkle.choose_boundaries(new_keys[0].slice(int(starts[j]), int(counts[j])),
                                                     req.segment_rows)
         seg = merkle.Segmentation(tuple(sorted([*inner, *(b for v in split.values() for b in v)])))
         n_pieces = len(seg.boundaries) + 1
         out = []
-        for s, frame in zip(SIDES, news, strict=True):
-            per = _counts_in(frame["__key"], list(seg.boundaries), n_pieces)
+        for s, frame, keys in zip(SIDES, news, new_keys, strict=True):
+            per = _counts_in(keys, list(seg.boundaries), n_pieces)
             digests, _ = merkle.hash_segments(frame, fields, per)
             at = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
             name = _write_pack(state, s, gen, next(file_no), frame)
@@ -970,13 +1030,67 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()), dtype=np.int64)
 
 
-def _found(frame: pl.DataFrame, keys: pl.Series) -> np.ndarray:
-    """The positions in ``frame`` (sorted by ``__key``, keys unique) of those of ``keys`` it holds."""
-    if not len(keys) or not frame.height:
+def _rewrite_arrow(store: _Packs, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...], removed: pl.Series,
+                   changed: pl.DataFrame, affected: pl.Series
+                   ) -> tuple[pa.Table, pl.Series, pl.DataFrame, pl.DataFrame] | None:
+    """A batch of touched segments rewritten without leaving Arrow: the stored rows (checked), less
+    the removed keys, with the changed rows spliced in at their places; with the new keys and the
+    affected keys' rows before and after (in Polars: they are few). Why: converting every stored row
+    to Polars and back (to merge, hash and write) was most of an incremental run's CPU. None when the
+    rows cannot stay in one Arrow schema (packs or changes with a decimal in different forms, no
+    stored columns): :func:`_apply_changes`' Polars path then unifies them."""
+    old = store.load_arrow(entries, fields)
+    if old is None:
+        return None
+    ch = None
+    if changed.height:
+        ch = changed.select(old.column_names).to_arrow(compat_level=pl.CompatLevel.oldest())
+        if ch.schema.types != old.schema.types:
+            return None
+        ch = ch.cast(old.schema)
+    keys = pl.Series(old.column("__key"))
+    drop = _found(keys, removed)
+    ins = keys.search_sorted(changed["__key"], side="left").to_numpy().astype(np.int64) if ch is not None else \
+        np.zeros(0, dtype=np.int64)
+    new = _splice(old, drop, ch, ins)
+    new_keys = pl.Series(new.column("__key"))
+    if not len(affected):
+        return new, new_keys, pl.from_arrow(old.slice(0, 0)), pl.from_arrow(new.slice(0, 0))  # type: ignore[return-value]
+    before = pl.from_arrow(old.take(pa.array(_found(keys, affected))))
+    after = pl.from_arrow(new.take(pa.array(_found(new_keys, affected))))
+    return new, new_keys, before, after  # type: ignore[return-value]
+
+
+def _splice(old: pa.Table, drop: np.ndarray, changed: pa.Table | None, ins: np.ndarray) -> pa.Table:
+    """``old`` less its rows at the positions ``drop``, with the rows of ``changed`` inserted before
+    the positions ``ins`` (both ascending; a changed row goes before the stored row it replaces):
+    slices joined by one copy."""
+    pieces: list[pa.Table] = []
+    cur = i = 0
+    dropped = set(drop.tolist())
+    for p in np.union1d(drop, ins).tolist():
+        if p > cur:
+            pieces.append(old.slice(cur, p - cur))
+            cur = p
+        j = int(np.searchsorted(ins, p, side="right"))
+        if j > i:
+            assert changed is not None
+            pieces.append(changed.slice(i, j - i))
+            i = j
+        if p in dropped:
+            cur = p + 1
+    if cur < old.num_rows:
+        pieces.append(old.slice(cur))
+    return pa.concat_tables(pieces).combine_chunks() if pieces else old.slice(0, 0)
+
+
+def _found(col: pl.Series, keys: pl.Series) -> np.ndarray:
+    """The positions in ``col`` (sorted, unique) of those of ``keys`` it holds (ascending when
+    ``keys`` are)."""
+    if not len(keys) or not len(col):
         return np.zeros(0, dtype=np.int64)
-    col = frame["__key"]
     pos = col.search_sorted(keys, side="left").to_numpy().astype(np.int64)
-    inside = pos < frame.height
+    inside = pos < len(col)
     pos, keys = pos[inside], keys.filter(pl.Series(inside))
     hit = (col.gather(pos) == keys).to_numpy()
     return pos[hit]
