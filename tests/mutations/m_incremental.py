@@ -17,6 +17,21 @@ _UNIT = "tests/unit/test_incremental_deleted.py"
 _SF = "tests/integration/test_incremental_sf.py::test_sf_pg_incremental_runs_equal_a_full_read_with_the_same_boundaries"
 
 MUTATIONS = [
+    Mutation("arrow-text-offset-ignored", "engine/core/normalize.py",
+             '[arr.offset: arr.offset + len(arr) + 1].astype("<i8", copy=False)',
+             '[0: len(arr) + 1].astype("<i8", copy=False)',
+             ("tests/unit/test_encoding.py::test_arrow_segment_bytes_equal_the_reference_for_every_kind",),
+             "stored text hashed from Arrow ignores a slice's offset: the digest is of other rows' bytes"),
+    Mutation("splice-keeps-replaced-rows", "engine/app/incremental.py",
+             "cur = p + 1",
+             "cur = p",
+             ("tests/unit/test_incremental_splice.py", _PROP),
+             "a changed or deleted key's stored row stays beside its new row in the rewritten segment"),
+    Mutation("arrow-rows-not-checked", "engine/app/incremental.py",
+             "            self._verify(table, entries, fields)",
+             "            pass",
+             (_TAMPER,),
+             "the Arrow rewrite trusts the stored rows it carries forward without their digests"),
     Mutation("watermark-ignores-open-transactions", "engine/connectors/postgres/changes.py",
              "lower = min(clock, oldest) if oldest is not None else clock",
              "lower = clock",
