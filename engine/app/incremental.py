@@ -48,6 +48,7 @@ import blake3
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.connectors.base import ReadRequest, SideChanges, Source
 from engine.core import merkle
@@ -305,6 +306,105 @@ class _Packs:
             out.append(keys.slice(at, int(e["rows"])))
             at += int(e["rows"])
         return out
+
+
+class _Loaded:
+    """One side's touched segments, loaded from their packs and checked against their digests once
+    per run, in batches of about HASH_CHUNK_ROWS rows.
+
+    Why: the deletion count needs the touched segments' stored keys and the rewrite needs their
+    rows; reading the keys first and the rows again later cost a second gather of every touched
+    segment (a second of a 10M-row run). A batch that cannot stay in Arrow (see
+    :meth:`_Packs.gather`) is left to the Polars path, which loads it itself.
+    """
+
+    def __init__(self, store: _Packs, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...]) -> None:
+        self.store, self.entries, self.fields = store, entries, fields
+        #: segment -> (batch number, its first row in the batch); batches[k] is None when not in Arrow
+        self.where: dict[int, tuple[int, int]] = {}
+        self.batches: list[pa.Table | None] = []
+        self._segs: list[tuple[np.ndarray, np.ndarray]] = []  # per batch: its segments, where each begins
+
+    def missing(self, T: list[int]) -> list[list[int]]:
+        """The segments of ``T`` not loaded yet, in batches (each ascending)."""
+        out: list[list[int]] = []
+        size = 0
+        for i in T:
+            if i in self.where:
+                continue
+            n = int(self.entries[i]["rows"])
+            if not out or (out[-1] and size + n > merkle.HASH_CHUNK_ROWS):
+                out.append([])
+                size = 0
+            out[-1].append(i)
+            size += n
+        return out
+
+    def fetch(self, segs: list[int]) -> pa.Table | None:
+        """The rows of ``segs``, checked (runs in a worker thread: no shared state is written)."""
+        return self.store.load_arrow([self.entries[i] for i in segs], self.fields)
+
+    def add(self, segs: list[int], table: pa.Table | None) -> None:
+        k = len(self.batches)
+        self.batches.append(table)
+        starts = np.concatenate([[0], np.cumsum([int(self.entries[i]["rows"]) for i in segs])]).astype(np.int64)
+        self._segs.append((np.asarray(segs, dtype=np.int64), starts[:-1]))
+        for i, at in zip(segs, starts.tolist(), strict=False):
+            self.where[i] = (k, at)
+
+    def rows(self, segs: list[int]) -> pa.Table | None:
+        """The stored rows of ``segs`` (loaded, ascending) as one table of slices (not copied), or
+        None when one of them is not in Arrow or their batches' schemas differ."""
+        slices: list[pa.Table] = []
+        run: tuple[int, int, int] | None = None  # (batch, first row, rows) of consecutive stored rows
+        for i in segs:
+            k, at = self.where[i]
+            n = int(self.entries[i]["rows"])
+            if run is not None and run[0] == k and run[1] + run[2] == at:
+                run = (k, run[1], run[2] + n)
+                continue
+            if run is not None:
+                slices.append(self._slice(*run))
+            run = (k, at, n)
+        if run is not None:
+            slices.append(self._slice(*run))
+        if not slices or any(s is None for s in slices):
+            return None
+        tables: list[pa.Table] = [s for s in slices if s is not None]
+        if len({t.schema for t in tables}) != 1:
+            return None
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+    def _slice(self, k: int, at: int, n: int) -> pa.Table | None:
+        b = self.batches[k]
+        return None if b is None else b.slice(at, n)
+
+    def held(self, T: list[int], removed: pl.Series) -> np.ndarray:
+        """Per segment of ``T`` (every one loaded), how many of the keys ``removed`` its stored rows hold."""
+        out = np.zeros(len(T), dtype=np.int64)
+        if not len(removed) or not T:
+            return out
+        T_arr = np.asarray(T, dtype=np.int64)
+        rm = removed.to_arrow()
+        for table, (segs, starts) in zip(self.batches, self._segs, strict=True):
+            if table is None:  # the Polars path's keys (a batch whose packs' schemas differ)
+                hit = _found(self.store.keys([self.entries[i] for i in segs.tolist()]), removed)
+            else:
+                col = table.column("__key")
+                hit = np.flatnonzero(pc.is_in(col, value_set=rm.cast(col.type)).to_numpy(zero_copy_only=False))
+            seg = segs[np.searchsorted(starts, hit, side="right") - 1]
+            j = np.searchsorted(T_arr, seg)
+            np.add.at(out, j[(j < len(T_arr)) & (T_arr[np.minimum(j, len(T_arr) - 1)] == seg)], 1)
+        return out
+
+    def keys(self, segs: list[int]) -> pl.Series:
+        """The stored keys of ``segs`` (loaded, ascending)."""
+        if not segs:
+            return pl.Series("__key", [], dtype=pl.Utf8)
+        table = self.rows(segs)
+        if table is None:
+            return self.store.keys([self.entries[i] for i in segs])
+        return pl.Series("__key", table.column("__key"))
 
 
 def _check_offsets(batch: pa.RecordBatch, rows: np.ndarray, path: Path) -> None:
@@ -812,26 +912,26 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
     """
     n_seg = len(bounds) + 1
     fields = sides[0].fields
-    # pass 1, the stored keys only (what the deletion count and a key read need; unchecked here:
-    # pass 2 checks every segment it rewrites before anything is committed)
+    # pass 1: the touched segments' stored rows, loaded and checked once (pass 2 rewrites them; a
+    # deletion found adds segments, loaded in a second round)
     plans = [dict(p) for p in plans]
     rows_of = {s: np.fromiter((int(e["rows"]) for e in entries[s]), dtype=np.int64, count=n_seg) for s in SIDES}
+    loaded = {s.name: _Loaded(store, entries[s.name], s.fields) for s in sides}
     while True:  # a second round only when a count says rows were deleted that nobody listed
         T = sorted(touched)
         say(f"{len(T):,} of {n_seg:,} segments touched")
         T_arr = np.asarray(T, dtype=np.int64)
-        # each side's stored keys of the touched segments, one sorted column (segments are key ranges)
+        jobs = [(lo, part) for lo in loaded.values() for part in lo.missing(T)]
         with ThreadPoolExecutor(2) as pool:
-            stored_keys = dict(zip(SIDES, pool.map(lambda s, T=T: store.keys([entries[s][i] for i in T]), SIDES),
-                                   strict=True))
-        stored_at = {s: np.concatenate([[0], np.cumsum(rows_of[s][T_arr])]).astype(np.int64) for s in SIDES}
+            for (lo, part), table in zip(jobs, pool.map(lambda j: j[0].fetch(j[1]), jobs), strict=True):
+                lo.add(part, table)
         cuts = [_Cut(p, T, seg_of) for p in plans]
         short: list[tuple[_Side, dict[str, Any], int, np.ndarray, _Cut]] = []
         for side, p, cut in zip(sides, plans, cuts, strict=True):
             if p["rows_now"] is None:
                 continue
             # rows per segment once the listed changes are applied: what the side should hold
-            gone_before = np.bincount(cut.rm_pos[_hits(stored_keys[side.name], cut.removed_all)], minlength=len(T))
+            gone_before = loaded[side.name].held(T, cut.removed_all)
             expected = rows_of[side.name].copy()
             expected[T_arr] += cut.ch_n - gone_before
             predicted = int(expected.sum())
@@ -842,11 +942,9 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
         if not short:
             break
 
-        def deleted_of(x: tuple[_Side, dict[str, Any], int, np.ndarray, _Cut], T_arr: np.ndarray = T_arr,
-                       stored: tuple[dict[str, pl.Series], dict[str, np.ndarray]] = (stored_keys, stored_at)
+        def deleted_of(x: tuple[_Side, dict[str, Any], int, np.ndarray, _Cut], T_arr: np.ndarray = T_arr
                        ) -> tuple[pl.Series, dict[str, Any]]:
             side, p, predicted, expected, cut = x
-            keys, at = stored[0][side.name], stored[1][side.name]
 
             def held_of(segs: list[int]) -> pl.Series:
                 """The keys the state holds in ``segs`` once the listed changes are applied."""
@@ -857,9 +955,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
                 parts = [store.keys([entries[side.name][i] for i in seg[~mine].tolist()])]
                 jt = j[mine]
                 if len(jt):
-                    pick = np.zeros(len(keys), dtype=bool)
-                    pick[_ranges(at[jt], at[jt + 1])] = True
-                    k = keys.filter(pl.Series(pick))
+                    k = loaded[side.name].keys(seg[mine].tolist())
                     parts.append(k.filter(~k.is_in(cut.removed_all.implode())) if len(cut.removed_all) else k)
                     ch = cut.changed_all["__key"]
                     parts.append(ch.filter(pl.Series(np.isin(cut.ch_pos, jt))))
@@ -903,7 +999,8 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
         aff = aff_cut.removed(j0, j1)
         for side, cut in zip(sides, cuts, strict=True):
             ents = [entries[side.name][i] for i in bt]
-            done = _rewrite_arrow(store, ents, side.fields, cut.removed(j0, j1), cut.changed(j0, j1), aff)
+            stored = loaded[side.name].rows(bt)
+            done = None if stored is None else _rewrite_arrow(stored, cut.removed(j0, j1), cut.changed(j0, j1), aff)
             if done is not None:
                 news.append(done[0])
                 new_keys.append(done[1])
@@ -1030,18 +1127,15 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()), dtype=np.int64)
 
 
-def _rewrite_arrow(store: _Packs, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...], removed: pl.Series,
-                   changed: pl.DataFrame, affected: pl.Series
+def _rewrite_arrow(old: pa.Table, removed: pl.Series, changed: pl.DataFrame, affected: pl.Series
                    ) -> tuple[pa.Table, pl.Series, pl.DataFrame, pl.DataFrame] | None:
     """A batch of touched segments rewritten without leaving Arrow: the stored rows (checked), less
     the removed keys, with the changed rows spliced in at their places; with the new keys and the
     affected keys' rows before and after (in Polars: they are few). Why: converting every stored row
     to Polars and back (to merge, hash and write) was most of an incremental run's CPU. None when the
     rows cannot stay in one Arrow schema (packs or changes with a decimal in different forms, no
-    stored columns): :func:`_apply_changes`' Polars path then unifies them."""
-    old = store.load_arrow(entries, fields)
-    if old is None:
-        return None
+    stored columns): :func:`_apply_changes`' Polars path then unifies them. ``old``: the batch's
+    stored rows, checked (:class:`_Loaded`)."""
     ch = None
     if changed.height:
         ch = changed.select(old.column_names).to_arrow(compat_level=pl.CompatLevel.oldest())
