@@ -462,7 +462,26 @@ def arrow_column_bytes(col: pa.Array | pa.ChunkedArray, ctype: ColumnType) -> Co
         data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
         return ColumnBytes(np.ones(len(arr), dtype=np.uint8), lengths=np.diff(offsets).astype("<i8"),
                            offsets=offsets, data=data)
+    width = _in_place(ctype.kind, arr.type)
+    if width is not None and arr.null_count == 0 and len(arr):  # the values buffer is the canonical one (no NULL slot)
+        vals = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset: arr.offset + len(arr)]
+        fixed = _int128_le(vals) if ctype.kind == "decimal" else vals.view(np.uint8).reshape(len(vals), vals.itemsize)
+        return ColumnBytes(np.ones(len(arr), dtype=np.uint8), fixed=fixed)
     return column_bytes(pl.Series(arr), ctype)
+
+
+def _in_place(kind: str, t: pa.DataType) -> str | None:
+    """The NumPy type of an Arrow values buffer that holds the version-2 bytes of ``kind`` as they are
+    (little-endian; a decimal in its scaled Int64 form is sign-extended to 16 bytes), else None."""
+    import pyarrow as pa
+
+    if kind in ("int", "decimal") and t == pa.int64():
+        return "<i8"
+    if kind == "timestamp" and pa.types.is_timestamp(t) and t.unit == "us":
+        return "<i8"
+    if kind == "date" and t == pa.date32():
+        return "<i4"
+    return None
 
 
 def frame_bytes(frame: pl.DataFrame | pa.Table, fields: tuple[FieldSpec, ...] | list[FieldSpec]) -> list[ColumnBytes]:
