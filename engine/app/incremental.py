@@ -723,16 +723,18 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
                  ) -> tuple[DiffResult, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     bounds = list(index["boundaries"])
     seg = merkle.Segmentation(tuple(bounds))
-    entries = {s: _segments_of(state, index, s) for s in SIDES}
     store = _Packs(state)
     n_seg = len(bounds) + 1
-    for s in SIDES:
-        if len(entries[s]) != n_seg:
-            raise VerificationError(f"{state.index_path}: {len(entries[s])} {s} segments for {n_seg} key ranges: "
-                                    "rebuild the state with --full")
     with ThreadPoolExecutor(2) as pool:
         first = tuple(_key_range(bounds, a, b) for a, b in _spans(0, n_seg, NARROW_STEPS[0]))
-        got = list(pool.map(lambda s: _ask(s, index["sides"][s.name].get("watermark"), first), sides))
+        asked = [pool.submit(_ask, s, index["sides"][s.name].get("watermark"), first) for s in sides]
+        # while the servers work (the changes' read is the run's longest wait): the segment lists
+        entries = {s: _segments_of(state, index, s) for s in SIDES}
+        for s in SIDES:
+            if len(entries[s]) != n_seg:
+                raise VerificationError(f"{state.index_path}: {len(entries[s])} {s} segments for {n_seg} key "
+                                        "ranges: rebuild the state with --full")
+        got = [f.result() for f in asked]
     b_arr = pl.Series("b", bounds, dtype=pl.Utf8)
 
     def seg_of(keys: pl.Series) -> np.ndarray:
