@@ -20,7 +20,8 @@ What it does, in order:
            in one transaction per side: 80% of it updates of existing rows (half of those on the
            same keys on both sides, so that some differences are resolved or moved and some made),
            10% inserts (new keys, on both sides, 1 in 10 only on the source), 10% deletes (random
-           existing keys, each side its own).
+           existing keys, each side its own); then a pause of ``PAUSE_S`` (1.5 s) so that the
+           next run's overlap (1 s before this run's horizon) does not read this change again.
   incr     ``recon diff -C recon.toml --mapping inc --state DIR --json``, sampled, ``--runs`` times;
            the run's own ``incremental`` block (touched segments, rows re-read, deletions) is kept.
            ``--index both`` runs the series without an index on ``updated_at``, then creates one
@@ -55,6 +56,8 @@ from bench_scale import ROOT, SHARED, _changed, _row_sql, run_sampled  # noqa: E
 
 LOADED_AT = "2026-01-01 00:00:00+00"
 COLUMNS = ("name", "owner_id", "annual_revenue", "clv", "event_count", "last_modified")
+#: after each change, before its run: longer than the changes' read overlap (1 s, DEFAULT_OVERLAP)
+PAUSE_S = 1.5
 
 
 def tables_for(rows: int) -> tuple[str, str]:
@@ -309,6 +312,12 @@ def main() -> None:
                 t0 = time.perf_counter()
                 ch = change(dsn, names, a.rows, a.change, rng, len(out["series"]) * 1000 + i)
                 inserted = ch.pop("_inserted")
+                # a run's lower bound is its horizon less DEFAULT_OVERLAP: a change committed in the
+                # second before a run is read again by the next one (right, and what a scheduler
+                # sees only for the rows changed in that second); the pause keeps each run to the
+                # change made for it, as changes spread over an hour would
+                time.sleep(PAUSE_S)
+                t0 += PAUSE_S
                 if i == 0 and not a.no_deletions and not with_index:
                     t1 = time.perf_counter()
                     out["deletions"] = deletions(dsn, names, state, inserted)
