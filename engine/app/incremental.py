@@ -299,14 +299,6 @@ class _Packs:
             return pl.Series("__key", [], dtype=pl.Utf8)
         return self.take(entries, ["__key"])["__key"]
 
-    def keys_each(self, entries: list[dict[str, Any]]) -> list[pl.DataFrame]:
-        keys = self.keys(entries).to_frame("__key")
-        out, at = [], 0
-        for e in entries:
-            out.append(keys.slice(at, int(e["rows"])))
-            at += int(e["rows"])
-        return out
-
 
 class _Loaded:
     """One side's touched segments, loaded from their packs and checked against their digests once
