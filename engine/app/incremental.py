@@ -307,24 +307,27 @@ class _Loaded:
     Why: the deletion count needs the touched segments' stored keys and the rewrite needs their
     rows; reading the keys first and the rows again later cost a second gather of every touched
     segment (a second of a 10M-row run). A batch that cannot stay in Arrow (see
-    :meth:`_Packs.gather`) is left to the Polars path, which loads it itself.
+    :meth:`_Packs.gather`) is left to the Polars path, which loads it itself. Where each segment
+    sits is kept in arrays, not per-segment objects: thousands of segments are touched per run.
     """
 
-    def __init__(self, store: _Packs, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...]) -> None:
-        self.store, self.entries, self.fields = store, entries, fields
-        #: segment -> (batch number, its first row in the batch); batches[k] is None when not in Arrow
-        self.where: dict[int, tuple[int, int]] = {}
+    def __init__(self, store: _Packs, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...],
+                 rows: np.ndarray) -> None:
+        self.store, self.entries, self.fields, self.n = store, entries, fields, rows
+        #: per segment: its batch (-1: not loaded) and its first row there; batches[k] is None when
+        #: the batch is not in Arrow
+        self.batch_of = np.full(len(rows), -1, dtype=np.int64)
+        self.start_of = np.zeros(len(rows), dtype=np.int64)
         self.batches: list[pa.Table | None] = []
         self._segs: list[tuple[np.ndarray, np.ndarray]] = []  # per batch: its segments, where each begins
 
     def missing(self, T: list[int]) -> list[list[int]]:
-        """The segments of ``T`` not loaded yet, in batches (each ascending)."""
+        """The segments of ``T`` not loaded yet, in batches of about HASH_CHUNK_ROWS rows (ascending)."""
+        t = np.asarray(T, dtype=np.int64)
+        t = t[self.batch_of[t] < 0] if len(t) else t
         out: list[list[int]] = []
         size = 0
-        for i in T:
-            if i in self.where:
-                continue
-            n = int(self.entries[i]["rows"])
+        for i, n in zip(t.tolist(), self.n[t].tolist(), strict=True):
             if not out or (out[-1] and size + n > merkle.HASH_CHUNK_ROWS):
                 out.append([])
                 size = 0
@@ -337,39 +340,34 @@ class _Loaded:
         return self.store.load_arrow([self.entries[i] for i in segs], self.fields)
 
     def add(self, segs: list[int], table: pa.Table | None) -> None:
-        k = len(self.batches)
+        s = np.asarray(segs, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(self.n[s])[:-1]]).astype(np.int64)
+        self.batch_of[s] = len(self.batches)
+        self.start_of[s] = starts
         self.batches.append(table)
-        starts = np.concatenate([[0], np.cumsum([int(self.entries[i]["rows"]) for i in segs])]).astype(np.int64)
-        self._segs.append((np.asarray(segs, dtype=np.int64), starts[:-1]))
-        for i, at in zip(segs, starts.tolist(), strict=False):
-            self.where[i] = (k, at)
+        self._segs.append((s, starts))
 
     def rows(self, segs: list[int]) -> pa.Table | None:
         """The stored rows of ``segs`` (loaded, ascending) as one table of slices (not copied), or
         None when one of them is not in Arrow or their batches' schemas differ."""
-        slices: list[pa.Table] = []
-        run: tuple[int, int, int] | None = None  # (batch, first row, rows) of consecutive stored rows
-        for i in segs:
-            k, at = self.where[i]
-            n = int(self.entries[i]["rows"])
-            if run is not None and run[0] == k and run[1] + run[2] == at:
-                run = (k, run[1], run[2] + n)
-                continue
-            if run is not None:
-                slices.append(self._slice(*run))
-            run = (k, at, n)
-        if run is not None:
-            slices.append(self._slice(*run))
-        if not slices or any(s is None for s in slices):
+        s = np.asarray(segs, dtype=np.int64)
+        if not len(s):
             return None
-        tables: list[pa.Table] = [s for s in slices if s is not None]
+        k, at, n = self.batch_of[s], self.start_of[s], self.n[s]
+        # runs of segments whose rows follow each other in one batch: one slice each
+        new_run = np.ones(len(s), dtype=bool)
+        new_run[1:] = (k[1:] != k[:-1]) | (at[1:] != at[:-1] + n[:-1])
+        first = np.flatnonzero(new_run)
+        size = np.add.reduceat(n, first)
+        tables: list[pa.Table] = []
+        for j, m in zip(first.tolist(), size.tolist(), strict=True):
+            b = self.batches[int(k[j])]
+            if b is None:
+                return None
+            tables.append(b.slice(int(at[j]), m))
         if len({t.schema for t in tables}) != 1:
             return None
         return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-
-    def _slice(self, k: int, at: int, n: int) -> pa.Table | None:
-        b = self.batches[k]
-        return None if b is None else b.slice(at, n)
 
     def held(self, T: list[int], removed: pl.Series) -> np.ndarray:
         """Per segment of ``T`` (every one loaded), how many of the keys ``removed`` its stored rows hold."""
@@ -910,7 +908,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
     # deletion found adds segments, loaded in a second round)
     plans = [dict(p) for p in plans]
     rows_of = {s: np.fromiter((int(e["rows"]) for e in entries[s]), dtype=np.int64, count=n_seg) for s in SIDES}
-    loaded = {s.name: _Loaded(store, entries[s.name], s.fields) for s in sides}
+    loaded = {s.name: _Loaded(store, entries[s.name], s.fields, rows_of[s.name]) for s in sides}
     while True:  # a second round only when a count says rows were deleted that nobody listed
         T = sorted(touched)
         say(f"{len(T):,} of {n_seg:,} segments touched")
