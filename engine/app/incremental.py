@@ -173,7 +173,8 @@ class _Packs:
             except (OSError, pa.ArrowException) as exc:
                 raise VerificationError(f"{p} does not match the state's index (not a readable pack: {exc}): "
                                         "rebuild the state with --full") from None
-            self._open[name] = t
+            # two threads may open one pack at once: the first mapping is the one every caller uses
+            t = self._open.setdefault(name, t)
         return t
 
     def _rows(self, name: str, o: np.ndarray, m: np.ndarray, columns: list[str] | None = None
@@ -254,7 +255,11 @@ class _Packs:
                 part = min(m, int(starts[b + 1]) - o)
                 slices.append(batches[b].slice(o - int(starts[b]), part))
                 o, m, b = o + part, m - part, b + 1
-        return pa.Table.from_batches(slices, schema=schemas.pop()).combine_chunks()
+        schema = schemas.pop()
+        if len(slices) == 1:  # combine_chunks leaves one chunk as it is: a view of the mapped file,
+            # which could change between its check and its use; the rows are copied like any others
+            return pa.Table.from_arrays([pa.concat_arrays([c]) for c in slices[0].columns], schema=schema)
+        return pa.Table.from_batches(slices, schema=schema).combine_chunks()
 
     def load_arrow(self, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...]) -> pa.Table | None:
         """:meth:`load` in Arrow (see :meth:`gather` for None), each segment checked against its digest."""
@@ -353,6 +358,8 @@ class _Loaded:
         if not len(s):
             return None
         k, at, n = self.batch_of[s], self.start_of[s], self.n[s]
+        if (k < 0).any():
+            raise RuntimeError("a segment's rows were asked for before they were loaded")
         # runs of segments whose rows follow each other in one batch: one slice each
         new_run = np.ones(len(s), dtype=bool)
         new_run[1:] = (k[1:] != k[:-1]) | (at[1:] != at[:-1] + n[:-1])
@@ -360,11 +367,13 @@ class _Loaded:
         size = np.add.reduceat(n, first)
         tables: list[pa.Table] = []
         for j, m in zip(first.tolist(), size.tolist(), strict=True):
+            if not m:  # no rows (a batch of empty segments is not loaded in Arrow: nothing to take)
+                continue
             b = self.batches[int(k[j])]
             if b is None:
                 return None
             tables.append(b.slice(int(at[j]), m))
-        if len({t.schema for t in tables}) != 1:
+        if len({t.schema for t in tables}) != 1:  # none (every segment empty) or schemas that differ
             return None
         return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
@@ -460,13 +469,20 @@ def _segments_json(entries: list[dict[str, Any]]) -> dict[str, Any]:
             "rows": [int(e["rows"]) for e in entries], "digests": "".join(e["digest"] for e in entries)}
 
 
-def _segments_of(state: StateDirectory, index: dict[str, Any], side: str) -> list[dict[str, Any]]:
+def _segments_of(state: StateDirectory, index: dict[str, Any], side: str, check_only: bool = False
+                 ) -> list[dict[str, Any]]:
+    """A side's segment list from the index, checked (``check_only``: its shape alone, which is
+    instant; the entries are built while the servers answer)."""
     try:
         s = index["sides"][side]["segments"]
         files, dig = list(s["files"]), str(s["digests"])
         n = len(s["rows"])
         if not (len(s["file"]) == len(s["offset"]) == n and len(dig) == 64 * n):
             raise ValueError("columns of different lengths")
+        if n != len(index["boundaries"]) + 1:
+            raise ValueError(f"{n} segments for {len(index['boundaries']) + 1} key ranges")
+        if check_only:
+            return []
         return [{"file": files[f], "offset": int(o), "rows": int(r), "digest": dig[64 * i: 64 * i + 64]}
                 for i, (f, o, r) in enumerate(zip(s["file"], s["offset"], s["rows"], strict=True))]
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -716,6 +732,8 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
     seg = merkle.Segmentation(tuple(bounds))
     store = _Packs(state)
     n_seg = len(bounds) + 1
+    for s in SIDES:  # a malformed list is refused before either side is asked anything
+        _segments_of(state, index, s, check_only=True)
     with ThreadPoolExecutor(2) as pool:
         first = tuple(_key_range(bounds, a, b) for a, b in _spans(0, n_seg, NARROW_STEPS[0]))
         asked = [pool.submit(_ask, s, index["sides"][s.name].get("watermark"), first) for s in sides]
@@ -724,10 +742,6 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
         import pyarrow.compute  # noqa: F401
 
         entries = {s: _segments_of(state, index, s) for s in SIDES}
-        for s in SIDES:
-            if len(entries[s]) != n_seg:
-                raise VerificationError(f"{state.index_path}: {len(entries[s])} {s} segments for {n_seg} key "
-                                        "ranges: rebuild the state with --full")
         got = [f.result() for f in asked]
     b_arr = pl.Series("b", bounds, dtype=pl.Utf8)
 
@@ -1095,7 +1109,6 @@ class _Cut:
         #: changed rows per touched segment; each changed row's and removed key's position in T
         self.ch_n = self._ch_at[1] - self._ch_at[0]
         self.ch_pos = np.searchsorted(t, ch_seg)
-        self.rm_pos = np.searchsorted(t, rm_seg)
 
     def changed(self, j0: int, j1: int) -> pl.DataFrame:
         a, b = int(self._ch_at[0][j0]), int(self._ch_at[1][j1 - 1])
@@ -1104,17 +1117,6 @@ class _Cut:
     def removed(self, j0: int, j1: int) -> pl.Series:
         a, b = int(self._rm_at[0][j0]), int(self._rm_at[1][j1 - 1])
         return self.removed_all.slice(a, b - a)
-
-
-def _hits(col: pl.Series, keys: pl.Series) -> np.ndarray:
-    """Which of ``keys`` the sorted, unique ``col`` holds (one binary search each)."""
-    if not len(keys) or not len(col):
-        return np.zeros(len(keys), dtype=bool)
-    pos = col.search_sorted(keys, side="left").to_numpy().astype(np.int64)
-    inside = pos < len(col)
-    out = np.zeros(len(keys), dtype=bool)
-    out[inside] = (col.gather(pos[inside]) == keys.filter(pl.Series(inside))).to_numpy()
-    return out
 
 
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -1,0 +1,35 @@
+"""The rows an incremental run checks are the rows it uses: a gather never hands out a view of a
+memory-mapped pack (whose file could change between the digest check and the rewrite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from engine.app.incremental import _Packs, _write_pack
+from engine.workspace import StateDirectory
+
+
+def _mapped(batch: pa.RecordBatch) -> list[tuple[int, int]]:
+    return [(b.address, b.address + b.size) for c in batch.columns for b in c.buffers() if b is not None]
+
+
+@pytest.mark.parametrize("entries", [[(2, 3)], [(0, 1), (4, 2)], [(5, 1)]])
+def test_gathered_rows_are_copies_not_views_of_the_pack(tmp_path: Path, entries: list[tuple[int, int]]) -> None:
+    state = StateDirectory(tmp_path / "state")
+    table = pa.table({"__key": pa.array([f"k{i}" for i in range(6)], pa.large_string()),
+                      "v": pa.array(range(6), pa.int64())})
+    name = _write_pack(state, "source", 1, 0, table)
+    store = _Packs(state)
+    got = store.gather([{"file": name, "offset": o, "rows": n, "digest": ""} for o, n in entries])
+    assert got is not None
+    want = pa.concat_tables([table.slice(o, n) for o, n in entries])
+    assert got.equals(want)
+    spans = [s for b in store.table(name)[0] for s in _mapped(b)]
+    for col in got.columns:
+        for chunk in col.chunks:
+            for buf in chunk.buffers():
+                if buf is not None and buf.size:
+                    assert not any(lo <= buf.address < hi for lo, hi in spans), "a view of the mapped pack"
