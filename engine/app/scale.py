@@ -82,16 +82,19 @@ def estimate(ref_text: str, config: Config) -> tuple[int, int] | None:
 def one_pass_fits(source: str, target: str, config: Config, scale: ScaleOptions) -> bool:
     """Whether today's one-pass diff fits in the memory limit (the fastest path when it does): a
     catalog or footer estimate of the larger side, at the bytes per row a one-pass diff uses."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from engine.core.plan import DEFAULT_BYTES_PER_ROW
 
-    rows = 0
-    for ref in (source, target):
+    def one(ref: str) -> tuple[int, int] | None:
         try:
-            est = estimate(ref, config)
+            return estimate(ref, config)
         except Exception:  # noqa: BLE001 - no estimate: the read reports the real error
-            est = None
-        if est is not None:
-            rows = max(rows, est[0])
+            return None
+
+    with ThreadPoolExecutor(2) as pool:  # both sides at once: each is mostly a connection's setup
+        ests = list(pool.map(one, (source, target)))
+    rows = max((est[0] for est in ests if est is not None), default=0)
     return rows * DEFAULT_BYTES_PER_ROW <= scale.resolved_memory()
 
 
