@@ -313,6 +313,9 @@ class _Loaded:
     segment (a second of a 10M-row run). A batch that cannot stay in Arrow (see
     :meth:`_Packs.gather`) is left to the Polars path, which loads it itself. Where each segment
     sits is kept in arrays, not per-segment objects: thousands of segments are touched per run.
+    Memory: every touched row of both sides is held until the run ends (about 430 MB at 10M rows
+    and 0.1% changed; at most both tables whole, which a state run is only allowed when it fits:
+    ``scale.decide`` refuses ``--state`` otherwise).
     """
 
     def __init__(self, store: _Packs, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...],
