@@ -203,12 +203,8 @@ class _Packs:
         """The rows of ``entries``, in their order, as one frame (unchecked: see :meth:`load`)."""
         if not entries:
             return pl.DataFrame()
-        off = np.fromiter((int(e["offset"]) for e in entries), dtype=np.int64, count=len(entries))
-        n = np.fromiter((int(e["rows"]) for e in entries), dtype=np.int64, count=len(entries))
+        off, n, by_file = _layout(entries)
         at = np.concatenate([[0], np.cumsum(n)])  # where each entry's rows go in the result
-        by_file: dict[str, list[int]] = {}
-        for k, e in enumerate(entries):
-            by_file.setdefault(e["file"], []).append(k)
         parts: list[pl.DataFrame] = []
         dest: list[np.ndarray] = []
         for name, ks in by_file.items():  # one gather per batch of a pack, however its segments interleave
@@ -235,11 +231,7 @@ class _Packs:
         """:meth:`take` in Arrow: the rows of ``entries`` in their order, copied once (slices of the
         memory-mapped batches joined); None when there are none, or when the packs' schemas differ (a
         decimal scaled in one pack and wide in another: :meth:`take` unifies those)."""
-        off = np.fromiter((int(e["offset"]) for e in entries), dtype=np.int64, count=len(entries))
-        n = np.fromiter((int(e["rows"]) for e in entries), dtype=np.int64, count=len(entries))
-        by_file: dict[str, list[int]] = {}
-        for k, e in enumerate(entries):
-            by_file.setdefault(e["file"], []).append(k)
+        off, n, by_file = _layout(entries)
         for name, ks in by_file.items():  # checked as :meth:`take` checks them, before any slice is read
             k = np.asarray(ks, dtype=np.int64)
             self._rows(name, off[k], n[k])
@@ -332,15 +324,7 @@ class _Loaded:
         """The segments of ``T`` not loaded yet, in batches of about HASH_CHUNK_ROWS rows (ascending)."""
         t = np.asarray(T, dtype=np.int64)
         t = t[self.batch_of[t] < 0] if len(t) else t
-        out: list[list[int]] = []
-        size = 0
-        for i, n in zip(t.tolist(), self.n[t].tolist(), strict=True):
-            if not out or (out[-1] and size + n > merkle.HASH_CHUNK_ROWS):
-                out.append([])
-                size = 0
-            out[-1].append(i)
-            size += n
-        return out
+        return [t[a:b].tolist() for a, b in _chunks(self.n[t].tolist())]
 
     def fetch(self, segs: list[int]) -> pa.Table | None:
         """The rows of ``segs``, checked (runs in a worker thread: no shared state is written)."""
@@ -408,6 +392,31 @@ class _Loaded:
         if table is None:
             return self.store.keys([self.entries[i] for i in segs])
         return pl.Series("__key", table.column("__key"))
+
+
+def _layout(entries: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, dict[str, list[int]]]:
+    """Segment entries' offsets and rows, and which entries (positions) each pack holds."""
+    off = np.fromiter((int(e["offset"]) for e in entries), dtype=np.int64, count=len(entries))
+    n = np.fromiter((int(e["rows"]) for e in entries), dtype=np.int64, count=len(entries))
+    by_file: dict[str, list[int]] = {}
+    for k, e in enumerate(entries):
+        by_file.setdefault(e["file"], []).append(k)
+    return off, n, by_file
+
+
+def _chunks(sizes: list[int]) -> list[tuple[int, int]]:
+    """Runs ``[j0, j1)`` of consecutive items of about HASH_CHUNK_ROWS rows together (an item larger
+    than that alone): the batches a run loads, rewrites and hashes touched segments in."""
+    out: list[tuple[int, int]] = []
+    size = j0 = 0
+    for j, n in enumerate(sizes):
+        if j > j0 and size + n > merkle.HASH_CHUNK_ROWS:
+            out.append((j0, j))
+            j0, size = j, 0
+        size += n
+    if sizes:
+        out.append((j0, len(sizes)))
+    return out
 
 
 def _check_offsets(batch: pa.RecordBatch, rows: np.ndarray, path: Path) -> None:
@@ -992,16 +1001,8 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
     # each operation's fixed cost is small, small enough to stay in cache): per batch and side, the
     # stored rows less the removed keys (binary search), the changed rows merged in, and the rows of
     # the affected keys before and after
-    batches: list[tuple[int, int]] = []  # runs of T, as positions [j0, j1)
-    size = j0 = 0
-    for j, i in enumerate(T):
-        n = max(int(rows_of["source"][i]), int(rows_of["target"][i]))
-        if j > j0 and size + n > merkle.HASH_CHUNK_ROWS:
-            batches.append((j0, j))
-            j0, size = j, 0
-        size += n
-    if T:
-        batches.append((j0, len(T)))
+    t_arr = np.asarray(T, dtype=np.int64)
+    batches = _chunks(np.maximum(rows_of["source"][t_arr], rows_of["target"][t_arr]).tolist())
 
     def apply_batch(bt: list[int], j0: int, j1: int
                     ) -> tuple[list[pl.DataFrame | pa.Table], list[pl.Series], list[pl.DataFrame], list[pl.DataFrame]]:

@@ -9,7 +9,7 @@ _T = "tests/integration/test_incremental.py::"
 
 MUTATIONS = [
     Mutation("no-touched-segment-crash", "engine/app/incremental.py",
-             "    if T:\n        batches.append((j0, len(T)))", "    if True:\n        batches.append((j0, len(T)))",
+             "    if sizes:\n        out.append((j0, len(sizes)))", "    if True:\n        out.append((j0, len(sizes)))",
              (_T + "test_a_run_with_nothing_changed_touches_no_segment",),
              "a run in which nothing changed works on an empty batch of segments and fails"),
 ]
