@@ -33,10 +33,11 @@ whose results the run reports.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -791,8 +792,30 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
             touched.update(seg_of(deleted).tolist())
         plans.append(p)
     if all(p["mode"] != "whole" for p in plans):
-        return _apply_changes(req, state, store, index, sides, got, plans, touched, bounds, entries, seg_of, say)
+        with _reused_memory():
+            return _apply_changes(req, state, store, index, sides, got, plans, touched, bounds, entries, seg_of, say)
     return _apply(req, state, store, index, sides, got, plans, touched, bounds, entries, seg_of, say)
+
+
+@contextlib.contextmanager
+def _reused_memory() -> Iterator[None]:
+    """Arrow buffers from the C library's allocator while the touched segments are rewritten.
+
+    Why: a run allocates and frees hundreds of batches of a few MB (loaded rows, spliced rows,
+    encoding buffers). Arrow's default pool (mimalloc) hands freed pages back to the kernel within
+    milliseconds, so each batch faults in fresh pages, and on the benchmark's VM the kernel zeroing
+    them was a third of an incremental run's CPU (``perf``: ``clear_page_erms``). glibc, tuned by
+    :func:`engine.runtime.tune_malloc`, keeps them for reuse: at 10M rows, system time fell from
+    3.2-3.3 s to 1.8-1.9 s and the run from 6.5-7.1 s to 6.1-6.2 s (bench/RESULTS.md, "fourth
+    pass"). Only here: a full read's buffers are larger than glibc's mmap threshold, and there the
+    switch measured no better. The previous pool comes back afterwards; a buffer is always freed by
+    the pool that allocated it."""
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 class _NeedFull(Exception):
