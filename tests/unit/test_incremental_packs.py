@@ -33,3 +33,19 @@ def test_gathered_rows_are_copies_not_views_of_the_pack(tmp_path: Path, entries:
             for buf in chunk.buffers():
                 if buf is not None and buf.size:
                     assert not any(lo <= buf.address < hi for lo, hi in spans), "a view of the mapped pack"
+
+
+def test_the_rewrite_allocates_from_the_reusing_pool_and_gives_the_default_back() -> None:
+    """Inside the rewrite, Arrow allocates from glibc (which keeps freed memory); the process's own
+    pool comes back afterwards, also when the rewrite fails, and buffers made inside outlive it."""
+    from engine.app.incremental import _reused_memory
+
+    before = pa.default_memory_pool().backend_name
+    with _reused_memory():
+        assert pa.default_memory_pool().backend_name == "system"
+        kept = pa.array(range(1000), pa.int64())
+    assert pa.default_memory_pool().backend_name == before
+    with pytest.raises(RuntimeError), _reused_memory():
+        raise RuntimeError("a failed rewrite")
+    assert pa.default_memory_pool().backend_name == before
+    assert kept.sum().as_py() == sum(range(1000))
