@@ -328,6 +328,12 @@ class StateDirectory:
     def segment_path(self, side: str, generation: int, segment: int) -> Path:
         return self.dir / "segments" / side / f"{generation:06d}-{segment:06d}.arrow"
 
+    def free_segment_number(self, side: str, generation: int) -> int:
+        """A pack number of ``generation`` that no file on ``side`` has yet (one past the highest)."""
+        d = self.dir / "segments" / side
+        used = [int(p.stem.split("-")[1]) for p in d.glob(f"{generation:06d}-*.arrow")] if d.is_dir() else []
+        return max(used, default=-1) + 1
+
     def differences_path(self, generation: int) -> Path:
         return self.dir / "differences" / f"{generation:06d}.parquet"
 

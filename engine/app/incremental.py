@@ -936,7 +936,8 @@ def _apply(req: DiffRequest, state: StateDirectory, store: _Packs, index: dict[s
         if T:
             written[s] = _write_side(state, s, gen, frame, after_counts[s])
     digests_after = {s: list(tr[0].digests) for s, tr in zip(SIDES, after_trees, strict=False)}  # none when T is empty
-    return _finish(state, index, sides, got, plans, T, n_seg, new_bounds, pieces, entries, written, after_counts,
+    return _finish(state, store, index, sides, got, plans, T, n_seg, new_bounds, pieces, entries, written,
+                   after_counts,
                    digests_after, before, after, affected, seg_of, deletions, len(split_at), gen)
 
 
@@ -1115,7 +1116,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
         after = compare(Canonical(_concat(parts[2], fields), fields),
                         Canonical(_concat(parts[3], sides[1].fields), sides[1].fields), boundaries=[])
     deletions = {s.name: p["deletions"] for s, p in zip(sides, plans, strict=True) if "deletions" in p}
-    return _finish(state, index, sides, got, plans, T, n_seg, new_bounds, pieces, entries, written,
+    return _finish(state, store, index, sides, got, plans, T, n_seg, new_bounds, pieces, entries, written,
                    {s: np.asarray(v, dtype=np.int64) for s, v in after_counts.items()}, digests_after, before, after,
                    affected, seg_of, deletions, sum(len(v) for v in split.values()), gen)
 
@@ -1215,7 +1216,8 @@ def _found(col: pl.Series, keys: pl.Series) -> np.ndarray:
     return pos[hit]
 
 
-def _finish(state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _Side], got: list[SideChanges],
+def _finish(state: StateDirectory, store: _Packs, index: dict[str, Any], sides: tuple[_Side, _Side],
+            got: list[SideChanges],
             plans: list[dict[str, Any]], T: list[int], n_seg: int, new_bounds: list[str],
             pieces: dict[int, list[int]], entries: dict[str, list[dict[str, Any]]],
             written: dict[str, list[dict[str, Any]]], after_counts: dict[str, np.ndarray],
@@ -1237,6 +1239,7 @@ def _finish(state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _S
         else:
             for s in SIDES:
                 seg_entries[s].append(entries[s][i])
+    compacted = _compact(state, store, seg_entries, gen, {s.name: s.fields for s in sides})
     # totals: previous − the touched segments' old share + their new share
     totals = index["totals"]
     counts = {k: int(totals[k]) for k in _COUNTS}
@@ -1291,7 +1294,54 @@ def _finish(state: StateDirectory, index: dict[str, Any], sides: tuple[_Side, _S
                               "deleted_listed": p.get("deleted_listed", 0),
                               **({"deletions": deletions[s.name]} if s.name in deletions else {})}
                      for s, g, p in zip(sides, got, plans, strict=True)}}
+    if compacted:
+        inc["compacted"] = compacted
     return result, new_index, marks, fmeta, inc
+
+
+#: a pack in which the rows the index still names fall below this share of its rows is compacted
+COMPACT_BELOW = 0.25
+
+
+def _compact(state: StateDirectory, store: _Packs, seg_entries: dict[str, list[dict[str, Any]]], gen: int,
+             fields: dict[str, tuple[FieldSpec, ...]]) -> dict[str, dict[str, int]]:
+    """Copy the rows still in use out of packs that are mostly unused into this run's own packs,
+    so that the run's commit removes those packs (``seg_entries`` is updated in place).
+
+    Why: a run writes its touched segments to new packs, and an older pack stays as long as one of
+    its segments is untouched. With random changes a pack rarely empties. With 0.1% of the rows
+    changed every hour (about one segment in six touched per run), the state of a 10M-row pair grew
+    to 4.9× its rows on disk by the 24th run and 7.6× after 40 (a simulation of the index, in
+    bench/RESULTS.md). Below a quarter in use, a pack's rows are moved: the state stays at about
+    1.7-2.2× its rows, for about 30% more rows copied than the runs touch. Moved rows are copied
+    as they are, not hashed; their digests stay in the index and are checked when the rows are
+    next used, as for any stored segment."""
+    out: dict[str, dict[str, int]] = {}
+    own = f"{gen:06d}-"
+    for side in SIDES:
+        ents = seg_entries[side]
+        used: dict[str, int] = {}
+        for e in ents:
+            used[e["file"]] = used.get(e["file"], 0) + int(e["rows"])
+        sparse = {f for f, n in used.items()
+                  if not Path(f).name.startswith(own) and n < COMPACT_BELOW * int(store.table(f)[1][-1])}
+        if not sparse:
+            continue
+        ks = [k for k, e in enumerate(ents) if e["file"] in sparse]
+        number = state.free_segment_number(side, gen)
+        for a, b in _chunks([int(ents[k]["rows"]) for k in ks]):
+            part = [ents[k] for k in ks[a:b]]
+            table: pa.Table | pl.DataFrame | None = store.gather(part)
+            if table is None:  # no rows, or packs whose schemas differ (take unifies them)
+                table = store.take(part, fields=fields[side])
+            name = _write_pack(state, side, gen, number, table)
+            number += 1
+            at = 0
+            for k, e in zip(ks[a:b], part, strict=True):
+                ents[k] = {**e, "file": name, "offset": at}
+                at += int(e["rows"])
+        out[side] = {"packs": len(sparse), "segments": len(ks), "rows": sum(int(ents[k]["rows"]) for k in ks)}
+    return out
 
 
 def _affected_keys(plans: list[dict[str, Any]]) -> pl.Series | None:

@@ -94,6 +94,7 @@ def test_incremental_runs_equal_a_full_read_with_the_same_boundaries(tables: dic
     assert first["incremental"]["mode"] == "full" and "first run" in first["incremental"]["reason"]
     rng = random.Random(19)
     prev = first
+    compacted = 0
     with _conn(tables["pg"]) as c:
         for step in range(10):
             _mutate(c, rng, step)
@@ -116,9 +117,36 @@ def test_incremental_runs_equal_a_full_read_with_the_same_boundaries(tables: dic
                                (lower,)).fetchone()
             assert inc["incremental"]["sides"]["source"]["rows_reread"] == due < 1500, (step, lower)
             prev = inc
+            assert _mostly_used(state), step
+            compacted += bool(inc["incremental"].get("compacted"))
             if step == 4:
                 assert inc["incremental"]["split_segments"] > 0
             shutil.rmtree(check)
+    assert compacted >= 3  # packs emptied by the runs' rewrites were compacted, not kept
+
+
+def _mostly_used(state: Path) -> bool:
+    """Whether every pack, other than the last run's own, still holds at least a quarter of rows the
+    index names (the compaction rule): a state whose packs are mostly unused grows on disk run after
+    run."""
+    import json
+
+    import pyarrow as pa
+
+    index = json.loads((state / "state.json").read_text())
+    for side in ("source", "target"):
+        seg = index["sides"][side]["segments"]
+        used: dict[str, int] = {}
+        for f, r in zip(seg["file"], seg["rows"], strict=True):
+            used[seg["files"][f]] = used.get(seg["files"][f], 0) + int(r)
+        for name, n in used.items():
+            if Path(name).name.startswith(f"{int(index['generation']):06d}-"):
+                continue
+            with pa.memory_map(str(state / name)) as m:
+                total = pa.ipc.open_file(m).read_all().num_rows
+            if 4 * n < total:  # below a quarter in use (README, "The state")
+                return False
+    return True
 
 
 def _deletions_after(tables: dict[str, Any], state: Path, *statements: str

@@ -17,6 +17,16 @@ _UNIT = "tests/unit/test_incremental_deleted.py"
 _SF = "tests/integration/test_incremental_sf.py::test_sf_pg_incremental_runs_equal_a_full_read_with_the_same_boundaries"
 
 MUTATIONS = [
+    Mutation("no-compaction", "engine/app/incremental.py",
+             "if not Path(f).name.startswith(own) and n < COMPACT_BELOW * int(store.table(f)[1][-1])}",
+             "if False}",
+             (_PROP,),
+             "packs left mostly unused are kept: the state grows on disk run after run"),
+    Mutation("compacted-offsets-not-advanced", "engine/app/incremental.py",
+             "                at += int(e[\"rows\"])\n        out[side]",
+             "                pass\n        out[side]",
+             (_PROP,),
+             "compacted segments all point at the start of their new pack: other rows than their digests'"),
     Mutation("arrow-text-offset-ignored", "engine/core/normalize.py",
              '[arr.offset: arr.offset + len(arr) + 1].astype("<i8", copy=False)',
              '[0: len(arr) + 1].astype("<i8", copy=False)',
