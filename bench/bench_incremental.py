@@ -244,9 +244,16 @@ def run(cmd_tail: list[str], env: dict[str, str], server: int) -> dict[str, Any]
     s = json.loads(res.stdout)
     out["found"] = {k: s.get(k) for k in ("mismatched", "missing_in_target", "missing_in_source", "unchanged")}
     inc = s.get("incremental") or {}
-    out["incremental"] = {k: inc.get(k) for k in ("mode", "reason", "segments", "touched_segments", "sides")}
+    out["incremental"] = {k: inc.get(k) for k in ("mode", "reason", "segments", "touched_segments", "sides",
+                                                  "compacted")}
     out["status"] = s.get("status")
     return out
+
+
+def on_disk(state: Path) -> dict[str, Any]:
+    """The state's packs after a run: how many, and their bytes (what compaction bounds)."""
+    packs = list((state / "segments").rglob("*.arrow"))
+    return {"packs": len(packs), "mb": round(sum(p.stat().st_size for p in packs) / 1e6, 1)}
 
 
 def main() -> None:
@@ -306,6 +313,7 @@ def main() -> None:
                                    "index_s": set_index(dsn, names, with_index)}
             ser["full"] = run([*base, "--full"], env, info.pid)
             ser["full"]["vs_floor"] = round(ser["full"]["wall_s"] / floor, 3)
+            ser["full"]["state_on_disk"] = on_disk(state)
             print(json.dumps({"full": ser["full"]["wall_s"]}), file=sys.stderr)
             ser["incremental"] = []
             for i in range(a.runs):
@@ -324,11 +332,13 @@ def main() -> None:
                     t0 += time.perf_counter() - t1
                     print(json.dumps({"deletions": out["deletions"]}), file=sys.stderr)
                 one = run(base, env, info.pid)
+                one["state_on_disk"] = on_disk(state)
                 one["change"] = {**ch, "change_s": round(time.perf_counter() - t0 - one["wall_s"], 1)}
                 one["vs_floor"] = round(one["wall_s"] / floor, 3)
                 ser["incremental"].append(one)
                 print(json.dumps({"incremental": one["wall_s"], "vs_floor": one["vs_floor"],
-                                  "mode": one["incremental"]["mode"], "others": one["others_cpu_share"]}),
+                                  "mode": one["incremental"]["mode"], "others": one["others_cpu_share"],
+                                  "state": one["state_on_disk"], "compacted": one["incremental"]["compacted"]}),
                       file=sys.stderr)
             if a.verify:
                 ser["verify"] = run([*base, "--verify-full"], env, info.pid)
