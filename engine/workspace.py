@@ -331,8 +331,8 @@ class StateDirectory:
     def free_segment_number(self, side: str, generation: int) -> int:
         """A pack number of ``generation`` that no file on ``side`` has yet (one past the highest)."""
         d = self.dir / "segments" / side
-        used = [int(p.stem.split("-")[1]) for p in d.glob(f"{generation:06d}-*.arrow")] if d.is_dir() else []
-        return max(used, default=-1) + 1
+        tails = [p.stem.split("-", 1)[1] for p in d.glob(f"{generation:06d}-*.arrow")] if d.is_dir() else []
+        return max((int(t) for t in tails if t.isascii() and t.isdigit()), default=-1) + 1
 
     def differences_path(self, generation: int) -> Path:
         return self.dir / "differences" / f"{generation:06d}.parquet"

@@ -168,15 +168,26 @@ class _Packs:
                 for b in batches:
                     b.validate()  # O(columns): buffers as large as their lengths say (not their values)
                 t = batches, np.concatenate([[0], np.cumsum([b.num_rows for b in batches])]).astype(np.int64)
-                self._schema[name] = reader.schema
+                schema = reader.schema
             except FileNotFoundError:
                 raise VerificationError(f"{p} is missing from the incremental state: rebuild it with --full") from None
             except (OSError, pa.ArrowException) as exc:
                 raise VerificationError(f"{p} does not match the state's index (not a readable pack: {exc}): "
                                         "rebuild the state with --full") from None
+            # every pack holds the same columns in the same order (their types may differ: a decimal
+            # scaled in one, wide in another); one that does not would fail a concatenation later
+            if any(other.names != schema.names for other in list(self._schema.values())):
+                raise VerificationError(f"{p} does not match the state's index (its columns {schema.names} differ "
+                                        "from the other packs'): rebuild the state with --full")
             # two threads may open one pack at once: the first mapping is the one every caller uses
+            self._schema.setdefault(name, schema)
             t = self._open.setdefault(name, t)
         return t
+
+    def schema(self, name: str) -> pa.Schema:
+        """The Arrow schema of pack ``name`` (opened and checked as :meth:`table` does)."""
+        self.table(name)
+        return self._schema[name]
 
     def _rows(self, name: str, o: np.ndarray, m: np.ndarray, columns: list[str] | None = None
               ) -> list[tuple[pa.RecordBatch, np.ndarray]]:
@@ -809,10 +820,12 @@ def _reused_memory() -> Iterator[None]:
     3.2-3.3 s to 1.8-1.9 s and the run from 6.5-7.1 s to 6.1-6.2 s (bench/RESULTS.md, "fourth
     pass"). Only here: a full read's buffers are larger than glibc's mmap threshold, and there the
     switch measured no better. The previous pool comes back afterwards; a buffer is always freed by
-    the pool that allocated it."""
+    the pool that allocated it. The pool is the process's: two state runs at once in one process
+    (recon never does that; `recon watch` runs its cycles one after another) would have to share
+    one switch."""
     previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
     try:
+        pa.set_memory_pool(pa.system_memory_pool())
         yield
     finally:
         pa.set_memory_pool(previous)
@@ -1313,9 +1326,11 @@ def _compact(state: StateDirectory, store: _Packs, seg_entries: dict[str, list[d
     changed every hour (about one segment in six touched per run), the state of a 10M-row pair grew
     to 4.9× its rows on disk by the 24th run and 7.6× after 40 (a simulation of the index, in
     bench/RESULTS.md). Below a quarter in use, a pack's rows are moved: the state stays at about
-    1.7-2.2× its rows, for about 30% more rows copied than the runs touch. Moved rows are copied
-    as they are, not hashed; their digests stay in the index and are checked when the rows are
-    next used, as for any stored segment."""
+    1.7-2.2× its rows, for about 30% more rows copied than the runs touch. Moved rows are checked
+    against their digests before they are copied, so a pack changed after it was written is
+    refused under its own name (exit 4) instead of being copied and removed; their digests stay
+    as they are. A segment without rows has no rows to move: it points at the start of a pack
+    the state keeps (which no rule ever compacts away from under it)."""
     out: dict[str, dict[str, int]] = {}
     own = f"{gen:06d}-"
     for side in SIDES:
@@ -1327,20 +1342,27 @@ def _compact(state: StateDirectory, store: _Packs, seg_entries: dict[str, list[d
                   if not Path(f).name.startswith(own) and n < COMPACT_BELOW * int(store.table(f)[1][-1])}
         if not sparse:
             continue
-        ks = [k for k, e in enumerate(ents) if e["file"] in sparse]
+        moved = [k for k, e in enumerate(ents) if e["file"] in sparse]
+        ks = [k for k in moved if int(ents[k]["rows"])]
         number = state.free_segment_number(side, gen)
+        kept = next((f for f in used if f not in sparse), None)
         for a, b in _chunks([int(ents[k]["rows"]) for k in ks]):
             part = [ents[k] for k in ks[a:b]]
-            table: pa.Table | pl.DataFrame | None = store.gather(part)
-            if table is None:  # no rows, or packs whose schemas differ (take unifies them)
-                table = store.take(part, fields=fields[side])
-            name = _write_pack(state, side, gen, number, table)
+            table: pa.Table | pl.DataFrame | None = store.load_arrow(part, fields[side])
+            if table is None:  # packs whose schemas differ (load unifies them)
+                table = store.load(part, fields[side])
+            kept = _write_pack(state, side, gen, number, table)
             number += 1
             at = 0
             for k, e in zip(ks[a:b], part, strict=True):
-                ents[k] = {**e, "file": name, "offset": at}
+                ents[k] = {**e, "file": kept, "offset": at}
                 at += int(e["rows"])
-        out[side] = {"packs": len(sparse), "segments": len(ks), "rows": sum(int(ents[k]["rows"]) for k in ks)}
+        empty = [k for k in moved if not int(ents[k]["rows"])]
+        if empty and kept is None:  # no rows left on the side: one empty pack in the stored schema
+            kept = _write_pack(state, side, gen, number, store.schema(ents[empty[0]]["file"]).empty_table())
+        for k in empty:
+            ents[k] = {**ents[k], "file": kept, "offset": 0}
+        out[side] = {"packs": len(sparse), "segments": len(moved), "rows": sum(int(ents[k]["rows"]) for k in ks)}
     return out
 
 

@@ -88,7 +88,18 @@ def _mutate(c: psycopg.Connection, rng: random.Random, step: int) -> None:
             c.execute(f"INSERT INTO inc.{t} (k, v, n) SELECT 'k00100x' || i, i, 1 FROM generate_series(1, 200) i")  # noqa: S608
 
 
-def test_incremental_runs_equal_a_full_read_with_the_same_boundaries(tables: dict[str, Any], tmp_path: Path) -> None:
+def test_incremental_runs_equal_a_full_read_with_the_same_boundaries(tables: dict[str, Any], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.app import incremental
+
+    seen: dict[str, Any] = {}
+    run_state = incremental.run_state
+
+    def spy(*a: Any, **kw: Any) -> Any:  # the fields the runs hash with, to check the stored rows with
+        seen.update(source=kw["fields_s"], target=kw["fields_t"])
+        return run_state(*a, **kw)
+
+    monkeypatch.setattr(incremental, "run_state", spy)
     state = tmp_path / "state"
     first = _run_req(_opts(tables, state), load(None))
     assert first["incremental"]["mode"] == "full" and "first run" in first["incremental"]["reason"]
@@ -118,11 +129,25 @@ def test_incremental_runs_equal_a_full_read_with_the_same_boundaries(tables: dic
             assert inc["incremental"]["sides"]["source"]["rows_reread"] == due < 1500, (step, lower)
             prev = inc
             assert _mostly_used(state), step
+            assert _every_segment_checks(state, seen) == (inc["source"]["rows"], inc["target"]["rows"]), step
             compacted += bool(inc["incremental"].get("compacted"))
             if step == 4:
                 assert inc["incremental"]["split_segments"] > 0
             shutil.rmtree(check)
     assert compacted >= 3  # packs emptied by the runs' rewrites were compacted, not kept
+
+
+def _every_segment_checks(state: Path, fields: dict[str, Any]) -> tuple[int, int]:
+    """Every stored segment of both sides loaded and checked against its digest (the roots a full
+    check compares are built from the index's digests, not from the stored rows): rows a side."""
+    from engine.app.incremental import _Packs, _segments_of
+    from engine.workspace import StateDirectory
+
+    sd = StateDirectory(state)
+    index = sd.load_index()
+    store = _Packs(sd)
+    rows = [store.load(_segments_of(sd, index, side), fields[side]).height for side in ("source", "target")]
+    return rows[0], rows[1]
 
 
 def _mostly_used(state: Path) -> bool:
@@ -330,6 +355,33 @@ def test_a_tampered_segment_file_is_refused_and_full_rebuilds(tables: dict[str, 
         _run_req(_opts(tables, state), load(None))
     rebuilt = _run_req(_opts(tables, state, full=True), load(None))
     assert rebuilt["incremental"]["mode"] == "full" and rebuilt["incremental"]["reason"] == "--full"
+
+
+def test_a_tampered_pack_is_refused_under_its_own_name_before_compaction_moves_it(
+        tables: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compaction copies a mostly unused pack's rows before the commit removes it. A row changed
+    in that pack, in a segment no run touches, must stop the run with the pack's own name: copied
+    unchecked, the evidence (which file was changed) would be removed with the pack."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from engine.app import incremental
+
+    monkeypatch.setattr(incremental, "COMPACT_BELOW", 1.01)  # every older pack is compacted
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state), load(None))
+    (pack,) = sorted((state / "segments" / "source").iterdir())
+    t = ipc.open_file(pa.BufferReader(pack.read_bytes())).read_all()
+    n = t.column("n").to_pylist()
+    n[-1] = n[-1] + 1  # the last key's row: far from the one changed below
+    t = t.set_column(t.schema.get_field_index("n"), "n", pa.array(n, type=t.schema.field("n").type))
+    with pa.OSFile(str(pack), "wb") as out, ipc.new_file(out, t.schema) as w:
+        w.write_table(t)
+    with _conn(tables["pg"]) as c:
+        c.execute("UPDATE inc.s SET v = v + 1 WHERE k = 'k00002'")
+    with pytest.raises(VerificationError, match=f"{pack.name} does not match the state's index"):
+        _run_req(_opts(tables, state), load(None))
+    assert pack.is_file()  # not removed: the state still names it
 
 
 def test_two_runs_on_one_state_and_bad_options(tables: dict[str, Any], tmp_path: Path) -> None:

@@ -49,3 +49,19 @@ def test_the_rewrite_allocates_from_the_reusing_pool_and_gives_the_default_back(
         raise RuntimeError("a failed rewrite")
     assert pa.default_memory_pool().backend_name == before
     assert kept.sum().as_py() == sum(range(1000))
+
+
+def test_a_pack_whose_columns_differ_from_the_others_is_refused(tmp_path: Path) -> None:
+    """Packs of one state hold the same columns in the same order; one that does not is refused by
+    name (exit 4), not left to fail a concatenation later with a library's error."""
+    from engine.core.errors import VerificationError
+
+    state = StateDirectory(tmp_path / "state")
+    keys = pa.array(["a", "b"], pa.large_string())
+    vals = pa.array([1, 2], pa.int64())
+    first = _write_pack(state, "source", 1, 0, pa.table({"__key": keys, "v": vals}))
+    second = _write_pack(state, "source", 1, 1, pa.table({"v": vals, "__key": keys}))
+    store = _Packs(state)
+    store.table(first)
+    with pytest.raises(VerificationError, match="000001-000001.arrow does not match the state's index"):
+        store.table(second)
