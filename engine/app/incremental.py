@@ -688,12 +688,20 @@ def _full(req: DiffRequest, state: StateDirectory, index: dict[str, Any] | None,
           ) -> tuple[DiffResult, dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
     """Both sides read whole (each side's own ``changes(since=None)``: its read and its watermark),
     diffed in one pass; the state is written from the result unless ``write`` is False."""
-    with ThreadPoolExecutor(2) as pool:
-        got = list(pool.map(lambda s: _ask(s, None), sides))
-    canon = [_canon(s, g.frame) for s, g in zip(sides, got, strict=True)]
-    stored = {s.name: _keys_as_stored(s, g.frame) for s, g in zip(sides, got, strict=True)}
-    for g in got:
+    def read(side: _Side) -> tuple[SideChanges, Canonical, bool]:
+        """One side read and put in canonical order: the first side's sort runs while the other
+        side is still being read."""
+        g = _ask(side, None)
+        c = _canon(side, g.frame)
+        as_stored = _keys_as_stored(side, g.frame)
         g.frame = g.frame.clear()
+        return g, c, as_stored
+
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(read, sides))
+    got = [d[0] for d in done]
+    canon = [d[1] for d in done]
+    stored = {s.name: d[2] for s, d in zip(sides, done, strict=True)}
     if boundaries is None:
         boundaries = merkle.choose_boundaries(canon[0].frame["__key"], req.segment_rows)
     say(f"hashing and comparing {len(boundaries) + 1:,} segments")
