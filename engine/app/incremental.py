@@ -660,6 +660,13 @@ def _ask(side: _Side, since: dict[str, Any] | None,
     return changes(_request(side, count_ranges=count_ranges), since)
 
 
+def _taken(g: SideChanges) -> pl.DataFrame:
+    """The read's frame, leaving an empty one behind."""
+    frame = g.frame
+    g.frame = frame.clear()
+    return frame
+
+
 def _canon(side: _Side, frame: pl.DataFrame) -> Canonical:
     try:
         return canonicalize(frame, side.fields, side.src.side)
@@ -690,11 +697,14 @@ def _full(req: DiffRequest, state: StateDirectory, index: dict[str, Any] | None,
     diffed in one pass; the state is written from the result unless ``write`` is False."""
     def read(side: _Side) -> tuple[SideChanges, Canonical, bool]:
         """One side read and put in canonical order: the first side's sort runs while the other
-        side is still being read."""
+        side is still being read, and canonicalize gets the only reference to the raw frame, so it
+        frees the raw columns as it goes (as a one-off diff does)."""
         g = _ask(side, None)
-        c = _canon(side, g.frame)
         as_stored = _keys_as_stored(side, g.frame)
-        g.frame = g.frame.clear()
+        try:
+            c = canonicalize(_taken(g), side.fields, side.src.side)
+        except ValueError as exc:
+            raise UsageError(f"cannot normalize {side.src.ref}: {exc}") from None
         return g, c, as_stored
 
     with ThreadPoolExecutor(2) as pool:
