@@ -50,7 +50,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from engine.connectors.base import ReadRequest, SideChanges, Source
+from engine.connectors.base import ReadRequest, SideChanges, Source, take_frame
 from engine.core import merkle
 from engine.core.diff import EXACT, ColumnStats, DiffResult, compare
 from engine.core.errors import UsageError, VerificationError
@@ -660,13 +660,6 @@ def _ask(side: _Side, since: dict[str, Any] | None,
     return changes(_request(side, count_ranges=count_ranges), since)
 
 
-def _taken(g: SideChanges) -> pl.DataFrame:
-    """The read's frame, leaving an empty one behind."""
-    frame = g.frame
-    g.frame = frame.clear()
-    return frame
-
-
 def _canon(side: _Side, frame: pl.DataFrame) -> Canonical:
     try:
         return canonicalize(frame, side.fields, side.src.side)
@@ -702,7 +695,7 @@ def _full(req: DiffRequest, state: StateDirectory, index: dict[str, Any] | None,
         g = _ask(side, None)
         as_stored = _keys_as_stored(side, g.frame)
         try:
-            c = canonicalize(_taken(g), side.fields, side.src.side)
+            c = canonicalize(take_frame(g), side.fields, side.src.side)
         except ValueError as exc:
             raise UsageError(f"cannot normalize {side.src.ref}: {exc}") from None
         return g, c, as_stored

@@ -14,13 +14,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from engine import workspace
 from engine.app.incremental import StateOptions
 from engine.app.scale import ScaleOptions, decide
 from engine.config import Config, Mapping
-from engine.connectors.base import Extract, FileRef, ReadRequest, Source, SourceColumn, parse_reference
+from engine.connectors.base import (
+    Extract,
+    FileRef,
+    ReadRequest,
+    Source,
+    SourceColumn,
+    parse_reference,
+    take_frame,
+)
 from engine.connectors.registry import source_for
 from engine.core import merkle
 from engine.core.diff import DiffResult, compare
@@ -255,7 +261,7 @@ def _run_diff(req: DiffRequest, config: Config, progress: Any = None, *, scale: 
                                  key_columns=keys))
         say(f"read {e.frame.height:,} rows from {ref}; normalizing")
         try:  # canonicalize gets the only reference to the raw frame, so it can free it as it goes
-            c = canonicalize(_take_frame(e), tuple(fields), opts)
+            c = canonicalize(take_frame(e), tuple(fields), opts)
         except ValueError as exc:
             raise UsageError(f"cannot normalize {ref}: {exc}") from None
         if chooser:  # boundaries come from the source's keys and apply to both sides
@@ -402,14 +408,6 @@ def _untyped_tolerance(column: str, ctype: ColumnType, *refs: Any) -> str:
              if files else f"the mapping's types = {{ {column} = \"decimal:2\" }}")
     return (f"a tolerance on {column!r} (--tolerance or the mapping's tolerance) needs numbers, and {column!r} "
             f"is compared as {ctype.describe()} (neither side declares a number type): declare its type, e.g. {where}")
-
-
-def _take_frame(e: Extract) -> pl.DataFrame:
-    """The extract's frame, leaving an empty one behind (the canonical frame holds everything
-    needed from here on)."""
-    frame = e.frame
-    e.frame = frame.clear()
-    return frame
 
 
 def _finder(cols: dict[str, SourceColumn], where: str, what: str, src: Any):  # noqa: ANN202

@@ -120,6 +120,14 @@ class SideChanges:
     range_counts: list[int] | None = None
 
 
+def take_frame(holder: Extract | SideChanges) -> pl.DataFrame:
+    """The read's frame, leaving an empty one behind: handed straight to ``canonicalize``, it is
+    the only reference, so the raw columns are freed as their canonical copies are made."""
+    frame = holder.frame
+    holder.frame = frame.clear()
+    return frame
+
+
 class RunSnapshot(Protocol):
     """The state a whole run reads, held open by the coordinator until every task has finished."""
 
