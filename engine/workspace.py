@@ -369,8 +369,24 @@ class StateDirectory:
         return read_json(self.index_path, what="an incremental state",
                          fix="remove the directory or rerun with --full to rebuild it")
 
+    def durable(self, path: Path) -> None:
+        """Make a file written for the next index durable before that index can name it.
+
+        Why: the index is the commit, and it is fsynced; a pack it names that is still only in the
+        page cache would be lost by a power cut after the commit, while the commit has already let
+        the previous state's packs go. Called by whoever writes the file, in its thread, so the
+        flushes overlap the rest of the run instead of queueing behind the commit."""
+        _fsync(path)
+
     def write_index(self, index: dict[str, Any]) -> None:
-        """Atomically, and durably before the old files go (``fsync``): the new index is the commit."""
+        """Atomically, and durably before the old files go (``fsync``): the new index is the commit.
+        The files it names were made durable as they were written (:meth:`durable`); their
+        directories' new entries are made durable here, before the index that names them."""
+        segments = self.dir / "segments"
+        sides = sorted(p for p in segments.iterdir() if p.is_dir()) if segments.is_dir() else []
+        for sub in (*sides, segments, self.dir / "differences"):
+            if sub.is_dir():
+                _fsync_dir(sub)
         tmp = self.index_path.with_name(STATE_INDEX + ".tmp")
         with open(tmp, "w") as f:
             f.write(json.dumps(index, sort_keys=True, default=str) + "\n")

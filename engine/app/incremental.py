@@ -460,6 +460,7 @@ def _write_pack(state: StateDirectory, side: str, generation: int, number: int, 
             writer.write_table(frame)
     else:
         frame.write_ipc(p, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
+    state.durable(p)
     return state.relative(p)
 
 
@@ -750,6 +751,7 @@ def _write_differences(state: StateDirectory, gen: int, diffs: pl.DataFrame) -> 
     p = state.differences_path(gen)
     p.parent.mkdir(parents=True, exist_ok=True)
     diffs.write_parquet(p)
+    state.durable(p)
     return {"file": state.relative(p), "blake3": _file_digest(p), "rows": diffs.height}
 
 

@@ -330,6 +330,54 @@ def test_a_transaction_committing_after_the_watermark_is_not_lost(tables: dict[s
     assert check["incremental"]["full_check"]["equal"]
 
 
+def test_every_file_the_index_names_is_durable_before_the_index_is_replaced(
+        tables: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index is the commit and the previous state's packs go after it: a pack the new index
+    names that was still only in the page cache would be lost by a power cut. Each file (packs,
+    differences) and each directory holding them must have been fsynced before ``state.json`` is
+    replaced, in a full run, an incremental run and a run that compacts."""
+    import os
+
+    import engine.workspace as ws
+
+    synced: list[str] = []
+    commits: list[tuple[int, dict[str, Any]]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(dst).name == "state.json":
+            import json
+
+            commits.append((len(synced), json.loads(Path(src).read_text())))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ws.os, "fsync", fsync)
+    monkeypatch.setattr(ws.os, "replace", replace)
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state), load(None))
+    runs: list[dict[str, Any]] = []
+    rng = random.Random(7)
+    with _conn(tables["pg"]) as c:
+        for step in range(3):
+            _mutate(c, rng, step)
+            time.sleep(1.2)  # past the read overlap
+            runs.append(_run_req(_opts(tables, state), load(None)))
+    assert len(commits) == 4
+    assert any(r["incremental"].get("compacted") for r in runs), "no run compacted: the case is not covered"
+    for before, index in commits:
+        done = set(synced[:before])
+        named = [f for side in ("source", "target") for f in index["sides"][side]["segments"]["files"]]
+        named.append(index["differences"]["file"])
+        for f in named:
+            p = os.path.realpath(state / f)
+            assert p in done, f"{f} was not fsynced before the index that names it"
+            assert os.path.dirname(p) in done, f"{os.path.dirname(f)} was not fsynced before the index"
+
+
 def test_a_tampered_segment_file_is_refused_and_full_rebuilds(tables: dict[str, Any], tmp_path: Path) -> None:
     """A careful attacker keeps the pack a valid Arrow file and changes one stored value of a
     segment the next run touches: its rows no longer hash to the index's digest. A garbled pack is
