@@ -211,7 +211,7 @@ def deletions(dsn: str, names: tuple[str, str], state_dir: Path, inserted: list[
             held[bisect.bisect_right(bounds, k)] += 1
         cum = np.concatenate([[0], np.cumsum(held)])
         src = PostgresSource(parse_reference(f"{dsn}#public.{t}"), None)  # type: ignore[arg-type]
-        r: dict[str, Any] = {}
+        r: dict[str, Any] = {"heap_fetches": heap_fetches(dsn, t)}
         t0 = time.perf_counter()
         e = src.read(ReadRequest(["id"], key_columns=["id"], key_fields=key, key_order=True))
         r["ordered_key_read_s"] = round(time.perf_counter() - t0, 3)
@@ -233,6 +233,21 @@ def deletions(dsn: str, names: tuple[str, str], state_dir: Path, inserted: list[
         r["range_counts_s"] = round(time.perf_counter() - t0, 3)
         out[side] = r
     return out
+
+
+def heap_fetches(dsn: str, table: str) -> int:
+    """How many rows an index-only scan of the whole key must still check in the heap: those on
+    pages changed since the last VACUUM (the visibility map). The range counts pay that on every
+    run (bench/RESULTS.md, "The visibility map and the range counts")."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET enable_seqscan = off")
+        c.execute("SET max_parallel_workers_per_gather = 0")
+        plan = [r[0] for r in c.execute(sql.SQL("EXPLAIN (ANALYZE, TIMING OFF) SELECT count(*) FROM {}").format(
+            sql.Identifier(table)))]
+    return sum(int(line.split(":")[1]) for line in plan if "Heap Fetches:" in line)
 
 
 def run(cmd_tail: list[str], env: dict[str, str], server: int) -> dict[str, Any]:
