@@ -65,13 +65,18 @@ def write_json(path: Path, obj: Any) -> Path:
     return path
 
 
+def _not_json(token: str) -> Any:
+    raise ValueError(f"{token} is not a JSON value")
+
+
 def read_json(path: Path, *, what: str, fix: str) -> dict[str, Any]:
     """A JSON object, or a one-line usage error naming the file and how to get a good one."""
     try:
-        doc = json.loads(path.read_text())
+        # NaN and Infinity are not JSON: refused, as a nesting deeper than the parser's stack
+        doc = json.loads(path.read_text(), parse_constant=_not_json)
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist: {fix}") from None
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         raise UsageError(f"{path} is not valid JSON: {fix}") from None
     if not isinstance(doc, dict):
         raise UsageError(f"{path} is not {what}: {fix}")

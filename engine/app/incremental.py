@@ -50,9 +50,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from engine.app import state_index
 from engine.connectors.base import ReadRequest, SideChanges, Source, take_frame
 from engine.core import merkle
-from engine.core.diff import EXACT, ColumnStats, DiffResult, compare
+from engine.core.diff import DIFF_SCHEMA, EXACT, ColumnStats, DiffResult, compare
 from engine.core.errors import UsageError, VerificationError
 from engine.core.normalize import (
     ENCODING_VERSION,
@@ -77,8 +78,7 @@ DEFAULT_FULL_EVERY = 24
 #: runs at 10M"); a full run pays about a second more per 10M rows for hashing the extra segments
 DEFAULT_STATE_SEGMENT_ROWS = 128
 SIDES = ("source", "target")
-_COUNTS = ("source_rows", "target_rows", "source_keys", "union_keys", "missing_in_target", "missing_in_source",
-           "mismatched", "unchanged", "in_flight", "duplicate_keys_source", "duplicate_keys_target")
+_COUNTS = state_index.COUNTS
 
 
 @dataclass(frozen=True)
@@ -538,7 +538,7 @@ def run_state(req: DiffRequest, opts: StateOptions, *, say: Callable[[str], None
     state = StateDirectory(Path(opts.dir))
     lock = state.lock()
     try:
-        index = state.load_index()
+        index = _checked_index(state, opts)
         before = _file_digest(state.index_path) if index is not None else None
         sides = (_Side("source", ssrc, fields_s, req.source_where, getattr(req, "source_updated_at", None)),
                  _Side("target", tsrc, fields_t, req.target_where, req.target_updated_at))
@@ -617,6 +617,24 @@ def _snapshot_parts(state: StateDirectory, fields: tuple[tuple[FieldSpec, ...], 
         decimal_view(frame, fs).write_parquet(p)
         out[side] = p
     return out
+
+
+def _checked_index(state: StateDirectory, opts: StateOptions) -> dict[str, Any] | None:
+    """The state's index, refused (exit 4) when it is not one this version writes whole
+    (:mod:`engine.app.state_index`); with ``--full``, which rebuilds from the sources, an unreadable
+    or malformed index is set aside instead (its files are removed by the rebuild's commit)."""
+    try:
+        index = state.load_index()
+        if index is not None and index.get("version") == STATE_VERSION \
+                and index.get("encoding_version") == ENCODING_VERSION:
+            state_index.check(index)
+    except (UsageError, VerificationError) as exc:
+        if opts.full:
+            return None
+        if isinstance(exc, VerificationError):
+            raise VerificationError(f"{state.index_path}: {exc}") from None
+        raise
+    return index
 
 
 def _why_full(opts: StateOptions, index: dict[str, Any] | None, ident: str) -> str | None:
@@ -747,6 +765,29 @@ def _commit_full(state: StateDirectory, index: dict[str, Any] | None, req: DiffR
     return new_index
 
 
+def _differences_of(state: StateDirectory, index: dict[str, Any]) -> pl.DataFrame:
+    """The previous run's differences, checked: the file's digest against the index, its columns,
+    and its counts against the index's totals (:func:`state_index.check_differences`)."""
+    de = index["differences"]
+    dp = state.resolve(de["file"])
+    if not dp.is_file() or _file_digest(dp) != de["blake3"]:
+        raise VerificationError(f"{dp} does not match the state's index: rebuild the state with --full")
+    try:
+        prev_diffs = pl.read_parquet(dp)
+    except (OSError, pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
+        raise VerificationError(f"{dp} does not match the state's index (not a readable differences file: "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                                "rebuild the state with --full") from None
+    if dict(prev_diffs.schema) != DIFF_SCHEMA:
+        raise VerificationError(f"{dp} does not match the state's index (its columns are not a differences "
+                                "file's): rebuild the state with --full")
+    try:
+        state_index.check_differences(index, prev_diffs)
+    except VerificationError as exc:
+        raise VerificationError(f"{state.index_path}: {exc}") from None
+    return prev_diffs
+
+
 def _write_differences(state: StateDirectory, gen: int, diffs: pl.DataFrame) -> dict[str, Any]:
     p = state.differences_path(gen)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -771,6 +812,12 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
     n_seg = len(bounds) + 1
     for s in SIDES:  # a malformed list is refused before either side is asked anything
         _segments_of(state, index, s, check_only=True)
+    compared = sorted(f.name for f in sides[0].fields if not f.is_key)
+    if sorted(index["totals"]["columns"]) != compared:
+        raise VerificationError(f"{state.index_path}: the state's index is malformed (its totals are of the columns "
+                                f"{sorted(index['totals']['columns'])}, the mapping compares {compared}): "
+                                "rebuild the state with --full")
+    _differences_of(state, index)  # its counts against the totals, before anything is read
     with ThreadPoolExecutor(2) as pool:
         first = tuple(_key_range(bounds, a, b) for a, b in _spans(0, n_seg, NARROW_STEPS[0]))
         asked = [pool.submit(_ask, s, index["sides"][s.name].get("watermark"), first) for s in sides]
@@ -1282,11 +1329,7 @@ def _finish(state: StateDirectory, store: _Packs, index: dict[str, Any], sides: 
                                      _add(_add(c0.net_variance, a.net_variance), b.net_variance, -1),
                                      _add(_add(c0.source_abs_total, a.source_abs_total), b.source_abs_total, -1))
     # differences: the untouched segments' kept, the touched ones' replaced
-    de = index["differences"]
-    dp = state.resolve(de["file"])
-    if not dp.is_file() or _file_digest(dp) != de["blake3"]:
-        raise VerificationError(f"{dp} does not match the state's index: rebuild the state with --full")
-    prev_diffs = pl.read_parquet(dp)
+    prev_diffs = _differences_of(state, index)
     if T and prev_diffs.height and affected is not None:
         prev_diffs = prev_diffs.filter(~pl.col("key").is_in(affected.implode()))
     elif T and prev_diffs.height:

@@ -378,6 +378,73 @@ def test_every_file_the_index_names_is_durable_before_the_index_is_replaced(
             assert os.path.dirname(p) in done, f"{os.path.dirname(f)} was not fsynced before the index"
 
 
+def _set(doc: dict[str, Any], path: str, value: Any) -> None:
+    *head, last = path.split(".")
+    for k in head:
+        doc = doc[int(k)] if isinstance(doc, list) else doc[k]
+    if isinstance(doc, list):
+        doc[int(last)] = value
+    else:
+        doc[last] = value
+
+
+# each: a change an attacker or a broken disk makes to state.json, and the field the refusal names;
+# found by an attacker's pass over the index (before: a traceback, exit 70, or a run that went on)
+_BAD_INDEX = [
+    ("boundaries.0", 12345, "boundaries"),
+    ("boundaries.1", None, "boundaries"),
+    ("boundaries.2", "k00001", "not strictly increasing"),
+    ("generation", "abc", "generation"),
+    ("generation", 0, "generation"),
+    ("runs_since_full", [1], "runs_since_full"),
+    ("totals.mismatched", 10**6, "totals do not add up"),
+    ("totals.unchanged", "many", "unchanged"),
+    ("totals.columns.v", [0, "NaN", "0.00", "1.00"], "columns"),
+    ("totals.columns.v", [0, "1E999999", "0.00", "1.00"], "columns"),
+    ("totals.columns.v", [0], "columns"),
+    ("totals.columns.zzz", [0, None, None, None], "the mapping compares"),
+    ("sides.source.segments.digests", "zz" * 32 * 24, "digests"),
+    ("sides.source.segments.files.0", 7, "files"),
+    ("sides.source.segments.files.0", "segments/source/000001-00\u0000.arrow", "files"),
+    ("sides.source.segments.rows.0", 2**70, "rows"),
+    ("sides.source.segments.rows.0", -1, "rows"),
+    ("sides.source.segments.file.0", True, "file"),
+    ("sides.target.segments.files.0", "segments/target/000009-000000.arrow", "generation 9"),
+    ("differences", None, "differences"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "named"), _BAD_INDEX, ids=[f"{p}={v!r:.20}" for p, v, _ in _BAD_INDEX])
+def test_a_malformed_index_is_one_line_exit_4_naming_the_field(tables: dict[str, Any], tmp_path: Path, path: str,
+                                                                value: Any, named: str) -> None:
+    import json
+
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state), load(None))
+    with _conn(tables["pg"]) as c:
+        c.execute("UPDATE inc.s SET v = v + 1 WHERE k = 'k00002'")
+    index = json.loads((state / "state.json").read_text())
+    _set(index, path, value)
+    (state / "state.json").write_text(json.dumps(index))
+    with pytest.raises(VerificationError, match="malformed") as exc:
+        _run_req(_opts(tables, state), load(None))
+    assert named in str(exc.value) and "\n" not in str(exc.value) and "--full" in str(exc.value)
+    rebuilt = _run_req(_opts(tables, state, full=True), load(None))  # the fix it names works
+    assert rebuilt["incremental"]["reason"] == "--full"
+    assert _run_req(_opts(tables, state), load(None))["incremental"]["mode"] == "incremental"
+
+
+def test_an_index_json_cannot_hold_nan_or_nest_past_the_parser(tables: dict[str, Any], tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state), load(None))
+    text = (state / "state.json").read_text()
+    for bad in (text.replace('"runs": 1', '"runs": NaN'), "[" * 200_000 + "]" * 200_000):
+        (state / "state.json").write_text(bad)
+        with pytest.raises(UsageError, match="is not valid JSON"):
+            _run_req(_opts(tables, state), load(None))
+    assert _run_req(_opts(tables, state, full=True), load(None))["incremental"]["reason"] == "--full"
+
+
 def test_a_tampered_segment_file_is_refused_and_full_rebuilds(tables: dict[str, Any], tmp_path: Path) -> None:
     """A careful attacker keeps the pack a valid Arrow file and changes one stored value of a
     segment the next run touches: its rows no longer hash to the index's digest. A garbled pack is
@@ -578,12 +645,12 @@ def test_a_malformed_segment_list_in_the_index_is_refused(tables: dict[str, Any]
     good = json.dumps(index)
     index["sides"]["source"]["segments"]["rows"].pop()
     (state / "state.json").write_text(json.dumps(index))
-    with pytest.raises(VerificationError, match="segment list is malformed"):
+    with pytest.raises(VerificationError, match="index is malformed .the source side lists 23 segments"):
         _run_req(_opts(tables, state), load(None))
     index = json.loads(good)
     index["sides"]["source"]["segments"]["files"][0] = "../../etc/passwd"
     (state / "state.json").write_text(json.dumps(index))
     with _conn(tables["pg"]) as c:
         c.execute("UPDATE inc.s SET v = v + 1 WHERE k = 'k00002'")
-    with pytest.raises(VerificationError, match="outside the state directory"):
+    with pytest.raises(VerificationError, match=r"index is malformed .* at `\$\.sides\.source\.segments\.files\[0\]`"):
         _run_req(_opts(tables, state), load(None))
