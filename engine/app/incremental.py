@@ -151,8 +151,10 @@ class _Packs:
     digest of exactly those rows) whenever they are used; a pack is never trusted as a whole.
     """
 
-    def __init__(self, state: StateDirectory) -> None:
+    def __init__(self, state: StateDirectory, fields: tuple[FieldSpec, ...] = ()) -> None:
         self.state = state
+        #: the canonical columns every pack must hold, with a type their kind is stored as
+        self._want = {f.name: f.ctype for f in fields}
         self._open: dict[str, tuple[list[pa.RecordBatch], np.ndarray]] = {}
         self._schema: dict[str, pa.Schema] = {}
 
@@ -162,6 +164,9 @@ class _Packs:
         t = self._open.get(name)
         if t is None:
             p = self.state.resolve(name)
+            if p.exists() and not p.is_file():  # a FIFO would block the open, a device feed it forever
+                raise VerificationError(f"{p} does not match the state's index (not a regular file): rebuild the "
+                                        "state with --full")
             try:
                 reader = pa.ipc.open_file(pa.memory_map(str(p)))
                 batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
@@ -179,6 +184,8 @@ class _Packs:
             if any(other.names != schema.names for other in list(self._schema.values())):
                 raise VerificationError(f"{p} does not match the state's index (its columns {schema.names} differ "
                                         "from the other packs'): rebuild the state with --full")
+            if self._want:
+                _check_pack_schema(schema, self._want, p)
             # two threads may open one pack at once: the first mapping is the one every caller uses
             self._schema.setdefault(name, schema)
             t = self._open.setdefault(name, t)
@@ -291,6 +298,16 @@ class _Packs:
             if d.hex() != e["digest"]:
                 raise VerificationError(f"{self.state.resolve(e['file'])} does not match the state's index (a "
                                         "segment's rows changed after they were written): rebuild the state with --full")
+        # the digest covers the key's typed columns, not ``__key``, the text every search and
+        # match uses: it must be the one those columns give
+        keys = [f.name for f in fields if f.is_key]
+        typed_keys = pl.from_arrow(frame.select(keys)) if isinstance(frame, pa.Table) else frame.select(keys)
+        stored = pl.Series(frame.column("__key")) if isinstance(frame, pa.Table) else frame["__key"]
+        derived = typed_keys.select(key_expr(fields).alias("__key"))["__key"]  # type: ignore[union-attr]
+        if stored.dtype != pl.Utf8 or not bool((stored == derived).fill_null(False).all()) \
+                or stored.null_count() or derived.null_count():
+            raise VerificationError(f"{self.state.dir}: a segment's stored key text is not the one its key columns "
+                                    "give (a pack changed after it was written): rebuild the state with --full")
 
     def load_each(self, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...]) -> list[pl.DataFrame]:
         """:meth:`load`, one frame per entry (slices of one frame)."""
@@ -323,8 +340,8 @@ class _Loaded:
     """
 
     def __init__(self, store: _Packs, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...],
-                 rows: np.ndarray) -> None:
-        self.store, self.entries, self.fields, self.n = store, entries, fields, rows
+                 rows: np.ndarray, bounds: list[str]) -> None:
+        self.store, self.entries, self.fields, self.n, self.bounds = store, entries, fields, rows, bounds
         #: per segment: its batch (-1: not loaded) and its first row there; batches[k] is None when
         #: the batch is not in Arrow
         self.batch_of = np.full(len(rows), -1, dtype=np.int64)
@@ -339,8 +356,32 @@ class _Loaded:
         return [t[a:b].tolist() for a, b in _chunks(self.n[t].tolist())]
 
     def fetch(self, segs: list[int]) -> pa.Table | None:
-        """The rows of ``segs``, checked (runs in a worker thread: no shared state is written)."""
-        return self.store.load_arrow([self.entries[i] for i in segs], self.fields)
+        """The rows of ``segs``, checked (runs in a worker thread: no shared state is written): each
+        segment against its digest, and its keys inside its own key range, in order. Why the
+        second: two index entries swapped (pack, offset, rows and digest together) each pass their
+        digest, and their rows would be spliced and counted as the other segment's."""
+        table = self.store.load_arrow([self.entries[i] for i in segs], self.fields)
+        if table is not None and table.num_rows:
+            self._in_range(pl.Series(table.column("__key")), segs)
+        return table
+
+    def _in_range(self, keys: pl.Series, segs: list[int]) -> None:
+        n = self.n[np.asarray(segs, dtype=np.int64)]
+        ends = np.cumsum(n)
+        full = [(i, int(e - m), int(e - 1)) for i, m, e in zip(segs, n.tolist(), ends.tolist(), strict=True) if m]
+        ordered = len(keys) < 2 or bool((keys.slice(1) > keys.slice(0, len(keys) - 1)).all())
+        lo = [(f, self.bounds[i - 1]) for i, f, _ in full if i > 0]
+        hi = [(last, self.bounds[i]) for i, _, last in full if i < len(self.bounds)]
+        for pairs, below in ((lo, False), (hi, True)):
+            if not pairs or not ordered:
+                continue
+            at = pl.Series([p for p, _ in pairs], dtype=pl.Int64)
+            edge = pl.Series([b for _, b in pairs], dtype=pl.Utf8)
+            ok = (keys.gather(at) < edge) if below else (keys.gather(at) >= edge)
+            ordered = bool(ok.all())
+        if not ordered:
+            raise VerificationError(f"{self.store.state.index_path}: a segment's rows are not of its key range (index "
+                                    "entries moved after they were written): rebuild the state with --full")
 
     def add(self, segs: list[int], table: pa.Table | None) -> None:
         s = np.asarray(segs, dtype=np.int64)
@@ -404,6 +445,63 @@ class _Loaded:
         if table is None:
             return self.store.keys([self.entries[i] for i in segs])
         return pl.Series("__key", table.column("__key"))
+
+
+def _stored_types(kind: str, scale: int | None) -> tuple[Callable[[pa.DataType], bool], str]:
+    """Whether an Arrow type is one a canonical column of ``kind`` is stored as, and its name."""
+    return {
+        "text": (lambda t: t in (pa.large_string(), pa.string()), "text"),
+        "id": (lambda t: t in (pa.large_string(), pa.string()), "text"),
+        # wide (decimal128 at the mapping's scale) or scaled (int64 units of the scale)
+        "decimal": (lambda t: t == pa.int64() or (pa.types.is_decimal128(t) and t.scale == (scale or 0)),
+                    f"decimal128(·, {scale or 0}) or int64"),
+        "int": (lambda t: t == pa.int64(), "int64"),
+        "float": (lambda t: t == pa.float64(), "double"),
+        "bool": (lambda t: t == pa.bool_(), "bool"),
+        "date": (lambda t: t == pa.date32(), "date32"),
+        "timestamp": (lambda t: pa.types.is_timestamp(t) and t.unit == "us" and t.tz in ("UTC", "+00:00"),
+                      "timestamp[us, UTC]"),
+    }[kind]
+
+
+def _check_pack_schema(schema: pa.Schema, want: dict[str, Any], path: Path) -> None:
+    """A pack holds exactly the canonical columns, each in a type its kind is stored as: a column
+    recast after it was written (an int as a float hashes to the same bytes; a dictionary or view
+    type fails deep inside Polars) is refused before any of its values is read."""
+    names = set(schema.names)
+    if names != {*want, "__key"} or len(schema.names) != len(names):
+        raise VerificationError(f"{path} does not match the state's index (its columns {schema.names} are not the "
+                                f"state's {sorted({*want, '__key'})}): rebuild the state with --full")
+    for f in schema:
+        ok, what = _stored_types("text", None) if f.name == "__key" else _stored_types(want[f.name].kind,
+                                                                                     want[f.name].scale)
+        if not ok(f.type):
+            raise VerificationError(f"{path} does not match the state's index (its column {f.name} is {f.type}, "
+                                    f"stored as {what}): rebuild the state with --full")
+
+
+def _check_layout(state: StateDirectory, store: _Packs, index: dict[str, Any], side: str) -> None:
+    """Every segment of ``side`` lies inside its pack, and no two overlap: a segment whose row count
+    was raised would otherwise read into its neighbour's rows wherever they are taken unchecked (the
+    stored keys of untouched segments, which the deletion search compares). Opens every pack the
+    index names, as a run does anyway (compaction counts their rows)."""
+    s = index["sides"][side]["segments"]
+    if not s["rows"]:
+        return
+    code = np.asarray(s["file"], dtype=np.int64)
+    off = np.asarray(s["offset"], dtype=np.int64)
+    n = np.asarray(s["rows"], dtype=np.int64)
+    size = np.asarray([int(store.table(f)[1][-1]) for f in s["files"]], dtype=np.int64)
+    order = np.lexsort((off, code))
+    code, off, n = code[order], off[order], n[order]
+    full = n > 0
+    code, off, n = code[full], off[full], n[full]
+    end = off + n
+    bad = end > size[code]
+    same = code[1:] == code[:-1]
+    if bad.any() or (same & (off[1:] < end[:-1])).any():
+        raise VerificationError(f"{state.index_path}: the {side} segments do not fit their packs (one reaches past "
+                                "its pack or into another's rows): rebuild the state with --full")
 
 
 def _layout(entries: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, dict[str, list[int]]]:
@@ -610,7 +708,7 @@ def _snapshot_parts(state: StateDirectory, fields: tuple[tuple[FieldSpec, ...], 
     assert index is not None
     keep = Path(tempfile.mkdtemp(prefix="recon-snap-"))  # moved into place by write_snapshots
     out = {}
-    store = _Packs(state)
+    store = _Packs(state, fields[0])
     for side, fs in zip(SIDES, fields, strict=True):
         frame = store.load(_segments_of(state, index, side), fs)
         p = keep / f"{side}.parquet"
@@ -808,10 +906,11 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
                  ) -> tuple[DiffResult, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     bounds = list(index["boundaries"])
     seg = merkle.Segmentation(tuple(bounds))
-    store = _Packs(state)
+    store = _Packs(state, sides[0].fields)
     n_seg = len(bounds) + 1
     for s in SIDES:  # a malformed list is refused before either side is asked anything
         _segments_of(state, index, s, check_only=True)
+        _check_layout(state, store, index, s)
     compared = sorted(f.name for f in sides[0].fields if not f.is_key)
     if sorted(index["totals"]["columns"]) != compared:
         raise VerificationError(f"{state.index_path}: the state's index is malformed (its totals are of the columns "
@@ -1035,7 +1134,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
     # deletion found adds segments, loaded in a second round)
     plans = [dict(p) for p in plans]
     rows_of = {s: np.fromiter((int(e["rows"]) for e in entries[s]), dtype=np.int64, count=n_seg) for s in SIDES}
-    loaded = {s.name: _Loaded(store, entries[s.name], s.fields, rows_of[s.name]) for s in sides}
+    loaded = {s.name: _Loaded(store, entries[s.name], s.fields, rows_of[s.name], bounds) for s in sides}
     while True:  # a second round only when a count says rows were deleted that nobody listed
         T = sorted(touched)
         say(f"{len(T):,} of {n_seg:,} segments touched")
