@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,23 +357,38 @@ class StateDirectory:
     def lock(self) -> Any:
         """An exclusive lock on the state for this process's run (released when the process ends,
         even by SIGKILL): a second run on the same state is a one-line error, not a race."""
-        import fcntl
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        f = open(self.dir / STATE_LOCK, "a+")  # noqa: SIM115  (held for the run)
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise UsageError(f"{self.dir} is in use by another run (its lock is held): wait for it, or give "
-                             "each concurrent run its own --state") from None
-        return f
+        return _exclusive_lock(self.dir / STATE_LOCK, f"{self.dir} is in use by another run (its lock is held): "
+                               "wait for it, or give each concurrent run its own --state")
 
     def load_index(self) -> dict[str, Any] | None:
         if not self.exists():
             return None
         return read_json(self.index_path, what="an incremental state",
                          fix="remove the directory or rerun with --full to rebuild it")
+
+    def fresh(self, path: Path) -> Path:
+        """``path`` made ready for a file this run writes: inside the state directory, and a new
+        regular file of ours (created with ``O_EXCL | O_NOFOLLOW``).
+
+        Why: a run writes under names no index names yet (the next generation's), so whatever sits
+        there is a killed run's orphan or was planted. A symlink planted at such a name made the
+        write go through it, to a file outside the state. An orphan file or link is removed (a link,
+        not what it points at); a directory there is refused. A writer racing this run inside the
+        directory between this call and the write is outside what the lock can stop."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise VerificationError(f"{path.parent} is not a directory: remove it (or the state {self.dir}) and "
+                                    "rerun with --full") from None
+        if self.dir.resolve() not in path.parent.resolve().parents and path.parent.resolve() != self.dir.resolve():
+            raise VerificationError(f"{path.parent} leads outside the state directory {self.dir}: remove it and "
+                                    "rerun with --full")
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            raise VerificationError(f"{path} is in the way of this run's output (not a regular file): remove it")
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        return path
 
     def durable(self, path: Path) -> None:
         """Make a file written for the next index durable before that index can name it.
@@ -392,7 +408,7 @@ class StateDirectory:
         for sub in (*sides, segments, self.dir / "differences"):
             if sub.is_dir():
                 _fsync_dir(sub)
-        tmp = self.index_path.with_name(STATE_INDEX + ".tmp")
+        tmp = self.fresh(self.index_path.with_name(STATE_INDEX + ".tmp"))
         with open(tmp, "w") as f:
             f.write(json.dumps(index, sort_keys=True, default=str) + "\n")
             f.flush()
@@ -466,17 +482,8 @@ class WatchDirectory:
     def lock(self) -> Any:
         """An exclusive lock on the directory for this watcher's life (released when the process
         ends, even by SIGKILL): a second watcher on one directory is a one-line error."""
-        import fcntl
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        f = open(self.dir / WATCH_LOCK, "a+")  # noqa: SIM115  (held while watching)
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise UsageError(f"{self.dir} is in use by another `recon watch` (its {WATCH_LOCK} is held): stop "
-                             "it first, or give this one its own --out") from None
-        return f
+        return _exclusive_lock(self.dir / WATCH_LOCK, f"{self.dir} is in use by another `recon watch` (its "
+                               f"{WATCH_LOCK} is held): stop it first, or give this one its own --out")
 
     def completed(self) -> list[int]:
         """The numbers of the completed cycles, in order."""
@@ -532,6 +539,34 @@ class WatchDirectory:
         for n in old:
             shutil.rmtree(self.cycle_dir(n), ignore_errors=True)
         return len(old)
+
+
+def _exclusive_lock(path: Path, busy: str) -> Any:
+    """``path`` opened and locked exclusively (``flock``, released when the process ends, even by
+    SIGKILL), or a one-line usage error: ``busy`` when another process holds it, the reason when it
+    cannot be a lock file (a directory, a FIFO, a link: never followed, so a planted link cannot
+    make the lock create or open a file elsewhere)."""
+    import fcntl
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644), "a+")
+    except OSError as exc:
+        raise UsageError(f"{path} cannot be opened as a lock ({exc.strerror}): remove it, or use a directory "
+                         "recon can write") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UsageError(busy) from None
+    except OSError as exc:
+        f.close()
+        raise UsageError(f"{path} cannot be locked ({exc.strerror}): remove it, or use a directory recon can "
+                         "write") from None
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise UsageError(f"{path} is not a regular file, so it cannot be the lock: remove it")
+    return f
 
 
 def _fsync(path: Path) -> None:

@@ -548,8 +548,7 @@ def _check_offsets(batch: pa.RecordBatch, rows: np.ndarray, path: Path) -> None:
 
 def _write_pack(state: StateDirectory, side: str, generation: int, number: int, frame: pl.DataFrame | pa.Table
                 ) -> str:
-    p = state.segment_path(side, generation, number)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    p = state.fresh(state.segment_path(side, generation, number))
     # uncompressed (LZ4 cost 5 s to write and 4 s to read per 10M rows, and a compressed pack cannot
     # be memory-mapped), in Arrow's classic large_string layout (readable by any Arrow reader), and
     # straight to the file: through a BytesIO the write took 2.6x as long
@@ -887,8 +886,7 @@ def _differences_of(state: StateDirectory, index: dict[str, Any]) -> pl.DataFram
 
 
 def _write_differences(state: StateDirectory, gen: int, diffs: pl.DataFrame) -> dict[str, Any]:
-    p = state.differences_path(gen)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    p = state.fresh(state.differences_path(gen))
     diffs.write_parquet(p)
     state.durable(p)
     return {"file": state.relative(p), "blake3": _file_digest(p), "rows": diffs.height}

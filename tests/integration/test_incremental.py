@@ -533,6 +533,45 @@ def test_a_pack_that_is_a_fifo_is_refused_not_waited_on(tables: dict[str, Any], 
         _run_req(_opts(tables, state), load(None))
 
 
+def test_a_link_planted_at_the_next_runs_names_is_not_written_through(tables: dict[str, Any], tmp_path: Path) -> None:
+    """A run writes under the next generation's names; links planted there (a pack's, the
+    differences', the index's temporary) used to have the run write through them, over a file
+    outside the state. Now the link is replaced, the outside file is untouched, the run is right."""
+    import os
+
+    state = tmp_path / "state"
+    first = _run_req(_opts(tables, state), load(None))
+    victims = []
+    for name in ("segments/source/000002-000000.arrow", "segments/target/000002-000000.arrow",
+                 "differences/000002.parquet", "state.json.tmp"):
+        v = tmp_path / f"victim-{len(victims)}.txt"
+        v.write_text("keep me")
+        os.symlink(v, state / name)
+        victims.append(v)
+    with _conn(tables["pg"]) as c:
+        c.execute("UPDATE inc.s SET v = v + 1 WHERE k = 'k00002'")
+        c.execute("UPDATE inc.t SET v = v + 1 WHERE k = 'k00003'")
+    after = _run_req(_opts(tables, state), load(None))
+    assert after["incremental"]["mode"] == "incremental"
+    assert all(v.read_text() == "keep me" for v in victims)
+    assert after["mismatched"] != first["mismatched"] or after["merkle"] != first["merkle"]
+    check = _run_req(_opts(tables, state, verify_full=True), load(None))
+    assert check["incremental"]["full_check"]["equal"]
+
+
+def test_a_lock_that_cannot_be_one_is_a_one_line_usage_error(tables: dict[str, Any], tmp_path: Path) -> None:
+    import os
+
+    for kind in ("dir", "fifo", "link"):
+        state = tmp_path / kind
+        state.mkdir()
+        outside = tmp_path / f"outside-{kind}"
+        {"dir": lambda p: p.mkdir(), "fifo": os.mkfifo, "link": lambda p: os.symlink(outside, p)}[kind](state / "lock")
+        with pytest.raises(UsageError, match="lock"):
+            _run_req(_opts(tables, state), load(None))
+        assert not outside.exists()
+
+
 def test_a_tampered_segment_file_is_refused_and_full_rebuilds(tables: dict[str, Any], tmp_path: Path) -> None:
     """A careful attacker keeps the pack a valid Arrow file and changes one stored value of a
     segment the next run touches: its rows no longer hash to the index's digest. A garbled pack is
