@@ -668,15 +668,19 @@ def run_state(req: DiffRequest, opts: StateOptions, *, say: Callable[[str], None
                 say(f"full check ({why}): reading both sides whole with the state's boundaries")
                 full_result, _, marks, fmeta = _full(req, state, index, sides, list(result.segmentation.boundaries), say,
                                                      write=False)
-                same = (full_result.source_tree.root == result.source_tree.root
-                        and full_result.target_tree.root == result.target_tree.root)
-                info["full_check"] = {"why": why, "equal": same,
+                roots = (full_result.source_tree.root == result.source_tree.root
+                         and full_result.target_tree.root == result.target_tree.root)
+                # the roots vouch for the rows; the totals and differences a run carries forward have
+                # no digest of their own, so they are compared too
+                carried = _same_totals(result, full_result)
+                same = roots and carried
+                info["full_check"] = {"why": why, "equal": same, "roots_equal": roots, "totals_equal": carried,
                                       "incremental_roots": [result.source_tree.root_hex, result.target_tree.root_hex],
                                       "full_roots": [full_result.source_tree.root_hex,
                                                      full_result.target_tree.root_hex]}
                 if not same:
                     status = "state_drift"
-                    say("state drift: the full read's roots differ from the incremental state's; rebuilding the state")
+                    say("state drift: the full read differs from the incremental state (roots, totals or differences); rebuilding the state")
                 result = full_result
                 # on the index this run committed: its generation is taken, and its packs are what a
                 # crash before the new commit must leave intact
@@ -714,6 +718,16 @@ def _snapshot_parts(state: StateDirectory, fields: tuple[tuple[FieldSpec, ...], 
         decimal_view(frame, fs).write_parquet(p)
         out[side] = p
     return out
+
+
+def _same_totals(a: DiffResult, b: DiffResult) -> bool:
+    """The counts, column statistics (as numbers: ``1.0`` is ``1.00``) and differences of two results."""
+    if any(int(getattr(a, k)) != int(getattr(b, k)) for k in _COUNTS) or a.columns.keys() != b.columns.keys():
+        return False
+    if any(a.columns[n] != b.columns[n] for n in a.columns):  # dataclass equality: Decimal compares by value
+        return False
+    order = ["key", "kind", "column"]
+    return a.differences.sort(order, nulls_last=True).equals(b.differences.sort(order, nulls_last=True))
 
 
 def _checked_index(state: StateDirectory, opts: StateOptions) -> dict[str, Any] | None:

@@ -566,10 +566,33 @@ def test_a_lock_that_cannot_be_one_is_a_one_line_usage_error(tables: dict[str, A
         state = tmp_path / kind
         state.mkdir()
         outside = tmp_path / f"outside-{kind}"
-        {"dir": lambda p: p.mkdir(), "fifo": os.mkfifo, "link": lambda p: os.symlink(outside, p)}[kind](state / "lock")
+        lock = state / "lock"
+        if kind == "dir":
+            lock.mkdir()
+        elif kind == "fifo":
+            os.mkfifo(lock)
+        else:
+            os.symlink(outside, lock)
         with pytest.raises(UsageError, match="lock"):
             _run_req(_opts(tables, state), load(None))
         assert not outside.exists()
+
+
+def test_a_changed_total_is_state_drift_at_the_full_check(tables: dict[str, Any], tmp_path: Path) -> None:
+    """A variance total has no digest and no second copy in the state; changed to another valid
+    number it is carried forward, until the full check, which compares totals as well as roots
+    (before: the check compared roots only, said ``ok`` and silently put the right totals back)."""
+    import json
+
+    state = tmp_path / "state"
+    _run_req(_opts(tables, state), load(None))
+    index = json.loads((state / "state.json").read_text())
+    index["totals"]["columns"]["v"][1] = "123456.78"
+    (state / "state.json").write_text(json.dumps(index))
+    check = _run_req(_opts(tables, state, verify_full=True), load(None))
+    fc = check["incremental"]["full_check"]
+    assert check["status"] == "state_drift" and fc["roots_equal"] and not fc["totals_equal"], fc
+    assert check["columns"]["v"]["abs_variance"] != "123456.78"
 
 
 def test_a_tampered_segment_file_is_refused_and_full_rebuilds(tables: dict[str, Any], tmp_path: Path) -> None:
