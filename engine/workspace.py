@@ -362,6 +362,9 @@ class StateDirectory:
 
     def load_index(self) -> dict[str, Any] | None:
         if not self.exists():
+            if self.index_path.exists() or self.index_path.is_symlink():  # a directory, a FIFO, a dangling link
+                raise VerificationError(f"{self.index_path} is not a regular file: remove it (or the state) and "
+                                        "rerun with --full")
             return None
         return read_json(self.index_path, what="an incremental state",
                          fix="remove the directory or rerun with --full to rebuild it")
@@ -413,6 +416,8 @@ class StateDirectory:
             f.write(json.dumps(index, sort_keys=True, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.index_path.is_dir() and not self.index_path.is_symlink():
+            raise VerificationError(f"{self.index_path} is a directory: remove it and rerun")
         os.replace(tmp, self.index_path)
         fd = os.open(self.dir, os.O_RDONLY)
         try:

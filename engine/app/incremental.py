@@ -151,8 +151,11 @@ class _Packs:
     digest of exactly those rows) whenever they are used; a pack is never trusted as a whole.
     """
 
-    def __init__(self, state: StateDirectory, fields: tuple[FieldSpec, ...] = ()) -> None:
+    def __init__(self, state: StateDirectory, fields: tuple[FieldSpec, ...] = (), bounds: list[str] | None = None
+                 ) -> None:
         self.state = state
+        #: the state's boundaries when the run began: an entry's ``seg`` is its key range there
+        self.bounds = bounds
         #: the canonical columns every pack must hold, with a type their kind is stored as
         self._want = {f.name: f.ctype for f in fields}
         self._open: dict[str, tuple[list[pa.RecordBatch], np.ndarray]] = {}
@@ -308,6 +311,8 @@ class _Packs:
                 or stored.null_count() or derived.null_count():
             raise VerificationError(f"{self.state.dir}: a segment's stored key text is not the one its key columns "
                                     "give (a pack changed after it was written): rebuild the state with --full")
+        if self.bounds is not None and all("seg" in e for e in entries):
+            _check_ranges(stored, [int(e["seg"]) for e in entries], counts, self.bounds, self.state)
 
     def load_each(self, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...]) -> list[pl.DataFrame]:
         """:meth:`load`, one frame per entry (slices of one frame)."""
@@ -340,8 +345,8 @@ class _Loaded:
     """
 
     def __init__(self, store: _Packs, entries: list[dict[str, Any]], fields: tuple[FieldSpec, ...],
-                 rows: np.ndarray, bounds: list[str]) -> None:
-        self.store, self.entries, self.fields, self.n, self.bounds = store, entries, fields, rows, bounds
+                 rows: np.ndarray) -> None:
+        self.store, self.entries, self.fields, self.n = store, entries, fields, rows
         #: per segment: its batch (-1: not loaded) and its first row there; batches[k] is None when
         #: the batch is not in Arrow
         self.batch_of = np.full(len(rows), -1, dtype=np.int64)
@@ -356,32 +361,9 @@ class _Loaded:
         return [t[a:b].tolist() for a, b in _chunks(self.n[t].tolist())]
 
     def fetch(self, segs: list[int]) -> pa.Table | None:
-        """The rows of ``segs``, checked (runs in a worker thread: no shared state is written): each
-        segment against its digest, and its keys inside its own key range, in order. Why the
-        second: two index entries swapped (pack, offset, rows and digest together) each pass their
-        digest, and their rows would be spliced and counted as the other segment's."""
-        table = self.store.load_arrow([self.entries[i] for i in segs], self.fields)
-        if table is not None and table.num_rows:
-            self._in_range(pl.Series(table.column("__key")), segs)
-        return table
-
-    def _in_range(self, keys: pl.Series, segs: list[int]) -> None:
-        n = self.n[np.asarray(segs, dtype=np.int64)]
-        ends = np.cumsum(n)
-        full = [(i, int(e - m), int(e - 1)) for i, m, e in zip(segs, n.tolist(), ends.tolist(), strict=True) if m]
-        ordered = len(keys) < 2 or bool((keys.slice(1) > keys.slice(0, len(keys) - 1)).all())
-        lo = [(f, self.bounds[i - 1]) for i, f, _ in full if i > 0]
-        hi = [(last, self.bounds[i]) for i, _, last in full if i < len(self.bounds)]
-        for pairs, below in ((lo, False), (hi, True)):
-            if not pairs or not ordered:
-                continue
-            at = pl.Series([p for p, _ in pairs], dtype=pl.Int64)
-            edge = pl.Series([b for _, b in pairs], dtype=pl.Utf8)
-            ok = (keys.gather(at) < edge) if below else (keys.gather(at) >= edge)
-            ordered = bool(ok.all())
-        if not ordered:
-            raise VerificationError(f"{self.store.state.index_path}: a segment's rows are not of its key range (index "
-                                    "entries moved after they were written): rebuild the state with --full")
+        """The rows of ``segs``, checked (:meth:`_Packs._verify`; runs in a worker thread: no shared
+        state is written)."""
+        return self.store.load_arrow([self.entries[i] for i in segs], self.fields)
 
     def add(self, segs: list[int], table: pa.Table | None) -> None:
         s = np.asarray(segs, dtype=np.int64)
@@ -445,6 +427,30 @@ class _Loaded:
         if table is None:
             return self.store.keys([self.entries[i] for i in segs])
         return pl.Series("__key", table.column("__key"))
+
+
+def _check_ranges(keys: pl.Series, segs: list[int], counts: np.ndarray, bounds: list[str], state: StateDirectory
+                  ) -> None:
+    """The keys of segments ``segs`` (``counts`` rows each, in this order) lie in order and inside
+    each segment's own key range ``[bounds[i-1], bounds[i])``. Why: two index entries swapped (pack,
+    offset, rows and digest together) each pass their digest, and their rows would be spliced and
+    counted as the other segment's."""
+    ends = np.cumsum(counts)
+    full = [(i, int(e - m), int(e - 1)) for i, m, e in zip(segs, counts.tolist(), ends.tolist(), strict=True) if m]
+    ok = True
+    if len(segs) > 1 and not all(a < b for a, b in itertools.pairwise(segs)):
+        ok = False  # not ascending: the order check below would not apply
+    else:
+        ok = len(keys) < 2 or bool((keys.slice(1) > keys.slice(0, len(keys) - 1)).all())
+    for pairs, below in (([(f, bounds[i - 1]) for i, f, _ in full if 0 < i <= len(bounds)], False),
+                         ([(last, bounds[i]) for i, _, last in full if i < len(bounds)], True)):
+        if ok and pairs:
+            at = pl.Series([p for p, _ in pairs], dtype=pl.Int64)
+            edge = pl.Series([b for _, b in pairs], dtype=pl.Utf8)
+            ok = bool(((keys.gather(at) < edge) if below else (keys.gather(at) >= edge)).all())
+    if not ok:
+        raise VerificationError(f"{state.index_path}: a segment's rows are not of its key range (index entries "
+                                "moved after they were written): rebuild the state with --full")
 
 
 def _stored_types(kind: str, scale: int | None) -> tuple[Callable[[pa.DataType], bool], str]:
@@ -605,7 +611,7 @@ def _segments_of(state: StateDirectory, index: dict[str, Any], side: str, check_
             raise ValueError(f"{n} segments for {len(index['boundaries']) + 1} key ranges")
         if check_only:
             return []
-        return [{"file": files[f], "offset": int(o), "rows": int(r), "digest": dig[64 * i: 64 * i + 64]}
+        return [{"file": files[f], "offset": int(o), "rows": int(r), "digest": dig[64 * i: 64 * i + 64], "seg": i}
                 for i, (f, o, r) in enumerate(zip(s["file"], s["offset"], s["rows"], strict=True))]
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise VerificationError(f"{state.index_path}: its {side} segment list is malformed ({exc}): "
@@ -918,7 +924,7 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
                  ) -> tuple[DiffResult, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     bounds = list(index["boundaries"])
     seg = merkle.Segmentation(tuple(bounds))
-    store = _Packs(state, sides[0].fields)
+    store = _Packs(state, sides[0].fields, bounds)
     n_seg = len(bounds) + 1
     for s in SIDES:  # a malformed list is refused before either side is asked anything
         _segments_of(state, index, s, check_only=True)
@@ -1146,7 +1152,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
     # deletion found adds segments, loaded in a second round)
     plans = [dict(p) for p in plans]
     rows_of = {s: np.fromiter((int(e["rows"]) for e in entries[s]), dtype=np.int64, count=n_seg) for s in SIDES}
-    loaded = {s.name: _Loaded(store, entries[s.name], s.fields, rows_of[s.name], bounds) for s in sides}
+    loaded = {s.name: _Loaded(store, entries[s.name], s.fields, rows_of[s.name]) for s in sides}
     while True:  # a second round only when a count says rows were deleted that nobody listed
         T = sorted(touched)
         say(f"{len(T):,} of {n_seg:,} segments touched")
