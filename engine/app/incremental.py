@@ -156,6 +156,9 @@ class _Packs:
         self.state = state
         #: the state's boundaries when the run began: an entry's ``seg`` is its key range there
         self.bounds = bounds
+        #: the previous run's differences once read and checked (:func:`_differences_of`), for
+        #: the run's end: the state's other stored file, read once
+        self.previous_differences: pl.DataFrame | None = None
         #: the canonical columns every pack must hold, with a type their kind is stored as
         self._want = {f.name: f.ctype for f in fields}
         self._open: dict[str, tuple[list[pa.RecordBatch], np.ndarray]] = {}
@@ -934,7 +937,6 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
         raise VerificationError(f"{state.index_path}: the state's index is malformed (its totals are of the columns "
                                 f"{sorted(index['totals']['columns'])}, the mapping compares {compared}): "
                                 "rebuild the state with --full")
-    _differences_of(state, index)  # its counts against the totals, before anything is read
     with ThreadPoolExecutor(2) as pool:
         first = tuple(_key_range(bounds, a, b) for a, b in _spans(0, n_seg, NARROW_STEPS[0]))
         asked = [pool.submit(_ask, s, index["sides"][s.name].get("watermark"), first) for s in sides]
@@ -943,6 +945,8 @@ def _incremental(req: DiffRequest, state: StateDirectory, index: dict[str, Any],
         import pyarrow.compute  # noqa: F401
 
         entries = {s: _segments_of(state, index, s) for s in SIDES}
+        # the previous differences, checked against the totals (read once: _finish keeps them)
+        store.previous_differences = _differences_of(state, index)
         got = [f.result() for f in asked]
     b_arr = pl.Series("b", bounds, dtype=pl.Utf8)
 
@@ -1446,7 +1450,8 @@ def _finish(state: StateDirectory, store: _Packs, index: dict[str, Any], sides: 
                                      _add(_add(c0.net_variance, a.net_variance), b.net_variance, -1),
                                      _add(_add(c0.source_abs_total, a.source_abs_total), b.source_abs_total, -1))
     # differences: the untouched segments' kept, the touched ones' replaced
-    prev_diffs = _differences_of(state, index)
+    prev_diffs = store.previous_differences if store.previous_differences is not None \
+        else _differences_of(state, index)
     if T and prev_diffs.height and affected is not None:
         prev_diffs = prev_diffs.filter(~pl.col("key").is_in(affected.implode()))
     elif T and prev_diffs.height:
