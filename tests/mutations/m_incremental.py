@@ -83,10 +83,8 @@ MUTATIONS = [
              (_TAMPER,),
              "a segment whose stored rows changed after they were written is trusted"),
     Mutation("no-lock", "engine/workspace.py",
-             'open(self.dir / STATE_LOCK, "a+")  # noqa: SIM115  (held for the run)\n        try:\n'
-             "            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)",
-             'open(self.dir / STATE_LOCK, "a+")  # noqa: SIM115  (held for the run)\n        try:\n'
-             "            pass",
+             "    try:\n        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)",
+             "    try:\n        pass",
              (_LOCK,),
              "two runs can share one state"),
     Mutation("never-split", "engine/app/incremental.py",
