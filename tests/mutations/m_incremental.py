@@ -35,7 +35,7 @@ MUTATIONS = [
     Mutation("arrow-decimal-not-sign-extended", "engine/core/normalize.py",
              'fixed = _int128_le(vals) if ctype.kind == "decimal" else',
              'fixed = vals.view(np.uint8).reshape(len(vals), 8) if ctype.kind == "decimal" else',
-             ("tests/unit/test_encoding.py::test_arrow_segment_bytes_equal_the_reference_for_every_kind",),
+             ("tests/unit/test_encoding.py::test_a_scaled_decimal_hashed_in_place_is_sign_extended_to_16_bytes",),
              "a stored scaled decimal hashed in place is 8 bytes wide, not the 16 of version 2"),
     Mutation("arrow-fixed-offset-ignored", "engine/core/normalize.py",
              "vals = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset: arr.offset + len(arr)]",

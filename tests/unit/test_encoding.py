@@ -133,6 +133,19 @@ def test_arrow_segment_bytes_equal_the_reference_for_every_kind(data: st.DataObj
         encode_segment_reference(rows[lo:hi], [f.ctype for f in fields])
 
 
+def test_a_scaled_decimal_hashed_in_place_is_sign_extended_to_16_bytes() -> None:
+    """The case the property test above reaches only sometimes (a decimal kind, stored scaled, no
+    NULL, negative values): a state's scaled Int64 decimals are hashed as the 16 bytes of version 2,
+    sign-extended."""
+    kind = ColumnType("decimal", scale=2)
+    fields = (FieldSpec("k", "k", ColumnType("text"), is_key=True), FieldSpec("v", "v", kind))
+    df = pl.DataFrame({"k": ["a", "b", "c"], "v": ["-1.25", "0.00", "1234.50"]})
+    c = canonicalize(df, fields, SideOptions())
+    table = c.frame.with_columns(to_scaled(c.frame["v"], 2)).to_arrow(compat_level=pl.CompatLevel.oldest())
+    rows = list(decimal_view(c.frame, fields).select("k", "v").iter_rows())
+    assert segment_bytes(frame_bytes(table, fields), 0, 3) == encode_segment_reference(rows, [f.ctype for f in fields])
+
+
 def _seg(values: list, ctype: ColumnType) -> list[bytes]:
     """Each value's one-row segment bytes (the key is the same for all, so only the value differs)."""
     out = []
