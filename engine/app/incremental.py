@@ -440,11 +440,9 @@ def _check_ranges(keys: pl.Series, segs: list[int], counts: np.ndarray, bounds: 
     counted as the other segment's."""
     ends = np.cumsum(counts)
     full = [(i, int(e - m), int(e - 1)) for i, m, e in zip(segs, counts.tolist(), ends.tolist(), strict=True) if m]
-    ok = True
-    if len(segs) > 1 and not all(a < b for a, b in itertools.pairwise(segs)):
-        ok = False  # not ascending: the order check below would not apply
-    else:
-        ok = len(keys) < 2 or bool((keys.slice(1) > keys.slice(0, len(keys) - 1)).all())
+    # segments not ascending cannot hold ascending keys; otherwise the keys must be in order
+    ascending = all(a < b for a, b in itertools.pairwise(segs))
+    ok = ascending and (len(keys) < 2 or bool((keys.slice(1) > keys.slice(0, len(keys) - 1)).all()))
     for pairs, below in (([(f, bounds[i - 1]) for i, f, _ in full if 0 < i <= len(bounds)], False),
                          ([(last, bounds[i]) for i, _, last in full if i < len(bounds)], True)):
         if ok and pairs:
@@ -1450,8 +1448,8 @@ def _finish(state: StateDirectory, store: _Packs, index: dict[str, Any], sides: 
                                      _add(_add(c0.net_variance, a.net_variance), b.net_variance, -1),
                                      _add(_add(c0.source_abs_total, a.source_abs_total), b.source_abs_total, -1))
     # differences: the untouched segments' kept, the touched ones' replaced
-    prev_diffs = store.previous_differences if store.previous_differences is not None \
-        else _differences_of(state, index)
+    prev_diffs = store.previous_differences  # read and checked while the servers answered (_incremental)
+    assert prev_diffs is not None
     if T and prev_diffs.height and affected is not None:
         prev_diffs = prev_diffs.filter(~pl.col("key").is_in(affected.implode()))
     elif T and prev_diffs.height:
