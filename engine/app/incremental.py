@@ -241,8 +241,9 @@ class _Packs:
         # a decimal scaled in one pack and wide in another is made wide in all (never cast as is: the
         # scaled form is an integer count of the scale's units)
         if not parts:  # every entry empty: the pack's columns, no rows (an empty pack has no batch)
-            self.table(entries[0]["file"])
-            empty = self._schema[entries[0]["file"]].empty_table()
+            first = entries[0]["parts"][0][0]
+            self.table(first)
+            empty = self._schema[first].empty_table()
             return pl.from_arrow(empty.select(columns) if columns is not None else empty)  # type: ignore[return-value]
         frame = parts[0] if len(parts) == 1 else _concat(parts, fields).rechunk()
         where = np.concatenate(dest)
@@ -264,9 +265,8 @@ class _Packs:
         if len(schemas) != 1 or not int(n.sum()):
             return None
         slices: list[pa.RecordBatch] = []
-        for k, e in enumerate(entries):
-            batches, starts = self.table(e["file"])
-            o, m = int(off[k]), int(n[k])
+        for name, o, m in (p for e in entries for p in e["parts"]):
+            batches, starts = self.table(name)
             b = int(np.searchsorted(starts, o, side="right")) - 1
             while m > 0:  # a segment may run across a batch boundary
                 part = min(m, int(starts[b + 1]) - o)
@@ -302,7 +302,7 @@ class _Packs:
         digests, _ = merkle.hash_segments(frame, fields, counts)
         for e, d in zip(entries, digests, strict=True):
             if d.hex() != e["digest"]:
-                raise VerificationError(f"{self.state.resolve(e['file'])} does not match the state's index (a "
+                raise VerificationError(f"{self.state.resolve(e['parts'][0][0])} does not match the state's index (a "
                                         "segment's rows changed after they were written): rebuild the state with --full")
         # the digest covers the key's typed columns, not ``__key``, the text every search and
         # match uses: it must be the one those columns give
@@ -512,12 +512,14 @@ def _check_layout(state: StateDirectory, store: _Packs, index: dict[str, Any], s
 
 
 def _layout(entries: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, dict[str, list[int]]]:
-    """Segment entries' offsets and rows, and which entries (positions) each pack holds."""
-    off = np.fromiter((int(e["offset"]) for e in entries), dtype=np.int64, count=len(entries))
-    n = np.fromiter((int(e["rows"]) for e in entries), dtype=np.int64, count=len(entries))
+    """The entries' parts, in order (their rows, concatenated, are the entries' rows): each part's
+    offset and rows, and which parts (positions) each pack holds."""
+    parts = [p for e in entries for p in e["parts"]]
+    off = np.fromiter((int(p[1]) for p in parts), dtype=np.int64, count=len(parts))
+    n = np.fromiter((int(p[2]) for p in parts), dtype=np.int64, count=len(parts))
     by_file: dict[str, list[int]] = {}
-    for k, e in enumerate(entries):
-        by_file.setdefault(e["file"], []).append(k)
+    for k, p in enumerate(parts):
+        by_file.setdefault(p[0], []).append(k)
     return off, n, by_file
 
 
@@ -583,7 +585,7 @@ def _write_side(state: StateDirectory, side: str, generation: int, frame: pl.Dat
         a, b = cuts[k], cuts[k + 1]
         lo = int(starts[a])
         name = _write_pack(state, side, generation, first + k, frame.slice(lo, int(starts[b]) - lo))
-        return [{"file": name, "offset": int(starts[j]) - lo, "rows": int(counts[j])} for j in range(a, b)]
+        return [{"parts": ((name, int(starts[j]) - lo, int(counts[j])),), "rows": int(counts[j])} for j in range(a, b)]
 
     with ThreadPoolExecutor(2) as pool:
         return [e for part in pool.map(one, range(len(cuts) - 1)) for e in part]
@@ -592,10 +594,12 @@ def _write_side(state: StateDirectory, side: str, generation: int, frame: pl.Dat
 def _segments_json(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """A side's segment list as the index stores it: columns, not one object per segment (there are
     tens of thousands)."""
-    files = sorted({e["file"] for e in entries})
+    parts = [p for e in entries for p in e["parts"]]
+    files = sorted({p[0] for p in parts})
     no = {f: i for i, f in enumerate(files)}
-    return {"files": files, "file": [no[e["file"]] for e in entries], "offset": [int(e["offset"]) for e in entries],
-            "rows": [int(e["rows"]) for e in entries], "digests": "".join(e["digest"] for e in entries)}
+    return {"files": files, "file": [no[p[0]] for p in parts], "offset": [int(p[1]) for p in parts],
+            "rows": [int(p[2]) for p in parts], "digests": "".join(e["digest"] for e in entries),
+            "parts": [len(e["parts"]) for e in entries]}
 
 
 def _segments_of(state: StateDirectory, index: dict[str, Any], side: str, check_only: bool = False
@@ -605,15 +609,22 @@ def _segments_of(state: StateDirectory, index: dict[str, Any], side: str, check_
     try:
         s = index["sides"][side]["segments"]
         files, dig = list(s["files"]), str(s["digests"])
-        n = len(s["rows"])
-        if not (len(s["file"]) == len(s["offset"]) == n and len(dig) == 64 * n):
+        n = len(dig) // 64
+        per = [1] * n if s.get("parts") is None else [int(k) for k in s["parts"]]
+        n_parts = sum(per)
+        if not (len(s["file"]) == len(s["offset"]) == len(s["rows"]) == n_parts and len(dig) == 64 * n == 64 * len(per)):
             raise ValueError("columns of different lengths")
         if n != len(index["boundaries"]) + 1:
             raise ValueError(f"{n} segments for {len(index['boundaries']) + 1} key ranges")
         if check_only:
             return []
-        return [{"file": files[f], "offset": int(o), "rows": int(r), "digest": dig[64 * i: 64 * i + 64], "seg": i}
-                for i, (f, o, r) in enumerate(zip(s["file"], s["offset"], s["rows"], strict=True))]
+        flat = [(files[f], int(o), int(r)) for f, o, r in zip(s["file"], s["offset"], s["rows"], strict=True)]
+        out, at = [], 0
+        for i, k in enumerate(per):
+            ps = tuple(flat[at:at + k])
+            at += k
+            out.append({"parts": ps, "rows": sum(p[2] for p in ps), "digest": dig[64 * i: 64 * i + 64], "seg": i})
+        return out
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise VerificationError(f"{state.index_path}: its {side} segment list is malformed ({exc}): "
                                 "rebuild the state with --full") from None
@@ -1282,7 +1293,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
             digests, _ = merkle.hash_segments(frame, fields, per)
             at = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
             name = _write_pack(state, s, gen, next(file_no), frame)
-            out.append([({"file": name, "offset": int(at[j]), "rows": int(per[j])}, int(per[j]), digests[j])
+            out.append([({"parts": ((name, int(at[j]), int(per[j])),)}, int(per[j]), digests[j])
                         for j in range(n_pieces)])
         return split, out, [*olds, *afters]
 
@@ -1513,12 +1524,14 @@ def _compact(state: StateDirectory, store: _Packs, seg_entries: dict[str, list[d
         ents = seg_entries[side]
         used: dict[str, int] = {}
         for e in ents:
-            used[e["file"]] = used.get(e["file"], 0) + int(e["rows"])
+            for f, _o, n in e["parts"]:
+                used[f] = used.get(f, 0) + int(n)
         sparse = {f for f, n in used.items()
                   if not Path(f).name.startswith(own) and n < COMPACT_BELOW * int(store.table(f)[1][-1])}
         if not sparse:
             continue
-        moved = [k for k, e in enumerate(ents) if e["file"] in sparse]
+        # a segment with a part in a sparse pack is moved whole: its parts become one
+        moved = [k for k, e in enumerate(ents) if any(p[0] in sparse for p in e["parts"])]
         ks = [k for k in moved if int(ents[k]["rows"])]
         number = state.free_segment_number(side, gen)
         kept = next((f for f in used if f not in sparse), None)
@@ -1531,13 +1544,13 @@ def _compact(state: StateDirectory, store: _Packs, seg_entries: dict[str, list[d
             number += 1
             at = 0
             for k, e in zip(ks[a:b], part, strict=True):
-                ents[k] = {**e, "file": kept, "offset": at}
+                ents[k] = {**e, "parts": ((kept, at, int(e["rows"])),)}
                 at += int(e["rows"])
         empty = [k for k in moved if not int(ents[k]["rows"])]
         if empty and kept is None:  # no rows left on the side: one empty pack in the stored schema
-            kept = _write_pack(state, side, gen, number, store.schema(ents[empty[0]]["file"]).empty_table())
+            kept = _write_pack(state, side, gen, number, store.schema(ents[empty[0]]["parts"][0][0]).empty_table())
         for k in empty:
-            ents[k] = {**ents[k], "file": kept, "offset": 0}
+            ents[k] = {**ents[k], "parts": ((kept, 0, 0),)}
         out[side] = {"packs": len(sparse), "segments": len(moved), "rows": sum(int(ents[k]["rows"]) for k in ks)}
     return out
 

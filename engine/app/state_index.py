@@ -45,8 +45,13 @@ _DEC = Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]{1,80}(\.[0-9]{1,80})?(E[+-
 
 
 class Segments(msgspec.Struct, forbid_unknown_fields=True):
-    """A side's segments as columns: pack names, then per segment its pack (a position in ``files``),
-    offset, rows, and its digest (64 hex characters each, one string)."""
+    """A side's segments as columns: pack names; per part (a run of rows in one pack) its pack (a
+    position in ``files``), offset and rows; per segment how many parts it has, in key order, and its
+    digest (64 hex characters each, one string).
+
+    Why parts: an incremental run writes only the rows that changed, and a touched segment becomes
+    its untouched rows where they already lie plus the changed rows in the run's own pack (README,
+    "The state"). ``parts`` absent: one part per segment (a state written before parts existed)."""
 
     #: as :meth:`engine.workspace.StateDirectory.segment_path` names them (generation-number)
     files: list[Annotated[str, msgspec.Meta(pattern="^segments/(source|target)/[0-9]{6}-[0-9]{6}\\.arrow$")]]
@@ -54,6 +59,7 @@ class Segments(msgspec.Struct, forbid_unknown_fields=True):
     offset: list[_N]
     rows: list[_N]
     digests: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]*$")]
+    parts: list[Annotated[int, msgspec.Meta(ge=1, le=2**31)]] | None = None
 
 
 class Side(msgspec.Struct, forbid_unknown_fields=True):
@@ -124,8 +130,11 @@ def check(index: dict[str, Any]) -> None:
         raise _bad("the segment boundaries are not strictly increasing")
     for name, side in (("source", ix.sides.source), ("target", ix.sides.target)):
         s = side.segments
-        if not (len(s.file) == len(s.offset) == len(s.rows) == n_seg and len(s.digests) == 64 * n_seg):
-            raise _bad(f"the {name} side lists {len(s.rows)} segments for {n_seg} key ranges")
+        n_parts = n_seg if s.parts is None else sum(s.parts)
+        if (s.parts is not None and len(s.parts) != n_seg) or len(s.digests) != 64 * n_seg:
+            raise _bad(f"the {name} side lists {len(s.digests) // 64} segments for {n_seg} key ranges")
+        if not len(s.file) == len(s.offset) == len(s.rows) == n_parts:
+            raise _bad(f"the {name} side lists {len(s.rows)} parts, its segments name {n_parts}")
         if n_seg and max(s.file) >= len(s.files):
             raise _bad(f"a {name} segment names pack {max(s.file)} of {len(s.files)}")
         if len(set(s.files)) != len(s.files):

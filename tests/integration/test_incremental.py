@@ -409,6 +409,8 @@ _BAD_INDEX = [
     ("sides.source.segments.rows.0", 2**70, "rows"),
     ("sides.source.segments.rows.0", -1, "rows"),
     ("sides.source.segments.file.0", True, "file"),
+    ("sides.source.segments.parts.0", 0, "parts"),
+    ("sides.source.segments.parts.0", 2, "parts, its segments name 25"),
     ("sides.target.segments.files.0", "segments/target/000009-000000.arrow", "generation 9"),
     ("differences", None, "differences"),
 ]
@@ -795,7 +797,7 @@ def test_a_malformed_segment_list_in_the_index_is_refused(tables: dict[str, Any]
     good = json.dumps(index)
     index["sides"]["source"]["segments"]["rows"].pop()
     (state / "state.json").write_text(json.dumps(index))
-    with pytest.raises(VerificationError, match="index is malformed .the source side lists 23 segments"):
+    with pytest.raises(VerificationError, match="index is malformed .the source side lists 23 parts, its segments name 24"):
         _run_req(_opts(tables, state), load(None))
     index = json.loads(good)
     index["sides"]["source"]["segments"]["files"][0] = "../../etc/passwd"

@@ -23,7 +23,7 @@ def test_gathered_rows_are_copies_not_views_of_the_pack(tmp_path: Path, entries:
                       "v": pa.array(range(6), pa.int64())})
     name = _write_pack(state, "source", 1, 0, table)
     store = _Packs(state)
-    got = store.gather([{"file": name, "offset": o, "rows": n, "digest": ""} for o, n in entries])
+    got = store.gather([{"parts": ((name, o, n),), "rows": n, "digest": ""} for o, n in entries])
     assert got is not None
     want = pa.concat_tables([table.slice(o, n) for o, n in entries])
     assert got.equals(want)
