@@ -1232,11 +1232,13 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
     batches = _chunks(np.maximum(rows_of["source"][t_arr], rows_of["target"][t_arr]).tolist())
 
     def apply_batch(bt: list[int], j0: int, j1: int
-                    ) -> tuple[list[pl.DataFrame | pa.Table], list[pl.Series], list[pl.DataFrame], list[pl.DataFrame]]:
+                    ) -> tuple[list[pl.DataFrame | pa.Table], list[pl.Series], list[pl.DataFrame], list[pl.DataFrame],
+                               list[np.ndarray | None]]:
         news: list[pl.DataFrame | pa.Table] = []
         new_keys: list[pl.Series] = []
         olds: list[pl.DataFrame] = []
         afters: list[pl.DataFrame] = []
+        srcs: list[np.ndarray | None] = []  # per side: where each new row came from (the Arrow path)
         aff = aff_cut.removed(j0, j1)
         for side, cut in zip(sides, cuts, strict=True):
             ents = [entries[side.name][i] for i in bt]
@@ -1247,6 +1249,7 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
                 new_keys.append(done[1])
                 olds.append(done[2])
                 afters.append(done[3])
+                srcs.append(done[4])
                 continue
             old = store.load(ents, side.fields)
             if not old.width:  # no stored columns: the changed rows' schema
@@ -1264,18 +1267,22 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
             pick = pl.col("__key").is_in(aff.implode())
             olds.append(old.filter(pick) if len(aff) else old.clear())
             afters.append(new.filter(pick) if len(aff) else new.clear())
-        return news, new_keys, olds, afters
+            srcs.append(None)
+        return news, new_keys, olds, afters, srcs
 
     gen = int(index["generation"]) + 1
     file_no = itertools.count()  # a file's number in this generation (unique; its order is the index's business)
 
     def run_batch(span: tuple[int, int]) -> tuple[dict[int, list[str]],
-                                                  list[list[tuple[dict[str, Any], int, bytes]]], list[pl.DataFrame]]:
-        """Apply, split, hash and write one batch; only the affected keys' rows are kept."""
+                                                  list[list[tuple[dict[str, Any], int, bytes]]], list[pl.DataFrame],
+                                                  list[tuple[pa.Table | None, str] | None]]:
+        """Apply, split and hash one batch, and write what must be written: on the Arrow path only the
+        rows that are new to the state (:func:`_ropes`; returned, written once per side for the whole
+        run), else the batch whole; only the affected keys' rows are kept."""
         # a batch's decimals may be in the scaled form while another's are wide: the canonical bytes,
         # hence the digests, are the same in both forms, and every concatenation unifies them
         bt = T[span[0]:span[1]]
-        news, new_keys, olds, afters = apply_batch(bt, *span)
+        news, new_keys, olds, afters, srcs = apply_batch(bt, *span)
         # a segment whose source rows grew past twice the segment size is split (only its subtree changes)
         inner = [bounds[i - 1] for i in bt[1:]]
         counts = _counts_in(new_keys[0], inner, len(bt))
@@ -1288,24 +1295,33 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
         seg = merkle.Segmentation(tuple(sorted([*inner, *(b for v in split.values() for b in v)])))
         n_pieces = len(seg.boundaries) + 1
         out = []
-        for s, frame, keys in zip(SIDES, news, new_keys, strict=True):
+        to_write: list[tuple[pa.Table | None, str] | None] = []
+        for s, frame, keys, src in zip(SIDES, news, new_keys, srcs, strict=True):
             per = _counts_in(keys, list(seg.boundaries), n_pieces)
             digests, _ = merkle.hash_segments(frame, fields, per)
             at = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
-            name = _write_pack(state, s, gen, next(file_no), frame)
-            out.append([({"parts": ((name, int(at[j]), int(per[j])),)}, int(per[j]), digests[j])
-                        for j in range(n_pieces)])
-        return split, out, [*olds, *afters]
+            if src is None or not isinstance(frame, pa.Table):
+                name = _write_pack(state, s, gen, next(file_no), frame)
+                out.append([({"parts": ((name, int(at[j]), int(per[j])),)}, int(per[j]), digests[j])
+                            for j in range(n_pieces)])
+                to_write.append(None)
+                continue
+            stored_parts = [p for i in bt for p in entries[s][i]["parts"]]
+            rows, ropes = _ropes(stored_parts, src, at)
+            out.append([({"parts": ropes[j]}, int(per[j]), digests[j]) for j in range(n_pieces)])
+            to_write.append((frame.take(pa.array(rows)) if len(rows) else None, stored_parts[0][0]))
+        return split, out, [*olds, *afters], to_write
 
     with ThreadPoolExecutor(2) as pool:
         done = list(pool.map(run_batch, batches))
+    _write_new_rows(state, gen, file_no, done)
     split = {i: v for d in done for i, v in d[0].items()}
     new_bounds = sorted(set(bounds) | {b for v in split.values() for b in v})
     pieces = _pieces(T, bounds, new_bounds)
     written: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
     after_counts: dict[str, list[int]] = {s: [] for s in SIDES}
     digests_after: dict[str, list[bytes]] = {s: [] for s in SIDES}
-    for _split, per_side, _rows in done:
+    for _split, per_side, _rows, _w in done:
         for s, rows in zip(SIDES, per_side, strict=True):
             for f, n, d in rows:
                 written[s].append(f)
@@ -1322,6 +1338,35 @@ def _apply_changes(req: DiffRequest, state: StateDirectory, store: _Packs, index
     return _finish(state, store, index, sides, got, plans, T, n_seg, new_bounds, pieces, entries, written,
                    {s: np.asarray(v, dtype=np.int64) for s, v in after_counts.items()}, digests_after, before, after,
                    affected, seg_of, deletions, sum(len(v) for v in split.values()), gen)
+
+
+def _write_new_rows(state: StateDirectory, gen: int, file_no: Iterator[int],
+                    done: list[tuple[Any, list[list[tuple[dict[str, Any], int, bytes]]], Any,
+                                     list[tuple[pa.Table | None, str] | None]]]) -> None:
+    """Write each side's rows new to the state (:func:`_ropes`) as one pack for the run, in key order
+    (batches are in key order, and so are their rows), and point the touched segments' parts at it
+    (in place). Why one pack: a pack per batch made dozens of small files per run, each opened by
+    every later run. Batches whose rows are stored in different Arrow types (a decimal scaled in one
+    pack, wide in another) get a pack each."""
+    for k, s in enumerate(SIDES):
+        mine = [(b, w) for b, d in enumerate(done) if (w := d[3][k]) is not None]
+        tables = [w[0] for _b, w in mine if w[0] is not None]
+        where: dict[int, tuple[str, int]] = {}
+        if tables and len({t.schema for t in tables}) == 1:
+            name = _write_pack(state, s, gen, next(file_no), pa.concat_tables(tables))
+            base = 0
+            for b, (t, _f) in mine:
+                if t is not None:
+                    where[b] = (name, base)
+                    base += t.num_rows
+        else:
+            for b, (t, _f) in mine:
+                if t is not None:
+                    where[b] = (_write_pack(state, s, gen, next(file_no), t), 0)
+        for b, (_t, stored) in mine:
+            name, base = where.get(b, (stored, 0))
+            for e, _n, _d in done[b][1][k]:
+                e["parts"] = tuple((name, base + o, m) if f is None else (f, o, m) for f, o, m in e["parts"])
 
 
 class _Cut:
@@ -1357,14 +1402,15 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _rewrite_arrow(old: pa.Table, removed: pl.Series, changed: pl.DataFrame, affected: pl.Series
-                   ) -> tuple[pa.Table, pl.Series, pl.DataFrame, pl.DataFrame] | None:
+                   ) -> tuple[pa.Table, pl.Series, pl.DataFrame, pl.DataFrame, np.ndarray] | None:
     """A batch of touched segments rewritten without leaving Arrow: the stored rows (checked), less
     the removed keys, with the changed rows spliced in at their places; with the new keys and the
     affected keys' rows before and after (in Polars: they are few). Why: converting every stored row
     to Polars and back (to merge, hash and write) was most of an incremental run's CPU. None when the
     rows cannot stay in one Arrow schema (packs or changes with a decimal in different forms, no
     stored columns): :func:`_apply_changes`' Polars path then unifies them. ``old``: the batch's
-    stored rows, checked (:class:`_Loaded`)."""
+    stored rows, checked (:class:`_Loaded`). The last item says where each new row came from
+    (:func:`_splice_index`), for :func:`_ropes`."""
     ch = None
     if changed.height:
         ch = changed.select(old.column_names).to_arrow(compat_level=pl.CompatLevel.oldest())
@@ -1376,12 +1422,71 @@ def _rewrite_arrow(old: pa.Table, removed: pl.Series, changed: pl.DataFrame, aff
     ins = keys.search_sorted(changed["__key"], side="left").to_numpy().astype(np.int64) if ch is not None else \
         np.zeros(0, dtype=np.int64)
     new = _splice(old, drop, ch, ins)
+    src = _splice_index(old.num_rows, drop, ins)
     new_keys = pl.Series(new.column("__key"))
     if not len(affected):
-        return new, new_keys, pl.from_arrow(old.slice(0, 0)), pl.from_arrow(new.slice(0, 0))  # type: ignore[return-value]
+        return new, new_keys, pl.from_arrow(old.slice(0, 0)), pl.from_arrow(new.slice(0, 0)), src  # type: ignore[return-value]
     before = pl.from_arrow(old.take(pa.array(_found(keys, affected))))
     after = pl.from_arrow(new.take(pa.array(_found(new_keys, affected))))
-    return new, new_keys, before, after  # type: ignore[return-value]
+    return new, new_keys, before, after, src  # type: ignore[return-value]
+
+
+def _splice_index(n_old: int, drop: np.ndarray, ins: np.ndarray) -> np.ndarray:
+    """Where each row of :func:`_splice`'s result comes from: ``i >= 0`` the stored row ``i``,
+    ``-1 - j`` the changed row ``j`` (the same order: a changed row before the stored row at its
+    place, which it replaces when that row is dropped)."""
+    kept = np.delete(np.arange(n_old, dtype=np.int64), drop)
+    at = ins - np.searchsorted(drop, ins, side="left")  # in the kept rows: past the drops before it
+    return np.insert(kept, at, -1 - np.arange(len(ins), dtype=np.int64))
+
+
+#: a touched segment whose rows would lie in more runs than this is written whole instead (a gather
+#: joins one slice per run; a segment touched run after run would otherwise fragment without end)
+MAX_PARTS = 8
+
+
+def _ropes(stored_parts: list[tuple[str, int, int]], src: np.ndarray, at: np.ndarray
+           ) -> tuple[np.ndarray, list[list[tuple[str | None, int, int]]]]:
+    """The parts of each new segment (rows ``at[j]:at[j+1]`` of a rewritten batch): runs of rows that
+    lie one after the other where they already are (``stored_parts``: the batch's stored rows, part
+    by part, as ``src`` counts them), and runs of the rows to be written (file None: offsets in the
+    rows written, in their order). Written: every changed row, and every row of a segment that would
+    have more than MAX_PARTS parts. Returns the written rows (positions in the new batch, ascending)
+    and each segment's parts; an empty segment has one part of no rows."""
+    names = sorted({p[0] for p in stored_parts})
+    code_of = {f: i for i, f in enumerate(names)}
+    p_code = np.fromiter((code_of[p[0]] for p in stored_parts), dtype=np.int64, count=len(stored_parts))
+    p_off = np.fromiter((int(p[1]) for p in stored_parts), dtype=np.int64, count=len(stored_parts))
+    p_n = np.fromiter((int(p[2]) for p in stored_parts), dtype=np.int64, count=len(stored_parts))
+    row_code, row_pos = np.repeat(p_code, p_n), _ranges(p_off, p_off + p_n)
+    n = len(src)
+    seg = np.searchsorted(at, np.arange(n, dtype=np.int64), side="right") - 1  # each new row's segment
+    old = src >= 0
+    safe = np.where(old, src, 0)
+
+    def runs(written: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        code = np.where(written, -1, row_code[safe] if len(row_code) else -1)
+        pos = np.where(written, np.cumsum(written) - 1, row_pos[safe] if len(row_pos) else 0)
+        first = np.ones(n, dtype=bool)
+        first[1:] = (seg[1:] != seg[:-1]) | (code[1:] != code[:-1]) | (pos[1:] != pos[:-1] + 1)
+        return code, pos, np.flatnonzero(first)
+
+    written = ~old
+    code, pos, starts = runs(written)
+    per_seg = np.bincount(seg[starts], minlength=len(at) - 1)
+    whole = per_seg > MAX_PARTS
+    if whole.any():
+        written = written | whole[seg]
+        code, pos, starts = runs(written)
+    lengths = np.diff(np.append(starts, n))
+    out: list[list[tuple[str | None, int, int]]] = [[] for _ in range(len(at) - 1)]
+    for j, c, o, m in zip(seg[starts].tolist(), code[starts].tolist(), pos[starts].tolist(), lengths.tolist(),
+                          strict=True):
+        out[j].append((None if c < 0 else names[c], o, m))
+    for parts in out:
+        if not parts:
+            parts.append((None, 0, 0))
+    return np.flatnonzero(written), out
 
 
 def _splice(old: pa.Table, drop: np.ndarray, changed: pa.Table | None, ins: np.ndarray) -> pa.Table:
@@ -1522,16 +1627,24 @@ def _compact(state: StateDirectory, store: _Packs, seg_entries: dict[str, list[d
     own = f"{gen:06d}-"
     for side in SIDES:
         ents = seg_entries[side]
-        used: dict[str, int] = {}
-        for e in ents:
-            for f, _o, n in e["parts"]:
-                used[f] = used.get(f, 0) + int(n)
-        sparse = {f for f, n in used.items()
-                  if not Path(f).name.startswith(own) and n < COMPACT_BELOW * int(store.table(f)[1][-1])}
+        # a segment with a part in a sparse pack is moved whole (its parts become one), which can
+        # leave another pack sparse: repeated until no pack is (moved rows go to the run's own packs)
+        sparse: set[str] = set()
+        while True:
+            moved = [k for k, e in enumerate(ents) if any(p[0] in sparse for p in e["parts"])]
+            gone = set(moved)
+            used: dict[str, int] = {}
+            for k, e in enumerate(ents):
+                if k not in gone:
+                    for f, _o, n in e["parts"]:
+                        used[f] = used.get(f, 0) + int(n)
+            more = {f for f, n in used.items() if f not in sparse and not Path(f).name.startswith(own)
+                    and n < COMPACT_BELOW * int(store.table(f)[1][-1])}
+            if not more:
+                break
+            sparse |= more
         if not sparse:
             continue
-        # a segment with a part in a sparse pack is moved whole: its parts become one
-        moved = [k for k, e in enumerate(ents) if any(p[0] in sparse for p in e["parts"])]
         ks = [k for k in moved if int(ents[k]["rows"])]
         number = state.free_segment_number(side, gen)
         kept = next((f for f in used if f not in sparse), None)
