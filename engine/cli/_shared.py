@@ -49,8 +49,20 @@ out = LazyConsole(highlight=False)
 
 
 def emit_json(obj: Any) -> None:
-    """One JSON object on stdout (sorted keys, decimals and times as strings)."""
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """One JSON object on stdout (sorted keys, decimals and times as strings), indented by two.
+
+    Why not ``json.dumps(..., indent=2)``: with an indent the json module encodes in pure Python,
+    0.34 s for the 8 MB (divergent ranges, mostly) a 10M-row diff prints. Its C encoder writes the
+    text compact and msgspec's formatter indents it: the same bytes (tests/unit/test_emit_json.py)
+    in a sixth of the time."""
+    import msgspec
+
+    text = json.dumps(obj, sort_keys=True, default=str)
+    try:
+        out = msgspec.json.format(text.encode(), indent=2).decode()
+    except msgspec.DecodeError:  # NaN or Infinity, which the json module writes and JSON has not
+        out = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    sys.stdout.write(out + "\n")
     sys.stdout.flush()
 
 
