@@ -226,7 +226,9 @@ def test_the_task_graph_holds_no_secret_of_the_environment(cluster: DaskExecutor
     cluster.run(square_last_first, specs, inspect)
     graph = graphs[0]
     ours = sorted(k for k in graph if k.rsplit("-", 1)[0] in {f"recon-range-{i:04d}" for i in range(3)})
-    assert len(ours) == 3, graph.keys()
+    # task 0 is on the scheduler until every other task was reported; a task that finished first
+    # may already be released by then (seen once in CI under load: 2 of the 3 keys)
+    assert any(k.startswith("recon-range-0000-") for k in ours), graph.keys()
     blob = b"".join(graph[k] for k in ours)
     # the inspection sees the specs' own text: a secret there would be seen too
     assert specs[0].dsn.encode() in blob and b"square_last_first" in blob

@@ -201,4 +201,9 @@ MUTATIONS = [
              "            sparse |= more\n            break\n",
              (_PROP,),
              "a pack left sparse by the segments compaction moved out of it stays until a later run"),
+    Mutation("full-check-trusts-stored-segments", "engine/app/incremental.py",
+             "                same = roots and carried and stored\n",
+             "                same = roots and carried\n",
+             (f"{_T}::test_a_stored_segment_no_run_loads_is_checked_by_the_full_check",),
+             "a pack changed in a segment no run loads passes every full check (its digest is intact)"),
 ]
